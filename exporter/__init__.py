@@ -1,0 +1,1 @@
+"""sai.exporter: PyTorch -> ONNX with the sai custom ops SparseSampleConv and Interpolate."""

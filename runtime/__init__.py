@@ -1,0 +1,1 @@
+"""sai.runtime: one engine API over TensorRT, ONNX Runtime and PyTorch backends."""

@@ -1,0 +1,123 @@
+"""`sai doctor`: what is installed, and what each missing piece disables and how to fix it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    disables: str = ""
+    fix: str = ""
+
+
+def _module_version(module: str) -> tuple[bool, str]:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a wheel whose native library is missing
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return False, first[:160]
+    return True, str(getattr(mod, "__version__", "installed"))
+
+
+def _nvcc() -> tuple[bool, str]:
+    candidates = [shutil.which("nvcc")]
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home:
+        candidates.append(os.path.join(cuda_home, "bin", "nvcc"))
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    for path in candidates:
+        if path and os.path.exists(path):
+            try:
+                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+                release = [ln for ln in out.stdout.splitlines() if "release" in ln]
+                return True, f"{path}: {release[-1].strip() if release else 'unknown version'}"
+            except (OSError, subprocess.SubprocessError) as exc:
+                return False, f"{path} failed: {exc}"
+    return False, "nvcc not found on PATH, in $CUDA_HOME or /usr/local/cuda"
+
+
+def _gpu() -> tuple[bool, str]:
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=30,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return True, out.stdout.strip().replace("\n", "; ")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if os.path.exists("/dev/nvidia0"):
+        return True, "/dev/nvidia0 present"
+    return False, "no NVIDIA GPU visible (no nvidia-smi output, no /dev/nvidia0)"
+
+
+def _plugin_library() -> tuple[bool, str]:
+    try:
+        from sai.runtime.plugins import find_plugin_library  # arrives with the plugins issue
+    except ImportError:
+        return False, "plugin library locator not available in this build"
+    try:
+        path = find_plugin_library()
+    except Exception as exc:
+        return False, str(exc).splitlines()[0]
+    return (path is not None), (str(path) if path else "libsai_trt_plugins.so not built")
+
+
+def run_checks() -> list[Check]:
+    checks = [Check("python", True, platform.python_version())]
+    table = [
+        ("torch", "models, training, the torch backend, export", "pip install torch==2.13.0"),
+        ("onnx", "sai export and every ONNX path", "pip install 'onnx==1.23.*'"),
+        ("onnxruntime", "the onnxruntime backend and sai validate on CPU", "pip install 'onnxruntime==1.31.*'"),
+        ("onnxscript", "sai export (dynamo translation of the custom ops)", "pip install 'onnxscript==0.7.*'"),
+        ("polygraphy", "sai validate (Polygraphy comparisons)", "pip install 'polygraphy==0.53.*'"),
+        ("tensorrt", "engine building and the tensorrt backend",
+         "pip install tensorrt (needs the TensorRT library and an NVIDIA GPU)"),
+    ]
+    for module, disables, fix in table:
+        ok, detail = _module_version(module)
+        checks.append(Check(module, ok, detail, "" if ok else disables, "" if ok else fix))
+    ok, detail = _nvcc()
+    checks.append(Check("nvcc", ok, detail, "" if ok else "compiling the CUDA kernels (make plugins)",
+                        "" if ok else "install the CUDA toolkit or: pip install nvidia-cuda-nvcc"))
+    ok, detail = _gpu()
+    checks.append(Check("gpu", ok, detail, "" if ok else "TensorRT engines, GPU benchmarks, make gpu-test",
+                        "" if ok else "run on a machine with an NVIDIA GPU and driver"))
+    ok, detail = _plugin_library()
+    checks.append(Check("sai plugins", ok, detail, "" if ok else "TensorRT engines with sai ops",
+                        "" if ok else "make plugins (needs TensorRT headers: set TENSORRT_ROOT)"))
+    return checks
+
+
+def run(args: argparse.Namespace) -> int:
+    checks = run_checks()
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+        return 0
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok " if c.ok else "-- "
+        print(f"{mark} {c.name:<{width}}  {c.detail}")
+        if not c.ok:
+            print(f"    {'':<{width}}  disables: {c.disables}")
+            print(f"    {'':<{width}}  fix:      {c.fix}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="report installed pieces and what each missing one disables")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
