@@ -30,9 +30,6 @@
 
 #include "saiCommon.h"
 
-#include <cmath>
-#include <cstdint>
-
 namespace sai
 {
 

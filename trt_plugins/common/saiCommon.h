@@ -17,12 +17,20 @@
  *   saiMaskActive(float m)   -> bool: m > 0 (the positions SparseSampleConv computes, DESIGN 3.2).
  *   saiMaskNeedsInterp(float m) -> bool: m < 1 (the positions Interpolate fills, DESIGN 3.3).
  *
- * All arithmetic in the shared headers is done in float, whatever T is (fp16 storage, fp32 math).
+ * The headers also compile under NVRTC (__CUDACC_RTC__: no standard library; int32_t/int64_t come
+ * from here). All arithmetic in the shared headers is done in float, whatever T is (fp16 storage, fp32 math).
  */
 #ifndef SAI_TRT_PLUGINS_COMMON_SAI_COMMON_H
 #define SAI_TRT_PLUGINS_COMMON_SAI_COMMON_H
 
+#if defined(__CUDACC_RTC__)
+// NVRTC (used by `make cuda-check` for the CUDA 12 device-code build) has no C++ library headers.
+typedef int int32_t;
+typedef long long int64_t;
+#else
+#include <cmath>
 #include <cstdint>
+#endif
 
 #if defined(__CUDACC__)
 #define SAI_HD __host__ __device__

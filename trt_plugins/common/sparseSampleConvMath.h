@@ -42,9 +42,6 @@
 
 #include "saiCommon.h"
 
-#include <cmath>
-#include <cstdint>
-
 namespace sai
 {
 
