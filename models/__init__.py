@@ -1,5 +1,30 @@
 """sai.models: SparseResNet in PyTorch, the reference ops, checkpoints and FLOPs accounting."""
 
+from sai.models.fuse import fuse_for_inference
+from sai.models.network import (
+    ARCHS,
+    DEFAULT_OPTIONS,
+    HEADS,
+    SAMPLING_MODES,
+    SaiResNet,
+    build_model,
+    iter_sparse_blocks,
+    noise_shapes,
+    set_sampling,
+)
 from sai.models.ops import interpolate, sparse_sample_conv
 
-__all__ = ["interpolate", "sparse_sample_conv"]
+__all__ = [
+    "ARCHS",
+    "DEFAULT_OPTIONS",
+    "HEADS",
+    "SAMPLING_MODES",
+    "SaiResNet",
+    "build_model",
+    "fuse_for_inference",
+    "interpolate",
+    "iter_sparse_blocks",
+    "noise_shapes",
+    "set_sampling",
+    "sparse_sample_conv",
+]

@@ -1,0 +1,422 @@
+"""Residual blocks: the official sparse Bottleneck (DESIGN.md 3.1, 3.4), a sparse BasicBlock, dense twins.
+
+The sparse blocks here are the *literal official order* (training and the reference for export):
+
+    Bottleneck   m1 = mask(x; stride 1)   m2 = mask(x; stride s)      # both from the block input x
+                 a = Interp(relu(bn1(conv1 x)), m1, sigma1)
+                 b = relu(bn2(conv2(a [, offset = conv2_offset(x)])))
+                 out = relu(bn3(conv3(Interp(b, m2, sigma2))) + identity(x))
+
+    BasicBlock   (our design, by analogy: one mask per 3x3 conv, interpolation after each)
+                 m1 = mask(x; stride s)   m2 = mask(x; stride s)      # both from x, conv outputs' grid
+                 a = Interp(relu(bn1(conv1 x)), m1, sigma1)
+                 out = relu(Interp(bn2(conv2(a [, offset])), m2, sigma2) + identity(x))
+
+The fast, BN-folded, reordered inference form lives in ``sai.models.fuse``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from sai.models.ops import deform_conv2d_reference, interpolate
+
+DELTA = 1e-8  # the official p_value of GumbelSigmoid
+MASK_BIAS_INIT = 3.0  # official: constant_init(conv{1,2}_mask, val=0, bias=3.)
+SIGMA_INIT = 3.0  # official: conv{1,2}_sigma = nn.Parameter(torch.tensor(3.))
+
+
+# ----------------------------------------------------------------------------------------------
+# mask math (DESIGN.md 3.1), shared by the literal and the fused blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def gumbel_noise(u: Tensor) -> Tensor:
+    """``n = g1 - g2`` with ``g = -log(-log(u + d) + d)`` from uniforms ``u`` of shape [N,2,H,W]."""
+    g = -torch.log(-torch.log(u + DELTA) + DELTA)
+    return g[:, 0:1] - g[:, 1:2]
+
+
+def grid_prior(s: Tensor, interval: int) -> Tensor:
+    """Set ``s[:, :, ::g, ::g] = 1`` without in-place slice assignment (export-friendly, dynamic H/W)."""
+    h, w = s.shape[-2], s.shape[-1]
+    rows = torch.arange(h, device=s.device) % interval == 0
+    cols = torch.arange(w, device=s.device) % interval == 0
+    grid = rows[:, None] & cols[None, :]
+    return torch.where(grid, torch.ones((), dtype=s.dtype, device=s.device), s)
+
+
+def mask_from_logit(
+    logit: Tensor,
+    temperature,
+    noise_u: Optional[Tensor],
+    grid_interval: int,
+    hard: bool,
+) -> tuple[Tensor, Tensor]:
+    """Gumbel-sigmoid mask of DESIGN.md 3.1. Returns ``(mask, p)``; ``p = sigmoid(logit)``.
+
+    The official GumbelSigmoid takes a 2-way softmax of ``(log(p+d)+g1)/(T+d)`` and
+    ``(log(1-p+d)+g2)/(T+d)``; its first entry is exactly the sigmoid of the difference used here.
+    """
+    p = torch.sigmoid(logit)
+    z = torch.log(p + DELTA) - torch.log(1 - p + DELTA)
+    if noise_u is not None:
+        z = z + gumbel_noise(noise_u)
+    s = torch.sigmoid(z / (temperature + DELTA))
+    if grid_interval > 0:
+        s = grid_prior(s, grid_interval)
+    if hard:
+        s = s * (s >= 0.5).to(s.dtype)
+    return s, p
+
+
+def _recording() -> bool:
+    """False while torch.export / ONNX export traces the model (no side effects then)."""
+    if torch.onnx.is_in_onnx_export():
+        return False
+    try:
+        return not torch.compiler.is_compiling()
+    except AttributeError:  # very old torch
+        return True
+
+
+class NoiseSource:
+    """The seedable generator a stochastic model draws its uniforms from (CPU, moved to x's device)."""
+
+    def __init__(self, seed: Optional[int] = None):
+        self.seed = seed
+        self.generator: Optional[torch.Generator] = None
+        self.reseed(seed)
+
+    def reseed(self, seed: Optional[int]) -> None:
+        self.seed = seed
+        if seed is None:
+            self.generator = None
+        else:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(int(seed))
+
+    def uniform(self, shape, like: Tensor) -> Tensor:
+        u = torch.rand(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return u.to(device=like.device, dtype=like.dtype)
+
+
+class GumbelSigmoid(nn.Module):
+    """Holds the official temperature buffer ``cur_T`` (key ``conv{1,2}_gumbel.cur_T``).
+
+    Training uses ``cur_T`` and multiplies it by ``decay_alpha`` after every training forward
+    (official behaviour); inference uses the fixed ``T_eval``.
+    """
+
+    def __init__(self, max_T: float = 1.0, decay_alpha: float = 0.99998):
+        super().__init__()
+        self.max_T = float(max_T)
+        self.decay_alpha = float(decay_alpha)
+        self.register_buffer("cur_T", torch.tensor(float(max_T)))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.cur_T.mul_(self.decay_alpha)
+
+
+class DeformConv2d(nn.Module):
+    """Deformable convolution v1 (mmdet ``DeformConv``: weight only, no bias); reference math."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
+                 dilation: int = 1, deform_groups: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cout, cin, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.deform_groups = deform_groups
+
+    def forward(self, x: Tensor, offset: Tensor) -> Tensor:
+        p = self.padding
+        return deform_conv2d_reference(
+            x, offset, self.weight, None, [self.stride] * 2, [p] * 4, [self.dilation] * 2, 1,
+            self.deform_groups,
+        )
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse blocks (literal official order)
+# ----------------------------------------------------------------------------------------------
+
+
+class _SparseBase(nn.Module):
+    """Mask predictors, Gumbel temperature, sigmas, noise and density bookkeeping of a sparse block."""
+
+    sparse = True
+    fused = False
+
+    def _init_sparse(self, inplanes: int, stride1: int, stride2: int, cfg: dict) -> None:
+        self.mask_strides = (stride1, stride2)
+        self.conv1_mask = nn.Conv2d(inplanes, 1, 3, stride=stride1, padding=1, bias=True)
+        self.conv2_mask = nn.Conv2d(inplanes, 1, 3, stride=stride2, padding=1, bias=True)
+        for m in (self.conv1_mask, self.conv2_mask):
+            nn.init.zeros_(m.weight)
+            nn.init.constant_(m.bias, cfg.get("mask_bias_init", MASK_BIAS_INIT))
+        self.conv1_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
+        self.conv2_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
+        sigma = float(cfg.get("sigma_init", SIGMA_INIT))
+        self.conv1_sigma = nn.Parameter(torch.tensor(sigma))
+        self.conv2_sigma = nn.Parameter(torch.tensor(sigma))
+        self.gaussian_kernel = int(cfg["gaussian_kernel"])
+        self.grid_prior_interval = int(cfg["grid_prior_interval"])
+        self.T_eval = float(cfg["T_eval"])
+        self.sampling = cfg["sampling"]
+        self.noise_source: Optional[NoiseSource] = None  # set by the network
+        self.reset_densities()
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def reset_densities(self) -> None:
+        self._stat_sum: Optional[Tensor] = None  # [d1, d2, u1, u2] summed over images
+        self._stat_count = 0
+        self.last_probs: Optional[tuple[Tensor, Tensor]] = None
+
+    def _record(self, m1: Tensor, m2: Tensor) -> None:
+        if not _recording():
+            return
+        with torch.no_grad():
+            n = m1.shape[0]
+            stats = torch.stack([
+                (m1 > 0).float().mean(), (m2 > 0).float().mean(),
+                (m1 < 1).float().mean(), (m2 < 1).float().mean(),
+            ]).cpu() * n
+        self._stat_sum = stats if self._stat_sum is None else self._stat_sum + stats
+        self._stat_count += n
+
+    def mask_stats(self) -> Optional[dict]:
+        """Measured ``d1, d2`` (fraction of positions with M > 0) and ``u1, u2`` (M < 1), or None."""
+        if self._stat_sum is None or self._stat_count == 0:
+            return None
+        v = (self._stat_sum / self._stat_count).tolist()
+        return {"d1": v[0], "d2": v[1], "u1": v[2], "u2": v[3]}
+
+    # -- masks -----------------------------------------------------------------------------
+    def _needs_noise(self) -> bool:
+        return self.sampling != "dense" and (self.training or self.sampling == "stochastic")
+
+    def _mask(self, logit: Tensor, gumbel: Optional[GumbelSigmoid], noise: Optional[Tensor]):
+        if self._needs_noise() and noise is None:
+            src = self.noise_source or NoiseSource(None)
+            noise = src.uniform((logit.shape[0], 2, logit.shape[2], logit.shape[3]), logit)
+        if not self._needs_noise():
+            noise = None
+        if self.training and gumbel is not None:
+            return mask_from_logit(logit, gumbel.cur_T, noise, self.grid_prior_interval, hard=False)
+        return mask_from_logit(logit, self.T_eval, noise, self.grid_prior_interval, hard=True)
+
+    def _masks(self, x: Tensor, noise1: Optional[Tensor], noise2: Optional[Tensor]):
+        m1, p1 = self._mask(self.conv1_mask(x), self.conv1_gumbel, noise1)
+        m2, p2 = self._mask(self.conv2_mask(x), self.conv2_gumbel, noise2)
+        if self.training:
+            self.last_probs = (p1, p2)
+            self.conv1_gumbel.step()
+            self.conv2_gumbel.step()
+        self._record(m1, m2)
+        return m1, m2
+
+    def _interp(self, f: Tensor, m: Tensor, sigma) -> Tensor:
+        return interpolate(f, m, sigma, self.gaussian_kernel)
+
+
+class SparseBottleneck(_SparseBase):
+    """The official SAI Bottleneck (pytorch style: stride on conv2), DESIGN.md 3.1 / 3.4."""
+
+    expansion = 4
+    loss_weights = (0.25, 0.75)  # official sparse loss: 0.25 * mean(p1) + 0.75 * mean(p2)
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 dcn: bool = False, cfg: Optional[dict] = None):
+        super().__init__()
+        cfg = cfg or {}
+        self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        if self.with_dcn:
+            self.conv2_offset = nn.Conv2d(inplanes, 18, 3, stride=stride, padding=1)
+            nn.init.zeros_(self.conv2_offset.weight)
+            nn.init.zeros_(self.conv2_offset.bias)
+            self.conv2 = DeformConv2d(planes, planes, 3, stride=stride, padding=1)
+        else:
+            self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * 4)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+        self._init_sparse(inplanes, 1, stride, cfg)
+
+    def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
+        dense = self.sampling == "dense"
+        if not dense:
+            m1, m2 = self._masks(x, noise1, noise2)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if not dense:
+            out = self._interp(out, m1, self.conv1_sigma)
+        if self.with_dcn:
+            out = self.conv2(out, self.conv2_offset(x))
+        else:
+            out = self.conv2(out)
+        out = self.relu(self.bn2(out))
+        if not dense:
+            out = self._interp(out, m2, self.conv2_sigma)
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class SparseBasicBlock(_SparseBase):
+    """Sparse BasicBlock (ResNet-18/34), our design by analogy with the official Bottleneck.
+
+    Both 3x3 convs produce the output grid (conv1 has the stride), so both masks are predicted
+    from the block input x with stride s; each conv's output is interpolated from its samples.
+    DCN (if enabled) replaces conv2, its offsets predicted from x (stride s) as in the Bottleneck.
+    """
+
+    expansion = 1
+    loss_weights = (0.5, 0.5)
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 dcn: bool = False, cfg: Optional[dict] = None):
+        super().__init__()
+        cfg = cfg or {}
+        self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        if self.with_dcn:
+            self.conv2_offset = nn.Conv2d(inplanes, 18, 3, stride=stride, padding=1)
+            nn.init.zeros_(self.conv2_offset.weight)
+            nn.init.zeros_(self.conv2_offset.bias)
+            self.conv2 = DeformConv2d(planes, planes, 3, stride=1, padding=1)
+        else:
+            self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+        self._init_sparse(inplanes, stride, stride, cfg)
+
+    def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
+        dense = self.sampling == "dense"
+        if not dense:
+            m1, m2 = self._masks(x, noise1, noise2)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if not dense:
+            out = self._interp(out, m1, self.conv1_sigma)
+        if self.with_dcn:
+            out = self.conv2(out, self.conv2_offset(x))
+        else:
+            out = self.conv2(out)
+        out = self.bn2(out)
+        if not dense:
+            out = self._interp(out, m2, self.conv2_sigma)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+# ----------------------------------------------------------------------------------------------
+# dense blocks (the plain ResNet baselines, torchvision key names)
+# ----------------------------------------------------------------------------------------------
+
+
+class Bottleneck(nn.Module):
+    """Plain ResNet Bottleneck (torchvision names). DCN as mmdet v0.6: offsets from conv1's output
+    (``offset_from="conv1"``, official dense checkpoints) or from the block input like SAI
+    (``offset_from="input"``)."""
+
+    expansion = 4
+    sparse = False
+    fused = False
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 dcn: bool = False, cfg: Optional[dict] = None):
+        super().__init__()
+        cfg = cfg or {}
+        self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
+        self.offset_from = cfg.get("dcn_offset_from", "conv1")
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        if self.with_dcn:
+            cin = planes if self.offset_from == "conv1" else inplanes
+            self.conv2_offset = nn.Conv2d(cin, 18, 3, stride=stride, padding=1)
+            nn.init.zeros_(self.conv2_offset.weight)
+            nn.init.zeros_(self.conv2_offset.bias)
+            self.conv2 = DeformConv2d(planes, planes, 3, stride=stride, padding=1)
+        else:
+            self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * 4)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor, *unused) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        if self.with_dcn:
+            out = self.conv2(out, self.conv2_offset(out if self.offset_from == "conv1" else x))
+        else:
+            out = self.conv2(out)
+        out = self.relu(self.bn2(out))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class BasicBlock(nn.Module):
+    """Plain ResNet BasicBlock (torchvision names); DCN on conv2 like the Bottleneck."""
+
+    expansion = 1
+    sparse = False
+    fused = False
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 dcn: bool = False, cfg: Optional[dict] = None):
+        super().__init__()
+        cfg = cfg or {}
+        self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
+        self.offset_from = cfg.get("dcn_offset_from", "conv1")
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        if self.with_dcn:
+            if self.offset_from == "conv1":
+                self.conv2_offset = nn.Conv2d(planes, 18, 3, stride=1, padding=1)
+            else:
+                self.conv2_offset = nn.Conv2d(inplanes, 18, 3, stride=stride, padding=1)
+            nn.init.zeros_(self.conv2_offset.weight)
+            nn.init.zeros_(self.conv2_offset.bias)
+            self.conv2 = DeformConv2d(planes, planes, 3, stride=1, padding=1)
+        else:
+            self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor, *unused) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        if self.with_dcn:
+            out = self.conv2(out, self.conv2_offset(out if self.offset_from == "conv1" else x))
+        else:
+            out = self.conv2(out)
+        out = self.bn2(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "DeformConv2d", "GumbelSigmoid", "NoiseSource", "SparseBasicBlock",
+    "SparseBottleneck", "grid_prior", "gumbel_noise", "mask_from_logit",
+]

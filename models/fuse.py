@@ -1,0 +1,280 @@
+"""``fuse_for_inference``: BN folding and the conv3 reorder of DESIGN.md 3.4 (the exported form).
+
+The fused Bottleneck computes
+
+    m1 = mask(x; stride 1)   m2 = mask(x; stride s)                 # conv, sigmoid, log, add, div, where, mul
+    a  = Interpolate(SparseSampleConv(x, m1, conv1+bn1, relu), m1, sigma1)
+    b  = SparseSampleConv(a, m2, conv2+bn2, relu [, offset = SparseSampleConv(x, m2, conv2_offset)])
+    c  = SparseSampleConv(b, m2, conv3, no bias, no activation)
+    out= relu(Interpolate(c, m2, sigma2) + bn3_bias + identity(x))
+
+Exact w.r.t. the literal order because conv3+bn3 is a per-position linear map plus a bias and the
+interpolation is linear in its feature input with weights that sum to the same thing for every
+channel. The DCN offsets are only needed where m2 > 0 (a deformable conv's output at a position
+reads only that position's offsets), so the offset conv is sparse too (the paper's accounting).
+The fused BasicBlock keeps bn2's bias inside conv2 (its 3x3 conv does not commute that way).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from sai.errors import SaiError
+from sai.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    NoiseSource,
+    SparseBasicBlock,
+    SparseBottleneck,
+    mask_from_logit,
+)
+from sai.models.ops import interpolate, sparse_sample_conv
+
+
+def fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding conv (computed in float64)."""
+    w = weight.detach().double()
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    b = -bn.running_mean.detach().double() if bias is None else bias.detach().double() - bn.running_mean.double()
+    b = b * scale + bn.bias.detach().double()
+    w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+    return w.to(weight.dtype), b.to(weight.dtype)
+
+
+def _param(t: Optional[Tensor]) -> Optional[nn.Parameter]:
+    return None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False)
+
+
+def _fold_downsample(down: Optional[nn.Module]) -> tuple[Optional[nn.Parameter], Optional[nn.Parameter], int]:
+    if down is None:
+        return None, None, 1
+    conv, bn = down[0], down[1]
+    w, b = fold_bn(conv.weight, conv.bias, bn)
+    return _param(w), _param(b), conv.stride[0]
+
+
+def _ones_mask(like: Tensor) -> Tensor:
+    return torch.ones_like(like[:, :1])
+
+
+class _FusedSparseBase(nn.Module):
+    sparse = True
+    fused = True
+
+    def _copy_attrs(self, blk: nn.Module) -> None:
+        self.inplanes, self.planes, self.stride = blk.inplanes, blk.planes, blk.stride
+        self.with_dcn = blk.with_dcn
+        self.mask_strides = blk.mask_strides
+        self.gaussian_kernel = blk.gaussian_kernel
+        self.grid_prior_interval = blk.grid_prior_interval
+        self.T_eval = blk.T_eval
+        self.sampling = blk.sampling
+        self.loss_weights = blk.loss_weights
+        self.noise_source: Optional[NoiseSource] = blk.noise_source
+        self.sigma1 = float(blk.conv1_sigma.detach())
+        self.sigma2 = float(blk.conv2_sigma.detach())
+        self.mask1_weight = _param(blk.conv1_mask.weight)
+        self.mask1_bias = _param(blk.conv1_mask.bias)
+        self.mask2_weight = _param(blk.conv2_mask.weight)
+        self.mask2_bias = _param(blk.conv2_mask.bias)
+        if self.with_dcn:
+            self.offset_weight = _param(blk.conv2_offset.weight)
+            self.offset_bias = _param(blk.conv2_offset.bias)
+        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample)
+        self.reset_densities()
+
+    reset_densities = SparseBottleneck.reset_densities
+    _record = SparseBottleneck._record
+    mask_stats = SparseBottleneck.mask_stats
+
+    def _mask(self, x: Tensor, weight: Tensor, bias: Tensor, stride: int, noise: Optional[Tensor]) -> Tensor:
+        logit = F.conv2d(x, weight, bias, stride=stride, padding=1)
+        if self.sampling == "stochastic":
+            if noise is None:
+                src = self.noise_source or NoiseSource(None)
+                noise = src.uniform((logit.shape[0], 2, logit.shape[2], logit.shape[3]), logit)
+        else:
+            noise = None
+        return mask_from_logit(logit, self.T_eval, noise, self.grid_prior_interval, hard=True)[0]
+
+    def masks(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None):
+        m1 = self._mask(x, self.mask1_weight, self.mask1_bias, self.mask_strides[0], noise1)
+        m2 = self._mask(x, self.mask2_weight, self.mask2_bias, self.mask_strides[1], noise2)
+        self._record(m1, m2)
+        return m1, m2
+
+    def _identity(self, x: Tensor) -> Tensor:
+        if self.down_weight is None:
+            return x
+        return F.conv2d(x, self.down_weight, self.down_bias, stride=self.down_stride)
+
+
+class FusedSparseBottleneck(_FusedSparseBase):
+    """BN-folded, conv3-reordered sparse Bottleneck (DESIGN.md 3.4 second form)."""
+
+    expansion = 4
+
+    def __init__(self, blk: SparseBottleneck):
+        super().__init__()
+        self._copy_attrs(blk)
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
+        w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3)
+        self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
+        self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
+        self.conv3_weight, self.out_bias = _param(w3), _param(b3)
+
+    def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
+        s, k = self.stride, self.gaussian_kernel
+        identity = self._identity(x)
+        if self.sampling == "dense":
+            a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias))
+            if self.with_dcn:
+                off = F.conv2d(x, self.offset_weight, self.offset_bias, stride=s, padding=1)
+                b = sparse_sample_conv(a, _ones_mask(off), self.conv2_weight, self.conv2_bias, stride=s,
+                                       padding=1, activation="relu", offset=off)
+            else:
+                b = F.relu(F.conv2d(a, self.conv2_weight, self.conv2_bias, stride=s, padding=1))
+            c = F.conv2d(b, self.conv3_weight, self.out_bias)
+            return F.relu(c + identity)
+        m1, m2 = self.masks(x, noise1, noise2)
+        a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, activation="relu")
+        a = interpolate(a, m1, self.sigma1, k)
+        off = None
+        if self.with_dcn:
+            off = sparse_sample_conv(x, m2, self.offset_weight, self.offset_bias, stride=s, padding=1)
+        b = sparse_sample_conv(a, m2, self.conv2_weight, self.conv2_bias, stride=s, padding=1,
+                               activation="relu", offset=off)
+        c = sparse_sample_conv(b, m2, self.conv3_weight)
+        c = interpolate(c, m2, self.sigma2, k)
+        return F.relu(c + self.out_bias.reshape(1, -1, 1, 1) + identity)
+
+
+class FusedSparseBasicBlock(_FusedSparseBase):
+    """BN-folded sparse BasicBlock (bn2 stays inside conv2: interpolation follows conv2+bn2)."""
+
+    expansion = 1
+
+    def __init__(self, blk: SparseBasicBlock):
+        super().__init__()
+        self._copy_attrs(blk)
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
+        self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
+        self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
+
+    def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
+        s, k = self.stride, self.gaussian_kernel
+        identity = self._identity(x)
+        if self.sampling == "dense":
+            a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias, stride=s, padding=1))
+            if self.with_dcn:
+                off = F.conv2d(x, self.offset_weight, self.offset_bias, stride=s, padding=1)
+                b = sparse_sample_conv(a, _ones_mask(off), self.conv2_weight, self.conv2_bias, padding=1,
+                                       offset=off)
+            else:
+                b = F.conv2d(a, self.conv2_weight, self.conv2_bias, padding=1)
+            return F.relu(b + identity)
+        m1, m2 = self.masks(x, noise1, noise2)
+        a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, stride=s, padding=1,
+                               activation="relu")
+        a = interpolate(a, m1, self.sigma1, k)
+        off = None
+        if self.with_dcn:
+            off = sparse_sample_conv(x, m2, self.offset_weight, self.offset_bias, stride=s, padding=1)
+        b = sparse_sample_conv(a, m2, self.conv2_weight, self.conv2_bias, padding=1, offset=off)
+        b = interpolate(b, m2, self.sigma2, k)
+        return F.relu(b + identity)
+
+
+class FusedDenseBlock(nn.Module):
+    """BN-folded plain Bottleneck / BasicBlock (standard torch ops; DCN through sparse_sample_conv
+    with an all-ones mask, i.e. a plain deformable conv)."""
+
+    sparse = False
+    fused = True
+
+    def __init__(self, blk: nn.Module):
+        super().__init__()
+        self.kind = "bottleneck" if isinstance(blk, Bottleneck) else "basic"
+        self.expansion = blk.expansion
+        self.inplanes, self.planes, self.stride, self.with_dcn = blk.inplanes, blk.planes, blk.stride, blk.with_dcn
+        self.offset_from = blk.offset_from
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
+        self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
+        self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
+        if self.kind == "bottleneck":
+            w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3)
+            self.conv3_weight, self.conv3_bias = _param(w3), _param(b3)
+        if self.with_dcn:
+            self.offset_weight = _param(blk.conv2_offset.weight)
+            self.offset_bias = _param(blk.conv2_offset.bias)
+            self.offset_stride = blk.conv2_offset.stride[0]
+        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample)
+
+    def forward(self, x: Tensor, *unused) -> Tensor:
+        s = self.stride
+        s1, s2 = (1, s) if self.kind == "bottleneck" else (s, 1)
+        p1 = 0 if self.kind == "bottleneck" else 1
+        a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias, stride=s1, padding=p1))
+        if self.with_dcn:
+            src = a if self.offset_from == "conv1" else x
+            off = F.conv2d(src, self.offset_weight, self.offset_bias, stride=self.offset_stride, padding=1)
+            b = sparse_sample_conv(a, _ones_mask(off), self.conv2_weight, self.conv2_bias, stride=s2,
+                                   padding=1, offset=off)
+        else:
+            b = F.conv2d(a, self.conv2_weight, self.conv2_bias, stride=s2, padding=1)
+        if self.kind == "bottleneck":
+            b = F.conv2d(F.relu(b), self.conv3_weight, self.conv3_bias)
+        identity = x if self.down_weight is None else F.conv2d(
+            x, self.down_weight, self.down_bias, stride=self.down_stride)
+        return F.relu(b + identity)
+
+
+def fuse_block(blk: nn.Module) -> nn.Module:
+    if getattr(blk, "fused", False):
+        return blk
+    if isinstance(blk, SparseBottleneck):
+        return FusedSparseBottleneck(blk)
+    if isinstance(blk, SparseBasicBlock):
+        return FusedSparseBasicBlock(blk)
+    if isinstance(blk, (Bottleneck, BasicBlock)):
+        return FusedDenseBlock(blk)
+    raise SaiError(f"cannot fuse block of type {type(blk).__name__}")
+
+
+@torch.no_grad()
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with BN folded, the conv3 reorder, float sigmas.
+
+    The copy keeps the model's API (``arch``, ``sampling``, ``noise_specs()``, ``densities()``,
+    ``forward(x, *noise)``, outputs) and its forward calls only ``sai.models.ops`` wrappers for the
+    sparse parts and standard torch ops elsewhere.
+    """
+    from sai.models.network import SaiResNet
+
+    if not isinstance(model, SaiResNet):
+        raise SaiError(f"fuse_for_inference needs a model from sai.models.build_model, got {type(model).__name__}")
+    fused = copy.deepcopy(model).eval()
+    if not fused.fused:
+        w, b = fold_bn(fused.conv1.weight, None, fused.bn1)
+        stem = nn.Conv2d(3, w.shape[0], 7, stride=2, padding=3, bias=True)
+        stem.weight.copy_(w)
+        stem.bias.copy_(b)
+        fused.conv1 = stem
+        fused.bn1 = nn.Identity()
+        for i in range(1, 5):
+            layer = getattr(fused, f"layer{i}")
+            for j in range(len(layer)):
+                layer[j] = fuse_block(layer[j])
+        fused.fused = True
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused.eval()
