@@ -24,13 +24,19 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The C++ CPU kernels of the sai ops (a PyTorch extension; sai.models falls back to the PyTorch
+# reference without them, tests require them).
+CPU_KERNELS := models/_lib/libsai_cpu_ops.so
+$(CPU_KERNELS): $(STAMP) models/csrc/sai_cpu_ops.cpp $(wildcard trt_plugins/common/*.h)
+	$(PY) -m sai.models.build_cpu_kernels --force
+
+install: $(STAMP) $(CPU_KERNELS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 pytest: install
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	SAI_REQUIRE_CPU_KERNELS=1 $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test: lint pytest
 

@@ -1,5 +1,6 @@
 """sai.models: SparseResNet in PyTorch, the reference ops, checkpoints and FLOPs accounting."""
 
+from sai.models import cpu_kernels as _cpu_kernels
 from sai.models.fuse import fuse_for_inference
 from sai.models.network import (
     ARCHS,
@@ -13,6 +14,10 @@ from sai.models.network import (
     set_sampling,
 )
 from sai.models.ops import interpolate, sparse_sample_conv
+
+# The C++ CPU kernels (built by `make install`) become the CPU implementation of the sai ops when
+# present; otherwise the PyTorch reference in ops.py runs.
+_cpu_kernels.load()
 
 __all__ = [
     "ARCHS",

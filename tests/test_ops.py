@@ -2,15 +2,16 @@
 (explicit tap loops, no torch conv), and against ONNX Runtime's DeformConv for deformable conv."""
 
 import math
+import os
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
-from sai.models import ops
 
 from sai.errors import SaiError
+from sai.models import cpu_kernels, ops
 
 RNG = np.random.default_rng(0)
 
@@ -73,6 +74,45 @@ def ort_deform_conv(x, w, offset, b, stride, pads, dil, groups, dg):
     return sess.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})[0].astype(np.float64)
 
 
+# Every implementation of the ops is checked against the same independent references:
+#   "op"        the custom op through the public wrapper (whatever the CPU dispatch is)
+#   "reference" the pure-PyTorch reference in ops.py (the fallback and test oracle)
+#   "cpp"       the C++ CPU kernels, sparse path forced; "cpp-dense" their dense fallback path
+IMPLS = ["op", "reference", "cpp", "cpp-dense"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    if request.param.startswith("cpp") and not cpu_kernels.active():
+        if os.environ.get("SAI_REQUIRE_CPU_KERNELS") == "1":
+            pytest.fail("the C++ CPU kernels are not built: run make install")
+        pytest.skip("C++ CPU kernels not built (python -m sai.models.cpu_kernels build)")
+    return request.param
+
+
+def run_ssc(impl, x, m, w, b=None, stride=1, pads=0, dil=1, groups=1, act="none", offset=None, dg=1):
+    t = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in (x, m, w, b, offset)]
+    s2, p4, d2 = [stride] * 2, ops.normalize_pads(pads), [dil] * 2
+    if impl == "op":
+        y = ops.sparse_sample_conv(t[0], t[1], t[2], t[3], stride=stride, padding=pads, dilation=dil,
+                                   groups=groups, activation=act, offset=t[4], deform_groups=dg)
+    elif impl == "reference":
+        y = ops.sparse_sample_conv_reference(*t[:3], t[3], t[4], s2, p4, d2, groups, dg, act)
+    else:
+        dense_above = 2.0 if impl == "cpp" else 0.0
+        y = torch.ops.sai_cpu.sparse_sample_conv(*t[:3], t[3], t[4], s2, p4, d2, groups, dg, act, dense_above)
+    return y.numpy()
+
+
+def run_interp(impl, f, m, sigma, k):
+    f, m = torch.from_numpy(f), torch.from_numpy(m)
+    if impl == "op":
+        return ops.interpolate(f, m, sigma, kernel_size=k).numpy()
+    if impl == "reference":
+        return ops.interpolate_reference(f, m, sigma, k, 1e-5).numpy()
+    return torch.ops.sai_cpu.interpolate(f, m, sigma, k, 1e-5).numpy()
+
+
 def make_mask(kind, shape):
     if kind == "empty":
         return np.zeros(shape, np.float32)
@@ -104,7 +144,7 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "n{}c{}-{}_{}x{}_k{}s{}d{}g{}".format(*c[:7], c[8], c[9]))
 @pytest.mark.parametrize("mask_kind", ["soft", "hard", "empty", "full"])
 @pytest.mark.parametrize("activation", ["none", "relu"])
-def test_sparse_sample_conv_matches_direct_conv(case, mask_kind, activation):
+def test_sparse_sample_conv_matches_direct_conv(impl, case, mask_kind, activation):
     n, cin, cout, h, w, k, s, pads, d, g = case
     x = RNG.standard_normal((n, cin, h, w)).astype(np.float32)
     wt = RNG.standard_normal((cout, cin // g, k, k)).astype(np.float32)
@@ -115,22 +155,19 @@ def test_sparse_sample_conv_matches_direct_conv(case, mask_kind, activation):
     if activation == "relu":
         want = np.maximum(want, 0)
     want = np.where(m > 0, want, 0.0)
-    got = ops.sparse_sample_conv(
-        torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(wt), torch.from_numpy(b),
-        stride=s, padding=pads, dilation=d, groups=g, activation=activation,
-    ).numpy()
+    got = run_ssc(impl, x, m, wt, b, s, pads, d, g, activation)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
     assert np.all(got[np.broadcast_to(m == 0, got.shape)] == 0.0), "must be exactly 0 where M == 0"
 
 
-def test_sparse_sample_conv_without_bias():
+def test_sparse_sample_conv_without_bias(impl):
     x = RNG.standard_normal((2, 4, 8, 8)).astype(np.float32)
     wt = RNG.standard_normal((5, 4, 3, 3)).astype(np.float32)
     m = make_mask("hard", (2, 1, 8, 8))
     want = np.where(m > 0, np_conv(x, wt, None, [1, 1], [1] * 4, [1, 1], 1), 0)
-    got = ops.sparse_sample_conv(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(wt), padding=1)
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    got = run_ssc(impl, x, m, wt, None, pads=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 DEFORM_CASES = [
@@ -144,7 +181,7 @@ DEFORM_CASES = [
 
 @pytest.mark.parametrize("case", DEFORM_CASES)
 @pytest.mark.parametrize("mask_kind", ["soft", "hard", "full"])
-def test_deformable_matches_onnxruntime_deformconv(case, mask_kind):
+def test_deformable_matches_onnxruntime_deformconv(impl, case, mask_kind):
     n, cin, cout, h, w, k, s, p, d, g, dg = case
     x = RNG.standard_normal((n, cin, h, w)).astype(np.float32)
     wt = RNG.standard_normal((cout, cin // g, k, k)).astype(np.float32)
@@ -155,24 +192,17 @@ def test_deformable_matches_onnxruntime_deformconv(case, mask_kind):
     m = make_mask(mask_kind, (n, 1, ho, wo))
     want = ort_deform_conv(x, wt, off, b, [s, s], [p] * 4, [d, d], g, dg)
     want = np.where(m > 0, np.maximum(want, 0), 0)
-    got = ops.sparse_sample_conv(
-        torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(wt), torch.from_numpy(b),
-        stride=s, padding=p, dilation=d, groups=g, activation="relu",
-        offset=torch.from_numpy(off), deform_groups=dg,
-    ).numpy()
+    got = run_ssc(impl, x, m, wt, b, s, p, d, g, "relu", offset=off, dg=dg)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
-def test_deformable_zero_offset_equals_plain_conv():
+def test_deformable_zero_offset_equals_plain_conv(impl):
     x = RNG.standard_normal((2, 4, 9, 9)).astype(np.float32)
     wt = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
     m = make_mask("full", (2, 1, 9, 9))
     want = np_conv(x, wt, None, [1, 1], [1] * 4, [1, 1], 1)
-    got = ops.sparse_sample_conv(
-        torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(wt), padding=1,
-        offset=torch.zeros(2, 18, 9, 9),
-    )
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    got = run_ssc(impl, x, m, wt, None, pads=1, offset=np.zeros((2, 18, 9, 9), np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 INTERP_CASES = [(1, 3, 9, 7, 7, 1.0), (3, 5, 12, 13, 7, 0.6), (2, 4, 8, 11, 3, 2.0), (1, 2, 16, 5, 5, 0.9)]
@@ -180,12 +210,12 @@ INTERP_CASES = [(1, 3, 9, 7, 7, 1.0), (3, 5, 12, 13, 7, 0.6), (2, 4, 8, 11, 3, 2
 
 @pytest.mark.parametrize("case", INTERP_CASES)
 @pytest.mark.parametrize("mask_kind", ["soft", "hard", "empty", "full"])
-def test_interpolate_matches_formula(case, mask_kind):
+def test_interpolate_matches_formula(impl, case, mask_kind):
     n, c, h, w, k, sigma = case
     f = RNG.standard_normal((n, c, h, w)).astype(np.float32)
     m = make_mask(mask_kind, (n, 1, h, w))
     want = np_interpolate(f.astype(np.float64), m.astype(np.float64), sigma, k, 1e-5)
-    got = ops.interpolate(torch.from_numpy(f), torch.from_numpy(m), sigma, kernel_size=k).numpy()
+    got = run_interp(impl, f, m, sigma, k)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     full = np.broadcast_to(m == 1, f.shape)
     np.testing.assert_array_equal(got[full], f[full])  # sampled positions keep their value

@@ -1,0 +1,102 @@
+"""The C++ CPU kernels of the sai ops (models/csrc/sai_cpu_ops.cpp): build, load, register.
+
+`python -m sai.models.build_cpu_kernels` (run by the Makefile's install step) compiles the
+extension with the host C++ compiler against the installed torch, into ``models/_lib/``. On import of
+``sai.models`` the library is loaded if present and registered as the CPU implementation of
+``sai::sparse_sample_conv`` and ``sai::interpolate`` for float32; other dtypes and machines without
+the built library use the pure-PyTorch reference of ``sai.models.ops`` (also the test oracle).
+``SAI_CPU_KERNELS=0`` disables the C++ kernels; ``SAI_REQUIRE_CPU_KERNELS=1`` makes a missing build
+an error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import torch
+
+from sai.errors import SaiError
+from sai.models import ops
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "csrc" / "sai_cpu_ops.cpp"
+LIBRARY = HERE / "_lib" / "libsai_cpu_ops.so"
+# The shared __host__ __device__ index math of the TensorRT plugins (one source for both kernels).
+COMMON_INCLUDE = HERE.parent / "trt_plugins" / "common"
+# At or above this fraction of active positions the dense convolution is used (exact either way).
+DENSE_ABOVE = 0.8
+
+_state = {"loaded": False, "registered": False}
+
+
+def _compile_command(output: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    torch_lib = Path(torch.__file__).parent / "lib"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp",
+           "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+           f"-I{COMMON_INCLUDE}", f"-I{sysconfig.get_paths()['include']}"]
+    cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
+    cmd += [str(SOURCE), "-o", str(output), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}",
+            "-lc10", "-ltorch_cpu", "-ltorch"]
+    return cmd
+
+
+def build(verbose: bool = True) -> Path:
+    """Compile the extension (written to a temporary name, then renamed)."""
+    LIBRARY.parent.mkdir(parents=True, exist_ok=True)
+    tmp = LIBRARY.with_suffix(".so.tmp")
+    cmd = _compile_command(tmp)
+    if verbose:
+        print("building sai CPU kernels:", " ".join(cmd[:2]), "...", SOURCE.name, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise SaiError(f"building the sai CPU kernels failed:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, LIBRARY)
+    return LIBRARY
+
+
+def stale() -> bool:
+    return not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime
+
+
+def load() -> bool:
+    """Load the built library and register it for the CPU; False when it is not available."""
+    if _state["registered"]:
+        return True
+    if os.environ.get("SAI_CPU_KERNELS", "1") == "0":
+        return False
+    if stale():
+        if os.environ.get("SAI_REQUIRE_CPU_KERNELS") == "1":
+            raise SaiError(f"{LIBRARY} is missing or older than its source: run `make install`")
+        return False
+    if not _state["loaded"]:
+        torch.ops.load_library(str(LIBRARY))
+        _state["loaded"] = True
+
+    def ssc_cpu(x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation):
+        if x.dtype != torch.float32 or weight.dtype != torch.float32 or mask.dtype != torch.float32:
+            return ops.sparse_sample_conv_reference(
+                x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation)
+        return torch.ops.sai_cpu.sparse_sample_conv(
+            x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation, DENSE_ABOVE)
+
+    def interp_cpu(feature, mask, sigma, kernel_size, eps):
+        if feature.dtype != torch.float32 or mask.dtype != torch.float32:
+            return ops.interpolate_reference(feature, mask, sigma, kernel_size, eps)
+        return torch.ops.sai_cpu.interpolate(feature, mask, sigma, kernel_size, eps)
+
+    torch.library.register_kernel("sai::sparse_sample_conv", "cpu", ssc_cpu)
+    torch.library.register_kernel("sai::interpolate", "cpu", interp_cpu)
+    _state["registered"] = True
+    return True
+
+
+def active() -> bool:
+    """True when the C++ kernels are the CPU implementation of the sai ops."""
+    return _state["registered"]
