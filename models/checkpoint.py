@@ -1,0 +1,297 @@
+"""Checkpoints: our format, the official SAI-Det (mmdetection v0.6) layout, dense ResNet init.
+
+Our format (``save_checkpoint``) is a dict::
+
+    {"format": "sai-deploy-checkpoint/1",
+     "state_dict": {... model.state_dict() ...},
+     "meta": {"arch": "sparse_resnet101", "options": {...build_model options...},
+              "sai_version": ..., "torch_version": ..., **extra}}
+
+The official layout (DESIGN.md 4) has the backbone under ``backbone.`` and the neck under
+``neck.lateral_convs.{i}.conv.*`` / ``neck.fpn_convs.{i}.conv.*``; detector heads (``rpn_head.``,
+``bbox_head.``, ...) are not part of our models and are reported as ignored. Our key names are the
+official ones without the ``backbone.`` prefix, so the mapping is by prefix only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from sai.errors import SaiError
+
+FORMAT = "sai-deploy-checkpoint/1"
+OWN_PREFIXES = ("neck.",)
+HEAD_PREFIXES = ("rpn_head.", "bbox_head.", "roi_head.", "mask_head.", "bbox_roi_extractor.", "shared_head.")
+TOLERATED_MISSING = ("num_batches_tracked",)  # old checkpoints lack it; unused at inference
+
+StateDictLike = Union[str, os.PathLike, Mapping]
+
+
+@dataclass
+class LoadReport:
+    """What a load did. ``missing``/``unexpected``/``mismatched`` are empty after a strict load."""
+
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint [..] vs model [..]"
+    ignored: list[str] = field(default_factory=list)  # detector-head keys of official files
+    meta: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"layout {self.layout}: {len(self.loaded)} tensors loaded"]
+        for name in ("missing", "unexpected", "mismatched", "ignored"):
+            vals = getattr(self, name)
+            if vals:
+                parts.append(f"{len(vals)} {name}")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True) -> tuple[dict, dict]:
+    """Return ``(state_dict, meta)`` from a file path, a checkpoint dict or a bare state dict."""
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise SaiError(f"checkpoint {path} does not exist (give the path of a .pth/.pt file)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        except Exception as exc:  # pickle errors of every kind
+            hint = (" It holds non-tensor objects; if you trust the file, load it with weights_only=False."
+                    if weights_only else "")
+            raise SaiError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}.{hint}") from None
+    else:
+        obj = path_or_state_dict
+    if not isinstance(obj, Mapping):
+        raise SaiError(f"a checkpoint must be a dict (with 'state_dict') or a state dict, got {type(obj).__name__}")
+    meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta", None), Mapping) else {}
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        sd = obj["model"]
+    else:
+        sd = obj
+    sd = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    if not sd:
+        raise SaiError("the checkpoint holds no tensors (expected a dict with a 'state_dict' of tensors)")
+    return sd, meta
+
+
+def _strip_module(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def to_model_keys(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Tensor], list[str]]:
+    """Map a state dict onto our key names. Returns ``(layout, mapped, ignored_keys)``.
+
+    Layouts: ``"official"`` (``backbone.`` prefix, mmdet v0.6), ``"sai"`` (ours / torchvision names).
+    """
+    sd = _strip_module(sd)
+    if any(k.startswith("backbone.") for k in sd):
+        mapped, ignored = {}, []
+        for k, v in sd.items():
+            if k.startswith("backbone."):
+                mapped[k[len("backbone."):]] = v
+            elif k.startswith(OWN_PREFIXES):
+                mapped[k] = v
+            elif k.startswith(HEAD_PREFIXES):
+                ignored.append(k)
+            else:
+                mapped[k] = v  # reported as unexpected
+        return "official", mapped, ignored
+    return "sai", sd, []
+
+
+# ----------------------------------------------------------------------------------------------
+# layout detection
+# ----------------------------------------------------------------------------------------------
+
+
+def detect_layout(path_or_state_dict: StateDictLike) -> dict:
+    """Infer what a checkpoint holds: ``{"layout", "arch", "options", "stage_blocks"}``.
+
+    ``options`` are ``build_model`` options the weights decide: ``dcn_stages`` (from which stages
+    have ``conv2_offset`` keys), ``head`` (``fpn`` from ``neck.*``, ``cls`` from ``fc.*``, else
+    ``none``), ``num_classes``, ``base_width`` and ``fpn_out_channels``. Our own checkpoints return
+    their recorded arch/options (checked against the weights).
+    """
+    from sai.models.network import DEPTHS
+
+    sd, meta = read_checkpoint(path_or_state_dict)
+    layout, sd, _ = to_model_keys(sd)
+    if "conv1.weight" not in sd:
+        raise SaiError("not a ResNet checkpoint: no conv1.weight (or backbone.conv1.weight) key")
+    counts = []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+        counts.append(max(idx) + 1 if idx else 0)
+    kind = "bottleneck" if "layer1.0.conv3.weight" in sd else "basic"
+    depth = next((d for d, (kk, c) in DEPTHS.items() if kk == kind and tuple(c) == tuple(counts)), None)
+    if depth is None:
+        raise SaiError(f"unknown ResNet depth: {kind} blocks per stage {tuple(counts)}; supported depths "
+                       f"{sorted(DEPTHS)}")
+    sparse = any(k.endswith("conv1_mask.weight") for k in sd)
+    options: dict[str, Any] = {}
+    options["base_width"] = int(sd["conv1.weight"].shape[0])
+    options["dcn_stages"] = tuple(
+        any(re.match(rf"layer{i}\.\d+\.conv2_offset\.weight$", k) for k in sd) for i in range(1, 5)
+    )
+    if not sparse and any(options["dcn_stages"]):
+        i = options["dcn_stages"].index(True) + 1
+        w = sd[f"layer{i}.1.conv2_offset.weight"] if f"layer{i}.1.conv2_offset.weight" in sd else None
+        planes = sd[f"layer{i}.0.conv2.weight"].shape[0]
+        options["dcn_offset_from"] = "conv1" if w is None or w.shape[1] == planes else "input"
+    if "neck.lateral_convs.0.conv.weight" in sd:
+        options["head"] = "fpn"
+        options["fpn_out_channels"] = int(sd["neck.lateral_convs.0.conv.weight"].shape[0])
+    elif "fc.weight" in sd:
+        options["head"] = "cls"
+        options["num_classes"] = int(sd["fc.weight"].shape[0])
+    else:
+        options["head"] = "none"
+    arch = f"{'sparse_' if sparse else ''}resnet{depth}"
+    if meta.get("arch") and meta.get("format") == FORMAT and isinstance(meta.get("options"), Mapping):
+        if meta["arch"] != arch:
+            raise SaiError(f"checkpoint meta says arch {meta['arch']} but its weights are {arch}")
+        merged = dict(meta["options"])
+        merged.update(options)
+        options = merged
+    return {"layout": layout, "arch": arch, "options": options, "stage_blocks": tuple(counts), "meta": meta}
+
+
+# ----------------------------------------------------------------------------------------------
+# loading / saving
+# ----------------------------------------------------------------------------------------------
+
+
+def _describe(report: LoadReport, limit: Optional[int] = None) -> str:
+    lines = []
+    for name, fix in (("missing", "the checkpoint lacks them"), ("unexpected", "the model has no such keys"),
+                      ("mismatched", "shapes differ")):
+        vals = getattr(report, name)
+        if vals:
+            shown = vals if limit is None else vals[:limit]
+            lines.append(f"{len(vals)} {name} key(s) ({fix}): " + ", ".join(shown))
+    return "; ".join(lines)
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict: StateDictLike, strict: bool = True,
+                    weights_only: bool = True) -> LoadReport:
+    """Load our checkpoints or the official SAI-Det layout into ``model`` (strict by default).
+
+    A strict load raises SaiError naming every missing key, unexpected key and shape mismatch
+    (with both shapes). ``strict=False`` loads what matches and returns the report.
+    """
+    if getattr(model, "fused", False):
+        raise SaiError("load checkpoints into the unfused model, then call fuse_for_inference")
+    sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
+    layout, sd, ignored = to_model_keys(sd)
+    if meta.get("format") == FORMAT:
+        layout = "sai"
+        if meta.get("arch") and meta["arch"] != getattr(model, "arch", meta["arch"]) and strict:
+            raise SaiError(f"checkpoint is for {meta['arch']} but the model is {model.arch}; build the model "
+                           f"with build_model({meta['arch']!r}, **meta['options']) or use model_from_checkpoint")
+    own = model.state_dict()
+    report = LoadReport(layout=layout, ignored=ignored, meta=meta)
+    usable = {}
+    for k, v in sd.items():
+        if k not in own:
+            report.unexpected.append(k)
+        elif tuple(v.shape) != tuple(own[k].shape):
+            report.mismatched.append(f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}")
+        else:
+            usable[k] = v
+    report.missing = [k for k in own if k not in sd and not k.endswith(TOLERATED_MISSING)]
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise SaiError(
+            f"checkpoint does not match {getattr(model, 'arch', type(model).__name__)} "
+            f"({layout} layout): {_describe(report)}. Build the model with the checkpoint's options "
+            "(sai.models.detect_layout) or load with strict=False"
+        )
+    model.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    return report
+
+
+def init_from_dense(model: nn.Module, path_or_state_dict: StateDictLike, weights_only: bool = True) -> LoadReport:
+    """Initialise a (sparse) model from a dense ResNet state dict (torchvision or mmdet names) for
+    fine-tuning: every key present with the same shape is loaded; the rest keep their init.
+
+    ``report.missing`` lists what was not loaded (mask predictors, sigmas, temperatures, DCN
+    offsets, a head of another size...), ``report.unexpected``/``mismatched`` what was skipped.
+    """
+    sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
+    layout, sd, ignored = to_model_keys(sd)
+    report = load_checkpoint(model, sd, strict=False)
+    report.layout = "dense-init:" + layout
+    report.ignored = ignored
+    report.meta = meta
+    if not report.loaded:
+        raise SaiError("no tensor of the dense state dict matches the model (not a ResNet state dict, or a "
+                       "different depth/width?)")
+    return report
+
+
+def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], **extra_meta) -> Path:
+    """Write ``model`` in our format (to a temporary name, then renamed)."""
+    if getattr(model, "fused", False):
+        raise SaiError("save the unfused model (fused models are for export/inference only)")
+    from sai import __version__
+
+    options = dict(getattr(model, "options", {}))
+    if "dcn_stages" in options:
+        options["dcn_stages"] = tuple(bool(v) for v in options["dcn_stages"])
+    meta = {"format": FORMAT, "arch": getattr(model, "arch", None), "options": options,
+            "sai_version": __version__, "torch_version": torch.__version__}
+    meta.update(extra_meta)
+    obj = {"format": FORMAT, "state_dict": model.state_dict(), "meta": meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def model_from_checkpoint(path_or_state_dict: StateDictLike, strict: bool = True, **overrides):
+    """Build the model a checkpoint describes (``detect_layout``) and load it. Returns
+    ``(model, report)``. ``overrides`` are extra ``build_model`` options (e.g. ``sampling``)."""
+    from sai.models.network import build_model
+
+    sd, meta = read_checkpoint(path_or_state_dict)
+    info = detect_layout({"state_dict": sd, "meta": meta})
+    options = dict(info["options"])
+    clash = {k for k in overrides if k in ("dcn_stages", "head", "num_classes", "base_width", "fpn_out_channels")
+             and k in options and overrides[k] != options[k]}
+    if clash and strict:
+        raise SaiError(f"option(s) {', '.join(sorted(clash))} are fixed by the checkpoint's weights: "
+                       f"{ {k: options[k] for k in sorted(clash)} }")
+    options.update(overrides)
+    model = build_model(info["arch"], **options)
+    report = load_checkpoint(model, {"state_dict": sd, "meta": meta}, strict=strict)
+    return model, report
