@@ -1,6 +1,15 @@
 """sai.models: SparseResNet in PyTorch, the reference ops, checkpoints and FLOPs accounting."""
 
 from sai.models import cpu_kernels as _cpu_kernels
+from sai.models.checkpoint import (
+    LoadReport,
+    detect_layout,
+    init_from_dense,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from sai.models.flops import kernel_flops, official_flops, official_input_size
 from sai.models.fuse import fuse_for_inference
 from sai.models.network import (
     ARCHS,
@@ -23,13 +32,22 @@ __all__ = [
     "ARCHS",
     "DEFAULT_OPTIONS",
     "HEADS",
+    "LoadReport",
     "SAMPLING_MODES",
     "SaiResNet",
     "build_model",
+    "detect_layout",
     "fuse_for_inference",
+    "init_from_dense",
     "interpolate",
     "iter_sparse_blocks",
+    "kernel_flops",
+    "load_checkpoint",
+    "model_from_checkpoint",
     "noise_shapes",
+    "official_flops",
+    "official_input_size",
+    "save_checkpoint",
     "set_sampling",
     "sparse_sample_conv",
 ]
