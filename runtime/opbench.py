@@ -1,0 +1,238 @@
+"""Sparse vs dense, measured side by side in one run: ops, a block, a whole model (issue 6).
+
+Every case times a sparse callable and its dense counterpart with the same weights, interleaved
+(sparse, dense, sparse, dense, ...) at the same thread count, and reports medians, the spread
+(min..max) and the ratio dense/sparse (> 1: sparse is faster). Masks are set to a target density:
+random masks for ops, the mask predictors' bias for blocks and models (calibrated on the input so
+that the predicted logits are positive at about that fraction of positions).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sai.errors import SaiError
+
+
+@dataclass
+class Case:
+    section: str
+    name: str
+    density: Optional[float]
+    sparse_ms: float
+    dense_ms: float
+    sparse_spread: tuple[float, float]
+    dense_spread: tuple[float, float]
+    ratio: float
+    extra: dict = field(default_factory=dict)
+
+
+def time_pair(sparse: Callable[[], object], dense: Callable[[], object], repeats: int, warmup: int = 1):
+    """Interleaved timing of two callables; returns (sparse times, dense times) in ms."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            sparse()
+            dense()
+        ts, td = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sparse()
+            t1 = time.perf_counter()
+            dense()
+            t2 = time.perf_counter()
+            ts.append((t1 - t0) * 1e3)
+            td.append((t2 - t1) * 1e3)
+    return ts, td
+
+
+def _case(section, name, density, ts, td, **extra) -> Case:
+    ms, md = statistics.median(ts), statistics.median(td)
+    return Case(section, name, density, ms, md, (min(ts), max(ts)), (min(td), max(td)), md / ms, extra)
+
+
+def random_mask(n: int, h: int, w: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, h, w, generator=g) < density).float()
+
+
+# ------------------------------------------------------------------------------------ ops
+
+
+def bench_ops(repeats: int, size: int = 64, densities=(0.1, 0.25, 0.5, 1.0)) -> list[Case]:
+    from sai.models import ops
+
+    out = []
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, size, size, generator=g)
+    w = torch.randn(256, 256, 3, 3, generator=g) * 0.02
+    b = torch.randn(256, generator=g)
+    for r in densities:
+        m = random_mask(1, size, size, r, 1)
+        ts, td = time_pair(
+            lambda m=m: ops.sparse_sample_conv(x, m, w, b, padding=1, activation="relu"),
+            lambda: F.relu(F.conv2d(x, w, b, padding=1)),
+            repeats,
+        )
+        out.append(_case("op", f"SparseSampleConv 3x3 256->256 {size}x{size}", r, ts, td))
+    x1 = torch.randn(1, 1024, size, size, generator=g)
+    w1 = torch.randn(256, 1024, 1, 1, generator=g) * 0.02
+    for r in (0.25, 0.5):
+        m = random_mask(1, size, size, r, 2)
+        ts, td = time_pair(
+            lambda m=m: ops.sparse_sample_conv(x1, m, w1, b, activation="relu"),
+            lambda: F.relu(F.conv2d(x1, w1, b)),
+            repeats,
+        )
+        out.append(_case("op", f"SparseSampleConv 1x1 1024->256 {size}x{size}", r, ts, td))
+    f = torch.randn(1, 256, size, size, generator=g)
+    for r in (0.25, 0.5):
+        m = random_mask(1, size, size, r, 3)
+        ts, td = time_pair(
+            lambda m=m: ops.interpolate(f, m, 1.0, 7),
+            lambda m=m: ops.interpolate_reference(f, m, 1.0, 7, 1e-5),
+            repeats,
+        )
+        out.append(_case("op", f"Interpolate 256ch {size}x{size} (vs dense formula)", r, ts, td))
+    return out
+
+
+# ------------------------------------------------------------------------- blocks, models
+
+
+def randomize_masks(model: nn.Module, seed: int = 0) -> None:
+    """Give the mask predictors random weights (fresh models have zero mask weights)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, mod in model.named_modules():
+        if name.endswith(("conv1_mask", "conv2_mask")):
+            with torch.no_grad():
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 0.01)
+
+
+@torch.no_grad()
+def calibrate_mask_bias(model: nn.Module, x: torch.Tensor, density: float) -> None:
+    """Set every mask predictor's bias so that about ``density`` of its logits are positive.
+
+    One forward pass: a pre-hook on each mask conv sets its bias from the input it receives, so
+    later blocks see the already calibrated earlier blocks.
+    """
+    handles = []
+
+    def hook(mod, args):
+        logit = F.conv2d(args[0], mod.weight, None, mod.stride, mod.padding)
+        flat = logit.flatten()
+        if flat.numel() > 4_000_000:
+            flat = flat[torch.randperm(flat.numel())[:4_000_000]]
+        mod.bias.fill_(-float(torch.quantile(flat, 1.0 - density)))
+
+    for name, mod in model.named_modules():
+        if name.endswith(("conv1_mask", "conv2_mask")):
+            handles.append(mod.register_forward_pre_hook(hook))
+    if not handles:
+        raise SaiError("the model has no mask predictors (conv1_mask/conv2_mask) to calibrate")
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def dense_twin(sparse_model: nn.Module, arch: str, **options) -> nn.Module:
+    """The plain ResNet with the sparse model's weights (mask/sigma parameters dropped)."""
+    from sai.models import build_model
+
+    dense = build_model(arch, **options)
+    sd = sparse_model.state_dict()
+    own = dense.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise SaiError(f"dense twin {arch} has weights the sparse model lacks: {missing[:5]}")
+    dense.load_state_dict({k: sd[k] for k in own})
+    return dense.eval()
+
+
+def measured_density(model: nn.Module) -> float:
+    dens = model.densities()
+    vals = [v for pair in dens.values() for v in pair]
+    return sum(vals) / max(len(vals), 1)
+
+
+def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Case]:
+    """Stage-3 Bottleneck (1024 channels in and out, 256 planes) at size x size."""
+    from sai.models import build_model, fuse_for_inference
+    from sai.models.blocks import Bottleneck, SparseBottleneck
+    from sai.models.fuse import fuse_block
+
+    out = []
+    torch.manual_seed(0)
+    x = torch.randn(1, 1024, size, size)
+    for r in densities:
+        model = build_model("sparse_resnet50", head="none")
+        blk = model.layer3[1]
+        if not isinstance(blk, SparseBottleneck):
+            raise SaiError("sparse_resnet50.layer3[1] is not a SparseBottleneck")
+        randomize_masks(blk)
+        wrapper = nn.Sequential(blk)
+        calibrate_mask_bias(wrapper, x, r)
+        fused = fuse_for_inference(model).layer3[1]
+        dense_blk = Bottleneck(1024, 256)
+        dense_blk.load_state_dict({k: v for k, v in blk.state_dict().items() if k in dense_blk.state_dict()})
+        dense_fused = fuse_block(dense_blk.eval())
+        with torch.no_grad():
+            fused(x)
+            d = fused.mask_stats() or {}
+        ts, td = time_pair(lambda f=fused: f(x), lambda f=dense_fused: f(x), repeats)
+        out.append(_case("block", f"stage-3 Bottleneck 1024ch {size}x{size}", r, ts, td,
+                         measured_d1=d.get("d1"), measured_d2=d.get("d2")))
+    return out
+
+
+def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
+                density: float = 0.3) -> list[Case]:
+    from sai.models import build_model, fuse_for_inference
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, height, width)
+    model = build_model(arch, head="none").eval()
+    randomize_masks(model)
+    calibrate_mask_bias(model, x, density)
+    dense_arch = arch.replace("sparse_", "")
+    dense = fuse_for_inference(dense_twin(model, dense_arch, head="none"))
+    fused = fuse_for_inference(model)
+    with torch.no_grad():
+        fused.reset_densities()
+        fused(x)
+    d = measured_density(fused)
+    ts, td = time_pair(lambda: fused(x), lambda: dense(x), repeats)
+    return [_case("model", f"{arch} vs {dense_arch} {height}x{width}", density, ts, td,
+                  measured_mean_density=d)]
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def format_table(cases: list[Case], threads: int) -> str:
+    lines = [f"sparse vs dense, medians over repeats, {threads} thread(s); ratio = dense / sparse (> 1: sparse faster)",
+             f"{'section':<7} {'case':<52} {'density':>7} {'sparse ms':>18} {'dense ms':>18} {'ratio':>6}"]
+    for c in cases:
+        dens = "-" if c.density is None else f"{c.density:.2f}"
+        sp = f"{c.sparse_ms:8.2f} [{c.sparse_spread[0]:.1f}-{c.sparse_spread[1]:.1f}]"
+        dp = f"{c.dense_ms:8.2f} [{c.dense_spread[0]:.1f}-{c.dense_spread[1]:.1f}]"
+        lines.append(f"{c.section:<7} {c.name:<52} {dens:>7} {sp:>18} {dp:>18} {c.ratio:6.2f}")
+        if c.extra:
+            lines.append(f"{'':<7} {'':<52} " + ", ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.extra.items()))
+    return "\n".join(lines)
+
+
+def to_json(cases: list[Case], threads: int, backend: str) -> str:
+    return json.dumps({"threads": threads, "cpu_kernels": backend, "cases": [asdict(c) for c in cases]}, indent=2)
