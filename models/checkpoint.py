@@ -262,7 +262,7 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], **extra_met
     if "dcn_stages" in options:
         options["dcn_stages"] = tuple(bool(v) for v in options["dcn_stages"])
     meta = {"format": FORMAT, "arch": getattr(model, "arch", None), "options": options,
-            "sai_version": __version__, "torch_version": torch.__version__}
+            "sai_version": __version__, "torch_version": str(torch.__version__)}
     meta.update(extra_meta)
     obj = {"format": FORMAT, "state_dict": model.state_dict(), "meta": meta}
     path = Path(path)
