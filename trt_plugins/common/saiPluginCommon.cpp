@@ -1,0 +1,224 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ */
+#include "saiPluginCommon.h"
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+
+using namespace nvinfer1;
+
+namespace sai
+{
+namespace plugin
+{
+
+namespace
+{
+std::mutex gLoggerMutex;
+ILoggerFinder* gLoggerFinder{nullptr};
+
+char const* typeName(PluginFieldType t)
+{
+    switch (t)
+    {
+    case PluginFieldType::kFLOAT16: return "kFLOAT16";
+    case PluginFieldType::kFLOAT32: return "kFLOAT32";
+    case PluginFieldType::kFLOAT64: return "kFLOAT64";
+    case PluginFieldType::kINT8: return "kINT8";
+    case PluginFieldType::kINT16: return "kINT16";
+    case PluginFieldType::kINT32: return "kINT32";
+    case PluginFieldType::kCHAR: return "kCHAR";
+    case PluginFieldType::kDIMS: return "kDIMS";
+    case PluginFieldType::kINT64: return "kINT64";
+    default: return "another type";
+    }
+}
+} // namespace
+
+void saiSetLoggerFinder(ILoggerFinder* finder) noexcept
+{
+    std::lock_guard<std::mutex> lock(gLoggerMutex);
+    gLoggerFinder = finder;
+}
+
+void saiLog(ILogger::Severity severity, std::string const& message) noexcept
+{
+    try
+    {
+        std::lock_guard<std::mutex> lock(gLoggerMutex);
+        ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+        if (logger != nullptr)
+        {
+            logger->log(severity, message.c_str());
+        }
+    }
+    catch (...)
+    {
+    }
+}
+
+SaiFieldReader::SaiFieldReader(std::string pluginName, std::string nodeName)
+    : mPrefix(std::move(pluginName) + " plugin" + (nodeName.empty() ? std::string() : " (node '" + nodeName + "')"))
+{
+}
+
+void SaiFieldReader::fail(std::string const& message)
+{
+    mOk = false;
+    saiLogError(mPrefix + ": " + message);
+}
+
+bool SaiFieldReader::readInts(
+    PluginField const& f, std::vector<int32_t>& out, int32_t minLen, int32_t maxLen, int32_t lo, int32_t hi)
+{
+    std::ostringstream err;
+    if (f.type != PluginFieldType::kINT32)
+    {
+        err << "field '" << f.name << "' must be kINT32, got " << typeName(f.type);
+    }
+    else if (f.length < minLen || f.length > maxLen || (f.length > 0 && f.data == nullptr))
+    {
+        err << "field '" << f.name << "' must have " << minLen;
+        if (maxLen != minLen)
+        {
+            err << ".." << maxLen;
+        }
+        err << " value(s), got " << f.length;
+    }
+    else
+    {
+        auto const* v = static_cast<int32_t const*>(f.data);
+        std::vector<int32_t> vals(v, v + f.length);
+        for (int32_t x : vals)
+        {
+            if (x < lo || x > hi)
+            {
+                err << "field '" << f.name << "' value " << x << " is out of range [" << lo << ", " << hi << "]";
+                break;
+            }
+        }
+        if (err.str().empty())
+        {
+            out = vals;
+            return true;
+        }
+    }
+    fail(err.str());
+    return false;
+}
+
+bool SaiFieldReader::readInt(PluginField const& f, int32_t& out, int32_t lo, int32_t hi)
+{
+    std::vector<int32_t> v;
+    if (!readInts(f, v, 1, 1, lo, hi))
+    {
+        return false;
+    }
+    out = v[0];
+    return true;
+}
+
+bool SaiFieldReader::readFloat(PluginField const& f, float& out)
+{
+    std::ostringstream err;
+    if (f.type != PluginFieldType::kFLOAT32 && f.type != PluginFieldType::kFLOAT64)
+    {
+        err << "field '" << f.name << "' must be kFLOAT32, got " << typeName(f.type);
+    }
+    else if (f.length != 1 || f.data == nullptr)
+    {
+        err << "field '" << f.name << "' must have 1 value, got " << f.length;
+    }
+    else
+    {
+        double const v = f.type == PluginFieldType::kFLOAT32 ? static_cast<double>(*static_cast<float const*>(f.data))
+                                                             : *static_cast<double const*>(f.data);
+        if (std::isfinite(v))
+        {
+            out = static_cast<float>(v);
+            return true;
+        }
+        err << "field '" << f.name << "' must be finite, got " << v;
+    }
+    fail(err.str());
+    return false;
+}
+
+bool SaiFieldReader::readString(PluginField const& f, std::string& out)
+{
+    if (f.type != PluginFieldType::kCHAR)
+    {
+        fail(std::string("field '") + f.name + "' must be kCHAR (a string), got " + typeName(f.type));
+        return false;
+    }
+    if (f.length < 0 || (f.length > 0 && f.data == nullptr))
+    {
+        fail(std::string("field '") + f.name + "' has an invalid length");
+        return false;
+    }
+    auto const* s = static_cast<char const*>(f.data);
+    size_t n = 0;
+    while (n < static_cast<size_t>(f.length) && s[n] != '\0')
+    {
+        ++n;
+    }
+    out.assign(s == nullptr ? "" : s, n);
+    return true;
+}
+
+void SaiFieldWriter::addInts(char const* name, std::vector<int32_t> const& values)
+{
+    mInts.push_back(std::make_unique<std::vector<int32_t>>(values));
+    mFields.emplace_back(name, mInts.back()->data(), PluginFieldType::kINT32, static_cast<int32_t>(values.size()));
+}
+
+void SaiFieldWriter::addFloat(char const* name, float value)
+{
+    mFloats.push_back(std::make_unique<float>(value));
+    mFields.emplace_back(name, mFloats.back().get(), PluginFieldType::kFLOAT32, 1);
+}
+
+void SaiFieldWriter::addString(char const* name, std::string const& value)
+{
+    mStrings.push_back(std::make_unique<std::string>(value));
+    mFields.emplace_back(
+        name, mStrings.back()->c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(value.size() + 1));
+}
+
+PluginFieldCollection const* SaiFieldWriter::collection()
+{
+    mCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mCollection.fields = mFields.data();
+    return &mCollection;
+}
+
+IDimensionExpr const* saiConvOutputExpr(IExprBuilder& b, IDimensionExpr const& size, IDimensionExpr const& kernel,
+    int32_t padSum, int32_t stride, int32_t dilation)
+{
+    // span = size + padSum - 1 - dilation * (kernel - 1)
+    IDimensionExpr const* km1 = b.operation(DimensionOperation::kSUB, kernel, *b.constant(1));
+    IDimensionExpr const* dk = b.operation(DimensionOperation::kPROD, *b.constant(dilation), *km1);
+    IDimensionExpr const* sp = b.operation(DimensionOperation::kSUM, size, *b.constant(padSum - 1));
+    IDimensionExpr const* span = b.operation(DimensionOperation::kSUB, *sp, *dk);
+    IDimensionExpr const* q = b.operation(DimensionOperation::kFLOOR_DIV, *span, *b.constant(stride));
+    return b.operation(DimensionOperation::kSUM, *q, *b.constant(1));
+}
+
+char const* saiDataTypeName(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return "FP32";
+    case DataType::kHALF: return "FP16";
+    case DataType::kINT8: return "INT8";
+    case DataType::kINT32: return "INT32";
+    case DataType::kBOOL: return "BOOL";
+    default: return "an unsupported type";
+    }
+}
+
+} // namespace plugin
+} // namespace sai

@@ -1,0 +1,524 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * TensorRT glue of sai::SparseSampleConv (DESIGN.md 3.2). Inputs: 0 X [N,C,H,W], 1 M [N,1,Ho,Wo],
+ * 2 W [Cout,C/group,kh,kw], optional 3 B [Cout], optional 4 Offset [N,2*deform_groups*kh*kw,Ho,Wo];
+ * the variant follows from the input count (3, 4 or 5). Output 0 Y [N,Cout,Ho,Wo].
+ */
+#include "sparseSampleConvPlugin.h"
+#include "sparseSampleConvKernel.h"
+
+#include <exception>
+#include <sstream>
+
+using namespace nvinfer1;
+
+namespace sai
+{
+namespace plugin
+{
+
+namespace
+{
+constexpr char const* kNAME = "SparseSampleConv";
+constexpr int32_t kX = 0;
+constexpr int32_t kMASK = 1;
+constexpr int32_t kWEIGHT = 2;
+constexpr int32_t kBIAS = 3;
+constexpr int32_t kOFFSET = 4;
+constexpr int32_t kBIG = 1 << 20;
+
+void logError(std::string const& msg) noexcept
+{
+    saiLogError(std::string(kNAME) + " plugin: " + msg);
+}
+
+std::string dimsStr(Dims const& d)
+{
+    std::ostringstream s;
+    s << "[";
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        s << (i ? "," : "") << d.d[i];
+    }
+    s << "]";
+    return s.str();
+}
+
+bool allKnown(Dims const& d)
+{
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        if (d.d[i] < 0)
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool fitsInt32(Dims const& d)
+{
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        if (d.d[i] > INT32_MAX)
+        {
+            return false;
+        }
+    }
+    return true;
+}
+} // namespace
+
+SparseSampleConvPlugin::SparseSampleConvPlugin(SparseSampleConvAttrs attrs)
+    : mAttrs(std::move(attrs))
+{
+}
+
+IPluginCapability* SparseSampleConvPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* SparseSampleConvPlugin::clone() noexcept
+{
+    try
+    {
+        auto* p = new SparseSampleConvPlugin(mAttrs);
+        p->mNbInputs = mNbInputs;
+        return p;
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("clone failed: ") + e.what());
+    }
+    return nullptr;
+}
+
+char const* SparseSampleConvPlugin::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* SparseSampleConvPlugin::getPluginVersion() const noexcept
+{
+    return kSAI_PLUGIN_VERSION;
+}
+
+char const* SparseSampleConvPlugin::getPluginNamespace() const noexcept
+{
+    return kSAI_PLUGIN_NAMESPACE;
+}
+
+int32_t SparseSampleConvPlugin::getNbOutputs() const noexcept
+{
+    return 1;
+}
+
+bool SparseSampleConvPlugin::checkInputCount(int32_t nbInputs, int32_t nbOutputs) const noexcept
+{
+    if (nbInputs < 3 || nbInputs > 5 || nbOutputs != 1)
+    {
+        logError("expects 3, 4 or 5 inputs (X, M, W [, B [, Offset]]) and 1 output, got " + std::to_string(nbInputs)
+            + " inputs and " + std::to_string(nbOutputs) + " outputs");
+        return false;
+    }
+    return true;
+}
+
+bool SparseSampleConvPlugin::makeParams(Dims const& x, Dims const& w, SaiConvParams& p) const noexcept
+{
+    if (x.nbDims != 4 || w.nbDims != 4 || !fitsInt32(x) || !fitsInt32(w))
+    {
+        logError("X and W must be 4-D, got X " + dimsStr(x) + " and W " + dimsStr(w));
+        return false;
+    }
+    p.N = static_cast<int32_t>(x.d[0]);
+    p.C = static_cast<int32_t>(x.d[1]);
+    p.H = static_cast<int32_t>(x.d[2]);
+    p.W = static_cast<int32_t>(x.d[3]);
+    p.Cout = static_cast<int32_t>(w.d[0]);
+    p.kh = static_cast<int32_t>(w.d[2]);
+    p.kw = static_cast<int32_t>(w.d[3]);
+    p.strideH = mAttrs.strides[0];
+    p.strideW = mAttrs.strides[1];
+    p.padTop = mAttrs.pads[0];
+    p.padLeft = mAttrs.pads[1];
+    p.padBottom = mAttrs.pads[2];
+    p.padRight = mAttrs.pads[3];
+    p.dilationH = mAttrs.dilations[0];
+    p.dilationW = mAttrs.dilations[1];
+    p.groups = mAttrs.group;
+    p.deformGroups = mAttrs.deformGroups;
+    p.activation = mAttrs.activation;
+    if (!saiConvFinalize(p) || w.d[1] != p.cinPerGroup)
+    {
+        logError("X " + dimsStr(x) + " and W " + dimsStr(w) + " do not fit group=" + std::to_string(p.groups)
+            + ", deform_groups=" + std::to_string(p.deformGroups)
+            + " and these strides/pads/dilations (W must be [Cout, C/group, kh, kw], C and Cout divisible by "
+              "group, C by deform_groups, output size >= 1)");
+        return false;
+    }
+    return true;
+}
+
+bool SparseSampleConvPlugin::checkShapes(Dims const* dims, int32_t nbInputs) const noexcept
+{
+    static constexpr int32_t kRank[5] = {4, 4, 4, 1, 4};
+    static constexpr char const* kInputName[5] = {"X", "M", "W", "B", "Offset"};
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        if (dims[i].nbDims != kRank[i])
+        {
+            logError(std::string("input ") + kInputName[i] + " must be " + std::to_string(kRank[i]) + "-D, got "
+                + dimsStr(dims[i]));
+            return false;
+        }
+    }
+    Dims const& m = dims[kMASK];
+    if (m.d[1] >= 0 && m.d[1] != 1)
+    {
+        logError("mask M must be [N,1,Ho,Wo], got " + dimsStr(m));
+        return false;
+    }
+    if (!allKnown(dims[kX]) || !allKnown(dims[kWEIGHT]))
+    {
+        return true; // checked again with concrete shapes in onShapeChange
+    }
+    SaiConvParams p;
+    if (!makeParams(dims[kX], dims[kWEIGHT], p))
+    {
+        return false;
+    }
+    int64_t const wantM[4] = {p.N, 1, p.Ho, p.Wo};
+    for (int32_t i = 0; i < 4; ++i)
+    {
+        if (m.d[i] >= 0 && m.d[i] != wantM[i])
+        {
+            logError("mask M must be [N,1,Ho,Wo] = [" + std::to_string(p.N) + ",1," + std::to_string(p.Ho) + ","
+                + std::to_string(p.Wo) + "] for X " + dimsStr(dims[kX]) + ", got " + dimsStr(m));
+            return false;
+        }
+    }
+    if (nbInputs > kBIAS && dims[kBIAS].d[0] >= 0 && dims[kBIAS].d[0] != p.Cout)
+    {
+        logError("bias B must be [" + std::to_string(p.Cout) + "], got " + dimsStr(dims[kBIAS]));
+        return false;
+    }
+    if (nbInputs > kOFFSET)
+    {
+        int64_t const wantO[4] = {p.N, 2LL * p.deformGroups * p.kernelTaps, p.Ho, p.Wo};
+        for (int32_t i = 0; i < 4; ++i)
+        {
+            if (dims[kOFFSET].d[i] >= 0 && dims[kOFFSET].d[i] != wantO[i])
+            {
+                logError("Offset must be [N, 2*deform_groups*kh*kw, Ho, Wo] = [" + std::to_string(wantO[0]) + ","
+                    + std::to_string(wantO[1]) + "," + std::to_string(wantO[2]) + "," + std::to_string(wantO[3])
+                    + "], got " + dimsStr(dims[kOFFSET]));
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+int32_t SparseSampleConvPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (!checkInputCount(nbInputs, nbOutputs))
+    {
+        return -1;
+    }
+    if (inputTypes[0] != DataType::kFLOAT && inputTypes[0] != DataType::kHALF)
+    {
+        logError(std::string("supports FP32 and FP16 tensors, got X of type ") + saiDataTypeName(inputTypes[0]));
+        return -1;
+    }
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+int32_t SparseSampleConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
+    DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
+    IExprBuilder& exprBuilder) noexcept
+{
+    try
+    {
+        if (!checkInputCount(nbInputs, nbOutputs))
+        {
+            return -1;
+        }
+        static constexpr int32_t kRank[5] = {4, 4, 4, 1, 4};
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            if (inputs[i].nbDims != kRank[i])
+            {
+                logError("input " + std::to_string(i) + " must be " + std::to_string(kRank[i]) + "-D, got "
+                    + std::to_string(inputs[i].nbDims) + "-D");
+                return -1;
+            }
+        }
+        IDimensionExpr const* m1 = inputs[kMASK].d[1];
+        if (m1->isConstant() && m1->getConstantValue() != 1)
+        {
+            logError("mask M must be [N,1,Ho,Wo], got channel dimension " + std::to_string(m1->getConstantValue()));
+            return -1;
+        }
+        DimsExprs const& x = inputs[kX];
+        DimsExprs const& w = inputs[kWEIGHT];
+        outputs[0].nbDims = 4;
+        outputs[0].d[0] = x.d[0];
+        outputs[0].d[1] = w.d[0];
+        outputs[0].d[2] = saiConvOutputExpr(
+            exprBuilder, *x.d[2], *w.d[2], mAttrs.pads[0] + mAttrs.pads[2], mAttrs.strides[0], mAttrs.dilations[0]);
+        outputs[0].d[3] = saiConvOutputExpr(
+            exprBuilder, *x.d[3], *w.d[3], mAttrs.pads[1] + mAttrs.pads[3], mAttrs.strides[1], mAttrs.dilations[1]);
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("getOutputShapes: ") + e.what());
+    }
+    return -1;
+}
+
+bool SparseSampleConvPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (nbInputs < 3 || nbInputs > 5 || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs)
+    {
+        return false;
+    }
+    PluginTensorDesc const& d = inOut[pos].desc;
+    if (d.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    if (pos == 0)
+    {
+        return d.type == DataType::kFLOAT || d.type == DataType::kHALF;
+    }
+    return d.type == inOut[0].desc.type;
+}
+
+int32_t SparseSampleConvPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    if (!checkInputCount(nbInputs, nbOutputs))
+    {
+        return -1;
+    }
+    Dims dims[5];
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        dims[i] = in[i].desc.dims;
+    }
+    if (!checkShapes(dims, nbInputs))
+    {
+        return -1;
+    }
+    mNbInputs = nbInputs;
+    return 0;
+}
+
+size_t SparseSampleConvPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    if (nbInputs < 3)
+    {
+        return 0;
+    }
+    SaiConvParams p;
+    if (!makeParams(inputs[kX].max, inputs[kWEIGHT].max, p))
+    {
+        return 0;
+    }
+    SaiDataType const t = inputs[kX].desc.type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT;
+    return sparseSampleConvWorkspaceSize(p, t);
+}
+
+int32_t SparseSampleConvPlugin::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    if (!checkInputCount(nbInputs, nbOutputs))
+    {
+        return -1;
+    }
+    Dims dims[5];
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        dims[i] = in[i].dims;
+    }
+    if (!checkShapes(dims, nbInputs))
+    {
+        return -1;
+    }
+    mNbInputs = nbInputs;
+    return 0;
+}
+
+int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    SaiConvParams p;
+    if (!makeParams(inputDesc[kX].dims, inputDesc[kWEIGHT].dims, p))
+    {
+        return -1;
+    }
+    SaiConvBuffers b;
+    b.x = inputs[kX];
+    b.mask = inputs[kMASK];
+    b.weight = inputs[kWEIGHT];
+    b.bias = mNbInputs > kBIAS ? inputs[kBIAS] : nullptr;
+    b.offset = mNbInputs > kOFFSET ? inputs[kOFFSET] : nullptr;
+    b.y = outputs[0];
+    SaiDataType const t = inputDesc[kX].type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT;
+    size_t const ws = sparseSampleConvWorkspaceSize(p, t);
+    cudaError_t const err = sparseSampleConvLaunch(p, t, b, workspace, ws, stream);
+    if (err != cudaSuccess)
+    {
+        logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)));
+        return -1;
+    }
+    return 0;
+}
+
+IPluginV3* SparseSampleConvPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+{
+    return clone();
+}
+
+PluginFieldCollection const* SparseSampleConvPlugin::getFieldsToSerialize() noexcept
+{
+    try
+    {
+        mSerial = SaiFieldWriter();
+        mSerial.addInts("strides", mAttrs.strides);
+        mSerial.addInts("pads", mAttrs.pads);
+        mSerial.addInts("dilations", mAttrs.dilations);
+        mSerial.addInts("group", {mAttrs.group});
+        mSerial.addInts("deform_groups", {mAttrs.deformGroups});
+        mSerial.addString("activation", saiActivationName(mAttrs.activation));
+        return mSerial.collection();
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("getFieldsToSerialize: ") + e.what());
+    }
+    return nullptr;
+}
+
+// ------------------------------------------------------------------------------------------------
+// creator
+// ------------------------------------------------------------------------------------------------
+
+SparseSampleConvPluginCreator::SparseSampleConvPluginCreator()
+{
+    mFieldNames.emplace_back("strides", nullptr, PluginFieldType::kINT32, 2);
+    mFieldNames.emplace_back("pads", nullptr, PluginFieldType::kINT32, 4);
+    mFieldNames.emplace_back("dilations", nullptr, PluginFieldType::kINT32, 2);
+    mFieldNames.emplace_back("group", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.emplace_back("deform_groups", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.emplace_back("activation", nullptr, PluginFieldType::kCHAR, 5);
+    mFC.nbFields = static_cast<int32_t>(mFieldNames.size());
+    mFC.fields = mFieldNames.data();
+}
+
+char const* SparseSampleConvPluginCreator::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* SparseSampleConvPluginCreator::getPluginVersion() const noexcept
+{
+    return kSAI_PLUGIN_VERSION;
+}
+
+char const* SparseSampleConvPluginCreator::getPluginNamespace() const noexcept
+{
+    return kSAI_PLUGIN_NAMESPACE;
+}
+
+PluginFieldCollection const* SparseSampleConvPluginCreator::getFieldNames() noexcept
+{
+    return &mFC;
+}
+
+IPluginV3* SparseSampleConvPluginCreator::createPlugin(
+    char const* name, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+{
+    try
+    {
+        SaiFieldReader r(kNAME, name != nullptr ? name : "");
+        SparseSampleConvAttrs a;
+        int32_t const nb = fc != nullptr ? fc->nbFields : 0;
+        if (nb > 0 && fc->fields == nullptr)
+        {
+            r.fail("the field collection has no fields array");
+        }
+        for (int32_t i = 0; i < nb && fc->fields != nullptr; ++i)
+        {
+            PluginField const& f = fc->fields[i];
+            std::string const field = f.name != nullptr ? f.name : "";
+            if (field == "strides")
+            {
+                r.readInts(f, a.strides, 2, 2, 1, kBIG);
+            }
+            else if (field == "pads")
+            {
+                r.readInts(f, a.pads, 4, 4, 0, kBIG);
+            }
+            else if (field == "dilations")
+            {
+                r.readInts(f, a.dilations, 2, 2, 1, kBIG);
+            }
+            else if (field == "group")
+            {
+                r.readInt(f, a.group, 1, kBIG);
+            }
+            else if (field == "deform_groups")
+            {
+                r.readInt(f, a.deformGroups, 1, kBIG);
+            }
+            else if (field == "activation")
+            {
+                std::string s;
+                if (r.readString(f, s))
+                {
+                    int32_t const act = saiActivationFromString(s.c_str());
+                    if (act < 0)
+                    {
+                        r.fail("field 'activation' must be \"none\" or \"relu\", got \"" + s + "\"");
+                    }
+                    else
+                    {
+                        a.activation = act;
+                    }
+                }
+            }
+            else
+            {
+                saiLog(ILogger::Severity::kVERBOSE, std::string(kNAME) + " plugin: ignoring unknown field '" + field + "'");
+            }
+        }
+        if (!r.ok())
+        {
+            return nullptr;
+        }
+        return new SparseSampleConvPlugin(a);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("createPlugin failed: ") + e.what());
+    }
+    return nullptr;
+}
+
+} // namespace plugin
+} // namespace sai

@@ -1,0 +1,112 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * sai::SparseSampleConv as a TensorRT IPluginV3 (OneCore + OneBuild + OneRuntime) with its
+ * IPluginCreatorV3One. Semantics: DESIGN.md 3.2; fields and constraints: README.md beside this file.
+ * The glue never includes kernel code: it calls sparseSampleConvKernel.h.
+ */
+#ifndef SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_PLUGIN_H
+#define SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_PLUGIN_H
+
+#include "NvInferRuntime.h"
+#include "saiPluginCommon.h"
+#include "sparseSampleConvMath.h"
+
+#include <string>
+#include <vector>
+
+namespace sai
+{
+namespace plugin
+{
+
+//! The attributes of one SparseSampleConv node (ONNX attribute names in the comments).
+struct SparseSampleConvAttrs
+{
+    std::vector<int32_t> strides{1, 1};         //!< "strides"   INTS[2], >= 1
+    std::vector<int32_t> pads{0, 0, 0, 0};      //!< "pads"      INTS[4] top, left, bottom, right, >= 0
+    std::vector<int32_t> dilations{1, 1};       //!< "dilations" INTS[2], >= 1
+    int32_t group{1};                           //!< "group"     INT, >= 1
+    int32_t deformGroups{1};                    //!< "deform_groups" INT, >= 1
+    int32_t activation{kSAI_ACT_NONE};          //!< "activation" STRING "none" | "relu"
+};
+
+class SparseSampleConvPlugin : public nvinfer1::IPluginV3,
+                               public nvinfer1::IPluginV3OneCore,
+                               public nvinfer1::IPluginV3OneBuild,
+                               public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    explicit SparseSampleConvPlugin(SparseSampleConvAttrs attrs);
+    ~SparseSampleConvPlugin() override = default;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+
+    // IPluginV3OneBuild
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t getNbOutputs() const noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+    SparseSampleConvAttrs const& attrs() const
+    {
+        return mAttrs;
+    }
+    //! Fills conv params from X [N,C,H,W] and W [Cout,C/g,kh,kw] dims; false (and logs) if invalid.
+    bool makeParams(nvinfer1::Dims const& x, nvinfer1::Dims const& w, SaiConvParams& p) const noexcept;
+
+private:
+    bool checkInputCount(int32_t nbInputs, int32_t nbOutputs) const noexcept;
+    //! Full shape check of concrete dims (any -1 dimension is skipped).
+    bool checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept;
+
+    SparseSampleConvAttrs mAttrs;
+    int32_t mNbInputs{3};
+    SaiFieldWriter mSerial;
+};
+
+class SparseSampleConvPluginCreator : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    SparseSampleConvPluginCreator();
+    ~SparseSampleConvPluginCreator() override = default;
+
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    std::vector<nvinfer1::PluginField> mFieldNames;
+    nvinfer1::PluginFieldCollection mFC{};
+};
+
+} // namespace plugin
+} // namespace sai
+
+#endif // SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_PLUGIN_H
