@@ -77,8 +77,9 @@ def ort_deform_conv(x, w, offset, b, stride, pads, dil, groups, dg):
 # Every implementation of the ops is checked against the same independent references:
 #   "op"        the custom op through the public wrapper (whatever the CPU dispatch is)
 #   "reference" the pure-PyTorch reference in ops.py (the fallback and test oracle)
-#   "cpp"       the C++ CPU kernels, sparse path forced; "cpp-dense" their dense fallback path
-IMPLS = ["op", "reference", "cpp", "cpp-dense"]
+#   "cpp"       the C++ CPU kernels, sparse path forced; "cpp-dense" their dense fallback path;
+#   "cpp-nhwc"  the C++ kernels on channels_last inputs (their NHWC gather)
+IMPLS = ["op", "reference", "cpp", "cpp-dense", "cpp-nhwc"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -99,9 +100,13 @@ def run_ssc(impl, x, m, w, b=None, stride=1, pads=0, dil=1, groups=1, act="none"
     elif impl == "reference":
         y = ops.sparse_sample_conv_reference(*t[:3], t[3], t[4], s2, p4, d2, groups, dg, act)
     else:
-        dense_above = 2.0 if impl == "cpp" else 0.0
+        dense_above = 0.0 if impl == "cpp-dense" else 2.0
+        if impl == "cpp-nhwc":
+            t[0] = t[0].contiguous(memory_format=torch.channels_last)
         y = torch.ops.sai_cpu.sparse_sample_conv(*t[:3], t[3], t[4], s2, p4, d2, groups, dg, act, dense_above)
-    return y.numpy()
+        if impl == "cpp-nhwc":
+            assert y.is_contiguous(memory_format=torch.channels_last)
+    return y.contiguous().numpy()
 
 
 def run_interp(impl, f, m, sigma, k):
@@ -110,7 +115,9 @@ def run_interp(impl, f, m, sigma, k):
         return ops.interpolate(f, m, sigma, kernel_size=k).numpy()
     if impl == "reference":
         return ops.interpolate_reference(f, m, sigma, k, 1e-5).numpy()
-    return torch.ops.sai_cpu.interpolate(f, m, sigma, k, 1e-5).numpy()
+    if impl == "cpp-nhwc":
+        f = f.contiguous(memory_format=torch.channels_last)
+    return torch.ops.sai_cpu.interpolate(f, m, sigma, k, 1e-5).contiguous().numpy()
 
 
 def make_mask(kind, shape):
