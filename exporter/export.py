@@ -1,0 +1,444 @@
+"""``export_onnx``: a (Sparse)ResNet -> ONNX with the ``sai`` custom ops (issue 3, DESIGN.md 1-3, 5).
+
+Steps: build or take the model, load a checkpoint, fuse it for inference (BN folded, conv3
+reorder), dynamo-export with the translations of ``sai.exporter.translation``, clean the custom
+nodes, optionally convert to fp16 (mask subgraph kept fp32), attach the local functions (portable)
+or strip them (tensorrt), write metadata, check, and write the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import onnx
+
+from sai.errors import SaiError
+from sai.exporter import functions, graph, metadata
+from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, MIN_OPSET
+
+TARGETS = ("portable", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OPSET = 21
+MAX_OPSET = 23  # newest opset onnxruntime 1.31 and the dynamo exporter both handle
+DYNAMIC_AXES = ("batch", "hw")
+FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
+STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` wrote and how it took."""
+
+    path: Path
+    arch: str
+    target: str
+    precision: str
+    sampling: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    noise_inputs: list[tuple[str, int]]
+    op_counts: dict[str, int]
+    blocks: dict[str, dict[str, int]]
+    export_seconds: float
+    check_seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{k} x{v}" for k, v in self.op_counts.items())
+        return (
+            f"wrote {self.path} ({self.arch}, {self.sampling}, {self.precision}, target {self.target}, "
+            f"opset {self.opset}; {ops}) in {self.export_seconds:.1f} s + {self.check_seconds:.1f} s checks"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# argument validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_dynamic(dynamic: Union[bool, str, Iterable[str], None]) -> set[str]:
+    if dynamic is None or dynamic is True:
+        return set(DYNAMIC_AXES)
+    if dynamic is False:
+        return set()
+    if isinstance(dynamic, str):
+        dynamic = [d for d in dynamic.replace(" ", "").split(",") if d]
+    vals = {str(d).lower() for d in dynamic}
+    vals.discard("none")
+    bad = sorted(vals - set(DYNAMIC_AXES))
+    if bad:
+        raise SaiError(f"unknown dynamic axis {', '.join(bad)}; use any of {', '.join(DYNAMIC_AXES)} (or none)")
+    return vals
+
+
+def parse_input_shape(shape: Union[str, Sequence[int]]) -> tuple[int, int, int, int]:
+    """``"1,3,224,224"`` or a sequence -> 4 positive ints; SaiError otherwise."""
+    raw = shape
+    if isinstance(shape, str):
+        shape = [s for s in shape.replace("x", ",").split(",") if s.strip()]
+    try:
+        vals = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise SaiError(f"input shape must be 4 integers N,C,H,W (e.g. 1,3,224,224), got {raw!r}") from None
+    if len(vals) != 4 or min(vals) < 1:
+        raise SaiError(f"input shape must be 4 positive integers N,C,H,W (e.g. 1,3,224,224), got {raw!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise SaiError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_opset(opset: int) -> int:
+    try:
+        opset = int(opset)
+    except (TypeError, ValueError):
+        raise SaiError(f"opset must be an integer, got {opset!r}") from None
+    if opset < MIN_OPSET:
+        raise SaiError(
+            f"opset {opset} is not supported: the sai local functions need opset >= {MIN_OPSET} "
+            "(string Equal, DeformConv); pass --opset 19 or newer"
+        )
+    if opset > MAX_OPSET:
+        raise SaiError(f"opset {opset} is newer than this toolchain supports (max {MAX_OPSET}); pass --opset {MAX_OPSET}")
+    return opset
+
+
+# ----------------------------------------------------------------------------------------------
+# model preparation
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_model(
+    model_or_arch,
+    *,
+    checkpoint=None,
+    sampling: Optional[str] = None,
+    head: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    dcn_stages=None,
+    base_width: Optional[int] = None,
+    seed: Optional[int] = None,
+    fuse: bool = True,
+):
+    """Build (from an arch name) or take a model, load ``checkpoint``, set sampling, fuse.
+
+    Returns ``(fused eval model, arch name)``.
+    """
+    import torch
+
+    from sai import models
+
+    if isinstance(model_or_arch, str):
+        arch = model_or_arch
+        if arch not in models.ARCHS:
+            raise SaiError(f"unknown arch {arch!r}; valid archs: {', '.join(models.ARCHS)}")
+        opts: dict[str, Any] = {}
+        explicit = {"head": head, "num_classes": num_classes, "dcn_stages": dcn_stages}
+        if checkpoint is not None:
+            from sai.exporter import checkpoints
+
+            state = checkpoints.load_state_dict(checkpoint)
+            inferred = checkpoints.infer_options(arch, state)
+            checkpoints.check_flags(checkpoint, inferred, explicit)
+            opts.update(inferred)
+        for key, value in explicit.items():
+            if value is not None:
+                opts[key] = value
+        if base_width is not None:
+            opts["base_width"] = int(base_width)
+        if seed is not None:
+            opts["seed"] = int(seed)
+        if sampling is not None and arch.startswith("sparse_"):
+            opts["sampling"] = sampling
+        model = models.build_model(arch, **opts)
+        if checkpoint is not None:
+            from sai.exporter import checkpoints
+
+            checkpoints.load_into(model, state, checkpoint)
+    elif isinstance(model_or_arch, torch.nn.Module):
+        model = model_or_arch
+        arch = str(getattr(model, "arch", type(model).__name__))
+        if checkpoint is not None:
+            from sai.exporter import checkpoints
+
+            checkpoints.load_into(model, checkpoints.load_state_dict(checkpoint), checkpoint)
+        if sampling is not None and hasattr(model, "sampling"):
+            if getattr(model, "is_sparse", False):
+                models.set_sampling(model, sampling)
+    else:
+        raise SaiError(f"export needs an arch name or a torch.nn.Module, got {type(model_or_arch).__name__}")
+    model = model.eval()
+    if fuse and isinstance(model, models.SaiResNet) and not getattr(model, "fused", False):
+        model = models.fuse_for_inference(model)
+    return model.eval(), arch
+
+
+def _model_sampling(model) -> str:
+    if not getattr(model, "is_sparse", True):
+        return "dense"
+    return str(getattr(model, "sampling", "deterministic"))
+
+
+def _noise(model, input_shape) -> tuple[list[tuple[str, int]], list]:
+    import torch
+
+    specs = list(model.noise_specs()) if hasattr(model, "noise_specs") else []
+    if not specs:
+        return [], []
+    from sai.models import noise_shapes
+
+    shapes = noise_shapes(model, input_shape)
+    gen = torch.Generator().manual_seed(0)
+    return specs, [torch.rand(s, generator=gen) for _, s in shapes]
+
+
+def _output_names(n: int, head: Optional[str]) -> list[str]:
+    if n == 1:
+        return ["logits" if head in (None, "cls") else "output"]
+    if head == "fpn" and n == len(FPN_OUTPUTS):
+        return list(FPN_OUTPUTS)
+    if head == "none" and n == len(STAGE_OUTPUTS):
+        return list(STAGE_OUTPUTS)
+    return [f"output{i}" for i in range(n)]
+
+
+def _count_outputs(out) -> int:
+    return len(out) if isinstance(out, (tuple, list)) else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------
+
+
+def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_specs, opset: int, verbose: bool):
+    import torch
+
+    from sai.exporter.translation import translation_table
+
+    x_dims: dict[int, str] = {}
+    if "batch" in dyn:
+        x_dims[0] = "batch"
+    if "hw" in dyn:
+        x_dims[2], x_dims[3] = "height", "width"
+    noise_dims = []
+    for name, stride in noise_specs:
+        d: dict[int, str] = {}
+        if "batch" in dyn:
+            d[0] = "batch"
+        if "hw" in dyn:
+            d[2], d[3] = f"height_s{stride}", f"width_s{stride}"
+        noise_dims.append(d)
+    dynamic_shapes = (x_dims, tuple(noise_dims)) if noise_specs else (x_dims,)
+    if not dyn:
+        dynamic_shapes = None
+    sink = io.StringIO()
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
+    logger = logging.getLogger("torch.onnx")
+    old_level = logger.level
+    try:
+        with quiet, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if not verbose:
+                logger.setLevel(logging.ERROR)
+            program = torch.onnx.export(
+                model,
+                tuple(args),
+                dynamo=True,
+                custom_translation_table=translation_table(),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                optimize=True,
+                verbose=verbose,
+                external_data=False,
+            )
+    finally:
+        logger.setLevel(old_level)
+    return program.model_proto
+
+
+def _check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def save_atomic(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
+    """Serialize to a temporary file next to ``path`` and rename it; no half-written file on error."""
+    path = Path(path)
+    data = model.SerializeToString()
+    if not path.parent.exists():
+        raise SaiError(f"output directory {path.parent} does not exist; create it or choose another -o path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def finalize(
+    model: onnx.ModelProto, *, target: str, precision: str, opset: int
+) -> tuple["dict[str, dict[str, int]]", Optional[Any]]:
+    """Post-export passes shared by every path: custom nodes, fp16, functions, opset imports."""
+    blocks = graph.fix_custom_nodes(model)
+    graph.strip_torch_metadata(model)
+    report = None
+    if precision == "fp16":
+        from sai.exporter.fp16 import convert_to_fp16
+
+        report = convert_to_fp16(model)
+    if graph.custom_nodes(model) or target == "tensorrt":
+        graph.ensure_opset_import(model, DOMAIN, DOMAIN_VERSION)
+    if target == "portable":
+        functions.attach_functions(model, opset)
+    else:
+        functions.strip_functions(model)
+    if model.ir_version < 10:
+        model.ir_version = 10  # function overloads
+    # value_info from the exporter may be stale after the passes above; re-infer from scratch
+    del model.graph.value_info[:]
+    return blocks, report
+
+
+def export_onnx(
+    model_or_arch,
+    path: Union[str, os.PathLike],
+    *,
+    input_shape: Union[str, Sequence[int]] = (1, 3, 224, 224),
+    dynamic: Union[bool, str, Iterable[str], None] = True,
+    sampling: Optional[str] = None,
+    precision: str = "fp32",
+    target: str = "portable",
+    opset: int = DEFAULT_OPSET,
+    checkpoint=None,
+    head: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    dcn_stages=None,
+    base_width: Optional[int] = None,
+    seed: Optional[int] = None,
+    input_norm: Optional[dict] = None,
+    check: bool = True,
+    fuse: bool = True,
+    verbose: bool = False,
+) -> ExportResult:
+    """Export a (Sparse)ResNet (arch name or module) to ONNX at ``path``; see the module docstring.
+
+    ``dynamic``: True (batch and H/W), False, or a subset of ``{"batch", "hw"}``. ``sampling``:
+    deterministic (default) | stochastic (uniform noise as named inputs, see ``noise_specs``) |
+    dense. ``checkpoint``: a path or a state dict; it decides DCN stages, head and classes, and an
+    explicit flag that contradicts it is an error.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    _check_choice("target", target, TARGETS)
+    _check_choice("precision", precision, PRECISIONS)
+    if sampling is not None:
+        from sai.models import SAMPLING_MODES
+
+        _check_choice("sampling", sampling, SAMPLING_MODES)
+    opset = _check_opset(opset)
+    shape = parse_input_shape(input_shape)
+    dyn = _parse_dynamic(dynamic)
+
+    model, arch = prepare_model(
+        model_or_arch, checkpoint=checkpoint, sampling=sampling, head=head, num_classes=num_classes,
+        dcn_stages=dcn_stages, base_width=base_width, seed=seed, fuse=fuse,
+    )
+    stem = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if stem is not None and shape[1] != stem.in_channels:
+        raise SaiError(f"input shape {list(shape)} has {shape[1]} channels but {arch} takes {stem.in_channels}")
+    if getattr(model, "arch", None) and min(shape[2:]) < 32:
+        raise SaiError(f"input shape {list(shape)}: H and W must be at least 32 for {arch} (total stride 32)")
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    noise_specs, noise = _noise(model, shape)
+    with torch.no_grad():
+        try:
+            out = model(x, *noise)
+        except SaiError:
+            raise
+        except RuntimeError as exc:
+            raise SaiError(f"{arch} cannot run on input shape {list(shape)}: {str(exc).splitlines()[0]}") from exc
+    head_name = getattr(model, "head", None)
+    input_names = ["input"] + [name for name, _ in noise_specs]
+    output_names = _output_names(_count_outputs(out), head_name)
+
+    proto = _torch_export(model, [x, *noise], input_names, output_names, dyn, noise_specs, opset, verbose)
+    blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset)
+    counts = graph.op_counts(proto)
+
+    sampling_mode = _model_sampling(model)
+    import sai
+
+    meta = {
+        "arch": arch,
+        "sampling": sampling_mode,
+        "precision": precision,
+        "target": target,
+        "head": head_name or "",
+        "input_norm": input_norm or metadata.DEFAULT_INPUT_NORM,
+        "example_input_shape": list(shape),
+        "dynamic_axes": sorted(dyn),
+        "noise_inputs": [[n, s] for n, s in noise_specs],
+        "op_versions": {
+            f"{DOMAIN}::{functions.SSC}": DOMAIN_VERSION,
+            f"{DOMAIN}::{functions.INTERP}": DOMAIN_VERSION,
+            "plugin_version": "1",
+            "plugin_namespace": "sai",
+        },
+        "producer": {
+            "sai": sai.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+        },
+        "sparse_ops": counts,
+        "blocks": blocks,
+    }
+    opts = getattr(model, "options", None)
+    if isinstance(opts, dict):
+        meta["dcn_stages"] = [int(bool(v)) for v in opts.get("dcn_stages", ())]
+        if head_name == "cls":
+            meta["num_classes"] = int(opts.get("num_classes", 0))
+        for key in ("gaussian_kernel", "grid_prior_interval", "T_eval", "base_width"):
+            if key in opts:
+                meta[key] = opts[key]
+    if fp16_report is not None:
+        meta["fp16_mask_subgraph_nodes"] = fp16_report.mask_nodes
+    metadata.write_metadata(proto, meta)
+    proto.producer_name = "sai-deploy"
+    proto.producer_version = sai.__version__
+    export_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if check:
+        try:
+            _check(proto)
+        except Exception as exc:  # a bug in the exporter, not a user error: keep the traceback
+            raise RuntimeError(f"exported model for {arch} fails the ONNX checks: {exc}") from exc
+    check_s = time.perf_counter() - t1
+    out_path = save_atomic(proto, path)
+    return ExportResult(
+        path=out_path, arch=arch, target=target, precision=precision, sampling=sampling_mode, opset=opset,
+        input_names=input_names, output_names=output_names, noise_inputs=noise_specs, op_counts=counts,
+        blocks=blocks, export_seconds=export_s, check_seconds=check_s, metadata=meta,
+    )

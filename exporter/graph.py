@@ -1,0 +1,123 @@
+"""Post-export passes over the ONNX graph: custom-node cleanup, block list, op counts, naming."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter, OrderedDict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from sai.exporter.functions import DEFORM_OVERLOAD, DOMAIN, INTERP, OP_TYPES, SSC
+
+_BLOCK_RE = re.compile(r"(^|\.)layer\d+\.\d+$")
+_SHORT = {SSC: "ssc", INTERP: "interp"}
+
+
+def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in OP_TYPES]
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    c = Counter(n.op_type for n in custom_nodes(model))
+    return {op: int(c.get(op, 0)) for op in OP_TYPES}
+
+
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return [str(s) for s in ast.literal_eval(p.value)]
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def _block_of(scopes: list[str]) -> str:
+    for s in reversed(scopes):
+        if _BLOCK_RE.search(s):
+            return s
+    return scopes[-2] if len(scopes) >= 2 and scopes[-2] else "model"
+
+
+def fix_custom_nodes(model: onnx.ModelProto) -> "OrderedDict[str, dict[str, int]]":
+    """Fill empty bias slots with zero initializers, set the deform overload, name nodes by block.
+
+    Returns the block list: ``{block name: {op_type: count}}`` in graph order. Call before
+    ``strip_torch_metadata`` (the block names come from the exporter's name scopes).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    blocks: OrderedDict[str, dict[str, int]] = OrderedDict()
+    used_names = {n.name for n in graph.node}
+    for node in custom_nodes(model):
+        if node.op_type == SSC:
+            if len(node.input) > 3 and node.input[3] == "":
+                w = inits.get(node.input[2])
+                if w is None:
+                    raise RuntimeError(f"{node.name}: weight {node.input[2]} is not an initializer")
+                cout = int(w.dims[0])
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
+                name = f"{node.input[2]}.zero_bias"
+                if name not in inits:
+                    t = numpy_helper.from_array(np.zeros([cout], dtype=dtype), name)
+                    graph.initializer.append(t)
+                    inits[name] = t
+                node.input[3] = name
+            node.overload = DEFORM_OVERLOAD if len(node.input) == 5 else ""
+        if any(i == "" for i in node.input):
+            raise RuntimeError(f"custom node {node.name} has an empty input name: {list(node.input)}")
+        block = _block_of(_scopes(node))
+        counts = blocks.setdefault(block, {op: 0 for op in OP_TYPES})
+        idx = counts[node.op_type]
+        counts[node.op_type] += 1
+        new = f"{block}/{_SHORT[node.op_type]}{idx}"
+        if new not in used_names:
+            used_names.discard(node.name)
+            node.name = new
+            used_names.add(new)
+    return blocks
+
+
+def strip_torch_metadata(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node/value metadata (stack traces, fx nodes): size and privacy."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del vi.metadata_props[:]
+    for t in model.graph.initializer:
+        del t.metadata_props[:]
+    keep = [p for p in model.metadata_props if not p.key.startswith("pkg.torch")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+
+
+def ensure_opset_import(model: onnx.ModelProto, domain: str, version: int) -> None:
+    for imp in model.opset_import:
+        if imp.domain == domain:
+            imp.version = version
+            return
+    model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+
+
+def rename_value(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a graph value everywhere (inputs, outputs, node inputs/outputs, value_info)."""
+    if old == new:
+        return
+    g = model.graph
+    for coll in (g.input, g.output, g.value_info):
+        for vi in coll:
+            if vi.name == old:
+                vi.name = new
+    for t in g.initializer:
+        if t.name == old:
+            t.name = new
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
