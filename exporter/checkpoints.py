@@ -1,124 +1,81 @@
-"""Checkpoint handling for export: read a state dict, infer build options from it, load strictly.
+"""Checkpoints for export: the checkpoint decides what it can, flags that contradict it are errors.
 
-Uses ``sai.models.load_checkpoint`` when the models package provides it; otherwise a strict
-``load_state_dict`` over the checkpoint with the official ``backbone.`` prefix removed.
+Thin layer over ``sai.models.checkpoint`` (``detect_layout``, ``load_checkpoint``). One addition:
+a dense ``resnet*`` arch accepts a sparse checkpoint of the same depth and takes its shared weights
+(the dense baseline with the same weights; mask predictors and sigmas are left out).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from sai.errors import SaiError
 
-_DCN_KEY = re.compile(r"^layer(\d)\.\d+\.conv2_offset\.weight$")
+DECIDED = ("head", "num_classes", "dcn_stages", "base_width")
 
 
 def _describe(src) -> str:
-    return str(src) if not isinstance(src, Mapping) else "the given state dict"
+    return "the given state dict" if isinstance(src, Mapping) else str(src)
 
 
-def load_state_dict(src) -> dict:
-    """A checkpoint path or mapping -> a flat state dict (``state_dict`` unwrapped)."""
-    import torch
-
-    if isinstance(src, Mapping):
-        state = dict(src)
-    else:
-        try:
-            state = torch.load(str(src), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise SaiError(f"checkpoint {src} does not exist; check the --checkpoint path") from None
-        except Exception as exc:
-            raise SaiError(f"cannot read checkpoint {src}: {str(exc).splitlines()[0]}") from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = dict(state["state_dict"])
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise SaiError(f"checkpoint {_describe(src)} holds no state dict (a mapping of parameter names)")
-    return dict(state)
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
-def _model_keys(state: Mapping[str, Any]) -> dict:
-    """Key names as the model spells them: official ``backbone.`` prefix removed."""
-    out = {}
-    for k, v in state.items():
-        out[k[len("backbone."):] if k.startswith("backbone.") else k] = v
-    return out
+def resolve_options(arch: str, checkpoint, explicit: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Build options for ``arch`` from ``checkpoint`` plus the non-None ``explicit`` flags.
 
+    Returns ``(options, layout info)``. SaiError when the checkpoint is for another architecture
+    or an explicit flag contradicts what its weights decide.
+    """
+    from sai.models.checkpoint import detect_layout
+    from sai.models.network import _parse_stages
 
-def infer_options(arch: str, state: Mapping[str, Any]) -> dict:
-    """Build options a checkpoint decides: ``dcn_stages``, ``head``, ``num_classes``, ``base_width``."""
-    keys = _model_keys(state)
-    stages = [False] * 4
-    for k in keys:
-        m = _DCN_KEY.match(k)
-        if m:
-            stages[int(m.group(1)) - 1] = True
-    opts: dict[str, Any] = {"dcn_stages": tuple(stages)}
-    if "fc.weight" in keys:
-        opts["head"] = "cls"
-        opts["num_classes"] = int(keys["fc.weight"].shape[0])
-    elif any(k.startswith("neck.") for k in keys):
-        opts["head"] = "fpn"
-    else:
-        opts["head"] = "none"
-    if "conv1.weight" in keys:
-        opts["base_width"] = int(keys["conv1.weight"].shape[0])
-    return opts
-
-
-def check_flags(src, inferred: Mapping[str, Any], explicit: Mapping[str, Any]) -> None:
-    """SaiError when an explicit flag contradicts what the checkpoint decides."""
+    info = detect_layout(checkpoint)
+    ck_arch = info["arch"]
+    dense_from_sparse = ck_arch == f"sparse_{arch}"
+    if ck_arch != arch and not dense_from_sparse:
+        raise SaiError(f"checkpoint {_describe(checkpoint)} holds a {ck_arch} but --arch is {arch}; "
+                       f"pass --arch {ck_arch} (or omit --arch)")
+    options = dict(info["options"])
     for key, value in explicit.items():
-        if value is None or key not in inferred:
+        if value is None:
             continue
-        have = inferred[key]
-        if key == "dcn_stages":
-            from sai.models.network import _parse_stages
+        if key == "num_classes" and options.get("head") != "cls":
+            raise SaiError(f"{_flag(key)} {value} given but checkpoint {_describe(checkpoint)} has no classifier "
+                           f"(its head is {options.get('head')}); drop {_flag(key)}")
+        if key in options:
+            have = options[key]
+            want = _parse_stages(value) if key == "dcn_stages" else value
+            if key == "dcn_stages":
+                have = tuple(bool(v) for v in have)
+            if want != have:
+                shown = ",".join(str(int(v)) for v in have) if key == "dcn_stages" else have
+                raise SaiError(f"{_flag(key)} {value} contradicts checkpoint {_describe(checkpoint)}, whose "
+                               f"weights have {key} = {shown}; drop {_flag(key)} (the checkpoint decides it)")
+        options[key] = value
+    if dense_from_sparse:
+        options["dcn_offset_from"] = "input"  # the sparse blocks predict offsets from the block input
+    return options, info
 
-            value = _parse_stages(value)
-            shown = ",".join(str(int(v)) for v in have)
-        else:
-            shown = str(have)
-        if key == "num_classes" and inferred.get("head") != "cls":
-            raise SaiError(f"--num-classes {value} given but checkpoint {_describe(src)} has no classifier "
-                           f"(head {inferred.get('head')}); drop --num-classes")
-        if value != have:
-            flag = "--" + key.replace("_", "-")
-            raise SaiError(f"{flag} {value} contradicts checkpoint {_describe(src)} which has {key} = {shown}; "
-                           f"drop {flag} (the checkpoint decides it)")
+
+def load_into(model, checkpoint) -> None:
+    """Strict load; for a dense model from a sparse checkpoint every dense weight must be present."""
+    from sai.models.checkpoint import load_checkpoint
+
+    arch = getattr(model, "arch", type(model).__name__)
+    if getattr(model, "is_sparse", True):
+        load_checkpoint(model, checkpoint, strict=True)
+        return
+    report = load_checkpoint(model, checkpoint, strict=False)
+    if report.missing or report.mismatched:
+        raise SaiError(f"checkpoint {_describe(checkpoint)} does not fit {arch}: missing "
+                       f"{report.missing[:10]}, mismatched {report.mismatched[:10]}")
+    extra = [k for k in report.unexpected if not _sparse_only(k)]
+    if extra:
+        raise SaiError(f"checkpoint {_describe(checkpoint)} does not fit {arch}: unexpected keys {extra[:10]}")
 
 
-def load_into(model, state: Mapping[str, Any], src) -> None:
-    """Load strictly; SaiError naming missing / unexpected / mis-shaped keys."""
-    from sai import models
-
-    loader = getattr(models, "load_checkpoint", None)
-    if loader is not None:
-        try:
-            loader(model, dict(state), strict=True)
-            return
-        except SaiError as exc:
-            raise SaiError(f"checkpoint {_describe(src)} does not fit {getattr(model, 'arch', 'the model')}: "
-                           f"{exc}") from exc
-        except RuntimeError as exc:
-            raise SaiError(f"checkpoint {_describe(src)} does not fit {getattr(model, 'arch', 'the model')}: "
-                           f"{str(exc).strip()}") from exc
-    keys = _model_keys(state)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(keys))
-    unexpected = sorted(set(keys) - set(own))
-    bad = sorted(k for k in set(own) & set(keys) if tuple(own[k].shape) != tuple(keys[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
-        if bad:
-            parts.append("shape mismatch: " + ", ".join(
-                f"{k} {tuple(keys[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:10]))
-        raise SaiError(f"checkpoint {_describe(src)} does not fit {getattr(model, 'arch', 'the model')} "
-                       f"({'; '.join(parts)}); check --arch and the checkpoint")
-    model.load_state_dict(keys, strict=True)
+def _sparse_only(key: str) -> bool:
+    return any(s in key for s in ("_mask.", "_sigma", "_gumbel."))

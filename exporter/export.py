@@ -145,36 +145,28 @@ def prepare_model(
         arch = model_or_arch
         if arch not in models.ARCHS:
             raise SaiError(f"unknown arch {arch!r}; valid archs: {', '.join(models.ARCHS)}")
-        opts: dict[str, Any] = {}
-        explicit = {"head": head, "num_classes": num_classes, "dcn_stages": dcn_stages}
+        explicit = {"head": head, "num_classes": num_classes, "dcn_stages": dcn_stages,
+                    "base_width": base_width}
         if checkpoint is not None:
             from sai.exporter import checkpoints
 
-            state = checkpoints.load_state_dict(checkpoint)
-            inferred = checkpoints.infer_options(arch, state)
-            checkpoints.check_flags(checkpoint, inferred, explicit)
-            opts.update(inferred)
-        for key, value in explicit.items():
-            if value is not None:
-                opts[key] = value
-        if base_width is not None:
-            opts["base_width"] = int(base_width)
+            opts, _ = checkpoints.resolve_options(arch, checkpoint, explicit)
+        else:
+            opts = {k: v for k, v in explicit.items() if v is not None}
         if seed is not None:
             opts["seed"] = int(seed)
         if sampling is not None and arch.startswith("sparse_"):
             opts["sampling"] = sampling
         model = models.build_model(arch, **opts)
         if checkpoint is not None:
-            from sai.exporter import checkpoints
-
-            checkpoints.load_into(model, state, checkpoint)
+            checkpoints.load_into(model, checkpoint)
     elif isinstance(model_or_arch, torch.nn.Module):
         model = model_or_arch
         arch = str(getattr(model, "arch", type(model).__name__))
         if checkpoint is not None:
             from sai.exporter import checkpoints
 
-            checkpoints.load_into(model, checkpoints.load_state_dict(checkpoint), checkpoint)
+            checkpoints.load_into(model, checkpoint)
         if sampling is not None and hasattr(model, "sampling"):
             if getattr(model, "is_sparse", False):
                 models.set_sampling(model, sampling)
@@ -235,7 +227,7 @@ def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_s
     if "hw" in dyn:
         x_dims[2], x_dims[3] = "height", "width"
     noise_dims = []
-    for name, stride in noise_specs:
+    for _name, stride in noise_specs:
         d: dict[int, str] = {}
         if "batch" in dyn:
             d[0] = "batch"
@@ -299,7 +291,7 @@ def save_atomic(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
 
 def finalize(
     model: onnx.ModelProto, *, target: str, precision: str, opset: int
-) -> tuple["dict[str, dict[str, int]]", Optional[Any]]:
+) -> tuple[dict[str, dict[str, int]], Optional[Any]]:
     """Post-export passes shared by every path: custom nodes, fp16, functions, opset imports."""
     blocks = graph.fix_custom_nodes(model)
     graph.strip_torch_metadata(model)

@@ -42,7 +42,7 @@ def _block_of(scopes: list[str]) -> str:
     return scopes[-2] if len(scopes) >= 2 and scopes[-2] else "model"
 
 
-def fix_custom_nodes(model: onnx.ModelProto) -> "OrderedDict[str, dict[str, int]]":
+def fix_custom_nodes(model: onnx.ModelProto) -> OrderedDict[str, dict[str, int]]:
     """Fill empty bias slots with zero initializers, set the deform overload, name nodes by block.
 
     Returns the block list: ``{block name: {op_type: count}}`` in graph order. Call before
