@@ -191,6 +191,8 @@ class _SparseBase(nn.Module):
         if not _recording():
             return
         with torch.no_grad():
+            if self.training:  # soft masks: count what inference would sample (s >= 0.5)
+                m1, m2 = m1 * (m1 >= 0.5), m2 * (m2 >= 0.5)
             n = m1.shape[0]
             stats = torch.stack([
                 (m1 > 0).float().mean(), (m2 > 0).float().mean(),
