@@ -8,12 +8,14 @@ STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint pytest gpu-test clean
+.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
 	@echo "make demo      end-to-end demo (arrives with a later issue)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
+	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
+	@echo "make cuda-check compile every CUDA kernel for all target GPUs with CUDA 13 and CUDA 12"
 
 # The virtual environment with the package and its dev tools. torch is pinned to the CPU build
 # that lies on these machines' disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -38,10 +40,42 @@ lint: install
 pytest: install
 	SAI_REQUIRE_CPU_KERNELS=1 $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test: lint pytest
+test: lint cuda-check pytest
 
-gpu-test: install
+gpu-test: install plugins
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# ---- TensorRT plugins (trt_plugins/, CMake inside) ---------------------------------------------
+# CUDA tools from PyPI for cuda-check (nvcc 13 comes with the machine): PyPI has no CUDA 12 nvcc
+# driver, so CUDA 12 device code is compiled by NVRTC 12.9 + ptxas 12.9 (cuda-12 runtime headers);
+# cuobjdump lists the architectures in the objects.
+CUDA_TOOLS_STAMP := $(VENV)/.sai-cuda-tools
+CUDA_TOOLS := nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86 \
+	nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cuobjdump==13.2.86
+$(CUDA_TOOLS_STAMP): $(STAMP)
+	$(PIP) install -q $(CUDA_TOOLS)
+	touch $@
+
+cuda-tools: $(CUDA_TOOLS_STAMP)
+
+cuda-check: $(CUDA_TOOLS_STAMP)
+	$(PY) trt_plugins/tests/cuda_check.py --out build/cuda-check --jobs 2
+
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
+PLUGIN_BUILD := build/trt_plugins
+PLUGIN_LIB := runtime/lib/libsai_trt_plugins.so
+TRT_CMAKE_ARGS := $(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT)) $(if $(TRT_INCLUDE_DIR),-DTRT_INCLUDE_DIR=$(TRT_INCLUDE_DIR))
+
+# Builds the kernels always, the plugin library when TensorRT headers are found (else CMake says
+# loudly that it skipped it), and installs the library into the package: runtime/lib/ is where
+# sai.runtime.plugins.find_plugin_library() looks.
+plugins:
+	cmake -S trt_plugins -B $(PLUGIN_BUILD) -DCMAKE_CUDA_COMPILER=$(NVCC) $(TRT_CMAKE_ARGS)
+	cmake --build $(PLUGIN_BUILD) -j2
+	@if [ -f $(PLUGIN_BUILD)/libsai_trt_plugins.so ]; then \
+		mkdir -p $(dir $(PLUGIN_LIB)) && cp $(PLUGIN_BUILD)/libsai_trt_plugins.so $(PLUGIN_LIB) && \
+		echo "plugins: installed $(PLUGIN_LIB)"; \
+	else echo "plugins: *** no TensorRT headers: built the CUDA kernels only, no plugin library ***"; fi
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
