@@ -1,0 +1,66 @@
+"""`sai export`: a (Sparse)ResNet -> ONNX with the sai custom ops (portable or TensorRT target)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a (Sparse)ResNet to ONNX with sai::SparseSampleConv / sai::Interpolate",
+        description="Export a model to ONNX. A --checkpoint decides DCN stages, head and classes; flags "
+        "that contradict it are errors. --target portable carries local functions so any ONNX runtime "
+        "runs the model; --target tensorrt leaves the custom nodes for the TensorRT plugins.",
+    )
+    p.add_argument("--arch", help="sparse_resnet{18,34,50,101,152} or resnet{...} (default: from --checkpoint)")
+    p.add_argument("--checkpoint", help="checkpoint (.pth): ours or the official SAI-Det layout")
+    p.add_argument("--head", choices=("cls", "fpn", "none"), help="output head (default cls, or the checkpoint's)")
+    p.add_argument("--num-classes", type=int, help="classifier size for --head cls (default 1000)")
+    p.add_argument("--dcn-stages", help="deformable conv2 per stage, e.g. 0,1,1,1")
+    p.add_argument("--base-width", type=int, help="stem width (default 64)")
+    p.add_argument("--input-shape", default="1,3,224,224", help="example input N,C,H,W (default 1,3,224,224)")
+    p.add_argument("--dynamic", default="batch,hw",
+                   help="dynamic axes: batch,hw (default), batch, hw or none")
+    p.add_argument("--sampling", choices=("deterministic", "stochastic", "dense"),
+                   help="mask sampling (default deterministic); stochastic adds the uniform noise inputs")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--target", choices=("portable", "tensorrt"), default="portable")
+    p.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
+    p.add_argument("--seed", type=int, help="seed of the model's noise generator (stochastic mode in PyTorch)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX checker / shape inference")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sai.errors import SaiError
+    from sai.exporter import export_onnx
+
+    arch = args.arch
+    if arch is None:
+        if args.checkpoint is None:
+            raise SaiError("give --arch (e.g. sparse_resnet50) or a --checkpoint to take it from")
+        from sai.models.checkpoint import detect_layout
+
+        arch = detect_layout(args.checkpoint)["arch"]
+    result = export_onnx(
+        arch, args.output,
+        input_shape=args.input_shape, dynamic=args.dynamic, sampling=args.sampling,
+        precision=args.precision, target=args.target, opset=args.opset, checkpoint=args.checkpoint,
+        head=args.head, num_classes=args.num_classes, dcn_stages=args.dcn_stages,
+        base_width=args.base_width, seed=args.seed, check=not args.no_check,
+        verbose=getattr(args, "verbose", False),
+    )
+    if args.json:
+        print(json.dumps({
+            "path": str(result.path), "arch": result.arch, "target": result.target,
+            "precision": result.precision, "sampling": result.sampling, "opset": result.opset,
+            "inputs": result.input_names, "outputs": result.output_names, "sparse_ops": result.op_counts,
+            "export_seconds": round(result.export_seconds, 2), "check_seconds": round(result.check_seconds, 2),
+        }, indent=2))
+    else:
+        print(result.summary())
+    return 0

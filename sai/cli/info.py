@@ -1,0 +1,96 @@
+"""`sai info`: what an exported ONNX model is (metadata, inputs/outputs, sparse ops, blocks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print an exported model's metadata, sparse-op counts and block list")
+    p.add_argument("model", help="an .onnx file written by sai export")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=run)
+
+
+def describe(path: str) -> dict:
+    """Everything `sai info` prints, as a dict. The op counts and blocks come from the graph itself."""
+    import os
+
+    import onnx
+
+    from sai.errors import SaiError
+    from sai.exporter.functions import DOMAIN, OP_TYPES
+    from sai.exporter.metadata import read_metadata
+
+    if not os.path.isfile(path):
+        raise SaiError(f"{path} does not exist (give the path of an .onnx file)")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        raise SaiError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+
+    def shape(vi):
+        dims = vi.type.tensor_type.shape.dim
+        return [d.dim_param or d.dim_value for d in dims]
+
+    def dtype(vi):
+        return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+
+    counts = {op: 0 for op in OP_TYPES}
+    blocks: dict[str, dict[str, int]] = {}
+    variants: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.domain == DOMAIN and n.op_type in counts:
+            counts[n.op_type] += 1
+            block = n.name.split("/")[0] if "/" in n.name else "model"
+            blocks.setdefault(block, {op: 0 for op in OP_TYPES})[n.op_type] += 1
+            key = f"{n.op_type}{'[' + n.overload + ']' if n.overload else ''}"
+            variants[key] = variants.get(key, 0) + 1
+    functions = [f"{f.domain}::{f.name}{'[' + f.overload + ']' if f.overload else ''}" for f in model.functions]
+    return {
+        "path": path,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "ir_version": model.ir_version,
+        "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "inputs": [{"name": i.name, "dtype": dtype(i), "shape": shape(i)} for i in model.graph.input],
+        "outputs": [{"name": o.name, "dtype": dtype(o), "shape": shape(o)} for o in model.graph.output],
+        "nodes": len(model.graph.node),
+        "sparse_ops": counts,
+        "sparse_op_variants": variants,
+        "local_functions": functions,
+        "blocks": blocks,
+        "metadata": read_metadata(model),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    meta = info["metadata"]
+    print(f"model       {info['path']}")
+    print(f"producer    {info['producer']}  (ir {info['ir_version']}, opsets "
+          + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()) + ")")
+    for key in ("arch", "sampling", "precision", "target", "head", "num_classes", "dcn_stages"):
+        if key in meta:
+            print(f"{key:<11} {meta[key]}")
+    if "input_norm" in meta:
+        n = meta["input_norm"]
+        print(f"input norm  {n.get('color', '')} {n.get('range', '')} mean {n.get('mean')} std {n.get('std')}")
+    if "op_versions" in meta:
+        print("op versions " + ", ".join(f"{k} {v}" for k, v in meta["op_versions"].items()))
+    if "producer" in meta:
+        print("versions    " + ", ".join(f"{k} {v}" for k, v in meta["producer"].items()))
+    for kind in ("inputs", "outputs"):
+        for i, v in enumerate(info[kind]):
+            label = kind[:-1] if i == 0 else ""
+            print(f"{label:<11} {v['name']} {v['dtype']} {v['shape']}")
+    print("sparse ops  " + ", ".join(f"{k} x{v}" for k, v in info["sparse_ops"].items())
+          + f"  ({info['nodes']} nodes)")
+    print("functions   " + (", ".join(info["local_functions"]) or "none (custom nodes need the sai plugins)"))
+    print(f"blocks      {len(info['blocks'])}")
+    for name, c in info["blocks"].items():
+        print(f"  {name:<12} " + ", ".join(f"{k} x{v}" for k, v in c.items()))
+    return 0
