@@ -1,0 +1,226 @@
+"""The backend-independent part of an engine: tensor specs, feed checking, noise, async inference.
+
+Every backend (``onnxruntime``, ``torch``, ``tensorrt``) subclasses ``Engine`` and implements only
+``_run(feeds) -> dict``; everything a caller sees (``inputs``, ``outputs``, ``infer``,
+``infer_async``, noise filling for stochastic models) lives here so the backends agree on it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from sai.errors import SaiError
+
+Dim = Union[int, str]
+Feeds = Union[np.ndarray, Mapping[str, Any]]
+
+
+class InputError(SaiError):
+    """A request's tensors do not fit the model (name, rank, shape, dtype). Servers answer 4xx."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: ``shape`` holds ints for fixed dims and names (``"batch"``) for dynamic ones."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...]
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(d, int) for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": np.dtype(self.dtype).name, "shape": list(self.shape)}
+
+
+def noise_shape(input_shape: Sequence[int], stride: int) -> tuple[int, int, int, int]:
+    """Shape of a noise input of feature stride ``stride`` for an image of ``input_shape`` [N,C,H,W].
+
+    The stem (7x7/2 pad 3), max-pool (3x3/2 pad 1) and every mask conv (3x3/s pad 1) map a size h to
+    ceil(h / stride), and nested ceilings compose: the mask grid is ``ceil(H / stride)``.
+    """
+    n, _, h, w = (int(v) for v in input_shape)
+    return (n, 2, math.ceil(h / stride), math.ceil(w / stride))
+
+
+def _dim_ok(want: Dim, have: int) -> bool:
+    return not isinstance(want, int) or want == have
+
+
+class Engine:
+    """One interface over every backend.
+
+    ``inputs``/``outputs``: ``TensorSpec`` lists (noise inputs of stochastic models included in
+    ``inputs`` and listed in ``noise_inputs``). ``infer(feeds)``: ``feeds`` is a dict name -> array
+    or one array for the image input; missing noise inputs are drawn from the engine's seeded
+    generator (``seed=``), so a fixed seed gives a reproducible stream. ``infer_async`` returns a
+    ``concurrent.futures.Future``. Engines are context managers; ``close()`` frees them.
+    """
+
+    backend = "base"
+
+    def __init__(self, *, seed: Optional[int] = None, async_workers: int = 2):
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.noise_inputs: list[tuple[str, int]] = []
+        self.metadata: dict[str, Any] = {}
+        self.path: Optional[str] = None
+        self.device = "cpu"
+        self.min_batch, self.max_batch = 1, None  # None: no upper bound (onnxruntime, torch)
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()
+        self._async_workers = max(1, int(async_workers))
+        self._closed = False
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    # -- public API -------------------------------------------------------------------------------
+    @property
+    def primary_input(self) -> TensorSpec:
+        """The image input (the first input that is not noise)."""
+        noise = {n for n, _ in self.noise_inputs}
+        for spec in self.inputs:
+            if spec.name not in noise:
+                return spec
+        raise SaiError("model has no image input")  # pragma: no cover
+
+    @property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        return {s.name: s for s in self.inputs}
+
+    def describe(self) -> dict:
+        """A JSON-able summary (backend, device, specs, noise inputs, batch range, metadata keys)."""
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "path": self.path,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "noise_inputs": [list(n) for n in self.noise_inputs],
+            "batch": [self.min_batch, self.max_batch],
+            "arch": self.metadata.get("arch"),
+            "sampling": self.metadata.get("sampling"),
+            "precision": self.metadata.get("precision"),
+        }
+
+    def noise_for(self, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
+        """Fresh uniform noise for every noise input at ``input_shape`` (empty for deterministic models)."""
+        out = {}
+        with self._rng_lock:
+            for name, stride in self.noise_inputs:
+                out[name] = self._rng.random(noise_shape(input_shape, stride), dtype=np.float32)
+        return out
+
+    def check_feeds(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Validate and complete ``feeds``: names, ranks, fixed dims, batch range, dtypes (safe casts
+        within a kind, e.g. float64 -> float32, are applied), noise inputs filled. InputError otherwise."""
+        if isinstance(feeds, np.ndarray) or not isinstance(feeds, Mapping):
+            feeds = {self.primary_input.name: feeds}
+        specs = self.input_specs
+        unknown = sorted(set(feeds) - set(specs))
+        if unknown:
+            raise InputError(f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(specs)}")
+        out: dict[str, np.ndarray] = {}
+        for name, value in feeds.items():
+            out[name] = self._check_one(specs[name], value)
+        primary = self.primary_input
+        if primary.name not in out:
+            raise InputError(f"missing input {primary.name!r} (shape {list(primary.shape)})")
+        x = out[primary.name]
+        n = int(x.shape[0])
+        if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
+            hi = self.max_batch if self.max_batch is not None else "any"
+            raise InputError(f"batch size {n} is outside the engine's profile [{self.min_batch}, {hi}]")
+        missing_noise = [name for name, _ in self.noise_inputs if name not in out]
+        if missing_noise:
+            drawn = self.noise_for(x.shape)
+            for name in missing_noise:
+                out[name] = drawn[name]
+        for name, stride in self.noise_inputs:
+            want = noise_shape(x.shape, stride)
+            if tuple(out[name].shape) != want:
+                raise InputError(f"noise input {name} has shape {list(out[name].shape)}, expected {list(want)} "
+                                 f"for input shape {list(x.shape)}")
+        missing = sorted(set(specs) - set(out))
+        if missing:
+            raise InputError(f"missing input(s) {', '.join(missing)}")
+        return out
+
+    def _check_one(self, spec: TensorSpec, value: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise InputError(f"input {spec.name!r} is not a rectangular array: {exc}") from None
+        want = np.dtype(spec.dtype)
+        if arr.dtype != want:
+            if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, want, "same_kind"):
+                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want.name}")
+            arr = arr.astype(want)
+        if arr.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, arr.shape, strict=False)):
+            raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {list(spec.shape)}")
+        if 0 in arr.shape:
+            raise InputError(f"input {spec.name!r} has an empty dimension: shape {list(arr.shape)}")
+        return np.ascontiguousarray(arr)
+
+    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Run one (batched) inference; returns output name -> numpy array."""
+        if self._closed:
+            raise SaiError(f"{self.backend} engine is closed")
+        return self._run(self.check_feeds(feeds))
+
+    def infer_async(self, feeds: Feeds) -> Future:
+        """``infer`` on the engine's worker threads; returns a Future of the output dict."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._async_workers, thread_name_prefix=f"sai-{self.backend}")
+            pool = self._pool
+        return pool.submit(self.infer, feeds)
+
+    def example_feeds(self, shape: Optional[Sequence[int]] = None, batch: int = 1, seed: int = 0) -> dict:
+        """Random image feeds (standard normal, seeded) for ``shape`` [N,C,H,W] or the model's example
+        input shape with batch ``batch``."""
+        primary = self.primary_input
+        if shape is None:
+            ex = self.metadata.get("example_input_shape")
+            if ex:
+                shape = [batch, *ex[1:]]
+            else:
+                shape = [batch if not isinstance(d, int) else d for d in primary.shape[:2]]
+                shape += [d if isinstance(d, int) else 224 for d in primary.shape[2:]]
+        shape = [int(v) for v in shape]
+        rng = np.random.default_rng(seed)
+        return {primary.name: rng.standard_normal(shape).astype(np.dtype(primary.dtype))}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{s.name}{list(s.shape)}" for s in self.inputs if s.name not in dict(self.noise_inputs))
+        return f"<{type(self).__name__} {self.backend}/{self.device} {self.path} inputs: {ins}>"

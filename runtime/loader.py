@@ -1,0 +1,123 @@
+"""``load(path, backend=...)``: pick the file and backend for a model path and build the engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from sai.errors import SaiError
+from sai.runtime.engine import Engine
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME, MANIFEST_NAME = "model.onnx", "model.trt.onnx", "model.plan", "manifest.json"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+@dataclass
+class Resolved:
+    backend: str
+    file: Path
+    manifest: Optional[dict]
+
+
+def read_manifest(outdir: Path) -> Optional[dict]:
+    path = Path(outdir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SaiError(f"{path} is not valid JSON ({exc}); re-run sai convert") from None
+
+
+def tensorrt_usable() -> bool:
+    """True when the tensorrt module imports (it needs libnvinfer) - not whether a GPU is free."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _checkpoint_of(manifest: Optional[dict], outdir: Path) -> Path:
+    ck = (manifest or {}).get("checkpoint") or {}
+    path = ck.get("path")
+    if not path:
+        raise SaiError(f"{outdir} records no checkpoint; pass the checkpoint (.pth) for the torch backend")
+    p = Path(path)
+    if not p.is_absolute():
+        p = outdir / p
+    if not p.is_file():
+        raise SaiError(f"checkpoint {p} recorded in {outdir / MANIFEST_NAME} is gone; pass --checkpoint")
+    return p
+
+
+def resolve(path, backend: str = "auto") -> Resolved:
+    """Which backend and file ``load`` uses for ``path`` (an OUTDIR, .onnx, .plan/.engine or checkpoint)."""
+    if backend not in BACKENDS:
+        raise SaiError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    p = Path(path)
+    if not p.exists():
+        raise SaiError(f"{p} does not exist; give a sai convert OUTDIR, a .onnx, a .plan or a checkpoint")
+    if p.is_dir():
+        manifest = read_manifest(p)
+        plan, onnx_file = p / PLAN_NAME, p / ONNX_NAME
+        if backend == "auto":
+            backend = "tensorrt" if plan.is_file() and tensorrt_usable() else "onnxruntime"
+        if backend == "tensorrt":
+            if not plan.is_file():
+                raise SaiError(f"{p} has no {PLAN_NAME} (engines are built only where TensorRT and a GPU exist); "
+                               "use --backend onnxruntime, or run sai convert on a GPU machine")
+            return Resolved("tensorrt", plan, manifest)
+        if backend == "torch":
+            return Resolved("torch", _checkpoint_of(manifest, p), manifest)
+        if not onnx_file.is_file():
+            raise SaiError(f"{p} has no {ONNX_NAME}; is it a sai convert OUTDIR?")
+        return Resolved("onnxruntime", onnx_file, manifest)
+    suffix = p.suffix.lower()
+    sibling = read_manifest(p.parent) if (p.parent / MANIFEST_NAME).is_file() else None
+    if suffix == ".onnx":
+        if backend in ("auto", "onnxruntime"):
+            return Resolved("onnxruntime", p, sibling)
+        raise SaiError(f"the {backend} backend cannot run an ONNX file directly: "
+                       + ("build an engine with sai convert" if backend == "tensorrt" else "give the checkpoint"))
+    if suffix in (".plan", ".engine", ".trt"):
+        if backend in ("auto", "tensorrt"):
+            return Resolved("tensorrt", p, sibling)
+        raise SaiError(f"{p} is a TensorRT engine; only --backend tensorrt runs it")
+    if suffix in CHECKPOINT_SUFFIXES:
+        if backend in ("auto", "torch"):
+            return Resolved("torch", p, None)
+        raise SaiError(f"{p} is a checkpoint; run it with --backend torch, or convert it with sai convert")
+    raise SaiError(f"cannot tell what {p} is from its suffix; use .onnx, .plan, .pth or a sai convert OUTDIR")
+
+
+def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Optional[int] = None,
+         threads: Optional[int] = None, sampling: Optional[str] = None, **options) -> Engine:
+    """An ``Engine`` for ``path``. ``device``: onnxruntime ``cpu|cuda|tensorrt`` (EP), torch ``cpu|cuda``;
+    ``seed`` seeds the noise of stochastic models; ``sampling`` overrides a checkpoint's sampling mode
+    (torch); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs`` for tensorrt)."""
+    r = resolve(path, backend)
+    meta = (r.manifest or {}).get("metadata") or {}
+    if r.backend == "onnxruntime":
+        from sai.runtime.ort_backend import OnnxRuntimeEngine
+
+        ort_file = r.file
+        if device == "tensorrt" and (r.file.parent / TRT_ONNX_NAME).is_file():
+            ort_file = r.file.parent / TRT_ONNX_NAME  # custom nodes map to the plugins in the TRT EP
+        return OnnxRuntimeEngine(str(ort_file), device=device or "cpu", threads=threads, seed=seed, **options)
+    if r.backend == "torch":
+        from sai.runtime.torch_backend import TorchEngine
+
+        if sampling is None and meta.get("sampling") in ("deterministic", "stochastic"):
+            sampling = meta["sampling"]
+        return TorchEngine(str(r.file), device=device or "cpu", threads=threads, seed=seed, sampling=sampling,
+                           **options)
+    from sai.runtime.trt_backend import TensorRTEngine
+
+    return TensorRTEngine(str(r.file), seed=seed, metadata=meta, **options)

@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: CPU, the CUDA execution provider (onnxruntime-gpu), or the TensorRT EP with
+the sai plugin library (``trt_extra_plugin_lib_paths``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from sai.errors import MissingDependencyError, SaiError
+from sai.runtime.engine import Engine, TensorSpec
+
+ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+DEVICES = ("cpu", "cuda", "tensorrt")
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "run the onnxruntime backend",
+                                     "pip install 'onnxruntime==1.31.*'") from None
+    return onnxruntime
+
+
+def providers_for(device: str, available: list[str], plugin_library: Optional[str] = None,
+                  cache_dir: Optional[str] = None) -> list:
+    """The provider list for ``device`` (cpu | cuda | tensorrt); SaiError when the EP is not installed."""
+    if device not in DEVICES:
+        raise SaiError(f"onnxruntime device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise SaiError("onnxruntime has no CUDAExecutionProvider here (available: "
+                           f"{', '.join(available)}); install onnxruntime-gpu and run on an NVIDIA GPU")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" not in available:
+        raise SaiError("onnxruntime has no TensorrtExecutionProvider here (available: "
+                       f"{', '.join(available)}); install onnxruntime-gpu with TensorRT on an NVIDIA GPU")
+    if plugin_library is None:
+        raise SaiError("the TensorRT execution provider needs the sai plugin library for the sai ops; "
+                       "build it with `make plugins` or set SAI_TRT_PLUGIN_LIBRARY")
+    trt_opts = {"trt_extra_plugin_lib_paths": str(plugin_library)}
+    if cache_dir:
+        trt_opts.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(cache_dir),
+                        trt_timing_cache_enable="True")
+    return [("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _dims(shape) -> tuple:
+    return tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?") for d in shape)
+
+
+class OnnxRuntimeEngine(Engine):
+    """An ``onnxruntime.InferenceSession`` behind the ``Engine`` interface (its ``run`` is thread-safe)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str, *, device: str = "cpu", threads: Optional[int] = None,
+                 seed: Optional[int] = None, async_workers: int = 2, plugin_library: Optional[str] = None):
+        super().__init__(seed=seed, async_workers=async_workers)
+        ort = _import_ort()
+        if not os.path.isfile(path):
+            raise SaiError(f"ONNX model {path} does not exist")
+        if device == "tensorrt" and plugin_library is None:
+            from sai.runtime.plugins import find_plugin_library
+
+            found = find_plugin_library()
+            plugin_library = str(found) if found else None
+        providers = providers_for(device, ort.get_available_providers(), plugin_library)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:
+            raise SaiError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+        self.path, self.device = str(path), device
+        self.inputs = [TensorSpec(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)), _dims(i.shape))
+                       for i in self.session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, np.dtype(ORT_DTYPES.get(o.type, np.float32)), _dims(o.shape))
+                        for o in self.session.get_outputs()]
+        self.metadata = read_session_metadata(self.session)
+        names = {s.name for s in self.inputs}
+        self.noise_inputs = [(str(n), int(s)) for n, s in self.metadata.get("noise_inputs", []) if n in names]
+        self._output_names = [o.name for o in self.outputs]
+
+    def _run(self, feeds):
+        try:
+            values = self.session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise SaiError(f"onnxruntime inference failed: {str(exc).splitlines()[0][:300]}") from exc
+        return dict(zip(self._output_names, values, strict=True))
+
+    def _close(self) -> None:
+        self.session = None
+
+
+def read_session_metadata(session) -> dict:
+    """The ``sai.*`` metadata_props of a session's model, JSON values decoded."""
+    out = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        if not key.startswith("sai."):
+            continue
+        try:
+            out[key[4:]] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key[4:]] = value
+    return out

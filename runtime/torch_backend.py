@@ -1,0 +1,127 @@
+"""PyTorch backend: the eager model from a checkpoint (ours or the official layout), fused for inference.
+
+Input and output names follow the exporter (``input``, ``noise.<block>.mask{1,2}``; ``logits`` /
+``p2..p6`` / ``c2..c5``), so feeds and results compare name by name with the ONNX backends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Optional
+
+import numpy as np
+
+from sai.errors import MissingDependencyError, SaiError
+from sai.runtime.engine import Engine, TensorSpec
+
+FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
+STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
+
+
+def output_names(n: int, head: Optional[str]) -> list[str]:
+    """The exporter's output naming (``sai.exporter.export``): one output is ``logits`` (cls head)."""
+    if n == 1:
+        return ["logits" if head in (None, "cls") else "output"]
+    if head == "fpn" and n == len(FPN_OUTPUTS):
+        return list(FPN_OUTPUTS)
+    if head == "none" and n == len(STAGE_OUTPUTS):
+        return list(STAGE_OUTPUTS)
+    return [f"output{i}" for i in range(n)]
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "run the torch backend", "pip install torch==2.13.0") from None
+    return torch
+
+
+class TorchEngine(Engine):
+    """A fused ``SaiResNet`` in eval mode. ``sampling`` overrides the checkpoint's mode (e.g. to match
+    an exported stochastic model); ``model`` may be given directly instead of a checkpoint path."""
+
+    backend = "torch"
+
+    def __init__(self, path: Optional[str] = None, *, model=None, sampling: Optional[str] = None,
+                 device: str = "cpu", threads: Optional[int] = None, seed: Optional[int] = None,
+                 async_workers: int = 2, strict: bool = True):
+        super().__init__(seed=seed, async_workers=async_workers)
+        torch = _import_torch()
+        from sai import models
+
+        if model is None:
+            if path is None or not os.path.isfile(path):
+                raise SaiError(f"checkpoint {path} does not exist")
+            overrides = {"sampling": sampling} if sampling else {}
+            try:
+                model, _ = models.model_from_checkpoint(str(path), strict=strict, **overrides)
+            except SaiError:
+                raise
+            except Exception as exc:
+                raise SaiError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0][:300]}") from exc
+        elif sampling and getattr(model, "is_sparse", False):
+            models.set_sampling(model, sampling)
+        if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise SaiError(f"torch device must be cpu or cuda[:N], got {device!r}")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise SaiError("torch has no CUDA device here; use --device cpu (this torch build is CPU-only)")
+        if threads:
+            torch.set_num_threads(int(threads))
+        model = model.eval()
+        if isinstance(model, models.SaiResNet) and not getattr(model, "fused", False):
+            model = models.fuse_for_inference(model).eval()
+        self.model = model.to(device)
+        self._torch = torch
+        self.path, self.device = (str(path) if path else None), str(device)
+        self.noise_inputs = list(model.noise_specs()) if hasattr(model, "noise_specs") else []
+        opts = dict(getattr(model, "options", {}))
+        self.metadata = {
+            "arch": getattr(model, "arch", type(model).__name__),
+            "sampling": ("dense" if not getattr(model, "is_sparse", True) else str(getattr(model, "sampling", ""))),
+            "precision": "fp32",
+            "head": getattr(model, "head", ""),
+            "noise_inputs": [list(n) for n in self.noise_inputs],
+            "base_width": opts.get("base_width"),
+        }
+        cin = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+        self.inputs = [TensorSpec("input", np.dtype(np.float32), ("batch", cin, "height", "width"))]
+        self.inputs += [TensorSpec(n, np.dtype(np.float32), ("batch", 2, f"height_s{s}", f"width_s{s}"))
+                        for n, s in self.noise_inputs]
+        self.outputs = self._probe_outputs(cin)
+        self._lock = threading.Lock()  # one forward at a time: torch already uses every core per op
+
+    def _probe_outputs(self, cin: int) -> list[TensorSpec]:
+        shape = (1, cin, 64, 64)
+        feeds = {"input": np.zeros(shape, np.float32), **self.noise_for(shape)}
+        outs = self._forward(feeds)
+        specs = []
+        for name, arr in outs.items():
+            dims = ["batch", *arr.shape[1:]]
+            if arr.ndim == 4:
+                dims[2], dims[3] = f"{name}_height", f"{name}_width"
+            specs.append(TensorSpec(name, arr.dtype, tuple(dims)))
+        return specs
+
+    def _forward(self, feeds):
+        torch = self._torch
+        x = torch.from_numpy(feeds["input"]).to(self.device)
+        noise = [torch.from_numpy(feeds[n]).to(self.device) for n, _ in self.noise_inputs]
+        with torch.inference_mode():
+            out = self.model(x, *noise)
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        names = output_names(len(outs), getattr(self.model, "head", None))
+        return {n: t.detach().float().cpu().numpy() for n, t in zip(names, outs, strict=True)}
+
+    def _run(self, feeds):
+        with self._lock:
+            try:
+                return self._forward(feeds)
+            except SaiError:
+                raise
+            except RuntimeError as exc:
+                raise SaiError(f"torch inference failed: {str(exc).splitlines()[0][:300]}") from exc
+
+    def _close(self) -> None:
+        self.model = None

@@ -1,0 +1,388 @@
+"""TensorRT backend: a serialized engine (``model.plan``) run with the sai plugin library loaded.
+
+Thin by design: the TensorRT and CUDA calls are the minimum; everything around them (profile choice
+by shape, buffer bookkeeping, CUDA-graph caching, device-pointer inputs) is plain Python that the CPU
+test suite drives with fake ``tensorrt``/``cudart`` modules. Both modules are imported lazily (and
+can be injected), so importing this file never needs a GPU.
+
+- one execution context + CUDA stream per slot; concurrent ``infer`` calls take different slots;
+- the optimization profile is chosen from the input shapes (``select_profile``);
+- host inputs are staged through pinned buffers; inputs exposing ``__cuda_array_interface__``
+  (cupy, numba, pycuda) or a CUDA ``__dlpack__`` (torch) are bound zero-copy;
+- a CUDA graph of ``execute_async_v3`` is captured per (profile, shapes, addresses) and replayed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from sai.errors import MissingDependencyError, SaiError
+from sai.runtime.engine import Engine, InputError, TensorSpec
+
+Shape = tuple[int, ...]
+GRAPH_CACHE_SIZE = 16
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except Exception as exc:  # the wheel imports but fails without libnvinfer
+        raise MissingDependencyError(
+            "tensorrt", f"run the tensorrt backend ({str(exc).splitlines()[0][:120] or 'not installed'})",
+            "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library") from None
+    return tensorrt
+
+
+def import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise MissingDependencyError("cuda-python", "manage GPU memory and streams for the tensorrt backend",
+                                         "pip install 'cuda-python>=12,<14'") from None
+    return cudart
+
+
+# ----------------------------------------------------------------------------------------------
+# pure logic (tested on the CPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def select_profile(profiles: Sequence[Mapping[str, tuple[Shape, Shape, Shape]]], shapes: Mapping[str, Shape]) -> int:
+    """Index of the optimization profile whose [min, max] ranges hold every input shape; among several,
+    the tightest (smallest total max volume). InputError listing the ranges when none fits."""
+    best, best_cost = None, None
+    for idx, prof in enumerate(profiles):
+        fits = True
+        for name, shape in shapes.items():
+            if name not in prof:
+                continue
+            lo, _, hi = prof[name]
+            if len(lo) != len(shape) or any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=False)):
+                fits = False
+                break
+        if fits:
+            cost = sum(int(np.prod(hi, dtype=np.int64)) for _, _, hi in prof.values())
+            if best_cost is None or cost < best_cost:
+                best, best_cost = idx, cost
+    if best is None:
+        ranges = "; ".join(
+            f"profile {i}: " + ", ".join(f"{n} {list(lo)}..{list(hi)}" for n, (lo, _, hi) in p.items())
+            for i, p in enumerate(profiles))
+        got = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
+        raise InputError(f"input shapes {got} fit no optimization profile of the engine ({ranges}); rebuild with "
+                         "sai convert --min-shape/--max-shape covering them")
+    return best
+
+
+def dims_from_profiles(profiles: Sequence[Mapping[str, tuple[Shape, Shape, Shape]]], name: str, shape: Sequence[int]):
+    """An engine tensor shape (-1 for dynamic) -> spec dims: fixed ints, or names for dynamic dims."""
+    labels = ("batch", None, "height", "width")
+    out = []
+    for i, d in enumerate(shape):
+        if d >= 0:
+            out.append(int(d))
+        else:
+            out.append(labels[i] if i < 4 and labels[i] else f"{name}_d{i}")
+    return tuple(out)
+
+
+@dataclass
+class DeviceArray:
+    """A device pointer handed in by the caller (zero-copy input)."""
+
+    ptr: int
+    shape: Shape
+    dtype: np.dtype
+    owner: Any = None  # keeps the producer alive while bound
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def as_device_array(value: Any) -> Optional[DeviceArray]:
+    """A ``DeviceArray`` for CUDA arrays (``__cuda_array_interface__``, or a CUDA ``__dlpack__`` via torch),
+    None for host data. Non-contiguous device arrays are rejected (TensorRT needs dense tensors)."""
+    cai = getattr(value, "__cuda_array_interface__", None)
+    if cai is None and hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+        dev_type, _ = value.__dlpack_device__()
+        if int(dev_type) in (2, 13):  # kDLCUDA, kDLCUDAManaged
+            import torch
+
+            t = torch.from_dlpack(value)
+            if not t.is_contiguous():
+                raise InputError("device input is not contiguous; call .contiguous() first")
+            dtype = np.dtype(str(t.dtype).replace("torch.", ""))
+            return DeviceArray(int(t.data_ptr()), tuple(t.shape), dtype, owner=t)
+    if cai is None:
+        return None
+    shape = tuple(int(s) for s in cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    strides = cai.get("strides")
+    if strides is not None:
+        expect, acc = [], dtype.itemsize
+        for s in reversed(shape):
+            expect.append(acc)
+            acc *= s
+        if tuple(strides) != tuple(reversed(expect)):
+            raise InputError("device input is not C-contiguous; make a contiguous copy first")
+    return DeviceArray(int(cai["data"][0]), shape, dtype, owner=value)
+
+
+class Buffer:
+    """A growable allocation (device or pinned host) that only reallocates when it must grow."""
+
+    def __init__(self, alloc, free):
+        self._alloc, self._free = alloc, free
+        self.ptr, self.capacity = 0, 0
+
+    def ensure(self, nbytes: int) -> int:
+        if nbytes > self.capacity:
+            self.release()
+            self.ptr = self._alloc(max(int(nbytes), 1))
+            self.capacity = int(nbytes)
+        return self.ptr
+
+    def release(self) -> None:
+        if self.ptr:
+            self._free(self.ptr)
+        self.ptr, self.capacity = 0, 0
+
+
+def host_view(ptr: int, shape: Shape, dtype: np.dtype) -> np.ndarray:
+    """A numpy view of pinned host memory at ``ptr``."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
+    return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine
+# ----------------------------------------------------------------------------------------------
+
+
+class _Cuda:
+    """cudart calls with error checking (each returns ``(err, *values)``)."""
+
+    def __init__(self, cudart):
+        self.rt = cudart
+
+    def __call__(self, fn: str, *args):
+        res = getattr(self.rt, fn)(*args)
+        res = res if isinstance(res, tuple) else (res,)
+        err, values = res[0], res[1:]
+        if int(err) != 0:
+            raise SaiError(f"CUDA {fn} failed: {err}")
+        return values[0] if len(values) == 1 else (values or None)
+
+
+class _Slot:
+    """One execution context + stream + its buffers and CUDA graphs."""
+
+    def __init__(self, engine: TensorRTEngine):
+        self.e = engine
+        cu = engine._cu
+        self.context = engine.trt_engine.create_execution_context()
+        if self.context is None:
+            raise SaiError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.stream = cu("cudaStreamCreate")
+        self.profile: Optional[int] = None
+        self.device = {n: Buffer(lambda b: int(cu("cudaMalloc", b)), lambda p: cu("cudaFree", p)) for n in engine._io}
+        self.host = {n: Buffer(lambda b: int(cu("cudaMallocHost", b)), lambda p: cu("cudaFreeHost", p))
+                     for n in engine._io}
+        self.graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self.graphs_ok = engine.cuda_graphs
+
+    def _h2d(self, dst: int, src: int, nbytes: int) -> None:
+        rt = self.e._cu.rt
+        self.e._cu("cudaMemcpyAsync", dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream)
+
+    def _d2h(self, dst: int, src: int, nbytes: int) -> None:
+        rt = self.e._cu.rt
+        self.e._cu("cudaMemcpyAsync", dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        e, ctx, cu = self.e, self.context, self.e._cu
+        shapes = {n: tuple(v.shape) for n, v in feeds.items()}
+        profile = select_profile(e.profiles, shapes)
+        if profile != self.profile:
+            if not ctx.set_optimization_profile_async(profile, int(self.stream)):
+                raise SaiError(f"TensorRT refused optimization profile {profile}")
+            self.profile = profile
+            self._drop_graphs()
+        addresses = {}
+        for name, value in feeds.items():
+            if not ctx.set_input_shape(name, shapes[name]):
+                raise InputError(f"TensorRT rejected shape {list(shapes[name])} for input {name}")
+            if isinstance(value, DeviceArray):
+                addresses[name] = value.ptr
+                continue
+            nbytes = value.nbytes
+            staging = self.host[name].ensure(nbytes)
+            np.copyto(host_view(staging, value.shape, value.dtype), value)
+            addresses[name] = self.device[name].ensure(nbytes)
+            self._h2d(addresses[name], staging, nbytes)
+        out_shapes = {}
+        for name in e._outputs:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise SaiError(f"TensorRT could not infer the shape of output {name} ({list(shape)})")
+            out_shapes[name] = shape
+            nbytes = int(np.prod(shape, dtype=np.int64)) * e._dtypes[name].itemsize
+            addresses[name] = self.device[name].ensure(nbytes)
+            self.host[name].ensure(nbytes)
+        for name, ptr in addresses.items():
+            ctx.set_tensor_address(name, ptr)
+        self._enqueue(profile, shapes, addresses)
+        results = {}
+        for name, shape in out_shapes.items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * e._dtypes[name].itemsize
+            self._d2h(self.host[name].ptr, addresses[name], nbytes)
+        cu("cudaStreamSynchronize", self.stream)
+        for name, shape in out_shapes.items():
+            results[name] = host_view(self.host[name].ptr, shape, e._dtypes[name]).copy()
+        return results
+
+    def _enqueue(self, profile: int, shapes: Mapping[str, Shape], addresses: Mapping[str, int]) -> None:
+        ctx, cu = self.context, self.e._cu
+        key = (profile, tuple(sorted(shapes.items())), tuple(sorted(addresses.items())))
+        graph = self.graphs.get(key) if self.graphs_ok else None
+        if graph is not None:
+            self.graphs.move_to_end(key)
+            cu("cudaGraphLaunch", graph, self.stream)
+            return
+        if not ctx.execute_async_v3(int(self.stream)):
+            raise SaiError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+        if self.graphs_ok:
+            self._capture(key)
+
+    def _capture(self, key: tuple) -> None:
+        """Capture ``execute_async_v3`` into a CUDA graph for ``key`` (after one plain run: TensorRT
+        needs it after a shape change). A plugin that cannot be captured disables graphs for the slot."""
+        rt, cu = self.e._cu.rt, self.e._cu
+        try:
+            cu("cudaStreamBeginCapture", self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+            ok = self.context.execute_async_v3(int(self.stream))
+            graph = cu("cudaStreamEndCapture", self.stream)
+            if not ok:
+                raise SaiError("enqueue failed during capture")
+            exec_ = cu("cudaGraphInstantiate", graph, 0)
+            cu("cudaGraphDestroy", graph)
+        except SaiError:
+            self.graphs_ok = False
+            self._drop_graphs()
+            return
+        self.graphs[key] = exec_
+        while len(self.graphs) > GRAPH_CACHE_SIZE:
+            _, old = self.graphs.popitem(last=False)
+            cu("cudaGraphExecDestroy", old)
+
+    def _drop_graphs(self) -> None:
+        for g in self.graphs.values():
+            self.e._cu("cudaGraphExecDestroy", g)
+        self.graphs.clear()
+
+    def close(self) -> None:
+        self._drop_graphs()
+        for b in [*self.device.values(), *self.host.values()]:
+            b.release()
+        self.e._cu("cudaStreamDestroy", self.stream)
+        self.context = None
+
+
+class TensorRTEngine(Engine):
+    """A deserialized TensorRT engine (``.plan``) with ``streams`` execution contexts."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str, *, plugin_library: Optional[str] = None, streams: int = 2,
+                 cuda_graphs: bool = True, seed: Optional[int] = None, metadata: Optional[dict] = None,
+                 trt=None, cudart=None):
+        super().__init__(seed=seed, async_workers=streams)
+        trt = trt or import_tensorrt()
+        self._cu = _Cuda(cudart or import_cudart())
+        self.trt, self.cuda_graphs, self.device = trt, bool(cuda_graphs), "cuda"
+        self.path = str(path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        if hasattr(self.runtime, "engine_host_code_allowed"):
+            self.runtime.engine_host_code_allowed = True  # version-compatible engines with serialized plugins
+        if plugin_library is None:
+            from sai.runtime.plugins import find_plugin_library
+
+            found = find_plugin_library()
+            plugin_library = str(found) if found else None
+        if plugin_library:
+            self.runtime.get_plugin_registry().load_library(str(plugin_library))
+        self.plugin_library = plugin_library
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError as exc:
+            raise SaiError(f"cannot read engine {path}: {exc}") from None
+        self.trt_engine = self.runtime.deserialize_cuda_engine(blob)
+        if self.trt_engine is None:
+            hint = "" if plugin_library else " (the sai plugin library was not found: make plugins)"
+            raise SaiError(f"TensorRT could not deserialize {path}: built by another TensorRT version or "
+                           f"GPU, or plugins missing{hint}")
+        self._describe_io()
+        self.metadata = dict(metadata or {})
+        names = {s.name for s in self.inputs}
+        self.noise_inputs = [(str(n), int(s)) for n, s in self.metadata.get("noise_inputs", []) if n in names]
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        self._all_slots = [_Slot(self) for _ in range(max(1, int(streams)))]
+        for s in self._all_slots:
+            self._slots.put(s)
+
+    def _describe_io(self) -> None:
+        eng, trt = self.trt_engine, self.trt
+        names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)]
+        self._io = names
+        self._inputs = [n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if n not in self._inputs]
+        self._dtypes = {n: np.dtype(trt.nptype(eng.get_tensor_dtype(n))) for n in names}
+        self.profiles = [
+            {n: tuple(tuple(int(v) for v in s) for s in eng.get_tensor_profile_shape(n, p)) for n in self._inputs}
+            for p in range(eng.num_optimization_profiles)
+        ]
+        self.inputs = [TensorSpec(n, self._dtypes[n], dims_from_profiles(self.profiles, n, eng.get_tensor_shape(n)))
+                       for n in self._inputs]
+        self.outputs = [TensorSpec(n, self._dtypes[n], dims_from_profiles(self.profiles, n, eng.get_tensor_shape(n)))
+                        for n in self._outputs]
+        primary = self._inputs[0]
+        self.min_batch = min(p[primary][0][0] for p in self.profiles) if self.profiles else 1
+        self.max_batch = max(p[primary][2][0] for p in self.profiles) if self.profiles else None
+
+    def _check_one(self, spec: TensorSpec, value: Any):
+        dev = as_device_array(value)
+        if dev is None:
+            return super()._check_one(spec, value)
+        if dev.dtype != np.dtype(spec.dtype):
+            raise InputError(f"device input {spec.name!r} has dtype {dev.dtype}, expected {np.dtype(spec.dtype).name} "
+                             "(device inputs are bound as they are, without casts)")
+        if len(dev.shape) != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(spec.shape, dev.shape, strict=False)):
+            raise InputError(f"input {spec.name!r} has shape {list(dev.shape)}, expected {list(spec.shape)}")
+        return dev
+
+    def _run(self, feeds):
+        slot = self._slots.get()
+        try:
+            return slot.run(feeds)
+        finally:
+            self._slots.put(slot)
+
+    def _close(self) -> None:
+        for s in self._all_slots:
+            s.close()
+        self._all_slots = []
+        self.trt_engine = None
