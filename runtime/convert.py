@@ -1,0 +1,213 @@
+"""``convert``: checkpoint -> OUTDIR with model.onnx, model.trt.onnx, manifest.json and (GPU + TensorRT only)
+model.plan. Everything is written into a temporary sibling directory that is renamed into place at the
+end, so OUTDIR is either the old complete result or the new one, never half of each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from sai.errors import SaiError
+from sai.runtime.engine import noise_shape
+from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAME
+
+Shape = tuple[int, int, int, int]
+MANIFEST_FORMAT = "sai-convert/1"
+
+
+@dataclass
+class ConvertResult:
+    outdir: Path
+    manifest: dict
+    engine_built: bool
+    engine_skip_reason: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_shape(text, what: str = "shape") -> Shape:
+    from sai.exporter.export import parse_input_shape
+
+    try:
+        return parse_input_shape(text)
+    except SaiError as exc:
+        raise SaiError(f"{what}: {exc}") from None
+
+
+def resolve_profile(min_shape=None, opt_shape=None, max_shape=None) -> tuple[Shape, Shape, Shape]:
+    """(min, opt, max) image shapes with defaults around ``opt`` (1,3,224,224): min = batch 1 at opt's
+    size, max = batch 8 x opt's size; checks min <= opt <= max elementwise and equal channels."""
+    opt = parse_shape(opt_shape, "--opt-shape") if opt_shape else (1, 3, 224, 224)
+    lo = parse_shape(min_shape, "--min-shape") if min_shape else (1, opt[1], opt[2], opt[3])
+    hi = parse_shape(max_shape, "--max-shape") if max_shape else (max(8, opt[0]), opt[1], opt[2], opt[3])
+    lo = tuple(min(a, b) for a, b in zip(lo, opt, strict=True)) if not min_shape else lo
+    if not (lo[1] == opt[1] == hi[1]):
+        raise SaiError(f"channels differ between --min-shape {list(lo)}, --opt-shape {list(opt)}, --max-shape {list(hi)}")
+    if any(a > b or b > c for a, b, c in zip(lo, opt, hi, strict=True)):
+        raise SaiError(f"need --min-shape <= --opt-shape <= --max-shape in every dim, got {list(lo)}, {list(opt)}, "
+                       f"{list(hi)}")
+    return lo, opt, hi  # type: ignore[return-value]
+
+
+def engine_unavailable_reason() -> Optional[str]:
+    """Why no engine can be built here (None when TensorRT and a GPU are present)."""
+    from sai.cli.doctor import _gpu
+    from sai.runtime.loader import tensorrt_usable
+
+    if not tensorrt_usable():
+        return "the tensorrt module does not import (no TensorRT library)"
+    ok, _ = _gpu()
+    if not ok:
+        return "no NVIDIA GPU visible"
+    from sai.runtime.plugins import find_plugin_library
+
+    if find_plugin_library() is None:
+        return "the sai plugin library is not built (make plugins)"
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("sai-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
+    """model.trt.onnx: the portable model with the ``sai`` local functions stripped (the TensorRT parser
+    then maps the custom nodes to the plugins) and ``sai.target = tensorrt``. Identical graph and
+    weights, so it costs a file copy instead of a second export."""
+    import onnx
+
+    from sai.exporter import functions, metadata
+    from sai.exporter.export import save_atomic
+
+    model = onnx.load(str(portable))
+    functions.strip_functions(model)
+    meta = metadata.read_metadata(model)
+    meta["target"] = "tensorrt"
+    metadata.write_metadata(model, meta)
+    save_atomic(model, dest)
+
+
+def _normal_permissions(tmp: Path) -> None:
+    """mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for p in tmp.iterdir():
+        os.chmod(p, 0o666 & ~umask)
+
+
+def _replace_dir(tmp: Path, outdir: Path) -> None:
+    if outdir.exists():
+        if any(outdir.iterdir()) and not (outdir / MANIFEST_NAME).is_file():
+            raise SaiError(f"{outdir} exists and is not a sai convert OUTDIR; choose an empty or new -o directory")
+        old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
+        os.replace(outdir, old)
+        os.replace(tmp, outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, outdir)
+
+
+def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] = None, precision: str = "fp32",
+            opset: Optional[int] = None, min_shape=None, opt_shape=None, max_shape=None,
+            workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
+            build_engine: bool = True, progress: Callable[[str], None] = lambda s: None,
+            export_options: Optional[dict] = None) -> ConvertResult:
+    """Export ``checkpoint`` (our format or the official layout; ``arch`` or the checkpoint's own) into
+    ``outdir``; see the module docstring. The engine is built only where ``engine_unavailable_reason``
+    is None; otherwise ``engine_skip_reason`` says why."""
+    from sai.exporter.export import DEFAULT_OPSET, export_onnx
+    from sai.models import detect_layout
+
+    ck = Path(checkpoint)
+    if not ck.is_file():
+        raise SaiError(f"checkpoint {ck} does not exist")
+    info = detect_layout(str(ck))
+    if arch is None:
+        arch = info["arch"]
+    elif arch != info["arch"]:
+        raise SaiError(f"--arch {arch} does not match the checkpoint, whose weights are {info['arch']}")
+    lo, opt, hi = resolve_profile(min_shape, opt_shape, max_shape)
+    outdir = Path(outdir).resolve()
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    seconds: dict[str, float] = {}
+    try:
+        progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
+        t = time.perf_counter()
+        res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=str(ck), input_shape=opt, sampling=sampling,
+                          precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
+                          **(export_options or {}))
+        seconds["export"] = time.perf_counter() - t
+        progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser)")
+        write_tensorrt_onnx(tmp / ONNX_NAME, tmp / TRT_ONNX_NAME)
+        reason = engine_unavailable_reason() if build_engine else "engine build disabled"
+        built = False
+        engine_info: dict[str, Any] = {}
+        if reason is None:
+            progress(f"[3/4] building {PLAN_NAME} with TensorRT")
+            t = time.perf_counter()
+            from sai.runtime.build import build_engine as _build
+
+            engine_info = _build(tmp / TRT_ONNX_NAME, tmp / PLAN_NAME, profile=(lo, opt, hi),
+                                 noise_inputs=res.noise_inputs, precision=precision, workspace=workspace,
+                                 timing_cache=timing_cache, version_compatible=version_compatible)
+            seconds["engine"] = time.perf_counter() - t
+            built = True
+        else:
+            progress(f"[3/4] engine skipped: {reason}")
+        progress(f"[4/4] writing {MANIFEST_NAME}")
+        files = {}
+        for name in (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME):
+            p = tmp / name
+            if p.is_file():
+                files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+        shapes = {"input": {"min": list(lo), "opt": list(opt), "max": list(hi)}}
+        for name, stride in res.noise_inputs:
+            shapes[name] = {k: list(noise_shape(s, stride)) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "arch": arch,
+            "checkpoint": {"path": str(ck.resolve()), "sha256": sha256(ck), "layout": info.get("layout")},
+            "export": {"sampling": res.sampling, "precision": precision, "opset": res.opset,
+                       "input_names": res.input_names, "output_names": res.output_names},
+            "shapes": shapes,
+            "engine": {"built": built, "skip_reason": reason or "", "workspace": workspace,
+                       "version_compatible": version_compatible,
+                       "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
+            "files": files,
+            "versions": _versions(),
+            "metadata": res.metadata,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        _normal_permissions(tmp)
+        _replace_dir(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertResult(outdir, manifest, built, reason or "", seconds)

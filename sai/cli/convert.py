@@ -1,0 +1,61 @@
+"""`sai convert`: checkpoint -> OUTDIR (model.onnx, model.trt.onnx, manifest.json, model.plan on GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sai.errors import SaiError
+
+
+def _size(text: str) -> int:
+    """``4G`` / ``512M`` / bytes -> bytes."""
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().rstrip("B")
+    try:
+        return int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2G, 512M, 1048576)") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sai.runtime.convert import convert
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    res = convert(args.checkpoint, args.arch, args.output, sampling=args.sampling, precision=args.precision,
+                  opset=args.opset, min_shape=args.min_shape, opt_shape=args.opt_shape, max_shape=args.max_shape,
+                  workspace=args.workspace, timing_cache=args.timing_cache,
+                  version_compatible=args.version_compatible, build_engine=not args.no_engine,
+                  progress=progress)
+    files = ", ".join(res.manifest["files"])
+    print(f"wrote {res.outdir}: {files}, manifest.json")
+    if not res.engine_built:
+        print(f"engine skipped: {res.engine_skip_reason}; model.plan not written "
+              "(the ONNX files run on onnxruntime; build the engine on a machine with TensorRT and a GPU)")
+        if args.require_engine:
+            raise SaiError(f"--require-engine: no engine was built ({res.engine_skip_reason})")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="checkpoint -> ONNX (portable + TensorRT target), manifest, TensorRT engine")
+    p.add_argument("checkpoint", help="checkpoint (.pth, ours or the official SAI-Det layout)")
+    p.add_argument("--arch", help="e.g. sparse_resnet50 (default: what the checkpoint holds; checked against it)")
+    p.add_argument("-o", "--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--sampling", choices=["deterministic", "stochastic", "dense"], help="sampling mode to export")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--min-shape", help="N,C,H,W smallest input of the engine profile (default: batch 1 at --opt-shape)")
+    p.add_argument("--opt-shape", help="N,C,H,W shape to export and optimize for (default 1,3,224,224)")
+    p.add_argument("--max-shape", help="N,C,H,W largest input of the engine profile (default: batch 8 at --opt-shape)")
+    p.add_argument("--workspace", type=_size, help="TensorRT workspace limit (e.g. 2G)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="build a version-compatible engine with the plugin library serialized into it")
+    p.add_argument("--no-engine", action="store_true", help="write the ONNX files and manifest only")
+    p.add_argument("--require-engine", action="store_true", help="exit non-zero when no engine could be built")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
