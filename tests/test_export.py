@@ -1,0 +1,433 @@
+"""Exporter (issue 3): ONNX with sai custom ops vs the PyTorch model, in onnxruntime and Polygraphy.
+
+Each model is exported once per module (fixtures with scope="module"). Models get random BN
+statistics, sigmas, DCN offsets and mask predictors so the masks are genuinely sparse (the default
+init gives all-ones masks). References are the PyTorch model (fused, the same weights) and, for the
+op counts, the architecture table below written out independently of the model code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+from sai.exporter import export_onnx, prepare_model, read_metadata  # noqa: E402
+from sai.models import noise_shapes  # noqa: E402
+
+# depth -> (block kind, blocks per stage): independent of sai.models
+ARCH_TABLE = {
+    18: ("basic", (2, 2, 2, 2)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+}
+SHAPES = [(1, 3, 64, 64), (3, 3, 96, 128)]
+TOL = 1e-4
+
+
+def expected_counts(depth: int, dcn_stages) -> tuple[int, int, list[str]]:
+    """SparseSampleConv / Interpolate per model: conv1, conv2 (+conv3 in a Bottleneck), the DCN
+    offset conv (only needed at conv2's positions) and two interpolations per block."""
+    kind, blocks = ARCH_TABLE[depth]
+    ssc = interp = 0
+    names = []
+    for i, n in enumerate(blocks):
+        for j in range(n):
+            ssc += (3 if kind == "bottleneck" else 2) + (1 if dcn_stages[i] else 0)
+            interp += 2
+            names.append(f"layer{i + 1}.{j}")
+    return ssc, interp, names
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN stats/affine, sigmas, offsets and mask predictors (masks ~50% dense)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+        elif isinstance(m, torch.nn.Conv2d) and name.endswith("_mask"):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in**0.5))
+            m.bias.copy_(torch.randn(1, generator=g) * 0.5)
+        elif isinstance(m, torch.nn.Conv2d) and name.endswith("_offset"):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    for name, p in model.named_parameters():
+        if name.endswith("_sigma"):
+            p.copy_(torch.rand((), generator=g) * 2 + 0.5)
+    return model
+
+
+class Exported:
+    """A fused PyTorch model and its exported ONNX file."""
+
+    def __init__(self, tmp: Path, arch: str, *, head="cls", dcn=(0, 0, 0, 0), sampling="deterministic",
+                 base_width=8, target="portable", precision="fp32", model=None, num_classes=10):
+        self.depth = int(arch.replace("sparse_resnet", "").replace("resnet", ""))
+        self.dcn = tuple(dcn)
+        if model is None:
+            torch.manual_seed(0)
+            model, _ = prepare_model(arch, head=head, dcn_stages=dcn, sampling=sampling, base_width=base_width,
+                                     num_classes=num_classes if head == "cls" else None, seed=0, fuse=False)
+            randomize(model)
+            model, _ = prepare_model(model)  # fuse
+        self.model = model
+        self.path = tmp / f"{arch}_{head}_{''.join(map(str, dcn))}_{sampling}_{target}_{precision}.onnx"
+        t = time.perf_counter()
+        self.result = export_onnx(model, self.path, input_shape=(1, 3, 64, 64), target=target,
+                                  precision=precision)
+        self.seconds = time.perf_counter() - t
+        self.onnx = onnx.load(str(self.path))
+        self._sess = None
+
+    @property
+    def session(self):
+        if self._sess is None:
+            opts = onnxruntime.SessionOptions()
+            opts.intra_op_num_threads = 2
+            self._sess = onnxruntime.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        return self._sess
+
+    def feeds(self, shape, seed=1) -> dict[str, np.ndarray]:
+        g = torch.Generator().manual_seed(seed)
+        feeds = {"input": torch.randn(shape, generator=g).numpy()}
+        for name, s in noise_shapes(self.model, shape):
+            feeds[name] = torch.rand(s, generator=g).numpy()
+        return feeds
+
+    @torch.no_grad()
+    def torch_outputs(self, feeds) -> list[np.ndarray]:
+        names = self.result.input_names
+        out = self.model(*(torch.from_numpy(feeds[n]) for n in names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.numpy() for o in out]
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def check_graph(e: Exported) -> None:
+    onnx.checker.check_model(e.onnx, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(e.onnx, check_type=True, strict_mode=True)
+    assert inferred.graph.output
+    x = e.onnx.graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"], dims  # batch 1 stays dynamic
+    ssc, interp, blocks = expected_counts(e.depth, e.dcn)
+    assert e.result.op_counts == {"SparseSampleConv": ssc, "Interpolate": interp}
+    assert list(e.result.blocks) == blocks
+    for n in e.onnx.graph.node:
+        if n.domain == "sai":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"sai"
+            assert all(n.input) and len(n.input) in ((3, 4, 5) if n.op_type == "SparseSampleConv" else (2,))
+            if n.op_type == "SparseSampleConv":
+                assert len(attrs["pads"]) == 4 and attrs["activation"] in (b"none", b"relu")
+                assert n.overload == ("deform" if len(n.input) == 5 else "")
+            else:
+                assert attrs["kernel_size"] == 7 and attrs["eps"] == pytest.approx(1e-5)
+
+
+def check_ort(e: Exported, tol: float = TOL) -> list[float]:
+    errs = []
+    for shape in SHAPES:
+        feeds = e.feeds(shape)
+        ours = e.session.run(None, feeds)
+        ref = e.torch_outputs(feeds)
+        assert len(ours) == len(ref)
+        for a, b in zip(ours, ref, strict=True):
+            assert a.shape == b.shape
+            errs.append(rel_err(a, b))
+    print(f"{e.path.name}: ORT vs torch max rel err {max(errs):.2e}")
+    assert max(errs) <= tol, errs
+    return errs
+
+
+def mask_density(e: Exported, shape=(1, 3, 64, 64)) -> float:
+    """Mean fraction of M > 0 over the custom nodes' mask inputs (run in ORT)."""
+    m = onnx.load(str(e.path))
+    masks = sorted({n.input[1] for n in m.graph.node if n.domain == "sai"})
+    for name in masks:
+        m.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(masks, e.feeds(shape))
+    return float(np.mean([(o > 0).mean() for o in outs]))
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures: one export per model
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def r18_cls(tmp):
+    return Exported(tmp, "sparse_resnet18", head="cls")
+
+
+@pytest.fixture(scope="module")
+def r18_fpn_dcn_stoch(tmp):
+    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(0, 1, 1, 1), sampling="stochastic")
+
+
+@pytest.fixture(scope="module")
+def r18_fpn_dcn_trt(tmp, r18_fpn_dcn_stoch):
+    torch.manual_seed(0)
+    model, _ = prepare_model("sparse_resnet18", head="fpn", dcn_stages=(1, 1, 1, 1), base_width=8, fuse=False)
+    model, _ = prepare_model(randomize(model))
+    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(1, 1, 1, 1), target="tensorrt", model=model)
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse_resnet18 (fast)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_r18_cls_deterministic(r18_cls):
+    check_graph(r18_cls)
+    check_ort(r18_cls)
+    d = mask_density(r18_cls)
+    assert 0.1 < d < 0.9, d  # genuinely sparse masks
+    assert not r18_cls.result.noise_inputs and [i.name for i in r18_cls.onnx.graph.input] == ["input"]
+
+
+def test_r18_fpn_dcn_stochastic(r18_fpn_dcn_stoch):
+    e = r18_fpn_dcn_stoch
+    check_graph(e)
+    assert e.result.output_names == ["p2", "p3", "p4", "p5", "p6"]
+    names = [i.name for i in e.onnx.graph.input]
+    assert names == ["input"] + [n for n, _ in e.model.noise_specs()]
+    check_ort(e)
+    # different noise gives different outputs (the noise inputs are live)
+    f1, f2 = e.feeds(SHAPES[0], seed=1), e.feeds(SHAPES[0], seed=2)
+    f2["input"] = f1["input"]
+    a, b = e.session.run(None, f1)[0], e.session.run(None, f2)[0]
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_portable_functions(r18_fpn_dcn_stoch):
+    m = r18_fpn_dcn_stoch.onnx
+    fns = {(f.domain, f.name, f.overload) for f in m.functions}
+    assert fns == {("sai", "SparseSampleConv", ""), ("sai", "SparseSampleConv", "deform"), ("sai", "Interpolate", "")}
+    assert {i.domain: i.version for i in m.opset_import}["sai"] == 1
+    assert m.ir_version >= 10
+
+
+def test_tensorrt_target(r18_fpn_dcn_trt):
+    e = r18_fpn_dcn_trt
+    assert not [f for f in e.onnx.functions if f.domain == "sai"]
+    assert {i.domain: i.version for i in e.onnx.opset_import}.get("sai") == 1
+    onnx.checker.check_model(e.onnx, full_check=True)
+    ssc, interp, blocks = expected_counts(18, (1, 1, 1, 1))
+    nodes = [n for n in e.onnx.graph.node if n.domain == "sai"]
+    assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
+    assert sum(n.op_type == "Interpolate" for n in nodes) == interp
+    assert sum(len(n.input) == 5 for n in nodes) == 8  # one deformable conv2 per block
+    assert read_metadata(e.onnx)["target"] == "tensorrt"
+    # putting the functions back gives a model onnxruntime runs, equal to PyTorch
+    from sai.exporter import attach_functions
+
+    attach_functions(e.onnx, 21)
+    e.path.write_bytes(e.onnx.SerializeToString())
+    check_ort(e)
+
+
+def test_metadata(r18_fpn_dcn_stoch):
+    meta = read_metadata(r18_fpn_dcn_stoch.onnx)
+    assert meta["arch"] == "sparse_resnet18" and meta["sampling"] == "stochastic" and meta["precision"] == "fp32"
+    assert meta["head"] == "fpn" and meta["dcn_stages"] == [0, 1, 1, 1]
+    assert meta["input_norm"]["mean"] == [123.675, 116.28, 103.53]
+    assert meta["op_versions"]["sai::SparseSampleConv"] == 1 and meta["op_versions"]["plugin_version"] == "1"
+    assert meta["producer"]["torch"].startswith("2.")
+    assert meta["sparse_ops"] == {"SparseSampleConv": 22, "Interpolate": 16}
+    assert list(meta["blocks"]) == expected_counts(18, (0, 1, 1, 1))[2]
+    assert [tuple(v) for v in meta["noise_inputs"]] == [tuple(v) for v in r18_fpn_dcn_stoch.model.noise_specs()]
+
+
+def test_fp16(tmp, r18_fpn_dcn_stoch):
+    e32 = r18_fpn_dcn_stoch
+    e16 = Exported(tmp, "sparse_resnet18", head="fpn", dcn=(0, 1, 1, 1), sampling="stochastic",
+                   precision="fp16", model=e32.model)
+    onnx.checker.check_model(e16.onnx, full_check=True)
+    m = e16.onnx
+    weights = [t for t in m.graph.initializer if len(t.dims) == 4 and t.dims[1] > 1 and t.dims[0] > 1]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    mask_convs = [t for t in m.graph.initializer if len(t.dims) == 4 and t.dims[0] == 1]
+    assert mask_convs and all(t.data_type == onnx.TensorProto.FLOAT for t in mask_convs)
+    assert read_metadata(m)["precision"] == "fp16"
+    # outputs within fp16 tolerance of the fp32 model; mask agreement reported
+    agree, errs = [], []
+    masks = sorted({n.input[1] for n in e32.onnx.graph.node if n.domain == "sai"})
+    s32, s16 = (_with_outputs(x.path, masks) for x in (e32, e16))
+    for shape in SHAPES:
+        feeds = e32.feeds(shape)
+        o32, o16 = s32.run(None, feeds), s16.run(None, feeds)
+        nout = len(e32.result.output_names)
+        errs += [rel_err(a, b) for a, b in zip(o16[:nout], o32[:nout], strict=True)]
+        for a, b in zip(o16[nout:], o32[nout:], strict=True):
+            agree.append(float(((a > 0) == (b > 0)).mean()))
+    print(f"fp16: max rel err vs fp32 {max(errs):.2e}; mask agreement min {min(agree):.5f} "
+          f"mean {np.mean(agree):.5f}")
+    assert min(agree) > 0.97
+    assert max(errs) < 0.05
+
+
+def _with_outputs(path: Path, names: list[str]):
+    m = onnx.load(str(path))
+    for name in names:
+        m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Polygraphy
+# ----------------------------------------------------------------------------------------------
+
+
+def _polygraphy() -> list[str]:
+    exe = Path(sys.executable).with_name("polygraphy")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "polygraphy"]
+
+
+@pytest.mark.parametrize("which", ["r18_cls", "r18_fpn_dcn_stoch"])
+def test_polygraphy(which, request, tmp):
+    pytest.importorskip("polygraphy")
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.json import save_json
+
+    e = request.getfixturevalue(which)
+    shape = SHAPES[1]
+    feeds = e.feeds(shape)
+    # 1) plain run with explicit dynamic shapes
+    shapes = " ".join(f"{k}:{list(v.shape)}".replace(" ", "") for k, v in feeds.items())
+    run = subprocess.run([*_polygraphy(), "run", str(e.path), "--onnxrt", "--input-shapes", *shapes.split()],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    # 2) compare against saved PyTorch outputs
+    inputs_json, outputs_json = tmp / f"{which}_in.json", tmp / f"{which}_ref.json"
+    save_json([feeds], str(inputs_json))
+    ref = dict(zip(e.result.output_names, e.torch_outputs(feeds), strict=True))
+    results = RunResults()
+    results.append(("pytorch", [IterationResult(ref, runner_name="pytorch")]))
+    results.save(str(outputs_json))
+    scale = max(float(np.abs(v).max()) for v in ref.values())
+    cmp = subprocess.run(
+        [*_polygraphy(), "run", str(e.path), "--onnxrt", "--load-inputs", str(inputs_json),
+         "--load-outputs", str(outputs_json), "--atol", f"{TOL * scale:.3e}", "--rtol", "0"],
+        capture_output=True, text=True, timeout=300)
+    assert cmp.returncode == 0, cmp.stdout[-3000:] + cmp.stderr[-2000:]
+    assert "PASSED" in cmp.stdout + cmp.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# errors, atomic writes
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"opset": 17}, "opset 17"),
+    ({"input_shape": (1, 3, 64)}, "4 positive integers"),
+    ({"input_shape": (1, 4, 64, 64)}, "channels"),
+    ({"input_shape": (1, 3, 16, 64)}, "at least 32"),
+    ({"target": "tflite"}, "target"),
+    ({"precision": "int8"}, "precision"),
+    ({"dynamic": "batch,depth"}, "dynamic axis"),
+])
+def test_errors(tmp, kwargs, match):
+    from sai.errors import SaiError
+
+    with pytest.raises(SaiError, match=match):
+        export_onnx("sparse_resnet18", tmp / "bad.onnx", base_width=8, **kwargs)
+    assert not (tmp / "bad.onnx").exists()
+
+
+def test_unknown_arch(tmp):
+    from sai.errors import SaiError
+
+    with pytest.raises(SaiError, match="unknown arch"):
+        export_onnx("sparse_resnet19", tmp / "bad.onnx")
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp, monkeypatch):
+    from sai.exporter import export as export_mod
+
+    class Boom(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Boom()
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    target = tmp / "atomic.onnx"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(export_mod.os, "fsync", boom)
+    with pytest.raises(Boom):
+        export_mod.save_atomic(model, target)
+    assert target.read_bytes() == b"old"
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".atomic.onnx")]
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse_resnet50 / 101 (slow: bigger graphs take longer to export)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, head, dcn, sampling", [
+    ("sparse_resnet50", "fpn", (0, 1, 1, 1), "deterministic"),
+    ("sparse_resnet50", "cls", (0, 0, 0, 0), "stochastic"),
+    ("sparse_resnet101", "cls", (0, 1, 1, 1), "deterministic"),
+    ("sparse_resnet101", "fpn", (0, 0, 0, 0), "stochastic"),
+])
+def test_deeper(tmp, arch, head, dcn, sampling):
+    e = Exported(tmp, arch, head=head, dcn=dcn, sampling=sampling)
+    print(f"{arch} {head} dcn={dcn} {sampling}: export + checks {e.seconds:.1f} s "
+          f"(export {e.result.export_seconds:.1f} s, checks {e.result.check_seconds:.1f} s)")
+    check_graph(e)
+    check_ort(e)
+    assert e.seconds < 120  # generous: 2 shared cores; the measured time is printed
+    e.path.unlink()
+
+
+@pytest.mark.slow
+def test_dense_resnet_same_weights(tmp, r18_cls):
+    """A dense resnet18 from the sparse model's weights: plain ONNX, equal to the dense PyTorch model."""
+    from sai.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    sparse, _ = prepare_model("sparse_resnet18", head="cls", num_classes=10, base_width=8, fuse=False)
+    randomize(sparse)
+    ckpt = save_checkpoint(sparse, tmp / "sparse18.pth")
+    r = export_onnx("resnet18", tmp / "dense18.onnx", checkpoint=ckpt, input_shape=(1, 3, 64, 64))
+    m = onnx.load(str(r.path))
+    assert not [n for n in m.graph.node if n.domain == "sai"]
+    assert read_metadata(m)["sampling"] == "dense"
+    dense = build_model("resnet18", head="cls", num_classes=10, base_width=8).eval()
+    sd = {k: v for k, v in sparse.state_dict().items() if k in dense.state_dict()}
+    dense.load_state_dict(sd, strict=True)
+    x = torch.randn(3, 3, 96, 128)
+    sess = onnxruntime.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = dense(x).numpy()
+    assert rel_err(sess.run(None, {"input": x.numpy()})[0], ref) <= TOL
+    json.dumps(read_metadata(m))
