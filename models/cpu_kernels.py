@@ -37,7 +37,7 @@ def _compile_command(output: Path) -> list[str]:
 
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp",
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp",
            "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
            f"-I{COMMON_INCLUDE}", f"-I{sysconfig.get_paths()['include']}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]

@@ -7,7 +7,8 @@
 //   from the NHWC input (bilinear taps for deformable conv v1) -> GEMM through ATen (MKL/oneDNN BLAS)
 //   -> bias + activation -> scatter into a zeroed output. Rows are processed in chunks so the
 //   column buffer stays in cache and memory stays bounded.
-//   Interpolate: the Gaussian sum is evaluated only where M < 1, and only over taps with M != 0.
+//   Interpolate: the separable Gaussian (row and column passes, vectorised) and the combine only
+//   where M < 1.
 //
 // Index math (tap coordinates, position decode, activation, Gaussian weights, the interpolation
 // combine) comes from the headers shared with the CUDA kernels: trt_plugins/common/*.h.
@@ -111,6 +112,24 @@ void conv_chunk_nchw(const SaiConvParams& p, const float* xd, const float* od, c
   if (od != nullptr) taps.fill(p, od, cp, count);
   float* cd = cols.data_ptr<float>();
   const int64_t chunk = cols.size(2);
+  // Non-deformable: per tap, the flat input index (without the channel term) of every position,
+  // or -1 outside the image; the gather of a (channel, tap) row is then one indexed load each.
+  std::vector<int64_t> tap_idx;
+  if (od == nullptr) {
+    tap_idx.resize(K * count);
+    at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+      for (int64_t kk = b; kk < e; ++kk) {
+        const int32_t ky = static_cast<int32_t>(kk / p.kw), kx = static_cast<int32_t>(kk % p.kw);
+        for (int64_t r = 0; r < count; ++r) {
+          int32_t iy, ix;
+          sai::saiConvTapCoord(p, cp.oy[r], cp.ox[r], ky, kx, &iy, &ix);
+          tap_idx[kk * count + r] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                        ? static_cast<int64_t>(cp.n[r]) * C * H * W + static_cast<int64_t>(iy) * W + ix
+                                        : -1;
+        }
+      }
+    });
+  }
   at::parallel_for(0, G * kdim, 4, [&](int64_t b, int64_t e) {
     for (int64_t gr = b; gr < e; ++gr) {
       const int64_t g = gr / kdim;
@@ -119,13 +138,9 @@ void conv_chunk_nchw(const SaiConvParams& p, const float* xd, const float* od, c
       const int64_t c = g * cin_g + cl;
       float* dst = cd + gr * chunk;
       if (od == nullptr) {
-        for (int64_t r = 0; r < count; ++r) {
-          int32_t iy, ix;
-          sai::saiConvTapCoord(p, cp.oy[r], cp.ox[r], ky, kx, &iy, &ix);
-          dst[r] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                       ? xd[(static_cast<int64_t>(cp.n[r]) * C + c) * H * W + static_cast<int64_t>(iy) * W + ix]
-                       : 0.F;
-        }
+        const int64_t* ti = tap_idx.data() + (ky * p.kw + kx) * count;
+        const float* xc = xd + c * H * W;
+        for (int64_t r = 0; r < count; ++r) dst[r] = ti[r] >= 0 ? xc[ti[r]] : 0.F;
       } else {
         const int64_t gk = (c / dgc) * K + ky * p.kw + kx;
         const int64_t* ti = &taps.idx[gk * count * 4];
@@ -328,43 +343,34 @@ at::Tensor sparse_sample_conv_cpu(const at::Tensor& x_in, const at::Tensor& mask
   return out;
 }
 
-// The positions where M < 1 of one image, each with its denominator and the list of its taps with
-// M != 0 (source position, K * M). Shared by every channel.
-struct InterpTargets {
-  std::vector<int64_t> pos;    // target positions (y * W + x)
-  std::vector<float> m, den;   // M and conv(M, K) + eps there
-  std::vector<int64_t> start;  // list range of target t: [start[t], start[t + 1])
-  std::vector<int64_t> src;    // source positions
-  std::vector<float> w;        // K * M at the source
-};
+// Interpolate through the separable Gaussian: K[i,j] = a[i] * a[j] with
+// a[i] = sqrt(sigma^2 / (2 pi)) * exp(-(sigma^2 / 2) * i^2), so num and den are a row pass and a
+// column pass of 1-D convolutions (2k instead of k*k multiply-adds per element, vectorised along
+// the contiguous axis). The combine M*F + (1-M)*num/den is applied only where M < 1.
+std::vector<float> gaussian_1d(const SaiInterpParams& p) {
+  const int64_t k = p.kernelSize, r = (k - 1) / 2;
+  const double s2 = static_cast<double>(p.sigma) * p.sigma;
+  std::vector<float> a(k);
+  for (int64_t i = -r; i <= r; ++i) {
+    a[i + r] = static_cast<float>(std::sqrt(s2 / (2.0 * M_PI)) * std::exp(-(s2 / 2.0) * static_cast<double>(i * i)));
+  }
+  return a;
+}
 
-void build_targets(const SaiInterpParams& p, const float* mn, const float* table, InterpTargets& t) {
-  const int64_t H = p.H, W = p.W, k = p.kernelSize, r = (k - 1) / 2;
-  t.start.push_back(0);
-  for (int64_t y = 0; y < H; ++y) {
-    for (int64_t x = 0; x < W; ++x) {
-      const float mv = mn[y * W + x];
-      if (!sai::saiMaskNeedsInterp(mv)) continue;
-      float den = 0.F;
-      for (int64_t i = -r; i <= r; ++i) {
-        const int64_t yy = y + i;
-        if (yy < 0 || yy >= H) continue;
-        for (int64_t j = -r; j <= r; ++j) {
-          const int64_t xx = x + j;
-          if (xx < 0 || xx >= W) continue;
-          const float mq = mn[yy * W + xx];
-          if (mq == 0.F) continue;
-          const float w = table[(i + r) * k + (j + r)] * mq;
-          den += w;
-          t.src.push_back(yy * W + xx);
-          t.w.push_back(w);
-        }
-      }
-      t.pos.push_back(y * W + x);
-      t.m.push_back(mv);
-      t.den.push_back(den + p.eps);
-      t.start.push_back(static_cast<int64_t>(t.src.size()));
-    }
+// 1-D zero-padded convolution of `len` values with stride `step` between taps, `lanes` contiguous
+// lanes per value (1 for an NCHW row, C for an NHWC row): dst[x] = sum_j a[j] * src[x + j - r].
+inline void conv1d_lanes(const float* __restrict src, float* __restrict dst, int64_t len, int64_t lanes,
+                         const float* a, int64_t k) {
+  const int64_t r = (k - 1) / 2;
+  std::fill(dst, dst + len * lanes, 0.F);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t sh = j - r;
+    const int64_t lo = std::max<int64_t>(0, -sh), hi = std::min<int64_t>(len, len - sh);
+    const float w = a[j];
+    const float* s = src + (lo + sh) * lanes;
+    float* d = dst + lo * lanes;
+    const int64_t n = (hi - lo) * lanes;
+    for (int64_t t = 0; t < n; ++t) d[t] += w * s[t];
   }
 }
 
@@ -384,53 +390,123 @@ at::Tensor interpolate_cpu(const at::Tensor& feature_in, const at::Tensor& mask,
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor f = feature_in.contiguous(fmt);
   const at::Tensor mc = mask.to(at::kFloat).contiguous();
-  const int64_t C = p.C, HW = static_cast<int64_t>(p.H) * p.W;
-  std::vector<float> table(kernel_size * kernel_size);
-  sai::saiGaussianTable(p, table.data());
-  std::vector<InterpTargets> targets(p.N);
-  at::parallel_for(0, p.N, 1, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) build_targets(p, mc.data_ptr<float>() + n * HW, table.data(), targets[n]);
-  });
-  // out = M * F everywhere (exact where M >= 1), then the targets (M < 1) are overwritten.
-  at::Tensor out = at::mul(f, mc).contiguous(fmt);
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, HW = H * W, k = kernel_size;
+  const std::vector<float> a = gaussian_1d(p);
   const float* fd = f.data_ptr<float>();
+  const float* md = mc.data_ptr<float>();
+  at::Tensor out = at::empty({N, C, H, W}, f.options().memory_format(fmt));
   float* od = out.data_ptr<float>();
-  for (int64_t n = 0; n < p.N; ++n) {
-    const InterpTargets& t = targets[n];
-    const int64_t T = static_cast<int64_t>(t.pos.size());
-    if (T == 0) continue;
-    if (nhwc) {
-      const float* fn = fd + n * HW * C;
-      float* on = od + n * HW * C;
-      at::parallel_for(0, T, 16, [&](int64_t b, int64_t e) {
-        std::vector<float> acc(C);
-        for (int64_t q = b; q < e; ++q) {
-          std::fill(acc.begin(), acc.end(), 0.F);
-          for (int64_t l = t.start[q]; l < t.start[q + 1]; ++l) {
-            const float w = t.w[l];
-            const float* fs = fn + t.src[l] * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += w * fs[c];
-          }
-          const float mv = t.m[q], den = t.den[q];
-          const float* fq = fn + t.pos[q] * C;
-          float* oq = on + t.pos[q] * C;
-          for (int64_t c = 0; c < C; ++c) oq[c] = mv == 0.F ? acc[c] / den : sai::saiInterpCombine(mv, fq[c], acc[c], den);
-        }
-      });
-    } else {
-      at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c) {
-          const float* fp = fd + (n * C + c) * HW;
-          float* op = od + (n * C + c) * HW;
-          for (int64_t q = 0; q < T; ++q) {
-            float acc = 0.F;
-            for (int64_t l = t.start[q]; l < t.start[q + 1]; ++l) acc += t.w[l] * fp[t.src[l]];
-            const float mv = t.m[q];
-            op[t.pos[q]] = mv == 0.F ? acc / t.den[q] : sai::saiInterpCombine(mv, fp[t.pos[q]], acc, t.den[q]);
-          }
-        }
-      });
+
+  // den = conv(M, K) + eps, one plane per image (separable: rows, then columns)
+  std::vector<float> den(N * HW), tmp(N * HW);
+  at::parallel_for(0, N * H, 8, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) conv1d_lanes(md + row * W, tmp.data() + row * W, W, 1, a.data(), k);
+  });
+  at::parallel_for(0, N * W, 8, [&](int64_t b, int64_t e) {
+    std::vector<float> col_in(H), col_out(H);
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / W, x = nc % W;
+      for (int64_t y = 0; y < H; ++y) col_in[y] = tmp[n * HW + y * W + x];
+      conv1d_lanes(col_in.data(), col_out.data(), H, 1, a.data(), k);
+      for (int64_t y = 0; y < H; ++y) den[n * HW + y * W + x] = col_out[y] + p.eps;
     }
+  });
+
+  if (!nhwc) {
+    // One (n, c) plane at a time, as whole-plane loops (long and contiguous even for small maps):
+    // gp = F*M (0 where M == 0) in rows padded by r zeros each side (row pitch Wp = W + 2r);
+    // row pass into tp (r zero rows above and below); column pass into num; combine where M < 1.
+    const int64_t r = (k - 1) / 2, Wp = W + 2 * r, plane = H * Wp;
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> gp(plane, 0.F), tp((H + 2 * r) * Wp, 0.F), num(plane);
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / C;
+        const float* fp = fd + nc * HW;
+        const float* mp = md + n * HW;
+        float* op = od + nc * HW;
+        for (int64_t y = 0; y < H; ++y) {
+          float* gr = gp.data() + y * Wp + r;
+          const float* fr = fp + y * W;
+          const float* mr = mp + y * W;
+          for (int64_t x = 0; x < W; ++x) gr[x] = mr[x] != 0.F ? fr[x] * mr[x] : 0.F;
+        }
+        // row pass: tp[(y + r) * Wp + x] = sum_j a[j] gp[y * Wp + x + j]   (x < W valid)
+        float* trow = tp.data() + r * Wp;
+        const int64_t rn = plane - 2 * r;
+        std::fill(trow, trow + rn, 0.F);
+        for (int64_t j = 0; j < k; ++j) {
+          const float w = a[j];
+          const float* src = gp.data() + j;
+          for (int64_t q = 0; q < rn; ++q) trow[q] += w * src[q];
+        }
+        // column pass: num[y * Wp + x] = sum_i a[i] tp[(y + i) * Wp + x]
+        std::fill(num.begin(), num.end(), 0.F);
+        for (int64_t i = 0; i < k; ++i) {
+          const float w = a[i];
+          const float* src = tp.data() + i * Wp;
+          float* dst = num.data();
+          for (int64_t q = 0; q < plane; ++q) dst[q] += w * src[q];
+        }
+        for (int64_t y = 0; y < H; ++y) {
+          const float* mrow = mp + y * W;
+          const float* drow = den.data() + n * HW + y * W;
+          const float* frow = fp + y * W;
+          const float* nrow = num.data() + y * Wp;
+          float* orow = op + y * W;
+          for (int64_t x = 0; x < W; ++x) {
+            const float mv = mrow[x];
+            orow[x] = !sai::saiMaskNeedsInterp(mv) ? mv * frow[x]
+                      : mv == 0.F                  ? nrow[x] / drow[x]
+                                                   : sai::saiInterpCombine(mv, frow[x], nrow[x], drow[x]);
+          }
+        }
+      }
+    });
+    return out;
+  }
+
+  // NHWC: the same passes with C contiguous lanes per position
+  std::vector<float> g(HW * C), t(HW * C);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* fn = fd + n * HW * C;
+    const float* mn = md + n * HW;
+    float* on = od + n * HW * C;
+    at::parallel_for(0, H, 1, [&](int64_t b, int64_t e) {
+      for (int64_t y = b; y < e; ++y) {
+        for (int64_t x = 0; x < W; ++x) {
+          const float mv = mn[y * W + x];
+          const float* fq = fn + (y * W + x) * C;
+          float* gq = g.data() + (y * W + x) * C;
+          for (int64_t c = 0; c < C; ++c) gq[c] = mv != 0.F ? fq[c] * mv : 0.F;
+        }
+        conv1d_lanes(g.data() + y * W * C, t.data() + y * W * C, W, C, a.data(), k);
+      }
+    });
+    at::parallel_for(0, H, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> num(W * C);
+      const int64_t r = (k - 1) / 2;
+      for (int64_t y = b; y < e; ++y) {
+        std::fill(num.begin(), num.end(), 0.F);
+        for (int64_t i = std::max<int64_t>(0, r - y); i < std::min<int64_t>(k, H + r - y); ++i) {
+          const float w = a[i];
+          const float* tr = t.data() + (y + i - r) * W * C;
+          for (int64_t q = 0; q < W * C; ++q) num[q] += w * tr[q];
+        }
+        for (int64_t x = 0; x < W; ++x) {
+          const float mv = mn[y * W + x], dv = den[n * HW + y * W + x];
+          const float* fq = fn + (y * W + x) * C;
+          const float* nq = num.data() + x * C;
+          float* oq = on + (y * W + x) * C;
+          if (!sai::saiMaskNeedsInterp(mv)) {
+            for (int64_t c = 0; c < C; ++c) oq[c] = mv * fq[c];
+          } else if (mv == 0.F) {
+            for (int64_t c = 0; c < C; ++c) oq[c] = nq[c] / dv;
+          } else {
+            for (int64_t c = 0; c < C; ++c) oq[c] = sai::saiInterpCombine(mv, fq[c], nq[c], dv);
+          }
+        }
+      }
+    });
   }
   return out;
 }
