@@ -1,0 +1,87 @@
+"""`sai export` and `sai info` (in-process through sai.cli.main.main: no interpreter start-up)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from sai.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from sai.models import build_model, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = build_model("sparse_resnet18", head="cls", num_classes=7, base_width=8, dcn_stages=(0, 0, 1, 1))
+    return save_checkpoint(model, tmp / "r18.pth"), tmp
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt):
+    path, tmp = ckpt
+    out = tmp / "r18.onnx"
+    code = main(["export", "--checkpoint", str(path), "--input-shape", "1,3,64,64", "--target", "tensorrt",
+                 "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_export_from_checkpoint(exported, capsys):
+    m = onnx.load(str(exported))
+    onnx.checker.check_model(m, full_check=True)
+    assert [o.name for o in m.graph.output] == ["logits"]
+    dims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 7]  # classes from the checkpoint
+    assert not m.functions
+
+
+def test_info(exported, capsys):
+    assert main(["info", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "sparse_resnet18" in out and "SparseSampleConv x20" in out and "Interpolate x16" in out
+    assert "layer4.1" in out and "tensorrt" in out
+    assert main(["info", "--json", str(exported)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sparse_ops"] == {"SparseSampleConv": 20, "Interpolate": 16}
+    assert info["metadata"]["dcn_stages"] == [0, 0, 1, 1]
+    assert len(info["blocks"]) == 8 and info["local_functions"] == []
+    assert info["sparse_op_variants"]["SparseSampleConv[deform]"] == 4
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--head", "fpn"], "--head fpn contradicts checkpoint"),
+    (["--num-classes", "10"], "--num-classes 10 contradicts"),
+    (["--dcn-stages", "0,1,1,1"], "--dcn-stages 0,1,1,1 contradicts"),
+    (["--arch", "sparse_resnet50"], "holds a sparse_resnet18 but --arch is sparse_resnet50"),
+    (["--opset", "18"], "opset 18 is not supported"),
+    (["--input-shape", "1,3,0,64"], "input shape"),
+])
+def test_flag_errors(ckpt, capsys, argv, match):
+    path, tmp = ckpt
+    out = tmp / "bad.onnx"
+    assert main(["export", "--checkpoint", str(path), *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_checkpoint_that_does_not_fit(ckpt, capsys):
+    path, tmp = ckpt
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    sd["layer1.0.conv1.weight"] = torch.zeros(8, 8, 1, 1)  # a 3x3 conv in a BasicBlock
+    torch.save({"state_dict": sd}, tmp / "broken.pth")
+    assert main(["export", "--checkpoint", str(tmp / "broken.pth"), "-o", str(tmp / "b.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "layer1.0.conv1.weight" in err
+
+
+def test_unknown_arch_and_missing_file(tmp_path, capsys):
+    assert main(["export", "--arch", "resnet19", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "unknown arch 'resnet19'" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "nope.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
