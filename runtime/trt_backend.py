@@ -339,7 +339,7 @@ class TensorRTEngine(Engine):
         self.metadata = dict(metadata or {})
         names = {s.name for s in self.inputs}
         self.noise_inputs = [(str(n), int(s)) for n, s in self.metadata.get("noise_inputs", []) if n in names]
-        self._slots: queue.Queue[_Slot] = queue.Queue()
+        self._slots: queue.LifoQueue[_Slot] = queue.LifoQueue()  # a sequential caller keeps one hot slot
         self._all_slots = [_Slot(self) for _ in range(max(1, int(streams)))]
         for s in self._all_slots:
             self._slots.put(s)

@@ -1,0 +1,50 @@
+"""Shared by the runtime/CLI tests: one tiny checkpoint and one `sai convert` OUTDIR per test session.
+
+The export is the slow part (~20 s of CPU), so it runs once, through the real CLI, in the session's
+base temp dir; every test module that needs it calls ``tiny_outdir(tmp_path_factory)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+ARCH = "sparse_resnet18"
+OPTIONS = {"base_width": 8, "num_classes": 10, "seed": 0}
+SHAPE = (1, 3, 32, 32)
+
+
+def tiny_model():
+    from sai.models import build_model
+
+    return build_model(ARCH, **OPTIONS)
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    from sai.models import save_checkpoint
+
+    path = Path(root) / "tiny.pth"
+    if not path.is_file():
+        save_checkpoint(tiny_model(), path)
+    return path
+
+
+def tiny_outdir(tmp_path_factory) -> tuple[Path, dict]:
+    """``(outdir, {"rc", "stdout", "stderr"})`` of ``sai convert`` on the tiny checkpoint (cached)."""
+    from sai.cli.main import main
+
+    root = tmp_path_factory.getbasetemp() / "sai_tiny"
+    outdir, record = root / "out", root / "convert.json"
+    if record.is_file():
+        return outdir, json.loads(record.read_text())
+    root.mkdir(exist_ok=True)
+    ck = tiny_checkpoint(root)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", str(ck), "--arch", ARCH, "-o", str(outdir), "--opt-shape", ",".join(map(str, SHAPE)),
+                   "--max-shape", "8,3,64,64"])
+    info = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    record.write_text(json.dumps(info))
+    return outdir, info
