@@ -217,6 +217,41 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512,
                   measured_mean_density=d)]
 
 
+def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
+               density: float = 0.3, threads: int = 0, workdir: Optional[str] = None) -> list[Case]:
+    """The portable ONNX of the sparse model vs the dense ResNet's ONNX (same weights), onnxruntime CPU."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from sai.exporter import export_onnx
+    from sai.models import build_model
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, height, width)
+    model = build_model(arch, head="none").eval()
+    randomize_masks(model)
+    calibrate_mask_bias(model, x, density)
+    dense_arch = arch.replace("sparse_", "")
+    dense = dense_twin(model, dense_arch, head="none")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        shape = (1, 3, height, width)
+        sparse_path, dense_path = f"{tmp}/sparse.onnx", f"{tmp}/dense.onnx"
+        export_onnx(model, sparse_path, input_shape=shape, target="portable", check=False)
+        export_onnx(dense, dense_path, input_shape=shape, check=False)
+        s_sess = ort.InferenceSession(sparse_path, opts, providers=["CPUExecutionProvider"])
+        d_sess = ort.InferenceSession(dense_path, opts, providers=["CPUExecutionProvider"])
+        feed = {"input": x.numpy().astype(np.float32)}
+        s_name, d_name = s_sess.get_inputs()[0].name, d_sess.get_inputs()[0].name
+        ts, td = time_pair(lambda: s_sess.run(None, {s_name: feed["input"]}),
+                           lambda: d_sess.run(None, {d_name: feed["input"]}), repeats)
+    return [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density, ts, td)]
+
+
 # ---------------------------------------------------------------------------------- report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SECTIONS = ("op", "block", "model")
+SECTIONS = ("op", "block", "model", "onnx")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
         h, w = (int(v) for v in args.model_shape.split("x"))
         print(f"  model {args.model_arch} {h}x{w} ...", flush=True)
         cases += opbench.bench_model(max(3, args.repeats // 2), args.model_arch, h, w, args.density)
+    if "onnx" in sections:
+        h, w = (int(v) for v in args.model_shape.split("x"))
+        print(f"  onnx {args.model_arch} {h}x{w} (export + onnxruntime) ...", flush=True)
+        cases += opbench.bench_onnx(max(3, args.repeats // 2), args.model_arch, h, w, args.density, threads)
     print(opbench.format_table(cases, threads))
     if args.json:
         path = Path(args.json)
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-ops", help="sparse vs dense speed: ops, a block, a model (CPU)")
-    p.add_argument("--sections", default="op,block,model", help="comma list of op,block,model")
+    p.add_argument("--sections", default="op,block,model,onnx", help="comma list of op,block,model,onnx")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per case (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     p.add_argument("--model-arch", default="sparse_resnet101")
