@@ -1,0 +1,107 @@
+"""Latency/throughput measurement of an Engine, and the dense twin of a sparse model (same weights)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from sai.errors import SaiError
+from sai.runtime.engine import Engine
+
+
+@dataclass
+class BenchResult:
+    label: str
+    backend: str
+    device: str
+    input_shape: list[int]
+    iterations: int
+    warmup: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # images per second at the median latency
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"{self.label} {self.backend}/{self.device} input {self.input_shape}: p50 {self.p50_ms:.2f} ms  "
+                f"p90 {self.p90_ms:.2f} ms  p99 {self.p99_ms:.2f} ms  mean {self.mean_ms:.2f} ms  "
+                f"throughput {self.throughput:.1f} img/s ({self.iterations} iterations, {self.warmup} warmup)")
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(a.mean()),
+            "min_ms": float(a.min()), "max_ms": float(a.max())}
+
+
+def bench(engine: Engine, feeds: dict, *, iterations: int = 50, warmup: int = 5, label: str = "") -> BenchResult:
+    """Time ``engine.infer(feeds)``: ``warmup`` untimed runs then ``iterations`` timed ones (noise, if any,
+    is drawn per run as in serving)."""
+    if iterations < 1 or warmup < 0:
+        raise SaiError(f"need --iterations >= 1 and --warmup >= 0, got {iterations} and {warmup}")
+    feeds = engine.check_feeds(feeds)
+    noise = {n for n, _ in engine.noise_inputs}
+    image = {k: v for k, v in feeds.items() if k not in noise}
+    for _ in range(warmup):
+        engine.infer(image)
+    samples = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        engine.infer(image)
+        samples.append((time.perf_counter() - t) * 1e3)
+    stats = percentiles(samples)
+    shape = list(feeds[engine.primary_input.name].shape)
+    return BenchResult(label=label or str(engine.metadata.get("arch", "model")), backend=engine.backend,
+                       device=engine.device, input_shape=shape, iterations=iterations, warmup=warmup,
+                       throughput=shape[0] / (stats["p50_ms"] / 1e3), **stats)
+
+
+def dense_twin_model(checkpoint):
+    """The dense ResNet of the same depth/width/head with the checkpoint's weights copied (the mask
+    predictors and sigmas have no dense counterpart and are dropped)."""
+    from sai.models import build_model, detect_layout, init_from_dense
+
+    info = detect_layout(str(checkpoint))
+    arch = info["arch"]
+    dense_arch = arch[len("sparse_"):] if arch.startswith("sparse_") else arch
+    opts = {k: v for k, v in info["options"].items()
+            if k in ("base_width", "head", "num_classes", "dcn_stages", "fpn_out_channels")}
+    if any(opts.get("dcn_stages", ())) and arch.startswith("sparse_"):
+        opts["dcn_offset_from"] = "input"  # sparse models predict offsets from the block input
+    model = build_model(dense_arch, **opts)
+    init_from_dense(model, str(checkpoint))
+    return model.eval(), dense_arch
+
+
+def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = None, threads: Optional[int] = None):
+    """An engine of the same backend running the dense twin: torch runs the model directly, onnxruntime
+    runs its export (written to ``workdir`` or a temporary directory)."""
+    model, dense_arch = dense_twin_model(checkpoint)
+    if engine.backend == "torch":
+        from sai.runtime.torch_backend import TorchEngine
+
+        return TorchEngine(model=model, device=engine.device, threads=threads)
+    if engine.backend == "onnxruntime":
+        from sai.exporter.export import export_onnx
+        from sai.runtime.ort_backend import OnnxRuntimeEngine
+
+        workdir = Path(workdir or tempfile.mkdtemp(prefix="sai-dense-"))
+        path = workdir / f"{dense_arch}.onnx"
+        ex = engine.metadata.get("example_input_shape") or [1, 3, 224, 224]
+        export_onnx(model, path, input_shape=ex)
+        return OnnxRuntimeEngine(str(path), device=engine.device, threads=threads)
+    raise SaiError(f"--compare-dense is not available for the {engine.backend} backend here; "
+                   "use --backend onnxruntime or torch (or build the dense engine with sai convert)")

@@ -1,0 +1,65 @@
+"""sai bench and the dense twin (same weights) used by --compare-dense."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from runtime_helpers import tiny_checkpoint, tiny_outdir
+
+from sai.cli.main import main
+from sai.runtime.bench import dense_twin_model, percentiles
+
+
+def test_percentiles_match_definition():
+    s = percentiles(list(range(1, 101)))
+    assert s["p50_ms"] == pytest.approx(50.5) and s["p90_ms"] == pytest.approx(90.1)
+    assert s["p99_ms"] == pytest.approx(99.01) and s["min_ms"] == 1 and s["max_ms"] == 100
+
+
+def test_dense_twin_equals_sparse_model_in_dense_mode(tmp_path):
+    """Same weights: the sparse model with every position sampled computes exactly the dense ResNet."""
+    from sai.models import model_from_checkpoint
+
+    ck = tiny_checkpoint(tmp_path)
+    twin, arch = dense_twin_model(ck)
+    sparse, _ = model_from_checkpoint(str(ck), sampling="dense")
+    assert arch == "resnet18"
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 48, 40)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), sparse.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def _run_json(capsys, argv):
+    rc = main(argv)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def test_bench_onnxruntime_outdir_json(tmp_path_factory, capsys):
+    outdir, _ = tiny_outdir(tmp_path_factory)
+    rep = _run_json(capsys, ["bench", str(outdir), "--backend", "onnxruntime", "--batch", "2", "--iterations", "8",
+                             "--warmup", "1", "--threads", "1", "--json"])
+    (r,) = rep["results"]
+    assert r["backend"] == "onnxruntime" and r["input_shape"] == [2, 3, 32, 32] and r["iterations"] == 8
+    assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert r["throughput"] == pytest.approx(2 / (r["p50_ms"] / 1e3))
+
+
+def test_bench_torch_compare_dense_text(tmp_path, capsys):
+    ck = tiny_checkpoint(tmp_path)
+    rc = main(["bench", str(ck), "--shape", "32,32", "--iterations", "4", "--warmup", "1", "--compare-dense"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0].startswith("sparse_resnet18 torch/cpu input [1, 3, 32, 32]: p50 ")
+    assert out[1].startswith("resnet18 (dense twin) torch/cpu")
+    assert out[2].startswith("sparse/dense p50 latency ratio: ")
+
+
+def test_bench_bad_shape_is_one_line_error(tmp_path, capsys):
+    ck = tiny_checkpoint(tmp_path)
+    assert main(["bench", str(ck), "--shape", "32"]) == 2
+    assert "--shape must be H,W or N,C,H,W" in capsys.readouterr().err
