@@ -1,0 +1,90 @@
+"""sai convert: exit codes, atomic replacement of OUTDIR, argument errors. The export itself is
+stubbed here by copying the session's real export (the full path runs once in runtime_helpers)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import types
+
+import pytest
+from runtime_helpers import ARCH, tiny_checkpoint, tiny_outdir
+
+import sai.exporter.export as export_mod
+from sai.cli.main import main
+from sai.errors import SaiError
+from sai.runtime.convert import resolve_profile
+
+
+@pytest.fixture
+def fake_export(tmp_path_factory, monkeypatch):
+    outdir, info = tiny_outdir(tmp_path_factory)
+    assert info["rc"] == 0
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    calls = []
+
+    def fake(arch, path, **kw):
+        calls.append(kw)
+        if kw.get("sampling") == "boom":
+            raise SaiError("export failed on purpose")
+        shutil.copy(outdir / "model.onnx", path)
+        return types.SimpleNamespace(noise_inputs=[], sampling="deterministic", opset=21, input_names=["input"],
+                                     output_names=["logits"], metadata=manifest["metadata"])
+
+    monkeypatch.setattr(export_mod, "export_onnx", fake)
+    return calls
+
+
+def test_require_engine_exits_nonzero_with_reason(fake_export, tmp_path, capsys):
+    ck = tiny_checkpoint(tmp_path)
+    rc = main(["convert", str(ck), "-o", str(tmp_path / "out"), "--require-engine", "-q"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "--require-engine: no engine was built" in cap.err
+    assert cap.out.count("engine skipped:") == 1
+    assert main(["convert", str(ck), "-o", str(tmp_path / "out2"), "-q"]) == 0
+
+
+def test_failed_convert_leaves_previous_outdir_intact(fake_export, tmp_path):
+    from sai.runtime.convert import convert
+
+    ck = tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    convert(ck, ARCH, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SaiError, match="on purpose"):
+        convert(ck, ARCH, out, sampling="boom")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    convert(ck, ARCH, out, opt_shape="2,3,64,64")  # replacing a previous OUTDIR works
+    assert json.loads((out / "manifest.json").read_text())["shapes"]["input"]["opt"] == [2, 3, 64, 64]
+    assert fake_export[-1]["input_shape"] == (2, 3, 64, 64)
+
+
+def test_refuses_to_replace_foreign_directory(fake_export, tmp_path):
+    from sai.runtime.convert import convert
+
+    ck = tiny_checkpoint(tmp_path)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(SaiError, match="not a sai convert OUTDIR"):
+        convert(ck, ARCH, foreign)
+    assert (foreign / "cat.jpg").read_bytes() == b"meow"
+
+
+def test_arch_mismatch_and_missing_checkpoint(tmp_path, capsys):
+    ck = tiny_checkpoint(tmp_path)
+    assert main(["convert", str(ck), "--arch", "sparse_resnet50", "-o", str(tmp_path / "o")]) == 2
+    assert "does not match the checkpoint, whose weights are sparse_resnet18" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "none.pth"), "-o", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_profile_defaults_and_errors():
+    assert resolve_profile(None, "2,3,64,64", None) == ((1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64))
+    with pytest.raises(SaiError, match="min-shape <= --opt-shape <= --max-shape"):
+        resolve_profile("4,3,64,64", "2,3,64,64", None)
+    with pytest.raises(SaiError, match="channels differ"):
+        resolve_profile("1,1,64,64", "2,3,64,64", None)
+    with pytest.raises(SaiError, match="--max-shape"):
+        resolve_profile(None, None, "1,3,x,64")
