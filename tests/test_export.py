@@ -57,7 +57,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             c = m.num_features
             m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(c, generator=g) * 0.3 + 0.2)  # keeps deep activations moderate
             m.bias.copy_(torch.randn(c, generator=g) * 0.1)
         elif isinstance(m, torch.nn.Conv2d) and name.endswith("_mask"):
             fan_in = m.weight[0].numel()
