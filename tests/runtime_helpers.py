@@ -17,9 +17,21 @@ SHAPE = (1, 3, 32, 32)
 
 
 def tiny_model():
+    """sparse_resnet18 at base width 8, with mask predictors set so masks are ~half sparse (the default
+    init makes every mask all-ones, which would leave the sparse paths untested). Deterministic."""
+    import torch
+
     from sai.models import build_model
 
-    return build_model(ARCH, **OPTIONS)
+    torch.manual_seed(0)
+    model = build_model(ARCH, **OPTIONS)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, blk in model.sparse_blocks():
+            for conv in (blk.conv1_mask, blk.conv2_mask):
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+                conv.bias.fill_(0.05)
+    return model
 
 
 def tiny_checkpoint(root: Path) -> Path:

@@ -1,0 +1,273 @@
+"""Cross-backend validation with Polygraphy's ``Comparator``: the same inputs (image and, for stochastic
+models, the same noise) through every backend, per-output tolerances, and the agreement of the sampling
+masks (where each backend computes positions: ``M > 0``), which explains fp16/stochastic differences.
+
+Backends run as custom Polygraphy runners wrapping ``sai.runtime`` engines (Polygraphy's own PyTorch
+runner needs CUDA). Masks come from extra graph outputs on the ONNX side (the mask input of every
+``SparseSampleConv``) and from the fused blocks' ``masks`` on the torch side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from sai.errors import SaiError
+from sai.runtime.engine import Engine
+
+MASK_PREFIX = "mask."
+
+
+# ----------------------------------------------------------------------------------------------
+# masks as outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def onnx_with_masks(src: Path, dest: Path) -> list[str]:
+    """Copy ``src`` to ``dest`` with one extra output per sampling mask: ``mask.<block>.m1`` (the mask of
+    the block's first SparseSampleConv) and ``mask.<block>.m2`` (its second). Returns the names."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    per_block: dict[str, list[str]] = OrderedDict()
+    for node in model.graph.node:
+        if node.domain == "sai" and node.op_type == "SparseSampleConv" and "/" in node.name:
+            block = node.name.split("/")[0]
+            per_block.setdefault(block, []).append(node.input[1])
+    names = []
+    elem = TensorProto.FLOAT
+    for block, masks in per_block.items():
+        for idx, tensor in enumerate(masks[:2], 1):
+            name = f"{MASK_PREFIX}{block}.m{idx}"
+            model.graph.node.append(helper.make_node("Cast", [tensor], [name], to=elem, name=f"sai_validate/{name}"))
+            model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+            names.append(name)
+    onnx.save(model, str(dest))
+    return names
+
+
+def record_torch_masks(engine) -> list[str]:
+    """Make a TorchEngine also return each sparse block's (m1, m2) as ``mask.<block>.m{1,2}`` outputs."""
+    model = engine.model
+    names = []
+    recorded: dict[str, Any] = {}
+    for name, blk in model.sparse_blocks():
+        orig = blk.masks
+
+        def masks(*args, _orig=orig, _name=name, **kw):
+            m1, m2 = _orig(*args, **kw)
+            recorded[f"{MASK_PREFIX}{_name}.m1"], recorded[f"{MASK_PREFIX}{_name}.m2"] = m1, m2
+            return m1, m2
+
+        blk.masks = masks
+        names += [f"{MASK_PREFIX}{name}.m1", f"{MASK_PREFIX}{name}.m2"]
+    forward = engine._forward
+
+    def forward_with_masks(feeds):
+        recorded.clear()
+        out = forward(feeds)
+        out.update({k: v.detach().float().cpu().numpy() for k, v in recorded.items()})
+        return out
+
+    engine._forward = forward_with_masks
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Polygraphy runner
+# ----------------------------------------------------------------------------------------------
+
+
+def make_runner(engine: Engine, name: str):
+    """A Polygraphy runner over a sai engine; mask outputs are kept aside in ``runner.masks``."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class EngineRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name)
+            self.engine = engine
+            self.masks: list[dict[str, np.ndarray]] = []
+
+        def activate_impl(self):
+            pass
+
+        def deactivate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for spec in engine.inputs:
+                meta.add(spec.name, np.dtype(spec.dtype), [d if isinstance(d, int) else -1 for d in spec.shape])
+            return meta
+
+        def infer_impl(self, feed_dict):
+            t = time.perf_counter()
+            out = engine.infer(dict(feed_dict))
+            self.inference_time = time.perf_counter() - t
+            self.masks.append({k: v for k, v in out.items() if k.startswith(MASK_PREFIX)})
+            return OrderedDict((k, v) for k, v in out.items() if not k.startswith(MASK_PREFIX))
+
+    return EngineRunner()
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    backends: list[str]
+    inputs: list[list[int]]
+    atol: dict[str, float]
+    rtol: dict[str, float]
+    outputs: list[dict] = field(default_factory=list)
+    masks: list[dict] = field(default_factory=list)
+    mask_threshold: float = 0.999
+    passed: bool = False
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+    def text(self) -> str:
+        lines = [f"validate: {' vs '.join(self.backends)} on inputs {self.inputs}"]
+        for o in self.outputs:
+            mark = "PASS" if o["passed"] else "FAIL"
+            lines.append(f"  {mark} {o['pair']} iter {o['iteration']} {o['output']}: max abs {o['max_abs']:.3g} "
+                         f"max rel {o['max_rel']:.3g} mean abs {o['mean_abs']:.3g} (atol {o['atol']:g}, "
+                         f"rtol {o['rtol']:g})")
+        if self.masks:
+            worst = min(self.masks, key=lambda m: m["agreement"])
+            bad = [m for m in self.masks if not m["passed"]]
+            lines.append(f"  masks: {len(self.masks)} compared, worst agreement {worst['agreement']:.4f} "
+                         f"({worst['pair']} {worst['mask']}), threshold {self.mask_threshold}")
+            for m in bad[:10]:
+                lines.append(f"  FAIL {m['pair']} iter {m['iteration']} {m['mask']}: {m['agreement']:.4f} of positions "
+                             f"agree on M > 0 ({m['disagree']} differ)")
+        lines.append("validate: PASSED" if self.passed else "validate: FAILED")
+        return "\n".join(lines)
+
+
+def parse_tolerances(values: Optional[Sequence[str]], default: float, what: str) -> dict[str, float]:
+    """Polygraphy style: ``1e-4`` (all outputs) and/or ``NAME:1e-3`` (one output). ``""`` is the default."""
+    out = {"": float(default)}
+    for item in values or []:
+        name, _, val = item.rpartition(":")
+        try:
+            out[name] = float(val)
+        except ValueError:
+            raise SaiError(f"{what} must be a number or NAME:NUMBER, got {item!r}") from None
+    return out
+
+
+def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: dict[str, float],
+             rtol: dict[str, float], mask_threshold: float = 0.999) -> Report:
+    """Run ``feeds_list`` through every engine with Polygraphy and compare each engine with the first."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    if len(engines) < 2:
+        raise SaiError(f"validate needs at least two backends, got {', '.join(engines) or 'none'}")
+    runners = [make_runner(e, n) for n, e in engines.items()]
+    old = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        results = Comparator.run(runners, data_loader=list(feeds_list))
+        (acc,) = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol,
+                                                                                      check_shapes=True))
+    finally:
+        G_LOGGER.module_severity = old
+    report = Report(backends=list(engines), inputs=[list(next(iter(f.values())).shape) for f in feeds_list],
+                    atol=atol, rtol=rtol, mask_threshold=mask_threshold)
+    for (r0, r1), iterations in acc.items():
+        pair = f"{r0} vs {r1}"
+        for it, iter_result in enumerate(iterations):
+            for out_name, res in iter_result.items():
+                tol = (atol.get(out_name, atol[""]), rtol.get(out_name, rtol[""]))
+                report.outputs.append({
+                    "pair": pair, "iteration": it, "output": out_name, "passed": bool(res),
+                    "max_abs": float(res.max_absdiff), "max_rel": float(res.max_reldiff),
+                    "mean_abs": float(res.mean_absdiff), "atol": tol[0], "rtol": tol[1]})
+    ref = runners[0]
+    for other in runners[1:]:
+        for it, (ma, mb) in enumerate(zip(ref.masks, other.masks, strict=False)):
+            for name in sorted(set(ma) & set(mb)):
+                a, b = ma[name] > 0, mb[name] > 0
+                if a.shape != b.shape:
+                    agree, differ = 0.0, -1
+                else:
+                    differ = int((a != b).sum())
+                    agree = 1.0 - differ / max(a.size, 1)
+                report.masks.append({"pair": f"{ref.name} vs {other.name}", "iteration": it, "mask": name,
+                                     "agreement": agree, "disagree": differ, "passed": agree >= mask_threshold})
+    outputs_ok = bool(report.outputs) and all(o["passed"] for o in report.outputs)
+    report.passed = bool(acc) and outputs_ok and all(m["passed"] for m in report.masks)
+    return report
+
+
+def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: bool = True,
+                  threads: Optional[int] = None) -> tuple[dict[str, Engine], list[str]]:
+    """Engines for the requested backends (``auto``: every available one). Returns (engines, skipped lines)."""
+    import sai.runtime as rt
+    from sai.runtime.loader import PLAN_NAME, read_manifest, tensorrt_usable
+
+    p = Path(model)
+    outdir = p if p.is_dir() else p.parent
+    manifest = read_manifest(outdir) if (outdir / "manifest.json").is_file() else None
+    onnx_file = p / "model.onnx" if p.is_dir() else p
+    if checkpoint is None and manifest:
+        ck = (manifest.get("checkpoint") or {}).get("path")
+        checkpoint = ck if ck and Path(ck).is_file() else None
+    wanted = list(backends)
+    skipped = []
+    if wanted == ["auto"]:
+        wanted = []
+        if checkpoint:
+            wanted.append("torch")
+        else:
+            skipped.append("torch: no checkpoint (pass --checkpoint)")
+        wanted.append("onnxruntime")
+        if (outdir / PLAN_NAME).is_file() and tensorrt_usable():
+            wanted.append("tensorrt")
+        else:
+            skipped.append("tensorrt: no model.plan or no TensorRT here")
+    engines: dict[str, Engine] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sai-validate-"))
+    sampling = ((manifest or {}).get("metadata") or {}).get("sampling")
+    for b in wanted:
+        if b == "torch":
+            if not checkpoint:
+                raise SaiError("the torch backend needs the checkpoint: pass --checkpoint")
+            engine = rt.load(checkpoint, backend="torch", threads=threads,
+                             sampling=sampling if sampling in ("deterministic", "stochastic") else None)
+            if masks:
+                record_torch_masks(engine)
+        elif b == "onnxruntime":
+            if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
+                raise SaiError(f"no ONNX model at {onnx_file}")
+            src = onnx_file
+            if masks:
+                src = tmp / "model.masks.onnx"
+                onnx_with_masks(onnx_file, src)
+            engine = rt.load(src, backend="onnxruntime", threads=threads)
+            if engine.metadata.get("sampling") and sampling is None:
+                sampling = engine.metadata["sampling"]
+        elif b == "tensorrt":
+            engine = rt.load(outdir, backend="tensorrt")
+        else:
+            raise SaiError(f"unknown backend {b!r}; use torch, onnxruntime, tensorrt")
+        engines[b] = engine
+    example = ((manifest or {}).get("metadata") or {}).get("example_input_shape")
+    for engine in engines.values():  # one input size for every backend (torch has no export metadata)
+        if example and not engine.metadata.get("example_input_shape"):
+            engine.metadata["example_input_shape"] = example
+    return engines, skipped

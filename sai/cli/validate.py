@@ -1,0 +1,67 @@
+"""`sai validate`: the same inputs through torch / onnxruntime / tensorrt with Polygraphy's Comparator;
+per-output tolerances, mask agreement, non-zero exit and a readable report on mismatch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sai.cli.bench import _image_shape
+    from sai.runtime.validate import load_backends, parse_tolerances, validate
+
+    atol = parse_tolerances(args.atol, 1e-4, "--atol")
+    rtol = parse_tolerances(args.rtol, 1e-3, "--rtol")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
+                                     threads=args.threads)
+    for line in skipped:
+        print(f"skipped {line}")
+    try:
+        first = next(iter(engines.values()))
+        shape = _image_shape(args, first)
+        feeds = []
+        for it in range(args.iterations):
+            f = first.example_feeds(shape, seed=args.seed + it)
+            f.update(first.noise_for(shape))  # identical noise for every backend
+            feeds.append(f)
+        report = validate(engines, feeds, atol=atol, rtol=rtol, mask_threshold=args.mask_agreement)
+    finally:
+        for e in engines.values():
+            e.close()
+    print(report.text())
+    if args.report:
+        _write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"report written to {args.report}")
+    return 0 if report.passed else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="compare backends on identical inputs (Polygraphy Comparator)")
+    p.add_argument("model", help="sai convert OUTDIR or .onnx")
+    p.add_argument("--checkpoint", help="weights for the torch backend (default: the OUTDIR manifest's)")
+    p.add_argument("--backends", default="auto", help="comma list of torch,onnxruntime,tensorrt (default: all available)")
+    p.add_argument("--atol", nargs="+", help="absolute tolerance: VALUE and/or OUTPUT:VALUE (default 1e-4)")
+    p.add_argument("--rtol", nargs="+", help="relative tolerance: VALUE and/or OUTPUT:VALUE (default 1e-3)")
+    p.add_argument("--mask-agreement", type=float, default=0.999,
+                   help="minimum fraction of positions whose sampling decision (M > 0) agrees (default 0.999)")
+    p.add_argument("--no-masks", action="store_true", help="compare the outputs only")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--shape", help="H,W or N,C,H,W (default: the export's example size at --batch)")
+    p.add_argument("--iterations", type=int, default=2, help="input sets to compare")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--report", help="write the full report as JSON")
+    p.set_defaults(func=run)
