@@ -1,0 +1,32 @@
+"""`sai export-triton`: a Triton model repository from a `sai convert` OUTDIR."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from sai.runtime.triton import export_triton
+
+    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+    res = export_triton(args.outdir, args.output, name=args.name, max_batch=args.max_batch, instances=args.instances,
+                        max_queue_delay_us=int(args.max_delay_ms * 1000), gpus=gpus)
+    for model, platform in res["models"].items():
+        print(f"wrote {res['repo']}/{model} ({platform})")
+    if res["skipped"]:
+        print(f"tensorrt model skipped: {res['skipped']}")
+    if not res["plugin_library"]:
+        print("plugin library not found (make plugins); plugins/ not written - see the repository README")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT plan + onnxruntime models)")
+    p.add_argument("outdir", help="a sai convert OUTDIR")
+    p.add_argument("-o", "--output", required=True, help="repository directory (replaced atomically)")
+    p.add_argument("--name", help="model name prefix (default: the arch); models are NAME_trt and NAME_onnx")
+    p.add_argument("--max-batch", type=int, help="max_batch_size (default: the engine profile's max batch)")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (TensorRT: at least 2)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay")
+    p.add_argument("--gpus", help="comma list of GPU ids for the instance groups (default 0 for TensorRT)")
+    p.set_defaults(func=run)
