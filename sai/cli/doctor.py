@@ -79,17 +79,30 @@ def _plugin_library() -> tuple[bool, str]:
 def run_checks() -> list[Check]:
     checks = [Check("python", True, platform.python_version())]
     table = [
-        ("torch", "models, training, the torch backend, export", "pip install torch==2.13.0"),
-        ("onnx", "sai export and every ONNX path", "pip install 'onnx==1.23.*'"),
-        ("onnxruntime", "the onnxruntime backend and sai validate on CPU", "pip install 'onnxruntime==1.31.*'"),
-        ("onnxscript", "sai export (dynamo translation of the custom ops)", "pip install 'onnxscript==0.7.*'"),
-        ("polygraphy", "sai validate (Polygraphy comparisons)", "pip install 'polygraphy==0.53.*'"),
-        ("tensorrt", "engine building and the tensorrt backend",
-         "pip install tensorrt (needs the TensorRT library and an NVIDIA GPU)"),
+        ("torch", "sai.models, sai export/convert, the torch backend (load/bench/validate/serve --backend torch)",
+         "pip install torch==2.13.0 (the CPU build; an unpinned torch pulls a multi-GB CUDA build)"),
+        ("onnx", "sai export/convert/info, sai validate's mask outputs, sai export-triton", "pip install 'onnx==1.23.*'"),
+        ("onnxruntime", "the onnxruntime backend: sai bench/serve/validate on ONNX files and convert OUTDIRs",
+         "pip install 'onnxruntime==1.31.*'"),
+        ("onnxscript", "sai export/convert (dynamo translation of the sai custom ops)", "pip install 'onnxscript==0.7.*'"),
+        ("polygraphy", "sai validate (its Comparator runs the backends)", "pip install 'polygraphy==0.53.*'"),
+        ("tensorrt", "sai convert's model.plan (skipped with one line), --backend tensorrt in load/bench/serve/"
+         "validate, the tensorrt_plan model of sai export-triton",
+         "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library (libnvinfer)"),
+        ("cuda.bindings.runtime", "GPU memory, streams and CUDA graphs of the tensorrt backend (cuda-python)",
+         "pip install 'cuda-python>=12,<14'"),
+        ("tritonclient.grpc.model_config_pb2", "checking config.pbtxt against Triton's schema in the tests "
+         "(sai export-triton itself works without it)", "pip install 'tritonclient[grpc]>=2.50,<3'"),
     ]
     for module, disables, fix in table:
         ok, detail = _module_version(module)
-        checks.append(Check(module, ok, detail, "" if ok else disables, "" if ok else fix))
+        name = {"cuda.bindings.runtime": "cuda-python", "tritonclient.grpc.model_config_pb2": "tritonclient"}.get(
+            module, module)
+        if ok and module.startswith(("cuda.", "tritonclient.")):
+            detail = _dist_version(name)
+        checks.append(Check(name, ok, detail, "" if ok else disables, "" if ok else fix))
+    checks += _ort_providers()
+    checks.append(_cpu_kernels())
     ok, detail = _nvcc()
     checks.append(Check("nvcc", ok, detail, "" if ok else "compiling the CUDA kernels (make plugins)",
                         "" if ok else "install the CUDA toolkit or: pip install nvidia-cuda-nvcc"))
@@ -97,9 +110,63 @@ def run_checks() -> list[Check]:
     checks.append(Check("gpu", ok, detail, "" if ok else "TensorRT engines, GPU benchmarks, make gpu-test",
                         "" if ok else "run on a machine with an NVIDIA GPU and driver"))
     ok, detail = _plugin_library()
-    checks.append(Check("sai plugins", ok, detail, "" if ok else "TensorRT engines with sai ops",
+    checks.append(Check("sai plugins", ok, detail,
+                        "" if ok else "TensorRT engines with sai ops (convert's model.plan, the tensorrt backend, "
+                        "onnxruntime --device tensorrt, Triton's tensorrt_plan model)",
                         "" if ok else "make plugins (needs TensorRT headers: set TENSORRT_ROOT)"))
+    checks.append(_engine_build(checks))
     return checks
+
+
+def _dist_version(dist: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "installed"
+
+
+def _ort_providers() -> list[Check]:
+    """The onnxruntime execution providers behind --device cuda / --device tensorrt."""
+    try:
+        import onnxruntime
+    except Exception:
+        return []
+    avail = onnxruntime.get_available_providers()
+    out = []
+    for ep, device in (("CUDAExecutionProvider", "cuda"), ("TensorrtExecutionProvider", "tensorrt")):
+        ok = ep in avail
+        out.append(Check(f"onnxruntime {device} EP", ok, "available" if ok else f"not in {', '.join(avail)}",
+                         "" if ok else f"--backend onnxruntime --device {device} (bench, serve, load)",
+                         "" if ok else "pip uninstall onnxruntime && pip install 'onnxruntime-gpu==1.31.*' "
+                         "(needs an NVIDIA GPU" + (" and TensorRT)" if device == "tensorrt" else ")")))
+    return out
+
+
+def _cpu_kernels() -> Check:
+    try:
+        from sai.models import cpu_kernels
+
+        ok = bool(cpu_kernels.active())
+    except Exception as exc:
+        return Check("sai cpu kernels", False, str(exc).splitlines()[0][:160],
+                     "the sparse C++ CPU kernels (the torch backend falls back to the slower PyTorch reference)",
+                     "make install")
+    return Check("sai cpu kernels", ok, "loaded" if ok else "not built",
+                 "" if ok else "the sparse C++ CPU kernels (the torch backend falls back to the slower PyTorch "
+                 "reference ops)", "" if ok else "make install (builds models/_lib/libsai_cpu_ops.so)")
+
+
+def _engine_build(checks: list[Check]) -> Check:
+    """Whether `sai convert` builds model.plan here, and the first missing piece if not."""
+    by = {c.name: c for c in checks}
+    for name in ("tensorrt", "cuda-python", "gpu", "sai plugins"):
+        c = by.get(name)
+        if c is not None and not c.ok:
+            return Check("engine build", False, f"sai convert will skip model.plan: {name} missing",
+                         "TensorRT engines (sai convert writes the two ONNX files and the manifest only)", c.fix)
+    return Check("engine build", True, "sai convert builds model.plan here")
 
 
 def run(args: argparse.Namespace) -> int:
