@@ -161,7 +161,7 @@ def _cpu_kernels() -> Check:
 def _engine_build(checks: list[Check]) -> Check:
     """Whether `sai convert` builds model.plan here, and the first missing piece if not."""
     by = {c.name: c for c in checks}
-    for name in ("tensorrt", "cuda-python", "gpu", "sai plugins"):
+    for name in ("tensorrt", "gpu", "sai plugins"):  # what the build needs (cuda-python: only the runtime)
         c = by.get(name)
         if c is not None and not c.ok:
             return Check("engine build", False, f"sai convert will skip model.plan: {name} missing",
