@@ -296,7 +296,7 @@ def test_soak_2000_requests_zero_errors_no_memory_growth(engine, reference):
 def test_cli_serve_sigterm_drains_inflight(outdir, reference):
     proc = subprocess.Popen(
         [sys.executable, "-m", "sai", "serve", str(outdir), "--backend", "onnxruntime", "--port", "0",
-         "--max-batch", "8", "--max-delay-ms", "3000", "--threads", "1"],
+         "--max-batch", "8", "--max-delay-ms", "10000", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = proc.stdout.readline()
