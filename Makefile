@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools
+.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools bench
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
@@ -77,5 +77,10 @@ plugins:
 		echo "plugins: installed $(PLUGIN_LIB)"; \
 	else echo "plugins: *** no TensorRT headers: built the CUDA kernels only, no plugin library ***"; fi
 
+# Sparse vs dense speed on this machine's CPU (ops, a block, sparse_resnet101, ONNX Runtime).
+bench: install
+	mkdir -p bench_out
+	$(VENV)/bin/sai bench-ops --json bench_out/bench_ops.json
+
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build .pytest_cache .ruff_cache bench_out
