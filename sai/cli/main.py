@@ -15,7 +15,7 @@ from sai import __version__
 from sai.errors import SaiError
 
 # Verb modules, in the order `sai --help` lists them. Later issues append here.
-VERBS = ["doctor", "flops", "bench-ops", "export", "info", "convert", "bench", "serve", "validate", "export-triton"]
+VERBS = ["doctor", "flops", "bench-ops", "export", "info", "convert", "bench", "serve", "validate", "export-triton", "train-demo", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,399 @@
+"""The `make demo` report: accuracy, densities, FLOPs, speed, parity and where the network computes.
+
+``write_report`` takes the demo zoo directory (checkpoints + metrics.json from ``sai train-demo``)
+and the results of the pipeline steps (convert manifest, validate and bench results, as dicts or
+None when a step did not run) and writes ``report.html`` with PNG files beside it (``img/``):
+
+- accuracy of the sparse model and its dense twin, recomputed here on the held-out test split in
+  deterministic inference mode, next to the numbers recorded at training time;
+- the measured per-block mask densities (fraction of positions computed) on those images;
+- MACs: our kernel count sparse vs dense and the official-style accounting;
+- the CPU latency ratio from ``sai bench --compare-dense`` and the parity figures of ``sai validate``;
+- overlays: for several test images, each block's masks (upsampled, blended over the image).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from sai.errors import SaiError
+
+SAMPLED_TINT = np.array([255, 48, 32], dtype=np.float32)  # red over computed positions
+
+
+# ----------------------------------------------------------------------------------------------
+# masks and overlays
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def block_masks(fused_model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict[str, tuple]]:
+    """Run a fused sparse model on ``x``; return ``(logits, {block: (m1, m2)})`` (masks [N,1,h,w]).
+
+    The fused blocks compute their masks in ``masks()``; it is wrapped per instance for this call
+    (the model itself is not changed)."""
+    captured: OrderedDict[str, tuple] = OrderedDict()
+    wrapped = []
+    for name, blk in fused_model.sparse_blocks():
+        if not hasattr(blk, "masks"):
+            raise SaiError(f"block {name} has no masks(): pass a model from sai.models.fuse_for_inference")
+        original = blk.masks
+
+        def spy(*args, _orig=original, _name=name, **kwargs):
+            m1, m2 = _orig(*args, **kwargs)
+            captured[_name] = (m1.detach().clone(), m2.detach().clone())
+            return m1, m2
+
+        blk.masks = spy
+        wrapped.append(blk)
+    try:
+        logits = fused_model(x)
+    finally:
+        for blk in wrapped:
+            del blk.masks  # back to the class method
+    return logits, captured
+
+
+def overlay(image_u8: np.ndarray, mask: np.ndarray, scale: int = 2) -> np.ndarray:
+    """``image_u8`` [H,W,3] and a mask [h,w] (>0 = computed) -> [H*scale, W*scale, 3] uint8: computed
+    positions tinted red, skipped (interpolated) positions dimmed; mask cells upsampled (nearest)."""
+    h, w = image_u8.shape[:2]
+    mh, mw = mask.shape
+    rows = np.minimum((np.arange(h) * mh) // h, mh - 1)
+    cols = np.minimum((np.arange(w) * mw) // w, mw - 1)
+    on = (mask > 0)[rows][:, cols][..., None]
+    img = image_u8.astype(np.float32)
+    out = np.where(on, 0.55 * img + 0.45 * SAMPLED_TINT, 0.35 * img)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return np.repeat(np.repeat(out, scale, 0), scale, 1)
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr).save(path, optimize=True)
+
+
+def write_overlays(fused_model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                   outdir: Path, normalize: Callable[[torch.Tensor], torch.Tensor], scale: int = 2) -> dict:
+    """One row per image (the image, then each block's mask1 and mask2); PNGs in ``outdir``.
+    Returns ``{"columns": [...], "rows": [{"label", "pred", "cells": [file, ...], "density"}]}``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    logits, masks = block_masks(fused_model, normalize(images_u8))
+    preds = logits.argmax(1)
+    columns = ["input"] + [f"{name} m{i}" for name in masks for i in (1, 2)]
+    rows = []
+    for n in range(images_u8.shape[0]):
+        img = images_u8[n].permute(1, 2, 0).numpy()
+        cells = [f"{outdir.name}/img{n}_input.png"]
+        _save_png(np.repeat(np.repeat(img, scale, 0), scale, 1), outdir / f"img{n}_input.png")
+        strip = [np.repeat(np.repeat(img, scale, 0), scale, 1)]
+        dens = []
+        for name, (m1, m2) in masks.items():
+            for i, m in ((1, m1), (2, m2)):
+                mk = m[n, 0].numpy()
+                dens.append(float((mk > 0).mean()))
+                arr = overlay(img, mk, scale)
+                fname = f"img{n}_{name.replace('.', '_')}_m{i}.png"
+                _save_png(arr, outdir / fname)
+                cells.append(f"{outdir.name}/{fname}")
+                strip.append(arr)
+        gap = np.full((strip[0].shape[0], 4, 3), 255, np.uint8)
+        row = np.concatenate([c for a in strip for c in (a, gap)][:-1], axis=1)
+        _save_png(row, outdir / f"img{n}_row.png")
+        rows.append({"label": classes[int(labels[n])], "pred": classes[int(preds[n])], "cells": cells,
+                     "row": f"{outdir.name}/img{n}_row.png", "densities": dens})
+    return {"columns": columns, "rows": rows}
+
+
+def pick_examples(labels: torch.Tensor, count: int) -> list[int]:
+    """The first image of each class, in class order, until ``count`` images."""
+    seen, picks = set(), []
+    for i, lab in enumerate(labels.tolist()):
+        if lab not in seen:
+            seen.add(lab)
+            picks.append(i)
+        if len(picks) == count:
+            break
+    return picks
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def load_zoo(zoo: Path) -> tuple[dict, nn.Module, Optional[nn.Module]]:
+    """``(metrics, sparse model, dense twin or None)`` from a demo zoo directory (strict loading)."""
+    from sai.models import model_from_checkpoint
+    from sai.models.train_demo import DENSE_FILE, SPARSE_FILE
+
+    zoo = Path(zoo)
+    mpath = zoo / "metrics.json"
+    if not mpath.is_file():
+        raise SaiError(f"{mpath} not found: train the demo first (sai train-demo --out {zoo})")
+    metrics = json.loads(mpath.read_text())
+    files = metrics.get("files", {})
+    sparse, _ = model_from_checkpoint(zoo / files.get("sparse", SPARSE_FILE), strict=True)
+    dense_path = zoo / files.get("dense", DENSE_FILE)
+    dense = model_from_checkpoint(dense_path, strict=True)[0] if dense_path.is_file() else None
+    return metrics, sparse.eval(), (dense.eval() if dense is not None else None)
+
+
+def test_split(metrics: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of the held-out test split the metrics were computed on."""
+    from sai.models import demo_data
+
+    ds = metrics["dataset"]
+    return demo_data.make_split(int(ds["seed"]), "test", int(n), int(ds["image_size"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.ok { color: #080; font-weight: bold; } .bad { color: #b00; font-weight: bold; }
+.masks td { padding: 1px; text-align: center; font-size: 11px; } .masks img { display: block; }
+code, pre { background: #f6f6f6; } pre { padding: 0.6em; overflow-x: auto; }
+.note { color: #555; font-size: 0.92em; }
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _pct(v: Optional[float], digits: int = 2) -> str:
+    return "n/a" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1, cls: str = "") -> str:
+    head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows)
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
+
+
+def _steps_section(steps: Sequence[dict]) -> str:
+    if not steps:
+        return ""
+    rows = [[f"<code>{_e(s['command'])}</code>", _e(s.get("status", "")), f"{s.get('seconds', 0):.1f} s"]
+            for s in steps]
+    return "<h2>Pipeline</h2>" + _table(["command", "status", "time"], rows)
+
+
+def _validate_section(validate: Optional[dict]) -> str:
+    if not validate:
+        return "<h2>Parity (sai validate)</h2><p>not run.</p>"
+    out = ["<h2>Parity (sai validate)</h2>"]
+    if validate.get("source"):
+        out.append(f'<p class="note">{_e(validate["source"])}</p>')
+    ok = validate.get("passed")
+    if ok is not None:
+        out.append(f'<p>Result: <span class="{"ok" if ok else "bad"}">{"PASSED" if ok else "FAILED"}</span></p>')
+    rows = []
+    for c in validate.get("comparisons", []):
+        rows.append([_e(c.get("name", "")), _e(c.get("output", "")), f"{c.get('max_abs', float('nan')):.3g}",
+                     f"{c.get('mean_abs', float('nan')):.3g}", f"{c.get('max_rel', float('nan')):.3g}",
+                     _e(c.get("tolerance", "")), _e(c.get("extra", ""))])
+    if rows:
+        out.append(_table(["comparison", "output", "max |diff|", "mean |diff|", "max rel", "tolerance", ""], rows,
+                          left=2))
+    if validate.get("text"):
+        out.append(f"<pre>{_e(validate['text'])}</pre>")
+    return "".join(out)
+
+
+def _bench_section(bench: Optional[dict]) -> str:
+    if not bench:
+        return "<h2>CPU speed (sai bench --compare-dense)</h2><p>not run.</p>"
+    out = ["<h2>CPU speed (sai bench --compare-dense)</h2>"]
+    if bench.get("source"):
+        out.append(f'<p class="note">{_e(bench["source"])}</p>')
+    rows = []
+    for r in bench.get("results", []):
+        rows.append([_e(r.get("label", "")), _e(r.get("backend", "")), _e(r.get("input_shape", "")),
+                     f"{r.get('p50_ms', 0):.2f}", f"{r.get('p90_ms', 0):.2f}", f"{r.get('p99_ms', 0):.2f}",
+                     f"{r.get('throughput', 0):.1f}"])
+    out.append(_table(["model", "backend", "input", "p50 ms", "p90 ms", "p99 ms", "images/s"], rows, left=3))
+    ratio = bench.get("sparse_over_dense_p50")
+    if ratio:
+        verdict = f"sparse is {1 / ratio:.2f}x faster" if ratio < 1 else f"sparse is {ratio:.2f}x slower"
+        out.append(f"<p>sparse / dense p50 latency: <b>{ratio:.3f}</b> ({verdict}).</p>")
+    return "".join(out)
+
+
+def render_html(ctx: dict) -> str:
+    """The report page from the collected context (see ``write_report``)."""
+    m, acc = ctx["metrics"], ctx["accuracy"]
+    rec = m.get("accuracy", {})
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sai demo report</title>"
+             f"<style>{CSS}</style></head><body>",
+             "<h1>sai demo: a trained spatially adaptive ResNet-18, end to end on the CPU</h1>",
+             f"<p class='note'>Generated {_e(ctx['created'])} from <code>{_e(ctx['zoo'])}</code> "
+             f"(task: {_e(m.get('task', ''))}, {len(m.get('classes', []))} classes, "
+             f"{_e(m['input']['height'])}x{_e(m['input']['width'])} RGB; seed {_e(m.get('seed'))}).</p>"]
+    parts.append(_steps_section(ctx.get("steps", [])))
+    # accuracy
+    parts.append("<h2>Accuracy on the held-out test split (deterministic inference)</h2>")
+    rows = [["sparse_resnet18 (SAI masks)", _pct(acc["sparse"]), _pct(rec.get("sparse")), _e(acc["n"])]]
+    if acc.get("dense") is not None:
+        rows.append(["resnet18 (dense twin, trained the same way)", _pct(acc["dense"]), _pct(rec.get("dense")),
+                     _e(acc["n"])])
+    if acc.get("onnxruntime") is not None:
+        rows.append(["sparse, exported ONNX on onnxruntime", _pct(acc["onnxruntime"]), "", _e(acc["n_onnx"])])
+    parts.append(_table(["model", "accuracy (now)", "recorded at training", "images"], rows))
+    if acc.get("dense") is not None:
+        gap = 100 * (acc["dense"] - acc["sparse"])
+        parts.append(f"<p>Gap dense - sparse: <b>{gap:.2f} points</b> at mean density "
+                     f"<b>{ctx['mean_density']:.3f}</b>.</p>")
+    # densities
+    parts.append("<h2>Where the sparse model computes: per-block mask density</h2>"
+                 "<p class='note'>d = fraction of positions whose mask is &gt; 0 (computed by the sparse "
+                 "convolution); the rest are filled by the Gaussian interpolation. Measured now on the "
+                 "evaluation images. grid: the grid-prior positions alone (every 11th row/column).</p>")
+    drows = [[_e(k), f"{v['d1']:.3f}", f"{v['d2']:.3f}", _e(v.get("grid", ""))]
+             for k, v in ctx["densities"].items()]
+    drows.append(["<b>mean</b>", "", "", f"<b>{ctx['mean_density']:.3f}</b>"])
+    parts.append(_table(["block", "d1 (conv1 mask)", "d2 (conv2 mask)", "mask grid"], drows))
+    # flops
+    fl = ctx["flops"]
+    k, o = fl["kernel"], fl["official"]
+    parts.append("<h2>Compute (multiply-accumulates)</h2>")
+    parts.append(_table(
+        ["accounting", "sparse MACs", "dense MACs", "sparse / dense", "saved"],
+        [[f"our kernels (what the fused model executes, {k['input_hw'][0]}x{k['input_hw'][1]} input, incl. "
+          "mask predictors, interpolation, stem, head)",
+          f"{k['sparse_macs'] / 1e6:.2f} M", f"{k['dense_macs'] / 1e6:.2f} M", f"{k['ratio']:.3f}",
+          _pct(1 - k["ratio"], 1)],
+         [f"official SAI accounting (DESIGN.md 4; backbone at res {o['res']})",
+          f"{o['sparse_macs'] / 1e6:.2f} M", f"{o['dense_macs'] / 1e6:.2f} M", f"{o['ratio']:.3f}",
+          _pct(1 - o["ratio"], 1)]]))
+    parts.append(_bench_section(ctx.get("bench")))
+    parts.append(_validate_section(ctx.get("validate")))
+    # overlays
+    ov = ctx.get("overlays")
+    if ov:
+        parts.append("<h2>Sampled positions per block</h2><p class='note'>Each row is one test image; each "
+                     "column one mask (m1 = conv1's mask, m2 = conv2's mask of a block), upsampled to the image. "
+                     "<span style='color:#d22'>Red</span>: computed by the sparse convolution; dimmed: skipped "
+                     "and interpolated. Deeper blocks have coarser grids (16x16, 8x8, 4x4, 2x2 for a 64x64 "
+                     "input). The regular dots are the grid prior.</p>")
+        head = "".join(f"<th>{_e(c)}</th>" for c in ["label / pred"] + ov["columns"])
+        body = []
+        for r in ov["rows"]:
+            mark = "ok" if r["label"] == r["pred"] else "bad"
+            cells = "".join(f"<td><img src='{_e(c)}' alt='{_e(c)}'>"
+                            + (f"{d:.2f}" if i else "") + "</td>"
+                            for i, (c, d) in enumerate(zip(r["cells"], [0.0] + r["densities"], strict=True)))
+            body.append(f"<tr><td class='l'>{_e(r['label'])}<br><span class='{mark}'>{_e(r['pred'])}</span></td>"
+                        f"{cells}</tr>")
+        parts.append(f"<table class='masks'><tr>{head}</tr>{''.join(body)}</table>")
+    parts.append("<h2>On a machine with an NVIDIA GPU and TensorRT</h2><p>The same <code>make demo</code> "
+                 "also builds <code>model.plan</code> (TensorRT engine with the sai plugins) in the convert "
+                 "step, and <code>sai bench</code> / <code>sai validate</code> can run it "
+                 "(<code>--backend tensorrt</code>); here the engine step is skipped and the ONNX files run on "
+                 "onnxruntime.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_images: int = 6,
+                 steps: Sequence[dict] = (), bench: Optional[dict] = None, validate: Optional[dict] = None,
+                 onnx_path: Optional[Path] = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Evaluate, draw the overlays and write ``out/report.html``; returns the context it rendered."""
+    from sai.models import demo_data, fuse_for_inference
+    from sai.models.train_demo import DemoConfig, flops_summary
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, sparse, dense = load_zoo(Path(zoo))
+    n = int(eval_size or metrics["dataset"]["splits"]["test"][1])
+    progress(f"report: generating {n} held-out test images")
+    images, labels = test_split(metrics, n)
+    inp = metrics["input"]
+
+    def normalize(u8: torch.Tensor) -> torch.Tensor:
+        return demo_data.normalize(u8, inp["mean"], inp["std"])
+
+    progress("report: accuracy of the sparse model and its dense twin (deterministic inference)")
+    fused = fuse_for_inference(sparse)
+    fused.sampling = "deterministic"
+    fused.reset_densities()
+    acc: dict[str, Any] = {"n": n}
+    with torch.no_grad():
+        pred = torch.cat([fused(normalize(images[i:i + 250])).argmax(1) for i in range(0, n, 250)])
+        acc["sparse"] = float((pred == labels).float().mean())
+        stats = fused.mask_stats()
+        if dense is not None:
+            dfused = fuse_for_inference(dense)
+            dpred = torch.cat([dfused(normalize(images[i:i + 250])).argmax(1) for i in range(0, n, 250)])
+            acc["dense"] = float((dpred == labels).float().mean())
+    if onnx_path is not None and Path(onnx_path).is_file():
+        progress("report: accuracy of the exported ONNX model on onnxruntime")
+        acc.update(_onnx_accuracy(Path(onnx_path), normalize(images[:min(n, 500)]), labels[:min(n, 500)]))
+    shapes = {}
+    h = w = int(inp["height"])
+    for name, blk in fused.sparse_blocks():
+        del blk
+        shapes[name] = name
+    densities = OrderedDict((k, dict(v)) for k, v in stats.items())
+    grid = _mask_grids(fused, h, w)
+    for k in densities:
+        densities[k]["grid"] = grid.get(k, "")
+    ds = [d for v in densities.values() for d in (v["d1"], v["d2"])]
+    mean_density = sum(ds) / len(ds)
+    cfg = DemoConfig(base_width=int(sparse.options["base_width"]), image_size=h)
+    flops = flops_summary(cfg, {k: {kk: v[kk] for kk in ("d1", "d2", "u1", "u2")} for k, v in densities.items()})
+    progress(f"report: mask overlays for {n_images} test images")
+    picks = pick_examples(labels, n_images)
+    ov = write_overlays(fused, images[picks], labels[picks], metrics["classes"], out / "img", normalize)
+    ctx = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "zoo": str(zoo), "metrics": metrics,
+           "accuracy": acc, "densities": densities, "mean_density": mean_density, "flops": flops,
+           "bench": bench, "validate": validate, "overlays": ov, "steps": list(steps)}
+    (out / "report.html").write_text(render_html(ctx))
+    summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps")}
+    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    progress(f"report: wrote {out / 'report.html'}")
+    return ctx
+
+
+def _mask_grids(fused: nn.Module, h: int, w: int) -> dict[str, str]:
+    """``block -> "HxW"`` of its masks for an ``h x w`` input (from one forward of a blank image)."""
+    _, masks = block_masks(fused, torch.zeros(1, 3, h, w))
+    return {k: "x".join(str(s) for s in m1.shape[-2:]) for k, (m1, _) in masks.items()}
+
+
+def _onnx_accuracy(path: Path, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        return {}
+    name, dim0 = inputs[0].name, inputs[0].shape[0]
+    bs = 100 if not isinstance(dim0, int) else dim0
+    preds = []
+    for i in range(0, x.shape[0], bs):
+        preds.append(torch.from_numpy(sess.run(None, {name: x[i:i + bs].numpy()})[0]).argmax(1))
+    pred = torch.cat(preds)
+    return {"onnxruntime": float((pred == labels).float().mean()), "n_onnx": int(labels.shape[0])}
+
+
+__all__ = ["block_masks", "load_zoo", "overlay", "pick_examples", "render_html", "write_overlays", "write_report"]
