@@ -8,11 +8,11 @@ STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools bench
+.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
-	@echo "make demo      end-to-end demo (arrives with a later issue)"
+	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~5 min)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
 	@echo "make cuda-check compile every CUDA kernel for all target GPUs with CUDA 13 and CUDA 12"
@@ -41,6 +41,12 @@ pytest: install
 	SAI_REQUIRE_CPU_KERNELS=1 $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test: lint cuda-check pytest
+
+# The shipped demo model (models/zoo/sai_demo_r18, from `sai train-demo`) through convert, validate,
+# bench --compare-dense and the HTML report with mask overlays (demo_out/report.html).
+DEMO_OUT ?= demo_out
+demo: install
+	$(VENV)/bin/sai demo --out $(DEMO_OUT)
 
 gpu-test: install plugins
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
