@@ -317,3 +317,45 @@ def test_gpu_zero_copy_torch_cuda_input(tmp_path):
     x = torch.randn(2, 3, 64, 64, device="cuda")
     with rt.load(tmp_path / "out", backend="tensorrt") as e:
         np.testing.assert_allclose(e.infer(x)["logits"], e.infer(x.cpu().numpy())["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_build_engine_drives_tensorrt_builder(tmp_path):
+    """build_engine with a recording fake TensorRT: plugin library loaded into the builder's registry,
+    flags per version, one profile over the image and noise inputs, timing cache written back."""
+    from sai.runtime.build import build_engine
+
+    calls = []
+
+    class Obj:
+        def __init__(self, name):
+            self._name = name
+
+        def __getattr__(self, attr):
+            def f(*a, **k):
+                calls.append((self._name, attr, a))
+                return {"parse_from_file": True, "build_serialized_network": b"ENGINE",
+                        "serialize": b"CACHE"}.get(attr, Obj(attr))
+            return f
+
+        def __setattr__(self, k, v):
+            if k.startswith("_"):
+                return object.__setattr__(self, k, v)
+            calls.append((self._name, "set:" + k, v))
+
+    trt = types.SimpleNamespace(
+        __version__="10.9.0", Logger=type("L", (), {"WARNING": 1, "__init__": lambda s, lvl: None}),
+        Builder=lambda logger: Obj("builder"), OnnxParser=lambda net, logger: Obj("parser"),
+        BuilderFlag=types.SimpleNamespace(FP16="FP16", VERSION_COMPATIBLE="VC"),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WS"))
+    info = build_engine(tmp_path / "m.trt.onnx", tmp_path / "model.plan", profile=((1, 3, 32, 32), (2, 3, 64, 64),
+                        (8, 3, 128, 128)), noise_inputs=[("noise.a", 4)], precision="fp16", workspace=1 << 30,
+                        timing_cache=tmp_path / "tc.bin", version_compatible=True, plugin_library="/p/lib.so", trt=trt)
+    assert (tmp_path / "model.plan").read_bytes() == b"ENGINE" and (tmp_path / "tc.bin").read_bytes() == b"CACHE"
+    assert ("get_plugin_registry", "load_library", ("/p/lib.so",)) in calls
+    assert [args for _, a, args in calls if a == "set_flag"] == [("FP16",), ("VC",)]
+    assert ("create_builder_config", "set:plugins_to_serialize", ["/p/lib.so"]) in calls
+    assert ("create_builder_config", "set_memory_pool_limit", ("WS", 1 << 30)) in calls
+    shapes = {args[0]: args[1:] for _, a, args in calls if a == "set_shape"}
+    assert shapes == {"input": ((1, 3, 32, 32), (2, 3, 64, 64), (8, 3, 128, 128)),
+                      "noise.a": ((1, 2, 8, 8), (2, 2, 16, 16), (8, 2, 32, 32))}
+    assert info["builder_flags"] == ["FP16", "VERSION_COMPATIBLE"] and info["serialize_plugins"]

@@ -329,3 +329,31 @@ def test_cli_serve_sigterm_drains_inflight(outdir, reference):
             proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_stochastic_model_noise_filled_from_seed(tmp_path):
+    """A stochastic model served without noise in the requests: the server's engine draws it from its
+    seed, so a direct engine with the same seed, fed the same request sequence, gives the same outputs."""
+    from runtime_helpers import tiny_model
+
+    from sai.models import save_checkpoint
+
+    ck = save_checkpoint(tiny_model(), tmp_path / "m.pth")
+    served = rt.load(ck, sampling="stochastic", seed=11)
+    direct = rt.load(ck, sampling="stochastic", seed=11)
+    assert len(served.noise_inputs) == 16
+    try:
+        with InferenceServer(served, "127.0.0.1", 0, max_batch=1, max_delay_ms=0, max_queue=4) as srv:
+            info = json.loads(request(srv, "GET", "/v1/model")[2])
+            assert info["sampling"] == "stochastic" and len(info["noise_inputs"]) == 16
+            outs = []
+            for i in range(3):
+                status, _, body = post_json(srv, _x(1, 40, 40, seed=i))
+                assert status == 200
+                outs.append(np.array(json.loads(body)["outputs"]["logits"], np.float32))
+        for i, got in enumerate(outs):
+            np.testing.assert_allclose(got, direct.infer(_x(1, 40, 40, seed=i))["logits"], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(outs[0], direct.infer(_x(1, 40, 40, seed=0))["logits"], atol=1e-6)  # fresh noise
+    finally:
+        served.close()
+        direct.close()
