@@ -302,6 +302,16 @@ def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, 
 # ----------------------------------------------------------------------------------------------
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return  # a client that went away is not a server error
+        super().handle_error(request, client_address)
+
+
 class InferenceServer:
     """``start()`` binds (port 0: an ephemeral port, see ``.port``) and serves in background threads;
     ``stop()`` stops accepting, drains queued requests and closes."""
@@ -317,7 +327,7 @@ class InferenceServer:
         self.batcher = Batcher(engine, self.metrics, self.max_batch, max_delay_ms, max_queue)
         self.ready = threading.Event()
         self.draining = False
-        self.httpd = ThreadingHTTPServer((host, int(port)), _make_handler(self))
+        self.httpd = _HTTPServer((host, int(port)), _make_handler(self))
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self._thread: Optional[threading.Thread] = None
