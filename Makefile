@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench
 
