@@ -378,6 +378,7 @@ def _make_handler(server: InferenceServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "sai-serve"
+        disable_nagle_algorithm = True  # small responses must not wait for delayed ACKs (40 ms stalls)
 
         def log_message(self, fmt, *args):  # quiet; metrics carry the counts
             pass
@@ -390,8 +391,9 @@ def _make_handler(server: InferenceServer):
                 self.send_header(k, v)
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
+            self._headers_buffer.append(b"\r\n")
+            self._headers_buffer.append(body)  # headers and body in one write
+            self.flush_headers()
 
         def _error(self, status: int, message: str, path: str, headers: Optional[dict] = None):
             server.metrics.request(path, status)

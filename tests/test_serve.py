@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,8 +57,15 @@ def server(engine):
     srv.stop(timeout=20)
 
 
+def connect(srv) -> http.client.HTTPConnection:
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=TIMEOUT)
+    c.connect()
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # http.client sends headers and body apart
+    return c
+
+
 def request(srv, method, path, body=b"", headers=None, conn=None):
-    c = conn or http.client.HTTPConnection(srv.host, srv.port, timeout=TIMEOUT)
+    c = conn or connect(srv)
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
@@ -276,7 +284,7 @@ def test_soak_2000_requests_zero_errors_no_memory_growth(engine, reference):
     with InferenceServer(engine, "127.0.0.1", 0, max_batch=8, max_delay_ms=2, max_queue=64) as srv:
 
         def worker(count):
-            conn = http.client.HTTPConnection(srv.host, srv.port, timeout=TIMEOUT)
+            conn = connect(srv)
             bad = 0
             try:
                 for _ in range(count):
