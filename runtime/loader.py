@@ -99,7 +99,8 @@ def resolve(path, backend: str = "auto") -> Resolved:
 
 def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Optional[int] = None,
          threads: Optional[int] = None, sampling: Optional[str] = None, **options) -> Engine:
-    """An ``Engine`` for ``path``. ``device``: onnxruntime ``cpu|cuda|tensorrt`` (EP), torch ``cpu|cuda``;
+    """An ``Engine`` for ``path``. ``device``: onnxruntime ``cpu|cuda|tensorrt`` (EP; default cuda when
+    onnxruntime-gpu offers it, else cpu), torch ``cpu|cuda`` (default cpu);
     ``seed`` seeds the noise of stochastic models; ``sampling`` overrides a checkpoint's sampling mode
     (torch); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs`` for tensorrt)."""
     r = resolve(path, backend)
@@ -110,7 +111,7 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
         ort_file = r.file
         if device == "tensorrt" and (r.file.parent / TRT_ONNX_NAME).is_file():
             ort_file = r.file.parent / TRT_ONNX_NAME  # custom nodes map to the plugins in the TRT EP
-        return OnnxRuntimeEngine(str(ort_file), device=device or "cpu", threads=threads, seed=seed, **options)
+        return OnnxRuntimeEngine(str(ort_file), device=device, threads=threads, seed=seed, **options)
     if r.backend == "torch":
         from sai.runtime.torch_backend import TorchEngine
 

@@ -68,12 +68,14 @@ class OnnxRuntimeEngine(Engine):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str, *, device: str = "cpu", threads: Optional[int] = None,
+    def __init__(self, path: str, *, device: Optional[str] = None, threads: Optional[int] = None,
                  seed: Optional[int] = None, async_workers: int = 2, plugin_library: Optional[str] = None):
         super().__init__(seed=seed, async_workers=async_workers)
         ort = _import_ort()
         if not os.path.isfile(path):
             raise SaiError(f"ONNX model {path} does not exist")
+        if device is None:  # the GPU when onnxruntime-gpu has it, else the CPU
+            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
         if device == "tensorrt" and plugin_library is None:
             from sai.runtime.plugins import find_plugin_library
 
