@@ -27,6 +27,7 @@ IMAGE_SIZE = 64
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 SUPERSAMPLE = 2
+RADIUS = (0.22, 0.34)  # object radius as a fraction of the image size
 
 
 def _polygon(u: np.ndarray, v: np.ndarray, n: int, radius: float) -> np.ndarray:
@@ -130,7 +131,7 @@ def render(seed: int, split: str, index: int, size: int = IMAGE_SIZE) -> tuple[n
             m = (np.abs(du) < length) & (np.abs(dv) < 0.5)
         img[sl][m] = col
     # the object
-    radius = rng.uniform(0.17, 0.28) * size
+    radius = rng.uniform(*RADIUS) * size
     margin = radius * 1.1
     cy, cx = rng.uniform(margin, size - margin, 2)
     a = rng.uniform(0, 2 * math.pi)

@@ -1,11 +1,14 @@
 """Train the demo pair: a small SparseResNet-18 and its dense ResNet-18 twin on the shapes task.
 
-Recipe (the official SAI one, shortened to minutes on a CPU): Gumbel-sigmoid masks whose temperature
-decays geometrically from ``max_T`` every training forward (``decay_alpha`` is chosen so it reaches
-``final_T`` at the last step), the grid prior, and the sparse loss towards a target density
-(``model.sparse_loss(target=...)``). The dense twin sees the same data in the same order with the
-same optimiser. Everything is seeded (torch, the data generator, the batch order); training runs on
-one thread by default, which is both the fastest choice on a shared machine and deterministic.
+Recipe (the official SAI one, shortened to minutes on a CPU). As SAI-Det starts from a pretrained dense
+ResNet, phase 1 trains a dense ResNet-18 from scratch; phase 2 fine-tunes two models from those
+weights with the same data order, optimiser and schedule: the sparse model (``init_from_dense``;
+Gumbel-sigmoid masks whose temperature decays geometrically from ``max_T`` every training forward,
+``decay_alpha`` chosen so it reaches ``final_T`` at the last step; the grid prior; the sparse loss
+towards a target density, ``model.sparse_loss(target=...)``) and its dense twin (plain fine-tuning).
+Everything is seeded (torch, the data generator, the batch order); training runs on one thread by
+default, which is both the fastest choice on a shared machine and deterministic. During training
+the sparse blocks interpolate with ``interpolate_matmul`` (the same formula, faster on small maps).
 
 Outputs (``out`` directory): ``sparse_resnet18.pth``, ``resnet18.pth`` (our checkpoint format; meta
 holds arch, options, input normalisation, classes, dataset and the recorded metrics),
@@ -28,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sai.models import demo_data
-from sai.models.checkpoint import save_checkpoint
+from sai.models.checkpoint import init_from_dense, save_checkpoint
 from sai.models.flops import kernel_flops, official_flops
 from sai.models.fuse import fuse_for_inference
 from sai.models.network import build_model
@@ -43,32 +46,35 @@ class DemoConfig:
     """Everything that decides the trained weights (recorded in metrics.json and the checkpoints)."""
 
     seed: int = 0
-    epochs: int = 4
-    train_size: int = 8000
+    pretrain_epochs: int = 5  # phase 1: the dense ResNet-18 from scratch
+    epochs: int = 2  # phase 2: fine-tuning, sparse (from the phase-1 weights) and dense alike
+    train_size: int = 12000
     val_size: int = 500
     test_size: int = 2000
     batch_size: int = 64
     image_size: int = demo_data.IMAGE_SIZE
     base_width: int = 16
-    target_density: float = 0.4
-    sparse_loss_weight: float = 1.0
+    target_density: float = 0.3
+    sparse_loss_weight: float = 2.0
     mask_bias_init: float = 1.0
     mask_lr_mult: float = 10.0
     max_T: float = 1.0
     final_T: float = 0.1
     grid_prior_interval: int = 11
     lr: float = 3e-3
+    finetune_lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_frac: float = 0.05
     threads: int = 1
     log_every: int = 10
     extra: dict = field(default_factory=dict)
 
-    def steps(self) -> int:
-        return self.epochs * math.ceil(self.train_size / self.batch_size)
+    def steps(self, epochs: Optional[int] = None) -> int:
+        """Optimiser steps of ``epochs`` (default: the fine-tuning phase)."""
+        return (self.epochs if epochs is None else epochs) * math.ceil(self.train_size / self.batch_size)
 
     def decay_alpha(self) -> float:
-        """Per-forward temperature decay so ``max_T`` reaches ``final_T`` at the last step."""
+        """Per-forward temperature decay so ``max_T`` reaches ``final_T`` at the last fine-tuning step."""
         return (self.final_T / self.max_T) ** (1.0 / max(1, self.steps()))
 
     def model_options(self, sparse: bool) -> dict:
@@ -151,12 +157,14 @@ def _param_groups(model: nn.Module, cfg: DemoConfig) -> list[dict]:
     return groups
 
 
-def _lr_at(step: int, total: int, cfg: DemoConfig) -> float:
+def _lr_at(step: int, total: int, cfg: DemoConfig, peak: Optional[float] = None) -> float:
+    """Linear warm-up then cosine decay to 0 over ``total`` steps."""
+    peak = cfg.lr if peak is None else peak
     warm = max(1, int(cfg.warmup_frac * total))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return peak * (step + 1) / warm
     t = (step - warm) / max(1, total - warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return peak * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @torch.no_grad()
@@ -187,32 +195,40 @@ def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, ba
 
 def train_model(arch: str, cfg: DemoConfig, train: tuple[torch.Tensor, torch.Tensor],
                 val: tuple[torch.Tensor, torch.Tensor], log: Callable[[dict], None],
-                progress: Callable[[str], None]) -> tuple[nn.Module, float]:
-    """Train one model; returns it (train mode off) and the wall time in seconds."""
+                progress: Callable[[str], None], *, epochs: int, lr: float, phase: str,
+                init: Optional[dict] = None) -> tuple[nn.Module, float]:
+    """Train one model for ``epochs`` (peak learning rate ``lr``), from scratch or from ``init`` (a dense
+    ResNet state dict: loaded as is into a dense model, via ``init_from_dense`` into a sparse one).
+    Returns the model (eval mode) and the wall time in seconds."""
     sparse = arch.startswith("sparse_")
     torch.manual_seed(cfg.seed)
     model = build_model(arch, **cfg.model_options(sparse))
-    groups = _param_groups(model, cfg)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    if init is not None:
+        if sparse:
+            init_from_dense(model, {"state_dict": init})
+        else:
+            model.load_state_dict(init, strict=True)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=lr)
     images, labels = train
-    total = cfg.steps()
-    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    order_gen = torch.Generator().manual_seed(cfg.seed + 1 + (1000 if init is not None else 0))
     t0 = time.perf_counter()
     with fast_interpolation(model):
-        _train_loop(model, arch, sparse, cfg, opt, images, labels, total, order_gen, val, log, progress, t0)
+        _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, lr, phase, order_gen, val, log,
+                    progress, t0)
     model.eval()
     return model, time.perf_counter() - t0
 
 
-def _train_loop(model, arch, sparse, cfg, opt, images, labels, total, order_gen, val, log, progress, t0) -> None:
-    n, step = len(labels), 0
-    for epoch in range(cfg.epochs):
+def _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
+                t0) -> None:
+    n, step, total = len(labels), 0, cfg.steps(epochs)
+    for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=order_gen)
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             x, y = demo_data.normalize(images[idx]), labels[idx]
-            lr = _lr_at(step, total, cfg)
+            lr = _lr_at(step, total, cfg, peak)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             if sparse:
@@ -225,7 +241,7 @@ def _train_loop(model, arch, sparse, cfg, opt, images, labels, total, order_gen,
             loss.backward()
             opt.step()
             if step % cfg.log_every == 0 or step == total - 1:
-                rec = {"model": arch, "epoch": epoch, "step": step, "lr": lr, "loss": float(loss.detach()),
+                rec = {"model": arch, "phase": phase, "epoch": epoch, "step": step, "lr": lr, "loss": float(loss.detach()),
                        "ce": float(ce.detach()), "train_acc": float((logits.argmax(1) == y).float().mean()),
                        "elapsed_s": round(time.perf_counter() - t0, 2)}
                 if sparse:
@@ -234,17 +250,17 @@ def _train_loop(model, arch, sparse, cfg, opt, images, labels, total, order_gen,
                     rec.update(sparse_loss=float(sl.detach()), T=float(blk.conv1_gumbel.cur_T),
                                train_density=sum(ds) / len(ds))
                 log(rec)
-                progress(f"  {arch} epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{total} loss {rec['loss']:.3f} "
+                progress(f"  {phase} {arch} epoch {epoch + 1}/{epochs} step {step + 1}/{total} loss {rec['loss']:.3f} "
                          f"acc {rec['train_acc']:.2f}" + (f" density {rec['train_density']:.2f} T {rec['T']:.3f}"
                                                           if sparse else ""))
             step += 1
         ev = evaluate(model, *val)
-        rec = {"model": arch, "epoch": epoch, "step": step, "val_accuracy": ev["accuracy"],
+        rec = {"model": arch, "phase": phase, "epoch": epoch, "step": step, "val_accuracy": ev["accuracy"],
                "elapsed_s": round(time.perf_counter() - t0, 2)}
         if sparse:
             rec["val_mean_density"] = ev["mean_density"]
         log(rec)
-        progress(f"  {arch} epoch {epoch + 1}: val acc {ev['accuracy']:.3f}"
+        progress(f"  {phase} {arch} epoch {epoch + 1}: val acc {ev['accuracy']:.3f}"
                  + (f" mean density {ev['mean_density']:.3f}" if sparse else ""))
 
 
@@ -294,11 +310,18 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
 
-            progress(f"train-demo: sparse_resnet18 (width {cfg.base_width}, target density {cfg.target_density}, "
-                     f"{cfg.steps()} steps)")
-            sparse, t_sparse = train_model("sparse_resnet18", cfg, train, val, log, progress)
-            progress("train-demo: dense twin resnet18")
-            dense, t_dense = train_model("resnet18", cfg, train, val, log, progress)
+            progress(f"train-demo: phase 1, dense resnet18 from scratch (width {cfg.base_width}, "
+                     f"{cfg.steps(cfg.pretrain_epochs)} steps)")
+            pre, t_pre = train_model("resnet18", cfg, train, val, log, progress, epochs=cfg.pretrain_epochs,
+                                     lr=cfg.lr, phase="pretrain")
+            init = {k: v.clone() for k, v in pre.state_dict().items()}
+            progress(f"train-demo: phase 2, sparse_resnet18 from the phase-1 weights (target density "
+                     f"{cfg.target_density}, T {cfg.max_T} -> {cfg.final_T}, {cfg.steps()} steps)")
+            sparse, t_sparse = train_model("sparse_resnet18", cfg, train, val, log, progress, epochs=cfg.epochs,
+                                           lr=cfg.finetune_lr, phase="finetune", init=init)
+            progress("train-demo: phase 2, dense twin resnet18 from the same weights, same schedule")
+            dense, t_dense = train_model("resnet18", cfg, train, val, log, progress, epochs=cfg.epochs,
+                                         lr=cfg.finetune_lr, phase="finetune", init=init)
         os.replace(log_tmp, log_path)
         progress("train-demo: evaluating on the held-out test split (deterministic inference)")
         ev_s = evaluate(sparse, *test)
@@ -307,7 +330,12 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
             "task": "sai demo shapes (sai.models.demo_data)",
             "classes": list(demo_data.CLASSES),
             "seed": cfg.seed,
-            "config": asdict(cfg) | {"decay_alpha": cfg.decay_alpha(), "steps": cfg.steps()},
+            "config": asdict(cfg) | {"decay_alpha": cfg.decay_alpha(), "finetune_steps": cfg.steps(),
+                                     "pretrain_steps": cfg.steps(cfg.pretrain_epochs)},
+            "recipe": ("phase 1: dense resnet18 from scratch (pretrain_epochs, AdamW, cosine); phase 2 from those "
+                       "weights, same data order and schedule for both: sparse_resnet18 (init_from_dense; Gumbel "
+                       "temperature max_T -> final_T, grid prior, sparse loss towards target_density) and the "
+                       "dense twin (plain fine-tuning)"),
             "input": input_meta(cfg),
             "dataset": dataset_meta(cfg),
             "eval": {"split": "test", "n": ev_s["n"], "sampling": "deterministic"},
@@ -316,8 +344,8 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
             "mean_density": ev_s["mean_density"],
             "densities": ev_s["mask_stats"],
             "flops": flops_summary(cfg, ev_s["mask_stats"]),
-            "timings_s": {"data": round(t_data, 1), "train_sparse": round(t_sparse, 1),
-                          "train_dense": round(t_dense, 1), "total": None},
+            "timings_s": {"data": round(t_data, 1), "pretrain_dense": round(t_pre, 1),
+                          "finetune_sparse": round(t_sparse, 1), "finetune_dense": round(t_dense, 1), "total": None},
             "threads": cfg.threads,
             "torch_version": str(torch.__version__),
             "files": {"sparse": SPARSE_FILE, "dense": DENSE_FILE, "log": log_path.name},

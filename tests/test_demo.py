@@ -78,7 +78,8 @@ def test_interpolate_matmul_matches_design_formula(shape):
 
 
 def test_train_demo_tiny_is_reproducible(tmp_path):
-    cfg = dict(epochs=1, train_size=32, val_size=10, test_size=20, batch_size=16, base_width=4, log_every=1)
+    cfg = dict(pretrain_epochs=1, epochs=1, train_size=32, val_size=10, test_size=20, batch_size=16, base_width=4,
+               log_every=1)
     m1 = train_demo(tmp_path / "a", DemoConfig(**cfg), progress=lambda s: None)
     m2 = train_demo(tmp_path / "b", DemoConfig(**cfg), progress=lambda s: None)
     for name in (SPARSE_FILE, DENSE_FILE):
@@ -90,7 +91,8 @@ def test_train_demo_tiny_is_reproducible(tmp_path):
     assert m1["accuracy"] == m2["accuracy"]
     assert set(m1["densities"]) == {f"layer{i}.{j}" for i in range(1, 5) for j in range(2)}
     log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
-    assert {r["model"] for r in log} == {"sparse_resnet18", "resnet18"}
+    assert {(r["model"], r["phase"]) for r in log} == {
+        ("resnet18", "pretrain"), ("sparse_resnet18", "finetune"), ("resnet18", "finetune")}
     assert any("val_accuracy" in r for r in log)
 
 

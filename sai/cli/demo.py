@@ -46,11 +46,23 @@ def _run_step(title: str, argv: list[str], logdir: Path, capture_stdout: bool = 
 
 
 def _validate_summary(path: Path, step: dict) -> dict:
+    """The parity figures of a ``sai validate --report`` JSON, in the report's shape."""
     out: dict = {"source": f"{step['command']} (Polygraphy Comparator)", "passed": step["rc"] == 0}
     if path.is_file():
         rep = json.loads(path.read_text())
-        out["raw"] = rep
         out["passed"] = bool(rep.get("passed", out["passed"]))
+        out["comparisons"] = [
+            {"name": f"{o.get('pair')} (input set {o.get('iteration')})", "output": o.get("output"),
+             "max_abs": o.get("max_abs"), "mean_abs": o.get("mean_abs"), "max_rel": o.get("max_rel"),
+             "tolerance": f"atol {o.get('atol')}, rtol {o.get('rtol')}",
+             "extra": "PASS" if o.get("passed") else "FAIL"}
+            for o in rep.get("outputs", [])]
+        masks = rep.get("masks", [])
+        if masks:
+            worst = min(masks, key=lambda m: m.get("agreement", 1.0))
+            out["masks"] = {"compared": len(masks), "worst_agreement": worst.get("agreement"),
+                            "worst_mask": worst.get("mask"), "threshold": rep.get("mask_threshold"),
+                            "disagree_total": sum(int(m.get("disagree", 0)) for m in masks)}
     out["text"] = step["stdout"].strip()
     return out
 
@@ -87,26 +99,36 @@ def run(args: argparse.Namespace) -> int:
         steps.append(s)
         validate = _validate_summary(vjson, s)
 
-    bench = None
+    benches = []
     if converted:
-        s = _run_step("3/4 bench: CPU latency of the sparse model vs the dense ResNet with the same weights",
-                      ["bench", str(model_dir), "--compare-dense", "--json", "--batch", str(args.batch),
-                       "--iterations", str(args.iterations), "--warmup", "3", *threads], logs, capture_stdout=True)
-        steps.append(s)
-        if s["rc"] == 0:
+        runs = [("3/4 bench (onnxruntime, the portable ONNX): sparse model vs the dense ResNet with the same weights",
+                 ["bench", str(model_dir)])]
+        if not args.no_torch_bench:
+            runs.append(("3/4 bench (PyTorch with the sai C++ CPU kernels): sparse vs dense, same weights",
+                         ["bench", str(ck), "--backend", "torch", "--shape", f"{h},{w}"]))
+        for title, head in runs:
+            s = _run_step(title, [*head, "--compare-dense", "--json", "--batch", str(args.batch),
+                                  "--iterations", str(args.iterations), "--warmup", "3", *threads],
+                          logs, capture_stdout=True)
+            steps.append(s)
+            if s["rc"] != 0:
+                continue
             try:
                 bench = json.loads(s["stdout"])
-                bench["source"] = s["command"]
-                for r in bench.get("results", []):
-                    print(f"    {r.get('label')}: p50 {r.get('p50_ms', 0):.2f} ms ({r.get('backend')})")
-                if bench.get("sparse_over_dense_p50"):
-                    print(f"    sparse/dense p50 latency ratio: {bench['sparse_over_dense_p50']:.3f}")
             except json.JSONDecodeError:
                 s["status"] = "ok (unparsed output)"
+                continue
+            bench["source"] = s["command"]
+            benches.append(bench)
+            for r in bench.get("results", []):
+                print(f"    {r.get('label')}: p50 {r.get('p50_ms', 0):.2f} ms ({r.get('backend')}, "
+                      f"input {r.get('input_shape')})")
+            if bench.get("sparse_over_dense_p50"):
+                print(f"    sparse/dense p50 latency ratio: {bench['sparse_over_dense_p50']:.3f}")
 
     print("\n==> 4/4 report: accuracy, densities, FLOPs, speed, parity, mask overlays", flush=True)
     t = time.perf_counter()
-    write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=bench,
+    write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
                  validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
                  progress=lambda m: print("    " + m, flush=True))
     steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
@@ -116,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  accuracy sparse {acc['sparse']:.4f} vs dense {acc.get('dense', float('nan')):.4f} on {acc['n']} "
           f"held-out images; mean density {rep['mean_density']:.3f}; MACs ratio "
           f"{rep['flops']['kernel']['ratio']:.3f}"
-          + (f"; CPU latency ratio {bench['sparse_over_dense_p50']:.3f}" if bench else ""))
+          + "".join(f"; CPU latency ratio sparse/dense {b['sparse_over_dense_p50']:.3f} "
+                    f"({b['results'][0].get('backend')})" for b in benches if b.get("sparse_over_dense_p50")))
     failed = [st["command"] for st in steps if not str(st["status"]).startswith("ok")]
     if failed:
         print("sai demo: failed steps: " + "; ".join(failed), file=sys.stderr)
@@ -133,4 +156,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size of the benchmark")
     p.add_argument("--iterations", type=int, default=30, help="benchmark iterations per model")
     p.add_argument("--threads", type=int, help="intra-op threads for validate/bench")
+    p.add_argument("--no-torch-bench", action="store_true",
+                   help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ def run(args: argparse.Namespace) -> int:
     from sai.models.train_demo import DEFAULT_OUT, DemoConfig, train_demo
 
     cfg = DemoConfig()
-    for key in ("seed", "epochs", "train_size", "test_size", "batch_size", "base_width", "target_density",
+    for key in ("seed", "pretrain_epochs", "epochs", "finetune_lr", "train_size", "test_size", "batch_size", "base_width", "target_density",
                 "sparse_loss_weight", "lr", "threads"):
         val = getattr(args, key)
         if val is not None:
@@ -31,14 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-demo", help="train the demo sparse ResNet-18 + dense twin on procedural shapes (CPU)")
     p.add_argument("--out", help="output directory (default: the package's models/zoo/sai_demo_r18)")
     p.add_argument("--seed", type=int, help="seed of the data, the initialisation and the batch order (default 0)")
-    p.add_argument("--epochs", type=int, help="epochs (default 4)")
-    p.add_argument("--train-size", type=int, help="training images (default 8000)")
+    p.add_argument("--pretrain-epochs", type=int, help="phase 1 epochs: the dense ResNet-18 from scratch (default 5)")
+    p.add_argument("--epochs", type=int, help="phase 2 epochs: sparse and dense fine-tuning from phase 1 (default 2)")
+    p.add_argument("--train-size", type=int, help="training images (default 12000)")
     p.add_argument("--test-size", type=int, help="held-out test images (default 2000)")
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--base-width", type=int, help="channels of the first stage (default 16)")
-    p.add_argument("--target-density", type=float, help="sparse loss set point (default 0.4)")
-    p.add_argument("--sparse-loss-weight", type=float, help="weight of the sparse loss")
-    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--target-density", type=float, help="set point of the sparse loss: mean sampling probability per block (default 0.3)")
+    p.add_argument("--sparse-loss-weight", type=float, help="weight of the sparse loss (default 2)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3)")
+    p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
