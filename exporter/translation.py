@@ -111,12 +111,28 @@ def translate_interpolate(feature, mask, sigma, kernel_size, eps):
     )
 
 
+def translate_adaptive_avg_pool2d(x, output_size):
+    """``aten.adaptive_avg_pool2d`` to 1x1 (the classifier head) as one ``GlobalAveragePool``.
+
+    Translating it here means no op of our graphs needs a decomposition, so the exporter can skip
+    its whole-graph re-trace (see ``export._skip_noop_decomposition``).
+    """
+    from onnxscript import opset18 as op
+
+    if [int(v) for v in output_size] != [1, 1]:
+        raise NotImplementedError(f"adaptive_avg_pool2d to {list(output_size)}: only 1x1 is exported")
+    return op.GlobalAveragePool(x)
+
+
 def translation_table() -> dict:
     import torch
 
     import sai.models.ops  # noqa: F401  (registers torch.ops.sai.*)
+    from sai.exporter.maskop import translate_sampling_mask
 
     return {
         torch.ops.sai.sparse_sample_conv.default: translate_sparse_sample_conv,
         torch.ops.sai.interpolate.default: translate_interpolate,
+        torch.ops.sai_export.sampling_mask.default: translate_sampling_mask,
+        torch.ops.aten.adaptive_avg_pool2d.default: translate_adaptive_avg_pool2d,
     }

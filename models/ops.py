@@ -340,9 +340,10 @@ def sparse_sample_conv(
     stride_l = _pair(stride, "stride")
     pads_l = normalize_pads(padding)
     dil_l = _pair(dilation, "dilation")
-    _check_conv_args(
-        x, mask, weight, bias, offset, stride_l, pads_l, dil_l, groups, deform_groups, activation
-    )
+    if not torch.compiler.is_compiling():  # traced: fake kernel + ONNX shape inference check shapes
+        _check_conv_args(
+            x, mask, weight, bias, offset, stride_l, pads_l, dil_l, groups, deform_groups, activation
+        )
     return torch.ops.sai.sparse_sample_conv(
         x, mask, weight, bias, offset, stride_l, pads_l, dil_l, int(groups), int(deform_groups), activation
     )
