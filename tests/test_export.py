@@ -30,7 +30,7 @@ ARCH_TABLE = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
-SHAPES = [(1, 3, 64, 64), (3, 3, 96, 128)]
+SHAPES = [(1, 3, 64, 64), (3, 3, 64, 96)]  # batch 1 and 3, two H/W (the export shape is 1x3x64x64)
 TOL = 1e-4
 
 
@@ -170,7 +170,9 @@ def mask_density(e: Exported, shape=(1, 3, 64, 64)) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# fixtures: one export per model
+# fixtures: one export per model, checked many ways. base_width 8 everywhere: depth, block kinds,
+# DCN stages, heads and sampling modes are what the exporter handles; channel width changes nothing
+# in the graph (every op is width-generic) but costs ORT and export time.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -190,38 +192,80 @@ def r18_fpn_dcn_stoch(tmp):
 
 
 @pytest.fixture(scope="module")
-def r18_fpn_dcn_trt(tmp, r18_fpn_dcn_stoch):
-    torch.manual_seed(0)
-    model, _ = prepare_model("sparse_resnet18", head="fpn", dcn_stages=(1, 1, 1, 1), base_width=8, fuse=False)
-    model, _ = prepare_model(randomize(model))
-    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(1, 1, 1, 1), target="tensorrt", model=model)
+def r18_fpn_dcn_trt(tmp):
+    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(1, 1, 1, 1), target="tensorrt")
+
+
+@pytest.fixture(scope="module")
+def r50_fpn_dcn(tmp):
+    return Exported(tmp, "sparse_resnet50", head="fpn", dcn=(0, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def r50_cls_stoch(tmp):
+    return Exported(tmp, "sparse_resnet50", head="cls", sampling="stochastic")
+
+
+@pytest.fixture(scope="module")
+def r101_cls_dcn(tmp):
+    return Exported(tmp, "sparse_resnet101", head="cls", dcn=(0, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def r101_fpn_stoch(tmp):
+    return Exported(tmp, "sparse_resnet101", head="fpn", sampling="stochastic")
+
+
+MODELS = ["r18_cls", "r18_fpn_dcn_stoch", "r50_fpn_dcn", "r50_cls_stoch", "r101_cls_dcn", "r101_fpn_stoch"]
 
 
 # ----------------------------------------------------------------------------------------------
-# sparse_resnet18 (fast)
+# every model: graph, counts against the architecture, ORT vs PyTorch, genuinely sparse masks
 # ----------------------------------------------------------------------------------------------
 
 
-def test_r18_cls_deterministic(r18_cls):
-    check_graph(r18_cls)
-    check_ort(r18_cls)
-    d = mask_density(r18_cls)
-    assert 0.1 < d < 0.9, d  # genuinely sparse masks
-    assert not r18_cls.result.noise_inputs and [i.name for i in r18_cls.onnx.graph.input] == ["input"]
-
-
-def test_r18_fpn_dcn_stochastic(r18_fpn_dcn_stoch):
-    e = r18_fpn_dcn_stoch
+@pytest.mark.parametrize("which", MODELS)
+def test_graph(which, request):
+    e = request.getfixturevalue(which)
     check_graph(e)
-    assert e.result.output_names == ["p2", "p3", "p4", "p5", "p6"]
-    names = [i.name for i in e.onnx.graph.input]
-    assert names == ["input"] + [n for n, _ in e.model.noise_specs()]
+    noise = [n for n, _ in e.model.noise_specs()]
+    assert [i.name for i in e.onnx.graph.input] == ["input", *noise]
+    assert bool(noise) == (e.result.sampling == "stochastic")
+    print(f"{which}: export + checks {e.seconds:.1f} s (export {e.result.export_seconds:.1f} s, "
+          f"checks {e.result.check_seconds:.1f} s)")
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_ort_matches_torch(which, request):
+    e = request.getfixturevalue(which)
     check_ort(e)
-    # different noise gives different outputs (the noise inputs are live)
+    d = mask_density(e)
+    assert 0.1 < d < 0.9, d  # genuinely sparse masks
+
+
+def test_export_time(r101_cls_dcn, r101_fpn_stoch):
+    """Issue 3: sparse_resnet101 export with checks "well under a minute" (printed; generous bound)."""
+    for e in (r101_cls_dcn, r101_fpn_stoch):
+        print(f"{e.path.name}: {e.seconds:.1f} s")
+        assert e.seconds < 60
+
+
+def test_heads_and_outputs(r18_cls, r18_fpn_dcn_stoch, r50_fpn_dcn, r101_fpn_stoch):
+    assert r18_cls.result.output_names == ["logits"]
+    for e in (r18_fpn_dcn_stoch, r50_fpn_dcn, r101_fpn_stoch):
+        assert e.result.output_names == ["p2", "p3", "p4", "p5", "p6"]
+
+
+def test_stochastic_noise_is_live(r18_fpn_dcn_stoch):
+    e = r18_fpn_dcn_stoch
     f1, f2 = e.feeds(SHAPES[0], seed=1), e.feeds(SHAPES[0], seed=2)
     f2["input"] = f1["input"]
     a, b = e.session.run(None, f1)[0], e.session.run(None, f2)[0]
     assert np.abs(a - b).max() > 1e-3
+
+
+def test_deterministic_has_no_noise(r18_cls):
+    assert not r18_cls.result.noise_inputs and [i.name for i in r18_cls.onnx.graph.input] == ["input"]
 
 
 def test_portable_functions(r18_fpn_dcn_stoch):
@@ -237,7 +281,7 @@ def test_tensorrt_target(r18_fpn_dcn_trt):
     assert not [f for f in e.onnx.functions if f.domain == "sai"]
     assert {i.domain: i.version for i in e.onnx.opset_import}.get("sai") == 1
     onnx.checker.check_model(e.onnx, full_check=True)
-    ssc, interp, blocks = expected_counts(18, (1, 1, 1, 1))
+    ssc, interp, _ = expected_counts(18, (1, 1, 1, 1))
     nodes = [n for n in e.onnx.graph.node if n.domain == "sai"]
     assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
     assert sum(n.op_type == "Interpolate" for n in nodes) == interp
@@ -249,6 +293,23 @@ def test_tensorrt_target(r18_fpn_dcn_trt):
     attach_functions(e.onnx, 21)
     e.path.write_bytes(e.onnx.SerializeToString())
     check_ort(e)
+
+
+def test_tensorrt_graph_counts_deep(r101_cls_dcn, r50_fpn_dcn):
+    """The tensorrt target is the portable graph minus the sai functions: counted at depth 50/101."""
+    from sai.exporter import strip_functions
+
+    for e in (r101_cls_dcn, r50_fpn_dcn):
+        m = onnx.ModelProto()
+        m.CopyFrom(e.onnx)
+        strip_functions(m)
+        assert not m.functions and {i.domain: i.version for i in m.opset_import}.get("sai") == 1
+        onnx.checker.check_model(m, full_check=True)
+        ssc, interp, _ = expected_counts(e.depth, e.dcn)
+        nodes = [n for n in m.graph.node if n.domain == "sai"]
+        assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
+        assert sum(n.op_type == "Interpolate" for n in nodes) == interp
+        assert sum(len(n.input) == 5 for n in nodes) == sum(ARCH_TABLE[e.depth][1][i] for i in range(4) if e.dcn[i])
 
 
 def test_metadata(r18_fpn_dcn_stoch):
@@ -388,31 +449,11 @@ def test_atomic_write_leaves_nothing_on_error(tmp, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# sparse_resnet50 / 101 (slow: bigger graphs take longer to export)
+# dense twin
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch, head, dcn, sampling", [
-    ("sparse_resnet50", "fpn", (0, 1, 1, 1), "deterministic"),
-    ("sparse_resnet50", "cls", (0, 0, 0, 0), "stochastic"),
-    ("sparse_resnet101", "cls", (0, 1, 1, 1), "deterministic"),
-    # stochastic at depth 101 exports correctly but takes minutes here (see the lead's notes on the
-    # noise inputs' symbolic shapes); depth 50 covers stochastic mode.
-    ("sparse_resnet101", "fpn", (0, 0, 0, 0), "deterministic"),
-])
-def test_deeper(tmp, arch, head, dcn, sampling):
-    e = Exported(tmp, arch, head=head, dcn=dcn, sampling=sampling)
-    print(f"{arch} {head} dcn={dcn} {sampling}: export + checks {e.seconds:.1f} s "
-          f"(export {e.result.export_seconds:.1f} s, checks {e.result.check_seconds:.1f} s)")
-    check_graph(e)
-    check_ort(e)
-    assert e.seconds < 120  # generous: 2 shared cores; the measured time is printed
-    e.path.unlink()
-
-
-@pytest.mark.slow
-def test_dense_resnet_same_weights(tmp, r18_cls):
+def test_dense_resnet_same_weights(tmp):
     """A dense resnet18 from the sparse model's weights: plain ONNX, equal to the dense PyTorch model."""
     from sai.models import build_model, save_checkpoint
 
