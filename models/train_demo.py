@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sai.models import demo_data
+from sai.models.blocks import mask_from_logit
 from sai.models.checkpoint import init_from_dense, save_checkpoint
 from sai.models.flops import kernel_flops, official_flops
 from sai.models.fuse import fuse_for_inference
@@ -47,19 +48,26 @@ class DemoConfig:
 
     seed: int = 0
     pretrain_epochs: int = 5  # phase 1: the dense ResNet-18 from scratch
-    epochs: int = 2  # phase 2: fine-tuning, sparse (from the phase-1 weights) and dense alike
+    epochs: int = 6  # phase 2: fine-tuning, sparse (from the phase-1 weights) and dense alike
     train_size: int = 12000
     val_size: int = 500
     test_size: int = 2000
     batch_size: int = 64
     image_size: int = demo_data.IMAGE_SIZE
     base_width: int = 16
-    target_density: float = 0.3
+    target_density: float = 0.15
     sparse_loss_weight: float = 2.0
     mask_bias_init: float = 1.0
     mask_lr_mult: float = 10.0
     max_T: float = 1.0
     final_T: float = 0.1
+    # Inference here is deterministic (no Gumbel noise, hard threshold); the last fraction of fine-tuning
+    # trains with exactly that mask (at the low end of the temperature decay): see deterministic_masks.
+    deterministic_tail: float = 0.0
+    # Weight of the polarisation loss mean(4 p (1 - p)) on the mask probabilities: confident masks make the
+    # noisy soft training mask and the deterministic hard inference mask agree (and mean p ~ density).
+    polarize_weight: float = 1.0
+    polarize_start: float = 0.3  # ramped in linearly from this fraction of fine-tuning (density first)
     grid_prior_interval: int = 11
     lr: float = 3e-3
     finetune_lr: float = 1e-3
@@ -127,6 +135,16 @@ class fast_interpolation:  # noqa: N801 (a context manager used like a function)
         for blk in self.blocks:
             blk.__dict__.pop("_interp", None)
         return False
+
+
+def polarization_loss(model: nn.Module) -> torch.Tensor:
+    """``mean_blocks(mean(4 p (1 - p)))`` over both masks of every sparse block (0 when every sampling
+    probability is 0 or 1) from the last training forward."""
+    terms = []
+    for _, blk in model.sparse_blocks():
+        for p in blk.last_probs:
+            terms.append((4 * p * (1 - p)).mean())
+    return torch.stack(terms).mean()
 
 
 def input_meta(cfg: DemoConfig) -> dict:
@@ -222,6 +240,42 @@ def train_model(arch: str, cfg: DemoConfig, train: tuple[torch.Tensor, torch.Ten
 def _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
                 t0) -> None:
     n, step, total = len(labels), 0, cfg.steps(epochs)
+    tail_start = total - int(round(cfg.deterministic_tail * total)) if sparse else total + 1
+    tail = deterministic_masks(model)
+    try:
+        _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
+                t0, n, step, total, tail_start, tail)
+    finally:
+        tail.__exit__()
+
+
+class deterministic_masks:  # noqa: N801 (a context manager used like a function)
+    """Training forwards with the inference mask: no Gumbel noise and the hard threshold
+    ``s * (s >= 0.5)`` (DESIGN.md 3.1), at the block's current training temperature. Gradients reach
+    the mask logits through ``s`` at the kept positions (and through ``p`` in the sparse loss)."""
+
+    def __init__(self, model: nn.Module):
+        self.blocks = [b for _, b in model.sparse_blocks()] if hasattr(model, "sparse_blocks") else []
+        self.active = False
+
+    def __enter__(self):
+        for blk in self.blocks:
+            def _mask(logit, gumbel, noise, _blk=blk):
+                t = gumbel.cur_T if gumbel is not None else _blk.T_eval
+                return mask_from_logit(logit, t, None, _blk.grid_prior_interval, hard=True)
+            blk._mask = _mask
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        for blk in self.blocks:
+            blk.__dict__.pop("_mask", None)
+        self.active = False
+        return False
+
+
+def _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
+            t0, n, step, total, tail_start, tail) -> None:
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=order_gen)
@@ -233,9 +287,15 @@ def _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, peak, pha
                 g["lr"] = lr * g["lr_mult"]
             if sparse:
                 model.reset_densities()
+                if step >= tail_start and not tail.active:
+                    tail.__enter__()
+                    progress(f"  {phase} {arch}: inference masks (no noise, hard threshold) from step {step + 1}")
             logits = model(x)
             ce = F.cross_entropy(logits, y)
             sl = model.sparse_loss(target=cfg.target_density) if sparse else torch.zeros(())
+            if sparse and cfg.polarize_weight:
+                ramp = min(1.0, max(0.0, (step / total - cfg.polarize_start) / (1.0 - cfg.polarize_start)))
+                sl = sl + cfg.polarize_weight * ramp * polarization_loss(model)
             loss = ce + sl
             opt.zero_grad(set_to_none=True)
             loss.backward()
