@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = out / "model"
     t0 = time.perf_counter()
     steps = []
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    threads = ["--threads", str(args.threads)] if args.threads and args.threads > 0 else []
 
     s = _run_step("1/4 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
                   ["convert", str(ck), "-o", str(model_dir), "--opt-shape", f"1,3,{h},{w}",
@@ -155,7 +155,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=6, help="test images to draw the mask overlays for")
     p.add_argument("--batch", type=int, default=8, help="batch size of the benchmark")
     p.add_argument("--iterations", type=int, default=30, help="benchmark iterations per model")
-    p.add_argument("--threads", type=int, help="intra-op threads for validate/bench")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads for validate/bench (default 1: stable timings on a shared machine; "
+                        "0 = the runtime's default)")
     p.add_argument("--no-torch-bench", action="store_true",
                    help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
     p.set_defaults(func=run)
