@@ -26,11 +26,12 @@ from sai.errors import SaiError
 from sai.exporter import functions, graph, metadata
 from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 
-TARGETS = ("portable", "tensorrt")
+TARGETS = ("portable", "tensorrt", "onnx-native")
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 21
 MAX_OPSET = 23  # newest opset onnxruntime 1.31 and the dynamo exporter both handle
 DYNAMIC_AXES = ("batch", "hw")
+FOLD_SIZE_LIMIT = 1 << 20  # elements
 FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
 STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
 
@@ -317,8 +318,10 @@ def optimize_ir(model) -> None:
         common_passes.InlinePass(),
         _constant_folding.FoldConstantsPass(
             shape_inference=True,
-            input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-            output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+            # the fused blocks' stacked mask weights (torch.cat + slices, up to 2 x 2048 x 3 x 3) must
+            # fold into initializers; the default 8192-element limit left Concat/Slice running per call
+            input_size_limit=FOLD_SIZE_LIMIT,
+            output_size_limit=FOLD_SIZE_LIMIT,
         ),
         common_passes.RemoveUnusedNodesPass(),
         common_passes.RemoveUnusedFunctionsPass(),
@@ -358,11 +361,16 @@ def save_atomic(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
 
 
 def finalize(
-    model: onnx.ModelProto, *, target: str, precision: str, opset: int
+    model: onnx.ModelProto, *, target: str, precision: str, opset: int, body: str = "sparse"
 ) -> tuple[dict[str, dict[str, int]], Optional[Any]]:
-    """Post-export passes shared by every path: custom nodes, fp16, functions, opset imports."""
+    """Post-export passes shared by every path: custom nodes, fp16, functions, opset imports.
+
+    ``portable``: custom nodes + local functions of ``body``; ``tensorrt``: custom nodes, no
+    functions; ``onnx-native``: the ``body`` functions inlined (standard ops only, no ``sai`` node).
+    """
     blocks = graph.fix_custom_nodes(model)
     graph.strip_torch_metadata(model)
+    graph.split_mask_convs(model)
     report = None
     if precision == "fp16":
         from sai.exporter.fp16 import convert_to_fp16
@@ -370,8 +378,8 @@ def finalize(
         report = convert_to_fp16(model)
     if graph.custom_nodes(model) or target == "tensorrt":
         graph.ensure_opset_import(model, DOMAIN, DOMAIN_VERSION)
-    if target == "portable":
-        functions.attach_functions(model, opset)
+    if target in ("portable", "onnx-native"):
+        functions.attach_functions(model, opset, body)
     else:
         functions.strip_functions(model)
     if model.ir_version < 10:
@@ -390,6 +398,7 @@ def export_onnx(
     sampling: Optional[str] = None,
     precision: str = "fp32",
     target: str = "portable",
+    body: str = "sparse",
     opset: int = DEFAULT_OPSET,
     checkpoint=None,
     head: Optional[str] = None,
@@ -414,6 +423,7 @@ def export_onnx(
     t0 = time.perf_counter()
     _check_choice("target", target, TARGETS)
     _check_choice("precision", precision, PRECISIONS)
+    _check_choice("body", body, functions.BODIES)
     if sampling is not None:
         from sai.models import SAMPLING_MODES
 
@@ -446,8 +456,10 @@ def export_onnx(
     output_names = _output_names(_count_outputs(out), head_name)
 
     proto = _torch_export(model, [x, *noise], input_names, output_names, dyn, noise_specs, opset, verbose)
-    blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset)
+    blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset, body=body)
     counts = graph.op_counts(proto)
+    if target == "onnx-native":
+        functions.inline_functions(proto)
 
     sampling_mode = _model_sampling(model)
     import sai
@@ -457,6 +469,7 @@ def export_onnx(
         "sampling": sampling_mode,
         "precision": precision,
         "target": target,
+        "body": body if target != "tensorrt" else "",
         "head": head_name or "",
         "input_norm": input_norm or metadata.DEFAULT_INPUT_NORM,
         "example_input_shape": list(shape),

@@ -61,6 +61,8 @@ def interpolate_schema() -> defs.OpSchema:
             _A("kernel_size", _T.INT, "odd Gaussian window", required=False),
             _A("sigma", _T.FLOAT, "the block's learned scalar", required=False),
             _A("eps", _T.FLOAT, "denominator epsilon", required=False),
+            _A("channels", _T.INT, "C of F (lets the portable body run a depthwise Conv; plugins ignore it)",
+               required=False),
             _A("plugin_version", _T.STRING, "TensorRT plugin version", required=False),
             _A("plugin_namespace", _T.STRING, "TensorRT plugin namespace", required=False),
         ],
@@ -101,8 +103,13 @@ def translate_sparse_sample_conv(
 def translate_interpolate(feature, mask, sigma, kernel_size, eps):
     """``sai::interpolate`` -> ``sai::Interpolate``."""
     _, interp = _ops()
+    extra = {}
+    channels = feature.shape[1] if feature.shape is not None and len(feature.shape) == 4 else None
+    if isinstance(channels, int) or (hasattr(channels, "__index__") and not isinstance(channels, str)):
+        extra["channels"] = int(channels)
     return interp(
         feature, mask,
+        **extra,
         kernel_size=int(kernel_size),
         sigma=float(sigma),
         eps=float(eps),

@@ -217,6 +217,19 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512,
                   measured_mean_density=d)]
 
 
+def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0),
+                  threads: int = 0) -> list[Case]:
+    """One SparseSampleConv 3x3 (sparse ONNX function body) vs Conv + Mul, onnxruntime CPU (issue 8)."""
+    from sai.exporter.opmodels import bench_sparse_sample_conv
+
+    cases = []
+    for r in bench_sparse_sample_conv(repeats, size=size, channels=channels, densities=densities,
+                                      threads=threads or 2):
+        cases.append(_case("onnx", f"SparseSampleConv 3x3 {channels}->{channels} {size}x{size} vs Conv+Mul",
+                           r["density"], r["sparse_times"], r["conv_mul_times"]))
+    return cases
+
+
 def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
                density: float = 0.3, threads: int = 0, workdir: Optional[str] = None) -> list[Case]:
     """The portable ONNX of the sparse model vs the dense ResNet's ONNX (same weights), onnxruntime CPU."""
@@ -249,7 +262,9 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
         s_name, d_name = s_sess.get_inputs()[0].name, d_sess.get_inputs()[0].name
         ts, td = time_pair(lambda: s_sess.run(None, {s_name: feed["input"]}),
                            lambda: d_sess.run(None, {d_name: feed["input"]}), repeats)
-    return [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density, ts, td)]
+    op_cases = bench_onnx_op(max(repeats, 5), threads=threads)
+    return op_cases + [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}",
+                             density, ts, td)]
 
 
 # ---------------------------------------------------------------------------------- report

@@ -26,7 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampling", choices=("deterministic", "stochastic", "dense"),
                    help="mask sampling (default deterministic); stochastic adds the uniform noise inputs")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    p.add_argument("--target", choices=("portable", "tensorrt"), default="portable")
+    p.add_argument("--target", choices=("portable", "tensorrt", "onnx-native"), default="portable",
+                   help="portable: sai nodes + local functions (any ONNX runtime); tensorrt: sai nodes for the "
+                   "plugins; onnx-native: the function bodies inlined, standard ops only (TensorRT without plugins)")
+    p.add_argument("--body", choices=("sparse", "dense"), default="sparse",
+                   help="function bodies (portable / onnx-native): sparse computes only the sampled positions "
+                   "(NonZero, GatherND, MatMul, ScatterND); dense is Conv then mask (default sparse)")
     p.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
     p.add_argument("--seed", type=int, help="seed of the model's noise generator (stochastic mode in PyTorch)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX checker / shape inference")
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     result = export_onnx(
         arch, args.output,
         input_shape=args.input_shape, dynamic=args.dynamic, sampling=args.sampling,
-        precision=args.precision, target=args.target, opset=args.opset, checkpoint=args.checkpoint,
+        precision=args.precision, target=args.target, body=args.body, opset=args.opset, checkpoint=args.checkpoint,
         head=args.head, num_classes=args.num_classes, dcn_stages=args.dcn_stages,
         base_width=args.base_width, seed=args.seed, check=not args.no_check,
         verbose=getattr(args, "verbose", False),

@@ -48,6 +48,10 @@ def describe(path: str) -> dict:
             key = f"{n.op_type}{'[' + n.overload + ']' if n.overload else ''}"
             variants[key] = variants.get(key, 0) + 1
     functions = [f"{f.domain}::{f.name}{'[' + f.overload + ']' if f.overload else ''}" for f in model.functions]
+    meta = read_metadata(model)
+    if not any(counts.values()) and meta.get("target") == "onnx-native":  # bodies inlined: the export's counts
+        counts = dict(meta.get("sparse_ops") or counts)
+        blocks = dict(meta.get("blocks") or blocks)
     return {
         "path": path,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
@@ -60,7 +64,7 @@ def describe(path: str) -> dict:
         "sparse_op_variants": variants,
         "local_functions": functions,
         "blocks": blocks,
-        "metadata": read_metadata(model),
+        "metadata": meta,
     }
 
 
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model       {info['path']}")
     print(f"producer    {info['producer']}  (ir {info['ir_version']}, opsets "
           + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()) + ")")
-    for key in ("arch", "sampling", "precision", "target", "head", "num_classes", "dcn_stages"):
+    for key in ("arch", "sampling", "precision", "target", "body", "head", "num_classes", "dcn_stages"):
         if key in meta:
             print(f"{key:<11} {meta[key]}")
     if "input_norm" in meta:

@@ -1,0 +1,137 @@
+"""One-node ONNX models of the sai ops (any body), and the Conv + Mul baseline: for tests and benches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, INTERP, SSC, attach_functions
+
+IR_VERSION = 10  # onnxruntime 1.31 reads up to 13; function overloads need 10
+
+
+def _model(nodes, inputs, outputs, inits, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "sai_op", inputs, outputs, initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+    m.producer_name = "sai-deploy"
+    return m
+
+
+def sparse_sample_conv_model(
+    weight: np.ndarray,
+    bias: Optional[np.ndarray] = None,
+    *,
+    stride: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+    activation: str = "none",
+    body: str = "sparse",
+    opset: int = 21,
+) -> onnx.ModelProto:
+    """``Y = SparseSampleConv(X, M, W [, B])`` with dynamic N/H/W and the local functions of ``body``."""
+    cout, cin_g = int(weight.shape[0]), int(weight.shape[1])
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin_g * group, "H", "W"])
+    m = helper.make_tensor_value_info("M", TensorProto.FLOAT, ["N", 1, "Ho", "Wo"])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", cout, "Ho", "Wo"])
+    inits = [numpy_helper.from_array(np.asarray(weight, np.float32), "W")]
+    names = ["X", "M", "W"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
+        names.append("B")
+    node = helper.make_node(
+        SSC, names, ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads), dilations=list(dilation),
+        group=int(group), deform_groups=1, activation=activation, plugin_version="1", plugin_namespace="sai")
+    model = _model([node], [x, m], [y], inits, opset)
+    model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    attach_functions(model, opset, body)
+    return model
+
+
+def interpolate_model(
+    channels: int, sigma: float, *, kernel_size: int = 7, eps: float = 1e-5, body: str = "sparse",
+    opset: int = 21,
+) -> onnx.ModelProto:
+    """``Y = Interpolate(F, M)`` with dynamic N/H/W and the local function of ``body``."""
+    f = helper.make_tensor_value_info("F", TensorProto.FLOAT, ["N", channels, "H", "W"])
+    m = helper.make_tensor_value_info("M", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", channels, "H", "W"])
+    node = helper.make_node(INTERP, ["F", "M"], ["Y"], domain=DOMAIN, kernel_size=int(kernel_size),
+                            sigma=float(sigma), eps=float(eps), channels=int(channels),
+                            plugin_version="1", plugin_namespace="sai")
+    model = _model([node], [f, m], [y], [], opset)
+    model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    attach_functions(model, opset, body)
+    return model
+
+
+def conv_mul_model(weight: np.ndarray, bias: Optional[np.ndarray] = None, *, pads=(1, 1, 1, 1),
+                   activation: str = "relu", opset: int = 21) -> onnx.ModelProto:
+    """The dense baseline: ``Conv`` (+ ``Relu``) then ``Mul`` by ``Cast(M > 0)``."""
+    cout, cin = int(weight.shape[0]), int(weight.shape[1])
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin, "H", "W"])
+    m = helper.make_tensor_value_info("M", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", cout, "H", "W"])
+    inits = [numpy_helper.from_array(np.asarray(weight, np.float32), "W"),
+             numpy_helper.from_array(np.zeros([], np.float32), "zero")]
+    conv_in = ["X", "W"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
+        conv_in.append("B")
+    nodes = [helper.make_node("Conv", conv_in, ["c"], pads=list(pads))]
+    last = "c"
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        last = "r"
+    nodes += [
+        helper.make_node("Greater", ["M", "zero"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["keep_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [last, "keep_f"], ["Y"]),
+    ]
+    return _model(nodes, [x, m], [y], inits, opset)
+
+
+def bench_sparse_sample_conv(
+    repeats: int = 10, *, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0), threads: int = 2,
+) -> list[dict]:
+    """One SparseSampleConv 3x3 ``channels -> channels`` at ``size`` x ``size`` in onnxruntime:
+    sparse body vs ``Conv`` + ``Mul`` (interleaved medians; ``ratio`` = conv_mul / sparse)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sessions = {
+        "sparse": sparse_sample_conv_model(w, b, pads=(1, 1, 1, 1), activation="relu", body="sparse"),
+        "conv_mul": conv_mul_model(w, b),
+    }
+    sessions = {k: ort.InferenceSession(v.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                for k, v in sessions.items()}
+    x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
+    results = []
+    for r in densities:
+        mask = (rng.random((1, 1, size, size)) < r).astype(np.float32)
+        feed = {"X": x, "M": mask}
+        for s in sessions.values():
+            s.run(None, feed)
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(repeats):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        results.append({"density": float(r), "sparse_ms": med["sparse"], "conv_mul_ms": med["conv_mul"],
+                        "ratio": med["conv_mul"] / med["sparse"], "sparse_times": times["sparse"],
+                        "conv_mul_times": times["conv_mul"]})
+    return results
