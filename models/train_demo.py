@@ -48,14 +48,14 @@ class DemoConfig:
 
     seed: int = 0
     pretrain_epochs: int = 5  # phase 1: the dense ResNet-18 from scratch
-    epochs: int = 6  # phase 2: fine-tuning, sparse (from the phase-1 weights) and dense alike
+    epochs: int = 9  # phase 2: fine-tuning, sparse (from the phase-1 weights) and dense alike
     train_size: int = 12000
     val_size: int = 500
     test_size: int = 2000
     batch_size: int = 64
     image_size: int = demo_data.IMAGE_SIZE
     base_width: int = 16
-    target_density: float = 0.15
+    target_density: float = 0.2
     sparse_loss_weight: float = 2.0
     mask_bias_init: float = 1.0
     mask_lr_mult: float = 10.0
