@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "plugins; onnx-native: the function bodies inlined, standard ops only (TensorRT without plugins)")
     p.add_argument("--body", choices=("sparse", "dense"), default="sparse",
                    help="function bodies (portable / onnx-native): sparse computes only the sampled positions "
-                   "(NonZero, GatherND, MatMul, ScatterND); dense is Conv then mask (default sparse)")
+                   "(NonZero, GatherND, MatMul, row Gather); dense is Conv then mask (default sparse)")
     p.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
     p.add_argument("--seed", type=int, help="seed of the model's noise generator (stochastic mode in PyTorch)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX checker / shape inference")
