@@ -313,9 +313,9 @@ at::Tensor sparse_sample_conv_cpu(const at::Tensor& x_in, const at::Tensor& mask
   const int64_t* ad = active.data_ptr<int64_t>();
   float* outd = out.data_ptr<float>();
   const int64_t G = p.groups, cin_g = p.cinPerGroup, cout_g = p.coutPerGroup, K = p.kernelTaps;
-  // chunk of positions: keep the column buffer around 4 MB
+  // chunk of positions: column buffer up to 32 MB (larger GEMMs; measured faster than 4 MB)
   const int64_t col_bytes = G * cin_g * K * static_cast<int64_t>(sizeof(float));
-  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(P, (4 << 20) / std::max<int64_t>(col_bytes, 1)));
+  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(P, (32 << 20) / std::max<int64_t>(col_bytes, 1)));
   ChunkPositions cp;
   if (nhwc) {
     // weight [Cout, cin_g, kh, kw] -> [G, kh*kw*cin_g, cout_g] (column order (ky, kx, c))
