@@ -87,7 +87,7 @@ def impl(request):
     if request.param.startswith("cpp") and not cpu_kernels.active():
         if os.environ.get("SAI_REQUIRE_CPU_KERNELS") == "1":
             pytest.fail("the C++ CPU kernels are not built: run make install")
-        pytest.skip("C++ CPU kernels not built (python -m sai.models.cpu_kernels build)")
+        pytest.skip("C++ CPU kernels not built (python -m sai.models.build_cpu_kernels)")
     return request.param
 
 
