@@ -198,7 +198,8 @@ def _noise(model, input_shape) -> tuple[list[tuple[str, int]], list]:
     return specs, [torch.rand(s, generator=gen) for _, s in shapes]
 
 
-def _output_names(n: int, head: Optional[str]) -> list[str]:
+def output_names(n: int, head: Optional[str]) -> list[str]:
+    """Graph output names: ``logits`` (cls), ``p2``..``p6`` (fpn), ``c2``..``c5`` (none)."""
     if n == 1:
         return ["logits" if head in (None, "cls") else "output"]
     if head == "fpn" and n == len(FPN_OUTPUTS):
@@ -453,9 +454,9 @@ def export_onnx(
             raise SaiError(f"{arch} cannot run on input shape {list(shape)}: {str(exc).splitlines()[0]}") from exc
     head_name = getattr(model, "head", None)
     input_names = ["input"] + [name for name, _ in noise_specs]
-    output_names = _output_names(_count_outputs(out), head_name)
+    out_names = output_names(_count_outputs(out), head_name)
 
-    proto = _torch_export(model, [x, *noise], input_names, output_names, dyn, noise_specs, opset, verbose)
+    proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose)
     blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset, body=body)
     counts = graph.op_counts(proto)
     if target == "onnx-native":
@@ -512,6 +513,6 @@ def export_onnx(
     out_path = save_atomic(proto, path)
     return ExportResult(
         path=out_path, arch=arch, target=target, precision=precision, sampling=sampling_mode, opset=opset,
-        input_names=input_names, output_names=output_names, noise_inputs=noise_specs, op_counts=counts,
+        input_names=input_names, output_names=out_names, noise_inputs=noise_specs, op_counts=counts,
         blocks=blocks, export_seconds=export_s, check_seconds=check_s, metadata=meta,
     )

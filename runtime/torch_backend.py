@@ -13,21 +13,8 @@ from typing import Optional
 import numpy as np
 
 from sai.errors import MissingDependencyError, SaiError
+from sai.exporter.export import output_names  # the names the exported graphs use
 from sai.runtime.engine import Engine, TensorSpec
-
-FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
-STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
-
-
-def output_names(n: int, head: Optional[str]) -> list[str]:
-    """The exporter's output naming (``sai.exporter.export``): one output is ``logits`` (cls head)."""
-    if n == 1:
-        return ["logits" if head in (None, "cls") else "output"]
-    if head == "fpn" and n == len(FPN_OUTPUTS):
-        return list(FPN_OUTPUTS)
-    if head == "none" and n == len(STAGE_OUTPUTS):
-        return list(STAGE_OUTPUTS)
-    return [f"output{i}" for i in range(n)]
 
 
 def _import_torch():
