@@ -111,19 +111,21 @@ def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
     save_atomic(model, dest)
 
 
-def _normal_permissions(tmp: Path) -> None:
-    """mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies)."""
+def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
+    """Give the files in ``tmp`` ordinary permissions and move ``tmp`` to ``outdir`` atomically.
+
+    mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies). An existing
+    ``outdir`` is replaced only when it is empty or holds ``marker`` (a previous output of ``what``).
+    """
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for p in tmp.iterdir():
-        os.chmod(p, 0o666 & ~umask)
-
-
-def _replace_dir(tmp: Path, outdir: Path) -> None:
+    for root, _dirs, files in os.walk(tmp):
+        os.chmod(root, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
     if outdir.exists():
-        if any(outdir.iterdir()) and not (outdir / MANIFEST_NAME).is_file():
-            raise SaiError(f"{outdir} exists and is not a sai convert OUTDIR; choose an empty or new -o directory")
+        if any(outdir.iterdir()) and not (outdir / marker).is_file():
+            raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o directory")
         old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
         os.replace(outdir, old)
         os.replace(tmp, outdir)
@@ -205,8 +207,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             "metadata": res.metadata,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        _normal_permissions(tmp)
-        _replace_dir(tmp, outdir)
+        publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

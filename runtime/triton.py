@@ -4,7 +4,6 @@ groups, the plugin library, and a README saying how Triton loads it."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from sai.errors import SaiError
+from sai.runtime.convert import publish_dir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
 
 TRITON_DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
@@ -168,21 +168,7 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
             arch=manifest.get("arch"), sampling=meta.get("sampling"), precision=meta.get("precision"),
             outdir=outdir, rows="\n".join(rows), channels=inputs[0].dims[0] if inputs and inputs[0].dims else "C",
             noise_note=noise_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name))
-        umask = os.umask(0)
-        os.umask(umask)
-        for root, _dirs, files in os.walk(tmp):
-            os.chmod(root, 0o777 & ~umask)
-            for f in files:
-                os.chmod(os.path.join(root, f), 0o666 & ~umask)
-        if repo.exists():
-            if any(repo.iterdir()) and not (repo / "README.md").is_file():
-                raise SaiError(f"{repo} exists and is not a repository written by sai export-triton; choose another -o")
-            old = repo.with_name(f".{repo.name}.old-{os.getpid()}")
-            os.replace(repo, old)
-            os.replace(tmp, repo)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, repo)
+        publish_dir(tmp, repo, "README.md", "sai export-triton")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -67,7 +67,7 @@ def test_refuses_to_replace_foreign_directory(fake_export, tmp_path):
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"meow")
-    with pytest.raises(SaiError, match="not a sai convert OUTDIR"):
+    with pytest.raises(SaiError, match="is not written by sai convert"):
         convert(ck, ARCH, foreign)
     assert (foreign / "cat.jpg").read_bytes() == b"meow"
 

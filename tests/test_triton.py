@@ -91,7 +91,7 @@ def test_refuses_foreign_directory_and_non_outdir(tmp_path_factory, tmp_path):
     foreign = tmp_path / "data"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
-    with pytest.raises(SaiError, match="not a repository written by sai export-triton"):
+    with pytest.raises(SaiError, match="is not written by sai export-triton"):
         export_triton(src, foreign, plugin_library=None)
     assert (foreign / "keep.txt").read_text() == "x"
     with pytest.raises(SaiError, match="not a sai convert OUTDIR"):
