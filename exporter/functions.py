@@ -10,8 +10,8 @@ node; variants are told apart by the node's ``overload`` field (IR >= 10). Two k
 
 - ``sparse`` (default, issue 8): ``SparseSampleConv`` computes only the rows with ``M > 0``
   (NonZero -> GatherND -> MatMul -> Gather into NCHW; overload ``""`` any kernel, ``pointwise``
-  1x1), the deformable overload ``deform`` keeps ``DeformConv``; ``Interpolate`` as a depthwise
-  ``Conv`` (group from the node's ``channels`` attribute).
+  1x1, ``deform`` bilinear corner gathers then MatMul; ``deform_body="dense"`` keeps ``DeformConv``);
+  ``Interpolate`` as a depthwise ``Conv`` (group from the node's ``channels`` attribute).
 - ``dense`` (the reference): ``Conv`` / ``DeformConv`` then mask; the Gaussian as a 1-channel Conv.
 
 The activation is selected in the body from the string attribute (``Equal`` on strings, opset >= 19).
@@ -317,6 +317,192 @@ def sparse_sample_deform_conv_function(opset: int) -> FunctionProto:
     )
 
 
+def sparse_sample_deform_conv_sparse_function(opset: int) -> FunctionProto:
+    """``SparseSampleConv`` with ``Offset`` (overload ``deform``), sparse body: only the rows where ``M > 0``.
+
+    ``NonZero(M > 0)`` -> (n, oy, ox) -> the offsets there (``GatherND`` from NHWC) -> per (row, tap,
+    deform group) the sample point, its 4 corners and bilinear weights (weight 0 for a corner outside
+    the image, index clamped into it) -> one ``Gather`` of the corner rows from ``X`` as
+    ``[N*H*W*dg, Cin/dg]`` -> weighted sum over the corners -> ``[K, kh*kw, Cin]`` -> per group
+    ``MatMul`` with ``W`` as ``[g, kh*kw*Cin/g, Cout/g]`` -> bias, activation -> NCHW (the tail of
+    the non-deformable sparse body). DeformConv v1 semantics (DESIGN.md 3.2); any kernel, strides,
+    dilations, pads, groups, deform groups and batch; ``group`` and ``deform_groups`` independent.
+    """
+    i64 = TensorProto.INT64
+
+    def const(name, vals, dims=None):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(
+            name, i64, [len(vals)] if dims is None else dims, vals))
+
+    def fconst(name, vals, dims):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, dims, vals))
+
+    nodes = [
+        _node("Constant", [], ["pads"], refs=[_ref("value_ints", AttributeProto.INTS, "pads")]),
+        _node("Constant", [], ["strides"], refs=[_ref("value_ints", AttributeProto.INTS, "strides")]),
+        _node("Constant", [], ["dil"], refs=[_ref("value_ints", AttributeProto.INTS, "dilations")]),
+        _node("Constant", [], ["g"], refs=[_ref("value_int", AttributeProto.INT, "group")]),
+        _node("Constant", [], ["dg"], refs=[_ref("value_int", AttributeProto.INT, "deform_groups")]),
+        const("c0", [0], []), const("c1", [1], []), const("c2", [2], []), const("c3", [3], []),
+        const("ax0", [0]), const("ax1", [1]), const("ax2", [2]), const("ax3", [3]), const("ax4", [4]),
+        const("ax_k1", [1, 2, 3, 4]), const("ax_dg", [0, 1, 3, 4]),
+        const("ax_hw", [2, 3]), const("one1", [1]), const("two1", [2]), const("four1", [4]), const("neg1", [-1]),
+        const("nhw_rows", [0, 2, 3]),
+        fconst("zero_f", [0.0], []), fconst("one_f", [1.0], []), fconst("corner_f", [0.0, 1.0], [2]),
+        helper.make_node("Unsqueeze", ["g", "ax0"], ["g1"]),
+        helper.make_node("Unsqueeze", ["dg", "ax0"], ["dg1"]),
+        # shapes
+        helper.make_node("Shape", ["X"], ["xshape"]),
+        helper.make_node("Shape", ["W"], ["wshape"]),
+        helper.make_node("Shape", ["M"], ["mshape"]),
+        helper.make_node("Slice", ["xshape", "ax0", "one1"], ["n1"]),
+        helper.make_node("Gather", ["xshape", "c1"], ["cin"], axis=0),
+        helper.make_node("Gather", ["xshape", "c2"], ["h"], axis=0),
+        helper.make_node("Gather", ["xshape", "c3"], ["w"], axis=0),
+        helper.make_node("Slice", ["wshape", "ax0", "one1"], ["cout1"]),
+        helper.make_node("Gather", ["wshape", "ax1"], ["cg1"], axis=0),
+        helper.make_node("Gather", ["wshape", "ax_hw"], ["khw"], axis=0),
+        helper.make_node("Gather", ["mshape", "ax_hw"], ["howo"], axis=0),
+        helper.make_node("Div", ["cout1", "g1"], ["coutg1"]),
+        helper.make_node("Div", ["cin", "dg"], ["cdg"]),
+        helper.make_node("Unsqueeze", ["cdg", "ax0"], ["cdg1"]),
+        helper.make_node("ReduceProd", ["khw"], ["t1d"], keepdims=1),  # [T], T = kh*kw
+        # active positions (n, oy, ox) -> [K, 3]
+        helper.make_node("CastLike", ["zero_f", "M"], ["zero_m"]),
+        helper.make_node("Greater", ["M", "zero_m"], ["keep"]),
+        helper.make_node("NonZero", ["keep"], ["nz"]),
+        helper.make_node("Gather", ["nz", "nhw_rows"], ["nz3"], axis=0),
+        helper.make_node("Transpose", ["nz3"], ["pos"], perm=[1, 0]),
+        helper.make_node("Shape", ["pos"], ["kshape"], start=0, end=1),
+        helper.make_node("Gather", ["pos", "c0"], ["pn"], axis=1),  # [K]
+        helper.make_node("Gather", ["pos", "c1"], ["poy"], axis=1),
+        helper.make_node("Gather", ["pos", "c2"], ["pox"], axis=1),
+        # offsets at the active positions: [K, 2*dg*T] -> [K, dg, T, 2] -> [K, T, dg, 2]
+        helper.make_node("Transpose", ["Offset"], ["off_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("GatherND", ["off_nhwc", "pos"], ["offk"]),
+        helper.make_node("Concat", ["kshape", "dg1", "t1d", "two1"], ["off4shape"], axis=0),
+        helper.make_node("Reshape", ["offk", "off4shape"], ["off4"], allowzero=1),
+        helper.make_node("Transpose", ["off4"], ["offt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Gather", ["offt", "c0"], ["off_y"], axis=3),  # [K, T, dg]
+        helper.make_node("Gather", ["offt", "c1"], ["off_x"], axis=3),
+        # integer base coordinates [K, T]: oy*sh - pad_top + ky*dh, ox*sw - pad_left + kx*dw
+        helper.make_node("Gather", ["strides", "c0"], ["sh"], axis=0),
+        helper.make_node("Gather", ["strides", "c1"], ["sw"], axis=0),
+        helper.make_node("Gather", ["pads", "c0"], ["pt"], axis=0),
+        helper.make_node("Gather", ["pads", "c1"], ["pl"], axis=0),
+        helper.make_node("Gather", ["khw", "c0"], ["kh"], axis=0),
+        helper.make_node("Gather", ["khw", "c1"], ["kw"], axis=0),
+        helper.make_node("Gather", ["dil", "c0"], ["dh"], axis=0),
+        helper.make_node("Gather", ["dil", "c1"], ["dw"], axis=0),
+        helper.make_node("Range", ["c0", "kh", "c1"], ["ky"]),
+        helper.make_node("Range", ["c0", "kw", "c1"], ["kx"]),
+        helper.make_node("Mul", ["ky", "dh"], ["tdy"]),
+        helper.make_node("Mul", ["kx", "dw"], ["tdx"]),
+        helper.make_node("Unsqueeze", ["tdy", "ax1"], ["tdy_col"]),  # [kh, 1]
+        helper.make_node("Unsqueeze", ["tdx", "ax0"], ["tdx_row"]),  # [1, kw]
+        helper.make_node("Add", ["tdy_col", "tdx_row"], ["tgrid"]),
+        helper.make_node("Mul", ["tgrid", "c0"], ["tzero"]),
+        helper.make_node("Add", ["tdy_col", "tzero"], ["tyg"]),
+        helper.make_node("Add", ["tdx_row", "tzero"], ["txg"]),
+        helper.make_node("Reshape", ["tyg", "neg1"], ["ty"]),  # [T], tap-major (t = ky*kw + kx)
+        helper.make_node("Reshape", ["txg", "neg1"], ["tx"]),
+        helper.make_node("Mul", ["poy", "sh"], ["oys"]),
+        helper.make_node("Sub", ["oys", "pt"], ["by"]),
+        helper.make_node("Mul", ["pox", "sw"], ["oxs"]),
+        helper.make_node("Sub", ["oxs", "pl"], ["bx"]),
+        helper.make_node("Unsqueeze", ["by", "ax1"], ["by_col"]),
+        helper.make_node("Unsqueeze", ["bx", "ax1"], ["bx_col"]),
+        helper.make_node("Add", ["by_col", "ty"], ["iy"]),  # [K, T]
+        helper.make_node("Add", ["bx_col", "tx"], ["ix"]),
+        helper.make_node("CastLike", ["iy", "Offset"], ["iyf"]),
+        helper.make_node("CastLike", ["ix", "Offset"], ["ixf"]),
+        helper.make_node("Unsqueeze", ["iyf", "ax2"], ["iyf3"]),
+        helper.make_node("Unsqueeze", ["ixf", "ax2"], ["ixf3"]),
+        # sample points [K, T, dg] and their corners [K, T, dg, 2] per axis
+        helper.make_node("Add", ["iyf3", "off_y"], ["py"]),
+        helper.make_node("Add", ["ixf3", "off_x"], ["px"]),
+        helper.make_node("CastLike", ["zero_f", "Offset"], ["zero_o"]),
+        helper.make_node("CastLike", ["one_f", "Offset"], ["one_o"]),
+        helper.make_node("CastLike", ["corner_f", "Offset"], ["corner_o"]),
+        helper.make_node("CastLike", ["h", "Offset"], ["hf"]),
+        helper.make_node("CastLike", ["w", "Offset"], ["wf"]),
+        helper.make_node("Sub", ["hf", "one_o"], ["hm1f"]),
+        helper.make_node("Sub", ["wf", "one_o"], ["wm1f"]),
+    ]
+    for a, size, sizem1 in (("y", "hf", "hm1f"), ("x", "wf", "wm1f")):
+        nodes += [
+            helper.make_node("Floor", [f"p{a}"], [f"{a}0"]),
+            helper.make_node("Sub", [f"p{a}", f"{a}0"], [f"l{a}"]),  # fraction, weight of the far corner
+            helper.make_node("Sub", ["one_o", f"l{a}"], [f"h{a}"]),
+            helper.make_node("Unsqueeze", [f"{a}0", "ax3"], [f"{a}0u"]),
+            helper.make_node("Add", [f"{a}0u", "corner_o"], [f"{a}c"]),  # [K, T, dg, 2]
+            helper.make_node("Unsqueeze", [f"h{a}", "ax3"], [f"h{a}u"]),
+            helper.make_node("Unsqueeze", [f"l{a}", "ax3"], [f"l{a}u"]),
+            helper.make_node("Concat", [f"h{a}u", f"l{a}u"], [f"w{a}c"], axis=3),
+            helper.make_node("GreaterOrEqual", [f"{a}c", "zero_o"], [f"{a}ge"]),
+            helper.make_node("Less", [f"{a}c", size], [f"{a}lt"]),
+            helper.make_node("And", [f"{a}ge", f"{a}lt"], [f"{a}in"]),
+            helper.make_node("Where", [f"{a}in", f"w{a}c", "zero_o"], [f"w{a}v"]),  # 0 for outside corners
+            helper.make_node("Clip", [f"{a}c", "zero_o", sizem1], [f"{a}cc"]),
+            helper.make_node("Cast", [f"{a}cc"], [f"{a}ci"], to=i64),
+        ]
+    nodes += [
+        # corner weights and row indices [K, T, dg, 2 (y), 2 (x)]; row = ((n*H + y)*W + x)*dg + d
+        helper.make_node("Unsqueeze", ["wyv", "ax4"], ["wy5"]),
+        helper.make_node("Unsqueeze", ["wxv", "ax3"], ["wx5"]),
+        helper.make_node("Mul", ["wy5", "wx5"], ["cw"]),
+        helper.make_node("Unsqueeze", ["yci", "ax4"], ["yci5"]),
+        helper.make_node("Unsqueeze", ["xci", "ax3"], ["xci5"]),
+        helper.make_node("Mul", ["pn", "h"], ["nh"]),
+        helper.make_node("Unsqueeze", ["nh", "ax_k1"], ["nh5"]),
+        helper.make_node("Add", ["nh5", "yci5"], ["ry"]),
+        helper.make_node("Mul", ["ry", "w"], ["ryw"]),
+        helper.make_node("Add", ["ryw", "xci5"], ["rxy"]),
+        helper.make_node("Mul", ["rxy", "dg"], ["rxyd"]),
+        helper.make_node("Range", ["c0", "dg", "c1"], ["di"]),
+        helper.make_node("Unsqueeze", ["di", "ax_dg"], ["di5"]),
+        helper.make_node("Add", ["rxyd", "di5"], ["cidx"]),
+        # X as rows [N*H*W*dg, Cin/dg] (NHWC, channels split by deform group)
+        helper.make_node("Transpose", ["X"], ["xnhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Concat", ["neg1", "cdg1"], ["xrshape"], axis=0),
+        helper.make_node("Reshape", ["xnhwc", "xrshape"], ["xrows"]),
+        # weighted sum over the 4 corners as a batched [1, 4] x [4, Cdg] MatMul (measured faster in
+        # onnxruntime 1.31 than Mul + ReduceSum, or than 4 Gathers + Mul + Sum)
+        helper.make_node("Gather", ["xrows", "cidx"], ["corners"], axis=0),  # [K, T, dg, 2, 2, Cdg]
+        helper.make_node("Concat", ["kshape", "t1d", "dg1", "four1", "cdg1"], ["cr5shape"], axis=0),
+        helper.make_node("Reshape", ["corners", "cr5shape"], ["corners5"], allowzero=1),
+        helper.make_node("Concat", ["kshape", "t1d", "dg1", "one1", "four1"], ["cw5shape"], axis=0),
+        helper.make_node("Reshape", ["cw", "cw5shape"], ["cw5"], allowzero=1),
+        helper.make_node("MatMul", ["cw5", "corners5"], ["samp5"]),
+        helper.make_node("Squeeze", ["samp5", "ax3"], ["samp"]),  # [K, T, dg, Cdg]
+        # [K, T, dg, Cdg] = [K, T, Cin] -> [g, K, T*Cg]; weights [Cout, Cg, kh, kw] -> [g, kh*kw*Cg, Cout/g]
+        helper.make_node("Concat", ["kshape", "t1d", "g1", "cg1"], ["s4shape"], axis=0),
+        helper.make_node("Reshape", ["samp", "s4shape"], ["samp4"], allowzero=1),
+        helper.make_node("Transpose", ["samp4"], ["sampg"], perm=[2, 0, 1, 3]),
+        helper.make_node("Mul", ["t1d", "cg1"], ["tcg"]),
+        helper.make_node("Concat", ["g1", "kshape", "tcg"], ["cols3shape"], axis=0),
+        helper.make_node("Reshape", ["sampg", "cols3shape"], ["cols3"], allowzero=1),
+        helper.make_node("Concat", ["g1", "coutg1", "cg1", "khw"], ["w5shape"], axis=0),
+        helper.make_node("Reshape", ["W", "w5shape"], ["w5"]),
+        helper.make_node("Transpose", ["w5"], ["w5t"], perm=[0, 3, 4, 2, 1]),
+        helper.make_node("Concat", ["g1", "neg1", "coutg1"], ["wmshape"], axis=0),
+        helper.make_node("Reshape", ["w5t", "wmshape"], ["wmat"]),
+        helper.make_node("MatMul", ["cols3", "wmat"], ["yg"]),  # [g, K, Cout/g]
+        helper.make_node("Transpose", ["yg"], ["ykg"], perm=[1, 0, 2]),
+        helper.make_node("Concat", ["kshape", "cout1"], ["rowshape"], axis=0),
+        helper.make_node("Reshape", ["ykg", "rowshape"], ["rows"], allowzero=1),
+        helper.make_node("Add", ["rows", "B"], ["rows_b"]),
+        *_rows_activation_and_output(),
+    ]
+    return helper.make_function(
+        DOMAIN, SSC, ["X", "M", "W", "B", "Offset"], ["Y"], nodes,
+        [helper.make_opsetid("", opset)],
+        attribute_protos=_conv_attr_defaults(),
+        overload=DEFORM_OVERLOAD,
+        doc_string="Sparse body of sai::SparseSampleConv with Offset: only the rows with M > 0 (DESIGN.md 3.2).",
+    )
+
+
 def interpolate_function(opset: int, separable: bool = False, depthwise: bool = False) -> FunctionProto:
     """``Interpolate`` body: the formula of DESIGN.md 3.3 in standard ops.
 
@@ -461,24 +647,38 @@ def interpolate_function(opset: int, separable: bool = False, depthwise: bool = 
 
 
 BODIES = ("sparse", "dense")
+DEFORM_BODIES = ("dense", "sparse")  # the deformable overload's body, chosen apart from ``body``
+DEFAULT_DEFORM_BODY = {"dense": "dense", "sparse": "sparse"}
 
 
-def all_functions(opset: int, body: str = "dense", channels: bool = True) -> list[FunctionProto]:
+def all_functions(opset: int, body: str = "dense", channels: bool = True,
+                  deform_body: str | None = None) -> list[FunctionProto]:
     """The local functions of one body kind (``BODIES``).
 
     ``dense``: Conv / DeformConv then mask; the 2-D Gaussian as a 1-channel Conv (the reference).
     ``sparse``: SparseSampleConv gathers only the rows with M > 0 (``sparse_sample_conv_sparse_
-    function``); the deformable overload keeps DeformConv (a sparse bilinear gather of 4 taps per
-    kernel tap is not written yet); Interpolate as a depthwise Conv when the nodes carry
-    ``channels`` (``channels=False``: separable 1-channel convs).
+    function``); Interpolate as a depthwise Conv when the nodes carry ``channels`` (``channels=False``:
+    separable 1-channel convs). ``deform_body`` (``DEFORM_BODIES``; default ``DEFAULT_DEFORM_BODY[body]``,
+    i.e. the same kind as ``body``) picks the deformable overload: ``dense`` DeformConv then mask, or
+    ``sparse`` (``sparse_sample_deform_conv_sparse_function``: bilinear corner gathers + MatMul at M > 0).
+    Measured (``opmodels.bench_deform_sparse_sample_conv``: onnxruntime 1.31, 2 threads, 3x3 256->256
+    at 64x64, batch 1, offsets ~ N(0, 2), medians of 15 interleaved runs) at density 0.1 / 0.25 / 0.5 /
+    1.0: sparse 16 / 31 / 53 / 95 ms vs DeformConv 63 / 59 / 62 / 66 ms on an idle machine (4.0x / 1.9x
+    / 1.16x / 0.70x); with the other core busy 27-41 / 60-70 / 100-119 / 166-176 vs 99-125 ms
+    (3.0-3.6x / 1.7-1.8x / 1.05-1.1x / 0.64-0.69x; 0.3: 1.69x, break-even near 0.55). So the sparse
+    body is the deformable default of ``body="sparse"``. Its cost over DeformConv is the sampling: 4
+    corner rows per tap gathered to memory, then combined (DeformConv fuses both).
     """
     if body not in BODIES:
         raise ValueError(f"body must be one of {BODIES}, got {body!r}")
+    deform_body = DEFAULT_DEFORM_BODY[body] if deform_body is None else deform_body
+    if deform_body not in DEFORM_BODIES:
+        raise ValueError(f"deform_body must be one of {DEFORM_BODIES}, got {deform_body!r}")
+    deform = (sparse_sample_deform_conv_sparse_function(opset) if deform_body == "sparse"
+              else sparse_sample_deform_conv_function(opset))
     if body == "dense":
-        return [sparse_sample_conv_function(opset), sparse_sample_deform_conv_function(opset),
-                interpolate_function(opset)]
-    return [sparse_sample_conv_sparse_function(opset), sparse_sample_conv_pointwise_function(opset),
-            sparse_sample_deform_conv_function(opset),
+        return [sparse_sample_conv_function(opset), deform, interpolate_function(opset)]
+    return [sparse_sample_conv_sparse_function(opset), sparse_sample_conv_pointwise_function(opset), deform,
             interpolate_function(opset, separable=not channels, depthwise=channels)]
 
 
@@ -525,8 +725,10 @@ def _fill_missing_bias(model: onnx.ModelProto) -> None:
         node.input.append(name)
 
 
-def attach_functions(model: onnx.ModelProto, opset: int, body: str = "sparse") -> None:
-    """Add the ``sai`` local functions (``body``: sparse | dense) for the variants the graph uses."""
+def attach_functions(model: onnx.ModelProto, opset: int, body: str = "sparse",
+                     deform_body: str | None = None) -> None:
+    """Add the ``sai`` local functions (``body``: sparse | dense; ``deform_body``: see ``all_functions``)
+    for the variants the graph uses."""
     strip_functions(model)
     if body == "sparse":
         _fill_missing_bias(model)
@@ -535,7 +737,7 @@ def attach_functions(model: onnx.ModelProto, opset: int, body: str = "sparse") -
     interps = [n for n in nodes if n.op_type == INTERP]
     channels = all(any(a.name == "channels" and a.i > 0 for a in n.attribute) for n in interps)
     used = {(n.op_type, n.overload) for n in nodes}
-    for fn in all_functions(opset, body, channels=channels):
+    for fn in all_functions(opset, body, channels=channels, deform_body=deform_body):
         if (fn.name, fn.overload) in used:
             model.functions.append(fn)
 

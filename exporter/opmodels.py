@@ -52,6 +52,40 @@ def sparse_sample_conv_model(
     return model
 
 
+def deform_sparse_sample_conv_model(
+    weight: np.ndarray,
+    bias: Optional[np.ndarray] = None,
+    *,
+    stride: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+    deform_groups: int = 1,
+    activation: str = "none",
+    body: str = "sparse",
+    deform_body: Optional[str] = None,
+    opset: int = 21,
+) -> onnx.ModelProto:
+    """``Y = SparseSampleConv(X, M, W, B, Offset)`` (deformable, overload ``deform``) with dynamic N/H/W,
+    ``Offset`` a graph input and the local functions of ``body`` / ``deform_body`` (``all_functions``).
+    No bias: a zero bias, as the exporter passes."""
+    cout, cin_g, kh, kw = (int(s) for s in weight.shape)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin_g * group, "H", "W"])
+    m = helper.make_tensor_value_info("M", TensorProto.FLOAT, ["N", 1, "Ho", "Wo"])
+    off = helper.make_tensor_value_info("Offset", TensorProto.FLOAT, ["N", 2 * deform_groups * kh * kw, "Ho", "Wo"])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", cout, "Ho", "Wo"])
+    b = np.zeros([cout], np.float32) if bias is None else np.asarray(bias, np.float32)
+    inits = [numpy_helper.from_array(np.asarray(weight, np.float32), "W"), numpy_helper.from_array(b, "B")]
+    node = helper.make_node(
+        SSC, ["X", "M", "W", "B", "Offset"], ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads),
+        dilations=list(dilation), group=int(group), deform_groups=int(deform_groups), activation=activation,
+        plugin_version="1", plugin_namespace="sai")
+    model = _model([node], [x, m, off], [y], inits, opset)
+    model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    attach_functions(model, opset, body, deform_body=deform_body)
+    return model
+
+
 def interpolate_model(
     channels: int, sigma: float, *, kernel_size: int = 7, eps: float = 1e-5, body: str = "sparse",
     opset: int = 21,
@@ -134,4 +168,48 @@ def bench_sparse_sample_conv(
         results.append({"density": float(r), "sparse_ms": med["sparse"], "conv_mul_ms": med["conv_mul"],
                         "ratio": med["conv_mul"] / med["sparse"], "sparse_times": times["sparse"],
                         "conv_mul_times": times["conv_mul"]})
+    return results
+
+
+def bench_deform_sparse_sample_conv(
+    repeats: int = 10, *, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0), threads: int = 2,
+    offset_std: float = 2.0,
+) -> list[dict]:
+    """One deformable SparseSampleConv 3x3 ``channels -> channels`` at ``size`` x ``size``, batch 1, offsets
+    ~ N(0, ``offset_std``) in onnxruntime: the sparse deform body vs the dense ``DeformConv`` body (interleaved
+    medians in ms; ``ratio`` = dense / sparse, > 1 when the sparse body is faster)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    models = {k: deform_sparse_sample_conv_model(w, b, pads=(1, 1, 1, 1), activation="relu", deform_body=k)
+              for k in ("sparse", "dense")}
+    sessions = {k: ort.InferenceSession(v.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                for k, v in models.items()}
+    x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
+    off = (rng.standard_normal((1, 18, size, size)) * offset_std).astype(np.float32)
+    results = []
+    for r in densities:
+        mask = (rng.random((1, 1, size, size)) < r).astype(np.float32)
+        feed = {"X": x, "M": mask, "Offset": off}
+        for _ in range(2):
+            for s in sessions.values():
+                s.run(None, feed)
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(repeats):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        results.append({"density": float(r), "sparse_ms": med["sparse"], "dense_ms": med["dense"],
+                        "ratio": med["dense"] / med["sparse"], "sparse_times": times["sparse"],
+                        "dense_times": times["dense"]})
     return results
