@@ -15,6 +15,8 @@ from sai.models.train_demo import (
     DENSE_FILE,
     SPARSE_FILE,
     DemoConfig,
+    density_set_point,
+    distill_loss,
     interpolate_matmul,
     train_demo,
 )
@@ -76,6 +78,28 @@ def test_interpolate_matmul_matches_design_formula(shape):
     (b * b).sum().backward()
     torch.testing.assert_close(sig_b.grad, sig_a.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_distill_loss_is_hintons_soft_target_term():
+    """``T^2 * mean_batch(sum_k q_k (log q_k - log p_k))`` with ``q = softmax(t/T)``, ``p = softmax(s/T)``."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 10, generator=g, dtype=torch.float64), torch.randn(5, 10, generator=g, dtype=torch.float64)
+    temp = 4.0
+    q = torch.exp(t / temp) / torch.exp(t / temp).sum(1, keepdim=True)
+    p = torch.exp(s / temp) / torch.exp(s / temp).sum(1, keepdim=True)
+    expected = temp ** 2 * (q * (torch.log(q) - torch.log(p))).sum(1).mean()
+    torch.testing.assert_close(distill_loss(s, t, temp), expected)
+    assert float(distill_loss(t, t, temp)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_density_set_point_ramps_from_dense_to_target():
+    cfg = DemoConfig(target_density=0.2, density_warmup=0.25)
+    total = 400  # warm-up ends at step 100
+    assert density_set_point(cfg, 0, total) == 1.0
+    assert density_set_point(cfg, 50, total) == pytest.approx(0.6)
+    assert density_set_point(cfg, 100, total) == 0.2
+    assert density_set_point(cfg, 399, total) == 0.2
+    assert density_set_point(DemoConfig(target_density=0.3, density_warmup=0.0), 0, total) == 0.3
 
 
 def test_train_demo_tiny_is_reproducible(tmp_path):

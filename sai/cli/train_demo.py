@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = DemoConfig()
     for key in ("seed", "pretrain_epochs", "epochs", "finetune_lr", "train_size", "test_size", "batch_size", "base_width", "target_density",
-                "sparse_loss_weight", "lr", "threads"):
+                "sparse_loss_weight", "lr", "threads", "distill_weight", "density_warmup"):
         val = getattr(args, key)
         if val is not None:
             setattr(cfg, key, val)
@@ -38,7 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--base-width", type=int, help="channels of the first stage (default 16)")
     p.add_argument("--target-density", type=float, help="set point of the sparse loss: mean sampling probability per block (default 0.2)")
-    p.add_argument("--sparse-loss-weight", type=float, help="weight of the sparse loss (default 2)")
+    p.add_argument("--sparse-loss-weight", type=float, help="weight of the sparse loss (default 6)")
+    p.add_argument("--distill-weight", type=float,
+                   help="weight of distillation from the dense twin, 0 = plain cross-entropy (default 0.7)")
+    p.add_argument("--density-warmup", type=float,
+                   help="fraction of fine-tuning over which the sparse loss's set point falls from 1 to the target "
+                        "(default 0.3)")
     p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3)")
     p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
