@@ -371,12 +371,15 @@ def finalize(
     """
     blocks = graph.fix_custom_nodes(model)
     graph.strip_torch_metadata(model)
-    graph.split_mask_convs(model)
+    sparse_bodies = target in ("portable", "onnx-native") and body == "sparse"
+    graph.split_mask_convs(model, matmul=sparse_bodies)
     report = None
     if precision == "fp16":
         from sai.exporter.fp16 import convert_to_fp16
 
         report = convert_to_fp16(model)
+    if sparse_bodies:
+        graph.nhwc_residual_tails(model)
     if graph.custom_nodes(model) or target == "tensorrt":
         graph.ensure_opset_import(model, DOMAIN, DOMAIN_VERSION)
     if target in ("portable", "onnx-native"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter, OrderedDict
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -123,7 +124,7 @@ def rename_value(model: onnx.ModelProto, old: str, new: str) -> None:
                 node.output[i] = new
 
 
-def split_mask_convs(model: onnx.ModelProto) -> int:
+def split_mask_convs(model: onnx.ModelProto, matmul: bool = False) -> int:
     """Mask-predictor convs (3x3, pad 1, one output channel) as a 1x1 tap conv + a tap-sum conv.
 
     A convolution with one output channel runs at a few % of peak in onnxruntime (and oneDNN):
@@ -132,7 +133,10 @@ def split_mask_convs(model: onnx.ModelProto) -> int:
     W_i[0, c, ky, kx]`` (a GEMM with 9m rows) and per mask a 3x3 ``Conv(taps, S_i, b_i)`` (pad 1,
     the mask's stride) whose one-hot kernel picks tap ``(ky, kx)`` at offset ``(ky, kx)``: the same
     sum of the same products (zero padding included: padded taps are 0), in another order.
-    Returns the number of convs rewritten.
+    ``matmul`` (the sparse-body portable model): the tap GEMM as ``Transpose(x) -> MatMul -> Transpose``
+    instead of a 1x1 ``Conv``; the NHWC ``x`` is the one the block's sparse conv1 gathers its rows
+    from (onnxruntime cancels the Transpose against the previous block's NHWC output), so the tap
+    GEMM needs no NCHWc reorder of the block input. Returns the number of convs rewritten.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -162,12 +166,24 @@ def split_mask_convs(model: onnx.ModelProto) -> int:
         m = len(idxs)
         ws = [numpy_helper.to_array(inits[g.node[i].input[1]]) for i in idxs]
         c = ws[0].shape[1]
-        taps = np.concatenate([w[0].transpose(1, 2, 0).reshape(9, c) for w in ws], 0)[:, :, None, None]
+        taps = np.concatenate([w[0].transpose(1, 2, 0).reshape(9, c) for w in ws], 0)  # [9m, C]
         base = g.node[idxs[0]].output[0]
         t_name = f"{base}.mask_taps_weight"
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(taps, dtype=np.float32), t_name))
         taps_out = f"{base}.mask_taps"
-        nodes = [onnx.helper.make_node("Conv", [x, t_name], [taps_out], name=f"{base}/mask_taps")]
+        if matmul:
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(taps.T, dtype=np.float32), t_name))
+            nodes = [
+                onnx.helper.make_node("Transpose", [x], [f"{base}.mask_x_nhwc"], perm=[0, 2, 3, 1],
+                                      name=f"{base}/mask_x_nhwc"),
+                onnx.helper.make_node("MatMul", [f"{base}.mask_x_nhwc", t_name], [f"{taps_out}_nhwc"],
+                                      name=f"{base}/mask_taps"),
+                onnx.helper.make_node("Transpose", [f"{taps_out}_nhwc"], [taps_out], perm=[0, 3, 1, 2],
+                                      name=f"{base}/mask_taps_nchw"),
+            ]
+        else:
+            g.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(taps[:, :, None, None], dtype=np.float32), t_name))
+            nodes = [onnx.helper.make_node("Conv", [x, t_name], [taps_out], name=f"{base}/mask_taps")]
         for j, i in enumerate(idxs):
             node = g.node[i]
             sel = np.zeros((1, 9 * m, 3, 3), np.float32)
@@ -194,3 +210,87 @@ def split_mask_convs(model: onnx.ModelProto) -> int:
     del g.initializer[:]
     g.initializer.extend(keep)
     return sum(len(v) for v in groups.values())
+
+
+def nhwc_residual_tails(model: onnx.ModelProto) -> int:
+    """Run each block's tail ``relu(Interpolate(..) [+ bias] + identity)`` in NHWC (sparse bodies).
+
+    Rewritten as ``Transpose(y) [+ bias as [C]] + Transpose(identity) -> Relu -> Transpose back``
+    (same values, same order of additions). The sparse bodies work on NHWC rows with NCHW
+    boundary Transposes; with the tail in NHWC as well, onnxruntime's transpose optimizer cancels
+    the boundary pairs from one block to the next, so a block's output is never transposed as a
+    whole (the Transposes that remain feed Convs and fold into their NCHWc reorders).
+    Returns the number of tails rewritten.
+    """
+    g = model.graph
+    nodes = list(g.node)
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list[int]] = {}
+    for ni, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(ni)
+    outputs = {o.name for o in g.output}
+
+    def only(name: str, op: str) -> Optional[int]:
+        uses = consumers.get(name, [])
+        if name in outputs or len(uses) != 1:
+            return None
+        node = nodes[uses[0]]
+        return uses[0] if node.op_type == op and node.domain in ("", "ai.onnx") else None
+
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    added: dict[str, str] = {}
+    for node in nodes:
+        if node.domain != DOMAIN or node.op_type != INTERP:
+            continue
+        y = node.output[0]
+        first = only(y, "Add")
+        if first is None:
+            continue
+        bias_add, bias, res_add = None, None, first
+        consts = [i for i in nodes[first].input if i in inits]
+        if len(consts) > 1:
+            continue
+        if consts:
+            b = numpy_helper.to_array(inits[consts[0]])
+            if b.ndim < 3 or b.shape[-2:] != (1, 1) or b.size != b.shape[-3]:
+                continue
+            bias_add, bias = first, consts[0]
+            res_add = only(nodes[first].output[0], "Add")
+            if res_add is None:
+                continue
+        prev = nodes[bias_add].output[0] if bias_add is not None else y
+        idents = [i for i in nodes[res_add].input if i != prev]
+        relu = only(nodes[res_add].output[0], "Relu")
+        if len(idents) != 1 or idents[0] in inits or relu is None:
+            continue
+        ident, out = idents[0], nodes[relu].output[0]
+        tag = f"{out}.nhwc"
+        new = [onnx.helper.make_node("Transpose", [y], [f"{tag}.y"], perm=[0, 2, 3, 1]),
+               onnx.helper.make_node("Transpose", [ident], [f"{tag}.identity"], perm=[0, 2, 3, 1])]
+        cur = f"{tag}.y"
+        if bias is not None:
+            if bias not in added:
+                added[bias] = f"{bias}.nhwc"
+                b = numpy_helper.to_array(inits[bias])
+                g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b.reshape(-1)), added[bias]))
+            new.append(onnx.helper.make_node("Add", [cur, added[bias]], [f"{tag}.biased"]))
+            cur = f"{tag}.biased"
+        new += [onnx.helper.make_node("Add", [cur, f"{tag}.identity"], [f"{tag}.sum"]),
+                onnx.helper.make_node("Relu", [f"{tag}.sum"], [f"{tag}.relu"]),
+                onnx.helper.make_node("Transpose", [f"{tag}.relu"], [out], perm=[0, 3, 1, 2])]
+        for ni in (first, res_add):
+            replace[ni] = []
+        replace[relu] = new  # where the tail's last node was: every input is defined by then
+    if not replace:
+        return 0
+    out_nodes: list[onnx.NodeProto] = []
+    for ni, node in enumerate(nodes):
+        out_nodes.extend(replace.get(ni, [node]))
+    del g.node[:]
+    g.node.extend(out_nodes)
+    used = {n for node in g.node for n in node.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return sum(1 for v in replace.values() if v)

@@ -336,6 +336,26 @@ def test_tensorrt_target(r18_fpn_dcn_trt):
     check_ort(e)
 
 
+def _layout_passes(m: onnx.ModelProto) -> tuple[int, int, int]:
+    """(NHWC residual tails, mask-tap MatMuls, mask-tap Convs) in a graph (graph.nhwc_residual_tails,
+    graph.split_mask_convs)."""
+    nodes = list(m.graph.node)
+    tails = sum(n.op_type == "Relu" and n.output[0].endswith(".nhwc.relu") for n in nodes)
+    mm = sum(n.op_type == "MatMul" and n.name.endswith("/mask_taps") for n in nodes)
+    conv = sum(n.op_type == "Conv" and n.name.endswith("/mask_taps") for n in nodes)
+    return tails, mm, conv
+
+
+def test_layout_passes_only_for_sparse_bodies(r101_fpn_stoch, r18_fpn_dcn_trt):
+    """Issue 8: the portable sparse-body model runs every block's tail in NHWC and its mask taps as a
+    MatMul on the NHWC block input (values: test_ort_matches_torch); the TensorRT graph is untouched."""
+    # split_mask_convs leaves blocks with < 16 input channels alone (at base_width 8: the first block)
+    blocks = len(r101_fpn_stoch.result.blocks)
+    assert _layout_passes(r101_fpn_stoch.onnx) == (blocks, blocks - 1, 0)
+    tails, mm, conv = _layout_passes(r18_fpn_dcn_trt.onnx)
+    assert (tails, mm) == (0, 0) and conv > 0
+
+
 def test_tensorrt_graph_counts_deep(r101_cls_dcn, r50_fpn_dcn):
     """The tensorrt target is the portable graph minus the sai functions: counted at depth 50/101."""
     from sai.exporter import strip_functions
