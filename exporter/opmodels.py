@@ -129,6 +129,20 @@ def conv_mul_model(weight: np.ndarray, bias: Optional[np.ndarray] = None, *, pad
     return _model(nodes, [x, m], [y], inits, opset)
 
 
+def bench_session_options(threads: int = 0):
+    """onnxruntime options for timing sessions against each other in alternation: ``threads`` intra-op
+    threads, no spin-waiting. With spinning (the default) an idle session's threads keep spinning after
+    each run and take the cores from the session timed next: on 2 cores that doubled the measured
+    times of a 10-40 ms model and skewed their ratio."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def bench_sparse_sample_conv(
     repeats: int = 10, *, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0), threads: int = 2,
 ) -> list[dict]:
@@ -142,9 +156,7 @@ def bench_sparse_sample_conv(
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
     b = rng.standard_normal(channels).astype(np.float32)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = bench_session_options(threads)
     sessions = {
         "sparse": sparse_sample_conv_model(w, b, pads=(1, 1, 1, 1), activation="relu", body="sparse"),
         "conv_mul": conv_mul_model(w, b),
@@ -186,9 +198,7 @@ def bench_deform_sparse_sample_conv(
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
     b = rng.standard_normal(channels).astype(np.float32)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = bench_session_options(threads)
     models = {k: deform_sparse_sample_conv_model(w, b, pads=(1, 1, 1, 1), activation="relu", deform_body=k)
               for k in ("sparse", "dense")}
     sessions = {k: ort.InferenceSession(v.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -239,6 +239,7 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
     import onnxruntime as ort
 
     from sai.exporter import export_onnx
+    from sai.exporter.opmodels import bench_session_options
     from sai.models import build_model
 
     torch.manual_seed(0)
@@ -248,9 +249,7 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
     calibrate_mask_bias(model, x, density)
     dense_arch = arch.replace("sparse_", "")
     dense = dense_twin(model, dense_arch, head="none")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = bench_session_options(threads)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         shape = (1, 3, height, width)
         sparse_path, dense_path = f"{tmp}/sparse.onnx", f"{tmp}/dense.onnx"
