@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sai.errors import SaiError
 from sai.models import demo_data
 from sai.models.blocks import mask_from_logit
 from sai.models.checkpoint import init_from_dense, save_checkpoint
@@ -44,6 +45,12 @@ from sai.models.network import build_model
 SPARSE_FILE = "sparse_resnet18.pth"
 DENSE_FILE = "resnet18.pth"
 DEFAULT_OUT = Path(__file__).resolve().parent / "zoo" / "sai_demo_r18"
+
+
+# DemoConfig fields that `sai train-demo` has a flag for (--name-with-dashes)
+CLI_SETTINGS = ("seed", "pretrain_epochs", "epochs", "finetune_lr", "train_size", "test_size", "batch_size",
+                "base_width", "target_density", "sparse_loss_weight", "lr", "threads", "distill_weight",
+                "density_warmup")
 
 
 @dataclass
@@ -86,6 +93,32 @@ class DemoConfig:
     threads: int = 1
     log_every: int = 10
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise SaiError naming every setting outside its range (and the flag that sets it)."""
+        bad = []
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                where = f"--{name.replace('_', '-')}" if name in CLI_SETTINGS else f"DemoConfig.{name}"
+                bad.append(f"{name} = {getattr(self, name)!r} ({where}): {rule}")
+
+        for name in ("seed", "pretrain_epochs"):
+            need(int(getattr(self, name)) >= 0, name, "must be >= 0")
+        for name in ("epochs", "train_size", "val_size", "test_size", "batch_size", "base_width", "threads",
+                     "log_every", "image_size"):
+            need(int(getattr(self, name)) >= 1, name, "must be >= 1")
+        need(0.0 < self.target_density <= 1.0, "target_density", "must be in (0, 1]")
+        need(0.0 <= self.distill_weight <= 1.0, "distill_weight", "must be in [0, 1] (0 = plain cross-entropy)")
+        for name in ("density_warmup", "deterministic_tail"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "must be a fraction of fine-tuning in [0, 1]")
+        need(0.0 <= self.polarize_start < 1.0, "polarize_start", "must be in [0, 1)")
+        for name in ("sparse_loss_weight", "polarize_weight", "weight_decay", "warmup_frac"):
+            need(getattr(self, name) >= 0.0, name, "must be >= 0")
+        for name in ("lr", "finetune_lr", "distill_T", "max_T", "final_T", "mask_lr_mult"):
+            need(getattr(self, name) > 0.0, name, "must be > 0")
+        if bad:
+            raise SaiError("train-demo settings out of range: " + "; ".join(bad))
 
     def steps(self, epochs: Optional[int] = None) -> int:
         """Optimiser steps of ``epochs`` (default: the fine-tuning phase)."""
@@ -386,6 +419,7 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
                progress: Callable[[str], None] = print) -> dict:
     """Generate the data, train the sparse model and its dense twin, evaluate, write everything."""
     cfg = cfg or DemoConfig()
+    cfg.validate()
     out = Path(out) if out is not None else DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
     prev_threads = torch.get_num_threads()

@@ -102,6 +102,17 @@ def test_density_set_point_ramps_from_dense_to_target():
     assert density_set_point(DemoConfig(target_density=0.3, density_warmup=0.0), 0, total) == 0.3
 
 
+@pytest.mark.parametrize("bad, flag", [(dict(epochs=0), "--epochs"), (dict(distill_weight=1.5), "--distill-weight"),
+                                       (dict(target_density=0.0), "--target-density"),
+                                       (dict(density_warmup=-0.1), "--density-warmup")])
+def test_train_demo_rejects_bad_settings_before_work(tmp_path, bad, flag):
+    from sai.errors import SaiError
+
+    with pytest.raises(SaiError, match=flag):
+        train_demo(tmp_path / "x", DemoConfig(**bad), progress=lambda s: None)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
 def test_train_demo_tiny_is_reproducible(tmp_path):
     cfg = dict(pretrain_epochs=1, epochs=1, train_size=32, val_size=10, test_size=20, batch_size=16, base_width=4,
                log_every=1)

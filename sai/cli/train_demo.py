@@ -7,11 +7,10 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from sai.models.train_demo import DEFAULT_OUT, DemoConfig, train_demo
+    from sai.models.train_demo import CLI_SETTINGS, DEFAULT_OUT, DemoConfig, train_demo
 
     cfg = DemoConfig()
-    for key in ("seed", "pretrain_epochs", "epochs", "finetune_lr", "train_size", "test_size", "batch_size", "base_width", "target_density",
-                "sparse_loss_weight", "lr", "threads", "distill_weight", "density_warmup"):
+    for key in CLI_SETTINGS:
         val = getattr(args, key)
         if val is not None:
             setattr(cfg, key, val)
