@@ -219,14 +219,19 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512,
 
 def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0),
                   threads: int = 0) -> list[Case]:
-    """One SparseSampleConv 3x3 (sparse ONNX function body) vs Conv + Mul, onnxruntime CPU (issue 8)."""
-    from sai.exporter.opmodels import bench_sparse_sample_conv
+    """One SparseSampleConv 3x3 (sparse ONNX function body) vs Conv + Mul, and its deformable variant
+    (sparse bilinear-gather body) vs the DeformConv body, onnxruntime CPU (issue 8)."""
+    from sai.exporter.opmodels import bench_deform_sparse_sample_conv, bench_sparse_sample_conv
 
     cases = []
     for r in bench_sparse_sample_conv(repeats, size=size, channels=channels, densities=densities,
                                       threads=threads or 2):
         cases.append(_case("onnx", f"SparseSampleConv 3x3 {channels}->{channels} {size}x{size} vs Conv+Mul",
                            r["density"], r["sparse_times"], r["conv_mul_times"]))
+    for r in bench_deform_sparse_sample_conv(repeats, size=size, channels=channels, densities=densities,
+                                             threads=threads or 2):
+        cases.append(_case("onnx", f"deformable 3x3 {channels}->{channels} {size}x{size} vs DeformConv",
+                           r["density"], r["sparse_times"], r["dense_times"]))
     return cases
 
 

@@ -63,3 +63,15 @@ def test_bench_bad_shape_is_one_line_error(tmp_path, capsys):
     ck = tiny_checkpoint(tmp_path)
     assert main(["bench", str(ck), "--shape", "32"]) == 2
     assert "--shape must be H,W or N,C,H,W" in capsys.readouterr().err
+
+
+def test_bench_ops_onnx_op_cases_tiny():
+    """`sai bench-ops --sections onnx` op cases run end to end (timings are printed, never asserted)."""
+    from sai.runtime.opbench import bench_onnx_op, format_table
+
+    cases = bench_onnx_op(1, size=9, channels=4, densities=(0.5, 1.0), threads=1)
+    assert [(c.name.split()[0], c.density) for c in cases] == [
+        ("SparseSampleConv", 0.5), ("SparseSampleConv", 1.0), ("deformable", 0.5), ("deformable", 1.0)]
+    for c in cases:
+        assert c.sparse_ms > 0 and c.dense_ms > 0 and c.ratio == pytest.approx(c.dense_ms / c.sparse_ms)
+    assert "vs DeformConv" in format_table(cases, 1)
