@@ -272,7 +272,7 @@ def render_html(ctx: dict) -> str:
     parts.append("<h2>Accuracy on the held-out test split (deterministic inference)</h2>")
     rows = [["sparse_resnet18 (SAI masks)", _pct(acc["sparse"]), _pct(rec.get("sparse")), _e(acc["n"])]]
     if acc.get("dense") is not None:
-        rows.append(["resnet18 (dense twin, trained the same way)", _pct(acc["dense"]), _pct(rec.get("dense")),
+        rows.append(["resnet18 (dense twin: same start, data and schedule)", _pct(acc["dense"]), _pct(rec.get("dense")),
                      _e(acc["n"])])
     if acc.get("onnxruntime") is not None:
         rows.append(["sparse, exported model.onnx on onnxruntime", _pct(acc["onnxruntime"]),
@@ -282,6 +282,9 @@ def render_html(ctx: dict) -> str:
         gap = 100 * (acc["dense"] - acc["sparse"])
         parts.append(f"<p>Gap dense - sparse: <b>{gap:.2f} points</b> at mean density "
                      f"<b>{ctx['mean_density']:.3f}</b>.</p>")
+    if m.get("recipe"):
+        parts.append(f"<p class='note'>How the pair was trained (<code>sai train-demo</code>, metrics.json): "
+                     f"{_e(m['recipe'])}.</p>")
     # densities
     parts.append("<h2>Where the sparse model computes: per-block mask density</h2>"
                  "<p class='note'>d = fraction of positions whose mask is &gt; 0 (computed by the sparse "
