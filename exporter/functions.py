@@ -130,6 +130,29 @@ def _rows_activation_and_output() -> list[onnx.NodeProto]:
     ]
 
 
+def _grouped_matmul_rows_and_output() -> list[onnx.NodeProto]:
+    """Sparse bodies' GEMM and tail: ``cols3 [g, K, kh*kw*Cg]`` times the weights as
+    ``[g, kh*kw*Cg, Cout/g]`` -> rows ``[K, Cout]`` + ``B`` -> ``_rows_activation_and_output``.
+
+    Needs ``cols3``, ``W``, ``B``, ``g1``, ``coutg1``, ``cg1``, ``khw``, ``neg1``, ``kshape``, ``cout1``
+    (and what ``_rows_activation_and_output`` needs).
+    """
+    return [
+        # weights [Cout, Cg, kh, kw] -> [g, kh*kw*Cg, Cout/g] (tap-major, channel-minor like cols3)
+        helper.make_node("Concat", ["g1", "coutg1", "cg1", "khw"], ["w5shape"], axis=0),
+        helper.make_node("Reshape", ["W", "w5shape"], ["w5"]),
+        helper.make_node("Transpose", ["w5"], ["w5t"], perm=[0, 3, 4, 2, 1]),
+        helper.make_node("Concat", ["g1", "neg1", "coutg1"], ["wmshape"], axis=0),
+        helper.make_node("Reshape", ["w5t", "wmshape"], ["wmat"]),
+        helper.make_node("MatMul", ["cols3", "wmat"], ["yg"]),  # [g, K, Cout/g]
+        helper.make_node("Transpose", ["yg"], ["ykg"], perm=[1, 0, 2]),
+        helper.make_node("Concat", ["kshape", "cout1"], ["rowshape"], axis=0),
+        helper.make_node("Reshape", ["ykg", "rowshape"], ["rows"], allowzero=1),
+        helper.make_node("Add", ["rows", "B"], ["rows_b"]),
+        *_rows_activation_and_output(),
+    ]
+
+
 def sparse_sample_conv_sparse_function(opset: int) -> FunctionProto:
     """``SparseSampleConv`` sparse body: compute only the rows where ``M > 0`` (DESIGN.md 1).
 
@@ -228,18 +251,7 @@ def sparse_sample_conv_sparse_function(opset: int) -> FunctionProto:
         helper.make_node("Mul", ["t1d", "cg1"], ["tcg"]),
         helper.make_node("Concat", ["g1", "kshape", "tcg"], ["cols3shape"], axis=0),
         helper.make_node("Reshape", ["cols", "cols3shape"], ["cols3"], allowzero=1),
-        # weights [Cout, Cg, kh, kw] -> [g, kh*kw*Cg, Cout/g]
-        helper.make_node("Concat", ["g1", "coutg1", "cg1", "khw"], ["w5shape"], axis=0),
-        helper.make_node("Reshape", ["W", "w5shape"], ["w5"]),
-        helper.make_node("Transpose", ["w5"], ["w5t"], perm=[0, 3, 4, 2, 1]),
-        helper.make_node("Concat", ["g1", "neg1", "coutg1"], ["wmshape"], axis=0),
-        helper.make_node("Reshape", ["w5t", "wmshape"], ["wmat"]),
-        helper.make_node("MatMul", ["cols3", "wmat"], ["yg"]),  # [g, K, Cout/g]
-        helper.make_node("Transpose", ["yg"], ["ykg"], perm=[1, 0, 2]),
-        helper.make_node("Concat", ["kshape", "cout1"], ["rowshape"], axis=0),
-        helper.make_node("Reshape", ["ykg", "rowshape"], ["rows"], allowzero=1),
-        helper.make_node("Add", ["rows", "B"], ["rows_b"]),
-        *_rows_activation_and_output(),
+        *_grouped_matmul_rows_and_output(),
     ]
     return helper.make_function(
         DOMAIN, SSC, ["X", "M", "W", "B"], ["Y"], nodes,
@@ -482,17 +494,7 @@ def sparse_sample_deform_conv_sparse_function(opset: int) -> FunctionProto:
         helper.make_node("Mul", ["t1d", "cg1"], ["tcg"]),
         helper.make_node("Concat", ["g1", "kshape", "tcg"], ["cols3shape"], axis=0),
         helper.make_node("Reshape", ["sampg", "cols3shape"], ["cols3"], allowzero=1),
-        helper.make_node("Concat", ["g1", "coutg1", "cg1", "khw"], ["w5shape"], axis=0),
-        helper.make_node("Reshape", ["W", "w5shape"], ["w5"]),
-        helper.make_node("Transpose", ["w5"], ["w5t"], perm=[0, 3, 4, 2, 1]),
-        helper.make_node("Concat", ["g1", "neg1", "coutg1"], ["wmshape"], axis=0),
-        helper.make_node("Reshape", ["w5t", "wmshape"], ["wmat"]),
-        helper.make_node("MatMul", ["cols3", "wmat"], ["yg"]),  # [g, K, Cout/g]
-        helper.make_node("Transpose", ["yg"], ["ykg"], perm=[1, 0, 2]),
-        helper.make_node("Concat", ["kshape", "cout1"], ["rowshape"], axis=0),
-        helper.make_node("Reshape", ["ykg", "rowshape"], ["rows"], allowzero=1),
-        helper.make_node("Add", ["rows", "B"], ["rows_b"]),
-        *_rows_activation_and_output(),
+        *_grouped_matmul_rows_and_output(),
     ]
     return helper.make_function(
         DOMAIN, SSC, ["X", "M", "W", "B", "Offset"], ["Y"], nodes,

@@ -143,13 +143,29 @@ def bench_session_options(threads: int = 0):
     return opts
 
 
+def _time_alternating(sessions: dict, feed: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:
+    """Run every session ``warmup`` times, then ``repeats`` rounds of one run each, in turn.
+    Returns (times in ms per session, median per session)."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        for s in sessions.values():
+            s.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(repeats):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times, {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_sparse_sample_conv(
     repeats: int = 10, *, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0), threads: int = 2,
 ) -> list[dict]:
     """One SparseSampleConv 3x3 ``channels -> channels`` at ``size`` x ``size`` in onnxruntime:
     sparse body vs ``Conv`` + ``Mul`` (interleaved medians; ``ratio`` = conv_mul / sparse)."""
-    import statistics
-    import time
 
     import onnxruntime as ort
 
@@ -167,16 +183,7 @@ def bench_sparse_sample_conv(
     results = []
     for r in densities:
         mask = (rng.random((1, 1, size, size)) < r).astype(np.float32)
-        feed = {"X": x, "M": mask}
-        for s in sessions.values():
-            s.run(None, feed)
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(repeats):
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times, med = _time_alternating(sessions, {"X": x, "M": mask}, repeats)
         results.append({"density": float(r), "sparse_ms": med["sparse"], "conv_mul_ms": med["conv_mul"],
                         "ratio": med["conv_mul"] / med["sparse"], "sparse_times": times["sparse"],
                         "conv_mul_times": times["conv_mul"]})
@@ -190,8 +197,6 @@ def bench_deform_sparse_sample_conv(
     """One deformable SparseSampleConv 3x3 ``channels -> channels`` at ``size`` x ``size``, batch 1, offsets
     ~ N(0, ``offset_std``) in onnxruntime: the sparse deform body vs the dense ``DeformConv`` body (interleaved
     medians in ms; ``ratio`` = dense / sparse, > 1 when the sparse body is faster)."""
-    import statistics
-    import time
 
     import onnxruntime as ort
 
@@ -208,17 +213,7 @@ def bench_deform_sparse_sample_conv(
     results = []
     for r in densities:
         mask = (rng.random((1, 1, size, size)) < r).astype(np.float32)
-        feed = {"X": x, "M": mask, "Offset": off}
-        for _ in range(2):
-            for s in sessions.values():
-                s.run(None, feed)
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(repeats):
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times, med = _time_alternating(sessions, {"X": x, "M": mask, "Offset": off}, repeats, warmup=2)
         results.append({"density": float(r), "sparse_ms": med["sparse"], "dense_ms": med["dense"],
                         "ratio": med["dense"] / med["sparse"], "sparse_times": times["sparse"],
                         "dense_times": times["dense"]})

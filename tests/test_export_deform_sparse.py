@@ -12,25 +12,11 @@ import torch
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from op_helpers import make_mask, ort_session  # noqa: E402
+
 from sai.exporter.functions import all_functions  # noqa: E402
 from sai.exporter.opmodels import deform_sparse_sample_conv_model  # noqa: E402
 from sai.models.ops import deform_conv2d_reference  # noqa: E402
-
-
-def _session(model):
-    import onnx
-
-    onnx.checker.check_model(model, full_check=True)
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def _mask(kind: str, n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
-    if kind == "empty":
-        return torch.zeros(n, 1, h, w)
-    if kind == "full":
-        return torch.rand(n, 1, h, w, generator=g) * 0.5 + 0.5  # soft values in [0.5, 1], all > 0
-    keep = torch.rand(n, 1, h, w, generator=g) < 0.4
-    return keep.float() * (torch.rand(n, 1, h, w, generator=g) * 0.5 + 0.5)
 
 
 def _offsets(kind: str, shape, g: torch.Generator) -> torch.Tensor:
@@ -69,8 +55,8 @@ def test_deform_sparse_body(conv):
     b = torch.randn(cout, generator=g) if with_bias else None
     kw = dict(stride=(s, s), pads=pads, dilation=(d, d), group=group, deform_groups=dgs, activation=act)
     args = (w.numpy(), None if b is None else b.numpy())
-    sparse = _session(deform_sparse_sample_conv_model(*args, **kw, deform_body="sparse"))
-    dense = _session(deform_sparse_sample_conv_model(*args, **kw, deform_body="dense"))
+    sparse = ort_session(deform_sparse_sample_conv_model(*args, **kw, deform_body="sparse"))
+    dense = ort_session(deform_sparse_sample_conv_model(*args, **kw, deform_body="dense"))
     for n, h, wd in ((1, 9, 13), (3, 16, 11)):  # batch 1 and 3, odd sizes
         x = torch.randn(n, cin, h, wd, generator=g)
         ho = (h + pads[0] + pads[2] - d * (k - 1) - 1) // s + 1
@@ -81,7 +67,7 @@ def test_deform_sparse_body(conv):
             if act == "relu":
                 y = torch.relu(y)
             for kind in ("empty", "full", "random"):
-                m = _mask(kind, n, ho, wo, g)
+                m = make_mask(kind, n, ho, wo, g)
                 ref = torch.where(m > 0, y, torch.zeros(())).numpy()
                 feed = {"X": x.numpy(), "M": m.numpy(), "Offset": off.numpy()}
                 out = sparse.run(None, feed)[0]
@@ -95,7 +81,7 @@ def test_samples_outside_the_image():
     cin, cout, k = 4, 5, 3
     w = torch.randn(cout, cin, k, k, generator=g)
     b = torch.randn(cout, generator=g)
-    sess = _session(deform_sparse_sample_conv_model(w.numpy(), b.numpy(), pads=(1, 1, 1, 1), deform_groups=2))
+    sess = ort_session(deform_sparse_sample_conv_model(w.numpy(), b.numpy(), pads=(1, 1, 1, 1), deform_groups=2))
     n, h, wd = 2, 7, 6
     x = torch.randn(n, cin, h, wd, generator=g)
     m = torch.ones(n, 1, h, wd)

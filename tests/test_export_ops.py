@@ -14,25 +14,11 @@ import torch.nn.functional as F
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from op_helpers import make_mask, ort_session  # noqa: E402
+
 from sai.exporter.opmodels import interpolate_model, sparse_sample_conv_model  # noqa: E402
 
 BODIES = ["sparse", "dense"]
-
-
-def _session(model):
-    import onnx
-
-    onnx.checker.check_model(model, full_check=True)
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def _mask(kind: str, n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
-    if kind == "empty":
-        return torch.zeros(n, 1, h, w)
-    if kind == "full":
-        return torch.rand(n, 1, h, w, generator=g) * 0.5 + 0.5  # soft values in [0.5, 1], all > 0
-    keep = torch.rand(n, 1, h, w, generator=g) < 0.4
-    return keep.float() * (torch.rand(n, 1, h, w, generator=g) * 0.5 + 0.5)
 
 
 def _conv_ref(x, m, w, b, stride, pads, dil, group, act):
@@ -61,7 +47,7 @@ def test_sparse_sample_conv_body(body, conv):
     g = torch.Generator().manual_seed(k * 7 + s)
     w = torch.randn(cout, cin // group, k, k, generator=g) * 0.2
     b = torch.randn(cout, generator=g) if with_bias else None
-    sess = _session(sparse_sample_conv_model(
+    sess = ort_session(sparse_sample_conv_model(
         w.numpy(), None if b is None else b.numpy(), stride=(s, s), pads=pads, dilation=(d, d), group=group,
         activation=act, body=body))
     for n, h, wd in ((1, 9, 13), (3, 16, 11)):  # batch 1 and 3, odd sizes
@@ -69,7 +55,7 @@ def test_sparse_sample_conv_body(body, conv):
         ho = (h + pads[0] + pads[2] - d * (k - 1) - 1) // s + 1
         wo = (wd + pads[1] + pads[3] - d * (k - 1) - 1) // s + 1
         for kind in ("empty", "full", "random"):
-            m = _mask(kind, n, ho, wo, g)
+            m = make_mask(kind, n, ho, wo, g)
             ref = _conv_ref(x, m, w, b, (s, s), pads, (d, d), group, act).numpy()
             out = sess.run(None, {"X": x.numpy(), "M": m.numpy()})[0]
             assert out.shape == ref.shape
@@ -94,11 +80,11 @@ def _interp_ref(f, m, sigma, k, eps):
 def test_interpolate_body(body, kernel_size, sigma):
     g = torch.Generator().manual_seed(kernel_size)
     c = 5
-    sess = _session(interpolate_model(c, sigma, kernel_size=kernel_size, body=body))
+    sess = ort_session(interpolate_model(c, sigma, kernel_size=kernel_size, body=body))
     for n, h, w in ((1, 9, 13), (3, 16, 11)):
         f = torch.randn(n, c, h, w, generator=g)
         for kind in ("empty", "full", "random"):
-            m = _mask(kind, n, h, w, g)
+            m = make_mask(kind, n, h, w, g)
             ref = _interp_ref(f, m, sigma, kernel_size, 1e-5)
             out = sess.run(None, {"F": f.numpy(), "M": m.numpy()})[0]
             assert float(np.abs(out - ref).max()) <= 1e-5 * max(float(np.abs(ref).max()), 1e-6), (kind, n)
@@ -122,7 +108,7 @@ def test_interpolate_separable_without_channels():
     sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)
     f = torch.randn(2, 4, 11, 7, generator=g)
-    m = _mask("random", 2, 11, 7, g)
+    m = make_mask("random", 2, 11, 7, g)
     ref = _interp_ref(f, m, 1.5, 7, 1e-5)
     out = sess.run(None, {"F": f.numpy(), "M": m.numpy()})[0]
     assert float(np.abs(out - ref).max()) <= 1e-5 * float(np.abs(ref).max())
