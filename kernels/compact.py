@@ -18,6 +18,11 @@ import triton.language as tl
 from sai.kernels._jit import kernel
 
 BLOCK = 1024
+# The kernels call only builtins of triton.language (no @triton.jit helpers such as tl.sum, tl.cdiv,
+# tl.zeros): those helpers are compiled or interpreted depending on TRITON_INTERPRET when triton is
+# *imported*, so avoiding them lets one process run both forms. The interpreter recognises this
+# combine function and reduces/scans with numpy.
+_sum = tl.standard._sum_combine
 
 
 @kernel
@@ -39,12 +44,12 @@ def mask_partition_kernel(
         pred = m > 0.0
     act = (pred & valid).to(tl.int32)
     rest = ((~pred) & valid).to(tl.int32)
-    n_act = tl.sum(act, axis=0)
-    n_rest = tl.sum(rest, axis=0)
+    n_act = tl.reduce(act, 0, _sum)
+    n_rest = tl.reduce(rest, 0, _sum)
     base_act = tl.atomic_add(cnt_ptr, n_act)
     base_rest = tl.atomic_add(cnt_ptr + 1, n_rest)
-    pos_act = base_act + tl.cumsum(act, axis=0) - 1
-    pos_rest = P - 1 - (base_rest + tl.cumsum(rest, axis=0) - 1)
+    pos_act = base_act + tl.associative_scan(act, 0, _sum) - 1
+    pos_rest = P - 1 - (base_rest + tl.associative_scan(rest, 0, _sum) - 1)
     dest = tl.where(act > 0, pos_act, pos_rest)
     tl.store(idx_ptr + dest, p, mask=valid)
 

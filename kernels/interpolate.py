@@ -56,8 +56,8 @@ def interpolate_kernel(
     cmask = ch < C
     m = tl.load(m_ptr + n * smn + y * smh + x * smw, mask=rvalid, other=0.0).to(tl.float32)
 
-    num = tl.zeros([BP, BC], dtype=tl.float32)
-    den = tl.zeros([BP], dtype=tl.float32)
+    num = tl.full([BP, BC], 0.0, tl.float32)
+    den = tl.full([BP], 0.0, tl.float32)
     if pid_p * BP < count:
         R: tl.constexpr = (KS - 1) // 2
         for tap in tl.static_range(KS * KS):

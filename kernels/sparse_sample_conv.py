@@ -43,7 +43,7 @@ def sparse_conv_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    nblk = tl.cdiv(COUT_G, BN)
+    nblk = (COUT_G + BN - 1) // BN
     g = pid_n // nblk
     co = (pid_n % nblk) * BN + tl.arange(0, BN)
     cmask = co < COUT_G
@@ -58,7 +58,7 @@ def sparse_conv_kernel(
     oy = t % Ho
     n = (t // Ho).to(tl.int64)
 
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc = tl.full([BM, BN], 0.0, tl.float32)
     if pid_m * BM < count:  # tiles wholly past the active count only write zeros
         xrow = x_ptr + n * sxn
         for tap in range(KH * KW):
@@ -89,7 +89,7 @@ def sparse_conv_kernel(
                     y0 = y0f.to(tl.int32)
                     x0 = x0f.to(tl.int32)
                     cptr = xrow[:, None] + cg[None, :] * sxc
-                    val = tl.zeros([BM, BK], dtype=tl.float32)
+                    val = tl.full([BM, BK], 0.0, tl.float32)
                     for corner in tl.static_range(4):
                         yc = y0 + corner // 2
                         xc = x0 + corner % 2

@@ -1,0 +1,289 @@
+"""sai.kernels (the Triton GPU kernels) on the CPU under the Triton interpreter, against the reference.
+
+The oracle is the PyTorch reference of sai.models.ops (DESIGN.md 3.2 / 3.3) evaluated in float64 on
+the inputs rounded to the kernel's dtype, so the tolerance only has to cover the kernel's own
+roundings: fp32 (ieee) within 1e-5 relative, fp16/bf16 within a couple of their epsilons of the
+largest output. Shapes are small (the interpreter's cost is per program) but cross every tile edge:
+channel counts that are not multiples of the 16-wide tiles, more positions than one 64-row tile,
+batch > 1, odd sizes. TRITON_INTERPRET is set only while these tests run (sai.kernels reads it at
+launch, not at import).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+# triton 3.6's interpreter converts 1-element arrays to ints in loop bounds (numpy 1.25+ warns)
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+from sai.errors import SaiError  # noqa: E402
+from sai.models.ops import (  # noqa: E402
+    conv_output_size,
+    interpolate_reference,
+    normalize_pads,
+    sparse_sample_conv_reference,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+K = pytest.importorskip("sai.kernels")
+
+EPS = {torch.float32: 1e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
+
+
+def _mask(shape, kind: str, gen: torch.Generator) -> torch.Tensor:
+    if kind == "empty":
+        return torch.zeros(shape)
+    if kind == "full":
+        return torch.ones(shape)
+    if kind == "binary":
+        return (torch.rand(shape, generator=gen) > 0.5).float()
+    # soft: zeros, ones and values in (0, 1), as an inference mask has (s * (s >= 0.5)) and more
+    r = torch.rand(shape, generator=gen)
+    return torch.where(r < 0.4, 0.0, torch.where(r > 0.8, 1.0, r))
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor, dtype, factor: float = 1.0):
+    scale = max(ref.abs().max().item(), 1e-30)
+    err = (got.double() - ref).abs().max().item() / scale
+    assert err <= EPS[dtype] * factor, f"max error {err:.3g} of the largest output, allowed {EPS[dtype] * factor:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# SparseSampleConv
+# ----------------------------------------------------------------------------------------------
+
+CONV_CASES = [
+    # n, cin, cout, h, w, k, stride, pads, dilation, groups, mask, activation, bias
+    dict(n=2, cin=20, cout=24, h=9, w=11, k=3, stride=1, pads=1, dil=1, groups=1, mask="soft", act="relu"),
+    dict(n=1, cin=17, cout=33, h=8, w=10, k=1, stride=2, pads=0, dil=1, groups=1, mask="binary", act="none"),
+    dict(n=1, cin=8, cout=12, h=11, w=9, k=5, stride=2, pads=(2, 1, 0, 3), dil=2, groups=4, mask="soft", act="relu"),
+    dict(n=2, cin=5, cout=7, h=7, w=8, k=7, stride=1, pads=3, dil=1, groups=1, mask="binary", act="none", bias=False),
+    dict(n=1, cin=6, cout=9, h=10, w=12, k=3, stride=(1, 2), pads=(0, 2), dil=(2, 1), groups=3, mask="soft", act="relu"),
+    dict(n=2, cin=16, cout=16, h=6, w=7, k=3, stride=1, pads=1, dil=1, groups=16, mask="binary", act="none"),
+    dict(n=1, cin=12, cout=20, h=9, w=9, k=3, stride=1, pads=1, dil=1, groups=1, mask="empty", act="relu"),
+    dict(n=1, cin=12, cout=20, h=9, w=9, k=3, stride=1, pads=1, dil=1, groups=1, mask="full", act="none"),
+]
+
+
+def _conv_inputs(case, dtype, deform_groups=0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, cin, cout, h, w, k = (case[key] for key in ("n", "cin", "cout", "h", "w", "k"))
+    pads = normalize_pads(case["pads"])
+    stride = [case["stride"]] * 2 if isinstance(case["stride"], int) else list(case["stride"])
+    dil = [case["dil"]] * 2 if isinstance(case["dil"], int) else list(case["dil"])
+    ho = conv_output_size(h, k, stride[0], pads[0], pads[2], dil[0])
+    wo = conv_output_size(w, k, stride[1], pads[1], pads[3], dil[1])
+    x = torch.randn(n, cin, h, w, generator=gen).to(dtype)
+    weight = (torch.randn(cout, cin // case["groups"], k, k, generator=gen) / math.sqrt(cin * k * k)).to(dtype)
+    bias = torch.randn(cout, generator=gen).to(dtype) if case.get("bias", True) else None
+    mask = _mask((n, 1, ho, wo), case["mask"], gen)
+    offset = None
+    if deform_groups:
+        offset = (2.5 * torch.randn(n, 2 * deform_groups * k * k, ho, wo, generator=gen)).to(dtype)
+    return x, mask, weight, bias, offset, stride, pads, dil
+
+
+def _conv_check(case, dtype, deform_groups=0, memory_format=torch.channels_last, factor=1.0):
+    x, mask, weight, bias, offset, stride, pads, dil = _conv_inputs(case, dtype, deform_groups)
+    ref = sparse_sample_conv_reference(
+        x.double(), mask.double(), weight.double(), None if bias is None else bias.double(),
+        None if offset is None else offset.double(), stride, pads, dil, case["groups"],
+        max(deform_groups, 1), case["act"])
+    got = K.sparse_sample_conv(x.contiguous(memory_format=memory_format), mask, weight, bias, stride, pads, dil,
+                               case["groups"], case["act"], offset, max(deform_groups, 1))
+    assert got.shape == ref.shape and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert bool((got[(mask == 0).expand_as(got)] == 0).all()), "outputs where M == 0 must be exactly 0"
+    _close(got, ref, dtype, factor)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c['k']}s{c['stride']}g{c['groups']}{c['mask']}")
+def test_conv_fp32_matches_reference(case):
+    _conv_check(case, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2]], ids=["k3", "k5g4"])
+def test_conv_half_matches_reference(case, dtype):
+    _conv_check(case, dtype)
+
+
+@pytest.mark.parametrize(
+    "case,dg",
+    [
+        (dict(n=2, cin=6, cout=10, h=7, w=6, k=3, stride=1, pads=1, dil=1, groups=1, mask="soft", act="relu"), 1),
+        (dict(n=1, cin=8, cout=6, h=8, w=7, k=3, stride=2, pads=(1, 0, 2, 1), dil=2, groups=2, mask="binary",
+              act="none"), 4),
+    ],
+    ids=["dg1", "dg4g2"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_deformable_conv_matches_reference(case, dg, dtype):
+    # the bilinear sample is rounded to the input dtype before the tensor-core product
+    _conv_check(case, dtype, deform_groups=dg, factor=2.0)
+
+
+def test_conv_any_memory_format_and_views():
+    case = CONV_CASES[0]
+    _conv_check(case, torch.float32, memory_format=torch.contiguous_format)
+    x, mask, weight, bias, _, stride, pads, dil = _conv_inputs(case, torch.float32)
+    wide = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2], x.shape[3] + 2)
+    wide[:, 1:-2, :, 1:-1] = x
+    view = wide[:, 1:-2, :, 1:-1]  # a strided view, neither NCHW- nor NHWC-contiguous
+    ref = sparse_sample_conv_reference(x, mask, weight, bias, None, stride, pads, dil, 1, 1, "relu")
+    got = K.sparse_sample_conv(view, mask.transpose(2, 3).contiguous().transpose(2, 3), weight, bias, stride,
+                               pads, dil, 1, "relu")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_nan_outside_the_mask_never_reaches_the_output():
+    # positions where M == 0 are never computed, so a NaN produced there upstream stays out
+    case = dict(n=1, cin=8, cout=8, h=6, w=6, k=1, stride=1, pads=0, dil=1, groups=1, mask="binary", act="none")
+    x, mask, weight, bias, _, stride, pads, dil = _conv_inputs(case, torch.float32)
+    x = torch.where(mask.bool(), x, float("nan"))
+    got = K.sparse_sample_conv(x, mask, weight, bias, stride, pads, dil)
+    assert not got.isnan().any()
+
+
+def test_conv_rejects_bad_input():
+    case = CONV_CASES[0]
+    x, mask, weight, bias, *_ = _conv_inputs(case, torch.float32)
+    with pytest.raises(SaiError, match="weight is torch.float16"):
+        K.sparse_sample_conv(x, mask, weight.half(), bias, padding=1)
+    with pytest.raises(SaiError, match="mask must have shape"):
+        K.sparse_sample_conv(x, mask[:, :, 1:], weight, bias, padding=1)
+    with pytest.raises(SaiError, match="float32, float16 or bfloat16"):
+        K.sparse_sample_conv(x.to(torch.int32), mask, weight.to(torch.int32), None, padding=1)
+    with pytest.raises(SaiError, match="activation"):
+        K.sparse_sample_conv(x, mask, weight, bias, padding=1, activation="gelu")
+    with pytest.raises(SaiError, match="groups"):
+        K.sparse_sample_conv(x, mask, weight, bias, padding=1, groups=3)
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, mask, weight, bias, *_ = _conv_inputs(CONV_CASES[0], torch.float32)
+    with pytest.raises(SaiError, match="TRITON_INTERPRET=1"):
+        K.sparse_sample_conv(x, mask, weight, bias, padding=1)
+
+
+def test_weights_are_packed_once():
+    from sai.kernels.sparse_sample_conv import pack_weight
+
+    weight = torch.randn(12, 3, 3, 3)
+    first = pack_weight(weight, 2)
+    assert pack_weight(weight, 2) is first
+    assert first.shape == (2, 9, 3, 6)
+    weight.add_(1.0)  # an in-place update bumps the version: repacked
+    assert pack_weight(weight, 2) is not first
+
+
+# ----------------------------------------------------------------------------------------------
+# mask compaction
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["gt0", "lt1"])
+def test_partition_puts_active_positions_first(mode):
+    from sai.kernels.compact import partition
+
+    gen = torch.Generator().manual_seed(3)
+    mask = _mask((3, 1, 23, 31), "soft", gen).contiguous(memory_format=torch.channels_last)  # > one block
+    idx, count = partition(mask, mode)
+    flat = mask.reshape(-1)  # flat position (n*H + y)*W + x whatever the memory format
+    pred = flat > 0 if mode == "gt0" else flat < 1
+    c = int(count[0])
+    assert c == int(pred.sum()) and int(count[1]) == flat.numel() - c
+    assert sorted(idx.tolist()) == list(range(flat.numel()))
+    assert bool(pred[idx[:c].long()].all()) and not bool(pred[idx[c:].long()].any())
+
+
+# ----------------------------------------------------------------------------------------------
+# Interpolate
+# ----------------------------------------------------------------------------------------------
+
+
+def _interp_inputs(n, c, h, w, dtype, kind="soft", seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    feature = torch.randn(n, c, h, w, generator=gen).to(dtype)
+    mask = _mask((n, 1, h, w), kind, gen)
+    return feature, mask
+
+
+@pytest.mark.parametrize(
+    "n,c,h,w,ks,sigma,dtype",
+    [
+        (2, 20, 9, 11, 3, 1.3, torch.float32),
+        (1, 7, 6, 5, 7, 0.9, torch.float32),
+        (1, 33, 4, 5, 1, 2.0, torch.float32),
+        (2, 20, 9, 11, 3, 1.3, torch.float16),
+        (1, 7, 6, 5, 7, 0.9, torch.bfloat16),
+    ],
+    ids=["k3", "k7", "k1", "k3fp16", "k7bf16"],
+)
+def test_interpolate_matches_reference(n, c, h, w, ks, sigma, dtype):
+    feature, mask = _interp_inputs(n, c, h, w, dtype)
+    ref = interpolate_reference(feature.double(), mask.double(), sigma, ks, 1e-5)
+    # F where M == 0 must not matter: poison it
+    poisoned = torch.where(mask.bool(), feature, torch.tensor(float("nan"), dtype=dtype))
+    got = K.interpolate(poisoned, mask, sigma, ks, 1e-5)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, ref, dtype)
+    ones = mask == 1
+    assert torch.equal(got[ones.expand_as(got)], feature[ones.expand_as(feature)]), "M == 1 copies F"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_interpolate_normaliser_is_fp32(dtype):
+    # large sigma: the Gaussian weights of the outer taps underflow in fp16 (exp(-8*18) ~ 1e-63), and
+    # an isolated sample makes den tiny; the output must stay finite and match the fp64 formula
+    feature, _ = _interp_inputs(1, 5, 7, 7, dtype)
+    mask = torch.zeros(1, 1, 7, 7)
+    mask[0, 0, 0, 0] = 1.0
+    mask[0, 0, 6, 6] = 0.75
+    ref = interpolate_reference(feature.double(), mask.double(), 4.0, 7, 1e-5)
+    got = K.interpolate(feature, mask, 4.0, 7, 1e-5)
+    assert torch.isfinite(got).all()
+    _close(got, ref, dtype)
+
+
+@pytest.mark.parametrize("kind", ["empty", "full"])
+def test_interpolate_empty_and_full_masks(kind):
+    feature, mask = _interp_inputs(2, 18, 5, 6, torch.float32, kind)
+    got = K.interpolate(feature, mask, 1.0, 3)
+    want = torch.zeros_like(feature) if kind == "empty" else feature
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_interpolate_add_relu_is_the_bottleneck_tail(dtype):
+    n, c, h, w = 2, 19, 7, 9
+    feature, mask = _interp_inputs(n, c, h, w, dtype, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    bias = torch.randn(c, generator=gen)
+    identity = torch.randn(n, c, h, w, generator=gen).to(dtype)
+    ref = torch.relu(interpolate_reference(feature.double(), mask.double(), 1.1, 3, 1e-5)
+                     + bias.double()[None, :, None, None] + identity.double())
+    got = K.interpolate_add_relu(feature, mask, 1.1, bias, identity, 3)
+    _close(got, ref, dtype)
+
+
+def test_interpolate_rejects_bad_input():
+    feature, mask = _interp_inputs(1, 4, 5, 5, torch.float32)
+    with pytest.raises(SaiError, match="odd"):
+        K.interpolate(feature, mask, 1.0, 4)
+    with pytest.raises(SaiError, match="must match feature"):
+        K.interpolate(feature, mask[:, :, 1:], 1.0, 3)
+    with pytest.raises(SaiError, match="identity"):
+        K.interpolate_add_relu(feature, mask, 1.0, None, feature[:, :2], 3)
