@@ -505,6 +505,26 @@ def sparse_sample_deform_conv_sparse_function(opset: int) -> FunctionProto:
     )
 
 
+def _in_float32(nodes: list[onnx.NodeProto], inputs: tuple[str, ...], output: str) -> list[onnx.NodeProto]:
+    """The body ``nodes`` computed in float32 whatever the input type; the output cast back to it.
+
+    Why (fp16 models): the Gaussian weights underflow in fp16 (``exp(-(s^2/2) d^2)`` below 6e-8),
+    so ``den = conv(M, K) + eps`` falls to ``eps`` where the sampled neighbours are far, ``(1 - M) /
+    den`` then exceeds fp16's 65504 and ``0 * inf`` is NaN: the trained demo model gave NaN for every
+    logit. In float32 the same formula is finite everywhere (num/den is a weighted mean of sampled
+    features). For float32 inputs the Casts are identities that onnxruntime removes.
+    """
+    renamed = {name: f"{name}__f32" for name in (*inputs, output)}
+    body = []
+    for node in nodes:
+        node.input[:] = [renamed.get(n, n) if n in inputs else n for n in node.input]
+        node.output[:] = [renamed[n] if n == output else n for n in node.output]
+        body.append(node)
+    head = [helper.make_node("Cast", [name], [renamed[name]], to=TensorProto.FLOAT) for name in inputs]
+    tail = [helper.make_node("CastLike", [renamed[output], inputs[0]], [output])]
+    return head + body + tail
+
+
 def interpolate_function(opset: int, separable: bool = False, depthwise: bool = False) -> FunctionProto:
     """``Interpolate`` body: the formula of DESIGN.md 3.3 in standard ops.
 
@@ -666,6 +686,7 @@ def interpolate_function(opset: int, separable: bool = False, depthwise: bool = 
             helper.make_node("Mul", ["inv_m", "interp"], ["fill"]),
             helper.make_node("Add", ["fm", "fill"], ["Y"]),
         ]
+    nodes = _in_float32(nodes, inputs=("F", "M"), output="Y")
     return helper.make_function(
         DOMAIN, INTERP, ["F", "M"], ["Y"], nodes,
         [helper.make_opsetid("", opset)],

@@ -59,10 +59,12 @@ def translate_sampling_mask(logit, noise, temperature, grid_interval):
     def c(v):
         return op.CastLike(op.Constant(value_float=float(v)), logit)
 
-    p = op.Sigmoid(logit)
+    # the clamps of mask_from_logit: onnxruntime's Sigmoid returns 1.0000001 near logit 17.8, and
+    # log(1 - p + d) is then NaN; a fed uniform above 1 would make the Gumbel term NaN
+    p = op.Clip(op.Sigmoid(logit), c(0.0), c(1.0))
     z = op.Sub(op.Log(op.Add(p, c(DELTA))), op.Log(op.Add(op.Sub(c(1.0), p), c(DELTA))))
     if noise is not None:
-        u = op.CastLike(noise, logit)
+        u = op.Clip(op.CastLike(noise, logit), c(0.0), c(1.0))
         g = op.Neg(op.Log(op.Add(op.Neg(op.Log(op.Add(u, c(DELTA)))), c(DELTA))))
         g1, g2 = op.Split(g, num_outputs=2, axis=1)
         z = op.Add(z, op.Sub(g1, g2))

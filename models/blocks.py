@@ -37,8 +37,12 @@ SIGMA_INIT = 3.0  # official: conv{1,2}_sigma = nn.Parameter(torch.tensor(3.))
 
 
 def gumbel_noise(u: Tensor) -> Tensor:
-    """``n = g1 - g2`` with ``g = -log(-log(u + d) + d)`` from uniforms ``u`` of shape [N,2,H,W]."""
-    g = -torch.log(-torch.log(u + DELTA) + DELTA)
+    """``n = g1 - g2`` with ``g = -log(-log(u + d) + d)`` from uniforms ``u`` of shape [N,2,H,W].
+
+    ``u`` is clamped to [0, 1] first: a fed value just above 1 would make the inner log positive and
+    the outer one NaN (a no-op for every valid uniform, so the official values are unchanged).
+    """
+    g = -torch.log(-torch.log(u.clamp(0.0, 1.0) + DELTA) + DELTA)
     return g[:, 0:1] - g[:, 1:2]
 
 
@@ -62,8 +66,13 @@ def mask_from_logit(
 
     The official GumbelSigmoid takes a 2-way softmax of ``(log(p+d)+g1)/(T+d)`` and
     ``(log(1-p+d)+g2)/(T+d)``; its first entry is exactly the sigmoid of the difference used here.
+
+    ``p`` is clamped to [0, 1] before ``1 - p``: torch's sigmoid never leaves [0, 1] (the clamp is a
+    no-op and the official values are unchanged bit for bit), but other runtimes' may round to
+    ``1.0000001`` (onnxruntime's CPU Sigmoid near logit 17.8), which made ``log(1 - p + d)`` NaN. Every
+    formulation of the mask (``sai.exporter.maskop``) applies the same clamps.
     """
-    p = torch.sigmoid(logit)
+    p = torch.sigmoid(logit).clamp(0.0, 1.0)
     z = torch.log(p + DELTA) - torch.log(1 - p + DELTA)
     if noise_u is not None:
         z = z + gumbel_noise(noise_u)
@@ -161,6 +170,7 @@ class _SparseBase(nn.Module):
 
     sparse = True
     fused = False
+    keep_probs = False  # set on frozen blocks (network frozen_stages): sparse_loss still sees them
 
     def _init_sparse(self, inplanes: int, stride1: int, stride2: int, cfg: dict) -> None:
         self.mask_strides = (stride1, stride2)
@@ -183,8 +193,10 @@ class _SparseBase(nn.Module):
 
     # -- bookkeeping -----------------------------------------------------------------------
     def reset_densities(self) -> None:
-        self._stat_sum: Optional[Tensor] = None  # [d1, d2, u1, u2] summed over images
-        self._stat_count = 0
+        self._stat_sum: Optional[Tensor] = None  # [d1, d2, u1, u2]: per-forward fractions, summed
+        self._stat_count = 0  # forwards
+        self._stat_img_sum: Optional[Tensor] = None  # the same fractions weighted by the batch size
+        self._stat_images = 0
         self.last_probs: Optional[tuple[Tensor, Tensor]] = None
 
     def _record(self, m1: Tensor, m2: Tensor) -> None:
@@ -197,15 +209,26 @@ class _SparseBase(nn.Module):
             stats = torch.stack([
                 (m1 > 0).float().mean(), (m2 > 0).float().mean(),
                 (m1 < 1).float().mean(), (m2 < 1).float().mean(),
-            ]).cpu() * n
+            ]).cpu()
         self._stat_sum = stats if self._stat_sum is None else self._stat_sum + stats
-        self._stat_count += n
+        self._stat_count += 1
+        self._stat_img_sum = stats * n if self._stat_img_sum is None else self._stat_img_sum + stats * n
+        self._stat_images += n
 
-    def mask_stats(self) -> Optional[dict]:
-        """Measured ``d1, d2`` (fraction of positions with M > 0) and ``u1, u2`` (M < 1), or None."""
-        if self._stat_sum is None or self._stat_count == 0:
+    def mask_stats(self, average: str = "forward") -> Optional[dict]:
+        """Measured ``d1, d2`` (fraction of positions with M > 0) and ``u1, u2`` (M < 1), or None.
+
+        ``average="forward"`` (default) is the official SAI-Det counter: each forward's fraction over its
+        whole batch (``binary.mean()``), averaged over forwards. ``"image"`` weights each forward by its
+        batch size (every image counts once); the two differ only when batch sizes differ.
+        """
+        if average not in ("forward", "image"):
+            raise ValueError(f"average must be 'forward' or 'image', got {average!r}")
+        total, count = (self._stat_sum, self._stat_count) if average == "forward" else \
+            (self._stat_img_sum, self._stat_images)
+        if total is None or count == 0:
             return None
-        v = (self._stat_sum / self._stat_count).tolist()
+        v = (total / count).tolist()
         return {"d1": v[0], "d2": v[1], "u1": v[2], "u2": v[3]}
 
     # -- masks -----------------------------------------------------------------------------
@@ -225,8 +248,9 @@ class _SparseBase(nn.Module):
     def _masks(self, x: Tensor, noise1: Optional[Tensor], noise2: Optional[Tensor]):
         m1, p1 = self._mask(self.conv1_mask(x), self.conv1_gumbel, noise1)
         m2, p2 = self._mask(self.conv2_mask(x), self.conv2_gumbel, noise2)
-        if self.training:
+        if self.training or self.keep_probs:
             self.last_probs = (p1, p2)
+        if self.training:
             self.conv1_gumbel.step()
             self.conv2_gumbel.step()
         self._record(m1, m2)
@@ -336,9 +360,9 @@ class SparseBasicBlock(_SparseBase):
 
 
 class Bottleneck(nn.Module):
-    """Plain ResNet Bottleneck (torchvision names). DCN as mmdet v0.6: offsets from conv1's output
-    (``offset_from="conv1"``, official dense checkpoints) or from the block input like SAI
-    (``offset_from="input"``)."""
+    """Plain ResNet Bottleneck (torchvision names). DCN offsets from the block input
+    (``offset_from="input"``: the official SAI-Det dense ResNet, the default) or from conv1's output
+    (``offset_from="conv1"``: upstream mmdetection v0.6)."""
 
     expansion = 4
     sparse = False
@@ -349,7 +373,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         cfg = cfg or {}
         self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
-        self.offset_from = cfg.get("dcn_offset_from", "conv1")
+        self.offset_from = cfg.get("dcn_offset_from") or "input"
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
         if self.with_dcn:
@@ -390,7 +414,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         cfg = cfg or {}
         self.inplanes, self.planes, self.stride, self.with_dcn = inplanes, planes, stride, bool(dcn)
-        self.offset_from = cfg.get("dcn_offset_from", "conv1")
+        self.offset_from = cfg.get("dcn_offset_from") or "input"
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         if self.with_dcn:

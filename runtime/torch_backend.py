@@ -14,7 +14,7 @@ import numpy as np
 
 from sai.errors import MissingDependencyError, SaiError
 from sai.exporter.export import output_names  # the names the exported graphs use
-from sai.runtime.engine import Engine, TensorSpec
+from sai.runtime.engine import Engine, TensorSpec, noise_shape
 
 
 def _import_torch():
@@ -81,7 +81,10 @@ class TorchEngine(Engine):
 
     def _probe_outputs(self, cin: int) -> list[TensorSpec]:
         shape = (1, cin, 64, 64)
-        feeds = {"input": np.zeros(shape, np.float32), **self.noise_for(shape)}
+        # constant noise, not ``noise_for``: drawing from the engine's generator here would shift its
+        # stream by one sample, and the same seed would then give other noise than the ONNX backends
+        feeds = {"input": np.zeros(shape, np.float32),
+                 **{n: np.full(noise_shape(shape, s), 0.5, np.float32) for n, s in self.noise_inputs}}
         outs = self._forward(feeds)
         specs = []
         for name, arr in outs.items():
