@@ -4,7 +4,6 @@ end, so OUTDIR is either the old complete result or the new one, never half of e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ from typing import Any, Optional
 
 from sai.errors import SaiError
 from sai.runtime.engine import noise_shape
+from sai.runtime.integrity import sha256
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAME
 
 Shape = tuple[int, int, int, int]
@@ -31,14 +31,6 @@ class ConvertResult:
     engine_built: bool
     engine_skip_reason: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_shape(text, what: str = "shape") -> Shape:

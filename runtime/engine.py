@@ -128,8 +128,9 @@ class Engine:
         return out
 
     def check_feeds(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        """Validate and complete ``feeds``: names, ranks, fixed dims, batch range, dtypes (safe casts
-        within a kind, e.g. float64 -> float32, are applied), noise inputs filled. InputError otherwise."""
+        """Validate and complete ``feeds``: names, ranks, fixed dims, batch range, dtypes, noise inputs filled.
+        Only casts within a kind are applied (float64 -> float32); another kind (uint8 pixels, int, bool) is an
+        InputError naming the dtypes and the fix, never a silent cast. InputError for the rest too."""
         if isinstance(feeds, np.ndarray) or not isinstance(feeds, Mapping):
             feeds = {self.primary_input.name: feeds}
         specs = self.input_specs
@@ -169,8 +170,9 @@ class Engine:
             raise InputError(f"input {spec.name!r} is not a rectangular array: {exc}") from None
         want = np.dtype(spec.dtype)
         if arr.dtype != want:
-            if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, want, "same_kind"):
-                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want.name}")
+            if arr.dtype.kind != want.kind or arr.dtype.kind not in "fiu" or not np.can_cast(arr.dtype, want,
+                                                                                             "same_kind"):
+                raise InputError(self.dtype_error(spec, arr.dtype))
             arr = arr.astype(want)
         if arr.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, arr.shape, strict=False)):
             raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {list(spec.shape)}")
@@ -178,19 +180,41 @@ class Engine:
             raise InputError(f"input {spec.name!r} has an empty dimension: shape {list(arr.shape)}")
         return np.ascontiguousarray(arr)
 
+    def dtype_error(self, spec: TensorSpec, given: np.dtype) -> str:
+        """The message for an input of a dtype the model does not take: what was given, what is expected, the fix
+        (for the image input: how to normalise raw pixels, from the model's ``input_norm`` metadata)."""
+        want, given = np.dtype(spec.dtype), np.dtype(given)
+        msg = f"input {spec.name!r} has dtype {given.name}, but the model takes {want.name}"
+        if spec.name in {n for n, _ in self.noise_inputs}:
+            return f"{msg}; pass uniform [0, 1) noise as {want.name}, or leave it out to have it drawn from the seed"
+        if want.kind != "f":
+            return f"{msg}; convert it to {want.name}"
+        norm = self.metadata.get("input_norm")
+        how = "as the manifest's input_norm says"
+        if isinstance(norm, Mapping) and norm.get("mean") is not None and norm.get("std") is not None:
+            how = (f"as the model's input_norm says ({norm.get('color', '')} {norm.get('range', '')}: "
+                   f"(x - mean {norm['mean']}) / std {norm['std']})")
+        pixels = " (raw pixels are not accepted)" if given.kind in "iu" else ""
+        return f"{msg}{pixels}; convert it to {want.name} and normalise it {how}"
+
     def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Run one (batched) inference; returns output name -> numpy array."""
         if self._closed:
-            raise SaiError(f"{self.backend} engine is closed")
+            raise SaiError(f"{self.backend} engine is closed; load the model again (sai.runtime.load) to infer")
         return self._run(self.check_feeds(feeds))
 
     def infer_async(self, feeds: Feeds) -> Future:
         """``infer`` on the engine's worker threads; returns a Future of the output dict."""
+        closed = SaiError(f"{self.backend} engine is closed; load the model again (sai.runtime.load) to infer")
         with self._pool_lock:
+            if self._closed:
+                raise closed
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._async_workers, thread_name_prefix=f"sai-{self.backend}")
-            pool = self._pool
-        return pool.submit(self.infer, feeds)
+            try:
+                return self._pool.submit(self.infer, feeds)
+            except RuntimeError:  # the pool shut down
+                raise closed from None
 
     def example_feeds(self, shape: Optional[Sequence[int]] = None, batch: int = 1, seed: int = 0) -> dict:
         """Random image feeds (standard normal, seeded) for ``shape`` [N,C,H,W] or the model's example
@@ -208,11 +232,13 @@ class Engine:
         return {primary.name: rng.standard_normal(shape).astype(np.dtype(primary.dtype))}
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        with self._pool_lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._close()
 
     def __enter__(self) -> Engine:

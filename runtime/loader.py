@@ -10,9 +10,11 @@ from typing import Optional
 
 from sai.errors import SaiError
 from sai.runtime.engine import Engine
+from sai.runtime.integrity import MANIFEST_NAME, check_manifest, verify_checkpoint, verify_outdir
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME, MANIFEST_NAME = "model.onnx", "model.trt.onnx", "model.plan", "manifest.json"
+ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME = "model.onnx", "model.trt.onnx", "model.plan"
+OUTDIR_FILES = (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME)  # what sai convert writes (and lists in the manifest)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -24,13 +26,35 @@ class Resolved:
 
 
 def read_manifest(outdir: Path) -> Optional[dict]:
+    """The OUTDIR's manifest (None when there is none); SaiError when it is not JSON or not a manifest."""
     path = Path(outdir) / MANIFEST_NAME
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SaiError(f"{path} is not valid JSON ({exc}); re-run sai convert") from None
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SaiError(f"{path} is not valid JSON ({str(exc)[:200]}); re-run sai convert") from None
+    return check_manifest(doc, path)
+
+
+def verify_model_path(path, backend: Optional[str] = None) -> None:
+    """The integrity check ``load``/``resolve`` do with ``verify=True``: for an OUTDIR every file its manifest
+    lists (plus, for the torch backend, the recorded checkpoint); for a model file inside an OUTDIR
+    (model.onnx, model.trt.onnx, model.plan next to manifest.json), the same. Other paths: nothing to check."""
+    p = Path(path)
+    outdir = p if p.is_dir() else p.parent
+    if not p.is_dir() and p.name not in OUTDIR_FILES:
+        return
+    manifest = read_manifest(outdir)
+    if manifest is None:
+        if p.is_dir():
+            raise SaiError(f"{p} has no {MANIFEST_NAME}, so its files cannot be checked; give a sai convert "
+                           "OUTDIR or the .onnx file itself, or pass --no-verify (verify=False in sai.runtime.load)")
+        return
+    uses = [p.name] if not p.is_dir() else [n for n in OUTDIR_FILES if (p / n).is_file()]
+    verify_outdir(outdir, manifest, uses)
+    if p.is_dir() and backend == "torch":
+        verify_checkpoint(manifest, _checkpoint_of(manifest, p), p)
 
 
 def tensorrt_usable() -> bool:
@@ -57,8 +81,16 @@ def _checkpoint_of(manifest: Optional[dict], outdir: Path) -> Path:
     return p
 
 
-def resolve(path, backend: str = "auto") -> Resolved:
-    """Which backend and file ``load`` uses for ``path`` (an OUTDIR, .onnx, .plan/.engine or checkpoint)."""
+def resolve(path, backend: str = "auto", *, verify: bool = False) -> Resolved:
+    """Which backend and file ``load`` uses for ``path`` (an OUTDIR, .onnx, .plan/.engine or checkpoint).
+    ``verify``: check the files against the manifest's sha256 first (``verify_model_path``)."""
+    r = _resolve(path, backend)
+    if verify:
+        verify_model_path(path, r.backend)
+    return r
+
+
+def _resolve(path, backend: str) -> Resolved:
     if backend not in BACKENDS:
         raise SaiError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     p = Path(path)
@@ -98,12 +130,13 @@ def resolve(path, backend: str = "auto") -> Resolved:
 
 
 def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Optional[int] = None,
-         threads: Optional[int] = None, sampling: Optional[str] = None, **options) -> Engine:
+         threads: Optional[int] = None, sampling: Optional[str] = None, verify: bool = True, **options) -> Engine:
     """An ``Engine`` for ``path``. ``device``: onnxruntime ``cpu|cuda|tensorrt`` (EP; default cuda when
     onnxruntime-gpu offers it, else cpu), torch ``cpu|cuda`` (default cpu);
     ``seed`` seeds the noise of stochastic models; ``sampling`` overrides a checkpoint's sampling mode
-    (torch); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs`` for tensorrt)."""
-    r = resolve(path, backend)
+    (torch); ``verify`` checks a sai convert OUTDIR's files against its manifest's sha256 before loading
+    (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``)."""
+    r = resolve(path, backend, verify=verify)
     meta = (r.manifest or {}).get("metadata") or {}
     if r.backend == "onnxruntime":
         from sai.runtime.ort_backend import OnnxRuntimeEngine
@@ -117,8 +150,11 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
 
         if sampling is None and meta.get("sampling") in ("deterministic", "stochastic"):
             sampling = meta["sampling"]
-        return TorchEngine(str(r.file), device=device or "cpu", threads=threads, seed=seed, sampling=sampling,
-                           **options)
+        engine = TorchEngine(str(r.file), device=device or "cpu", threads=threads, seed=seed, sampling=sampling,
+                             **options)
+        if "input_norm" in meta:  # the export's input normalisation, for messages like the dtype check's
+            engine.metadata.setdefault("input_norm", meta["input_norm"])
+        return engine
     from sai.runtime.trt_backend import TensorRTEngine
 
     return TensorRTEngine(str(r.file), seed=seed, metadata=meta, **options)

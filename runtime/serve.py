@@ -247,7 +247,10 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine) -> dict[str
             if spec is None:
                 raise HTTPError(400, f"unknown input {name!r}; the model takes {', '.join(specs)}")
             try:
-                arr = np.array(value, dtype=np.dtype(spec.dtype))
+                arr = np.array(value)
+                if arr.dtype.kind not in "iuf":  # JSON numbers only: no true/false, strings or nulls
+                    raise TypeError(f"it holds {'booleans' if arr.dtype.kind == 'b' else 'non-numbers'}")
+                arr = arr.astype(np.dtype(spec.dtype))
             except (ValueError, TypeError) as exc:
                 raise HTTPError(400, f"input {name!r} is not a rectangular numeric array: {str(exc)[:200]}") from None
             feeds[name] = arr
@@ -283,8 +286,7 @@ def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, 
         if name not in specs:
             raise HTTPError(400, f"unknown input {name!r}; the model takes {', '.join(specs)}")
         if strict_dtype and arr.dtype != np.dtype(specs[name].dtype):
-            raise HTTPError(400, f"input {name!r} has dtype {arr.dtype.name}, the model takes "
-                                 f"{np.dtype(specs[name].dtype).name}")
+            raise HTTPError(400, engine.dtype_error(specs[name], arr.dtype))
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise HTTPError(400, f"input {name!r} contains NaN or infinity")
     try:

@@ -1,9 +1,17 @@
 """A Triton model repository from a `sai convert` OUTDIR: a TensorRT plan model (when model.plan
 exists) and an onnxruntime model for the portable ONNX, each with dynamic batching and instance
-groups, the plugin library, and a README saying how Triton loads it."""
+groups, the plugin library, and a README saying how Triton loads it.
+
+Every setting is checked before anything is written (names, numbers, GPU ids, the ONNX file), and every
+file goes into a temporary sibling of the repository that ``publish_dir`` renames into place.
+``max_batch=0`` means what it means to Triton: the model does not batch (no ``dynamic_batching``,
+dims include the batch dimension).
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -12,10 +20,57 @@ from typing import Optional
 
 from sai.errors import SaiError
 from sai.runtime.convert import publish_dir
+from sai.runtime.integrity import verify_outdir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
 
 TRITON_DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
                  2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
+
+
+NAME_RULE = "letters, digits, '_', '-' and '.', starting with a letter, digit or '_' (at most 100 characters)"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """``name`` if it is a safe model-directory and config name (no path separators, quotes or ``..``)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise SaiError(f"{what} {name!r} is not a valid Triton model name; use {NAME_RULE}, without '..'")
+    return name
+
+
+def _count(value, flag: str, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise SaiError(f"{flag} must be an integer >= {lowest}, got {value!r}")
+    return value
+
+
+def parse_gpus(text: Optional[str]) -> Optional[list[int]]:
+    """``"0,1"`` -> [0, 1] (None for None/empty); SaiError naming the bad item otherwise."""
+    if text is None or not str(text).strip():
+        return None
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item.isdigit() or not item.isascii():
+            raise SaiError(f"--gpus must be comma-separated GPU ids (non-negative integers, e.g. 0,1), got {text!r}")
+        if int(item) in out:
+            raise SaiError(f"--gpus lists GPU {int(item)} twice in {text!r}; list each GPU once")
+        out.append(int(item))
+    return out
+
+
+def parse_delay_ms(value: float) -> int:
+    """``--max-delay-ms`` as Triton's integer microseconds; SaiError unless finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SaiError(f"--max-delay-ms must be a finite number >= 0, got {value!r}")
+    return int(round(value * 1000))
+
+
+def _quote(text: str, what: str) -> str:
+    """A protobuf text-format string literal (tensor names come from the ONNX file)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise SaiError(f"{what} {text!r} contains control characters; Triton configs cannot carry it")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass
@@ -29,7 +84,12 @@ def onnx_io(path: Path) -> tuple[list[IOSpec], list[IOSpec]]:
     """Graph inputs/outputs of an ONNX file as Triton specs (batch dim dropped)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError on a truncated file, OSError, ...
+        detail = " ".join(str(exc).split())[:160]
+        raise SaiError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {detail}); "
+                       "re-run sai convert") from None
     inits = {i.name for i in model.graph.initializer}
 
     def spec(v) -> IOSpec:
@@ -39,31 +99,47 @@ def onnx_io(path: Path) -> tuple[list[IOSpec], list[IOSpec]]:
             raise SaiError(f"tensor {v.name} has an ONNX type ({t.elem_type}) Triton configs do not map here")
         return IOSpec(v.name, TRITON_DTYPES[t.elem_type], dims[1:])
 
-    return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+    inputs, outputs = [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+    if not inputs or not outputs or not model.graph.node:
+        raise SaiError(f"{path} holds no model (no graph inputs, outputs or nodes; empty or not an ONNX file); "
+                       "re-run sai convert")
+    return inputs, outputs
 
 
 def _io_block(kind: str, specs: list[IOSpec]) -> str:
     items = []
     for s in specs:
         dims = ", ".join(str(d) for d in s.dims)
-        items.append(f'  {{\n    name: "{s.name}"\n    data_type: {s.data_type}\n    dims: [ {dims} ]\n  }}')
+        items.append(f'  {{\n    name: {_quote(s.name, "tensor name")}\n    data_type: {s.data_type}\n'
+                     f'    dims: [ {dims} ]\n  }}')
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
 
 def model_config(name: str, platform: str, inputs: list[IOSpec], outputs: list[IOSpec], *, max_batch_size: int,
                  kind: str, instances: int, max_queue_delay_us: int, preferred: list[int],
                  gpus: Optional[list[int]] = None) -> str:
-    """config.pbtxt text (Triton ModelConfig protobuf text format)."""
-    pref = ", ".join(str(p) for p in preferred if p <= max_batch_size)
+    """config.pbtxt text (Triton ModelConfig protobuf text format). ``inputs``/``outputs`` dims exclude the
+    batch dim; ``max_batch_size=0`` (no batching) puts it back as -1 and writes no ``dynamic_batching``."""
+    check_name(name, "model name")
+    _count(max_batch_size, "max_batch_size", 0)
+    _count(instances, "instance count", 1)
+    _count(max_queue_delay_us, "max_queue_delay_microseconds", 0)
+    for g in gpus or []:
+        _count(g, "GPU id", 0)
+    if max_batch_size == 0:
+        inputs = [IOSpec(s.name, s.data_type, [-1, *s.dims]) for s in inputs]
+        outputs = [IOSpec(s.name, s.data_type, [-1, *s.dims]) for s in outputs]
+    pref = ", ".join(str(p) for p in preferred if 1 <= p <= max_batch_size)
     group = f"  {{\n    count: {instances}\n    kind: {kind}\n"
     if gpus:
         group += f"    gpus: [ {', '.join(str(g) for g in gpus)} ]\n"
     group += "  }"
+    batching = ""
+    if max_batch_size > 0:
+        batching = ("dynamic_batching {\n" + (f"  preferred_batch_size: [ {pref} ]\n" if pref else "")
+                    + f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n")
     text = (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
-            + _io_block("input", inputs) + _io_block("output", outputs)
-            + "dynamic_batching {\n"
-            + (f"  preferred_batch_size: [ {pref} ]\n" if pref else "")
-            + f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+            + _io_block("input", inputs) + _io_block("output", outputs) + batching
             + f"instance_group [\n{group}\n]\n")
     return text
 
@@ -76,8 +152,7 @@ Written by `sai export-triton` from `{outdir}`.
 | --- | --- | --- |
 {rows}
 
-Both models take `input` as [N, {channels}, H, W] float (N up to the model's `max_batch_size`) and
-batch requests dynamically (same-shaped requests only; see `dynamic_batching` in each config.pbtxt).
+{batching}
 {noise_note}
 ## Starting Triton
 
@@ -102,42 +177,83 @@ the same TensorRT version and GPU architecture as the Triton container, unless i
 """
 
 
+BATCHING = {
+    True: "Both models take `input` as [N, {channels}, H, W] float (N up to the model's `max_batch_size`) and\n"
+          "batch requests dynamically (same-shaped requests only; see `dynamic_batching` in each config.pbtxt).",
+    False: "Both models have `max_batch_size: 0` (`--max-batch 0`): Triton does not batch them; each request's\n"
+           "`input` carries its own batch dimension, [N, {channels}, H, W] float, and requests run one by one.",
+}
+
+
+def _inside(root: Path, *parts: str) -> Path:
+    """``root / parts`` after checking that it resolves inside ``root`` (no write escapes the repository)."""
+    dest = root.joinpath(*parts).resolve()
+    if not dest.is_relative_to(root.resolve()):
+        raise SaiError(f"refusing to write {dest}: outside the repository being written ({root})")
+    return dest
+
+
 def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Optional[int] = None,
                   instances: int = 1, max_queue_delay_us: int = 5000, gpus: Optional[list[int]] = None,
-                  plugin_library: Optional[str] = None) -> dict:
-    """Write the repository into ``repo`` (atomically: a temporary sibling renamed at the end)."""
+                  plugin_library: Optional[str] = None, verify: bool = True) -> dict:
+    """Write the repository into ``repo`` (atomically: a temporary sibling renamed at the end).
+    ``max_batch``: None = the engine profile's max batch, 0 = no batching (Triton's meaning), else >= 1.
+    ``verify``: check the OUTDIR's files against its manifest's sha256 first."""
     outdir = Path(outdir)
     manifest = read_manifest(outdir)
     if manifest is None or not (outdir / ONNX_NAME).is_file():
         raise SaiError(f"{outdir} is not a sai convert OUTDIR (no {MANIFEST_NAME} / {ONNX_NAME}); run sai convert first")
+    # every setting first, before any file is read or written
+    base = check_name(name) if name is not None else check_name(str(manifest.get("arch") or "sai_model"),
+                                                                 "the manifest's arch (pass --name)")
+    if max_batch is not None:
+        _count(max_batch, "--max-batch", 0)
+    _count(instances, "--instances", 1)
+    _count(max_queue_delay_us, "--max-delay-ms (in microseconds)", 0)
+    for g in gpus or []:
+        _count(g, "--gpus id", 0)
+    if gpus is not None and len(set(gpus)) != len(gpus):
+        raise SaiError(f"--gpus lists a GPU twice ({gpus}); list each GPU once")
+    repo = Path(repo).resolve()
+    src = outdir.resolve()
+    if repo == src or repo.is_relative_to(src) or src.is_relative_to(repo):
+        raise SaiError(f"-o {repo} overlaps the OUTDIR {src}; write the repository to a separate folder")
+    if repo.exists() and not repo.is_dir():
+        raise SaiError(f"-o {repo} exists and is not a directory; choose a new or empty -o directory")
     meta = manifest.get("metadata") or {}
-    base = name or str(manifest.get("arch") or "sai_model")
     shapes = (manifest.get("shapes") or {}).get("input") or {}
     profile_max = int((shapes.get("max") or [8])[0])
-    mbs = int(max_batch or profile_max)
+    mbs = profile_max if max_batch is None else max_batch
+    plan = outdir / PLAN_NAME
+    if verify:
+        verify_outdir(outdir, manifest, [ONNX_NAME] + ([PLAN_NAME] if plan.is_file() else []))
     inputs, outputs = onnx_io(outdir / ONNX_NAME)
-    preferred = sorted({p for p in (2, 4, 8, 16, 32) if p <= mbs} | {mbs})
-    repo = Path(repo).resolve()
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
+    preferred = sorted({p for p in (2, 4, 8, 16, 32) if p <= mbs} | {mbs}) if mbs > 0 else []
+    if plugin_library is not None and not Path(plugin_library).is_file():
+        raise SaiError(f"plugin library {plugin_library} does not exist; build it with `make plugins`")
+    try:
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
+    except OSError as exc:
+        raise SaiError(f"cannot write the repository next to {repo}: {exc.strerror or exc}; "
+                       "choose a writable -o folder") from None
     written = {}
     try:
         onnx_name = f"{base}_onnx"
-        (tmp / onnx_name / "1").mkdir(parents=True)
-        shutil.copy2(outdir / ONNX_NAME, tmp / onnx_name / "1" / "model.onnx")
-        (tmp / onnx_name / "config.pbtxt").write_text(model_config(
+        _inside(tmp, onnx_name, "1").mkdir(parents=True)
+        shutil.copy2(outdir / ONNX_NAME, _inside(tmp, onnx_name, "1", "model.onnx"))
+        _inside(tmp, onnx_name, "config.pbtxt").write_text(model_config(
             onnx_name, "onnxruntime_onnx", inputs, outputs, max_batch_size=mbs, kind="KIND_CPU" if not gpus else
             "KIND_GPU", instances=instances, max_queue_delay_us=max_queue_delay_us, preferred=preferred, gpus=gpus))
         written[onnx_name] = "onnxruntime_onnx"
         rows = [f"| `{onnx_name}` | onnxruntime_onnx | `{onnx_name}/1/model.onnx` |"]
         trt_name = f"{base}_trt"
-        plan = outdir / PLAN_NAME
         skipped = None
         if plan.is_file():
             trt_mbs = min(mbs, profile_max)
-            (tmp / trt_name / "1").mkdir(parents=True)
-            shutil.copy2(plan, tmp / trt_name / "1" / "model.plan")
-            (tmp / trt_name / "config.pbtxt").write_text(model_config(
+            _inside(tmp, trt_name, "1").mkdir(parents=True)
+            shutil.copy2(plan, _inside(tmp, trt_name, "1", "model.plan"))
+            _inside(tmp, trt_name, "config.pbtxt").write_text(model_config(
                 trt_name, "tensorrt_plan", inputs, outputs, max_batch_size=trt_mbs, kind="KIND_GPU",
                 instances=max(instances, 2), max_queue_delay_us=max_queue_delay_us,
                 preferred=[p for p in preferred if p <= trt_mbs], gpus=gpus or [0]))
@@ -153,8 +269,8 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
         plugin_name = "libsai_trt_plugins.so"
         plugin_note = ""
         if plugin_library:
-            (tmp / "plugins").mkdir()
-            shutil.copy2(plugin_library, tmp / "plugins" / plugin_name)
+            _inside(tmp, "plugins").mkdir()
+            shutil.copy2(plugin_library, _inside(tmp, "plugins", plugin_name))
         else:
             plugin_note = ("\nThe plugin library was not built where this repository was written: build it with "
                            "`make plugins` and copy it to `plugins/`.\n")
@@ -164,10 +280,12 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
             noise_note = (f"\nThis model is stochastic: every request must also carry the {len(noise)} noise inputs "
                           "(`noise.<block>.mask{1,2}`, uniform [0, 1) of shape [N, 2, ceil(H/s), ceil(W/s)] for the "
                           "stride s in the model's `sai.noise_inputs` metadata); Triton does not draw them.\n")
-        (tmp / "README.md").write_text(README.format(
+        channels = inputs[0].dims[0] if inputs[0].dims else "C"
+        _inside(tmp, "README.md").write_text(README.format(
             arch=manifest.get("arch"), sampling=meta.get("sampling"), precision=meta.get("precision"),
-            outdir=outdir, rows="\n".join(rows), channels=inputs[0].dims[0] if inputs and inputs[0].dims else "C",
-            noise_note=noise_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name))
+            outdir=outdir, rows="\n".join(rows), channels=channels,
+            noise_note=noise_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name,
+            batching=BATCHING[mbs > 0].format(channels=channels)))
         publish_dir(tmp, repo, "README.md", "sai export-triton")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,11 @@ def onnx_with_masks(src: Path, dest: Path) -> list[str]:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(src))
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # protobuf DecodeError on a truncated file, OSError, ...
+        detail = " ".join(str(exc).split())[:160]
+        raise SaiError(f"{src} is not a readable ONNX model ({type(exc).__name__}: {detail}); re-run sai convert") from None
     per_block: dict[str, list[str]] = OrderedDict()
     for node in model.graph.node:
         if node.domain == "sai" and node.op_type == "SparseSampleConv" and "/" in node.name:
@@ -215,18 +219,24 @@ def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: di
 
 
 def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: bool = True,
-                  threads: Optional[int] = None) -> tuple[dict[str, Engine], list[str]]:
-    """Engines for the requested backends (``auto``: every available one). Returns (engines, skipped lines)."""
+                  threads: Optional[int] = None, verify: bool = True) -> tuple[dict[str, Engine], list[str]]:
+    """Engines for the requested backends (``auto``: every available one). Returns (engines, skipped lines).
+    ``verify``: check an OUTDIR's files (and the checkpoint it records) against its manifest first."""
     import sai.runtime as rt
-    from sai.runtime.loader import PLAN_NAME, read_manifest, tensorrt_usable
+    from sai.runtime.integrity import verify_checkpoint
+    from sai.runtime.loader import PLAN_NAME, read_manifest, tensorrt_usable, verify_model_path
 
     p = Path(model)
+    if verify:
+        verify_model_path(p)
     outdir = p if p.is_dir() else p.parent
     manifest = read_manifest(outdir) if (outdir / "manifest.json").is_file() else None
     onnx_file = p / "model.onnx" if p.is_dir() else p
     if checkpoint is None and manifest:
         ck = (manifest.get("checkpoint") or {}).get("path")
         checkpoint = ck if ck and Path(ck).is_file() else None
+        if checkpoint and verify:
+            verify_checkpoint(manifest, Path(checkpoint), outdir)
     wanted = list(backends)
     skipped = []
     if wanted == ["auto"]:
@@ -247,7 +257,7 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
         if b == "torch":
             if not checkpoint:
                 raise SaiError("the torch backend needs the checkpoint: pass --checkpoint")
-            engine = rt.load(checkpoint, backend="torch", threads=threads,
+            engine = rt.load(checkpoint, backend="torch", threads=threads, verify=False,
                              sampling=sampling if sampling in ("deterministic", "stochastic") else None)
             if masks:
                 record_torch_masks(engine)
@@ -258,11 +268,11 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
             if masks:
                 src = tmp / "model.masks.onnx"
                 onnx_with_masks(onnx_file, src)
-            engine = rt.load(src, backend="onnxruntime", threads=threads)
+            engine = rt.load(src, backend="onnxruntime", threads=threads, verify=False)
             if engine.metadata.get("sampling") and sampling is None:
                 sampling = engine.metadata["sampling"]
         elif b == "tensorrt":
-            engine = rt.load(outdir, backend="tensorrt")
+            engine = rt.load(outdir, backend="tensorrt", verify=False)
         else:
             raise SaiError(f"unknown backend {b!r}; use torch, onnxruntime, tensorrt")
         engines[b] = engine

@@ -60,3 +60,16 @@ def tiny_outdir(tmp_path_factory) -> tuple[Path, dict]:
     info = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
     record.write_text(json.dumps(info))
     return outdir, info
+
+
+def record_files(outdir: Path, *names: str) -> None:
+    """Record ``names`` (files a test changed or added in a copied OUTDIR) in its manifest with their new sha256
+    and size, as sai convert would have written them."""
+    import hashlib
+
+    path = Path(outdir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for name in names:
+        data = (Path(outdir) / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    path.write_text(json.dumps(manifest, indent=2))

@@ -135,6 +135,48 @@ def test_bad_feeds_raise_input_error(ort_engine, feeds, message):
         ort_engine.infer(feeds)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int32, np.int8, np.bool_])
+def test_undeclared_dtype_rejected_with_the_fix(request, backend, dtype):
+    """Raw pixels (uint8), ints and bools were cast to float32 silently; now an InputError names the input,
+    the dtype given, the dtype expected and how to normalise (the export's input_norm)."""
+    engine = request.getfixturevalue("ort_engine" if backend == "onnxruntime" else "torch_engine")
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, 32, 32)).astype(dtype)
+    with pytest.raises(rt.InputError) as exc:
+        engine.infer(x)
+    msg = str(exc.value)
+    assert f"input 'input' has dtype {np.dtype(dtype).name}, but the model takes float32" in msg
+    assert "convert it to float32 and normalise it as the model's input_norm says" in msg
+    assert "mean [123.675, 116.28, 103.53]" in msg and "\n" not in msg
+    with pytest.raises(rt.InputError, match="has dtype"):
+        engine.infer_async({"input": x}).result(timeout=60)
+
+
+def test_noise_of_undeclared_dtype_rejected(tmp_path):
+    from sai.models import save_checkpoint
+
+    ck = save_checkpoint(tiny_model(), tmp_path / "m.pth")
+    with rt.load(ck, sampling="stochastic", seed=0) as e:
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        noise = {k: (v * 255).astype(np.uint8) for k, v in e.noise_for(x.shape).items()}
+        with pytest.raises(rt.InputError, match="noise.*has dtype uint8, but the model takes float32; pass uniform"):
+            e.infer({"input": x, **noise})
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_infer_async_after_close_raises_sai_error(outdir, backend):
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    used = rt.load(outdir, backend=backend, threads=1)
+    used.infer_async(x).result(timeout=60)  # the worker pool exists, then is shut down
+    fresh = rt.load(outdir, backend=backend, threads=1)  # no pool yet
+    for e in (used, fresh):
+        e.close()
+        with pytest.raises(SaiError, match="engine is closed; load the model again"):
+            e.infer_async(x)
+        with pytest.raises(SaiError, match="engine is closed"):
+            e.infer(x)
+
+
 # ---- noise -----------------------------------------------------------------------------------
 
 

@@ -240,6 +240,25 @@ BAD_CASES = [
 ]
 
 
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+PIXELS = np.random.default_rng(3).integers(0, 256, (1, 3, 32, 32)).astype(np.uint8)
+DTYPE_MSG = "input 'input' has dtype {}, but the model takes float32"
+BAD_CASES += [  # dtypes the model does not declare: 400 naming given/expected dtype and the fix, never a cast
+    ("uint8 raw pixels", PIXELS.tobytes(), {"Content-Type": "application/octet-stream", "X-Shape": "1,3,32,32",
+                                            "X-Dtype": "uint8"}, 400, DTYPE_MSG.format("uint8") + " (raw pixels"),
+    ("uint8 npy", _npy(PIXELS), {"Content-Type": "application/x-npy"}, 400, "normalise it as the model's input_norm"),
+    ("int64 npy", _npy(PIXELS.astype(np.int64)), {"Content-Type": "application/x-npy"}, 400, DTYPE_MSG.format("int64")),
+    ("bool npy", _npy(PIXELS > 100), {"Content-Type": "application/x-npy"}, 400, DTYPE_MSG.format("bool")),
+    ("json booleans", json.dumps({"inputs": (PIXELS > 100).tolist()}).encode(), {"Content-Type": "application/json"},
+     400, "booleans"),
+]
+
+
 @pytest.mark.parametrize("name, body, headers, status, message", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_request_4xx_and_server_keeps_serving(server, reference, name, body, headers, status, message):
     path = "/v1/nope" if name == "wrong path" else "/v1/infer"

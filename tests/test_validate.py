@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from runtime_helpers import tiny_outdir
+from runtime_helpers import record_files, tiny_outdir
 
 from sai.cli.main import main
 from sai.errors import SaiError
@@ -33,6 +33,7 @@ def perturbed(outdir, tmp_path_factory):
     arr = onnx.numpy_helper.to_array(init) * np.float32(1.01)
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(model, str(dest / "model.onnx"))
+    record_files(dest, "model.onnx")  # a consistent OUTDIR of a (slightly) different model
     return dest
 
 

@@ -37,6 +37,10 @@ def _checkpoint_for(args, engine) -> Path:
     manifest = read_manifest(p if p.is_dir() else p.parent) or {}
     ck = (manifest.get("checkpoint") or {}).get("path")
     if ck and Path(ck).is_file():
+        if not args.no_verify:
+            from sai.runtime.integrity import verify_checkpoint
+
+            verify_checkpoint(manifest, Path(ck), p if p.is_dir() else p.parent)
         return Path(ck)
     raise SaiError("--compare-dense needs the weights: give --checkpoint CHECKPOINT (or a sai convert OUTDIR "
                    "whose manifest records an existing checkpoint)")
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
     from sai.runtime.bench import bench, dense_twin_engine
 
-    engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed)
+    engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
+                     verify=not args.no_verify)
     results = []
     with engine:
         shape = _image_shape(args, engine)
@@ -88,4 +93,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-dense", action="store_true", help="also time the dense ResNet with the same weights")
     p.add_argument("--checkpoint", help="weights for --compare-dense (default: the OUTDIR manifest's checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
     p.set_defaults(func=run)

@@ -6,11 +6,11 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from sai.runtime.triton import export_triton
+    from sai.runtime.triton import export_triton, parse_delay_ms, parse_gpus
 
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     res = export_triton(args.outdir, args.output, name=args.name, max_batch=args.max_batch, instances=args.instances,
-                        max_queue_delay_us=int(args.max_delay_ms * 1000), gpus=gpus)
+                        max_queue_delay_us=parse_delay_ms(args.max_delay_ms), gpus=parse_gpus(args.gpus),
+                        verify=not args.no_verify)
     for model, platform in res["models"].items():
         print(f"wrote {res['repo']}/{model} ({platform})")
     if res["skipped"]:
@@ -24,9 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT plan + onnxruntime models)")
     p.add_argument("outdir", help="a sai convert OUTDIR")
     p.add_argument("-o", "--output", required=True, help="repository directory (replaced atomically)")
-    p.add_argument("--name", help="model name prefix (default: the arch); models are NAME_trt and NAME_onnx")
-    p.add_argument("--max-batch", type=int, help="max_batch_size (default: the engine profile's max batch)")
-    p.add_argument("--instances", type=int, default=1, help="instances per model (TensorRT: at least 2)")
-    p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay")
-    p.add_argument("--gpus", help="comma list of GPU ids for the instance groups (default 0 for TensorRT)")
+    p.add_argument("--name", help="model name prefix (default: the arch); models are NAME_trt and NAME_onnx; "
+                                  "letters, digits, _ - . only")
+    p.add_argument("--max-batch", type=int, help="max_batch_size >= 1 (default: the engine profile's max batch); "
+                                                 "0 = Triton's 'no batching' (no dynamic batching, dims with batch)")
+    p.add_argument("--instances", type=int, default=1, help="instances per model, >= 1 (TensorRT: at least 2)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay, >= 0")
+    p.add_argument("--gpus", help="comma list of GPU ids, e.g. 0,1, for the instance groups (default 0 for TensorRT)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
     p.set_defaults(func=run)

@@ -8,8 +8,10 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print an exported model's metadata, sparse-op counts and block list")
-    p.add_argument("model", help="an .onnx file written by sai export")
+    p.add_argument("model", help="an .onnx file written by sai export, or a sai convert OUTDIR (its model.onnx)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking an OUTDIR's files against the sha256 in its manifest.json")
     p.set_defaults(func=run)
 
 
@@ -69,7 +71,13 @@ def describe(path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.model)
+    import os
+
+    from sai.runtime.loader import ONNX_NAME, verify_model_path
+
+    if not args.no_verify:  # an OUTDIR, or a model file inside one: its files must match the manifest
+        verify_model_path(args.model)
+    info = describe(os.path.join(args.model, ONNX_NAME) if os.path.isdir(args.model) else args.model)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -11,7 +11,8 @@ def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
     from sai.runtime.serve import InferenceServer, serve_forever, server_info
 
-    engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed)
+    engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
+                     verify=not args.no_verify)
     with engine:
         try:
             server = InferenceServer(engine, args.host, args.port, max_batch=args.max_batch,
@@ -49,4 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime/torch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise of stochastic models")
     p.add_argument("--json", action="store_true", help="also print the server info as one JSON line")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
     p.set_defaults(func=run)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     rtol = parse_tolerances(args.rtol, 1e-3, "--rtol")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
-                                     threads=args.threads)
+                                     threads=args.threads, verify=not args.no_verify)
     for line in skipped:
         print(f"skipped {line}")
     try:
@@ -64,4 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--report", help="write the full report as JSON")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
     p.set_defaults(func=run)
