@@ -157,10 +157,11 @@ def detect_layout(path_or_state_dict: StateDictLike) -> dict:
         any(re.match(rf"layer{i}\.\d+\.conv2_offset\.weight$", k) for k in sd) for i in range(1, 5)
     )
     if not sparse and any(options["dcn_stages"]):
-        i = options["dcn_stages"].index(True) + 1
-        w = sd[f"layer{i}.1.conv2_offset.weight"] if f"layer{i}.1.conv2_offset.weight" in sd else None
-        planes = sd[f"layer{i}.0.conv2.weight"].shape[0]
-        options["dcn_offset_from"] = "conv1" if w is None or w.shape[1] == planes else "input"
+        fits = {_offset_source(sd, k) for k in sd if k.endswith(".conv2_offset.weight")} - {None}
+        if len(fits) > 1:
+            raise SaiError("the checkpoint's DCN offset convs disagree on their input (some read the block "
+                           "input, some conv1's output); cannot build one model for it")
+        options["dcn_offset_from"] = fits.pop() if fits else "input"
     if "neck.lateral_convs.0.conv.weight" in sd:
         options["head"] = "fpn"
         options["fpn_out_channels"] = int(sd["neck.lateral_convs.0.conv.weight"].shape[0])
@@ -177,6 +178,39 @@ def detect_layout(path_or_state_dict: StateDictLike) -> dict:
         merged.update(options)
         options = merged
     return {"layout": layout, "arch": arch, "options": options, "stage_blocks": tuple(counts), "meta": meta}
+
+
+def _offset_source(sd: Mapping[str, Tensor], offset_key: str) -> Optional[str]:
+    """``dcn_offset_from`` that fits a ``layerI.J.conv2_offset.weight`` of ``sd``: ``"input"`` when its
+    in-channels are the block's input channels (SAI-Det), ``"conv1"`` when they are conv1's output
+    channels (upstream mmdetection), None when both agree (the shapes cannot tell)."""
+    blk = offset_key[: -len(".conv2_offset.weight")]
+    w, c1 = sd.get(offset_key), sd.get(blk + ".conv1.weight")
+    if w is None or c1 is None or w.dim() != 4 or c1.dim() != 4:
+        return None
+    cin, inplanes, planes = w.shape[1], c1.shape[1], c1.shape[0]
+    if inplanes == planes:
+        return None
+    return "input" if cin == inplanes else "conv1" if cin == planes else None
+
+
+def _offset_hint(model: nn.Module, sd: Mapping[str, Tensor], report: LoadReport) -> str:
+    """Name ``dcn_offset_from`` and the value that fits when conv2_offset shapes are what mismatch."""
+    keys = [m.split(":")[0] for m in report.mismatched if m.split(":")[0].endswith(".conv2_offset.weight")]
+    fits = {_offset_source(sd, k) for k in keys} - {None}
+    if len(fits) != 1:
+        return ""
+    fit = fits.pop()
+    have = getattr(model, "options", {}).get("dcn_offset_from")
+    if fit == have:
+        return ""
+    where = "the block input (SAI-Det)" if fit == "input" else "conv1's output (upstream mmdetection)"
+    if getattr(model, "is_sparse", False) and fit == "conv1":
+        return (f"{len(keys)} conv2_offset conv(s) of the checkpoint read {where}; sparse models read the block "
+                "input only (dcn_offset_from='input'), so this is a dense checkpoint: build a resnet* arch with "
+                "dcn_offset_from='conv1'. ")
+    return (f"{len(keys)} conv2_offset conv(s) of the checkpoint read {where}, but the model was built with "
+            f"dcn_offset_from={have!r}: build it with dcn_offset_from={fit!r} (or use model_from_checkpoint). ")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,8 +259,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: StateDictLike, strict:
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise SaiError(
             f"checkpoint does not match {getattr(model, 'arch', type(model).__name__)} "
-            f"({layout} layout): {_describe(report)}. Build the model with the checkpoint's options "
-            "(sai.models.detect_layout) or load with strict=False"
+            f"({layout} layout): {_offset_hint(model, sd, report)}{_describe(report)}. Build the model with "
+            "the checkpoint's options (sai.models.detect_layout) or load with strict=False"
         )
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)

@@ -2,6 +2,9 @@
 
 ``official_flops`` is DESIGN.md section 4 exactly (the paper's "GFlops": backbone MACs at
 ``h = (res // 32) * 32``, ``w = (res * 5/3 // 32) * 32``, ``cost(k, cin, cout, s) = k*k*cin*cout*(h//s)*(w//s)``).
+The official calculator (``mmdet/utils/flops.py`` of SAI-Det) switches to a square ``res x res``
+classification input at ``res == 224``; ``input="auto"`` follows that rule, ``"detection"`` /
+``"classification"`` pick one explicitly (``official_input_size``).
 
 ``kernel_flops`` counts what the fused model (``fuse_for_inference``) runs for an input H x W:
 
@@ -28,8 +31,24 @@ from sai.models.ops import conv_output_size
 Densities = Union[None, float, Mapping]
 
 
-def official_input_size(res: int) -> tuple[int, int]:
-    """The official detection input for a resolution: ``((res // 32) * 32, (res * 5/3 // 32) * 32)``."""
+INPUT_RULES = ("auto", "detection", "classification")
+
+
+def input_rule(res: int, input: str = "auto") -> str:
+    """``"detection"`` or ``"classification"``: what ``input`` means at ``res`` (``auto``: classification
+    exactly at res 224, as the official calculator decides)."""
+    if input not in INPUT_RULES:
+        raise SaiError(f"input must be one of {', '.join(INPUT_RULES)}, got {input!r}")
+    if input == "auto":
+        return "classification" if int(res) == 224 else "detection"
+    return input
+
+
+def official_input_size(res: int, input: str = "auto") -> tuple[int, int]:
+    """The official input for a resolution. Detection: ``((res // 32) * 32, (res * 5/3 // 32) * 32)``;
+    classification: ``(res, res)``; ``auto``: classification at res 224 only (the official calculator)."""
+    if input_rule(res, input) == "classification":
+        return int(res), int(res)
     return (int(res) // 32) * 32, int((int(res) * 5.0 / 3.0) // 32) * 32
 
 
@@ -78,15 +97,17 @@ def _check_density(d: dict, name: str) -> None:
 
 
 def official_flops(depth: int, res: int, dcn_stages=(False, True, True, True), densities: Densities = None,
-                   base_width: int = 64) -> float:
+                   base_width: int = 64, input: str = "auto") -> float:
     """The paper's backbone MACs (DESIGN.md 4). ``densities=None``: the dense baseline (no mask or
     interpolation cost, offset conv in full); otherwise a float for every mask or a mapping
     ``block name -> (d1, d2)`` (or measured stats) for the sparse model.
 
     BasicBlock depths (18/34) extend the rule by analogy: conv1 (3x3, stride s) at d1, conv2 at d2,
     two 3x3 mask convs at the output grid, interpolation ``cost(7, planes, 1, s) * d(1-d)`` for each.
+    ``input``: the input size rule (``official_input_size``; ``auto``: detection except res 224, as the
+    official calculator).
     """
-    h, w = official_input_size(res)
+    h, w = official_input_size(res, input)
 
     def cost(k, cin, cout, s):
         return k * k * cin * cout * (h // s) * (w // s)
@@ -131,7 +152,7 @@ def kernel_flops(arch: str, input_hw: tuple[int, int], densities: Densities = No
     sparse_arch, depth = parse_arch(arch)
     sparse = sparse_arch and densities is not None
     dcn = [bool(int(v)) for v in dcn_stages]
-    offset_from = dcn_offset_from or ("input" if sparse_arch else "conv1")
+    offset_from = dcn_offset_from or "input"  # the SAI-Det default of every arch (network.DCN_OFFSET_FROM)
     k2 = gaussian_kernel * gaussian_kernel
     h, w = (int(v) for v in input_hw)
     by_op: OrderedDict[str, float] = OrderedDict(

@@ -297,7 +297,9 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     fused = copy.deepcopy(model).eval()
     if not fused.fused:
         w, b = fold_bn(fused.conv1.weight, None, fused.bn1)
-        stem = nn.Conv2d(3, w.shape[0], 7, stride=2, padding=3, bias=True)
+        conv = fused.conv1  # the fused stem keeps the model's dtype and device (e.g. float64)
+        stem = nn.Conv2d(conv.in_channels, w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                         bias=True, dtype=w.dtype, device=w.device)
         stem.weight.copy_(w)
         stem.bias.copy_(b)
         fused.conv1 = stem

@@ -53,9 +53,16 @@ DEFAULT_OPTIONS = {
     "sigma_init": 3.0,
     "mask_bias_init": 3.0,
     "zero_init_residual": False,
-    "dcn_offset_from": None,  # dense baselines: "conv1" (mmdet) by default; sparse: always "input"
+    "dcn_offset_from": None,  # where DCN offsets come from; None: "input" (SAI-Det, every arch), see below
     "seed": None,
+    "norm_eval": False,  # BN in eval mode during train() (mmdet ResNet; official SAI-Det configs: True)
+    "frozen_stages": -1,  # -1 none; 0 the stem; N the stem + layer1..N (official SAI-Det configs: 0)
 }
+DCN_OFFSET_FROM = ("input", "conv1")
+# dcn_offset_from: "input" = the offset conv reads the block input (3x3, inplanes -> 18, conv2's stride), as
+# the official SAI-Det code does in both its SparseResNet and its dense ResNet (so SAI-Det checkpoints of
+# either kind load with the default); "conv1" = it reads conv1's output (planes -> 18), as upstream
+# mmdetection's ResNet does (its DCN checkpoints need dcn_offset_from="conv1"; dense archs only).
 
 
 def parse_arch(arch: str) -> tuple[bool, int]:
@@ -118,11 +125,18 @@ def normalize_options(arch: str, **options) -> dict:
     opts["mask_bias_init"] = float(opts["mask_bias_init"])
     opts["sparse_loss_weight"] = float(opts["sparse_loss_weight"])
     if opts["dcn_offset_from"] is None:
-        opts["dcn_offset_from"] = "input" if sparse else "conv1"
-    if opts["dcn_offset_from"] not in ("conv1", "input"):
-        raise SaiError(f"dcn_offset_from must be 'conv1' or 'input', got {opts['dcn_offset_from']!r}")
+        opts["dcn_offset_from"] = "input"
+    if opts["dcn_offset_from"] not in DCN_OFFSET_FROM:
+        raise SaiError(f"dcn_offset_from must be 'input' (SAI-Det) or 'conv1' (upstream mmdetection), got "
+                       f"{opts['dcn_offset_from']!r}")
     if sparse and opts["dcn_offset_from"] != "input":
         raise SaiError("sparse models predict DCN offsets from the block input: dcn_offset_from='input'")
+    fs = opts["frozen_stages"]
+    if isinstance(fs, bool) or not isinstance(fs, int) or not -1 <= fs <= 4:
+        raise SaiError(f"frozen_stages must be an int in [-1, 4] (-1: none, 0: the stem, N: stem + layer1..N), "
+                       f"got {fs!r}")
+    if not isinstance(opts["norm_eval"], bool):
+        raise SaiError(f"norm_eval must be True or False, got {opts['norm_eval']!r}")
     if opts["seed"] is not None and (isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int)):
         raise SaiError(f"seed must be an int or None, got {opts['seed']!r}")
     return opts
@@ -226,6 +240,38 @@ class SaiResNet(nn.Module):
             self.neck = FPN(self.out_channels, opts["fpn_out_channels"], 5)
         self._init_weights()
         self._sampling = opts["sampling"]
+        self._freeze_stages()
+
+    # -- fine-tuning: frozen stages and norm_eval (mmdet ResNet semantics) --------------------
+    def _frozen_modules(self) -> list[nn.Module]:
+        fs = self.options.get("frozen_stages", -1)
+        mods: list[nn.Module] = [self.conv1, self.bn1] if fs >= 0 else []
+        return mods + [getattr(self, f"layer{i}") for i in range(1, fs + 1)]
+
+    def _freeze_stages(self) -> None:
+        """``frozen_stages`` >= 0: the stem, and N >= 1: also layer1..N, get ``requires_grad=False``
+        and eval mode (so their BN statistics stay and their sparse blocks run inference masks), as
+        mmdet's ``ResNet._freeze_stages``."""
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            for blk in m.modules():
+                if getattr(blk, "sparse", False):
+                    # frozen sparse blocks still report their probabilities to sparse_loss (the official
+                    # loss counts every block), while training the rest of the model
+                    blk.keep_probs = self.training
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train`` plus mmdet's rules: frozen stages stay in eval mode; with ``norm_eval``
+        every BatchNorm stays in eval mode (running statistics unchanged, affine still trained)."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.options.get("norm_eval", False):
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def _init_weights(self) -> None:
         for name, m in self.named_modules():
@@ -294,21 +340,19 @@ class SaiResNet(nn.Module):
         for _, blk in self.sparse_blocks():
             blk.reset_densities()
 
-    def densities(self) -> OrderedDict[str, tuple[float, float]]:
-        """Measured mask densities ``(d1, d2)`` per sparse block, averaged over every image seen
-        since the last ``reset_densities()`` (fraction of positions with mask > 0)."""
-        out: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        for name, blk in self.sparse_blocks():
-            st = blk.mask_stats()
-            if st is not None:
-                out[name] = (st["d1"], st["d2"])
-        return out
+    def densities(self, average: str = "forward") -> OrderedDict[str, tuple[float, float]]:
+        """Measured mask densities ``(d1, d2)`` per sparse block since the last ``reset_densities()``
+        (fraction of positions with mask > 0). ``average="forward"``: the official SAI-Det counter
+        (each forward's fraction over its whole batch, averaged over forwards); ``"image"``: every
+        image weighted once (differs only when batch sizes differ)."""
+        return OrderedDict((k, (v["d1"], v["d2"])) for k, v in self.mask_stats(average).items())
 
-    def mask_stats(self) -> OrderedDict[str, dict]:
-        """Per sparse block: ``d1, d2`` (mask > 0) and ``u1, u2`` (mask < 1, i.e. interpolated)."""
+    def mask_stats(self, average: str = "forward") -> OrderedDict[str, dict]:
+        """Per sparse block: ``d1, d2`` (mask > 0) and ``u1, u2`` (mask < 1, i.e. interpolated),
+        averaged as ``densities``."""
         out: OrderedDict[str, dict] = OrderedDict()
         for name, blk in self.sparse_blocks():
-            st = blk.mask_stats()
+            st = blk.mask_stats(average)
             if st is not None:
                 out[name] = st
         return out
@@ -377,7 +421,10 @@ def build_model(arch: str, **options) -> SaiResNet:
     dcn_stages (4 bools/ints), sampling ("deterministic" | "stochastic" | "dense"),
     grid_prior_interval, gaussian_kernel, max_T, decay_alpha, T_eval, base_width or width
     (multiplier of 64), fpn_out_channels, sparse_loss_weight, sigma_init, mask_bias_init,
-    zero_init_residual, dcn_offset_from, seed.
+    zero_init_residual, dcn_offset_from ("input": SAI-Det, the default; "conv1": upstream mmdetection's
+    dense DCN), seed, norm_eval and frozen_stages (fine-tuning, as mmdet's ResNet: BN kept in eval mode;
+    the stem + first N stages frozen. The official SAI-Det detector configs use norm_eval=True,
+    frozen_stages=0).
     """
     return SaiResNet(arch, **options)
 

@@ -224,7 +224,14 @@ def gaussian_kernel(sigma: Union[float, Tensor], kernel_size: int, dtype=None, d
 def interpolate_reference(
     feature: Tensor, mask: Tensor, sigma: Union[float, Tensor], kernel_size: int, eps: float
 ) -> Tensor:
-    """DESIGN.md 3.3 in plain PyTorch (differentiable in feature, mask and a tensor sigma)."""
+    """DESIGN.md 3.3 in plain PyTorch (differentiable in feature, mask and a tensor sigma).
+
+    Half-precision inputs are computed in float32 and the result cast back: in fp16 the Gaussian
+    weights underflow, ``den`` falls to ``eps``, ``(1 - M) / den`` overflows and ``0 * inf`` is NaN.
+    """
+    if feature.dtype in (torch.float16, torch.bfloat16):
+        out = interpolate_reference(feature.float(), mask.float(), sigma, kernel_size, eps)
+        return out.to(feature.dtype)
     c = feature.shape[1]
     r = (kernel_size - 1) // 2
     kern = gaussian_kernel(sigma, kernel_size, dtype=feature.dtype, device=feature.device)

@@ -169,3 +169,52 @@ def test_init_from_torchvision_named_dense_resnet():
     assert any(m.startswith("fc.weight") for m in report.mismatched)  # 1000 vs 10 classes: skipped
     with pytest.raises(SaiError, match="no tensor"):
         init_from_dense(sparse, {"foo.weight": torch.zeros(3)})
+
+
+def dense_official(offset_from, counts=(3, 4, 23, 3), width=16, neck=32):
+    """An official-layout *dense* DCN ResNet: SAI-Det's own (offsets from the block input) or upstream
+    mmdetection's (offsets from conv1's output: 18 x planes)."""
+    keys = {k: s for k, s in official_keys(counts, (False, True, True, True), width, neck).items()
+            if not any(t in k for t in ("_mask.", "_sigma", "_gumbel."))}
+    if offset_from == "conv1":
+        for k in list(keys):
+            if k.endswith("conv2_offset.weight"):
+                keys[k] = (18, keys[k.replace("conv2_offset", "conv1")][0], 3, 3)
+    return {"state_dict": random_state(keys), "meta": {"mmdet_version": "0.6.0"}}
+
+
+def test_dense_sai_det_dcn_offsets_load_by_default_and_errors_name_the_option():
+    """issue 14.12: SAI-Det's dense ResNet predicts DCN offsets from the block input (unlike upstream
+    mmdetection): the default build loads it strictly; a shape failure names dcn_offset_from and the fit."""
+    opts = dict(dcn_stages=(0, 1, 1, 1), head="fpn", base_width=16, fpn_out_channels=32)
+    sai_det, upstream = dense_official("input"), dense_official("conv1")
+    model = build_model("resnet101", **opts)
+    assert model.options["dcn_offset_from"] == "input"
+    report = load_checkpoint(model, sai_det)
+    assert report.layout == "official" and not report.mismatched
+    assert torch.equal(model.layer3[5].conv2_offset.weight, sai_det["state_dict"]["backbone.layer3.5.conv2_offset.weight"])
+    with pytest.raises(SaiError) as err:
+        load_checkpoint(build_model("resnet101", **opts), upstream)
+    msg = str(err.value)
+    assert "30 conv2_offset" in msg and "dcn_offset_from='conv1'" in msg and "upstream mmdetection" in msg
+    assert "30 mismatched" in msg  # every key still named
+    load_checkpoint(build_model("resnet101", dcn_offset_from="conv1", **opts), upstream)
+    with pytest.raises(SaiError, match="build it with dcn_offset_from='input'"):
+        load_checkpoint(build_model("resnet101", dcn_offset_from="conv1", **opts), sai_det)
+    for ck, fit in ((sai_det, "input"), (upstream, "conv1")):
+        assert detect_layout(ck)["options"]["dcn_offset_from"] == fit
+        loaded, rep = model_from_checkpoint(ck)
+        assert loaded.options["dcn_offset_from"] == fit and not rep.mismatched
+    with pytest.raises(SaiError, match="dcn_offset_from"):
+        build_model("resnet50", dcn_offset_from="x")
+
+
+def test_dense_basic_block_offset_source_detected_from_first_blocks():
+    """BasicBlocks: only a stage's first block tells the offset source apart (inplanes != planes)."""
+    for fit in ("input", "conv1"):
+        model = build_model("resnet18", base_width=8, dcn_stages=(0, 1, 1, 0), dcn_offset_from=fit)
+        assert detect_layout(model.state_dict())["options"]["dcn_offset_from"] == fit
+        other = build_model("resnet18", base_width=8, dcn_stages=(0, 1, 1, 0),
+                            dcn_offset_from="conv1" if fit == "input" else "input")
+        with pytest.raises(SaiError, match=f"dcn_offset_from={fit!r}"):
+            load_checkpoint(other, model.state_dict())

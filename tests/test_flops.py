@@ -141,3 +141,64 @@ def test_cli_flops_prints_both(capsys):
     assert "measured" in capsys.readouterr().out
     assert main(["flops", "--arch", "resnet50", "--res", "500", "--density", "0.5"]) == 2
     assert "dense baseline" in capsys.readouterr().err
+
+
+def test_res_224_uses_the_official_classification_input():
+    """issue 14.14: the official calculator (SAI-Det mmdet/utils/flops.py) takes h = w = 224 at res 224 and
+    the detection rule otherwise; --input picks one explicitly and the output names the h x w used."""
+    from sai.models.flops import official_input_size
+
+    assert official_input_size(224) == (224, 224)
+    assert official_input_size(224, "detection") == (224, 352)
+    assert official_input_size(1000) == (992, 1664) and official_input_size(256, "classification") == (256, 256)
+
+    def formula_at(h, w, counts=(3, 4, 6, 3)):  # DESIGN.md 4, dense, any h x w
+        def cost(k, cin, cout, s):
+            return k * k * cin * cout * (h // s) * (w // s)
+        total, cin = cost(7, 3, 64, 2), 64
+        for i, n in enumerate(counts):
+            planes, s = 64 * 2 ** i, 4 * 2 ** i
+            total += cost(1, cin, 4 * planes, s)
+            for j in range(n):
+                s1 = s // 2 if (i > 0 and j == 0) else s
+                total += cost(1, cin, planes, s1) + cost(3, planes, planes, s) + cost(1, planes, 4 * planes, s)
+                if i > 0:
+                    total += cost(3, cin, 18, s)
+                cin = 4 * planes
+        return total
+
+    assert official_flops(50, 224, (0, 1, 1, 1)) == formula_at(224, 224)
+    assert official_flops(50, 224, (0, 1, 1, 1), input="detection") == formula_at(224, 352)
+    with pytest.raises(Exception, match="input must be one of"):
+        official_input_size(224, "square")
+
+
+def test_cli_flops_labels_the_input_rule(capsys):
+    assert main(["flops", "--arch", "resnet50", "--res", "224", "--dcn-stages", "0,1,1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "input 224x224 (classification rule" in out
+    assert main(["flops", "--arch", "resnet50", "--res", "224", "--input", "detection", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["input_hw"] == [224, 352] and res["input_rule"] == "detection"
+    assert main(["flops", "--arch", "resnet50", "--res", "800"]) == 0
+    assert "input 800x1312 (detection rule" in capsys.readouterr().out
+
+
+def test_cli_flops_measure_reports_both_sampling_modes(capsys):
+    """issue 14.11: official inference is stochastic, ours deterministic by default: --measure shows both."""
+    argv = ["flops", "--arch", "sparse_resnet18", "--res", "500", "--base-width", "8", "--measure", "64"]
+    assert main(argv + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    det, sto = res["measured"]["deterministic"], res["measured"]["stochastic"]
+    assert sto["seed"] == 0 and "stochastic" in res["note"]
+    assert len(det["blocks"]) == len(sto["blocks"]) == 8
+    assert res["mean_density"] == pytest.approx(det["mean_density"])
+    # random init: mask bias 3 -> p = 0.95: deterministic samples everything, stochastic about 95%
+    assert det["mean_density"] == pytest.approx([1.0, 1.0])
+    assert 0.85 < sto["mean_density"][0] < 0.999 and sto["official_gflops"] <= det["official_gflops"]
+    assert main(argv + ["--sampling", "stochastic", "--json"]) == 0
+    res2 = json.loads(capsys.readouterr().out)
+    assert res2["mean_density"] == pytest.approx(sto["mean_density"])  # same seed, same noise
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "deterministic (sai default" in out and "stochastic (seed 0; official SAI-Det eval)" in out

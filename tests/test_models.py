@@ -350,3 +350,123 @@ def test_fused_model_torch_exports_with_sai_ops():
     assert any("sai.interpolate" in str(n.target) for n in ep.graph.nodes)
     with torch.no_grad():
         assert rel_err(ep.module()(x, *noise), fused(x, *noise)) < 1e-6
+
+
+@pytest.mark.parametrize("depth,dcn", [(50, (0, 1, 1, 1)), (18, (0, 0, 1, 1))])
+def test_fuse_float64_model(depth, dcn):
+    """issue 14.14: the fused stem conv is built in the model's dtype (float64 here), not the default."""
+    model = randomize(small(f"sparse_resnet{depth}", dcn_stages=dcn)).double().eval()
+    dense = small(f"resnet{depth}", dcn_stages=dcn).double().eval()
+    x = X.double()
+    with torch.no_grad():
+        ref = ref_forward(model.state_dict(), depth, x, "deterministic", dcn)
+        fused = fuse_for_inference(model)
+        out = fused(x)
+        dense_out = fuse_for_inference(dense)(x)
+        dense_ref = dense(x)
+    assert fused.conv1.weight.dtype == torch.float64 and out.dtype == torch.float64
+    assert rel_err(out, ref) < 1e-12
+    assert rel_err(dense_out, dense_ref) < 1e-12
+
+
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("arch", ["sparse_resnet50", "resnet18"])
+def test_norm_eval_keeps_bn_running_stats(arch):
+    """issue 14.13: norm_eval (mmdet ResNet): every BN stays in eval mode in train(); affine still learns."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    plain = small(arch).train()
+    before = _bn_state(plain)
+    plain(x)
+    assert any(not torch.equal(before[k], v) for k, v in _bn_state(plain).items())  # the control: stats move
+    model = small(arch, norm_eval=True).train()
+    assert model.training
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    before = _bn_state(model)
+    out = model(x)
+    loss = out.square().mean() + (model.sparse_loss() if model.is_sparse else 0)
+    loss.backward()
+    after = _bn_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in bns[-3:])
+    if model.is_sparse:  # sparse blocks themselves still train (soft masks, temperature decay)
+        assert all(blk.training for _, blk in model.sparse_blocks())
+    model.train()  # a second train() keeps the rule
+    assert not any(m.training for m in bns)
+    model.eval()
+    assert not model.training
+
+
+@pytest.mark.parametrize("frozen", [0, 1, 2])
+def test_frozen_stages_get_no_grad_and_stay_in_eval(frozen):
+    """issue 14.13: frozen_stages (mmdet ResNet): the stem (0) and layer1..N get requires_grad=False and eval
+    mode even after train(); their BN stats do not move; the rest trains; sparse_loss still counts every block."""
+    model = randomize(small("sparse_resnet50", dcn_stages=(0, 1, 1, 1), frozen_stages=frozen)).train()
+    frozen_mods = [model.conv1, model.bn1] + [getattr(model, f"layer{i}") for i in range(1, frozen + 1)]
+    frozen_names = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen + 1))
+    assert all(not m.training for fm in frozen_mods for m in fm.modules())
+    assert all(m.training for m in model.layer3.modules())
+    probs = []
+    for _, blk in model.sparse_blocks():
+        for conv in (blk.conv1_mask, blk.conv2_mask):
+            conv.register_forward_hook(lambda m, i, o: probs.append(torch.sigmoid(o)))
+    before = _bn_state(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    (model(x).square().mean() + model.sparse_loss()).backward()
+    for name, p in model.named_parameters():
+        is_frozen = name.startswith(frozen_names)
+        assert p.requires_grad != is_frozen, name
+        if is_frozen:
+            assert p.grad is None, name
+    assert model.layer3[0].conv1.weight.grad.abs().sum() > 0
+    after = _bn_state(model)
+    for k in before:
+        assert torch.equal(before[k], after[k]) == k.startswith(frozen_names), k
+    # the official loss averages over every block, frozen ones included
+    per_block = [0.25 * probs[i].mean() + 0.75 * probs[i + 1].mean() for i in range(0, len(probs), 2)]
+    expect = 0.1 * sum(per_block) / len(per_block)
+    assert model.sparse_loss().item() == pytest.approx(expect.item(), rel=1e-6)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    w0 = model.conv1.weight.clone()
+    opt.step()
+    assert torch.equal(model.conv1.weight, w0)
+    with pytest.raises(SaiError, match="frozen_stages"):
+        small("sparse_resnet50", frozen_stages=5)
+    with pytest.raises(SaiError, match="norm_eval"):
+        small("resnet50", norm_eval="yes")
+
+
+def test_densities_are_averaged_per_forward_as_the_official_counters():
+    """issue 14.14: the official counter adds each forward's ``binary.mean()`` (over its whole batch) and
+    divides by the number of forwards; ``average="image"`` weights every image once."""
+    model = randomize(small("sparse_resnet50")).eval()
+    fused = fuse_for_inference(model)
+    seen = {}
+    for name, blk in fused.sparse_blocks():
+        orig = blk.masks
+
+        def masks(*a, _orig=orig, _name=name, **kw):
+            m1, m2 = _orig(*a, **kw)
+            seen.setdefault(_name, []).append(((m1 > 0).float(), (m2 > 0).float()))
+            return m1, m2
+
+        blk.masks = masks
+    xs = [torch.randn(3, 3, 48, 64, generator=torch.Generator().manual_seed(5)), X[:1, :, :48, :64]]
+    fused.reset_densities()
+    with torch.no_grad():
+        for x in xs:
+            fused(x)
+    per_forward, per_image = fused.densities(), fused.densities(average="image")
+    assert fused.densities() == fused.densities("forward")
+    for name, forwards in seen.items():
+        for k in range(2):
+            official = sum(f[k].sum() / f[k].numel() for f in forwards) / len(forwards)
+            images = torch.cat([f[k] for f in forwards]).mean()  # same size images: each counts once
+            assert per_forward[name][k] == pytest.approx(float(official), abs=1e-6)
+            assert per_image[name][k] == pytest.approx(float(images), abs=1e-6)
+    assert any(abs(per_forward[n][0] - per_image[n][0]) > 1e-4 for n in seen)  # they do differ here
+    with pytest.raises(ValueError, match="forward"):
+        fused.densities(average="batch")

@@ -282,3 +282,19 @@ def test_same_seed_same_outputs_torch_and_onnxruntime(tmp_path):
             a, b = te.infer(x)["logits"], oe.infer(x)["logits"]
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
             assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_interpolate_reference_half_precision_rounds_once():
+    """fp16/bf16 in, the normaliser in float32: the only error left is the output's own rounding
+    (fp16 arithmetic inside was 5x off and, where den fell to eps, overflowed to NaN)."""
+    from sai.models.ops import interpolate_reference
+
+    for dtype, rtol in ((torch.float16, 1e-3), (torch.bfloat16, 8e-3)):
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            f = (torch.randn(2, 8, 23, 23, generator=g) * 4).to(dtype)
+            m = (torch.rand(2, 1, 23, 23, generator=g) < 0.1).to(dtype)
+            ref = interpolate_reference(f.double(), m.double(), 3.0, 7, 1e-5)  # same rounded inputs
+            got = interpolate_reference(f, m, 3.0, 7, 1e-5)
+            assert got.dtype == dtype and torch.isfinite(got).all(), dtype
+            torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=1e-4)

@@ -27,12 +27,34 @@ def _parse_stages(text: str) -> tuple[bool, ...]:
     return tuple(v == "1" for v in vals)
 
 
-def run(args: argparse.Namespace) -> int:
+def _mean(stats: dict) -> tuple[float, float]:
+    vals = list(stats.values())
+    return sum(v["d1"] for v in vals) / len(vals), sum(v["d2"] for v in vals) / len(vals)
+
+
+def measure_modes(model, size: tuple[int, int], seed: int = 0) -> dict:
+    """Mask stats of ``model`` on one seeded random image, in deterministic and in stochastic sampling
+    (noise from ``seed``): ``{mode: model.mask_stats()}``, each averaged per forward (official counter)."""
     import torch
 
+    from sai.models.network import set_sampling
+
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for mode in ("deterministic", "stochastic"):
+        set_sampling(model, mode)
+        model.reseed(seed)
+        model.reset_densities()
+        with torch.no_grad():
+            model(x)
+        out[mode] = model.mask_stats()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
     from sai.models import build_model
     from sai.models.checkpoint import model_from_checkpoint
-    from sai.models.flops import kernel_flops, official_flops, official_input_size
+    from sai.models.flops import input_rule, kernel_flops, official_flops, official_input_size
     from sai.models.network import parse_arch
 
     sparse, depth = parse_arch(args.arch)
@@ -50,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         densities = 1.0
     if args.density is not None:
         densities, source = args.density, f"given density {args.density} for every mask"
+    rule = input_rule(args.res, args.input)
+    h, w = official_input_size(args.res, rule)
+    offset_from = args.dcn_offset_from
+    if sparse and offset_from != "input":
+        raise SaiError("sparse models predict DCN offsets from the block input: --dcn-offset-from input")
+    measured: dict = {}
     if args.measure:
         size = _parse_size(args.measure)
         if args.checkpoint:
@@ -60,34 +88,53 @@ def run(args: argparse.Namespace) -> int:
             base_width = model.options["base_width"]
         else:
             model = build_model(args.arch, dcn_stages=dcn, base_width=base_width, head="none")
-        model.eval()
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            model(torch.randn(1, 3, *size, generator=gen))
-        densities = model.mask_stats()
+        stats = measure_modes(model.eval(), size, seed=args.seed)
+        densities = stats[args.sampling]
         what = args.checkpoint or "random-init weights (give --checkpoint for trained masks)"
-        source = f"measured on a random {size[0]}x{size[1]} image with {what}"
-    h, w = official_input_size(args.res)
-    official = official_flops(depth, args.res, dcn, densities, base_width)
-    ours = kernel_flops(args.arch, (h, w), densities, dcn, base_width, dcn_offset_from="input" if sparse else "conv1")
+        source = (f"measured in {args.sampling} sampling on a random {size[0]}x{size[1]} image with {what} "
+                  "(per-forward average, as the official counters)")
+        for mode, st in stats.items():
+            measured[mode] = {
+                "mean_density": _mean(st),
+                "official_gflops": round(official_flops(depth, args.res, dcn, st, base_width, rule) / 1e9, 2),
+                "kernel_gflops": round(kernel_flops(args.arch, (h, w), st, dcn, base_width,
+                                                    dcn_offset_from=offset_from)["backbone"] / 1e9, 2),
+                "blocks": {k: [v["d1"], v["d2"]] for k, v in st.items()},
+            }
+        measured["stochastic"]["seed"] = args.seed
+    official = official_flops(depth, args.res, dcn, densities, base_width, rule)
+    ours = kernel_flops(args.arch, (h, w), densities, dcn, base_width, dcn_offset_from=offset_from)
     if isinstance(densities, dict):
-        vals = list(densities.values())
-        mean_d = (sum(v["d1"] for v in vals) / len(vals), sum(v["d2"] for v in vals) / len(vals))
+        mean_d = _mean(densities)
     else:
         mean_d = None if densities is None else (densities, densities)
+    rule_text = ("classification rule: res x res" if rule == "classification" else
+                 "detection rule: (res//32*32) x (res*5/3//32*32)")
     result = {
-        "arch": args.arch, "res": args.res, "input_hw": [h, w], "dcn_stages": [int(v) for v in dcn],
+        "arch": args.arch, "res": args.res, "input_hw": [h, w], "input_rule": rule,
+        "dcn_stages": [int(v) for v in dcn], "dcn_offset_from": offset_from,
         "base_width": base_width, "densities": source, "mean_density": mean_d,
         "official_gflops": round(official / 1e9, 2),
         "kernel_gflops": round(ours["backbone"] / 1e9, 2),
         "kernel_by_op_gflops": {k: round(v / 1e9, 4) for k, v in ours["by_op"].items() if k != "head"},
     }
+    if measured:
+        result["measured"] = measured
+        result["note"] = ("official SAI-Det inference is stochastic (Gumbel noise at eval, T=0.03, unseeded); "
+                          "sai's default sampling is deterministic (noise-free)")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.arch}  res {args.res} -> input {h}x{w}  dcn_stages {','.join(str(int(v)) for v in dcn)}"
-          f"  base_width {base_width}")
+    print(f"{args.arch}  res {args.res} -> input {h}x{w} ({rule_text})  "
+          f"dcn_stages {','.join(str(int(v)) for v in dcn)}  base_width {base_width}")
     print(f"densities: {source}" + (f"  (mean d1 {mean_d[0]:.4f}, d2 {mean_d[1]:.4f})" if mean_d else ""))
+    for mode, m in measured.items():
+        label = ("deterministic (sai default, noise-free)" if mode == "deterministic" else
+                 f"stochastic (seed {m['seed']}; official SAI-Det eval)")
+        print(f"  {label:<42} mean d1 {m['mean_density'][0]:.4f}, d2 {m['mean_density'][1]:.4f}: "
+              f"official {m['official_gflops']:.2f} G, our kernels {m['kernel_gflops']:.2f} G")
+    if measured:
+        print(f"  note: {result['note']}")
     print(f"official accounting (paper GFlops, backbone MACs, DESIGN.md 4): {result['official_gflops']:.2f} G")
     print(f"our kernels (what the fused model executes, backbone MACs):      {result['kernel_gflops']:.2f} G")
     for k, v in result["kernel_by_op_gflops"].items():
@@ -100,12 +147,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flops", help="FLOPs: the official SAI accounting and what our kernels execute")
     p.add_argument("--arch", required=True, help="sparse_resnet{18,34,50,101,152} or resnet{18,...,152}")
     p.add_argument("--res", type=int, required=True, help="official resolution (500/600/800/1000): input "
-                   "(res//32*32) x (res*5/3//32*32)")
+                   "(res//32*32) x (res*5/3//32*32); see --input")
+    p.add_argument("--input", choices=("auto", "detection", "classification"), default="auto",
+                   help="input size rule: detection (res//32*32) x (res*5/3//32*32), classification res x res; "
+                   "auto (default) = classification at res 224 only, as the official SAI calculator")
     p.add_argument("--dcn-stages", default="0,0,0,0", help="DCN per stage, e.g. 0,1,1,1 (the paper's setting)")
     p.add_argument("--base-width", type=int, default=64, help="channels of the stem (64 = standard ResNet)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--density", type=float, help="one mask density for every sparse conv")
     g.add_argument("--measure", metavar="IMAGE_SIZE", help="measure densities with a forward pass at N or HxW")
     p.add_argument("--checkpoint", help="weights for --measure (our format or official SAI-Det)")
+    p.add_argument("--sampling", choices=("deterministic", "stochastic"), default="deterministic",
+                   help="--measure: the mode whose densities give the headline numbers (both are printed). "
+                   "deterministic (default) is noise-free; official SAI-Det inference is stochastic")
+    p.add_argument("--seed", type=int, default=0, help="--measure: noise seed of the stochastic measurement")
+    p.add_argument("--dcn-offset-from", choices=("input", "conv1"), default="input",
+                   help="DCN offset conv input for our kernel count: input (SAI-Det, default) or conv1 "
+                   "(upstream mmdetection dense ResNet)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
