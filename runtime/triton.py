@@ -287,6 +287,11 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
             noise_note=noise_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name,
             batching=BATCHING[mbs > 0].format(channels=channels)))
         publish_dir(tmp, repo, "README.md", "sai export-triton")
+    except OSError as exc:  # a full disk, a folder that became unwritable, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SaiError(f"cannot write the repository {repo}: {exc.strerror or exc}{where}; free space or choose a "
+                       "writable -o folder (nothing was published)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
