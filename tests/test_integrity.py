@@ -223,3 +223,25 @@ def test_malformed_manifest_is_one_line(out, tmp_path, capsys, doc, message, ver
     rc, _, err = _cli(capsys, *VERBS[verb](out, tmp_path), "--no-verify")
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err and "re-run sai convert" in err
+
+
+def test_truncated_onnx_in_validate_is_one_line(out, capsys):
+    data = (out / "model.onnx").read_bytes()
+    (out / "model.onnx").write_bytes(data[: len(data) // 3])
+    rc, _, err = _cli(capsys, *VERBS["validate"](out, None))
+    assert rc == 2 and "model.onnx does not match" in err
+    rc, _, err = _cli(capsys, *VERBS["validate"](out, None), "--no-verify")  # past the hash: protobuf DecodeError
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "is not a readable ONNX model" in err and "re-run sai convert" in err
+
+
+def test_files_outside_an_outdir_need_no_manifest(out, tmp_path, capsys):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(out / "model.onnx", loose / "model.onnx")
+    with rt.load(loose / "model.onnx", threads=1):  # a bare .onnx: nothing to check it against
+        pass
+    assert _cli(capsys, "info", loose / "model.onnx")[0] == 0
+    with pytest.raises(SaiError, match="has no manifest.json, so its files cannot be checked"):
+        rt.load(loose)  # a folder is loaded as an OUTDIR only with its manifest (or --no-verify)
+    rt.load(loose, verify=False).close()
