@@ -57,6 +57,18 @@ def resolve_profile(min_shape=None, opt_shape=None, max_shape=None) -> tuple[Sha
     return lo, opt, hi  # type: ignore[return-value]
 
 
+def sampling_note(mode: str) -> str:
+    """What the exported sampling mode means next to the official SAI-Det evaluation (stochastic)."""
+    official = ("official SAI-Det evaluation is stochastic (Gumbel noise at test time, T=0.03, unseeded)")
+    if mode == "deterministic":
+        return (f"deterministic: noise-free masks, reproducible; {official}, so this model's densities and "
+                "outputs differ from the official test-time ones (convert with --sampling stochastic to match)")
+    if mode == "stochastic":
+        return (f"stochastic: Gumbel noise from the noise.* inputs at T_eval, as the official code; {official}; "
+                "here the noise is an input, so a fixed seed reproduces a run")
+    return f"{mode}: every position computed (no sampling); {official}"
+
+
 def engine_unavailable_reason() -> Optional[str]:
     """Why no engine can be built here (None when TensorRT and a GPU are present)."""
     from sai.cli.doctor import _gpu
@@ -188,7 +200,8 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "arch": arch,
             "checkpoint": {"path": str(ck.resolve()), "sha256": sha256(ck), "layout": info.get("layout")},
-            "export": {"sampling": res.sampling, "precision": precision, "opset": res.opset,
+            "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
+                       "precision": precision, "opset": res.opset,
                        "input_names": res.input_names, "output_names": res.output_names},
             "shapes": shapes,
             "engine": {"built": built, "skip_reason": reason or "", "workspace": workspace,

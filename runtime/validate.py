@@ -138,6 +138,7 @@ class Report:
     masks: list[dict] = field(default_factory=list)
     mask_threshold: float = 0.999
     passed: bool = False
+    densities: dict = field(default_factory=dict)  # see sampling_densities / exported_densities
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -157,8 +158,79 @@ class Report:
             for m in bad[:10]:
                 lines.append(f"  FAIL {m['pair']} iter {m['iteration']} {m['mask']}: {m['agreement']:.4f} of positions "
                              f"agree on M > 0 ({m['disagree']} differ)")
+        lines += densities_text(self.densities)
         lines.append("validate: PASSED" if self.passed else "validate: FAILED")
         return "\n".join(lines)
+
+
+OFFICIAL_SAMPLING_NOTE = ("official SAI-Det evaluation is stochastic (Gumbel noise at test time, T=0.03, unseeded); "
+                          "sai's default sampling is deterministic (noise-free)")
+
+
+def densities_text(dens: dict) -> list[str]:
+    """Report lines for ``Report.densities``: mean (d1, d2) per mode, the official sampling note."""
+    if not dens:
+        return []
+    parts = []
+    exp = dens.get("exported")
+    if exp:
+        parts.append(f"exported model ({exp['sampling']}, {exp['backend']} masks) {exp['mean'][0]:.4f}/{exp['mean'][1]:.4f}")
+    for mode in ("deterministic", "stochastic"):
+        d = dens.get(mode)
+        if d:
+            label = mode if mode == "deterministic" else f"stochastic seed {d['seed']}"
+            parts.append(f"torch {label} {d['mean'][0]:.4f}/{d['mean'][1]:.4f}")
+    lines = ["  densities (mean d1/d2 over blocks, per-forward average as the official counters): " + "; ".join(parts)]
+    if dens.get("note"):
+        lines.append(f"  note: {dens['note']}")
+    return lines
+
+
+def _mean_pairs(blocks: dict) -> list[float]:
+    vals = list(blocks.values())
+    return [sum(v[0] for v in vals) / len(vals), sum(v[1] for v in vals) / len(vals)] if vals else [0.0, 0.0]
+
+
+def exported_densities(masks: Sequence[dict]) -> dict:
+    """Per-block ``[d1, d2]`` from a runner's recorded ``mask.<block>.m{1,2}`` outputs: each forward's
+    fraction of ``M > 0`` over its whole batch, averaged over forwards (the official counter)."""
+    sums: dict[str, list[float]] = OrderedDict()
+    for it in masks:
+        for name, arr in it.items():
+            block, idx = name[len(MASK_PREFIX):].rsplit(".m", 1)
+            sums.setdefault(block, [0.0, 0.0])[int(idx) - 1] += float((np.asarray(arr) > 0).mean())
+    n = max(len(masks), 1)
+    return OrderedDict((b, [v[0] / n, v[1] / n]) for b, v in sums.items())
+
+
+def sampling_densities(model, images: Sequence[np.ndarray], seed: int = 0) -> dict:
+    """Per-block and mean ``[d1, d2]`` of a sparse ``SaiResNet`` (fused or not) on ``images`` in
+    deterministic and in stochastic sampling (noise drawn from ``seed``), averaged per forward as the
+    official counters. The model's sampling mode, noise generator and density counters are restored."""
+    import torch
+
+    from sai.models import set_sampling
+
+    old_mode, src = model.sampling, model.noise_source
+    old_seed, old_gen = src.seed, src.generator
+    device = next(model.parameters()).device
+    out: dict = {}
+    try:
+        for mode in ("deterministic", "stochastic"):
+            set_sampling(model, mode)
+            model.reseed(seed)
+            model.reset_densities()
+            with torch.no_grad():
+                for x in images:
+                    model(torch.as_tensor(np.asarray(x, dtype=np.float32), device=device))
+            blocks = OrderedDict((k, list(v)) for k, v in model.densities().items())
+            out[mode] = {"mean": _mean_pairs(blocks), "blocks": blocks}
+        out["stochastic"]["seed"] = seed
+    finally:
+        set_sampling(model, old_mode)
+        src.seed, src.generator = old_seed, old_gen
+        model.reset_densities()
+    return out
 
 
 def parse_tolerances(values: Optional[Sequence[str]], default: float, what: str) -> dict[str, float]:
@@ -173,9 +245,31 @@ def parse_tolerances(values: Optional[Sequence[str]], default: float, what: str)
     return out
 
 
+def _densities(engines: dict[str, Engine], runners: list, feeds_list: Sequence[dict], seed: int) -> dict:
+    """``Report.densities``: the exported mode's (from the first runner with masks) and, where a torch
+    engine holds a sparse model, both sampling modes' from the checkpoint."""
+    out: dict = {}
+    runner = next((r for r in runners if any(r.masks)), None)
+    if runner is not None:
+        blocks = exported_densities(runner.masks)
+        sampling = next((e.metadata.get("sampling") for e in engines.values() if e.metadata.get("sampling")), "?")
+        out["exported"] = {"sampling": sampling, "backend": runner.name, "mean": _mean_pairs(blocks),
+                           "blocks": blocks}
+    model = getattr(engines.get("torch"), "model", None)
+    if model is not None and getattr(model, "is_sparse", False):
+        out.update(sampling_densities(model, [f["input"] for f in feeds_list if "input" in f], seed))
+    if out:
+        out["note"] = OFFICIAL_SAMPLING_NOTE
+    return out
+
+
 def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: dict[str, float],
-             rtol: dict[str, float], mask_threshold: float = 0.999) -> Report:
-    """Run ``feeds_list`` through every engine with Polygraphy and compare each engine with the first."""
+             rtol: dict[str, float], mask_threshold: float = 0.999, density_seed: int = 0) -> Report:
+    """Run ``feeds_list`` through every engine with Polygraphy and compare each engine with the first.
+
+    The report also carries mask densities (``Report.densities``): the exported mode's, and with a torch
+    engine both the deterministic and the stochastic (noise seeded by ``density_seed``) ones, since the
+    official SAI-Det evaluation is stochastic while sai's default is deterministic."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
@@ -213,6 +307,7 @@ def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: di
                     agree = 1.0 - differ / max(a.size, 1)
                 report.masks.append({"pair": f"{ref.name} vs {other.name}", "iteration": it, "mask": name,
                                      "agreement": agree, "disagree": differ, "passed": agree >= mask_threshold})
+    report.densities = _densities(engines, runners, feeds_list, density_seed)
     outputs_ok = bool(report.outputs) and all(o["passed"] for o in report.outputs)
     report.passed = bool(acc) and outputs_ok and all(m["passed"] for m in report.masks)
     return report

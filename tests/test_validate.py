@@ -80,3 +80,49 @@ def test_parse_tolerances_and_errors(outdir, capsys):
         parse_tolerances(["logits:x"], 1e-4, "--atol")
     rc = main(["validate", str(outdir / "model.onnx"), "--backends", "onnxruntime"])
     assert rc == 2 and "at least two backends" in capsys.readouterr().err
+
+
+def test_report_has_both_sampling_modes_densities(outdir, tmp_path, capsys):
+    """issue 14.11: official SAI-Det inference is stochastic, sai's default deterministic: validate reports the
+    densities of both (stochastic with a fixed seed) beside the exported model's, and the manifest says which."""
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    assert manifest["export"]["sampling"] == "deterministic"
+    assert "official SAI-Det evaluation is stochastic" in manifest["export"]["sampling_note"]
+    report = tmp_path / "report.json"
+    rc, out = _validate(capsys, [str(outdir), "--report", str(report), "--iterations", "1"])
+    assert rc == 0, out
+    assert "densities (mean d1/d2" in out and "torch stochastic seed 0" in out
+    assert "official SAI-Det evaluation is stochastic" in out
+    dens = json.loads(report.read_text())["densities"]
+    det, sto, exp = dens["deterministic"], dens["stochastic"], dens["exported"]
+    assert exp["sampling"] == "deterministic" and sto["seed"] == 0
+    assert list(det["blocks"]) == list(sto["blocks"]) == list(exp["blocks"]) and len(det["blocks"]) == 8
+    # the exported (deterministic) masks are the torch deterministic ones; the noisy ones differ
+    assert exp["mean"] == pytest.approx(det["mean"], abs=1e-6)
+    assert all(0.0 < d < 1.0 for d in det["mean"] + sto["mean"])
+    assert det["blocks"] != sto["blocks"]
+    # fixed seed: the same stochastic densities every run
+    rc, _ = _validate(capsys, [str(outdir), "--report", str(report), "--iterations", "1"])
+    assert rc == 0 and json.loads(report.read_text())["densities"]["stochastic"] == sto
+
+
+def test_sampling_densities_restores_the_model():
+    from runtime_helpers import tiny_model
+
+    from sai.models import fuse_for_inference
+    from sai.runtime.validate import sampling_densities
+
+    model = fuse_for_inference(tiny_model())
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    gen = model.noise_source.generator
+    a = sampling_densities(model, [x], seed=3)
+    assert model.sampling == "deterministic" and model.noise_source.generator is gen and not model.densities()
+    assert sampling_densities(model, [x], seed=3) == a and sampling_densities(model, [x], seed=4) != a
+
+
+def test_sampling_choice_says_official_eval_is_stochastic(capsys):
+    for verb in ("export", "convert"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "official SAI-Det code evaluates stochastically" in text, verb

@@ -45,7 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint (.pth, ours or the official SAI-Det layout)")
     p.add_argument("--arch", help="e.g. sparse_resnet50 (default: what the checkpoint holds; checked against it)")
     p.add_argument("-o", "--output", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--sampling", choices=["deterministic", "stochastic", "dense"], help="sampling mode to export")
+    p.add_argument("--sampling", choices=["deterministic", "stochastic", "dense"],
+                   help="sampling mode to export (default: the checkpoint's, else deterministic: noise-free). NOTE: the "
+                   "official SAI-Det code evaluates stochastically (Gumbel noise at test time, T=0.03, unseeded), so an "
+                   "official checkpoint reproduces its published test-time densities only with stochastic; "
+                   "manifest.json records the mode under export.sampling_note")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--min-shape", help="N,C,H,W smallest input of the engine profile (default: batch 1 at --opt-shape)")

@@ -24,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic", default="batch,hw",
                    help="dynamic axes: batch,hw (default), batch, hw or none")
     p.add_argument("--sampling", choices=("deterministic", "stochastic", "dense"),
-                   help="mask sampling (default deterministic); stochastic adds the uniform noise inputs")
+                   help="mask sampling (default deterministic: noise-free, reproducible). NOTE: the official SAI-Det "
+                   "code evaluates stochastically (Gumbel noise at test time, T=0.03, unseeded), so an official "
+                   "checkpoint reproduces its published test-time densities only with stochastic, which adds the "
+                   "uniform noise inputs; dense computes every position")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     p.add_argument("--target", choices=("portable", "tensorrt", "onnx-native"), default="portable",
                    help="portable: sai nodes + local functions (any ONNX runtime); tensorrt: sai nodes for the "
