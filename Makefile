@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench
+.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench kernels gpu-check
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
@@ -16,6 +16,8 @@ help:
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
 	@echo "make cuda-check compile every CUDA kernel for all target GPUs with CUDA 13 and CUDA 12"
+	@echo "make kernels   Triton kernels -> cubins/PTX for sm_75..sm_120 + embedded C++ (build/kernels, no GPU)"
+	@echo "make gpu-check the one prepared GPU run: parity, timings vs cuDNN, autotune (build/gpu-check)"
 
 # The virtual environment with the package and its dev tools. torch is pinned to the CPU build
 # that lies on these machines' disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -40,7 +42,7 @@ lint: install
 pytest: install
 	SAI_REQUIRE_CPU_KERNELS=1 $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test: lint cuda-check pytest
+test: lint cuda-check kernels pytest
 
 # The shipped demo model (models/zoo/sai_demo_r18, from `sai train-demo`) through convert, validate,
 # bench --compare-dense and the HTML report with mask overlays (demo_out/report.html).
@@ -50,6 +52,18 @@ demo: install
 
 gpu-test: install plugins
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# ---- Triton kernels (kernels/ = sai.kernels) -----------------------------------------------------
+# Ahead-of-time cubins + PTX for every target arch (no GPU needed), the generated C++ that embeds
+# them, compiled with g++ against the CUDA headers (compile only) with the driver-API launcher.
+KERNELS_OUT ?= build/kernels
+kernels: install
+	env -u TRITON_INTERPRET $(PY) -m sai.kernels.aot --out $(KERNELS_OUT) --jobs 2 --cxx
+
+# The one prepared GPU run (DESIGN.md 6): on a GPU machine it writes $(OUT)/gpu-check.json in a few
+# minutes; without a GPU it runs end to end under the Triton interpreter at tiny sizes.
+gpu-check: install
+	$(PY) -m sai.kernels.gpu_check --out $${OUT:-build/gpu-check}
 
 # ---- TensorRT plugins (trt_plugins/, CMake inside) ---------------------------------------------
 # CUDA tools from PyPI for cuda-check (nvcc 13 comes with the machine): PyPI has no CUDA 12 nvcc

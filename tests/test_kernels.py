@@ -287,3 +287,34 @@ def test_interpolate_rejects_bad_input():
         K.interpolate(feature, mask[:, :, 1:], 1.0, 3)
     with pytest.raises(SaiError, match="identity"):
         K.interpolate_add_relu(feature, mask, 1.0, None, feature[:, :2], 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# ahead-of-time build: tensor cores in the PTX (a silent fall back to FMA fails here)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_aot_conv_uses_tensor_cores(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sai.kernels.aot", "--out", str(tmp_path), "--arch", "80,90",
+         "--specs", "sparse_conv_fp16_k3", "--jobs", "1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ptx80 = (tmp_path / "sm_80" / "sparse_conv_fp16_k3.ptx").read_text()
+    ptx90 = (tmp_path / "sm_90" / "sparse_conv_fp16_k3.ptx").read_text()
+    assert "mma.sync" in ptx80 and "ldmatrix" in ptx80, "sm_80 conv fell back to FMA"
+    assert "wgmma.mma_async" in ptx90, "sm_90 conv has no wgmma"
+    meta = json.loads((tmp_path / "sm_80" / "sparse_conv_fp16_k3.json").read_text())
+    entry = ptx80[ptx80.index(".entry " + meta["entry"]):]
+    entry = entry[: entry.index(")")]
+    # the compiled entry takes the user parameters plus the two hidden scratch pointers
+    assert entry.count("_param_") == len(meta["params"]) + 2
+    assert meta["global_scratch_size"] == 0 and meta["profile_scratch_size"] == 0
+    cpp = (tmp_path / "sai_kernels_embedded.cpp").read_text()
+    assert '"sparse_conv_fp16_k3", 80,' in cpp and '"sparse_conv_fp16_k3", 90,' in cpp
