@@ -28,6 +28,23 @@ from sai.models.ops import interpolate, sparse_sample_conv
 # present; otherwise the PyTorch reference in ops.py runs.
 _cpu_kernels.load()
 
+
+def _register_gpu_kernels() -> None:
+    """The Triton kernels (sai.kernels) become the CUDA implementation of the sai ops where a GPU and
+    triton are; elsewhere nothing is imported and the reference runs on CUDA tensors."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        from sai.kernels import torch_ops
+    except ImportError:  # no triton: the PyTorch reference serves CUDA tensors
+        return
+    torch_ops.register()
+
+
+_register_gpu_kernels()
+
 __all__ = [
     "ARCHS",
     "DEFAULT_OPTIONS",

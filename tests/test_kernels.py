@@ -318,3 +318,33 @@ def test_aot_conv_uses_tensor_cores(tmp_path):
     assert meta["global_scratch_size"] == 0 and meta["profile_scratch_size"] == 0
     cpp = (tmp_path / "sai_kernels_embedded.cpp").read_text()
     assert '"sparse_conv_fp16_k3", 80,' in cpp and '"sparse_conv_fp16_k3", 90,' in cpp
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch on CUDA: the kernels behind torch.ops.sai.* (registration; the GPU itself is not here)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cuda_implementation_of_the_custom_ops_is_registered():
+    from sai.kernels import torch_ops
+
+    assert torch_ops.register()
+    for op in ("sai::sparse_sample_conv", "sai::interpolate"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
+
+
+def test_cuda_implementations_run_the_kernels():
+    # the registered functions themselves, on CPU tensors under the interpreter
+    from sai.kernels import torch_ops
+
+    case = CONV_CASES[0]
+    x, mask, weight, bias, _, stride, pads, dil = _conv_inputs(case, torch.float16)
+    got = torch_ops.sparse_sample_conv_cuda(x, mask, weight, bias, None, stride, pads, dil, 1, 1, "relu")
+    assert got.is_contiguous(memory_format=torch.channels_last)  # the kernel's layout, not the reference's
+    ref = sparse_sample_conv_reference(x.double(), mask.double(), weight.double(), bias.double(), None,
+                                       stride, pads, dil, 1, 1, "relu")
+    _close(got, ref, torch.float16)
+    feature, fmask = _interp_inputs(1, 6, 5, 5, torch.float64)  # float64: the reference serves it
+    fmask = fmask.double()
+    torch.testing.assert_close(torch_ops.interpolate_cuda(feature, fmask, 1.0, 3, 1e-5),
+                               interpolate_reference(feature, fmask, 1.0, 3, 1e-5))
