@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,18 +71,22 @@ def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True
     """Return ``(state_dict, meta)`` from a file path, a checkpoint dict or a bare state dict."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)
+        if path.is_dir():
+            raise SaiError(f"checkpoint {path} is a directory; give the checkpoint file (.pth/.pt) inside it")
         if not path.is_file():
             raise SaiError(f"checkpoint {path} does not exist (give the path of a .pth/.pt file)")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-        except Exception as exc:  # pickle errors of every kind
-            hint = (" It holds non-tensor objects; if you trust the file, load it with weights_only=False."
-                    if weights_only else "")
-            raise SaiError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}.{hint}") from None
+            with warnings.catch_warnings():  # torch warns about plain pickles before failing on them
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        except Exception as exc:  # pickle errors of every kind, truncated archives, I/O errors
+            raise SaiError(unreadable_reason(path, exc, weights_only)) from None
     else:
         obj = path_or_state_dict
     if not isinstance(obj, Mapping):
-        raise SaiError(f"a checkpoint must be a dict (with 'state_dict') or a state dict, got {type(obj).__name__}")
+        where = f"checkpoint {path_or_state_dict} holds" if isinstance(path_or_state_dict, (str, os.PathLike)) else "got"
+        raise SaiError(f"a checkpoint must be a dict (with 'state_dict') or a state dict; {where} a "
+                       f"{type(obj).__name__}")
     meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta", None), Mapping) else {}
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         sd = obj["state_dict"]
@@ -93,6 +98,77 @@ def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True
     if not sd:
         raise SaiError("the checkpoint holds no tensors (expected a dict with a 'state_dict' of tensors)")
     return sd, meta
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, short and whole (torch's weights-only text is replaced)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.startswith("Weights only load failed"):
+        text = "the weights-only unpickler refused it"
+    elif len(text) > 160:
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def unreadable_reason(path: Path, exc: BaseException, weights_only: bool = True) -> str:
+    """Why ``torch.load`` failed on ``path``, from the file itself: empty, not a torch file, a truncated or
+    corrupt zip archive, non-tensor objects (refused for safety). One sentence with what to do."""
+    import pickle
+    import zipfile
+
+    again = "copy or download it again, or re-save it with sai's save_checkpoint / torch.save"
+    if isinstance(exc, OSError):
+        return f"cannot read checkpoint {path}: {exc.strerror or _first_line(exc)}; check the file and its permissions"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"cannot read checkpoint {path}: {err.strerror or _first_line(err)}"
+    if size == 0:
+        return f"checkpoint {path} is empty (0 bytes): the save or the download did not finish; {again}"
+    if head.startswith(b"PK"):  # torch.save's zip archive
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return (f"checkpoint {path} is a truncated or corrupt zip archive ({size} bytes; its end or its "
+                    f"directory is missing or damaged); {again}")
+        if bad is not None:
+            return f"checkpoint {path} is corrupt: its member {bad} fails the CRC check; {again}"
+        if weights_only and isinstance(exc, pickle.UnpicklingError):
+            return (f"checkpoint {path} holds Python objects besides tensors (e.g. a whole pickled model or an "
+                    "optimizer), which sai does not unpickle since that can run arbitrary code; save only the "
+                    "weights: torch.save({'state_dict': model.state_dict()}, path)")
+        return f"cannot read checkpoint {path} ({_first_line(exc)}); {again}"
+    if head[:1] == b"\x80":  # a pickle stream: torch's legacy (< 1.6) format or a plain pickle
+        return (f"checkpoint {path} is a legacy (pre-zip) torch file or a plain pickle that cannot be read as "
+                f"tensors ({_first_line(exc)}); it may be truncated or hold non-tensor objects: re-save it with "
+                "torch.save({'state_dict': model.state_dict()}, path) using a current torch")
+    return (f"{path} is not a torch checkpoint (it starts with {head!r}; torch.save writes a zip archive "
+            "starting with b'PK'); give the .pth/.pt file")
+
+
+def check_finite(sd: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
+    """SaiError naming the first tensors that hold NaN or inf (a diverged training run, a damaged file):
+    such weights export and run, but every output is garbage."""
+    bad = []
+    for k, v in sd.items():
+        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel():
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                n_nan = int(torch.isnan(v).sum())
+                n_inf = int((~finite).sum()) - n_nan
+                what = ", ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p)
+                bad.append(f"{k} ({what} of {v.numel()})")
+                if len(bad) == 3:
+                    break
+    if bad:
+        raise SaiError(f"{source} holds non-finite weights: {'; '.join(bad)}{' ...' if len(bad) == 3 else ''}; "
+                       "it comes from a diverged training run or a damaged file: use an earlier checkpoint")
 
 
 def _strip_module(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -239,6 +315,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: StateDictLike, strict:
     if getattr(model, "fused", False):
         raise SaiError("load checkpoints into the unfused model, then call fuse_for_inference")
     sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
+    check_finite(sd, "the given state dict" if isinstance(path_or_state_dict, Mapping)
+                 else f"checkpoint {path_or_state_dict}")
     layout, sd, ignored = to_model_keys(sd)
     if meta.get("format") == FORMAT:
         layout = "sai"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -88,7 +87,7 @@ def dense_twin_model(checkpoint):
 
 def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = None, threads: Optional[int] = None):
     """An engine of the same backend running the dense twin: torch runs the model directly, onnxruntime
-    runs its export (written to ``workdir`` or a temporary directory)."""
+    runs its export (written to ``workdir``, or to a temporary folder removed once the model is loaded)."""
     model, dense_arch = dense_twin_model(checkpoint)
     if engine.backend == "torch":
         from sai.runtime.torch_backend import TorchEngine
@@ -98,10 +97,15 @@ def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = N
         from sai.exporter.export import export_onnx
         from sai.runtime.ort_backend import OnnxRuntimeEngine
 
-        workdir = Path(workdir or tempfile.mkdtemp(prefix="sai-dense-"))
-        path = workdir / f"{dense_arch}.onnx"
         ex = engine.metadata.get("example_input_shape") or [1, 3, 224, 224]
-        export_onnx(model, path, input_shape=ex)
-        return OnnxRuntimeEngine(str(path), device=engine.device, threads=threads)
+        if workdir is not None:
+            path = Path(workdir) / f"{dense_arch}.onnx"
+            export_onnx(model, path, input_shape=ex)
+            return OnnxRuntimeEngine(str(path), device=engine.device, threads=threads)
+        from sai.outputs import tempdir
+
+        with tempdir("sai-dense-") as tmp:  # onnxruntime reads the model at load: nothing stays in /tmp
+            export_onnx(model, tmp / f"{dense_arch}.onnx", input_shape=ex)
+            return OnnxRuntimeEngine(str(tmp / f"{dense_arch}.onnx"), device=engine.device, threads=threads)
     raise SaiError(f"--compare-dense is not available for the {engine.backend} backend here; "
                    "use --backend onnxruntime or torch (or build the dense engine with sai convert)")

@@ -4,11 +4,11 @@ end, so OUTDIR is either the old complete result or the new one, never half of e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,22 +120,58 @@ def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
 
     mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies). An existing
     ``outdir`` is replaced only when it is empty or holds ``marker`` (a previous output of ``what``).
+    Ctrl-C or SIGTERM during the renames rolls them back (``tmp`` is left for the caller to remove) and
+    is raised afterwards: an interrupted run publishes nothing.
     """
+    from sai.outputs import deferred_signals, os_error_message, owner_tag
+
     umask = os.umask(0)
     os.umask(umask)
     for root, _dirs, files in os.walk(tmp):
         os.chmod(root, 0o777 & ~umask)
         for f in files:
             os.chmod(os.path.join(root, f), 0o666 & ~umask)
-    if outdir.exists():
-        if any(outdir.iterdir()) and not (outdir / marker).is_file():
-            raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o directory")
-        old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
-        os.replace(outdir, old)
-        os.replace(tmp, outdir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, outdir)
+    try:
+        with deferred_signals() as interrupted:
+            if outdir.exists():
+                if any(outdir.iterdir()) and not (outdir / marker).is_file():
+                    raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o "
+                                   "directory")
+                old = outdir.with_name(f".{outdir.name}.old-{owner_tag()}")
+                os.replace(outdir, old)
+                try:
+                    os.replace(tmp, outdir)
+                except BaseException:
+                    os.replace(old, outdir)
+                    raise
+                if interrupted:
+                    os.replace(outdir, tmp)
+                    os.replace(old, outdir)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, outdir)
+                if interrupted:
+                    os.replace(outdir, tmp)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, outdir, "cannot replace")) from None
+
+
+def recover_interrupted(outdir: Path) -> None:
+    """Leftovers of runs killed with SIGKILL next to ``outdir``: temporaries (``.NAME.tmp-<pid>@<host>-*``)
+    are removed; a previous result parked by ``publish_dir`` (``.NAME.old-*``) goes back to ``outdir`` if
+    the kill left ``outdir`` missing, else it is removed."""
+    from sai.outputs import clean_stale, is_stale
+
+    clean_stale(outdir.parent, f".{outdir.name}.tmp-")
+    prefix = f".{outdir.name}.old-"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(outdir.parent):
+            if entry.name.startswith(prefix) and is_stale(entry.name, prefix):
+                if not outdir.exists():
+                    os.replace(entry.path, outdir)
+                else:
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] = None, precision: str = "fp32",
@@ -148,19 +184,23 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     is None; otherwise ``engine_skip_reason`` says why."""
     from sai.exporter.export import DEFAULT_OPSET, export_onnx
     from sai.models import detect_layout
+    from sai.outputs import check_output_dir, os_error_message, owned_tempdir
 
     ck = Path(checkpoint)
+    if ck.is_dir():
+        raise SaiError(f"checkpoint {ck} is a directory; give the checkpoint file (.pth/.pt) inside it")
     if not ck.is_file():
         raise SaiError(f"checkpoint {ck} does not exist")
+    lo, opt, hi = resolve_profile(min_shape, opt_shape, max_shape)
+    # the output is checked before the slow work (reading the checkpoint, exporting)
+    outdir = check_output_dir(Path(outdir).resolve(), "-o", marker=MANIFEST_NAME, what="sai convert")
+    recover_interrupted(outdir)
     info = detect_layout(str(ck))
     if arch is None:
         arch = info["arch"]
     elif arch != info["arch"]:
         raise SaiError(f"--arch {arch} does not match the checkpoint, whose weights are {info['arch']}")
-    lo, opt, hi = resolve_profile(min_shape, opt_shape, max_shape)
-    outdir = Path(outdir).resolve()
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    tmp = owned_tempdir(f".{outdir.name}.tmp-", outdir.parent)
     seconds: dict[str, float] = {}
     try:
         progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
@@ -213,6 +253,9 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
+    except OSError as exc:  # a full disk, a folder that became unwritable, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaiError(os_error_message(exc, outdir)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,6 @@ runner needs CUDA). Masks come from extra graph outputs on the ONNX side (the ma
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -346,7 +345,6 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
         else:
             skipped.append("tensorrt: no model.plan or no TensorRT here")
     engines: dict[str, Engine] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="sai-validate-"))
     sampling = ((manifest or {}).get("metadata") or {}).get("sampling")
     for b in wanted:
         if b == "torch":
@@ -359,11 +357,14 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
         elif b == "onnxruntime":
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
                 raise SaiError(f"no ONNX model at {onnx_file}")
-            src = onnx_file
-            if masks:
-                src = tmp / "model.masks.onnx"
-                onnx_with_masks(onnx_file, src)
-            engine = rt.load(src, backend="onnxruntime", threads=threads, verify=False)
+            if masks:  # a copy with the masks as outputs; onnxruntime reads it at load, so it goes right after
+                from sai.outputs import tempdir
+
+                with tempdir("sai-validate-") as tmp:
+                    onnx_with_masks(onnx_file, tmp / "model.masks.onnx")
+                    engine = rt.load(tmp / "model.masks.onnx", backend="onnxruntime", threads=threads, verify=False)
+            else:
+                engine = rt.load(onnx_file, backend="onnxruntime", threads=threads, verify=False)
             if engine.metadata.get("sampling") and sampling is None:
                 sampling = engine.metadata["sampling"]
         elif b == "tensorrt":

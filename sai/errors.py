@@ -11,3 +11,7 @@ class MissingDependencyError(SaiError):
     def __init__(self, module: str, purpose: str, install: str):
         super().__init__(f"{module} is required to {purpose}; install it with: {install}")
         self.module = module
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (by the CLI's handler) so that cleanup runs and nothing half-done stays."""

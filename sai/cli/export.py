@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sai.errors import SaiError
     from sai.exporter import export_onnx
+    from sai.outputs import check_output_file
 
+    check_output_file(args.output)  # before reading the checkpoint and exporting
     arch = args.arch
     if arch is None:
         if args.checkpoint is None:

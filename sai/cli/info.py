@@ -27,10 +27,15 @@ def describe(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise SaiError(f"{path} does not exist (give the path of an .onnx file)")
+    if os.path.getsize(path) == 0:
+        raise SaiError(f"{path} is empty (0 bytes), not an ONNX model; export it again (sai export / sai convert)")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:
-        raise SaiError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise SaiError(f"{path} is not a readable ONNX model: {detail[:200]}") from None
+    if not model.HasField("graph") or not (model.graph.node or model.graph.output):
+        raise SaiError(f"{path} is not an ONNX model (it parses but holds no graph); export it again")
 
     def shape(vi):
         dims = vi.type.tensor_type.shape.dim

@@ -8,11 +8,14 @@ import nothing heavy at module level, so ``sai --help`` works where torch or Ten
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from sai import __version__
-from sai.errors import SaiError
+from sai.errors import SaiError, Terminated
 
 # Verb modules, in the order `sai --help` lists them. Later issues append here.
 VERBS = ["doctor", "flops", "bench-ops", "export", "info", "convert", "bench", "serve", "validate", "export-triton", "train-demo", "demo"]
@@ -31,22 +34,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 2  # an error the user can fix (SaiError, OSError, MemoryError): one line naming it
+EXIT_INTERNAL = 3  # an unexpected exception (a bug): one line, the traceback with -v
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first non-empty line of ``str(exc)``, never raising (falls back to the type name)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _environment_error(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        detail = _one_line(exc)
+        detail = "" if detail == "MemoryError" else f" ({detail})"
+        return (f"out of memory{detail}; use a smaller input shape or batch, or a machine with more memory")
+    from sai.outputs import os_error_message
+
+    action = "cannot read or write" if getattr(exc, "filename", None) else "system error"
+    return os_error_message(exc, action=action)  # type: ignore[arg-type]
+
+
+def _say(verb: str, message: str) -> None:
+    try:
+        print(f"sai {verb}: {message}", file=sys.stderr, flush=True)
+    except Exception:  # stderr closed or broken: nothing more to do
+        pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a verb runs, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) so cleanup runs; verbs that
+    handle SIGTERM themselves (serve drains requests) install their own handler over this one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    verb = getattr(args, "verb", None) or "sai"
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except SaiError as exc:
-        if args.verbose:
+        if verbose:
             raise
-        print(f"sai {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sai {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        _say(verb, f"error: {_one_line(exc)}")
+        return EXIT_ERROR
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        _say(verb, "terminated (SIGTERM)" if terminated else "interrupted")
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except (OSError, MemoryError) as exc:
+        if verbose:
+            raise
+        _say(verb, f"error: {_environment_error(exc)}")
+        return EXIT_ERROR
+    except Exception as exc:
+        if verbose:
+            raise
+        _say(verb, f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in sai; run "
+                   f"`sai -v {verb} ...` for the traceback and report it)")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
     from sai.cli.bench import _image_shape
+    from sai.errors import SaiError
+    from sai.outputs import check_output_file, write_atomic
     from sai.runtime.validate import load_backends, parse_tolerances, validate
 
     atol = parse_tolerances(args.atol, 1e-4, "--atol")
     rtol = parse_tolerances(args.rtol, 1e-3, "--rtol")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends:
+        raise SaiError("--backends is empty; give e.g. torch,onnxruntime (or auto)")
+    for flag, value in (("--iterations", args.iterations), ("--batch", args.batch)):
+        if value < 1:
+            raise SaiError(f"{flag} must be at least 1, got {value}")
+    if not 0.0 <= args.mask_agreement <= 1.0:
+        raise SaiError(f"--mask-agreement is a fraction in [0, 1], got {args.mask_agreement}")
+    if args.report:  # before the slow work, so the report cannot be lost at the end
+        check_output_file(args.report, "--report", create_parent=True)
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
                                      threads=args.threads, verify=not args.no_verify)
     for line in skipped:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             e.close()
     print(report.text())
     if args.report:
-        _write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2) + "\n")
+        write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2) + "\n", flag="--report")
         print(f"report written to {args.report}")
     return 0 if report.passed else 1
 

@@ -1,0 +1,278 @@
+"""Output paths: checked before the slow work, written atomically, with temporary folders that leave
+nothing behind.
+
+- ``check_output_file`` / ``check_output_dir``: refuse a path that cannot be written (a folder where a
+  file goes, a file where a folder goes, a parent that is a file, a read-only or foreign folder) with a
+  message naming the path and the fix, before an export or a validation spends minutes.
+- ``write_atomic``: a temporary sibling renamed into place; an OSError (ENOSPC, EACCES, ...) becomes a
+  SaiError naming the file, and no temporary is left.
+- ``owned_tempdir`` / ``tempdir``: temporary folders whose name records the owner (``<pid>@<host>``), so
+  the next run removes those of processes that died (kill -9) without touching live ones.
+- ``os_error_message``: one line for an OSError (what failed, on which path, what to do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional, Union
+
+from sai.errors import SaiError
+
+PathLike = Union[str, os.PathLike]
+
+_FIX = {
+    errno.ENOSPC: "the filesystem is full: free space there or choose another path",
+    errno.EDQUOT: "the disk quota is exhausted: free space there or choose another path",
+    errno.EROFS: "the filesystem is read-only: choose a path on a writable one",
+    errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+    errno.EPERM: "choose a folder you can write to (it may be immutable or belong to another user)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder: give a file path",
+    errno.ENOENT: "the folder does not exist or does not accept new files: choose another path",
+    errno.EEXIST: "a file of that name is in the way: choose another path",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.EBUSY: "the path is in use (a mount point or the current folder?): choose another path",
+    errno.EXDEV: "the temporary folder is on another filesystem: choose another path",
+}
+
+
+def os_error_message(exc: OSError, path: Optional[PathLike] = None, action: str = "cannot write") -> str:
+    """``"<action> <path>: <strerror>; <fix>"`` for an OSError (its own filename if ``path`` is None)."""
+    where = path if path is not None else (exc.filename or "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = _FIX.get(exc.errno or 0, "check the path and try again")
+    where = f" {where}" if where != "" else ""
+    return f"{action}{where}: {reason}; {fix}"
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path, flag: str) -> None:
+    """Create and remove a file in ``folder``: the only test that is right for root, ACLs, read-only
+    mounts, /proc and /sys alike."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sai-probe-", dir=folder)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, folder, f"{flag}: cannot create files in")) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _check_parent(parent: Path, flag: str, create: bool) -> None:
+    if parent.is_dir():
+        return
+    block = _nearest_existing(parent)
+    if block.exists() and not block.is_dir():
+        raise SaiError(f"{flag} {parent}: {block} is a file, not a folder; choose another path")
+    if not create:
+        raise SaiError(f"output directory {parent} does not exist; create it or choose another {flag} path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, parent, f"{flag}: cannot create the folder")) from None
+
+
+def check_output_file(path: PathLike, flag: str = "-o", *, create_parent: bool = False) -> Path:
+    """Check that a file can be written at ``path`` (atomically: a temporary beside it, then a rename).
+
+    SaiError when ``path`` is a folder, its parent is missing (unless ``create_parent``) or a file, or
+    the parent does not accept new files. Returns the path (absolute)."""
+    p = Path(path).expanduser().absolute()
+    if p.is_dir():
+        raise SaiError(f"{flag} {path} is a folder; give a file path (e.g. {Path(path) / 'model.onnx'})")
+    if p.name in ("", ".", ".."):
+        raise SaiError(f"{flag} {path} is not a file name; give a file path")
+    _check_parent(p.parent, flag, create_parent)
+    _probe_writable(p.parent, flag)
+    return p
+
+
+def check_output_dir(path: PathLike, flag: str = "-o", *, marker: Optional[str] = None,
+                     what: str = "sai") -> Path:
+    """Check that ``path`` can become an output folder (replaced atomically by a sibling temporary).
+
+    SaiError when ``path`` is a file, a non-empty folder without ``marker`` (not an earlier output of
+    ``what``), or its parent cannot be created or written. Creates missing parents. Returns it absolute."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise SaiError(f"{flag} {path} exists and is a file; give a folder path ({what} writes several files)")
+    if p.is_dir() and marker and any(p.iterdir()) and not (p / marker).is_file():
+        raise SaiError(f"{p} exists and is not written by {what}; choose an empty or new {flag} directory")
+    _check_parent(p.parent, flag, create=True)
+    _probe_writable(p.parent, flag)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# temporaries with an owner
+# ----------------------------------------------------------------------------------------------
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>-``: the owner part of temporary names (see ``is_stale``)."""
+    return f"{os.getpid()}@{_host()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def is_stale(name: str, prefix: str) -> bool:
+    """True when ``name`` is ``<prefix><pid>@<this host>-...`` and that process is gone."""
+    m = re.match(re.escape(prefix) + r"(\d+)@([A-Za-z0-9._]+)-", name)
+    if not m or m.group(2) != _host():
+        return False  # not ours, or written on another machine (shared filesystem): leave it
+    pid = int(m.group(1))
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def clean_stale(folder: PathLike, prefix: str) -> list[Path]:
+    """Remove the entries of ``folder`` named ``<prefix><pid>@<host>-*`` whose process is dead."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if e.name.startswith(prefix) and is_stale(e.name, prefix):
+            p = Path(e.path)
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
+    return removed
+
+
+def owned_tempdir(prefix: str, folder: Optional[PathLike] = None, *, flag: str = "-o") -> Path:
+    """``mkdtemp`` named ``<prefix><pid>@<host>-XXXX`` in ``folder`` (default: the system temp folder)
+    after removing the leftovers of dead processes with the same prefix. The caller removes it."""
+    folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    clean_stale(folder, prefix)
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix + owner_tag(), dir=folder))
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, folder, f"{flag}: cannot create a temporary folder in")) from None
+
+
+@contextlib.contextmanager
+def tempdir(prefix: str, folder: Optional[PathLike] = None) -> Iterator[Path]:
+    """An ``owned_tempdir`` removed on exit (also on errors and Ctrl-C)."""
+    tmp = owned_tempdir(prefix, folder, flag="temporary folder")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes, fsync: bool) -> None:
+    """Write ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    if fsync:
+        os.fsync(fd)
+
+
+def write_atomic(path: PathLike, data: Union[bytes, str], *, fsync: bool = False, flag: str = "-o") -> Path:
+    """Write ``data`` to a temporary beside ``path`` and rename it over ``path``. On any failure the
+    temporary is removed and the old ``path`` is untouched; an OSError becomes a SaiError naming ``path``."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    if path.is_dir():
+        raise SaiError(f"{flag} {path} is a folder; give a file path")
+    if not path.parent.is_dir():
+        raise SaiError(f"output directory {path.parent} does not exist; create it or choose another {flag} path")
+    prefix = f".{path.name}."
+    clean_stale(path.parent, prefix)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix + owner_tag(), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, path)) from None
+    try:
+        try:
+            _write_all(fd, data, fsync)
+        finally:
+            os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise SaiError(os_error_message(exc, path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# signals around a commit
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM while a short commit (a few renames) runs; yields the list of signals
+    that arrived, so the caller can roll back. On exit the handlers are restored and a held signal is
+    raised as KeyboardInterrupt (SIGINT) or ``Terminated`` (SIGTERM). A no-op off the main thread."""
+    import signal
+    import threading
+
+    from sai.errors import Terminated
+
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+    if got:
+        raise Terminated() if got[0] == signal.SIGTERM else KeyboardInterrupt()
