@@ -26,6 +26,31 @@ class InputError(SaiError):
     """A request's tensors do not fit the model (name, rank, shape, dtype). Servers answer 4xx."""
 
 
+class ProfileError(InputError):
+    """An input outside the engine's shape profile; ``too_large`` when it exceeds the maximum (servers: 413)."""
+
+    def __init__(self, message: str, too_large: bool):
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def check_profile(name: str, shape: Sequence[int], min_shape: Optional[Sequence[int]],
+                  max_shape: Optional[Sequence[int]]) -> None:
+    """ProfileError naming the dim and the limit when ``shape`` lies outside [min_shape, max_shape] (None: no
+    bound). Pure, so servers can check a declared shape before they decode or allocate the tensor."""
+    labels = ("batch", "channels", "height", "width")
+    for bound, over in ((max_shape, True), (min_shape, False)):
+        if bound is None or len(bound) != len(shape):
+            continue
+        for i, (have, lim) in enumerate(zip(shape, bound, strict=True)):
+            if (have > lim) if over else (have < lim):
+                dim = labels[i] if len(shape) == 4 else f"dim {i}"
+                which = "maximum" if over else "minimum"
+                raise ProfileError(f"input {name!r} has shape {list(shape)}: {dim} {have} is {'above' if over else 'below'} "
+                                   f"the engine profile's {which} {list(bound)}; send a shape within it (or convert "
+                                   "with a wider --min-shape/--max-shape)", too_large=over)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output: ``shape`` holds ints for fixed dims and names (``"batch"``) for dynamic ones."""
@@ -76,6 +101,9 @@ class Engine:
         self.path: Optional[str] = None
         self.device = "cpu"
         self.min_batch, self.max_batch = 1, None  # None: no upper bound (onnxruntime, torch)
+        # The image input's shape profile [N,C,H,W] (the manifest's shapes, or set_profile): None = unbounded
+        self.min_shape: Optional[tuple[int, ...]] = None
+        self.max_shape: Optional[tuple[int, ...]] = None
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -114,10 +142,23 @@ class Engine:
             "outputs": [s.to_dict() for s in self.outputs],
             "noise_inputs": [list(n) for n in self.noise_inputs],
             "batch": [self.min_batch, self.max_batch],
+            "profile": {"min": list(self.min_shape) if self.min_shape else None,
+                        "max": list(self.max_shape) if self.max_shape else None},
             "arch": self.metadata.get("arch"),
             "sampling": self.metadata.get("sampling"),
             "precision": self.metadata.get("precision"),
         }
+
+    def set_profile(self, min_shape: Optional[Sequence[int]] = None, max_shape: Optional[Sequence[int]] = None) -> None:
+        """Bound the image input's shape (``infer`` raises ProfileError outside it); None leaves that side as is."""
+        if min_shape is not None:
+            self.min_shape = tuple(int(v) for v in min_shape)
+        if max_shape is not None:
+            self.max_shape = tuple(int(v) for v in max_shape)
+
+    def check_profile(self, shape: Sequence[int]) -> None:
+        """ProfileError when an image input of ``shape`` lies outside the engine's profile."""
+        check_profile(self.primary_input.name, [int(v) for v in shape], self.min_shape, self.max_shape)
 
     def noise_for(self, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
         """Fresh uniform noise for every noise input at ``input_shape`` (empty for deterministic models)."""
@@ -148,6 +189,7 @@ class Engine:
         if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
             hi = self.max_batch if self.max_batch is not None else "any"
             raise InputError(f"batch size {n} is outside the engine's profile [{self.min_batch}, {hi}]")
+        self.check_profile(x.shape)
         missing_noise = [name for name, _ in self.noise_inputs if name not in out]
         if missing_noise:
             drawn = self.noise_for(x.shape)

@@ -137,6 +137,13 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
     (torch); ``verify`` checks a sai convert OUTDIR's files against its manifest's sha256 before loading
     (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``)."""
     r = resolve(path, backend, verify=verify)
+    engine = _load(r, device, seed=seed, threads=threads, sampling=sampling, **options)
+    prof = ((r.manifest or {}).get("shapes") or {}).get(engine.primary_input.name) or {}
+    engine.set_profile(prof.get("min"), prof.get("max"))  # the converted profile, enforced on every backend
+    return engine
+
+
+def _load(r: Resolved, device, *, seed, threads, sampling, **options) -> Engine:
     meta = (r.manifest or {}).get("metadata") or {}
     if r.backend == "onnxruntime":
         from sai.runtime.ort_backend import OnnxRuntimeEngine

@@ -1,45 +1,52 @@
-"""HTTP inference server: standard library only (``http.server.ThreadingHTTPServer``).
+"""Inference server: the Open Inference Protocol (KServe v2) over HTTP and gRPC, plus sai's own /v1 API.
 
-Why the standard library: the server's work is one inference thread fed by a queue; HTTP parsing is
-not the bottleneck, and no dependency means `sai serve` runs wherever the runtime does. A handler
-thread per connection parses and validates the request, puts it on a bounded queue (503 when full)
-and waits on a Future; one batcher thread takes up to ``max_batch`` images (waiting at most
-``max_delay_ms`` after the first), concatenates same-shaped requests along the batch axis, runs the
-engine once and splits the outputs.
+HTTP is an ASGI app (starlette) on uvicorn (httptools parser, uvloop where installed), run on its own event
+loop thread: no thread per connection, an idle timeout for connections that send nothing, a listen backlog
+of 2048, and a parser that answers malformed framing (``Content-Length: -1``) with 400. gRPC is grpcio's
+server with the ``GRPCInferenceService`` of ``sai.runtime.serve_grpc``. Both feed one ``Batcher``: a bounded
+queue (503 / UNAVAILABLE when full) and one thread that takes up to ``max_batch`` images (waiting at most
+``max_delay_ms`` after the first), concatenates same-shaped requests along the batch axis, runs the engine
+once and splits the outputs.
 
-Endpoints: ``POST /v1/infer`` (JSON, raw tensor ``application/octet-stream`` with ``X-Shape`` /
-``X-Dtype`` headers, or ``application/x-npy``), ``GET /v1/model``, ``/healthz``, ``/readyz``,
-``/metrics`` (Prometheus text format 0.0.4).
+Endpoints: ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/{name}[/versions/{v}]`` (metadata),
+``.../ready``, ``.../config``, ``.../stats``, ``POST .../infer`` (JSON tensors or the binary tensor data
+extension); ``POST /v1/infer`` (JSON, raw ``application/octet-stream`` with ``X-Shape``/``X-Dtype``, or
+``application/x-npy``), ``GET /v1/model``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text 0.0.4,
+Triton's ``nv_inference_*`` names with ``model``/``version`` labels beside the ``sai_*`` ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import math
+import socket
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 import numpy as np
 
 from sai.errors import SaiError
-from sai.runtime.engine import Engine, InputError
+from sai.runtime import kserve
+from sai.runtime.engine import Engine, InputError, ProfileError
+from sai.runtime.kserve import HTTPError
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8")
 INFER_PATHS = ("/v1/infer", "/infer")
+SERVER_NAME = "sai-serve"
+THREAD_DECODE_BYTES = 64 << 10  # bodies above this are decoded/encoded off the event loop
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's nv_inference_request_failure reasons
 
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+__all__ = ["HTTPError", "InferenceServer", "QueueFull", "serve_forever", "server_info"]
 
 
 class QueueFull(Exception):
@@ -74,27 +81,86 @@ class Histogram:
         return lines
 
 
+TRITON_COUNTERS = (  # (name, help): cumulative, per model and version, as Triton's /metrics
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
+    ("nv_inference_count", "Number of inferences performed (a batch of n images counts n)"),
+    ("nv_inference_exec_count", "Number of model executions performed (dynamic batches)"),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (failures too)"),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds"),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds"),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds"),
+)
+
+
 class Metrics:
-    def __init__(self):
+    """Counters behind ``/metrics``: Triton's per-model ``nv_inference_*`` and sai's own ``sai_*``."""
+
+    def __init__(self, model: str = "model", version: str = "1"):
         self.lock = threading.Lock()
+        self.model, self.version = model, version
         self.requests: dict[tuple[str, int], int] = {}
         self.batch = Histogram(BATCH_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS)
         self.queue_depth = 0
         self.inflight = 0
+        self.nv = {name: 0.0 for name, _ in TRITON_COUNTERS}
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)
 
     def request(self, path: str, status: int, seconds: Optional[float] = None) -> None:
         with self.lock:
             key = (path, status)
             self.requests[key] = self.requests.get(key, 0) + 1
-            if seconds is not None:
+            if seconds is not None and status == 200:
                 self.latency.observe(seconds)
+
+    def inference_request(self, path: str, status: int, seconds: float, n: int = 0) -> None:
+        """One inference request of the model, finished with ``status`` after ``seconds`` (all protocols)."""
+        with self.lock:
+            key = (path, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            self.nv["nv_inference_request_duration_us"] += seconds * 1e6
+            if status == 200:
+                self.latency.observe(seconds)
+                self.nv["nv_inference_request_success"] += 1
+            else:
+                reason = "REJECTED" if status == 503 else "BACKEND" if status == 500 else \
+                    "CANCELED" if status == 499 else "OTHER"
+                self.failures[reason] += 1
+
+    def execution(self, n_images: int, seconds: float, input_s: float, output_s: float,
+                  queue_s: Sequence[float]) -> None:
+        """One engine run of ``n_images`` images for ``len(queue_s)`` requests (their queue waits)."""
+        with self.lock:
+            self.batch.observe(n_images)
+            self.inference.observe(seconds)
+            k = len(queue_s)
+            self.nv["nv_inference_count"] += n_images
+            self.nv["nv_inference_exec_count"] += 1
+            self.nv["nv_inference_queue_duration_us"] += sum(queue_s) * 1e6
+            self.nv["nv_inference_compute_input_duration_us"] += input_s * 1e6 * k
+            self.nv["nv_inference_compute_infer_duration_us"] += seconds * 1e6 * k  # Triton: per request
+            self.nv["nv_inference_compute_output_duration_us"] += output_s * 1e6 * k
 
     def render(self) -> str:
         with self.lock:
-            out = ["# HELP sai_requests_total HTTP requests by path and status code.",
-                   "# TYPE sai_requests_total counter"]
+            lab = f'model="{self.model}",version="{self.version}"'
+            out = []
+            for name, help_ in TRITON_COUNTERS[:1]:
+                out += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name}{{{lab}}} {self.nv[name]:.0f}"]
+            out += ["# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes",
+                    "# TYPE nv_inference_request_failure counter"]
+            for reason, n in self.failures.items():
+                out.append(f'nv_inference_request_failure{{model="{self.model}",reason="{reason}",'
+                           f'version="{self.version}"}} {n}')
+            for name, help_ in TRITON_COUNTERS[1:]:
+                out += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name}{{{lab}}} {self.nv[name]:.0f}"]
+            out += ["# HELP nv_inference_pending_request_count Instantaneous number of pending requests awaiting "
+                    "execution per-model.", "# TYPE nv_inference_pending_request_count gauge",
+                    f"nv_inference_pending_request_count{{{lab}}} {self.queue_depth}"]
+            out += ["# HELP sai_requests_total HTTP/gRPC requests by path and status code.",
+                    "# TYPE sai_requests_total counter"]
             for (path, status), n in sorted(self.requests.items()):
                 out.append(f'sai_requests_total{{path="{path}",status="{status}"}} {n}')
             out += ["# HELP sai_batch_size Images per engine run (dynamic batching).", "# TYPE sai_batch_size histogram"]
@@ -122,6 +188,7 @@ class _Request:
     n: int
     key: tuple
     future: Future = field(default_factory=Future)
+    t_submit: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
@@ -155,19 +222,23 @@ class Batcher:
 
     def _take(self) -> Optional[list[_Request]]:
         with self.cond:
-            while not self.queue:
-                if self.stopping:
-                    return None
-                self.cond.wait(0.5)
-            first = self.queue.popleft()
+            while True:
+                while not self.queue:
+                    if self.stopping:
+                        return None
+                    self.cond.wait(0.5)
+                first = self.queue.popleft()
+                if first.future.set_running_or_notify_cancel():  # False: its client gave up (timeout)
+                    break
             batch, total = [first], first.n
             deadline = time.monotonic() + self.max_delay
             while total < self.max_batch:
                 match = next((r for r in self.queue if r.key == first.key and total + r.n <= self.max_batch), None)
                 if match is not None:
                     self.queue.remove(match)
-                    batch.append(match)
-                    total += match.n
+                    if match.future.set_running_or_notify_cancel():
+                        batch.append(match)
+                        total += match.n
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0 or self.stopping:
@@ -185,23 +256,26 @@ class Batcher:
 
     def _run(self, batch: list[_Request]) -> None:
         names = list(batch[0].feeds)
+        t0 = time.perf_counter()
+        queue_s = [t0 - r.t_submit for r in batch]
         try:
             feeds = {k: (batch[0].feeds[k] if len(batch) == 1 else np.concatenate([r.feeds[k] for r in batch]))
                      for k in names}
-            t = time.perf_counter()
+            t1 = time.perf_counter()
             outs = self.engine.infer(feeds)
-            dt = time.perf_counter() - t
+            t2 = time.perf_counter()
         except BaseException as exc:  # every waiter gets the error; the loop keeps serving
             for r in batch:
-                r.future.set_exception(exc)
+                _settle(r.future, exc=exc)
             return
-        with self.metrics.lock:
-            self.metrics.batch.observe(sum(r.n for r in batch))
-            self.metrics.inference.observe(dt)
-        start = 0
+        start, parts = 0, []
         for r in batch:
-            r.future.set_result({k: v[start:start + r.n] for k, v in outs.items()})
+            parts.append({k: v[start:start + r.n] for k, v in outs.items()})
             start += r.n
+        t3 = time.perf_counter()
+        self.metrics.execution(sum(r.n for r in batch), t2 - t1, t1 - t0, t3 - t2, queue_s)
+        for r, part in zip(batch, parts, strict=True):
+            _settle(r.future, result=part)
 
     def drain_and_stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, finish everything queued, stop the thread."""
@@ -211,8 +285,18 @@ class Batcher:
         self.thread.join(timeout)
 
 
+def _settle(fut: Future, result=None, exc: Optional[BaseException] = None) -> None:
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled by a client that timed out
+        pass
+
+
 # ----------------------------------------------------------------------------------------------
-# request decoding
+# /v1 request decoding
 # ----------------------------------------------------------------------------------------------
 
 
@@ -220,21 +304,23 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise HTTPError(400, f"X-Shape must be comma-separated integers, got {text!r}") from None
+        raise HTTPError(400, f"X-Shape must be comma-separated integers, got {text[:80]!r}") from None
     if not shape or min(shape) < 1:
-        raise HTTPError(400, f"X-Shape must be positive integers, got {text!r}")
+        raise HTTPError(400, f"X-Shape must be positive integers, got {text[:80]!r}")
     return shape
 
 
-def decode_request(ctype: str, headers, body: bytes, engine: Engine) -> dict[str, np.ndarray]:
-    """Body -> feeds (not yet checked against the model). HTTPError(400/415) for what cannot be decoded."""
+def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: Optional[int] = None
+                   ) -> dict[str, np.ndarray]:
+    """/v1 body -> feeds (not yet checked against the model). HTTPError(400/413/415) for what cannot be decoded;
+    a raw tensor's declared X-Shape is checked against ``max_batch`` and the profile before it is decoded."""
     ctype = (ctype or "").split(";")[0].strip().lower()
     primary = engine.primary_input
     if ctype in ("application/json", ""):
         try:
             doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"malformed JSON body: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, 5,000-digit ints, 100k-deep nesting
+            raise HTTPError(400, f"malformed JSON body: {type(exc).__name__}: {str(exc)[:160]}") from None
         if not isinstance(doc, dict) or "inputs" not in doc:
             raise HTTPError(400, 'JSON body must be an object {"inputs": {NAME: nested list}} or {"inputs": nested list}')
         inputs = doc["inputs"]
@@ -248,10 +334,11 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine) -> dict[str
                 raise HTTPError(400, f"unknown input {name!r}; the model takes {', '.join(specs)}")
             try:
                 arr = np.array(value)
-                if arr.dtype.kind not in "iuf":  # JSON numbers only: no true/false, strings or nulls
+                if arr.dtype.kind not in "iuf":  # JSON numbers only: no true/false, strings, nulls or huge ints
                     raise TypeError(f"it holds {'booleans' if arr.dtype.kind == 'b' else 'non-numbers'}")
-                arr = arr.astype(np.dtype(spec.dtype))
-            except (ValueError, TypeError) as exc:
+                with np.errstate(over="ignore"):
+                    arr = arr.astype(np.dtype(spec.dtype))
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 raise HTTPError(400, f"input {name!r} is not a rectangular numeric array: {str(exc)[:200]}") from None
             feeds[name] = arr
         return feeds
@@ -261,12 +348,16 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine) -> dict[str
             raise HTTPError(400, "raw tensor bodies need an X-Shape header (e.g. X-Shape: 1,3,224,224)")
         shape = _parse_shape(shape_h)
         if dtype_h not in DTYPES:
-            raise HTTPError(400, f"X-Dtype {dtype_h!r} is not supported; use one of {', '.join(DTYPES)}")
+            raise HTTPError(400, f"X-Dtype {dtype_h[:20]!r} is not supported; use one of {', '.join(DTYPES)}")
         dtype = np.dtype(dtype_h)
-        want = int(np.prod(shape)) * dtype.itemsize
+        want = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
         if len(body) != want:
-            raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {list(shape)} x {dtype.name} needs {want}")
-        return {headers.get("X-Input", primary.name): np.frombuffer(body, dtype=dtype).reshape(shape)}
+            raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {list(shape)[:8]} x {dtype.name} needs "
+                                 f"{want:.6g}")
+        name = headers.get("X-Input", primary.name)
+        if max_batch is not None and name == primary.name and shape[0] > max_batch:
+            raise HTTPError(413, f"request batch {shape[0]} exceeds the server's --max-batch {max_batch}; split it")
+        return {name: np.frombuffer(body, dtype=dtype).reshape(shape)}
     if ctype in ("application/x-npy", "application/npy"):
         try:
             arr = np.load(io.BytesIO(body), allow_pickle=False)
@@ -275,12 +366,13 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine) -> dict[str
         if not isinstance(arr, np.ndarray):
             raise HTTPError(400, "the .npy body must hold one array")
         return {headers.get("X-Input", primary.name): arr}
-    raise HTTPError(415, f"unsupported Content-Type {ctype!r}; use application/json, application/octet-stream "
+    raise HTTPError(415, f"unsupported Content-Type {ctype[:60]!r}; use application/json, application/octet-stream "
                          "(with X-Shape/X-Dtype) or application/x-npy")
 
 
 def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, strict_dtype: bool) -> dict:
-    """Model-level checks with 400 errors naming the problem (dtype strict for binary bodies)."""
+    """Model-level checks with 4xx errors naming the problem (dtype strict for binary bodies): the server's
+    --max-batch first (413), then the engine's checks (names, ranks, dtypes, profile: 413 above its maximum)."""
     specs = engine.input_specs
     for name, arr in feeds.items():
         if name not in specs:
@@ -289,14 +381,32 @@ def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, 
             raise HTTPError(400, engine.dtype_error(specs[name], arr.dtype))
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise HTTPError(400, f"input {name!r} contains NaN or infinity")
+    x = feeds.get(engine.primary_input.name)
+    if x is not None and x.ndim and int(x.shape[0]) > max_batch:
+        raise HTTPError(413, f"request batch {int(x.shape[0])} exceeds the server's --max-batch {max_batch}; split it")
     try:
         feeds = engine.check_feeds(feeds)
+    except ProfileError as exc:
+        raise HTTPError(413 if exc.too_large else 400, str(exc)) from None
     except InputError as exc:
         raise HTTPError(400, str(exc)) from None
-    n = int(feeds[engine.primary_input.name].shape[0])
-    if n > max_batch:
-        raise HTTPError(413, f"request batch {n} exceeds the server's --max-batch {max_batch}; split it")
     return feeds  # noise inputs of stochastic models are now filled (seeded, per request)
+
+
+def _v1_json(outputs: dict[str, np.ndarray]) -> bytes:
+    return json.dumps({"outputs": {k: _nested(v) for k, v in outputs.items()},
+                       "shapes": {k: list(v.shape) for k, v in outputs.items()},
+                       "dtypes": {k: v.dtype.name for k, v in outputs.items()}}, allow_nan=False).encode()
+
+
+def _nested(arr: np.ndarray) -> list:
+    """Nested lists of ``arr`` (the /v1 JSON layout), non-finite floats as strings (see sai.runtime.kserve)."""
+    if arr.dtype.kind != "f" or np.isfinite(arr).all():
+        return arr.tolist()
+    flat = kserve.json_values(arr)
+    for d in reversed(arr.shape[1:]):
+        flat = [flat[i:i + d] for i in range(0, len(flat), d)]
+    return flat
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,34 +414,51 @@ def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, 
 # ----------------------------------------------------------------------------------------------
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return  # a client that went away is not a server error
-        super().handle_error(request, client_address)
+def _auto_body_limit(engine: Engine, max_batch: int) -> int:
+    """Default body limit: what the largest request the profile admits can take as JSON (about 24 bytes a
+    value), at least 1 MiB, at most 64 MiB."""
+    if engine.max_shape is None:
+        return 64 << 20
+    n = math.prod(engine.max_shape[1:]) * max_batch
+    return int(min(64 << 20, max(1 << 20, 24 * n + (64 << 10))))
 
 
 class InferenceServer:
-    """``start()`` binds (port 0: an ephemeral port, see ``.port``) and serves in background threads;
-    ``stop()`` stops accepting, drains queued requests and closes."""
+    """``start()`` binds (port 0: an ephemeral port, see ``.port`` / ``.grpc_port``) and serves in background
+    threads; ``stop()`` stops accepting, drains queued requests and closes. ``grpc_port=None``: no gRPC."""
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 8,
-                 max_delay_ms: float = 5.0, max_queue: int = 64, max_body_bytes: int = 64 << 20,
-                 request_timeout: float = 60.0):
-        self.engine, self.metrics = engine, Metrics()
+                 max_delay_ms: float = 5.0, max_queue: int = 64, max_body_bytes: Optional[int] = 64 << 20,
+                 request_timeout: float = 60.0, grpc_port: Optional[int] = None, model_name: Optional[str] = None,
+                 model_version: str = "1", idle_timeout: float = 5.0, backlog: int = 2048,
+                 max_shape: Optional[Sequence[int]] = None):
+        if max_shape is not None:
+            engine.set_profile(max_shape=max_shape)
+        self.engine = engine
+        self.model_name = model_name or engine.metadata.get("arch") or "model"
+        self.model_version = str(model_version)
+        self.metrics = Metrics(self.model_name, self.model_version)
         self.max_batch = max(1, int(max_batch))
         if engine.max_batch is not None:
             self.max_batch = min(self.max_batch, int(engine.max_batch))
-        self.max_body_bytes, self.request_timeout = int(max_body_bytes), float(request_timeout)
+        if engine.max_shape is not None:
+            self.max_batch = min(self.max_batch, int(engine.max_shape[0]))
+        self.max_body_bytes = int(max_body_bytes) if max_body_bytes else _auto_body_limit(engine, self.max_batch)
+        self.request_timeout = float(request_timeout)
+        self.idle_timeout = float(idle_timeout)
         self.batcher = Batcher(engine, self.metrics, self.max_batch, max_delay_ms, max_queue)
         self.ready = threading.Event()
         self.draining = False
-        self.httpd = _HTTPServer((host, int(port)), _make_handler(self))
-        self.httpd.daemon_threads = True
-        self.host, self.port = self.httpd.server_address[:2]
+        self.host = host
+        self.sock = _listen(host, int(port), backlog)
+        self.port = self.sock.getsockname()[1]
+        self.grpc_port: Optional[int] = None
+        self._grpc = None
+        if grpc_port is not None:
+            from sai.runtime.serve_grpc import make_grpc_server
+
+            self._grpc, self.grpc_port = make_grpc_server(self, host, int(grpc_port))
+        self._uvicorn = None
         self._thread: Optional[threading.Thread] = None
         self._stopped = threading.Event()
 
@@ -340,15 +467,30 @@ class InferenceServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> InferenceServer:
+        import uvicorn
+
+        from sai.runtime.serve_http import make_app, protocol_class
+
         self.batcher.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="sai-http", daemon=True)
+        config = uvicorn.Config(make_app(self), log_level="warning", access_log=False, lifespan="off",
+                                http=protocol_class(self.idle_timeout), timeout_keep_alive=max(1, round(self.idle_timeout)),
+                                server_header=False, timeout_graceful_shutdown=None)
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self.sock]}, name="sai-http",
+                                        daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not self._uvicorn.started:
+            raise SaiError(f"the HTTP server on {self.url} did not start")
+        if self._grpc is not None:
+            self._grpc.start()
         self.ready.set()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Graceful: /readyz turns 503 and new requests get 503; queued and running ones finish."""
+        """Graceful: readiness turns false and new requests get 503; queued and running ones finish."""
         if self._stopped.is_set():
             return
         self.draining = True
@@ -357,10 +499,16 @@ class InferenceServer:
         deadline = time.monotonic() + timeout
         while self.metrics.inflight and time.monotonic() < deadline:  # responses being written
             time.sleep(0.01)
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=max(0.0, deadline - time.monotonic())).wait(timeout)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
         self._stopped.set()
 
     def __enter__(self) -> InferenceServer:
@@ -369,134 +517,86 @@ class InferenceServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    # -- the inference path both front ends share --------------------------------------------------
+    def submit(self, feeds: dict[str, np.ndarray]) -> Future:
+        if self.draining:
+            raise HTTPError(503, "server is shutting down")
+        try:
+            return self.batcher.submit(feeds)
+        except QueueFull as exc:
+            raise HTTPError(503, f"overloaded: {exc}; retry later") from None
 
-def _to_json(outputs: dict[str, np.ndarray]) -> bytes:
-    return json.dumps({"outputs": {k: v.tolist() for k, v in outputs.items()},
-                       "shapes": {k: list(v.shape) for k, v in outputs.items()},
-                       "dtypes": {k: v.dtype.name for k, v in outputs.items()}}).encode()
+    def check_model(self, name: str, version: Optional[str]) -> None:
+        if name != self.model_name:
+            raise HTTPError(404, f"unknown model {name[:80]!r}; this server serves {self.model_name!r}")
+        if version not in (None, "", self.model_version):
+            raise HTTPError(404, f"unknown version {version[:20]!r} of model {name!r}; it has version "
+                                 f"{self.model_version}")
+
+    def infer_v2(self, doc, tail) -> tuple[kserve.InferRequest, Future]:
+        """Decode a v2 request (JSON, binary tail), check it, queue it."""
+        req = kserve.parse_infer_request(doc, tail, self.engine)
+        req.feeds = check_request(req.feeds, self.engine, self.max_batch, strict_dtype=False)
+        return req, self.submit(req.feeds)
+
+    @staticmethod
+    def engine_error(exc: BaseException) -> HTTPError:
+        if isinstance(exc, HTTPError):
+            return exc
+        if isinstance(exc, ProfileError):
+            return HTTPError(413 if exc.too_large else 400, str(exc))
+        if isinstance(exc, InputError):
+            return HTTPError(400, str(exc))
+        if isinstance(exc, SaiError):
+            return HTTPError(500, str(exc))
+        return HTTPError(500, f"inference failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
-def _make_handler(server: InferenceServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "sai-serve"
-        disable_nagle_algorithm = True  # small responses must not wait for delayed ACKs (40 ms stalls)
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(info[4])
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
-        def log_message(self, fmt, *args):  # quiet; metrics carry the counts
-            pass
 
-        def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: Optional[dict] = None):
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self._headers_buffer.append(b"\r\n")
-            self._headers_buffer.append(body)  # headers and body in one write
-            self.flush_headers()
+def read_body_limit(body_len: Optional[int], limit: int) -> None:
+    if body_len is not None and body_len > limit:
+        raise HTTPError(413, f"body of {body_len} bytes exceeds the limit of {limit} bytes")
 
-        def _error(self, status: int, message: str, path: str, headers: Optional[dict] = None):
-            server.metrics.request(path, status)
-            self._send(status, json.dumps({"error": message, "status": status}).encode(), headers=headers)
 
-        def do_GET(self):
-            path = self.path.split("?")[0]
-            if path == "/healthz":
-                server.metrics.request(path, 200)
-                return self._send(200, b'{"status":"ok"}')
-            if path == "/readyz":
-                ok = server.ready.is_set() and not server.draining
-                server.metrics.request(path, 200 if ok else 503)
-                return self._send(200 if ok else 503, json.dumps({"ready": ok}).encode())
-            if path == "/metrics":
-                server.metrics.request(path, 200)
-                return self._send(200, server.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
-            if path == "/v1/model":
-                server.metrics.request(path, 200)
-                info = server.engine.describe()
-                info.update(max_batch=server.max_batch, max_queue=server.batcher.max_queue)
-                return self._send(200, json.dumps(info).encode())
-            return self._error(404, f"no such path {path}; try POST /v1/infer, /healthz, /readyz, /metrics", "other")
+def decompress(body: bytes, encoding: Optional[str], limit: int) -> bytes:
+    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), bounded by ``limit``."""
+    enc = (encoding or "identity").strip().lower()
+    if enc == "identity":
+        return body
+    if enc not in ("gzip", "deflate"):
+        raise HTTPError(415, f"Content-Encoding {enc[:20]!r} is not supported; use gzip, deflate or none")
+    d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HTTPError(400, f"the {enc} body does not decompress: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise HTTPError(413, f"the decompressed body exceeds the limit of {limit} bytes")
+    return out
 
-        def do_POST(self):
-            path = self.path.split("?")[0]
-            if path not in INFER_PATHS:
-                self.close_connection = True
-                return self._error(404, f"no such path {path}; POST to /v1/infer", "other")
-            t0 = time.perf_counter()
-            with server.metrics.lock:
-                server.metrics.inflight += 1
-            try:
-                status, body, ctype, headers = self._infer()
-            except HTTPError as exc:
-                status, body, ctype = exc.status, json.dumps({"error": str(exc), "status": exc.status}).encode(), \
-                    "application/json"
-                headers = {"Retry-After": "1"} if exc.status == 503 else {}
-            finally:
-                with server.metrics.lock:
-                    server.metrics.inflight -= 1
-            server.metrics.request("/v1/infer", status, time.perf_counter() - t0 if status == 200 else None)
-            self._send(status, body, ctype, headers)
 
-        def _infer(self):
-            if server.draining:
-                raise HTTPError(503, "server is shutting down")
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self.close_connection = True
-                raise HTTPError(411, "Content-Length is required")
-            try:
-                length = int(length)
-            except ValueError:
-                self.close_connection = True
-                raise HTTPError(400, f"bad Content-Length {length!r}") from None
-            if length > server.max_body_bytes:
-                # read and drop a moderately oversized body so the client sees the 413 (not a broken pipe)
-                # and the connection stays usable; beyond that, answer and close without reading
-                if length <= 16 * server.max_body_bytes:
-                    left = length
-                    while left > 0:
-                        chunk = self.rfile.read(min(left, 1 << 20))
-                        if not chunk:
-                            break
-                        left -= len(chunk)
-                else:
-                    self.close_connection = True
-                raise HTTPError(413, f"body of {length} bytes exceeds the limit of {server.max_body_bytes} bytes")
-            body = self.rfile.read(length)
-            ctype = self.headers.get("Content-Type", "application/json")
-            binary = not ctype.lower().startswith("application/json")
-            feeds = decode_request(ctype, self.headers, body, server.engine)
-            feeds = check_request(feeds, server.engine, server.max_batch, strict_dtype=binary)
-            try:
-                fut = server.batcher.submit(feeds)
-            except QueueFull as exc:
-                raise HTTPError(503, f"overloaded: {exc}; retry later") from None
-            try:
-                outs = fut.result(timeout=server.request_timeout)
-            except TimeoutError:
-                raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
-            except SaiError as exc:
-                raise HTTPError(400 if isinstance(exc, InputError) else 500, str(exc)) from None
-            except Exception as exc:
-                raise HTTPError(500, f"inference failed: {type(exc).__name__}: {exc}") from None
-            accept = self.headers.get("Accept", "")
-            if binary and "application/json" not in accept:
-                name = self.headers.get("X-Output") or next(iter(outs))
-                if name not in outs:
-                    raise HTTPError(400, f"X-Output {name!r} is not an output; outputs: {', '.join(outs)}")
-                arr = np.ascontiguousarray(outs[name])
-                if ctype.lower().startswith(("application/x-npy", "application/npy")):
-                    buf = io.BytesIO()
-                    np.save(buf, arr, allow_pickle=False)
-                    return 200, buf.getvalue(), "application/x-npy", {"X-Output-Name": name}
-                return 200, arr.tobytes(), "application/octet-stream", {
-                    "X-Output-Name": name, "X-Shape": ",".join(map(str, arr.shape)), "X-Dtype": arr.dtype.name}
-            return 200, _to_json(outs), "application/json", {}
-
-    return Handler
+async def await_result(server: InferenceServer, fut: Future) -> dict[str, np.ndarray]:
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(fut), server.request_timeout)
+    except asyncio.TimeoutError:
+        raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise server.engine_error(exc) from None
 
 
 def serve_forever(server: InferenceServer, on_ready=None, install_signals: bool = True) -> int:
@@ -517,5 +617,8 @@ def serve_forever(server: InferenceServer, on_ready=None, install_signals: bool 
 
 
 def server_info(server: InferenceServer) -> dict[str, Any]:
-    return {"url": server.url, "max_batch": server.max_batch, "max_queue": server.batcher.max_queue,
-            "max_delay_ms": server.batcher.max_delay * 1e3, **server.engine.describe()}
+    return {"url": server.url, "grpc_port": server.grpc_port, "model_name": server.model_name,
+            "model_version": server.model_version, "max_batch": server.max_batch,
+            "max_queue": server.batcher.max_queue, "max_delay_ms": server.batcher.max_delay * 1e3,
+            "max_body_bytes": server.max_body_bytes, **server.engine.describe()}
+

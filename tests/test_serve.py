@@ -70,7 +70,7 @@ def request(srv, method, path, body=b"", headers=None, conn=None):
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
         data = r.read()
-        return r.status, dict(r.getheaders()), data
+        return r.status, r.headers, data  # case-insensitive (header names arrive lower-case)
     finally:
         if conn is None:
             c.close()
@@ -333,7 +333,7 @@ def test_soak_2000_requests_zero_errors_no_memory_growth(engine, reference):
 def test_cli_serve_sigterm_drains_inflight(outdir, reference):
     proc = subprocess.Popen(
         [sys.executable, "-m", "sai", "serve", str(outdir), "--backend", "onnxruntime", "--port", "0",
-         "--max-batch", "8", "--max-delay-ms", "10000", "--threads", "1"],
+         "--max-batch", "8", "--max-delay-ms", "10000", "--threads", "1", "--grpc-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = proc.stdout.readline()

@@ -1,4 +1,4 @@
-"""`sai serve`: HTTP inference with dynamic batching (standard library server, see sai.runtime.serve)."""
+"""`sai serve`: KServe v2 (HTTP + gRPC) and /v1 inference with dynamic batching (see sai.runtime.serve)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,34 @@ import sys
 
 def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
+    from sai.errors import SaiError
     from sai.runtime.serve import InferenceServer, serve_forever, server_info
 
+    max_shape = None
+    if args.max_shape:
+        from sai.runtime.convert import parse_shape
+
+        max_shape = parse_shape(args.max_shape, "--max-shape")
+    grpc_port = args.grpc_port if args.grpc_port > 0 else None
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify)
     with engine:
         try:
             server = InferenceServer(engine, args.host, args.port, max_batch=args.max_batch,
                                      max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                                     max_body_bytes=int(args.max_body_mb * (1 << 20)))
+                                     max_body_bytes=int(args.max_body_mb * (1 << 20)) if args.max_body_mb else None,
+                                     grpc_port=grpc_port, model_name=args.model_name, idle_timeout=args.idle_timeout,
+                                     max_shape=max_shape)
         except OSError as exc:
-            from sai.errors import SaiError
-
-            raise SaiError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
+            raise SaiError(f"cannot listen on {args.host} (HTTP port {args.port}, gRPC port {args.grpc_port}): "
+                           f"{exc.strerror or exc}; pick another --port / --grpc-port (0 turns gRPC off)") from None
 
         def ready(s):
             info = server_info(s)
-            print(f"sai serve: listening on {s.url} ({info['backend']}/{info['device']}, max batch "
-                  f"{info['max_batch']}, max delay {info['max_delay_ms']:g} ms, max queue {info['max_queue']})",
-                  flush=True)
+            grpc = f", gRPC on {s.host}:{s.grpc_port}" if s.grpc_port else ""
+            print(f"sai serve: listening on {s.url}{grpc} (model {info['model_name']!r}, {info['backend']}/"
+                  f"{info['device']}, max batch {info['max_batch']}, max delay {info['max_delay_ms']:g} ms, max queue "
+                  f"{info['max_queue']})", flush=True)
             if args.json:
                 print(json.dumps(info), flush=True)
 
@@ -37,16 +46,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="HTTP inference server with dynamic batching and Prometheus metrics")
+    p = sub.add_parser("serve", help="KServe v2 (HTTP + gRPC) inference server with dynamic batching and metrics")
     p.add_argument("model", help="sai convert OUTDIR, .onnx, .plan or checkpoint")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port; 0 picks a free port (printed on start)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (KServe v2 GRPCInferenceService); 0: no gRPC")
+    p.add_argument("--model-name", help="the v2 model name (default: the manifest's arch, e.g. sparse_resnet18)")
     p.add_argument("--max-batch", type=int, default=8, help="images per engine run")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="wait this long for more requests to batch")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 503")
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies get 413")
+    p.add_argument("--max-shape", help="N,C,H,W largest image accepted (default: the manifest's profile); larger: 413")
+    p.add_argument("--max-body-mb", type=float,
+                   help="larger bodies get 413 (default: what the largest request the profile admits needs, <= 64)")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="close a connection that sends no complete request head for this many seconds")
     p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime/torch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise of stochastic models")
     p.add_argument("--json", action="store_true", help="also print the server info as one JSON line")

@@ -1,0 +1,190 @@
+"""The gRPC front end of `sai serve`: KServe v2's ``inference.GRPCInferenceService`` on grpcio.
+
+The message classes and the service stubs are the ones ``tritonclient[grpc]`` generates from the protocol's
+public ``grpc_service.proto`` (``pip install sai-deploy[grpc]``); the servicer shares the HTTP front end's
+checks (``sai.runtime.kserve``) and batcher. Request faults map to gRPC codes: 400 -> INVALID_ARGUMENT,
+404 -> NOT_FOUND, 413 -> INVALID_ARGUMENT (the message names the limit), 503 -> UNAVAILABLE,
+504 -> DEADLINE_EXCEEDED, 500 -> INTERNAL.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sai.errors import SaiError
+from sai.runtime import kserve
+from sai.runtime.kserve import HTTPError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sai.runtime.serve import InferenceServer
+
+CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+                  "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+                  "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+                  "FP64": "fp64_contents"}
+
+
+def _modules():
+    try:
+        import grpc
+        from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+    except ImportError as exc:
+        raise SaiError(f"the gRPC endpoint needs grpcio and the v2 protocol stubs ({exc.name} is missing): pip "
+                       "install 'sai-deploy[grpc]', or pass --grpc-port 0 to serve HTTP only") from None
+    return grpc, service_pb2, service_pb2_grpc, model_config_pb2
+
+
+def _code(grpc, status: int):
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 411: grpc.StatusCode.INVALID_ARGUMENT,
+            413: grpc.StatusCode.INVALID_ARGUMENT, 415: grpc.StatusCode.INVALID_ARGUMENT,
+            503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}.get(status, grpc.StatusCode.INTERNAL)
+
+
+def decode_infer_request(request, engine) -> kserve.InferRequest:
+    """A ``ModelInferRequest`` -> the checked feeds (raw_input_contents or typed contents)."""
+    if not request.inputs:
+        raise HTTPError(400, "the request has no inputs")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise HTTPError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input")
+    feeds = {}
+    for i, t in enumerate(request.inputs):
+        if t.name in feeds:
+            raise HTTPError(400, f"input {t.name!r} is given twice")
+        shape = kserve.declared_shape(t.name, [int(d) for d in t.shape])
+        dtype = kserve.check_declared(engine, t.name, t.datatype, shape)
+        if raw:
+            feeds[t.name] = kserve.tensor_from_bytes(t.name, dtype, shape, raw[i])
+        else:
+            fieldname = CONTENTS_FIELD.get(t.datatype)
+            values = getattr(t.contents, fieldname) if fieldname else []
+            if fieldname is None:
+                raise HTTPError(400, f"input {t.name!r}: {t.datatype} data must come as raw_input_contents")
+            feeds[t.name] = kserve.tensor_from_list(t.name, dtype, shape, list(values))
+    noise = dict(engine.noise_inputs)
+    missing = [s.name for s in engine.inputs if s.name not in feeds and s.name not in noise]
+    if missing:
+        raise HTTPError(400, f"missing input(s) {', '.join(missing)}")
+    known = [s.name for s in engine.outputs]
+    requested = None
+    if request.outputs:
+        requested = []
+        for o in request.outputs:
+            if o.name not in known:
+                raise HTTPError(400, f"unknown output {o.name[:60]!r}; the model has {', '.join(known)}")
+            requested.append((o.name, True))
+    return kserve.InferRequest(request.id or None, feeds, requested, True)
+
+
+def make_grpc_server(server: InferenceServer, host: str, port: int):
+    """``(grpc.Server not yet started, bound port)`` serving ``server``'s model."""
+    grpc, pb, pb_grpc, mc = _modules()
+    engine = server.engine
+
+    def fail(context, exc: HTTPError):
+        context.abort(_code(grpc, exc.status), str(exc))
+
+    class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+        def ServerLive(self, request, context):
+            server.metrics.request("grpc/ServerLive", 200)
+            return pb.ServerLiveResponse(live=True)
+
+        def ServerReady(self, request, context):
+            server.metrics.request("grpc/ServerReady", 200)
+            return pb.ServerReadyResponse(ready=server.ready.is_set() and not server.draining)
+
+        def ServerMetadata(self, request, context):
+            from sai import __version__
+
+            return pb.ServerMetadataResponse(name="sai-serve", version=__version__,
+                                             extensions=list(kserve.PROTOCOL_EXTENSIONS))
+
+        def _check(self, request, context):
+            try:
+                server.check_model(request.name, request.version)
+            except HTTPError as exc:
+                fail(context, exc)
+
+        def ModelReady(self, request, context):
+            self._check(request, context)
+            return pb.ModelReadyResponse(ready=server.ready.is_set() and not server.draining)
+
+        def ModelMetadata(self, request, context):
+            self._check(request, context)
+            meta = kserve.model_metadata(engine, server.model_name, server.model_version)
+            tm = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tm(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
+                outputs=[tm(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
+
+        def ModelConfig(self, request, context):
+            self._check(request, context)
+            cfg = kserve.model_config(engine, server.model_name, server.max_batch)
+
+            def tensor(t, cls):
+                kw = {"optional": True} if t.get("optional") and cls is mc.ModelInput else {}
+                return cls(name=t["name"], data_type=mc.DataType.Value(t["data_type"]), dims=t["dims"], **kw)
+
+            config = mc.ModelConfig(name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
+                                    max_batch_size=cfg["max_batch_size"],
+                                    input=[tensor(t, mc.ModelInput) for t in cfg["input"]],
+                                    output=[tensor(t, mc.ModelOutput) for t in cfg["output"]],
+                                    dynamic_batching=mc.ModelDynamicBatching())
+            return pb.ModelConfigResponse(config=config)
+
+        def ModelInfer(self, request, context):
+            t0 = time.perf_counter()
+            try:
+                server.check_model(request.model_name, request.model_version)
+            except HTTPError as exc:
+                fail(context, exc)
+            with server.metrics.lock:
+                server.metrics.inflight += 1
+            status = 200
+            try:
+                try:
+                    req = decode_infer_request(request, engine)
+                    from sai.runtime.serve import check_request
+
+                    req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
+                    fut = server.submit(req.feeds)
+                    try:
+                        outs = fut.result(timeout=server.request_timeout)
+                    except TimeoutError:
+                        fut.cancel()
+                        raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
+                    except Exception as exc:
+                        raise server.engine_error(exc) from None
+                    resp = pb.ModelInferResponse(model_name=server.model_name, model_version=server.model_version,
+                                                 id=request.id)
+                    for name, arr, _ in kserve.selected_outputs(outs, req):
+                        resp.outputs.add(name=name, datatype=kserve.v2_datatype(arr.dtype), shape=list(arr.shape))
+                        resp.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+                    return resp
+                except HTTPError as exc:
+                    status = exc.status
+                    fail(context, exc)
+            finally:
+                with server.metrics.lock:
+                    server.metrics.inflight -= 1
+                server.metrics.inference_request("grpc/ModelInfer", status, time.perf_counter() - t0)
+
+    limit = max(server.max_body_bytes, 4 << 20)
+    workers = max(8, min(64, server.batcher.max_queue + server.max_batch))
+    grpc_server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="sai-grpc"),
+                              maximum_concurrent_rpcs=4 * workers,
+                              options=[("grpc.max_receive_message_length", limit),
+                                       ("grpc.max_send_message_length", 1 << 30), ("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), grpc_server)
+    try:
+        bound = grpc_server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC on {host}:{port}: {exc}") from None
+    if not bound:
+        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    return grpc_server, bound

@@ -1,0 +1,327 @@
+"""The HTTP front end of `sai serve`: a starlette app (KServe v2 + sai's /v1) and the uvicorn protocol it runs on.
+
+Bodies are read with a limit (413 naming it; a moderately oversized body is read and dropped so the client sees
+the answer and the connection stays in step, a huge one is answered and the connection closed), decoded on the
+event loop when small and on a worker thread when large, then queued on the server's batcher; the handler awaits
+the batcher's Future. While the server drains, a request's body is read before its 503 is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sai.runtime import kserve
+from sai.runtime.kserve import HEADER_LENGTH, HTTPError
+from sai.runtime.serve import (
+    INFER_PATHS,
+    SERVER_NAME,
+    THREAD_DECODE_BYTES,
+    InferenceServer,
+    _v1_json,
+    await_result,
+    check_request,
+    decode_request,
+    decompress,
+)
+
+JSON = "application/json"
+
+
+def protocol_class(idle_timeout: float):
+    """uvicorn's httptools protocol (h11 where httptools is missing) that also closes a connection which has
+    not sent a whole request head within ``idle_timeout`` seconds of opening or of its last response (idle
+    clients and slow-header clients hold no thread, and now no socket for long either)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # pragma: no cover
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class Protocol(Base):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_idle()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_idle()
+
+        def _arm_idle(self) -> None:
+            self.loop.call_later(idle_timeout, self._idle_check, self.cycle)
+
+        def _idle_check(self, cycle) -> None:
+            if self.cycle is cycle and (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
+
+
+def _json(status: int, doc, headers: Optional[dict] = None) -> Response:
+    return Response(json.dumps(doc).encode(), status, headers=headers, media_type=JSON)
+
+
+def _v2_error(exc: HTTPError) -> Response:
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return Response(kserve.error_body(str(exc)), exc.status, headers=headers, media_type=JSON)
+
+
+def _v1_error(exc: HTTPError, close: bool = False) -> Response:
+    headers = {"Retry-After": "1"} if exc.status == 503 else {}
+    if close:
+        headers["Connection"] = "close"
+    return Response(json.dumps({"error": str(exc), "status": exc.status}).encode(), exc.status, headers=headers,
+                    media_type=JSON)
+
+
+async def _read_body(server: InferenceServer, request: Request) -> bytes:
+    """The body within ``server.max_body_bytes``; 411 without a length or chunked framing, 413 above it."""
+    limit = server.max_body_bytes
+    length = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if length is None and not chunked:
+        raise HTTPError(411, "Content-Length is required")
+    declared = int(length) if length is not None else None  # the parser has checked it is a non-negative int
+    if declared is not None and declared > limit:
+        if declared <= 16 * limit:
+            async for _ in request.stream():  # drop it, so the client reads the 413 and not a reset
+                pass
+        raise HTTPError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    return decompress(body, request.headers.get("content-encoding"), limit)
+
+
+async def _maybe_thread(size: int, fn, *args):
+    if size > THREAD_DECODE_BYTES:
+        return await run_in_threadpool(fn, *args)
+    return fn(*args)
+
+
+def make_app(server: InferenceServer) -> Starlette:
+    metrics = server.metrics
+
+    def ready() -> bool:
+        return server.ready.is_set() and not server.draining
+
+    # -- sai's own endpoints -----------------------------------------------------------------------
+    async def healthz(request: Request) -> Response:
+        metrics.request("/healthz", 200)
+        return Response(b'{"status":"ok"}', 200, media_type=JSON)
+
+    async def readyz(request: Request) -> Response:
+        ok = ready()
+        metrics.request("/readyz", 200 if ok else 503)
+        return _json(200 if ok else 503, {"ready": ok})
+
+    async def metrics_page(request: Request) -> Response:
+        metrics.request("/metrics", 200)
+        return Response(metrics.render().encode(), 200, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def v1_model(request: Request) -> Response:
+        metrics.request("/v1/model", 200)
+        info = server.engine.describe()
+        info.update(max_batch=server.max_batch, max_queue=server.batcher.max_queue, model_name=server.model_name,
+                    model_version=server.model_version)
+        return _json(200, info)
+
+    async def v1_infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        with metrics.lock:
+            metrics.inflight += 1
+        close = False
+        try:
+            try:
+                body = await _read_body(server, request)
+            except HTTPError as exc:
+                close = exc.status in (411, 413)
+                raise
+            if server.draining:
+                raise HTTPError(503, "server is shutting down")
+            ctype = request.headers.get("content-type", JSON)
+            binary = not ctype.lower().startswith(JSON)
+
+            def decode():
+                feeds = decode_request(ctype, request.headers, body, server.engine, server.max_batch)
+                return check_request(feeds, server.engine, server.max_batch, strict_dtype=binary)
+
+            feeds = await _maybe_thread(len(body), decode)
+            outs = await await_result(server, server.submit(feeds))
+            resp = await _maybe_thread(len(body), _v1_response, request, ctype, binary, outs)
+            status = 200
+        except HTTPError as exc:
+            resp, status = _v1_error(exc, close or server.draining), exc.status
+        finally:
+            with metrics.lock:
+                metrics.inflight -= 1
+        metrics.inference_request("/v1/infer", status, time.perf_counter() - t0)
+        return resp
+
+    def _v1_response(request: Request, ctype: str, binary: bool, outs) -> Response:
+        import io
+
+        import numpy as np
+
+        accept = request.headers.get("accept", "")
+        if binary and JSON not in accept:
+            name = request.headers.get("x-output") or next(iter(outs))
+            if name not in outs:
+                raise HTTPError(400, f"X-Output {name[:60]!r} is not an output; outputs: {', '.join(outs)}")
+            arr = np.ascontiguousarray(outs[name])
+            if ctype.lower().startswith(("application/x-npy", "application/npy")):
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                return Response(buf.getvalue(), 200, headers={"X-Output-Name": name}, media_type="application/x-npy")
+            return Response(arr.tobytes(), 200, media_type="application/octet-stream", headers={
+                "X-Output-Name": name, "X-Shape": ",".join(map(str, arr.shape)), "X-Dtype": arr.dtype.name})
+        return Response(_v1_json(outs), 200, media_type=JSON)
+
+    async def v1_not_found(request: Request) -> Response:
+        metrics.request("other", 404)
+        return _v1_error(HTTPError(404, f"no such path {request.url.path[:100]}; POST to /v1/infer, or use the v2 "
+                                        "API under /v2"), close=request.method == "POST")
+
+    # -- KServe v2 ---------------------------------------------------------------------------------
+    async def v2_live(request: Request) -> Response:
+        metrics.request("/v2/health/live", 200)
+        return _json(200, {"live": True})
+
+    async def v2_ready(request: Request) -> Response:
+        ok = ready()
+        metrics.request("/v2/health/ready", 200 if ok else 400)
+        return _json(200 if ok else 400, {"ready": ok})
+
+    async def v2_server(request: Request) -> Response:
+        from sai import __version__
+
+        metrics.request("/v2", 200)
+        return _json(200, {"name": SERVER_NAME, "version": __version__, "extensions": list(kserve.PROTOCOL_EXTENSIONS)})
+
+    def _model(request: Request, path: str) -> None:
+        try:
+            server.check_model(request.path_params["name"], request.path_params.get("version"))
+        except HTTPError:
+            metrics.request(path, 404)
+            raise
+
+    async def v2_model(request: Request) -> Response:
+        try:
+            _model(request, "/v2/models")
+        except HTTPError as exc:
+            return _v2_error(exc)
+        metrics.request("/v2/models", 200)
+        return _json(200, kserve.model_metadata(server.engine, server.model_name, server.model_version))
+
+    async def v2_model_ready(request: Request) -> Response:
+        try:
+            _model(request, "/v2/models/ready")
+        except HTTPError as exc:
+            return _v2_error(exc)
+        ok = ready()
+        metrics.request("/v2/models/ready", 200 if ok else 400)
+        return _json(200 if ok else 400, {"name": server.model_name, "ready": ok})
+
+    async def v2_model_config(request: Request) -> Response:
+        try:
+            _model(request, "/v2/models/config")
+        except HTTPError as exc:
+            return _v2_error(exc)
+        metrics.request("/v2/models/config", 200)
+        return _json(200, kserve.model_config(server.engine, server.model_name, server.max_batch))
+
+    async def v2_model_stats(request: Request) -> Response:
+        try:
+            _model(request, "/v2/models/stats")
+        except HTTPError as exc:
+            return _v2_error(exc)
+        metrics.request("/v2/models/stats", 200)
+        return _json(200, {"model_stats": [server_stats(server)]})
+
+    async def v2_infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        with metrics.lock:
+            metrics.inflight += 1
+        counted = False
+        try:
+            _model(request, "/v2/infer")
+            counted = True
+            body = await _read_body(server, request)
+            if server.draining:
+                raise HTTPError(503, "server is shutting down")
+
+            def decode():
+                doc, tail = kserve.split_http_body(body, request.headers.get(HEADER_LENGTH.lower()))
+                return server.infer_v2(doc, tail)
+
+            req, fut = await _maybe_thread(len(body), decode)
+            outs = await await_result(server, fut)
+            payload, header_len = await _maybe_thread(len(body), kserve.encode_infer_response, server.model_name,
+                                                      server.model_version, req, outs)
+            if header_len is None:
+                resp = Response(payload, 200, media_type=JSON)
+            else:
+                resp = Response(payload, 200, media_type="application/octet-stream",
+                                headers={HEADER_LENGTH: str(header_len)})
+            status = 200
+        except HTTPError as exc:
+            resp, status = _v2_error(exc), exc.status
+            if server.draining or status in (411, 413):
+                resp.headers["Connection"] = "close"
+        finally:
+            with metrics.lock:
+                metrics.inflight -= 1
+        if counted:
+            metrics.inference_request("/v2/infer", status, time.perf_counter() - t0)
+        return resp
+
+    async def v2_not_found(request: Request) -> Response:
+        metrics.request("other", 404)
+        return _v2_error(HTTPError(404, f"no such v2 endpoint {request.method} {request.url.path[:100]}"))
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]), Route("/v1/model", v1_model, methods=["GET"]),
+        *[Route(p, v1_infer, methods=["POST"]) for p in INFER_PATHS],
+        Route("/v2", v2_server, methods=["GET"]),
+        Route("/v2/health/live", v2_live, methods=["GET"]), Route("/v2/health/ready", v2_ready, methods=["GET"]),
+    ]
+    for base in (model, version):
+        routes += [Route(base, v2_model, methods=["GET"]), Route(base + "/ready", v2_model_ready, methods=["GET"]),
+                   Route(base + "/config", v2_model_config, methods=["GET"]),
+                   Route(base + "/stats", v2_model_stats, methods=["GET"]),
+                   Route(base + "/infer", v2_infer, methods=["POST"])]
+    routes += [Route("/v2/{rest:path}", v2_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
+               Route("/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "HEAD"])]
+    return Starlette(routes=routes)
+
+
+def server_stats(server: InferenceServer) -> dict:
+    """The model's statistics in the v2 statistics extension's layout (counts and cumulative nanoseconds)."""
+    m = server.metrics
+    with m.lock:
+        nv, failures = dict(m.nv), sum(m.failures.values())
+
+    def d(count, us):
+        return {"count": int(count), "ns": int(us * 1e3)}
+
+    n_ok = nv["nv_inference_request_success"]
+    return {"name": server.model_name, "version": server.model_version,
+            "inference_count": int(nv["nv_inference_count"]), "execution_count": int(nv["nv_inference_exec_count"]),
+            "inference_stats": {"success": d(n_ok, nv["nv_inference_request_duration_us"]),
+                                "fail": d(failures, 0), "queue": d(n_ok, nv["nv_inference_queue_duration_us"]),
+                                "compute_input": d(n_ok, nv["nv_inference_compute_input_duration_us"]),
+                                "compute_infer": d(n_ok, nv["nv_inference_compute_infer_duration_us"]),
+                                "compute_output": d(n_ok, nv["nv_inference_compute_output_duration_us"])}}
