@@ -94,7 +94,8 @@ plugins:
 	cmake --build $(PLUGIN_BUILD) -j2
 	@if [ -f $(PLUGIN_BUILD)/libsai_trt_plugins.so ]; then \
 		mkdir -p $(dir $(PLUGIN_LIB)) && cp $(PLUGIN_BUILD)/libsai_trt_plugins.so $(PLUGIN_LIB) && \
-		echo "plugins: installed $(PLUGIN_LIB)"; \
+		cp $(PLUGIN_BUILD)/libsai_trt_plugins_autoload.so $(dir $(PLUGIN_LIB)) && \
+		echo "plugins: installed $(PLUGIN_LIB) and $(dir $(PLUGIN_LIB))libsai_trt_plugins_autoload.so"; \
 	else echo "plugins: *** no TensorRT headers: built the CUDA kernels only, no plugin library ***"; fi
 
 # Sparse vs dense speed on this machine's CPU (ops, a block, sparse_resnet101, ONNX Runtime).

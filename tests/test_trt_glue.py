@@ -12,10 +12,12 @@ The test build compiles the CUDA kernels for one architecture only (sm_75) to sa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,12 +66,17 @@ def built():
     assert "SKIPPED" not in cfg.stdout + cfg.stderr
     # rebuild the glue from scratch so that its warnings are seen every time
     run(["cmake", "--build", BUILD, "--target", "clean"])
-    build = run(["cmake", "--build", BUILD, "-j2"])
+    build = run(["cmake", "--build", BUILD, "-j2", "--target", "all", "sai_fake_nvinfer", "sai_fake_nvinfer_lean"])
     assert build.returncode == 0, build.stdout + build.stderr
     lib = BUILD / "libsai_trt_plugins.so"
     harness = BUILD / "sai_trt_glue_harness"
-    assert lib.is_file() and harness.is_file()
-    return {"lib": lib, "harness": harness, "log": build.stdout + build.stderr, "include": inc}
+    autoload = BUILD / "libsai_trt_plugins_autoload.so"
+    assert lib.is_file() and harness.is_file() and autoload.is_file()
+    major = re.search(r"#define (?:TRT_MAJOR_ENTERPRISE|NV_TENSORRT_MAJOR) (\d+)", (inc / "NvInferVersion.h").read_text()).group(1)
+    fakes = {name: BUILD / f"fake-{name}" / f"lib{name}.so.{major}" for name in ("nvinfer", "nvinfer_lean")}
+    assert all(f.is_file() for f in fakes.values())
+    return {"lib": lib, "harness": harness, "autoload": autoload, "log": build.stdout + build.stderr, "include": inc,
+            "major": major, "fakes": fakes}
 
 
 def test_builds_warning_free(built):
@@ -93,6 +100,15 @@ def test_does_not_link_libnvinfer(built):
     assert not [n for n in needed if "nvinfer" in n], needed
 
 
+def test_autoload_companion_needs_libnvinfer_and_exports_nothing(built):
+    readelf = run(["readelf", "-d", built["autoload"]])
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", readelf.stdout)
+    assert f"libnvinfer.so.{built['major']}" in needed, needed
+    assert "RPATH" not in readelf.stdout and "RUNPATH" not in readelf.stdout, "no path to the link-time stub"
+    nm = run(["nm", "-D", "--defined-only", built["autoload"]])
+    assert [ln for ln in nm.stdout.splitlines() if ln.strip()] == []
+
+
 def test_glue_harness(built):
     r = run([built["harness"], built["lib"]], timeout=120)
     summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
@@ -114,3 +130,117 @@ def test_cmake_skips_glue_loudly_without_headers(tmp_path):
     out = cfg.stdout + cfg.stderr
     assert "TensorRT headers NOT FOUND" in out and "SKIPPED" in out
     assert "sai_trt_kernels" in (tmp_path / "b" / "Makefile").read_text()
+
+
+# ---- registration in every host, against a fake libnvinfer (trt_plugins/tests/fake_nvinfer.cpp) --
+# Each scenario runs in a fresh process: the fake plays the libnvinfer of the host, loaded the way
+# that host loads it; the plugin library is loaded the way that host loads plugins. The expectation
+# is always the same: each creator registered exactly once in the host's registry, no registration
+# refused as a duplicate, none attempted while the registry is locked (re-entrant from loadLibrary).
+SCENARIO = r"""
+import ctypes, json, os, sys
+lib, autoload, fake, lean, how = sys.argv[1:6]
+LOCAL, GLOBAL = os.RTLD_NOW | os.RTLD_LOCAL, os.RTLD_NOW | os.RTLD_GLOBAL
+
+def runtime(path, mode=LOCAL):
+    f = ctypes.CDLL(path, mode=mode)
+    f.fakeLoadLibrary.restype = ctypes.c_void_p
+    return f
+
+def counts(f):
+    return {"SparseSampleConv": f.fakeRegistrations(b"SparseSampleConv"), "Interpolate": f.fakeRegistrations(b"Interpolate"),
+            "rejected": f.fakeRejected(), "reentrant": f.fakeReentrant()}
+
+out = {}
+if how == "sai":                      # python: import tensorrt (RTLD_LOCAL), registry.load_library(lib)
+    f = runtime(fake)
+    out["handle"] = bool(f.fakeLoadLibrary(lib.encode()))
+elif how == "trtexec":                # executable linked to libnvinfer (global scope), --dynamicPlugins=lib
+    f = runtime(fake, GLOBAL)
+    out["handle"] = bool(f.fakeLoadLibrary(lib.encode()))
+elif how == "polygraphy":             # tensorrt imported, then --plugins: ctypes.CDLL(lib)
+    f = runtime(fake)
+    ctypes.CDLL(lib)
+elif how == "polygraphy_then_load_library":   # the same process later calls load_library(lib) as well
+    f = runtime(fake)
+    ctypes.CDLL(lib)
+    out["handle"] = bool(f.fakeLoadLibrary(lib.encode()))
+elif how == "polygraphy_before_tensorrt":     # --plugins autoload library before `import tensorrt`
+    ctypes.CDLL(autoload)
+    f = runtime(fake)
+elif how == "triton_plugins":         # the TensorRT backend (linked to libnvinfer) dlopens plugins=lib
+    f = runtime(fake)
+    ctypes.CDLL(lib, mode=LOCAL)
+elif how == "ld_preload":             # LD_PRELOAD=... tritonserver; the backend loads libnvinfer later
+    f = runtime(fake)
+elif how == "version_compatible":     # plugins= lib, then a VC engine's lean runtime loads it too
+    f = runtime(fake)
+    ctypes.CDLL(lib, mode=LOCAL)
+    g = runtime(lean)
+    out["handle"] = bool(g.fakeLoadLibrary(lib.encode()))
+    out["lean"] = counts(g)
+out["full"] = counts(f)
+print(json.dumps(out))
+"""
+
+ONCE = {"SparseSampleConv": 1, "Interpolate": 1, "rejected": 0, "reentrant": 0}
+
+
+def scenario(built, how, preload=None):
+    env = dict(os.environ, SAI_TRT_PLUGINS_DEBUG="1")
+    env.pop("SAI_TRT_PLUGINS_NO_AUTOREGISTER", None)
+    env["LD_LIBRARY_PATH"] = str(built["fakes"]["nvinfer"].parent)  # where the loader finds libnvinfer.so.N
+    if preload is not None:
+        env["LD_PRELOAD"] = str(preload)
+    r = run([sys.executable, "-c", SCENARIO, built["lib"], built["autoload"], built["fakes"]["nvinfer"],
+             built["fakes"]["nvinfer_lean"], how], env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+@pytest.mark.parametrize("how", ["sai", "trtexec"])
+def test_load_library_hosts_register_once(built, how):
+    out, log = scenario(built, how)
+    assert out["handle"], log
+    assert out["full"] == ONCE, log
+    assert "loaded by TensorRT's loadLibrary" in log
+
+
+@pytest.mark.parametrize("how", ["polygraphy", "triton_plugins", "polygraphy_then_load_library"])
+def test_dlopen_hosts_register_on_load_once(built, how):
+    out, log = scenario(built, how)
+    assert out["full"] == ONCE, log
+    assert "registered SparseSampleConv on load" in log
+    if how == "polygraphy_then_load_library":
+        assert out["handle"] and "returning none" in log, log
+
+
+def test_autoload_before_tensorrt_registers_once(built):
+    out, log = scenario(built, "polygraphy_before_tensorrt")
+    assert out["full"] == ONCE, log
+
+
+def test_ld_preload_autoload_registers_once(built):
+    out, log = scenario(built, "ld_preload", preload=built["autoload"])
+    assert out["full"] == ONCE, log
+
+
+def test_ld_preload_main_library_alone_finds_no_tensorrt(built):
+    # documents why the autoload companion exists: preloaded before libnvinfer, the main library
+    # (no libnvinfer dependency by design) has no registry to register into
+    out, log = scenario(built, "ld_preload", preload=built["lib"])
+    assert out["full"]["SparseSampleConv"] == 0 and "no TensorRT" in log
+
+
+def test_version_compatible_lean_runtime_gets_the_creators(built):
+    out, log = scenario(built, "version_compatible")
+    assert out["full"] == ONCE, log
+    assert out["handle"] and out["lean"] == ONCE, log
+
+
+def test_no_autoregister_switch(built):
+    env = dict(os.environ, SAI_TRT_PLUGINS_DEBUG="1", SAI_TRT_PLUGINS_NO_AUTOREGISTER="1")
+    r = run([sys.executable, "-c", SCENARIO, built["lib"], built["autoload"], built["fakes"]["nvinfer"],
+             built["fakes"]["nvinfer_lean"], "polygraphy"], env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["full"]["SparseSampleConv"] == 0
