@@ -348,3 +348,32 @@ def test_cuda_implementations_run_the_kernels():
     fmask = fmask.double()
     torch.testing.assert_close(torch_ops.interpolate_cuda(feature, fmask, 1.0, 3, 1e-5),
                                interpolate_reference(feature, fmask, 1.0, 3, 1e-5))
+
+
+# ----------------------------------------------------------------------------------------------
+# make gpu-check: the prepared GPU run, end to end under the interpreter at tiny sizes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_gpu_check_runs_end_to_end_under_the_interpreter(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from sai.kernels import configs
+
+    before = sorted(p.name for p in configs.HERE.glob("*.json"))
+    proc = subprocess.run([sys.executable, "-m", "sai.kernels.gpu_check", "--out", str(tmp_path), "--tiny"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    sections = report["sections"]
+    assert set(sections) == {"env", "parity", "ops", "block", "model", "autotune"}
+    assert not [name for name, s in sections.items() if "error" in s]
+    assert sections["parity"]["failed"] == 0 and sections["parity"]["passed"] >= 5
+    assert "skipped" in sections["ops"]
+    assert sections["block"]["rows"][0]["fast_tail_rel_err"] < 1e-5  # DESIGN.md 3.4 fast form == fused block
+    assert all(row["finite"] for row in sections["model"]["rows"])
+    tuned = json.loads((tmp_path / "configs" / "interpreter.json").read_text())
+    assert tuned["sparse_sample_conv"][0]["match"]["k"] == 3 and tuned["interpolate"]
+    assert sorted(p.name for p in configs.HERE.glob("*.json")) == before  # the package table is untouched

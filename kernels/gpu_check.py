@@ -1,0 +1,552 @@
+"""The one prepared GPU run (``make gpu-check``, DESIGN.md 6): everything a lent GPU machine should tell us.
+
+``python -m sai.kernels.gpu_check --out build/gpu-check`` writes ``gpu-check.json`` (rewritten after
+every section, so a run cut short still reports what it reached) with:
+
+- ``env``: Python, torch, triton, numpy, CUDA, cuDNN, the device and its compute capability;
+- ``parity``: every kernel vs the PyTorch reference in float64 on the same device (a reduced matrix of
+  strides, pads, groups, deform_groups, masks, fp32 ieee / fp16 / bf16);
+- ``ops``: fp16 op timings, batch 1 and 8, r = 0.1 / 0.25 / 0.5 / 1.0, against cuDNN dense in the same
+  run (torch conv2d, channels_last, fp16; for Interpolate the dense formula in torch), both
+  CUDA-graphed, with ratios dense/sparse (> 1: the sparse kernel is faster);
+- ``block``: the fused stage-3 Bottleneck (1024 ch, 64x104) sparse vs dense, and its fast tail
+  (``interpolate_add_relu``);
+- ``model``: sparse_resnet101 (density ~0.3) vs resnet101, 512x832 and 1024x1664, batch 1, fp16,
+  CUDA-graphed;
+- ``autotune``: a short sweep of tile configs; winners go to ``configs/sm_<cc>.json`` under ``--out``
+  and, with ``--write-configs``, into the package's ``kernels/configs/`` (the committed table the AOT
+  build reads).
+
+Without a GPU (or with ``--tiny``) the same code runs end to end under the Triton interpreter at tiny
+sizes, timings skipped: the test suite runs it that way, so it works the first time it meets a GPU.
+Needs no network. Each section records its own error instead of ending the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+TINY_DEFAULT = None  # decided from the device
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+class Report:
+    def __init__(self, out: Path, budget_s: float):
+        self.out = out
+        self.data: dict = {"sections": {}}
+        self.t0 = _now()
+        self.budget_s = budget_s
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget_s - (_now() - self.t0)
+
+    def section(self, name: str, fn, *args) -> None:
+        t = _now()
+        entry: dict = {}
+        if self.left() <= 0:
+            entry = {"skipped": "time budget spent"}
+        else:
+            try:
+                entry = fn(*args) or {}
+            except Exception as e:  # a section's failure is a result, not the end of the run
+                entry = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+        entry["seconds"] = round(_now() - t, 2)
+        self.data["sections"][name] = entry
+        print(f"gpu-check: {name}: {'ERROR ' + entry['error'] if 'error' in entry else 'ok'} ({entry['seconds']}s)",
+              flush=True)
+        self.write()
+
+    def write(self) -> None:
+        self.data["elapsed_s"] = round(_now() - self.t0, 2)
+        tmp = self.out / ".gpu-check.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        os.replace(tmp, self.out / "gpu-check.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------------------
+
+
+def env_section(dev) -> dict:
+    import numpy
+    import torch
+    import triton
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+           "numpy": numpy.__version__, "device": str(dev), "interpreter": dev.type == "cpu",
+           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None}
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        out.update(name=p.name, cc=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
+                   memory_gib=round(p.total_memory / 2**30, 1))
+        from sai.kernels import torch_ops
+
+        out["torch_ops_registered"] = torch_ops.registered()
+    return out
+
+
+def _rel_err(got, ref) -> float:
+    scale = max(ref.abs().max().item(), 1e-30)
+    return (got.double() - ref).abs().max().item() / scale
+
+
+def parity_section(dev, tiny: bool) -> dict:
+    import torch
+
+    import sai.kernels as K
+    from sai.models.ops import (
+        conv_output_size,
+        interpolate_reference,
+        normalize_pads,
+        sparse_sample_conv_reference,
+    )
+
+    tol = {torch.float32: 1e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    s = 1 if tiny else 4  # size multiplier
+    conv_cases = [
+        dict(cin=20 * s, cout=24 * s, h=9 * s, w=11 * s, k=3, stride=1, pads=1, dil=1, groups=1, dg=0),
+        dict(cin=17 * s, cout=33 * s, h=8 * s, w=10 * s, k=1, stride=2, pads=0, dil=1, groups=1, dg=0),
+        dict(cin=8 * s, cout=12 * s, h=11 * s, w=9 * s, k=5, stride=2, pads=(2, 1, 0, 3), dil=2, groups=4, dg=0),
+        dict(cin=8 * s, cout=10 * s, h=7 * s, w=6 * s, k=3, stride=1, pads=1, dil=1, groups=1, dg=1),
+        dict(cin=8 * s, cout=6 * s, h=8 * s, w=7 * s, k=3, stride=2, pads=(1, 0, 2, 1), dil=2, groups=2, dg=4),
+    ]
+    dtypes = [torch.float32, torch.float16] if tiny else [torch.float32, torch.float16, torch.bfloat16]
+    if tiny:  # the interpreter: one case per kernel path
+        conv_cases = conv_cases[2:4]
+    results = []
+    for case in conv_cases:
+        for dt in dtypes:
+            if tiny and dt != torch.float32 and case["dg"]:
+                continue
+            pads = normalize_pads(case["pads"])
+            ho = conv_output_size(case["h"], case["k"], case["stride"], pads[0], pads[2], case["dil"])
+            wo = conv_output_size(case["w"], case["k"], case["stride"], pads[1], pads[3], case["dil"])
+            n = 2
+            x = torch.randn(n, case["cin"], case["h"], case["w"], generator=g).to(dt)
+            wt = (torch.randn(case["cout"], case["cin"] // case["groups"], case["k"], case["k"], generator=g)
+                  / (case["cin"] * case["k"] ** 2) ** 0.5).to(dt)
+            b = torch.randn(case["cout"], generator=g).to(dt)
+            m = torch.rand(n, 1, ho, wo, generator=g)
+            m = torch.where(m < 0.4, 0.0, torch.where(m > 0.8, 1.0, m))
+            off = (2.5 * torch.randn(n, 2 * case["dg"] * case["k"] ** 2, ho, wo, generator=g)).to(dt) \
+                if case["dg"] else None
+            x, wt, b, m = (t.to(dev) for t in (x, wt, b, m))
+            off = off.to(dev) if off is not None else None
+            dgs = max(case["dg"], 1)
+            stride, dil = [case["stride"]] * 2, [case["dil"]] * 2
+            ref = sparse_sample_conv_reference(x.double(), m.double(), wt.double(), b.double(),
+                                               None if off is None else off.double(), stride, pads, dil,
+                                               case["groups"], dgs, "relu")
+            got = K.sparse_sample_conv(x.contiguous(memory_format=torch.channels_last), m, wt, b, stride, pads,
+                                       dil, case["groups"], "relu", off, dgs)
+            err = _rel_err(got, ref)
+            zeros_ok = bool((got[(m == 0).expand_as(got)] == 0).all())
+            factor = 2.0 if case["dg"] else 1.0
+            results.append({"op": "sparse_sample_conv", **{k: v for k, v in case.items()}, "dtype": str(dt),
+                            "rel_err": err, "zeros_exact": zeros_ok, "ok": err <= tol[dt] * factor and zeros_ok})
+    for ks, c, h, w, fused in ((3, 20, 5, 6, False), (7, 19, 5, 4, True)) if tiny else \
+            ((3, 64, 33, 47, False), (7, 1024, 32, 52, False), (7, 256, 32, 52, True)):
+        for dt in dtypes:
+            f = torch.randn(2, c, h, w, generator=g).to(dt)
+            m = torch.rand(2, 1, h, w, generator=g)
+            m = torch.where(m < 0.5, 0.0, torch.where(m > 0.8, 1.0, m))
+            bias = torch.randn(c, generator=g)
+            ident = torch.randn(2, c, h, w, generator=g).to(dt)
+            f, m, bias, ident = (t.to(dev) for t in (f, m, bias, ident))
+            ref = interpolate_reference(f.double(), m.double(), 1.2, ks, 1e-5)
+            poisoned = torch.where(m.bool(), f, torch.tensor(float("nan"), dtype=dt, device=dev))
+            if fused:
+                ref = torch.relu(ref + bias.double()[None, :, None, None] + ident.double())
+                got = K.interpolate_add_relu(poisoned, m, 1.2, bias, ident.contiguous(memory_format=torch.channels_last),
+                                             ks)
+            else:
+                got = K.interpolate(poisoned.contiguous(memory_format=torch.channels_last), m, 1.2, ks)
+            err = _rel_err(got, ref)
+            results.append({"op": "interpolate_add_relu" if fused else "interpolate", "k": ks, "c": c, "h": h,
+                            "w": w, "dtype": str(dt), "rel_err": err, "finite": bool(torch.isfinite(got).all()),
+                            "ok": err <= tol[dt] and bool(torch.isfinite(got).all())})
+    failed = [r for r in results if not r["ok"]]
+    return {"cases": results, "passed": len(results) - len(failed), "failed": len(failed)}
+
+
+def _graphed(fn, reps: int):
+    """A CUDA graph of ``reps`` calls of ``fn`` (after a warm-up on a side stream), or None."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return graph
+
+
+def time_ms(fn, reps: int = 20, trials: int = 5) -> dict:
+    """Median ms per call, CUDA-graphed (``reps`` calls per graph replay); eager when capture fails."""
+    import torch
+
+    mode = "graph"
+    try:
+        graph = _graphed(fn, reps)
+        run = graph.replay
+    except Exception as e:  # noqa: BLE001 - fall back, but say so
+        mode = f"eager ({type(e).__name__}: {str(e)[:120]})"
+        torch.cuda.synchronize()
+
+        def run():
+            for _ in range(reps):
+                fn()
+    run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(trials):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / reps)
+    times.sort()
+    return {"ms": times[len(times) // 2], "min_ms": times[0], "mode": mode}
+
+
+def _random_mask(n, h, w, r, dev):
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(int(r * 1000) + n + h)
+    return (torch.rand(n, 1, h, w, generator=g) < r).float().to(dev)
+
+
+def ops_section(dev) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import sai.kernels as K
+    from sai.models.ops import interpolate_reference
+
+    dt = torch.float16
+    cl = torch.channels_last
+    rows = []
+    torch.backends.cudnn.benchmark = True
+    for batch in (1, 8):
+        for name, cin, cout, k, h, w in (("conv3x3 256->256", 256, 256, 3, 64, 64),
+                                         ("conv3x3 256->256", 256, 256, 3, 128, 208),
+                                         ("conv1x1 1024->256", 1024, 256, 1, 64, 104)):
+            x = torch.randn(batch, cin, h, w, device=dev, dtype=dt).contiguous(memory_format=cl)
+            wt = (torch.randn(cout, cin, k, k, device=dev) / (cin * k * k) ** 0.5).to(dt).contiguous(memory_format=cl)
+            b = torch.randn(cout, device=dev, dtype=dt)
+            pad = k // 2
+            dense = time_ms(lambda x=x, wt=wt, b=b, pad=pad: F.relu(F.conv2d(x, wt, b, padding=pad)))
+            for r in (0.1, 0.25, 0.5, 1.0):
+                m = _random_mask(batch, h, w, r, dev)
+                sp = time_ms(lambda x=x, m=m, wt=wt, b=b, pad=pad: K.sparse_sample_conv(x, m, wt, b, padding=pad,
+                                                                                        activation="relu"))
+                rows.append({"op": f"{name} {h}x{w}", "batch": batch, "r": r, "sparse_ms": sp["ms"],
+                             "dense_ms": dense["ms"], "ratio": dense["ms"] / sp["ms"], "mode": sp["mode"],
+                             "dense_mode": dense["mode"]})
+        c, h, w = 1024, 64, 104
+        f = torch.randn(batch, c, h, w, device=dev, dtype=dt).contiguous(memory_format=cl)
+        for r in (0.1, 0.25, 0.5, 1.0):
+            m = _random_mask(batch, h, w, r, dev)
+            dense = time_ms(lambda f=f, m=m: interpolate_reference(f, m.to(dt), 1.0, 7, 1e-5))
+            sp = time_ms(lambda f=f, m=m: K.interpolate(f, m, 1.0, 7))
+            rows.append({"op": f"interpolate k7 {c}ch {h}x{w}", "batch": batch, "r": r, "sparse_ms": sp["ms"],
+                         "dense_ms": dense["ms"], "ratio": dense["ms"] / sp["ms"], "mode": sp["mode"],
+                         "dense": "interpolate_reference (torch, fp16)"})
+    return {"rows": rows, "goals": {
+        "conv3x3 r=0.25 batch 1 >= 2.5x": [r["ratio"] for r in rows if r["op"].startswith("conv3x3") and r["r"] == 0.25
+                                           and r["batch"] == 1],
+        "conv3x3 r=1.0 batch 1 >= 1/1.15": [r["ratio"] for r in rows if r["op"].startswith("conv3x3") and r["r"] == 1.0
+                                            and r["batch"] == 1]}}
+
+
+def _no_record(model) -> None:
+    """Mask statistics copy to the host every block (a sync that CUDA graphs cannot capture): off for timing."""
+    for mod in model.modules():
+        if hasattr(mod, "_record") and hasattr(mod, "mask_stats"):
+            mod._record = lambda m1, m2: None
+
+
+def _stage3_block(dev, dt, r: float, h: int, w: int, tiny: bool):
+    import torch
+    from torch import nn
+
+    from sai.models import build_model, fuse_for_inference
+    from sai.models.blocks import Bottleneck
+    from sai.models.fuse import fuse_block
+    from sai.runtime.opbench import calibrate_mask_bias, randomize_masks
+
+    width = {"base_width": 4} if tiny else {}
+    model = build_model("sparse_resnet50", head="none", **width)
+    blk = model.layer3[1]
+    cin = blk.inplanes
+    x = torch.randn(1, cin, h, w)
+    randomize_masks(blk)
+    calibrate_mask_bias(nn.Sequential(blk), x, r)
+    fused = fuse_for_inference(model).layer3[1]
+    dense_blk = Bottleneck(cin, blk.planes)
+    dense_blk.load_state_dict({k: v for k, v in blk.state_dict().items() if k in dense_blk.state_dict()})
+    dense_fused = fuse_block(dense_blk.eval())
+    fused = fused.to(dev).eval()
+    dense_fused = dense_fused.to(dev, dt).eval().to(memory_format=torch.channels_last)
+    return fused, dense_fused, x.to(dev)
+
+
+def _fast_tail(blk, x):
+    """The fused Bottleneck of DESIGN.md 3.4 (fast form) on sai.kernels, the tail in one kernel."""
+    import sai.kernels as K
+
+    m1, m2 = blk.masks(x)
+    s, k = blk.stride, blk.gaussian_kernel
+    identity = blk._identity(x)
+    a = K.sparse_sample_conv(x, m1, blk.conv1_weight, blk.conv1_bias, activation="relu")
+    a = K.interpolate(a, m1, blk.sigma1, k)
+    off = None
+    if blk.with_dcn:
+        off = K.sparse_sample_conv(x, m2, blk.offset_weight, blk.offset_bias, stride=s, padding=1)
+    b = K.sparse_sample_conv(a, m2, blk.conv2_weight, blk.conv2_bias, stride=s, padding=1, activation="relu",
+                             offset=off)
+    c = K.sparse_sample_conv(b, m2, blk.conv3_weight)
+    return K.interpolate_add_relu(c, m2, blk.sigma2, blk.out_bias, identity, k)
+
+
+def block_section(dev, tiny: bool) -> dict:
+    import torch
+
+    dt = torch.float16 if dev.type == "cuda" else torch.float32
+    h, w = (6, 7) if tiny else (64, 104)
+    rows = []
+    for r in (0.25,) if tiny else (0.25, 0.5):
+        fused, dense, x = _stage3_block(dev, dt, r, h, w, tiny)
+        with torch.no_grad():
+            fused.reset_densities()
+            ref = fused.float()(x.float()) if dev.type == "cpu" else None
+            stats = fused.mask_stats() or {}
+            fused = fused.to(dt).to(memory_format=torch.channels_last)
+            _no_record(fused)
+            xs = x.to(dt).contiguous(memory_format=torch.channels_last)
+            tail = _fast_tail(fused, xs)
+            if ref is not None:  # interpreter: the fast tail equals the fused block's forward
+                row = {"r": r, "fast_tail_rel_err": _rel_err(tail, ref.double())}
+            else:
+                ts = time_ms(lambda f=fused, x=xs: f(x), reps=10)
+                tt = time_ms(lambda f=fused, x=xs: _fast_tail(f, x), reps=10)
+                td = time_ms(lambda f=dense, x=xs: f(x), reps=10)
+                row = {"r": r, "sparse_ms": ts["ms"], "fast_tail_ms": tt["ms"], "dense_ms": td["ms"],
+                       "ratio": td["ms"] / ts["ms"], "ratio_fast_tail": td["ms"] / tt["ms"], "mode": ts["mode"]}
+            row.update(measured_d1=stats.get("d1"), measured_d2=stats.get("d2"), size=f"{h}x{w}")
+            rows.append(row)
+    return {"rows": rows, "block": "sparse_resnet50.layer3[1] (stage-3 Bottleneck), fp16, batch 1"}
+
+
+def model_section(dev, tiny: bool) -> dict:
+    import torch
+
+    from sai.models import build_model, fuse_for_inference
+    from sai.runtime.opbench import calibrate_mask_bias, dense_twin, measured_density, randomize_masks
+
+    dt = torch.float16 if dev.type == "cuda" else torch.float32
+    sizes = [(32, 32)] if tiny else [(512, 832), (1024, 1664)]
+    arch = "sparse_resnet18" if tiny else "sparse_resnet101"
+    rows = []
+    for h, w in sizes:
+        torch.manual_seed(0)
+        width = {"base_width": 16} if tiny else {}
+        model = build_model(arch, head="none", **width).eval()
+        randomize_masks(model)
+        x = torch.randn(1, 3, h, w)
+        model = model.to(dev)
+        x = x.to(dev)
+        calibrate_mask_bias(model, x, 0.3)
+        dense = fuse_for_inference(dense_twin(model, arch.replace("sparse_", ""), head="none", **width)).to(dev)
+        fused = fuse_for_inference(model).eval()
+        with torch.no_grad():
+            fused.reset_densities()
+            fused(x)
+            d = measured_density(fused)
+            fused = fused.to(dt).to(memory_format=torch.channels_last)
+            dense = dense.to(dt).to(memory_format=torch.channels_last).eval()
+            _no_record(fused)
+            xs = x.to(dt).contiguous(memory_format=torch.channels_last)
+            y = fused(xs)
+            ys = y if isinstance(y, (tuple, list)) else [y]
+            row = {"arch": arch, "size": f"{h}x{w}", "measured_density": d,
+                   "finite": all(bool(torch.isfinite(t).all()) for t in ys)}
+            if dev.type == "cuda":
+                ts = time_ms(lambda f=fused, x=xs: f(x), reps=3, trials=5)
+                td = time_ms(lambda f=dense, x=xs: f(x), reps=3, trials=5)
+                row.update(sparse_ms=ts["ms"], dense_ms=td["ms"], ratio=td["ms"] / ts["ms"], mode=ts["mode"],
+                           dense_mode=td["mode"])
+        rows.append(row)
+        model = fused = dense = None
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+def autotune_section(dev, tiny: bool, out: Path, write_configs: bool) -> dict:
+    """Sweep tile configs of the conv (3x3 and 1x1, fp16) and Interpolate (k7) kernels; keep the fastest."""
+    import itertools
+
+    import torch
+
+    from sai.kernels import configs
+    from sai.kernels.interpolate import interpolate as interp
+    from sai.kernels.sparse_sample_conv import sparse_sample_conv as conv
+    from sai.models.ops import interpolate_reference, sparse_sample_conv_reference
+
+    arch = configs.arch_name(dev)
+    dt = torch.float16 if dev.type == "cuda" else torch.float32
+    if tiny:
+        conv_space = [dict(BM=64, BN=16, BK=16, num_warps=1, num_stages=1), dict(BM=32, BN=32, BK=16, num_warps=1,
+                                                                              num_stages=1)]
+        interp_space = [dict(BP=64, BC=16, num_warps=1, num_stages=1), dict(BP=16, BC=32, num_warps=1, num_stages=1)]
+        shapes = {"3": (1, 16, 24, 9, 11), "1": (1, 24, 16, 9, 11)}
+        ishape = (1, 20, 9, 11)
+    else:
+        conv_space = [dict(BM=bm, BN=bn, BK=bk, num_warps=nw, num_stages=ns)
+                      for bm, bn, bk, nw, ns in itertools.product((64, 128), (64, 128), (32, 64), (4, 8), (3,))
+                      if not (bm == 64 and nw == 8)]
+        conv_space += [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=4),
+                       dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)]
+        interp_space = [dict(BP=bp, BC=bc, num_warps=nw, num_stages=1)
+                        for bp, bc, nw in itertools.product((16, 32, 64), (64, 128), (4, 8))]
+        shapes = {"3": (1, 256, 256, 128, 208), "1": (1, 1024, 256, 64, 104)}
+        ishape = (1, 1024, 64, 104)
+
+    orig = configs.lookup
+    results: dict = {"arch": arch, "conv": {}, "interpolate": []}
+    winners: dict = {}
+    try:
+        for k, (n, cin, cout, h, w) in shapes.items():
+            g = torch.Generator(device="cpu").manual_seed(1)
+            x = torch.randn(n, cin, h, w, generator=g).to(dev, dt).contiguous(memory_format=torch.channels_last)
+            wt = (torch.randn(cout, cin, int(k), int(k), generator=g) / (cin * int(k) ** 2) ** 0.5).to(dev, dt)
+            m = _random_mask(n, h, w, 0.25, dev)
+            pad = int(k) // 2
+            ref = sparse_sample_conv_reference(x.double(), m.double(), wt.double(), None, None, [1, 1], [pad] * 4,
+                                               [1, 1], 1, 1, "none")
+            trials = []
+            for cfg in conv_space:
+                configs.lookup = lambda kernel, a, _cfg=cfg, **f: dict(_cfg) if kernel == "sparse_sample_conv" \
+                    else orig(kernel, a, **f)
+                try:
+                    got = conv(x, m, wt, None, padding=pad)
+                    err = _rel_err(got, ref)
+                    t = time_ms(lambda x=x, m=m, wt=wt, pad=pad: conv(x, m, wt, None, padding=pad), reps=10,
+                                trials=3)["ms"] if dev.type == "cuda" else None
+                    trials.append({"config": cfg, "ms": t, "rel_err": err, "ok": err < 4e-3})
+                except Exception as e:  # noqa: BLE001 - e.g. out of shared memory: not a candidate
+                    trials.append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            results["conv"][f"k{k}"] = trials
+            good = [t for t in trials if t.get("ok")]
+            if good:
+                best = min(good, key=lambda t: t["ms"] if t["ms"] is not None else 0.0)
+                winners.setdefault("sparse_sample_conv", []).append(
+                    {"match": {"dtype": str(dt).replace("torch.", ""), "k": int(k), "deform": False},
+                     "config": best["config"], "measured": {"ms": best["ms"], "shape": [n, cin, cout, h, w], "r": 0.25}})
+        g = torch.Generator(device="cpu").manual_seed(2)
+        f = torch.randn(*ishape, generator=g).to(dev, dt).contiguous(memory_format=torch.channels_last)
+        m = _random_mask(ishape[0], ishape[2], ishape[3], 0.25, dev)
+        ref = interpolate_reference(f.double(), m.double(), 1.0, 7, 1e-5)
+        for cfg in interp_space:
+            configs.lookup = lambda kernel, a, _cfg=cfg, **fe: dict(_cfg) if kernel == "interpolate" \
+                else orig(kernel, a, **fe)
+            try:
+                err = _rel_err(interp(f, m, 1.0, 7), ref)
+                t = time_ms(lambda: interp(f, m, 1.0, 7), reps=10, trials=3)["ms"] if dev.type == "cuda" else None
+                results["interpolate"].append({"config": cfg, "ms": t, "rel_err": err, "ok": err < 4e-3})
+            except Exception as e:  # noqa: BLE001
+                results["interpolate"].append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        good = [t for t in results["interpolate"] if t.get("ok")]
+        if good:
+            best = min(good, key=lambda t: t["ms"] if t["ms"] is not None else 0.0)
+            winners["interpolate"] = [{"match": {}, "config": best["config"],
+                                       "measured": {"ms": best["ms"], "shape": list(ishape), "r": 0.25}}]
+    finally:
+        configs.lookup = orig
+
+    # the new table: winners first, then the arch's (or default) entries for everything not tuned
+    base = configs._load(arch) or configs._load("default")
+    table = {"_comment": f"autotuned by python -m sai.kernels.gpu_check on {arch} ({time.strftime('%Y-%m-%d')}); "
+                         "entries without 'measured' are the untuned defaults"}
+    for kernel in ("sparse_sample_conv", "interpolate"):
+        table[kernel] = winners.get(kernel, []) + list(base.get(kernel, []))
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table, indent=1) + "\n"
+    (out / "configs" / f"{arch}.json").write_text(text)
+    results["winners"] = winners
+    results["written"] = [str(out / "configs" / f"{arch}.json")]
+    if write_configs and dev.type == "cuda":
+        dest = configs.HERE / f"{arch}.json"
+        dest.write_text(text)
+        configs.reload()
+        results["written"].append(str(dest))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sai.kernels.gpu_check", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("build/gpu-check"))
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes (the default without a GPU)")
+    ap.add_argument("--sections", default="env,parity,ops,block,model,autotune")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="skip the sections left after this long")
+    ap.add_argument("--write-configs", action="store_true",
+                    help="also write the autotune winners into the package's kernels/configs/ (GPU only)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+    else:
+        os.environ["TRITON_INTERPRET"] = "1"  # read by sai.kernels at launch
+        dev = torch.device("cpu")
+    tiny = args.tiny or dev.type == "cpu"
+    import sai.models  # noqa: F401  (registers the CUDA implementations where CUDA is)
+
+    rep = Report(args.out, args.budget_s)
+    rep.data.update(tiny=tiny, started=time.strftime("%Y-%m-%dT%H:%M:%S"), argv=sys.argv[1:])
+    wanted = args.sections.split(",")
+    plan = [("env", env_section, (dev,)), ("parity", parity_section, (dev, tiny)),
+            ("ops", ops_section, (dev,)), ("block", block_section, (dev, tiny)),
+            ("model", model_section, (dev, tiny)),
+            ("autotune", autotune_section, (dev, tiny, args.out, args.write_configs))]
+    for name, fn, fargs in plan:
+        if name not in wanted:
+            continue
+        if name == "ops" and (dev.type != "cuda" or tiny):
+            rep.data["sections"]["ops"] = {"skipped": "timings need a GPU" if dev.type != "cuda" else "--tiny"}
+            continue
+        rep.section(name, fn, *fargs)
+    rep.write()
+    errors = [n for n, s in rep.data["sections"].items() if "error" in s]
+    parity = rep.data["sections"].get("parity", {})
+    print(f"gpu-check: wrote {args.out / 'gpu-check.json'} in {rep.data['elapsed_s']}s; "
+          f"parity {parity.get('passed', '-')} ok / {parity.get('failed', '-')} failed; errors in: {errors or 'none'}")
+    return 1 if errors or parity.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
