@@ -114,6 +114,8 @@ def check_output_dir(path: PathLike, flag: str = "-o", *, marker: Optional[str] 
         raise SaiError(f"{p} exists and is not written by {what}; choose an empty or new {flag} directory")
     _check_parent(p.parent, flag, create=True)
     _probe_writable(p.parent, flag)
+    if p.is_dir():  # replacing it: an immutable folder or another user's refuses new files as it refuses renames
+        _probe_writable(p, flag)
     return p
 
 

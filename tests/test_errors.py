@@ -226,10 +226,52 @@ def test_read_only_output_folder(tmp_path, capsys, stub_export):
     try:
         assert main(["convert", str(tiny_checkpoint(tmp_path)), "-o", str(ro / "out")]) == 2
         assert "Permission denied" in _err(capsys)
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "manifest.json").write_text("{}")
+        (tmp_path / "mine").chmod(0o500)  # an earlier result that is not writable any more
+        assert main(["convert", str(tiny_checkpoint(tmp_path)), "-o", str(tmp_path / "mine")]) == 2
+        assert "Permission denied" in _err(capsys)
+        (tmp_path / "mine").chmod(0o700)
         assert main(["export", "--arch", ARCH, "-o", str(ro / "m.onnx")]) == 2
         assert "Permission denied" in _err(capsys)
     finally:
         ro.chmod(0o700)
+
+
+def _chattr(path: Path, flag: str) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def test_immutable_output_folder_refused_before_the_work(tmp_path, capsys, stub_export, monkeypatch):
+    """chattr +i stops root too; skipped where chattr is missing or not permitted."""
+    import sai.models as models
+
+    ck = tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    assert main(["convert", str(ck), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if not _chattr(out, "+i"):
+        pytest.skip("chattr +i is not available or not permitted here")
+    try:
+        assert _chattr(frozen, "+i")
+
+        def never(*a, **k):
+            raise AssertionError("the checkpoint was read before the output was checked")
+
+        monkeypatch.setattr(models, "detect_layout", never)
+        assert main(["convert", str(ck), "-o", str(out)]) == 2
+        assert f"cannot create files in {out}: Operation not permitted" in _err(capsys)
+        assert main(["export", "--arch", ARCH, "-o", str(frozen / "m.onnx")]) == 2
+        assert f"cannot create files in {frozen}" in _err(capsys)
+    finally:
+        _chattr(out, "-i")
+        _chattr(frozen, "-i")
+    assert (out / "manifest.json").is_file() and _leftovers(tmp_path) == []
 
 
 def test_write_atomic_full_disk_keeps_old_file_and_no_temporary(tmp_path, monkeypatch):
