@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from sai.errors import SaiError
+from sai.errors import SaiError, first_line
 from sai.exporter import functions, graph, metadata
 from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 
@@ -479,7 +479,7 @@ def export_onnx(
         except SaiError:
             raise
         except RuntimeError as exc:
-            raise SaiError(f"{arch} cannot run on input shape {list(shape)}: {str(exc).splitlines()[0]}") from exc
+            raise SaiError(f"{arch} cannot run on input shape {list(shape)}: {first_line(exc)}") from exc
     head_name = getattr(model, "head", None)
     input_names = ["input"] + [name for name, _ in noise_specs]
     out_names = output_names(_count_outputs(out), head_name)

@@ -1,6 +1,16 @@
 """Project exceptions: errors a user can cause, with a message naming the problem and the fix."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``str(exc)`` for a one-line message; never raises (an empty or
+    unprintable exception gives its type name)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+
+
 class SaiError(Exception):
     """A user-facing error. The CLI prints its message on one line and exits non-zero."""
 

@@ -21,7 +21,7 @@ def describe(path: str) -> dict:
 
     import onnx
 
-    from sai.errors import SaiError
+    from sai.errors import SaiError, first_line
     from sai.exporter.functions import DOMAIN, OP_TYPES
     from sai.exporter.metadata import read_metadata
 
@@ -32,8 +32,7 @@ def describe(path: str) -> dict:
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:
-        detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise SaiError(f"{path} is not a readable ONNX model: {detail[:200]}") from None
+        raise SaiError(f"{path} is not a readable ONNX model: {first_line(exc)[:200]}") from None
     if not model.HasField("graph") or not (model.graph.node or model.graph.output):
         raise SaiError(f"{path} is not an ONNX model (it parses but holds no graph); export it again")
 

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from sai import __version__
-from sai.errors import SaiError, Terminated
+from sai.errors import SaiError, Terminated, first_line
 
 # Verb modules, in the order `sai --help` lists them. Later issues append here.
 VERBS = ["doctor", "flops", "bench-ops", "export", "info", "convert", "bench", "serve", "validate", "export-triton", "train-demo", "demo"]
@@ -40,19 +40,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first non-empty line of ``str(exc)``, never raising (falls back to the type name)."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _environment_error(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
-        detail = _one_line(exc)
+        detail = first_line(exc)
         detail = "" if detail == "MemoryError" else f" ({detail})"
         return (f"out of memory{detail}; use a smaller input shape or batch, or a machine with more memory")
     from sai.outputs import os_error_message
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except SaiError as exc:
         if verbose:
             raise
-        _say(verb, f"error: {_one_line(exc)}")
+        _say(verb, f"error: {first_line(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
@@ -119,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if verbose:
             raise
-        _say(verb, f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in sai; run "
+        _say(verb, f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug in sai; run "
                    f"`sai -v {verb} ...` for the traceback and report it)")
         return EXIT_INTERNAL
 
