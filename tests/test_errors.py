@@ -109,6 +109,15 @@ def test_error_handler_prints_one_line_for_every_exception(monkeypatch, capsys, 
         main(["-v", "info", "x.onnx"])
 
 
+def test_closed_stdout_is_quiet_exit_141(tmp_path):
+    """`sai ... | head`: the reader went away; no error line, no 'Exception ignored' at exit."""
+    code = ("import sys, sai.cli.info as info\n"
+            "def run(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "info.run = run\nfrom sai.cli.main import main\nsys.exit(main(['info', 'x.onnx']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 141 and out.stderr == "", out.stderr
+
+
 def test_sigterm_runs_cleanup_and_exits_143(monkeypatch, capsys):
     import sai.cli.info as info
 
@@ -286,6 +295,14 @@ def test_write_atomic_full_disk_keeps_old_file_and_no_temporary(tmp_path, monkey
     with pytest.raises(SaiError, match=r"cannot write .*model.onnx: No space left on device; the filesystem is full"):
         outputs.write_atomic(target, b"new contents")
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_write_atomic_removes_temporaries_of_dead_writers(tmp_path):
+    host = outputs.owner_tag().split("@", 1)[1]
+    stale = tmp_path / f".model.onnx.{_dead_pid()}@{host}abc.tmp"
+    stale.write_bytes(b"half")
+    outputs.write_atomic(tmp_path / "model.onnx", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_convert_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, stub_export):

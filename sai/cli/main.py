@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -38,6 +39,7 @@ EXIT_ERROR = 2  # an error the user can fix (SaiError, OSError, MemoryError): on
 EXIT_INTERNAL = 3  # an unexpected exception (a bug): one line, the traceback with -v
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE), as other command-line tools
 
 
 def _environment_error(exc: BaseException) -> str:
@@ -101,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         _say(verb, "terminated (SIGTERM)" if terminated else "interrupted")
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except BrokenPipeError:  # `sai info m.onnx | head`: the reader is gone, which is not an error of sai
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (OSError, MemoryError) as exc:
         if verbose:
             raise
