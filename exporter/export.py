@@ -491,6 +491,11 @@ def export_onnx(
         functions.inline_functions(proto)
 
     sampling_mode = _model_sampling(model)
+    # how to feed it (preprocessing) and read it (class names): from the checkpoint, see exporter/metadata.py
+    ck_meta = metadata.checkpoint_meta(checkpoint) if checkpoint is not None else {}
+    channels = stem.in_channels if stem is not None else 3
+    norm = (metadata.canonical_input_norm(input_norm, "given", channels) if input_norm is not None
+            else metadata.input_norm_from_checkpoint(ck_meta, channels))
     import sai
 
     meta = {
@@ -500,7 +505,7 @@ def export_onnx(
         "target": target,
         "body": body if target != "tensorrt" else "",
         "head": head_name or "",
-        "input_norm": input_norm or metadata.DEFAULT_INPUT_NORM,
+        "input_norm": norm,
         "example_input_shape": list(shape),
         "dynamic_axes": sorted(dyn),
         "noise_inputs": [[n, s] for n, s in noise_specs],
@@ -521,6 +526,9 @@ def export_onnx(
         meta["dcn_stages"] = [int(bool(v)) for v in opts.get("dcn_stages", ())]
         if head_name == "cls":
             meta["num_classes"] = int(opts.get("num_classes", 0))
+            classes = metadata.classes_from_checkpoint(ck_meta, meta["num_classes"])
+            if classes is not None:
+                meta["classes"] = classes
         for key in ("gaussian_kernel", "grid_prior_interval", "T_eval", "base_width"):
             if key in opts:
                 meta[key] = opts[key]

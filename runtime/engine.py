@@ -1,8 +1,10 @@
 """The backend-independent part of an engine: tensor specs, feed checking, noise, async inference.
 
 Every backend (``onnxruntime``, ``torch``, ``tensorrt``) subclasses ``Engine`` and implements only
-``_run(feeds) -> dict``; everything a caller sees (``inputs``, ``outputs``, ``infer``,
-``infer_async``, noise filling for stochastic models) lives here so the backends agree on it.
+``_run(feeds) -> dict`` (and, where it runs on a GPU, ``_run_device`` for device outputs); everything
+a caller sees (``inputs``, ``outputs``, ``infer``, ``infer_async``, ``classify``, noise filling for
+stochastic models, raw uint8 images normalised as recorded, device inputs) lives here so the backends
+agree on it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from sai.errors import SaiError
+from sai.runtime.device import DeviceArray, as_device_array, as_host_array
+from sai.runtime.labels import Prediction, topk
+from sai.runtime.preprocess import preprocess as _preprocess
+from sai.runtime.preprocess import usable_norm, why_not_applied
 
 Dim = Union[int, str]
 Feeds = Union[np.ndarray, Mapping[str, Any]]
@@ -89,6 +95,12 @@ class Engine:
     or one array for the image input; missing noise inputs are drawn from the engine's seeded
     generator (``seed=``), so a fixed seed gives a reproducible stream. ``infer_async`` returns a
     ``concurrent.futures.Future``. Engines are context managers; ``close()`` frees them.
+
+    Images: a float image input is taken as normalised; raw uint8 images (NCHW or NHWC) are normalised
+    as the model's ``input_norm`` records (``sai.runtime.preprocess``). Labels: ``classify(images, k)``
+    gives the top-k ``Prediction``s with the recorded class names (``labels``). Device data: CUDA
+    tensors (``__cuda_array_interface__`` / ``__dlpack__``) are bound zero-copy on GPU engines, and
+    ``infer(..., device_outputs=True)`` returns ``DeviceTensor``s (``sai.runtime.device``).
     """
 
     backend = "base"
@@ -115,6 +127,15 @@ class Engine:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
+    def _run_device(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Outputs left on the GPU (``DeviceTensor`` or the framework's own CUDA tensor); GPU engines override."""
+        raise SaiError(f"the {self.backend} engine runs on {self.device}, so it has no device outputs; load it "
+                       "on a GPU (device='cuda') or leave device_outputs off")
+
+    def _device_stream(self) -> Optional[int]:
+        """The CUDA stream the engine consumes device inputs on (passed to ``__dlpack__``); None: none."""
+        return None
+
     def _close(self) -> None:
         pass
 
@@ -131,6 +152,40 @@ class Engine:
     @property
     def input_specs(self) -> dict[str, TensorSpec]:
         return {s.name: s for s in self.inputs}
+
+    @property
+    def labels(self) -> Optional[list[str]]:
+        """The class names in logit order where the checkpoint records them (``classes`` metadata), else None."""
+        names = self.metadata.get("classes")
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+        return None
+
+    @property
+    def input_norm(self) -> Optional[dict]:
+        """The recorded preprocessing that ``infer`` applies to raw uint8 images (None: raw pixels refused)."""
+        return usable_norm(self.metadata.get("input_norm"))
+
+    def preprocess(self, images: Any, *, layout: Optional[str] = None, color: Optional[str] = None) -> np.ndarray:
+        """uint8 images [N,C,H,W] or [N,H,W,C] (``layout``; default: told by the channel dim), in the model's
+        colour order unless ``color`` says (RGB/BGR) -> the normalised float32 NCHW input."""
+        spec = self.primary_input
+        norm = self.input_norm
+        if norm is None:
+            raise InputError(self.dtype_error(spec, np.dtype(np.uint8)))
+        channels = spec.shape[1] if isinstance(spec.shape[1], int) else len(norm["mean"])
+        return _preprocess(as_host_array(images), norm, channels, layout=layout, color=color)
+
+    def classify(self, feeds: Feeds, k: int = 5, *, output: Optional[str] = None, layout: Optional[str] = None,
+                 color: Optional[str] = None) -> list[list[Prediction]]:
+        """The top-``k`` classes of every image (``Prediction``: index, label, softmax score, logit) from the
+        classifier output (``logits``, or ``output``); labels are the recorded class names (None without)."""
+        name = output or ("logits" if any(s.name == "logits" for s in self.outputs) else None)
+        if name is None or name not in {s.name for s in self.outputs}:
+            outs = ", ".join(s.name for s in self.outputs)
+            raise SaiError(f"classify needs a classifier output ('logits' or output=...); this model has {outs}")
+        values = self.infer(feeds, layout=layout, color=color)[name]
+        return topk(values, k, self.labels)
 
     def describe(self) -> dict:
         """A JSON-able summary (backend, device, specs, noise inputs, batch range, metadata keys)."""
@@ -168,10 +223,13 @@ class Engine:
                 out[name] = self._rng.random(noise_shape(input_shape, stride), dtype=np.float32)
         return out
 
-    def check_feeds(self, feeds: Feeds) -> dict[str, np.ndarray]:
+    def check_feeds(self, feeds: Feeds, *, layout: Optional[str] = None,
+                    color: Optional[str] = None) -> dict[str, np.ndarray]:
         """Validate and complete ``feeds``: names, ranks, fixed dims, batch range, dtypes, noise inputs filled.
-        Only casts within a kind are applied (float64 -> float32); another kind (uint8 pixels, int, bool) is an
-        InputError naming the dtypes and the fix, never a silent cast. InputError for the rest too."""
+        Only casts within a kind are applied (float64 -> float32); raw uint8 images are normalised as recorded
+        (``preprocess``; ``layout``/``color`` as there, ``layout`` also transposes NHWC float images); any other
+        kind (int, bool, uint8 where no preprocessing is recorded) is an InputError naming the dtypes and the
+        fix, never a silent cast. InputError for the rest too."""
         if isinstance(feeds, np.ndarray) or not isinstance(feeds, Mapping):
             feeds = {self.primary_input.name: feeds}
         specs = self.input_specs
@@ -179,7 +237,10 @@ class Engine:
         if unknown:
             raise InputError(f"unknown input(s) {', '.join(unknown)}; the model takes {', '.join(specs)}")
         out: dict[str, np.ndarray] = {}
+        image = self.primary_input.name
         for name, value in feeds.items():
+            if name == image:
+                value = self._image(specs[name], value, layout, color)
             out[name] = self._check_one(specs[name], value)
         primary = self.primary_input
         if primary.name not in out:
@@ -205,9 +266,28 @@ class Engine:
             raise InputError(f"missing input(s) {', '.join(missing)}")
         return out
 
-    def _check_one(self, spec: TensorSpec, value: Any) -> np.ndarray:
+    def _image(self, spec: TensorSpec, value: Any, layout: Optional[str], color: Optional[str]) -> Any:
+        """The image input as the model takes it: raw uint8 pixels normalised (where recorded), an NHWC float
+        batch transposed when ``layout="NHWC"``; device arrays and everything else as they are."""
+        dev = as_device_array(value, self._device_stream())
+        if dev is not None:
+            return dev  # parsed once (a __dlpack__ capsule is consumed)
         try:
-            arr = np.asarray(value)
+            arr = as_host_array(value)
+        except Exception:
+            return value  # _check_one reports it
+        if arr.dtype == np.uint8 and np.dtype(spec.dtype).kind == "f" and self.input_norm is not None:
+            return self.preprocess(arr, layout=layout, color=color)
+        if layout is not None and str(layout).upper() == "NHWC" and arr.ndim == 4:
+            return arr.transpose(0, 3, 1, 2)
+        return arr
+
+    def _check_one(self, spec: TensorSpec, value: Any) -> Any:
+        dev = as_device_array(value, self._device_stream())
+        if dev is not None:
+            return self._check_device(spec, dev)
+        try:
+            arr = as_host_array(value)
         except Exception as exc:  # ragged lists and the like
             raise InputError(f"input {spec.name!r} is not a rectangular array: {exc}") from None
         want = np.dtype(spec.dtype)
@@ -222,6 +302,24 @@ class Engine:
             raise InputError(f"input {spec.name!r} has an empty dimension: shape {list(arr.shape)}")
         return np.ascontiguousarray(arr)
 
+    def _check_device(self, spec: TensorSpec, dev: DeviceArray) -> DeviceArray:
+        """A CUDA input: bound as it is, so dtype and shape must be the model's; only GPU engines take one."""
+        if not str(self.device).startswith(("cuda", "tensorrt")):
+            raise InputError(f"input {spec.name!r} is a CUDA tensor but the {self.backend} engine runs on "
+                             f"{self.device}; load it with device='cuda', or pass host (numpy) data")
+        if dev.dtype != np.dtype(spec.dtype):
+            how = (" (raw uint8 images are normalised only from host arrays)" if dev.dtype == np.uint8 else "")
+            raise InputError(f"device input {spec.name!r} has dtype {dev.dtype.name}, expected "
+                             f"{np.dtype(spec.dtype).name} (device inputs are bound as they are, without casts){how}")
+        if dev.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, dev.shape, strict=False)):
+            raise InputError(f"input {spec.name!r} has shape {list(dev.shape)}, expected {list(spec.shape)}")
+        if 0 in dev.shape:
+            raise InputError(f"input {spec.name!r} has an empty dimension: shape {list(dev.shape)}")
+        if not dev.is_c_contiguous:
+            raise InputError(f"device input {spec.name!r} is not C-contiguous; pass a contiguous copy "
+                             "(.contiguous() / cupy.ascontiguousarray)")
+        return dev
+
     def dtype_error(self, spec: TensorSpec, given: np.dtype) -> str:
         """The message for an input of a dtype the model does not take: what was given, what is expected, the fix
         (for the image input: how to normalise raw pixels, from the model's ``input_norm`` metadata)."""
@@ -235,18 +333,27 @@ class Engine:
         how = "as the manifest's input_norm says"
         if isinstance(norm, Mapping) and norm.get("mean") is not None and norm.get("std") is not None:
             how = (f"as the model's input_norm says ({norm.get('color', '')} {norm.get('range', '')}: "
-                   f"(x - mean {norm['mean']}) / std {norm['std']})")
+                   f"(pixel * scale {norm.get('scale', 1.0)} - mean {norm['mean']}) / std {norm['std']})")
+        if given == np.uint8:
+            return f"{msg} (raw pixels are not accepted: {why_not_applied(norm)}); convert it to {want.name} and " \
+                   f"normalise it {how}"
+        if given.kind in "iub" and usable_norm(norm) is not None:
+            return f"{msg}; pass images as uint8 (normalised as recorded), or convert it to {want.name} and " \
+                   f"normalise it {how}"
         pixels = " (raw pixels are not accepted)" if given.kind in "iu" else ""
         return f"{msg}{pixels}; convert it to {want.name} and normalise it {how}"
 
-    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        """Run one (batched) inference; returns output name -> numpy array."""
+    def infer(self, feeds: Feeds, *, layout: Optional[str] = None, color: Optional[str] = None,
+              device_outputs: bool = False) -> dict[str, Any]:
+        """Run one (batched) inference; returns output name -> numpy array (``device_outputs``: left on the
+        GPU, see ``sai.runtime.device``). ``layout``/``color``: how raw uint8 images are laid out (``preprocess``)."""
         if self._closed:
             raise SaiError(f"{self.backend} engine is closed; load the model again (sai.runtime.load) to infer")
-        return self._run(self.check_feeds(feeds))
+        checked = self.check_feeds(feeds, layout=layout, color=color)
+        return self._run_device(checked) if device_outputs else self._run(checked)
 
-    def infer_async(self, feeds: Feeds) -> Future:
-        """``infer`` on the engine's worker threads; returns a Future of the output dict."""
+    def infer_async(self, feeds: Feeds, **options) -> Future:
+        """``infer`` on the engine's worker threads (``options`` as ``infer``'s); a Future of the output dict."""
         closed = SaiError(f"{self.backend} engine is closed; load the model again (sai.runtime.load) to infer")
         with self._pool_lock:
             if self._closed:
@@ -254,7 +361,7 @@ class Engine:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._async_workers, thread_name_prefix=f"sai-{self.backend}")
             try:
-                return self._pool.submit(self.infer, feeds)
+                return self._pool.submit(self.infer, feeds, **options)
             except RuntimeError:  # the pool shut down
                 raise closed from None
 

@@ -1,5 +1,12 @@
 """ONNX Runtime backend: CPU, the CUDA execution provider (onnxruntime-gpu), or the TensorRT EP with
-the sai plugin library (``trt_extra_plugin_lib_paths``)."""
+the sai plugin library (``trt_extra_plugin_lib_paths``).
+
+On CUDA every run goes through IOBinding: CUDA inputs (``__cuda_array_interface__`` / ``__dlpack__``,
+see ``sai.runtime.device``) are bound by pointer, host inputs with ``bind_cpu_input``, and outputs are
+bound on the device for ``device_outputs=True`` (else copied to the host once). The session computes
+on a stream of its own (``user_compute_stream``, created with cuda-python where it is installed), which
+waits for a device input's producer stream with an event.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from sai.errors import MissingDependencyError, SaiError
+from sai.runtime.device import LEGACY_STREAM, Cuda, DeviceArray, DeviceTensor, import_cudart, stream_wait
 from sai.runtime.engine import Engine, TensorSpec
 
 ORT_DTYPES = {
@@ -35,8 +43,10 @@ def _import_ort():
 
 
 def providers_for(device: str, available: list[str], plugin_library: Optional[str] = None,
-                  cache_dir: Optional[str] = None) -> list:
-    """The provider list for ``device`` (cpu | cuda | tensorrt); SaiError when the EP is not installed."""
+                  cache_dir: Optional[str] = None, stream: Optional[int] = None) -> list:
+    """The provider list for ``device`` (cpu | cuda | tensorrt); SaiError when the EP is not installed.
+    ``stream``: a cudaStream_t the GPU providers compute on (``user_compute_stream``)."""
+    gpu_opts = {"user_compute_stream": str(int(stream))} if stream else {}
     if device not in DEVICES:
         raise SaiError(f"onnxruntime device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cpu":
@@ -45,18 +55,19 @@ def providers_for(device: str, available: list[str], plugin_library: Optional[st
         if "CUDAExecutionProvider" not in available:
             raise SaiError("onnxruntime has no CUDAExecutionProvider here (available: "
                            f"{', '.join(available)}); install onnxruntime-gpu and run on an NVIDIA GPU")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", gpu_opts) if gpu_opts else "CUDAExecutionProvider", "CPUExecutionProvider"]
     if "TensorrtExecutionProvider" not in available:
         raise SaiError("onnxruntime has no TensorrtExecutionProvider here (available: "
                        f"{', '.join(available)}); install onnxruntime-gpu with TensorRT on an NVIDIA GPU")
     if plugin_library is None:
         raise SaiError("the TensorRT execution provider needs the sai plugin library for the sai ops; "
                        "build it with `make plugins` or set SAI_TRT_PLUGIN_LIBRARY")
-    trt_opts = {"trt_extra_plugin_lib_paths": str(plugin_library)}
+    trt_opts = {"trt_extra_plugin_lib_paths": str(plugin_library), **gpu_opts}
     if cache_dir:
         trt_opts.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(cache_dir),
                         trt_timing_cache_enable="True")
-    return [("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", gpu_opts) if gpu_opts else "CUDAExecutionProvider"
+    return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
 
 
 def _dims(shape) -> tuple:
@@ -81,7 +92,14 @@ class OnnxRuntimeEngine(Engine):
 
             found = find_plugin_library()
             plugin_library = str(found) if found else None
-        providers = providers_for(device, ort.get_available_providers(), plugin_library)
+        self._cu, self._stream = None, None
+        if device in ("cuda", "tensorrt"):
+            try:  # a stream of our own, so device inputs can be ordered after their producer's
+                self._cu = Cuda(import_cudart())
+                self._stream = int(self._cu("cudaStreamCreate"))
+            except (MissingDependencyError, SaiError):
+                self._cu, self._stream = None, None
+        providers = providers_for(device, ort.get_available_providers(), plugin_library, stream=self._stream)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
@@ -99,16 +117,64 @@ class OnnxRuntimeEngine(Engine):
         names = {s.name for s in self.inputs}
         self.noise_inputs = [(str(n), int(s)) for n, s in self.metadata.get("noise_inputs", []) if n in names]
         self._output_names = [o.name for o in self.outputs]
+        self._ort = ort
+        self._io_device = "cuda" if device in ("cuda", "tensorrt") else "cpu"
+        self._iobinding = self._io_device == "cuda"  # every GPU run binds its inputs and outputs
+
+    def _device_stream(self) -> int:
+        return self._stream if self._stream is not None else LEGACY_STREAM
 
     def _run(self, feeds):
+        if self._iobinding or any(isinstance(v, DeviceArray) for v in feeds.values()):
+            return self._run_bound(feeds, device_outputs=False)
         try:
             values = self.session.run(self._output_names, feeds)
         except Exception as exc:
             raise SaiError(f"onnxruntime inference failed: {str(exc).splitlines()[0][:300]}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
+    def _run_device(self, feeds):
+        if self._io_device != "cuda":
+            return super()._run_device(feeds)
+        return self._run_bound(feeds, device_outputs=True)
+
+    def _run_bound(self, feeds, device_outputs: bool) -> dict:
+        """One run through IOBinding: device inputs by pointer (after their producer's stream), host inputs
+        copied by onnxruntime, outputs on ``_io_device`` (``device_outputs``) or the host."""
+        io = self.session.io_binding()
+        dev_id = 0
+        for name, value in feeds.items():
+            if isinstance(value, DeviceArray):
+                if value.stream is not None:
+                    if self._cu is None or self._stream is None:
+                        raise MissingDependencyError("cuda-python", "order CUDA inputs after their producer's "
+                                                     "stream in onnxruntime", "pip install 'sai-deploy[gpu]'")
+                    stream_wait(self._cu, self._stream, value.stream)
+                dev_id = value.device_id
+                io.bind_input(name, self._io_device, value.device_id, np.dtype(value.dtype), list(value.shape),
+                              int(value.ptr))
+            else:
+                io.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._output_names:
+            io.bind_output(name, self._io_device if device_outputs else "cpu", dev_id if device_outputs else 0)
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as exc:
+            raise SaiError(f"onnxruntime inference failed: {str(exc).splitlines()[0][:300]}") from exc
+        if not device_outputs:
+            return dict(zip(self._output_names, io.copy_outputs_to_cpu(), strict=True))
+        out = {}
+        for name, value in zip(self._output_names, io.get_outputs(), strict=True):
+            # run_with_iobinding synchronises the session's stream: the outputs are ready (stream None)
+            out[name] = DeviceTensor(value.data_ptr(), value.shape(), ORT_DTYPES.get(value.data_type(), np.float32),
+                                     device_id=dev_id, owner=value, to_host=lambda t: t.owner.numpy())
+        return out
+
     def _close(self) -> None:
         self.session = None
+        if self._cu is not None and self._stream is not None:
+            self._cu("cudaStreamDestroy", self._stream)
+            self._stream = None
 
 
 def read_session_metadata(session) -> dict:

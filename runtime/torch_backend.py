@@ -1,7 +1,12 @@
 """PyTorch backend: the eager model from a checkpoint (ours or the official layout), fused for inference.
 
 Input and output names follow the exporter (``input``, ``noise.<block>.mask{1,2}``; ``logits`` /
-``p2..p6`` / ``c2..c5``), so feeds and results compare name by name with the ONNX backends.
+``p2..p6`` / ``c2..c5``), so feeds and results compare name by name with the ONNX backends; the
+preprocessing and class names come from the checkpoint exactly as the exporter records them.
+
+On CUDA, device inputs (``sai.runtime.device``) become torch tensors zero-copy
+(``torch.as_tensor`` of their ``__cuda_array_interface__``) after the current stream waits for their
+producer's stream; ``device_outputs=True`` returns the CUDA tensors themselves.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from typing import Optional
 import numpy as np
 
 from sai.errors import MissingDependencyError, SaiError
+from sai.exporter import metadata as export_metadata
 from sai.exporter.export import output_names  # the names the exported graphs use
+from sai.runtime.device import DeviceArray
 from sai.runtime.engine import Engine, TensorSpec, noise_shape
 
 
@@ -38,12 +45,14 @@ class TorchEngine(Engine):
         torch = _import_torch()
         from sai import models
 
+        ck_meta: dict = {}
         if model is None:
             if path is None or not os.path.isfile(path):
                 raise SaiError(f"checkpoint {path} does not exist")
             overrides = {"sampling": sampling} if sampling else {}
             try:
-                model, _ = models.model_from_checkpoint(str(path), strict=strict, **overrides)
+                model, report = models.model_from_checkpoint(str(path), strict=strict, **overrides)
+                ck_meta = dict(getattr(report, "meta", None) or {})
             except SaiError:
                 raise
             except Exception as exc:
@@ -73,6 +82,11 @@ class TorchEngine(Engine):
             "base_width": opts.get("base_width"),
         }
         cin = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+        self.metadata["input_norm"] = export_metadata.input_norm_from_checkpoint(ck_meta, cin)
+        if getattr(model, "head", None) == "cls":
+            classes = export_metadata.classes_from_checkpoint(ck_meta, opts.get("num_classes"))
+            if classes is not None:
+                self.metadata["classes"] = classes
         self.inputs = [TensorSpec("input", np.dtype(np.float32), ("batch", cin, "height", "width"))]
         self.inputs += [TensorSpec(n, np.dtype(np.float32), ("batch", 2, f"height_s{s}", f"width_s{s}"))
                         for n, s in self.noise_inputs]
@@ -94,15 +108,37 @@ class TorchEngine(Engine):
             specs.append(TensorSpec(name, arr.dtype, tuple(dims)))
         return specs
 
-    def _forward(self, feeds):
+    def _device_stream(self):
+        if not self.device.startswith("cuda"):
+            return None
+        return int(self._torch.cuda.current_stream(self._torch.device(self.device)).cuda_stream)
+
+    def _tensor(self, value):
         torch = self._torch
-        x = torch.from_numpy(feeds["input"]).to(self.device)
-        noise = [torch.from_numpy(feeds[n]).to(self.device) for n, _ in self.noise_inputs]
+        if not isinstance(value, DeviceArray):
+            return torch.from_numpy(value).to(self.device)
+        if value.stream is not None and value.stream != self._device_stream():
+            producer = torch.cuda.ExternalStream(int(value.stream), device=torch.device(self.device))
+            torch.cuda.current_stream(torch.device(self.device)).wait_stream(producer)
+        return torch.as_tensor(value, device=self.device)  # its __cuda_array_interface__: no copy
+
+    def _forward(self, feeds, device_outputs: bool = False):
+        torch = self._torch
+        x = self._tensor(feeds["input"])
+        noise = [self._tensor(feeds[n]) for n, _ in self.noise_inputs]
         with torch.inference_mode():
             out = self.model(x, *noise)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         names = output_names(len(outs), getattr(self.model, "head", None))
+        if device_outputs:
+            return {n: t.detach() for n, t in zip(names, outs, strict=True)}
         return {n: t.detach().float().cpu().numpy() for n, t in zip(names, outs, strict=True)}
+
+    def _run_device(self, feeds):
+        if not self.device.startswith("cuda"):
+            return super()._run_device(feeds)
+        with self._lock:
+            return self._forward(feeds, device_outputs=True)
 
     def _run(self, feeds):
         with self._lock:

@@ -8,7 +8,10 @@ can be injected), so importing this file never needs a GPU.
 - one execution context + CUDA stream per slot; concurrent ``infer`` calls take different slots;
 - the optimization profile is chosen from the input shapes (``select_profile``);
 - host inputs are staged through pinned buffers; inputs exposing ``__cuda_array_interface__``
-  (cupy, numba, pycuda) or a CUDA ``__dlpack__`` (torch) are bound zero-copy;
+  (cupy, numba, pycuda, torch) or a CUDA ``__dlpack__`` are bound zero-copy (``sai.runtime.device``),
+  after the slot's stream waits (an event) for the stream the producer left them on;
+- ``infer(..., device_outputs=True)`` writes into fresh device buffers and returns them as
+  ``DeviceTensor``s ready on the slot's stream (no copy to the host, no synchronisation);
 - a CUDA graph of ``execute_async_v3`` is captured per (profile, shapes, addresses) and replayed.
 """
 
@@ -18,13 +21,16 @@ import ctypes
 import queue
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from sai.errors import MissingDependencyError, SaiError
+from sai.runtime.device import LEGACY_STREAM, Cuda, DeviceArray, DeviceTensor, as_device_array, stream_wait
+from sai.runtime.device import import_cudart as import_cudart
 from sai.runtime.engine import Engine, InputError, TensorSpec
+
+__all__ = ["DeviceArray", "TensorRTEngine", "as_device_array", "import_cudart", "import_tensorrt", "select_profile"]
 
 Shape = tuple[int, ...]
 GRAPH_CACHE_SIZE = 16
@@ -38,18 +44,6 @@ def import_tensorrt():
             "tensorrt", f"run the tensorrt backend ({str(exc).splitlines()[0][:120] or 'not installed'})",
             "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library") from None
     return tensorrt
-
-
-def import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise MissingDependencyError("cuda-python", "manage GPU memory and streams for the tensorrt backend",
-                                         "pip install 'cuda-python>=12,<14'") from None
-    return cudart
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,49 +90,6 @@ def dims_from_profiles(profiles: Sequence[Mapping[str, tuple[Shape, Shape, Shape
     return tuple(out)
 
 
-@dataclass
-class DeviceArray:
-    """A device pointer handed in by the caller (zero-copy input)."""
-
-    ptr: int
-    shape: Shape
-    dtype: np.dtype
-    owner: Any = None  # keeps the producer alive while bound
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-
-def as_device_array(value: Any) -> Optional[DeviceArray]:
-    """A ``DeviceArray`` for CUDA arrays (``__cuda_array_interface__``, or a CUDA ``__dlpack__`` via torch),
-    None for host data. Non-contiguous device arrays are rejected (TensorRT needs dense tensors)."""
-    cai = getattr(value, "__cuda_array_interface__", None)
-    if cai is None and hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
-        dev_type, _ = value.__dlpack_device__()
-        if int(dev_type) in (2, 13):  # kDLCUDA, kDLCUDAManaged
-            import torch
-
-            t = torch.from_dlpack(value)
-            if not t.is_contiguous():
-                raise InputError("device input is not contiguous; call .contiguous() first")
-            dtype = np.dtype(str(t.dtype).replace("torch.", ""))
-            return DeviceArray(int(t.data_ptr()), tuple(t.shape), dtype, owner=t)
-    if cai is None:
-        return None
-    shape = tuple(int(s) for s in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    strides = cai.get("strides")
-    if strides is not None:
-        expect, acc = [], dtype.itemsize
-        for s in reversed(shape):
-            expect.append(acc)
-            acc *= s
-        if tuple(strides) != tuple(reversed(expect)):
-            raise InputError("device input is not C-contiguous; make a contiguous copy first")
-    return DeviceArray(int(cai["data"][0]), shape, dtype, owner=value)
-
-
 class Buffer:
     """A growable allocation (device or pinned host) that only reallocates when it must grow."""
 
@@ -171,21 +122,6 @@ def host_view(ptr: int, shape: Shape, dtype: np.dtype) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-class _Cuda:
-    """cudart calls with error checking (each returns ``(err, *values)``)."""
-
-    def __init__(self, cudart):
-        self.rt = cudart
-
-    def __call__(self, fn: str, *args):
-        res = getattr(self.rt, fn)(*args)
-        res = res if isinstance(res, tuple) else (res,)
-        err, values = res[0], res[1:]
-        if int(err) != 0:
-            raise SaiError(f"CUDA {fn} failed: {err}")
-        return values[0] if len(values) == 1 else (values or None)
-
-
 class _Slot:
     """One execution context + stream + its buffers and CUDA graphs."""
 
@@ -211,7 +147,7 @@ class _Slot:
         rt = self.e._cu.rt
         self.e._cu("cudaMemcpyAsync", dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, Any], device_outputs: bool = False) -> dict[str, Any]:
         e, ctx, cu = self.e, self.context, self.e._cu
         shapes = {n: tuple(v.shape) for n, v in feeds.items()}
         profile = select_profile(e.profiles, shapes)
@@ -225,6 +161,7 @@ class _Slot:
             if not ctx.set_input_shape(name, shapes[name]):
                 raise InputError(f"TensorRT rejected shape {list(shapes[name])} for input {name}")
             if isinstance(value, DeviceArray):
+                stream_wait(cu, int(self.stream), value.stream)  # the producer's work first, host not blocked
                 addresses[name] = value.ptr
                 continue
             nbytes = value.nbytes
@@ -232,18 +169,26 @@ class _Slot:
             np.copyto(host_view(staging, value.shape, value.dtype), value)
             addresses[name] = self.device[name].ensure(nbytes)
             self._h2d(addresses[name], staging, nbytes)
-        out_shapes = {}
+        out_shapes, fresh = {}, {}
         for name in e._outputs:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise SaiError(f"TensorRT could not infer the shape of output {name} ({list(shape)})")
             out_shapes[name] = shape
             nbytes = int(np.prod(shape, dtype=np.int64)) * e._dtypes[name].itemsize
+            if device_outputs:  # the caller owns these: a fresh buffer each, freed with its DeviceTensor
+                fresh[name] = DeviceTensor(int(cu("cudaMalloc", max(nbytes, 1))), shape, e._dtypes[name],
+                                           stream=int(self.stream), free=lambda p: cu("cudaFree", p),
+                                           to_host=e._to_host)
+                addresses[name] = fresh[name].ptr
+                continue
             addresses[name] = self.device[name].ensure(nbytes)
             self.host[name].ensure(nbytes)
         for name, ptr in addresses.items():
             ctx.set_tensor_address(name, ptr)
-        self._enqueue(profile, shapes, addresses)
+        self._enqueue(profile, shapes, addresses, graphs=not device_outputs)
+        if device_outputs:
+            return fresh  # ready on the slot's stream (their __cuda_array_interface__ says so)
         results = {}
         for name, shape in out_shapes.items():
             nbytes = int(np.prod(shape, dtype=np.int64)) * e._dtypes[name].itemsize
@@ -253,17 +198,19 @@ class _Slot:
             results[name] = host_view(self.host[name].ptr, shape, e._dtypes[name]).copy()
         return results
 
-    def _enqueue(self, profile: int, shapes: Mapping[str, Shape], addresses: Mapping[str, int]) -> None:
+    def _enqueue(self, profile: int, shapes: Mapping[str, Shape], addresses: Mapping[str, int],
+                 graphs: bool = True) -> None:
         ctx, cu = self.context, self.e._cu
         key = (profile, tuple(sorted(shapes.items())), tuple(sorted(addresses.items())))
-        graph = self.graphs.get(key) if self.graphs_ok else None
+        graphs = graphs and self.graphs_ok  # fresh output buffers every call would never replay a graph
+        graph = self.graphs.get(key) if graphs else None
         if graph is not None:
             self.graphs.move_to_end(key)
             cu("cudaGraphLaunch", graph, self.stream)
             return
         if not ctx.execute_async_v3(int(self.stream)):
             raise SaiError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-        if self.graphs_ok:
+        if graphs:
             self._capture(key)
 
     def _capture(self, key: tuple) -> None:
@@ -310,7 +257,7 @@ class TensorRTEngine(Engine):
                  trt=None, cudart=None):
         super().__init__(seed=seed, async_workers=streams)
         trt = trt or import_tensorrt()
-        self._cu = _Cuda(cudart or import_cudart())
+        self._cu = Cuda(cudart or import_cudart())
         self.trt, self.cuda_graphs, self.device = trt, bool(cuda_graphs), "cuda"
         self.path = str(path)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -363,16 +310,25 @@ class TensorRTEngine(Engine):
         self.min_batch = min(p[primary][0][0] for p in self.profiles) if self.profiles else 1
         self.max_batch = max(p[primary][2][0] for p in self.profiles) if self.profiles else None
 
-    def _check_one(self, spec: TensorSpec, value: Any):
-        dev = as_device_array(value)
-        if dev is None:
-            return super()._check_one(spec, value)
-        if dev.dtype != np.dtype(spec.dtype):
-            raise InputError(f"device input {spec.name!r} has dtype {dev.dtype}, expected {np.dtype(spec.dtype).name} "
-                             "(device inputs are bound as they are, without casts)")
-        if len(dev.shape) != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(spec.shape, dev.shape, strict=False)):
-            raise InputError(f"input {spec.name!r} has shape {list(dev.shape)}, expected {list(spec.shape)}")
-        return dev
+    def _device_stream(self) -> int:
+        # the slot (and its stream) is chosen after the feeds are checked: __dlpack__ producers order their
+        # work before the legacy default stream, and the slot's stream waits for that (stream_wait)
+        return LEGACY_STREAM
+
+    def _to_host(self, t: DeviceTensor) -> np.ndarray:
+        cu = self._cu
+        out = np.empty(t.shape, t.dtype)
+        if t.stream is not None:
+            cu("cudaStreamSynchronize", t.stream)
+        cu("cudaMemcpy", out.ctypes.data, t.ptr, t.nbytes, cu.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        return out
+
+    def _run_device(self, feeds):
+        slot = self._slots.get()
+        try:
+            return slot.run(feeds, device_outputs=True)
+        finally:
+            self._slots.put(slot)
 
     def _run(self, feeds):
         slot = self._slots.get()

@@ -85,6 +85,26 @@ class FakeCudart:
     def cudaGraphExecDestroy(self, g):
         return (0,)
 
+    def cudaEventCreateWithFlags(self, flags):
+        self._count("cudaEventCreate")
+        return (0, object())
+
+    def cudaEventRecord(self, event, stream):
+        self.calls.setdefault("recorded_on", []).append(stream)
+        return (0,)
+
+    def cudaStreamWaitEvent(self, stream, event, flags):
+        self.calls.setdefault("waits", []).append(stream)
+        return (0,)
+
+    def cudaEventDestroy(self, event):
+        return (0,)
+
+    def cudaMemcpy(self, dst, src, n, kind):
+        self._count(f"memcpy{kind}")
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
 
 PROFILES = [((1, 3, 8, 8), (2, 3, 16, 16), (4, 3, 32, 32)), ((1, 3, 8, 8), (8, 3, 32, 32), (16, 3, 64, 64))]
 
@@ -250,8 +270,9 @@ def test_zero_copy_device_input(fake):
     assert cudart.calls.get("memcpy1", 0) == h2d, "device input was copied"
     strided = types.SimpleNamespace(__cuda_array_interface__={"shape": (2, 3, 16, 16), "typestr": "<f4",
                                                               "data": (ptr, False), "strides": (4, 8, 24, 384)})
+    assert not as_device_array(strided).is_c_contiguous
     with pytest.raises(InputError, match="contiguous"):
-        as_device_array(strided)
+        engine.infer({"input": strided})
     wrong = types.SimpleNamespace(__cuda_array_interface__={"shape": (2, 3, 16, 16), "typestr": "<f2",
                                                             "data": (ptr, False)})
     with pytest.raises(InputError, match="dtype"):
@@ -359,3 +380,33 @@ def test_build_engine_drives_tensorrt_builder(tmp_path):
     assert shapes == {"input": ((1, 3, 32, 32), (2, 3, 64, 64), (8, 3, 128, 128)),
                       "noise.a": ((1, 2, 8, 8), (2, 2, 16, 16), (8, 2, 32, 32))}
     assert info["builder_flags"] == ["FP16", "VERSION_COMPATIBLE"] and info["serialize_plugins"]
+
+
+def test_device_input_waits_for_its_producer_stream(fake):
+    """A __cuda_array_interface__ v3 stream: the slot's stream waits for it with an event (no host sync)."""
+    engine, cudart, _ = fake
+    x = _x(2, 16, 16, seed=6)
+    _, ptr = cudart.cudaMalloc(x.nbytes)
+    ctypes.memmove(ptr, x.ctypes.data, x.nbytes)
+    dev = types.SimpleNamespace(__cuda_array_interface__={"shape": x.shape, "typestr": "<f4", "data": (ptr, False),
+                                                          "version": 3, "strides": None, "stream": 7777})
+    y = engine.infer({"input": dev})["y"]
+    np.testing.assert_allclose(y, 2 * x.sum((2, 3)), rtol=1e-5)
+    assert cudart.calls["recorded_on"] == [7777]
+    assert cudart.calls["waits"][0] in [int(s.stream) for s in engine._all_slots]
+
+
+def test_device_outputs_stay_on_the_device(fake):
+    engine, cudart, _ = fake
+    x = _x(3, 16, 16, seed=7)
+    d2h = cudart.calls.get("memcpy2", 0)
+    out = engine.infer(x, device_outputs=True)["y"]
+    assert cudart.calls.get("memcpy2", 0) == d2h, "device output was copied to the host"
+    cai = out.__cuda_array_interface__
+    assert cai["shape"] == (3, 3) and cai["typestr"] == "<f4" and cai["version"] == 3
+    assert cai["stream"] in [int(s.stream) for s in engine._all_slots]
+    np.testing.assert_allclose(out.to_host(), 2 * x.sum((2, 3)), rtol=1e-5)
+    ptr = out.ptr
+    assert ptr in cudart.mem
+    del out
+    assert ptr not in cudart.mem, "device output not freed with its DeviceTensor"

@@ -74,6 +74,19 @@ def describe(path: str) -> dict:
     }
 
 
+def input_norm_line(n: dict) -> str:
+    """The recorded preprocessing in one line: order, layout, the formula with its numbers, where it comes from."""
+    if not isinstance(n, dict):
+        return str(n)
+    scale = n.get("scale", 1.0)
+    source = n.get("source")
+    where = {"checkpoint": "from the checkpoint", "mmdetection config": "from the checkpoint's mmdetection config",
+             "given": "given at export", "assumed": "assumed: the checkpoint records none, raw pixels are refused",
+             None: "written before sai recorded the checkpoint's; re-run sai convert"}.get(source, str(source))
+    return (f"{n.get('color', '')} {n.get('layout', 'NCHW')} {n.get('dtype', 'uint8')} {n.get('range', '')}: "
+            f"x = (pixel * {scale:.6g} - mean {n.get('mean')}) / std {n.get('std')}  ({where})")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -93,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
         if key in meta:
             print(f"{key:<11} {meta[key]}")
     if "input_norm" in meta:
-        n = meta["input_norm"]
-        print(f"input norm  {n.get('color', '')} {n.get('range', '')} mean {n.get('mean')} std {n.get('std')}")
+        print(f"input norm  {input_norm_line(meta['input_norm'])}")
+    if meta.get("classes"):
+        names = list(meta["classes"])
+        print(f"classes     {len(names)}: " + ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""))
     if "op_versions" in meta:
         print("op versions " + ", ".join(f"{k} {v}" for k, v in meta["op_versions"].items()))
     if "producer" in meta:
