@@ -61,9 +61,12 @@ kernels: install
 	env -u TRITON_INTERPRET $(PY) -m sai.kernels.aot --out $(KERNELS_OUT) --jobs 2 --cxx
 
 # The one prepared GPU run (DESIGN.md 6): on a GPU machine it writes $(OUT)/gpu-check.json in a few
-# minutes; without a GPU it runs end to end under the Triton interpreter at tiny sizes.
-gpu-check: install
-	$(PY) -m sai.kernels.gpu_check --out $${OUT:-build/gpu-check}
+# minutes; without a GPU it runs end to end under the Triton interpreter at tiny sizes. No install
+# step: a lent GPU machine has no network, so the script runs from the checkout with the machine's
+# python (torch + triton there); GPU_CHECK_ARGS e.g. --write-configs --budget-s 300.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) kernels/gpu_check.py --out $${OUT:-build/gpu-check} $(GPU_CHECK_ARGS)
 
 # ---- TensorRT plugins (trt_plugins/, CMake inside) ---------------------------------------------
 # CUDA tools from PyPI for cuda-check (nvcc 13 comes with the machine): PyPI has no CUDA 12 nvcc

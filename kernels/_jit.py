@@ -2,7 +2,8 @@
 
 ``triton.jit`` decides between the two when a module is imported (from ``TRITON_INTERPRET``). Here
 each kernel keeps both forms built from the same source, so importing ``sai.kernels`` never
-depends on the environment; the launcher picks the form from the tensors' device. CPU tensors are
+depends on the environment; the launcher picks the form at launch: interpreted under
+``TRITON_INTERPRET=1`` (as triton.jit would), else compiled for CUDA tensors. CPU tensors are
 accepted only under ``TRITON_INTERPRET=1`` (the interpreter is a test and debugging tool, far too
 slow to be a CPU backend; the C++ CPU kernels of ``sai.models`` are that).
 """
@@ -36,10 +37,10 @@ class Kernel:
         raise TypeError("launch with kernel.on(device)[grid](...)")
 
     def on(self, device: torch.device):
+        if interpreting() and device.type in ("cpu", "cuda"):  # as triton.jit: the env var interprets
+            return self.interp
         if device.type == "cuda":
             return self.jit
-        if device.type == "cpu" and interpreting():
-            return self.interp
         raise SaiError(
             f"sai.kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1 for testing), "
             f"got {device.type} tensors: move the inputs to a GPU or use sai.models.ops on the CPU"

@@ -1,6 +1,7 @@
 """The one prepared GPU run (``make gpu-check``, DESIGN.md 6): everything a lent GPU machine should tell us.
 
-``python -m sai.kernels.gpu_check --out build/gpu-check`` writes ``gpu-check.json`` (rewritten after
+``python -m sai.kernels.gpu_check --out build/gpu-check`` (or ``python kernels/gpu_check.py`` in a
+checkout that is not installed, e.g. on a GPU machine without network) writes ``gpu-check.json`` (rewritten after
 every section, so a run cut short still reports what it reached) with:
 
 - ``env``: Python, torch, triton, numpy, CUDA, cuDNN, the device and its compute capability;
@@ -25,6 +26,7 @@ Needs no network. Each section records its own error instead of ending the run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -33,7 +35,29 @@ import time
 import traceback
 from pathlib import Path
 
-TINY_DEFAULT = None  # decided from the device
+# pyproject.toml's package-dir: how the repository's folders become subpackages of `sai`
+_PACKAGE_DIRS = {"sai.kernels": "kernels", "sai.models": "models", "sai.exporter": "exporter", "sai.runtime": "runtime"}
+
+
+def bootstrap_from_checkout() -> None:
+    """Run from a checkout without installing (a GPU machine with no network: ``python kernels/gpu_check.py``):
+    map the folders onto ``sai.*`` as pyproject.toml's package-dir does."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    import sai
+
+    pending = []
+    for name, folder in _PACKAGE_DIRS.items():  # register all first: their __init__s import each other
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, root / folder / "__init__.py",
+                                                      submodule_search_locations=[str(root / folder)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        setattr(sai, name.split(".")[1], mod)
+        pending.append((spec, mod))
+    for spec, mod in pending:
+        spec.loader.exec_module(mod)
 
 
 def _now() -> float:
@@ -402,10 +426,10 @@ def model_section(dev, tiny: bool) -> dict:
     return {"rows": rows}
 
 
-def autotune_section(dev, tiny: bool, out: Path, write_configs: bool) -> dict:
-    """Sweep tile configs of the conv (3x3 and 1x1, fp16) and Interpolate (k7) kernels; keep the fastest."""
-    import itertools
+def autotune_section(dev, tiny: bool, out: Path, write_configs: bool, deadline: float = float("inf")) -> dict:
+    """Sweep tile configs of the conv (3x3 and 1x1, fp16) and Interpolate (k7) kernels; keep the fastest.
 
+    Stops trying configs at ``deadline`` (perf_counter time), keeping the best one so far."""
     import torch
 
     from sai.kernels import configs
@@ -422,13 +446,12 @@ def autotune_section(dev, tiny: bool, out: Path, write_configs: bool) -> dict:
         shapes = {"3": (1, 16, 24, 9, 11), "1": (1, 24, 16, 9, 11)}
         ishape = (1, 20, 9, 11)
     else:
-        conv_space = [dict(BM=bm, BN=bn, BK=bk, num_warps=nw, num_stages=ns)
-                      for bm, bn, bk, nw, ns in itertools.product((64, 128), (64, 128), (32, 64), (4, 8), (3,))
-                      if not (bm == 64 and nw == 8)]
-        conv_space += [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=4),
-                       dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)]
+        conv_space = [dict(BM=bm, BN=bn, BK=bk, num_warps=nw, num_stages=ns) for bm, bn, bk, nw, ns in (
+            (128, 64, 64, 4, 3), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+            (128, 64, 32, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (256, 64, 64, 8, 3))]
         interp_space = [dict(BP=bp, BC=bc, num_warps=nw, num_stages=1)
-                        for bp, bc, nw in itertools.product((16, 32, 64), (64, 128), (4, 8))]
+                        for bp, bc, nw in ((16, 64, 4), (32, 64, 4), (64, 64, 8), (32, 128, 4), (64, 128, 8),
+                                           (16, 128, 4))]
         shapes = {"3": (1, 256, 256, 128, 208), "1": (1, 1024, 256, 64, 104)}
         ishape = (1, 1024, 64, 104)
 
@@ -446,6 +469,9 @@ def autotune_section(dev, tiny: bool, out: Path, write_configs: bool) -> dict:
                                                [1, 1], 1, 1, "none")
             trials = []
             for cfg in conv_space:
+                if _now() > deadline:
+                    trials.append({"config": cfg, "skipped": "time budget"})
+                    continue
                 configs.lookup = lambda kernel, a, _cfg=cfg, **f: dict(_cfg) if kernel == "sparse_sample_conv" \
                     else orig(kernel, a, **f)
                 try:
@@ -468,6 +494,9 @@ def autotune_section(dev, tiny: bool, out: Path, write_configs: bool) -> dict:
         m = _random_mask(ishape[0], ishape[2], ishape[3], 0.25, dev)
         ref = interpolate_reference(f.double(), m.double(), 1.0, 7, 1e-5)
         for cfg in interp_space:
+            if _now() > deadline:
+                results["interpolate"].append({"config": cfg, "skipped": "time budget"})
+                continue
             configs.lookup = lambda kernel, a, _cfg=cfg, **fe: dict(_cfg) if kernel == "interpolate" \
                 else orig(kernel, a, **fe)
             try:
@@ -532,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("env", env_section, (dev,)), ("parity", parity_section, (dev, tiny)),
             ("ops", ops_section, (dev,)), ("block", block_section, (dev, tiny)),
             ("model", model_section, (dev, tiny)),
-            ("autotune", autotune_section, (dev, tiny, args.out, args.write_configs))]
+            ("autotune", autotune_section, (dev, tiny, args.out, args.write_configs, rep.t0 + args.budget_s))]
     for name, fn, fargs in plan:
         if name not in wanted:
             continue
@@ -549,4 +578,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a file, not with -m
+        bootstrap_from_checkout()
     sys.exit(main())

@@ -223,7 +223,7 @@ def sparse_sample_conv_attrs(x, mask, weight, bias, offset, stride, pads, dilati
         KH=kh, KW=kw, HAS_BIAS=bias is not None, DEFORM=offset is not None,
         RELU=activation == "relu",
         PRECISION=_state["fp32"] if x.dtype == torch.float32 else "ieee",
-        UPCAST_DOT=interpreting() and dev.type == "cpu" and x.dtype == torch.bfloat16,
+        UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16,
         BM=bm, BN=bn, BK=bk, **launch_opts,
     )
     return y
