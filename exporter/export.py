@@ -101,19 +101,35 @@ def parse_input_shape(shape: Union[str, Sequence[int]]) -> tuple[int, int, int, 
     return vals  # type: ignore[return-value]
 
 
+def _cgroup_headroom() -> Optional[int]:
+    """Bytes left under a cgroup v2 memory limit (containers), None without a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        return None if limit == "max" else max(int(limit) - int(used), 0)
+    except (OSError, ValueError):
+        return None
+
+
 def available_memory() -> Optional[int]:
-    """Bytes of memory available to a new allocation (MemAvailable), None where unknown."""
+    """Bytes of memory available to a new allocation (MemAvailable, or less under a container's limit),
+    None where unknown."""
+    have = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            have = None
+    room = _cgroup_headroom()
+    return room if have is None else have if room is None else min(have, room)
 
 
 def check_trace_memory(shape: Sequence[int], base_width: int, arch: str) -> None:

@@ -202,6 +202,8 @@ class Engine:
             "arch": self.metadata.get("arch"),
             "sampling": self.metadata.get("sampling"),
             "precision": self.metadata.get("precision"),
+            # onnxruntime: which kernels run the sai nodes (sai.runtime.ort_ops.register)
+            "custom_ops": getattr(self, "custom_ops", None),
         }
 
     def set_profile(self, min_shape: Optional[Sequence[int]] = None, max_shape: Optional[Sequence[int]] = None) -> None:

@@ -104,6 +104,8 @@ class OnnxRuntimeEngine(Engine):
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = int(threads)
+        from sai.runtime import ort_ops  # libsai_ort_ops.so runs the sai nodes where it is built
+        self.custom_ops = ort_ops.register(so, device)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:
