@@ -14,6 +14,9 @@ applied to raw uint8 pixels in the runtime. This is the one place it happens: ``
   raw pixels are then an InputError naming the fix, as any other dtype the model cannot take.
 
 A float input is taken as already normalised and passed as it is.
+
+``sai export-triton`` copies this file into the python-backend preprocessing model of a Triton
+repository, where sai is not installed: it needs only numpy there (errors are then ValueErrors).
 """
 
 from __future__ import annotations
@@ -23,11 +26,22 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sai.errors import SaiError
+try:
+    from sai.errors import SaiError
+except ImportError:  # inside a Triton python-backend model (see the module docstring)
+    SaiError = ValueError  # type: ignore[misc,assignment]
 
 TRUSTED_SOURCES = ("checkpoint", "mmdetection config", "given")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
+
+
+def _input_error(msg: str) -> Exception:
+    try:
+        from sai.runtime.engine import InputError
+    except ImportError:  # inside a Triton python-backend model
+        return ValueError(msg)
+    return InputError(msg)
 
 
 def usable_norm(norm: Any) -> Optional[dict]:
@@ -62,22 +76,20 @@ def pixel_table(norm: Mapping[str, Any], channels: int) -> np.ndarray:
 def image_layout(shape: tuple[int, ...], channels: int, layout: Optional[str] = None,
                  recorded: str = "NCHW") -> str:
     """``NCHW`` or ``NHWC`` for a batch of images of ``shape``; InputError when it fits neither."""
-    from sai.runtime.engine import InputError
-
     if layout is not None:
         layout = str(layout).upper()
         if layout not in LAYOUTS:
             raise SaiError(f"layout must be NCHW or NHWC, got {layout!r}")
     if len(shape) != 4:
         hint = " (add a batch axis: images[None])" if len(shape) == 3 else ""
-        raise InputError(f"uint8 images must be a batch [N,C,H,W] or [N,H,W,C], got shape {list(shape)}{hint}")
+        raise _input_error(f"uint8 images must be a batch [N,C,H,W] or [N,H,W,C], got shape {list(shape)}{hint}")
     fits = [lay for lay, dim in (("NCHW", 1), ("NHWC", 3)) if shape[dim] == channels]
     if layout is not None:
         if layout not in fits:
-            raise InputError(f"uint8 images of shape {list(shape)} are not {layout} with {channels} channels")
+            raise _input_error(f"uint8 images of shape {list(shape)} are not {layout} with {channels} channels")
         return layout
     if not fits:
-        raise InputError(f"uint8 images of shape {list(shape)} have {channels} channels neither at dim 1 (NCHW) "
+        raise _input_error(f"uint8 images of shape {list(shape)} have {channels} channels neither at dim 1 (NCHW) "
                          "nor at dim 3 (NHWC), as the model takes")
     return recorded if len(fits) == 2 and recorded in fits else fits[0]
 
@@ -86,11 +98,9 @@ def preprocess(images: Any, norm: Mapping[str, Any], channels: int, *, layout: O
                color: Optional[str] = None, table: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 ``images`` (NCHW or NHWC, ``color`` RGB/BGR, default the recorded order) -> the model's
     float32 NCHW input, normalised as ``norm`` says. ``table``: a cached ``pixel_table``."""
-    from sai.runtime.engine import InputError
-
     x = np.asarray(images)
     if x.dtype != np.uint8:
-        raise InputError(f"images must be uint8 to be normalised, got {x.dtype.name}")
+        raise _input_error(f"images must be uint8 to be normalised, got {x.dtype.name}")
     lay = image_layout(x.shape, channels, layout, str(norm.get("layout", "NCHW")))
     if color is not None:
         color = str(color).upper()
