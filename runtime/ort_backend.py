@@ -38,7 +38,8 @@ def _import_ort():
         import onnxruntime
     except ImportError:
         raise MissingDependencyError("onnxruntime", "run the onnxruntime backend",
-                                     "pip install 'onnxruntime==1.31.*'") from None
+                                     "pip install 'sai-deploy[cpu]' (onnxruntime), or 'sai-deploy[gpu]' "
+                                     "(onnxruntime-gpu) on an NVIDIA GPU") from None
     return onnxruntime
 
 
