@@ -227,6 +227,20 @@ def test_export_refuses_odd_output_before_exporting(tmp_path, capsys, monkeypatc
         assert w in err, err
 
 
+def test_train_demo_checks_its_output_before_training(tmp_path, capsys, monkeypatch):
+    import sai.models.train_demo as td
+
+    def never(*a, **k):
+        raise AssertionError("training started before the output was checked")
+
+    monkeypatch.setattr(td, "train_demo", never)
+    (tmp_path / "afile").write_text("x")
+    for out, words in ((tmp_path / "afile", "exists and is a file"), (tmp_path / "afile" / "d", "is a file, not"),
+                       (Path("/proc/sai-demo"), "cannot create files in /proc")):
+        assert main(["train-demo", "--out", str(out), "-q"]) == 2
+        assert words in _err(capsys)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
 def test_read_only_output_folder(tmp_path, capsys, stub_export):
     ro = tmp_path / "ro"

@@ -19,7 +19,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    metrics = train_demo(args.out or DEFAULT_OUT, cfg, progress=progress)
+    from sai.outputs import check_output_dir
+
+    out = check_output_dir(args.out or DEFAULT_OUT, "--out", what="sai train-demo")  # before minutes of training
+    metrics = train_demo(out, cfg, progress=progress)
     acc = metrics["accuracy"]
     print(f"sparse {acc['sparse']:.4f} vs dense {acc['dense']:.4f} (gap {acc['gap_points']:.2f} points), "
           f"mean density {metrics['mean_density']:.3f}, MACs ratio {metrics['flops']['kernel']['ratio']:.3f}")
