@@ -23,6 +23,8 @@ from sai.models import ops
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "csrc" / "sai_cpu_ops.cpp"
+# The kernels themselves (shared with the onnxruntime custom-op library, models/csrc/ort/).
+KERNELS_HEADER = HERE / "csrc" / "sai_cpu_kernels.h"
 LIBRARY = HERE / "_lib" / "libsai_cpu_ops.so"
 # The shared __host__ __device__ index math of the TensorRT plugins (one source for both kernels).
 COMMON_INCLUDE = HERE.parent / "trt_plugins" / "common"
@@ -62,7 +64,10 @@ def build(verbose: bool = True) -> Path:
 
 
 def stale() -> bool:
-    return not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime
+    if not LIBRARY.exists():
+        return True
+    newest = max(SOURCE.stat().st_mtime, KERNELS_HEADER.stat().st_mtime)
+    return LIBRARY.stat().st_mtime < newest
 
 
 def load() -> bool:

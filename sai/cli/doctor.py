@@ -103,6 +103,7 @@ def run_checks() -> list[Check]:
         checks.append(Check(name, ok, detail, "" if ok else disables, "" if ok else fix))
     checks += _ort_providers()
     checks.append(_cpu_kernels())
+    checks.append(_ort_custom_ops())
     ok, detail = _nvcc()
     checks.append(Check("nvcc", ok, detail, "" if ok else "compiling the CUDA kernels (make plugins)",
                         "" if ok else "install the CUDA toolkit or: pip install nvidia-cuda-nvcc"))
@@ -156,6 +157,17 @@ def _cpu_kernels() -> Check:
     return Check("sai cpu kernels", ok, "loaded" if ok else "not built",
                  "" if ok else "the sparse C++ CPU kernels (the torch backend falls back to the slower PyTorch "
                  "reference ops)", "" if ok else "make install (builds models/_lib/libsai_cpu_ops.so)")
+
+
+def _ort_custom_ops() -> Check:
+    """libsai_ort_ops.so: the onnxruntime custom-op library (sai.runtime.ort_ops)."""
+    from sai.runtime import ort_ops
+
+    ok, detail = ort_ops.status()
+    return Check("sai ort ops", ok, detail,
+                 "" if ok else "the sparse C++ kernels in onnxruntime (the onnxruntime backend runs the model's "
+                 "portable function bodies instead, slower)",
+                 "" if ok else "make install (builds runtime/lib/libsai_ort_ops.so; see runtime/build_ort_ops.py)")
 
 
 def _engine_build(checks: list[Check]) -> Check:

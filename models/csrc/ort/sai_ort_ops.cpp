@@ -1,0 +1,616 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// libsai_ort_ops.so: the ONNX Runtime custom-op library of the sai ops (domain "sai", version 1):
+// SparseSampleConv (3, 4 or 5 inputs: X, M, W [, B [, Offset]]; groups, strides, dilations, pads,
+// deformable conv v1, activation) and Interpolate, DESIGN.md 3.2 / 3.3, float32 and float16 (fp16
+// storage, fp32 math), CPU execution provider. The kernels are the ones of the PyTorch extension (models/csrc/sai_cpu_kernels.h), run
+// here on ONNX Runtime's intra-op thread pool with OpenBLAS (PyPI's scipy-openblas32) for the GEMM.
+//
+//   so = onnxruntime.SessionOptions(); so.register_custom_ops_library(path)
+//
+// A registered custom op takes precedence over the model-local function of the same domain and
+// op_type (the portable model's fallback body), so the same model.onnx runs either way.
+//
+// Attributes are validated when ONNX Runtime creates the kernel (session creation): a node whose
+// attributes (or static input shapes) the kernel cannot run fails InferenceSession(...) with an
+// error naming the op, the node and the attribute. Shape mismatches that only show at run time are
+// an error status from Run naming the node, never a crash.
+//
+// Only RegisterCustomOps is exported (sai_ort_ops.map). Built by `python -m sai.models.build_ort_ops`
+// (the Makefile's install step) against ONNX Runtime's C/C++ API headers.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "sai_cpu_kernels.h"
+
+namespace {
+
+const OrtApi* g_api = nullptr;
+
+constexpr const char* kDomain = "sai";
+
+// The kernels' Backend on ONNX Runtime: the session's intra-op pool (KernelContext_ParallelFor) and
+// single-threaded OpenBLAS sgemm on blocks of the output, so every thread is one of the session's.
+struct OrtBackend {
+  const OrtKernelContext* ctx;
+
+  template <class F>
+  struct Closure {
+    const F* f;
+    int64_t begin, end, block;
+  };
+
+  template <class F>
+  static void thunk(void* user, size_t i) {
+    auto* c = static_cast<Closure<F>*>(user);
+    const int64_t s = c->begin + static_cast<int64_t>(i) * c->block;
+    (*c->f)(s, std::min(c->end, s + c->block));
+  }
+
+  template <class F>
+  void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) const {
+    const int64_t n = end - begin;
+    if (n <= 0) return;
+    // at most 64 tasks: enough to balance any pool here, few enough to keep the dispatch cheap
+    const int64_t block = std::max<int64_t>(std::max<int64_t>(grain, 1), (n + 63) / 64);
+    const int64_t tasks = (n + block - 1) / block;
+    if (tasks <= 1) {
+      f(begin, end);
+      return;
+    }
+    Closure<F> c{&f, begin, end, block};
+    OrtStatus* st = g_api->KernelContext_ParallelFor(ctx, &thunk<F>, static_cast<size_t>(tasks), 0, &c);
+    if (st != nullptr) {  // no pool: run it here
+      g_api->ReleaseStatus(st);
+      for (int64_t i = 0; i < tasks; ++i) thunk<F>(&c, static_cast<size_t>(i));
+    }
+  }
+
+  void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+            int64_t ldc) const {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.F);
+      return;
+    }
+    auto run = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(m1 - m0),
+                        static_cast<blasint>(n1 - n0), static_cast<blasint>(K), 1.F, A + m0 * lda,
+                        static_cast<blasint>(lda), B + n0, static_cast<blasint>(ldb), 0.F, C + m0 * ldc + n0,
+                        static_cast<blasint>(ldc));
+    };
+    // Split the larger output dimension into blocks of >= 128 (each block packs only its slice of
+    // the larger operand); small products run in one call.
+    constexpr int64_t kMinBlock = 128;
+    if (static_cast<double>(M) * N * K < 4e6) {
+      run(0, M, 0, N);
+    } else if (N >= M) {
+      parallel_for(0, N, kMinBlock, [&](int64_t b, int64_t e) { run(0, M, b, e); });
+    } else {
+      parallel_for(0, M, kMinBlock, [&](int64_t b, int64_t e) { run(b, e, 0, N); });
+    }
+  }
+};
+
+// ---- element types: float32, and float16 storage with float32 math (DESIGN.md: fp16 models) ----
+
+template <typename T>
+struct ElemType;
+template <>
+struct ElemType<float> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+};
+template <>
+struct ElemType<Ort::Float16_t> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+};
+
+// The tensor's data as float: itself for float32, converted into `buf` for float16.
+template <typename T>
+const float* as_float(const OrtBackend& be, const Ort::ConstValue& v, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v.GetTensorData<float>();
+  } else {
+    const int64_t n = static_cast<int64_t>(v.GetTensorTypeAndShapeInfo().GetElementCount());
+    const T* src = v.GetTensorData<T>();
+    buf.resize(static_cast<size_t>(n));
+    be.parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) buf[i] = src[i].ToFloat();
+    });
+    return buf.data();
+  }
+}
+
+template <typename T>
+void store(const OrtBackend& be, const float* src, T* dst, int64_t n) {
+  if constexpr (!std::is_same_v<T, float>) {
+    be.parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dst[i] = T(src[i]);
+    });
+  }
+}
+
+// ---- errors ---------------------------------------------------------------------------------------
+
+struct NodeError {
+  std::string message;
+};
+
+std::string node_name(const OrtKernelInfo* info) {
+  size_t size = 0;
+  OrtStatus* st = g_api->KernelInfo_GetNodeName(info, nullptr, &size);
+  if (st != nullptr) {
+    g_api->ReleaseStatus(st);
+    return "?";
+  }
+  std::string name(size, '\0');
+  st = g_api->KernelInfo_GetNodeName(info, &name[0], &size);
+  if (st != nullptr) {
+    g_api->ReleaseStatus(st);
+    return "?";
+  }
+  while (!name.empty() && name.back() == '\0') name.pop_back();
+  return name;
+}
+
+std::string where(const char* op, const std::string& node) {
+  return std::string("sai::") + op + " node '" + node + "': ";
+}
+
+OrtStatusPtr make_status(OrtErrorCode code, const std::string& msg) { return g_api->CreateStatus(code, msg.c_str()); }
+
+// Missing attributes come back as ORT_FAIL "No attribute with name ..."; anything else (a wrong
+// type) is reported as such.
+bool is_missing(OrtStatus* st) {
+  const std::string m = g_api->GetErrorMessage(st);
+  return m.find("No attribute") != std::string::npos || m.find("not found") != std::string::npos;
+}
+
+std::string join(const std::vector<int64_t>& v) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << "]";
+  return os.str();
+}
+
+// An INTS attribute, or `fallback` when the node does not carry it; throws NodeError on a wrong type.
+std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const std::string& w, const char* name,
+                               std::vector<int64_t> fallback) {
+  size_t size = 0;
+  OrtStatus* st = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (st != nullptr) {
+    const bool missing = is_missing(st);
+    g_api->ReleaseStatus(st);
+    if (missing) return fallback;
+    throw NodeError{w + "attribute '" + name + "' must be a list of ints (INTS)"};
+  }
+  std::vector<int64_t> out(size);
+  if (size > 0) {
+    st = g_api->KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
+    if (st != nullptr) {
+      g_api->ReleaseStatus(st);
+      throw NodeError{w + "attribute '" + name + "' must be a list of ints (INTS)"};
+    }
+  }
+  return out;
+}
+
+int64_t attr_int(const OrtKernelInfo* info, const std::string& w, const char* name, int64_t fallback) {
+  int64_t v = 0;
+  OrtStatus* st = g_api->KernelInfoGetAttribute_int64(info, name, &v);
+  if (st != nullptr) {
+    const bool missing = is_missing(st);
+    g_api->ReleaseStatus(st);
+    if (missing) return fallback;
+    throw NodeError{w + "attribute '" + name + "' must be an int (INT)"};
+  }
+  return v;
+}
+
+float attr_float(const OrtKernelInfo* info, const std::string& w, const char* name, float fallback) {
+  float v = 0.F;
+  OrtStatus* st = g_api->KernelInfoGetAttribute_float(info, name, &v);
+  if (st != nullptr) {
+    const bool missing = is_missing(st);
+    g_api->ReleaseStatus(st);
+    if (missing) return fallback;
+    throw NodeError{w + "attribute '" + name + "' must be a float (FLOAT)"};
+  }
+  return v;
+}
+
+std::string attr_string(const OrtKernelInfo* info, const std::string& w, const char* name, const char* fallback) {
+  size_t size = 0;
+  OrtStatus* st = g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st != nullptr) {
+    const bool missing = is_missing(st);
+    g_api->ReleaseStatus(st);
+    if (missing) return fallback;
+    throw NodeError{w + "attribute '" + name + "' must be a string (STRING)"};
+  }
+  std::string out(size, '\0');
+  st = g_api->KernelInfoGetAttribute_string(info, name, &out[0], &size);
+  if (st != nullptr) {
+    g_api->ReleaseStatus(st);
+    throw NodeError{w + "attribute '" + name + "' must be a string (STRING)"};
+  }
+  while (!out.empty() && out.back() == '\0') out.pop_back();
+  return out;
+}
+
+// The static shape of input `i` as the graph declares it (-1 for symbolic dims); empty when unknown.
+std::vector<int64_t> static_shape(const OrtKernelInfo* info, size_t i) {
+  size_t count = 0;
+  OrtStatus* st = g_api->KernelInfo_GetInputCount(info, &count);
+  if (st != nullptr) {
+    g_api->ReleaseStatus(st);
+    return {};
+  }
+  if (i >= count) return {};
+  try {
+    Ort::ConstKernelInfo ki(info);
+    Ort::TypeInfo ti = ki.GetInputTypeInfo(i);
+    if (ti.GetONNXType() != ONNX_TYPE_TENSOR) return {};
+    return ti.GetTensorTypeAndShapeInfo().GetShape();
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+size_t input_count(const OrtKernelInfo* info) {
+  size_t count = 0;
+  OrtStatus* st = g_api->KernelInfo_GetInputCount(info, &count);
+  if (st != nullptr) {
+    g_api->ReleaseStatus(st);
+    return 0;
+  }
+  return count;
+}
+
+// ---- SparseSampleConv -----------------------------------------------------------------------------
+
+struct ConvAttrs {
+  int64_t strides[2]{1, 1};
+  int64_t pads[4]{0, 0, 0, 0};
+  int64_t dilations[2]{1, 1};
+  int64_t group{1};
+  int64_t deform_groups{1};
+  int32_t activation{sai::kSAI_ACT_NONE};
+};
+
+// Reads and checks every attribute by name, type, length and range; throws NodeError.
+ConvAttrs read_conv_attrs(const OrtKernelInfo* info, const std::string& w) {
+  ConvAttrs a;
+  const std::vector<int64_t> strides = attr_ints(info, w, "strides", {1, 1});
+  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1) {
+    throw NodeError{w + "attribute 'strides' must be 2 ints >= 1, got " + join(strides)};
+  }
+  const std::vector<int64_t> pads = attr_ints(info, w, "pads", {0, 0, 0, 0});
+  if (pads.size() != 4 || *std::min_element(pads.begin(), pads.end()) < 0) {
+    throw NodeError{w + "attribute 'pads' must be 4 ints >= 0 (top, left, bottom, right), got " + join(pads)};
+  }
+  const std::vector<int64_t> dil = attr_ints(info, w, "dilations", {1, 1});
+  if (dil.size() != 2 || dil[0] < 1 || dil[1] < 1) {
+    throw NodeError{w + "attribute 'dilations' must be 2 ints >= 1, got " + join(dil)};
+  }
+  a.group = attr_int(info, w, "group", 1);
+  if (a.group < 1) throw NodeError{w + "attribute 'group' must be >= 1, got " + std::to_string(a.group)};
+  a.deform_groups = attr_int(info, w, "deform_groups", 1);
+  if (a.deform_groups < 1) {
+    throw NodeError{w + "attribute 'deform_groups' must be >= 1, got " + std::to_string(a.deform_groups)};
+  }
+  const std::string act = attr_string(info, w, "activation", "none");
+  a.activation = sai::saiActivationFromString(act.c_str());
+  if (a.activation < 0) throw NodeError{w + "attribute 'activation' must be \"none\" or \"relu\", got \"" + act + "\""};
+  constexpr int64_t kMax = 1 << 20;  // the kernels index in int32 fields
+  for (int64_t v : {strides[0], strides[1], dil[0], dil[1], pads[0], pads[1], pads[2], pads[3], a.group,
+                    a.deform_groups}) {
+    if (v > kMax) throw NodeError{w + "attribute value " + std::to_string(v) + " is out of range"};
+  }
+  std::copy(strides.begin(), strides.end(), a.strides);
+  std::copy(pads.begin(), pads.end(), a.pads);
+  std::copy(dil.begin(), dil.end(), a.dilations);
+
+  // What the graph declares statically: the attributes must fit the inputs.
+  const size_t n_in = input_count(info);
+  const std::vector<int64_t> xs = static_shape(info, 0), ws = static_shape(info, 2);
+  if (!xs.empty() && xs.size() != 4) throw NodeError{w + "input X must be 4-D [N,C,H,W], got rank " + std::to_string(xs.size())};
+  if (!ws.empty()) {
+    if (ws.size() != 4) throw NodeError{w + "input W must be 4-D [Cout,C/group,kh,kw], got rank " + std::to_string(ws.size())};
+    if (ws[0] > 0 && ws[0] % a.group != 0) {
+      throw NodeError{w + "attribute 'group' (" + std::to_string(a.group) + ") must divide W's Cout (" +
+                      std::to_string(ws[0]) + ")"};
+    }
+    if (!xs.empty() && xs[1] > 0 && ws[1] > 0 && ws[1] * a.group != xs[1]) {
+      throw NodeError{w + "attribute 'group' (" + std::to_string(a.group) + ") does not fit X's " +
+                      std::to_string(xs[1]) + " channels and W's " + std::to_string(ws[1]) + " per group"};
+    }
+  }
+  if (!xs.empty() && xs[1] > 0 && xs[1] % a.deform_groups != 0) {
+    throw NodeError{w + "attribute 'deform_groups' (" + std::to_string(a.deform_groups) + ") must divide X's " +
+                    std::to_string(xs[1]) + " channels"};
+  }
+  if (n_in >= 5) {
+    const std::vector<int64_t> os = static_shape(info, 4);
+    if (!os.empty() && os.size() == 4 && os[1] > 0 && ws.size() == 4 && ws[2] > 0 && ws[3] > 0 &&
+        os[1] != 2 * a.deform_groups * ws[2] * ws[3]) {
+      throw NodeError{w + "attribute 'deform_groups' (" + std::to_string(a.deform_groups) + ") does not fit Offset's " +
+                      std::to_string(os[1]) + " channels (2 * deform_groups * kh * kw = " +
+                      std::to_string(2 * a.deform_groups * ws[2] * ws[3]) + ")"};
+    }
+  } else if (a.deform_groups != 1 && n_in < 5) {
+    // without an Offset the conv is not deformable: deform_groups has no meaning but must divide C
+  }
+  return a;
+}
+
+template <typename T>
+struct SparseSampleConvKernel {
+  std::string node, w;
+  ConvAttrs a;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      return compute(context);
+    } catch (const NodeError& e) {
+      return make_status(ORT_INVALID_ARGUMENT, e.message);
+    } catch (const Ort::Exception& e) {
+      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
+    } catch (const std::exception& e) {
+      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
+    }
+  }
+
+  OrtStatusPtr compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const size_t n_in = ctx.GetInputCount();
+    Ort::ConstValue X = ctx.GetInput(0), M = ctx.GetInput(1), Wt = ctx.GetInput(2);
+    Ort::ConstValue B{nullptr}, Off{nullptr};
+    if (n_in > 3) B = ctx.GetInput(3);
+    if (n_in > 4) Off = ctx.GetInput(4);
+    const std::vector<int64_t> xs = X.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> ms = M.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> ws = Wt.GetTensorTypeAndShapeInfo().GetShape();
+    if (xs.size() != 4) throw NodeError{w + "X must be 4-D [N,C,H,W], got " + join(xs)};
+    if (ws.size() != 4) throw NodeError{w + "W must be 4-D [Cout,C/group,kh,kw], got " + join(ws)};
+    constexpr int64_t kMax = 1LL << 30;
+    for (int64_t v : xs) {
+      if (v > kMax) throw NodeError{w + "X is too large: " + join(xs)};
+    }
+    sai::SaiConvParams p;
+    p.N = static_cast<int32_t>(xs[0]);
+    p.C = static_cast<int32_t>(xs[1]);
+    p.H = static_cast<int32_t>(xs[2]);
+    p.W = static_cast<int32_t>(xs[3]);
+    p.Cout = static_cast<int32_t>(ws[0]);
+    p.kh = static_cast<int32_t>(ws[2]);
+    p.kw = static_cast<int32_t>(ws[3]);
+    p.strideH = static_cast<int32_t>(a.strides[0]);
+    p.strideW = static_cast<int32_t>(a.strides[1]);
+    p.padTop = static_cast<int32_t>(a.pads[0]);
+    p.padLeft = static_cast<int32_t>(a.pads[1]);
+    p.padBottom = static_cast<int32_t>(a.pads[2]);
+    p.padRight = static_cast<int32_t>(a.pads[3]);
+    p.dilationH = static_cast<int32_t>(a.dilations[0]);
+    p.dilationW = static_cast<int32_t>(a.dilations[1]);
+    p.groups = static_cast<int32_t>(a.group);
+    p.deformGroups = static_cast<int32_t>(a.deform_groups);
+    p.activation = a.activation;
+    if (p.N == 0) {
+      // empty batch: an empty output (Ho, Wo from a batch-1 view of the same shapes)
+      sai::SaiConvParams q = p;
+      q.N = 1;
+      if (!sai::saiConvFinalize(q)) throw NodeError{w + "X " + join(xs) + " and W " + join(ws) + " do not fit"};
+      ctx.GetOutput(0, {0, p.Cout, q.Ho, q.Wo});
+      return nullptr;
+    }
+    if (!sai::saiConvFinalize(p) || ws[1] != p.cinPerGroup) {
+      throw NodeError{w + "X " + join(xs) + " and W " + join(ws) + " do not fit the attributes (group " +
+                      std::to_string(a.group) + ", deform_groups " + std::to_string(a.deform_groups) + ")"};
+    }
+    const std::vector<int64_t> want_m{p.N, 1, p.Ho, p.Wo};
+    if (ms != want_m) throw NodeError{w + "M must be " + join(want_m) + ", got " + join(ms)};
+    OrtBackend be{context};
+    std::vector<float> xbuf, mbuf, wbuf, bbuf, obuf, ybuf;
+    const float* bias = nullptr;
+    if (B) {
+      const std::vector<int64_t> bs = B.GetTensorTypeAndShapeInfo().GetShape();
+      if (bs != std::vector<int64_t>{p.Cout}) throw NodeError{w + "B must be [" + std::to_string(p.Cout) + "], got " + join(bs)};
+      bias = as_float<T>(be, B, bbuf);
+    }
+    const float* offset = nullptr;
+    if (Off) {
+      const std::vector<int64_t> os = Off.GetTensorTypeAndShapeInfo().GetShape();
+      const std::vector<int64_t> want{p.N, 2LL * p.deformGroups * p.kernelTaps, p.Ho, p.Wo};
+      if (os != want) throw NodeError{w + "Offset must be " + join(want) + ", got " + join(os)};
+      offset = as_float<T>(be, Off, obuf);
+    }
+    Ort::UnownedValue Y = ctx.GetOutput(0, {p.N, p.Cout, p.Ho, p.Wo});
+    const int64_t n_out = static_cast<int64_t>(p.N) * p.Cout * p.Ho * p.Wo;
+    float* out = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      out = Y.GetTensorMutableData<float>();
+    } else {
+      ybuf.resize(static_cast<size_t>(n_out));
+      out = ybuf.data();
+    }
+    be.parallel_for(0, n_out, 1 << 16, [&](int64_t b, int64_t e) { std::memset(out + b, 0, sizeof(float) * (e - b)); });
+    sai_cpu::sparse_sample_conv(be, p, false, as_float<T>(be, X, xbuf), as_float<T>(be, M, mbuf),
+                                as_float<T>(be, Wt, wbuf), bias, offset, out);
+    store<T>(be, out, Y.GetTensorMutableData<T>(), n_out);
+    return nullptr;
+  }
+};
+
+template <typename T>
+struct SparseSampleConvOp : Ort::CustomOpBase<SparseSampleConvOp<T>, SparseSampleConvKernel<T>, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    const std::string node = node_name(info);
+    const std::string w = where("SparseSampleConv", node);
+    try {
+      auto* k = new SparseSampleConvKernel<T>{node, w, read_conv_attrs(info, w)};
+      *kernel = k;
+      return nullptr;
+    } catch (const NodeError& e) {
+      return make_status(ORT_INVALID_ARGUMENT, e.message);
+    } catch (const std::exception& e) {
+      return make_status(ORT_FAIL, w + e.what());
+    }
+  }
+  const char* GetName() const { return "SparseSampleConv"; }
+  size_t GetInputTypeCount() const { return 5; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ElemType<T>::value; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ElemType<T>::value; }
+};
+
+// ---- Interpolate ----------------------------------------------------------------------------------
+
+template <typename T>
+struct InterpolateKernel {
+  std::string node, w;
+  int32_t kernel_size{7};
+  float sigma{1.F}, eps{1e-5F};
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      return compute(context);
+    } catch (const NodeError& e) {
+      return make_status(ORT_INVALID_ARGUMENT, e.message);
+    } catch (const std::exception& e) {
+      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
+    }
+  }
+
+  OrtStatusPtr compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue F = ctx.GetInput(0), M = ctx.GetInput(1);
+    const std::vector<int64_t> fs = F.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> ms = M.GetTensorTypeAndShapeInfo().GetShape();
+    if (fs.size() != 4) throw NodeError{w + "F must be 4-D [N,C,H,W], got " + join(fs)};
+    for (int64_t v : fs) {
+      if (v > (1LL << 30)) throw NodeError{w + "F is too large: " + join(fs)};
+    }
+    const std::vector<int64_t> want_m{fs[0], 1, fs[2], fs[3]};
+    if (ms != want_m) throw NodeError{w + "M must be " + join(want_m) + ", got " + join(ms)};
+    Ort::UnownedValue Y = ctx.GetOutput(0, fs);
+    if (fs[0] == 0 || fs[1] == 0 || fs[2] == 0 || fs[3] == 0) return nullptr;
+    sai::SaiInterpParams p;
+    p.N = static_cast<int32_t>(fs[0]);
+    p.C = static_cast<int32_t>(fs[1]);
+    p.H = static_cast<int32_t>(fs[2]);
+    p.W = static_cast<int32_t>(fs[3]);
+    p.kernelSize = kernel_size;
+    p.sigma = sigma;
+    p.eps = eps;
+    if (!sai::saiInterpParamsValid(p)) throw NodeError{w + "invalid parameters for F " + join(fs)};
+    OrtBackend be{context};
+    std::vector<float> fbuf, mbuf, ybuf;
+    const int64_t n_out = fs[0] * fs[1] * fs[2] * fs[3];
+    float* out = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      out = Y.GetTensorMutableData<float>();
+    } else {
+      ybuf.resize(static_cast<size_t>(n_out));
+      out = ybuf.data();
+    }
+    sai_cpu::interpolate(be, p, false, as_float<T>(be, F, fbuf), as_float<T>(be, M, mbuf), out);
+    store<T>(be, out, Y.GetTensorMutableData<T>(), n_out);
+    return nullptr;
+  }
+};
+
+template <typename T>
+struct InterpolateOp : Ort::CustomOpBase<InterpolateOp<T>, InterpolateKernel<T>, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    const std::string node = node_name(info);
+    const std::string w = where("Interpolate", node);
+    try {
+      const int64_t ks = attr_int(info, w, "kernel_size", 7);
+      if (ks < 1 || ks % 2 == 0 || ks > sai::kSAI_MAX_INTERP_KERNEL) {
+        throw NodeError{w + "attribute 'kernel_size' must be odd, 1.." + std::to_string(sai::kSAI_MAX_INTERP_KERNEL) +
+                        ", got " + std::to_string(ks)};
+      }
+      const float sigma = attr_float(info, w, "sigma", 1.F);
+      if (!std::isfinite(sigma)) throw NodeError{w + "attribute 'sigma' must be finite, got " + std::to_string(sigma)};
+      const float eps = attr_float(info, w, "eps", 1e-5F);
+      if (!std::isfinite(eps) || eps < 0.F) {
+        throw NodeError{w + "attribute 'eps' must be finite and >= 0, got " + std::to_string(eps)};
+      }
+      const std::vector<int64_t> fs = static_shape(info, 0);
+      if (!fs.empty() && fs.size() != 4) {
+        throw NodeError{w + "input F must be 4-D [N,C,H,W], got rank " + std::to_string(fs.size())};
+      }
+      auto* k = new InterpolateKernel<T>{node, w, static_cast<int32_t>(ks), sigma, eps};
+      *kernel = k;
+      return nullptr;
+    } catch (const NodeError& e) {
+      return make_status(ORT_INVALID_ARGUMENT, e.message);
+    } catch (const std::exception& e) {
+      return make_status(ORT_FAIL, w + e.what());
+    }
+  }
+  const char* GetName() const { return "Interpolate"; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ElemType<T>::value; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ElemType<T>::value; }
+};
+
+// One op per element type (ONNX Runtime picks the one whose type constraints the node meets).
+SparseSampleConvOp<float> g_conv_f32;
+SparseSampleConvOp<Ort::Float16_t> g_conv_f16;
+InterpolateOp<float> g_interp_f32;
+InterpolateOp<Ort::Float16_t> g_interp_f16;
+
+}  // namespace
+
+extern "C" {
+
+// Called by SessionOptions.register_custom_ops_library / RegisterCustomOpsLibrary: adds the "sai"
+// domain with both ops to `options`. The domain objects live as long as the process (one per call).
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                  const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    const OrtApi* v1 = api_base->GetApi(1);
+    if (v1 == nullptr) return nullptr;
+    return v1->CreateStatus(ORT_FAIL, (std::string("libsai_ort_ops.so needs onnxruntime with C API version >= ") +
+                                       std::to_string(ORT_API_VERSION) + ", this one is " +
+                                       api_base->GetVersionString())
+                                          .c_str());
+  }
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  if (g_api == nullptr) {
+    g_api = api;
+    Ort::InitApi(api);
+    scipy_openblas_set_num_threads(1);  // the sessions' threads run the GEMM blocks
+  }
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_conv_f32, &g_conv_f16, &g_interp_f32, &g_interp_f16}) {
+    if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
+  }
+  return api->AddCustomOpDomain(options, domain);
+}
+
+}  // extern "C"

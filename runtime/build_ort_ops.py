@@ -1,0 +1,200 @@
+"""`python -m sai.runtime.build_ort_ops [--force]`: build libsai_ort_ops.so, the onnxruntime custom-op
+library of the sai ops (models/csrc/ort/sai_ort_ops.cpp on the kernels of models/csrc/sai_cpu_kernels.h),
+into ``runtime/lib/`` where ``sai.runtime.ort_ops`` finds it. Run by the Makefile's install step.
+
+What it needs, and where each piece comes from:
+
+- ONNX Runtime's C/C++ API headers (``onnxruntime_c_api.h``, ``onnxruntime_cxx_api.h``). PyPI's
+  ``onnxruntime`` wheel ships none (only ``libonnxruntime.so`` and the Python binding), nor does any
+  other wheel found on PyPI (onnxruntime-extensions, -genai, -gpu, onnx-extended: none). The official
+  headers do ship inside the npm registry's ``com.github.asus4.onnxruntime`` package (the ONNX Runtime
+  Unity plugin, MIT, which carries Microsoft's iOS xcframework with its ``Headers/``); this script takes
+  them from there with ``npm pack`` (the registry checks the tarball's sha512) into
+  ``build/ort-headers/`` (never committed). ``$SAI_ORT_INCLUDE_DIR`` points at another copy (e.g. an
+  onnxruntime release's ``include/``) instead. Headers of an older C API version than the installed
+  onnxruntime are fine (the library asks for exactly the version it was compiled with).
+- A BLAS for the GEMM: PyPI's ``scipy-openblas32`` (headers, ``libscipy_openblas.so``), which the
+  Makefile installs into the venv.
+
+Without headers or BLAS it prints one line saying what is missing and exits 0: the portable model
+(its ONNX function bodies) is then what onnxruntime runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from sai.errors import SaiError
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SOURCE = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.cpp"
+LINKER_MAP = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.map"
+KERNELS = ROOT / "models" / "csrc" / "sai_cpu_kernels.h"
+INCLUDES = [ROOT / "models" / "csrc", ROOT / "trt_plugins" / "common"]
+LIBRARY = HERE / "lib" / "libsai_ort_ops.so"
+HEADER_CACHE = ROOT / "build" / "ort-headers"
+ENV_INCLUDE = "SAI_ORT_INCLUDE_DIR"
+
+# The npm package that carries the official ONNX Runtime headers (C API version 29 = onnxruntime 1.29).
+NPM_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"
+NPM_HEADERS = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/"
+
+
+def api_version(include_dir: Path) -> Optional[int]:
+    """ORT_API_VERSION of the headers in ``include_dir``."""
+    try:
+        text = (include_dir / "onnxruntime_c_api.h").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"#define\s+ORT_API_VERSION\s+(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def _usable(d: Path) -> bool:
+    return (d / "onnxruntime_c_api.h").is_file() and (d / "onnxruntime_cxx_api.h").is_file()
+
+
+def _npm_headers(dest: Path) -> tuple[Optional[Path], str]:
+    """Extract the headers of NPM_PACKAGE into ``dest/include``; (path, "") or (None, why not)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return None, "npm is not installed (the headers come from the npm registry)"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            proc = subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", tmp, "--silent"],
+                                  capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"npm pack {NPM_PACKAGE} failed: {exc}"
+        tgz = list(Path(tmp).glob("*.tgz"))
+        if proc.returncode != 0 or not tgz:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no tarball"]
+            return None, f"npm pack {NPM_PACKAGE} failed: {last[0][:200]}"
+        staging = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "include").mkdir(parents=True)
+        with tarfile.open(tgz[0]) as tf:
+            for member in tf.getmembers():
+                name = member.name
+                if member.isfile() and name.startswith(NPM_HEADERS) and name.endswith(".h") and "/" not in name[len(NPM_HEADERS):]:
+                    data = tf.extractfile(member).read()
+                    (staging / "include" / Path(name).name).write_bytes(data)
+                elif member.isfile() and name == "package/LICENSE":
+                    (staging / "LICENSE").write_bytes(tf.extractfile(member).read())
+        (staging / "SOURCE").write_text(f"npm {NPM_PACKAGE}: {NPM_HEADERS}\n")
+        if not _usable(staging / "include"):
+            shutil.rmtree(staging, ignore_errors=True)
+            return None, f"{NPM_PACKAGE} has no onnxruntime headers under {NPM_HEADERS}"
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging, dest)
+    return dest / "include", ""
+
+
+def find_headers(fetch: bool = True) -> tuple[Optional[Path], str]:
+    """The include dir with onnxruntime_c_api.h: $SAI_ORT_INCLUDE_DIR, the onnxruntime wheel (should a
+    future one ship headers), the build/ cache, else (``fetch``) the npm package. (dir, "") or (None, why)."""
+    env = os.environ.get(ENV_INCLUDE)
+    if env:
+        d = Path(env)
+        return (d, "") if _usable(d) else (None, f"${ENV_INCLUDE}={env} has no onnxruntime_c_api.h/onnxruntime_cxx_api.h")
+    try:
+        import onnxruntime
+
+        wheel = Path(onnxruntime.__file__).parent
+        for d in (wheel / "include", wheel / "capi" / "include"):
+            if _usable(d):
+                return d, ""
+    except ImportError:
+        pass
+    cached = HEADER_CACHE / "include"
+    if _usable(cached):
+        return cached, ""
+    if not fetch:
+        return None, "no onnxruntime headers (PyPI's onnxruntime wheel ships none)"
+    return _npm_headers(HEADER_CACHE)
+
+
+def find_blas() -> tuple[Optional[dict], str]:
+    try:
+        import scipy_openblas32 as sob
+    except ImportError:
+        return None, "scipy-openblas32 is not installed (pip install scipy-openblas32)"
+    return {"include": sob.get_include_dir(), "lib": sob.get_lib_dir(), "name": sob.get_library()}, ""
+
+
+def _runtime_api_version() -> Optional[int]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    m = re.match(r"1\.(\d+)", onnxruntime.__version__)
+    return int(m.group(1)) if m else None
+
+
+def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared",
+           "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-unused-function",
+           f"-I{include}", f"-I{blas['include']}"]
+    cmd += [f"-I{d}" for d in INCLUDES]
+    cmd += [str(SOURCE), "-o", str(output), f"-Wl,--version-script={LINKER_MAP}",
+            f"-L{blas['lib']}", f"-l{blas['name']}", f"-Wl,-rpath,{blas['lib']}", "-Wl,--no-undefined", "-lpthread"]
+    return cmd
+
+
+def stale() -> bool:
+    if not LIBRARY.exists():
+        return True
+    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS, LINKER_MAP, *INCLUDES[1].glob("*.h")))
+    return LIBRARY.stat().st_mtime < newest
+
+
+def build(verbose: bool = True) -> tuple[Optional[Path], str]:
+    """Compile the library (to a temporary name, then renamed). (path, "") or (None, why it was skipped);
+    SaiError when the compiler fails."""
+    include, why = find_headers()
+    if include is None:
+        return None, why
+    blas, why = find_blas()
+    if blas is None:
+        return None, why
+    hdr, rt = api_version(include), _runtime_api_version()
+    if hdr is not None and rt is not None and hdr > rt:
+        return None, (f"the onnxruntime headers in {include} are C API {hdr}, newer than the installed "
+                      f"onnxruntime (1.{rt}); point ${ENV_INCLUDE} at headers of version <= 1.{rt}")
+    LIBRARY.parent.mkdir(parents=True, exist_ok=True)
+    tmp = LIBRARY.with_suffix(".so.tmp")
+    cmd = compile_command(include, blas, tmp)
+    if verbose:
+        print(f"building {LIBRARY.name}: {cmd[0]} ... {SOURCE.name} (onnxruntime C API {hdr} headers from "
+              f"{include}, {blas['name']})", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise SaiError(f"building {LIBRARY.name} failed:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, LIBRARY)
+    return LIBRARY, ""
+
+
+def main(argv: list[str]) -> int:
+    if not stale() and "--force" not in argv:
+        print(f"{LIBRARY} is up to date")
+        return 0
+    path, why = build()
+    if path is None:
+        print(f"build_ort_ops: *** skipped {LIBRARY.name}: {why}; onnxruntime runs the portable model "
+              "(function bodies) ***")
+        return 0
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
