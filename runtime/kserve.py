@@ -136,6 +136,8 @@ def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, .
     if len(shape) != len(spec.shape):
         raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)} (rank "
                              f"{len(spec.shape)})")
+    if any(isinstance(w, int) and w != h for w, h in zip(spec.shape, shape, strict=True)):
+        raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)}")
     if name == primary and dt == want:
         try:
             check_profile(name, shape, engine.min_shape, engine.max_shape)

@@ -35,7 +35,7 @@ import numpy as np
 
 from sai.errors import SaiError
 from sai.runtime import kserve
-from sai.runtime.engine import Engine, InputError, ProfileError
+from sai.runtime.engine import Engine, InputError, ProfileError, check_profile
 from sai.runtime.kserve import HTTPError
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -370,6 +370,27 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
                          "(with X-Shape/X-Dtype) or application/x-npy")
 
 
+def check_declared_v1(headers, engine: Engine, max_batch: int) -> None:
+    """Before the body is read: a raw tensor's X-Shape against --max-batch and the engine profile (413)."""
+    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    shape_h = headers.get("X-Shape")
+    if ctype != "application/octet-stream" or not shape_h or headers.get("X-Input", engine.primary_input.name) != \
+            engine.primary_input.name:
+        return
+    shape = _parse_shape(shape_h)
+    spec = engine.primary_input
+    if len(shape) != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(spec.shape, shape,
+                                                                                          strict=True)):
+        return  # the decoder names the rank/dim fault
+    if shape[0] > max_batch:
+        raise HTTPError(413, f"request batch {shape[0]} exceeds the server's --max-batch {max_batch}; split it")
+    if headers.get("X-Dtype", "float32") == np.dtype(engine.primary_input.dtype).name:
+        try:
+            check_profile(engine.primary_input.name, shape, engine.min_shape, engine.max_shape)
+        except ProfileError as exc:
+            raise HTTPError(413 if exc.too_large else 400, str(exc)) from None
+
+
 def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, strict_dtype: bool) -> dict:
     """Model-level checks with 4xx errors naming the problem (dtype strict for binary bodies): the server's
     --max-batch first (413), then the engine's checks (names, ranks, dtypes, profile: 413 above its maximum)."""
@@ -425,10 +446,12 @@ def _auto_body_limit(engine: Engine, max_batch: int) -> int:
 
 class InferenceServer:
     """``start()`` binds (port 0: an ephemeral port, see ``.port`` / ``.grpc_port``) and serves in background
-    threads; ``stop()`` stops accepting, drains queued requests and closes. ``grpc_port=None``: no gRPC."""
+    threads; ``stop()`` stops accepting, drains queued requests and closes. ``grpc_port=None``: no gRPC.
+    ``max_body_bytes=None``: sized from the engine profile (``_auto_body_limit``); ``max_shape`` tightens or sets
+    the profile's maximum (engines loaded without a manifest have none)."""
 
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 8,
-                 max_delay_ms: float = 5.0, max_queue: int = 64, max_body_bytes: Optional[int] = 64 << 20,
+                 max_delay_ms: float = 5.0, max_queue: int = 64, max_body_bytes: Optional[int] = None,
                  request_timeout: float = 60.0, grpc_port: Optional[int] = None, model_name: Optional[str] = None,
                  model_version: str = "1", idle_timeout: float = 5.0, backlog: int = 2048,
                  max_shape: Optional[Sequence[int]] = None):

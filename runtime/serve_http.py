@@ -27,12 +27,14 @@ from sai.runtime.serve import (
     InferenceServer,
     _v1_json,
     await_result,
+    check_declared_v1,
     check_request,
     decode_request,
     decompress,
 )
 
 JSON = "application/json"
+DISCARD_BYTES = 256 << 20
 
 
 def protocol_class(idle_timeout: float):
@@ -89,9 +91,8 @@ async def _read_body(server: InferenceServer, request: Request) -> bytes:
         raise HTTPError(411, "Content-Length is required")
     declared = int(length) if length is not None else None  # the parser has checked it is a non-negative int
     if declared is not None and declared > limit:
-        if declared <= 16 * limit:
-            async for _ in request.stream():  # drop it, so the client reads the 413 and not a reset
-                pass
+        if declared <= max(DISCARD_BYTES, 16 * limit):
+            await _discard_body(server, request)
         raise HTTPError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, total = [], 0
     async for chunk in request.stream():
@@ -101,6 +102,16 @@ async def _read_body(server: InferenceServer, request: Request) -> bytes:
         chunks.append(chunk)
     body = b"".join(chunks)
     return decompress(body, request.headers.get("content-encoding"), limit)
+
+
+async def _discard_body(server: InferenceServer, request: Request) -> None:
+    """Read and drop a request's body (up to DISCARD_BYTES, streamed: no memory), so the client reads the answer,
+    not a reset; beyond that the connection is closed after the answer."""
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max(DISCARD_BYTES, 16 * server.max_body_bytes):
+            break
 
 
 async def _maybe_thread(size: int, fn, *args):
@@ -143,6 +154,11 @@ def make_app(server: InferenceServer) -> Starlette:
         close = False
         try:
             try:
+                try:
+                    check_declared_v1(request.headers, server.engine, server.max_batch)
+                except HTTPError:
+                    await _discard_body(server, request)
+                    raise
                 body = await _read_body(server, request)
             except HTTPError as exc:
                 close = exc.status in (411, 413)
