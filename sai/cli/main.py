@@ -42,6 +42,15 @@ EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE), as other command-line tools
 
 
+def _sai_message(exc: SaiError) -> str:
+    """A SaiError's own text (a few carry a compiler's output on purpose), never empty, never raising."""
+    try:
+        text = str(exc).strip()
+    except Exception:
+        text = ""
+    return text or first_line(exc)
+
+
 def _environment_error(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         detail = first_line(exc)
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except SaiError as exc:
         if verbose:
             raise
-        _say(verb, f"error: {first_line(exc)}")
+        _say(verb, f"error: {_sai_message(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
