@@ -128,6 +128,9 @@ def compile_one(name: str, spec: dict, cc: int, out: Path) -> dict:
                             target=GPUTarget("cuda", cc, 32),
                             options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
     md = kernel.metadata
+    if getattr(md, "profile_scratch_size", 0) > 0:
+        raise RuntimeError(f"{name} sm_{cc}: profile scratch ({md.profile_scratch_size} B) means an instrumented "
+                           "build (TRITON_* profiling knobs set?); the C++ launcher passes null there")
     params = [{"name": a, "type": sig[a]} for a in jit.arg_names if sig[a] != "constexpr"]
     meta = {
         "spec": name, "cc": cc, "entry": md.name, "num_warps": md.num_warps, "num_stages": cfg["num_stages"],

@@ -83,6 +83,7 @@ CUresult launch(const char* spec, CUstream stream, unsigned gridX, unsigned grid
     if (img == nullptr) return CUDA_ERROR_NO_BINARY_FOR_GPU;
     if (numArgs != img->numParams) return CUDA_ERROR_INVALID_VALUE;
     if (img->globalScratchSize > 0 && globalScratch == 0) return CUDA_ERROR_INVALID_VALUE;
+    if (img->profileScratchSize > 0) return CUDA_ERROR_NOT_SUPPORTED;  // instrumented build: not for hosts
 
     CUfunction fn = nullptr;
     {
