@@ -19,9 +19,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from sai.errors import SaiError
-from sai.runtime.device import DeviceArray, as_device_array, as_host_array
+from sai.runtime.device import LEGACY_STREAM, DeviceArray, as_device_array, as_host_array
 from sai.runtime.labels import Prediction, topk
 from sai.runtime.preprocess import preprocess as _preprocess
+from sai.runtime.preprocess import preprocess_torch as _preprocess_torch
 from sai.runtime.preprocess import usable_norm, why_not_applied
 
 Dim = Union[int, str]
@@ -272,8 +273,10 @@ class Engine:
         """The image input as the model takes it: raw uint8 pixels normalised (where recorded), an NHWC float
         batch transposed when ``layout="NHWC"``; device arrays and everything else as they are."""
         dev = as_device_array(value, self._device_stream())
-        if dev is not None:
-            return dev  # parsed once (a __dlpack__ capsule is consumed)
+        if dev is not None:  # parsed once (a __dlpack__ capsule is consumed)
+            if dev.dtype == np.uint8 and np.dtype(spec.dtype).kind == "f" and self.input_norm is not None:
+                return self._preprocess_device(spec, dev, layout, color)
+            return dev
         try:
             arr = as_host_array(value)
         except Exception:
@@ -283,6 +286,28 @@ class Engine:
         if layout is not None and str(layout).upper() == "NHWC" and arr.ndim == 4:
             return arr.transpose(0, 3, 1, 2)
         return arr
+
+    def _preprocess_device(self, spec: TensorSpec, dev: DeviceArray, layout: Optional[str],
+                           color: Optional[str]) -> DeviceArray:
+        """Raw uint8 images already on the GPU: normalised there by torch (``preprocess_torch``, the same
+        tables), after its stream waits for the producer's; the result is a device input ready on that stream."""
+        try:
+            import torch
+        except ImportError:
+            raise InputError(self.dtype_error(spec, np.dtype(np.uint8)) + " (uint8 images on the GPU are "
+                             "normalised with torch, which is not installed)") from None
+        gpu = torch.device("cuda", dev.device_id)
+        stream = torch.cuda.current_stream(gpu)
+        if dev.stream is not None:
+            stream.wait_stream(torch.cuda.ExternalStream(int(dev.stream), device=gpu))
+        channels = spec.shape[1] if isinstance(spec.shape[1], int) else len(self.input_norm["mean"])
+        out = _preprocess_torch(torch.as_tensor(dev, device=gpu), self.input_norm, channels, layout=layout,
+                                color=color)
+        if np.dtype(spec.dtype) == np.float16:
+            out = out.half()
+        ready = as_device_array(out)
+        ready.stream, ready.owner = int(stream.cuda_stream) or LEGACY_STREAM, out
+        return ready
 
     def _check_one(self, spec: TensorSpec, value: Any) -> Any:
         dev = as_device_array(value, self._device_stream())
@@ -310,9 +335,10 @@ class Engine:
             raise InputError(f"input {spec.name!r} is a CUDA tensor but the {self.backend} engine runs on "
                              f"{self.device}; load it with device='cuda', or pass host (numpy) data")
         if dev.dtype != np.dtype(spec.dtype):
-            how = (" (raw uint8 images are normalised only from host arrays)" if dev.dtype == np.uint8 else "")
+            if dev.dtype == np.uint8 and spec.name == self.primary_input.name:
+                raise InputError(self.dtype_error(spec, dev.dtype))
             raise InputError(f"device input {spec.name!r} has dtype {dev.dtype.name}, expected "
-                             f"{np.dtype(spec.dtype).name} (device inputs are bound as they are, without casts){how}")
+                             f"{np.dtype(spec.dtype).name} (device inputs are bound as they are, without casts)")
         if dev.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, dev.shape, strict=False)):
             raise InputError(f"input {spec.name!r} has shape {list(dev.shape)}, expected {list(spec.shape)}")
         if 0 in dev.shape:

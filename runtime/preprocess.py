@@ -115,3 +115,24 @@ def preprocess(images: Any, norm: Mapping[str, Any], channels: int, *, layout: O
         plane = x[:, c] if lay == "NCHW" else x[..., c]
         out[:, m] = lut[m][plane]
     return out
+
+
+def preprocess_torch(images, norm: Mapping[str, Any], channels: int, *, layout: Optional[str] = None,
+                     color: Optional[str] = None):
+    """``preprocess`` for a uint8 torch tensor, on its own device (a CUDA image batch stays on the GPU): the
+    same table, gathered by torch. Returns a contiguous float32 NCHW tensor on the tensor's device."""
+    import torch
+
+    x = images
+    if x.dtype != torch.uint8:
+        raise _input_error(f"images must be uint8 to be normalised, got {x.dtype}")
+    lay = image_layout(tuple(x.shape), channels, layout, str(norm.get("layout", "NCHW")))
+    if color is not None and str(color).upper() not in COLORS:
+        raise SaiError(f"color must be RGB or BGR, got {color!r}")
+    if lay == "NHWC":
+        x = x.permute(0, 3, 1, 2)
+    if color is not None and str(color).upper() != str(norm.get("color", "RGB")).upper():
+        x = x.flip(1)
+    lut = torch.from_numpy(pixel_table(norm, channels)).to(x.device).reshape(-1)
+    offset = (torch.arange(channels, device=x.device, dtype=torch.int64) * 256).view(1, channels, 1, 1)
+    return lut[x.to(torch.int64) + offset].contiguous()

@@ -352,3 +352,18 @@ def test_pycuda_and_numba_producers(tmp_path_factory):
         pytest.importorskip("pycuda.autoprimaryctx")
         gpuarray = pytest.importorskip("pycuda.gpuarray")
         np.testing.assert_allclose(e.infer(gpuarray.to_gpu(x))["logits"], ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_uint8_images_on_the_gpu_are_normalised_there(tmp_path):
+    _cuda()
+    from sai.models import demo_data
+
+    ck = Path(demo_data.__file__).parent / "zoo" / "sai_demo_r18" / "sparse_resnet18.pth"
+    images, _ = demo_data.make_split(0, "test", 4)
+    with rt.load(ck, device="cuda") as e:
+        ref = e.infer(images.numpy())["logits"]  # host uint8: sai.runtime.preprocess
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            gpu = images.cuda(non_blocking=True).permute(0, 2, 3, 1).contiguous()  # NHWC on a side stream
+        np.testing.assert_allclose(e.infer(gpu)["logits"], ref, rtol=1e-3, atol=1e-3)

@@ -262,3 +262,16 @@ def test_demo_model_direct_reference(test_images):
         ref = model.eval()(demo_data.normalize(torch.from_numpy(images[:2]))).numpy()
         got = model(torch.from_numpy(pre.preprocess(images[:2], norm, 3))).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout, color", [("NCHW", None), ("NHWC", None), ("NHWC", "BGR")])
+def test_torch_preprocessing_is_the_same_table(layout, color):
+    """The path for uint8 images already on the GPU (torch gathers the same tables), here on CPU tensors."""
+    norm = metadata.input_norm_from_checkpoint(_ck_meta())
+    shape = (2, 3, 20, 24) if layout == "NCHW" else (2, 20, 24, 3)
+    x = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
+    got = pre.preprocess_torch(torch.from_numpy(x), norm, 3, color=color)
+    assert got.dtype == torch.float32 and got.is_contiguous() and tuple(got.shape) == (2, 3, 20, 24)
+    np.testing.assert_array_equal(got.numpy(), pre.preprocess(x, norm, 3, color=color))
+    with pytest.raises(rt.InputError, match="must be uint8"):
+        pre.preprocess_torch(torch.zeros(shape), norm, 3)
