@@ -184,7 +184,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     is None; otherwise ``engine_skip_reason`` says why."""
     from sai.exporter.export import DEFAULT_OPSET, export_onnx
     from sai.models import detect_layout
-    from sai.outputs import check_output_dir, os_error_message, owned_tempdir
+    from sai.outputs import check_output_dir, interrupt_watch, os_error_message, owned_tempdir
 
     ck = Path(checkpoint)
     if ck.is_dir():
@@ -202,61 +202,63 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
         raise SaiError(f"--arch {arch} does not match the checkpoint, whose weights are {info['arch']}")
     tmp = owned_tempdir(f".{outdir.name}.tmp-", outdir.parent)
     seconds: dict[str, float] = {}
-    try:
-        progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
-        t = time.perf_counter()
-        res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=str(ck), input_shape=opt, sampling=sampling,
-                          precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
-                          **(export_options or {}))
-        seconds["export"] = time.perf_counter() - t
-        progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser)")
-        write_tensorrt_onnx(tmp / ONNX_NAME, tmp / TRT_ONNX_NAME)
-        reason = engine_unavailable_reason() if build_engine else "engine build disabled"
-        built = False
-        engine_info: dict[str, Any] = {}
-        if reason is None:
-            progress(f"[3/4] building {PLAN_NAME} with TensorRT")
+    with interrupt_watch() as watch:
+        try:
+            progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
             t = time.perf_counter()
-            from sai.runtime.build import build_engine as _build
+            res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=str(ck), input_shape=opt, sampling=sampling,
+                              precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
+                              **(export_options or {}))
+            seconds["export"] = time.perf_counter() - t
+            progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser)")
+            write_tensorrt_onnx(tmp / ONNX_NAME, tmp / TRT_ONNX_NAME)
+            reason = engine_unavailable_reason() if build_engine else "engine build disabled"
+            built = False
+            engine_info: dict[str, Any] = {}
+            if reason is None:
+                progress(f"[3/4] building {PLAN_NAME} with TensorRT")
+                t = time.perf_counter()
+                from sai.runtime.build import build_engine as _build
 
-            engine_info = _build(tmp / TRT_ONNX_NAME, tmp / PLAN_NAME, profile=(lo, opt, hi),
-                                 noise_inputs=res.noise_inputs, precision=precision, workspace=workspace,
-                                 timing_cache=timing_cache, version_compatible=version_compatible)
-            seconds["engine"] = time.perf_counter() - t
-            built = True
-        else:
-            progress(f"[3/4] engine skipped: {reason}")
-        progress(f"[4/4] writing {MANIFEST_NAME}")
-        files = {}
-        for name in (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME):
-            p = tmp / name
-            if p.is_file():
-                files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
-        shapes = {"input": {"min": list(lo), "opt": list(opt), "max": list(hi)}}
-        for name, stride in res.noise_inputs:
-            shapes[name] = {k: list(noise_shape(s, stride)) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "arch": arch,
-            "checkpoint": {"path": str(ck.resolve()), "sha256": sha256(ck), "layout": info.get("layout")},
-            "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
-                       "precision": precision, "opset": res.opset,
-                       "input_names": res.input_names, "output_names": res.output_names},
-            "shapes": shapes,
-            "engine": {"built": built, "skip_reason": reason or "", "workspace": workspace,
-                       "version_compatible": version_compatible,
-                       "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
-            "files": files,
-            "versions": _versions(),
-            "metadata": res.metadata,
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
-    except OSError as exc:  # a full disk, a folder that became unwritable, ...
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaiError(os_error_message(exc, outdir)) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                engine_info = _build(tmp / TRT_ONNX_NAME, tmp / PLAN_NAME, profile=(lo, opt, hi),
+                                     noise_inputs=res.noise_inputs, precision=precision, workspace=workspace,
+                                     timing_cache=timing_cache, version_compatible=version_compatible)
+                seconds["engine"] = time.perf_counter() - t
+                built = True
+            else:
+                progress(f"[3/4] engine skipped: {reason}")
+            progress(f"[4/4] writing {MANIFEST_NAME}")
+            files = {}
+            for name in (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME):
+                p = tmp / name
+                if p.is_file():
+                    files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+            shapes = {"input": {"min": list(lo), "opt": list(opt), "max": list(hi)}}
+            for name, stride in res.noise_inputs:
+                shapes[name] = {k: list(noise_shape(s, stride)) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "arch": arch,
+                "checkpoint": {"path": str(ck.resolve()), "sha256": sha256(ck), "layout": info.get("layout")},
+                "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
+                           "precision": precision, "opset": res.opset,
+                           "input_names": res.input_names, "output_names": res.output_names},
+                "shapes": shapes,
+                "engine": {"built": built, "skip_reason": reason or "", "workspace": workspace,
+                           "version_compatible": version_compatible,
+                           "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
+                "files": files,
+                "versions": _versions(),
+                "metadata": res.metadata,
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            watch.check()  # a Ctrl-C swallowed on the way (in a library's callback) still publishes nothing
+            publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
+        except OSError as exc:  # a full disk, a folder that became unwritable, ...
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SaiError(os_error_message(exc, outdir)) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return ConvertResult(outdir, manifest, built, reason or "", seconds)

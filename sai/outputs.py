@@ -278,3 +278,52 @@ def deferred_signals() -> Iterator[list[int]]:
                 signal.signal(sig, handler)
     if got:
         raise Terminated() if got[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+class InterruptWatch:
+    """Remembers SIGINT/SIGTERM while it is active (see ``interrupt_watch``)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt (or ``Terminated``) if a signal came, even one whose exception was
+        swallowed on the way (e.g. raised inside a Python callback of a C++ library such as TensorRT's
+        logger, which prints it and carries on)."""
+        import signal
+
+        from sai.errors import Terminated
+
+        if self.signals:
+            raise Terminated() if self.signals[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def interrupt_watch() -> Iterator[InterruptWatch]:
+    """Record SIGINT/SIGTERM and pass them on to the handlers already installed (so Ctrl-C still raises
+    where it lands); ``watch.check()`` before a commit refuses to publish work that was interrupted."""
+    import signal
+    import threading
+
+    watch = InterruptWatch()
+    if threading.current_thread() is not threading.main_thread():
+        yield watch
+        return
+    old = {}
+
+    def recorder(signum, frame):
+        watch.signals.append(signum)
+        old[signum](signum, frame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        prev = signal.getsignal(sig)
+        if callable(prev):  # Python-level handlers only (default Ctrl-C, the CLI's SIGTERM); SIG_DFL kills as before
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, recorder)
+                old[sig] = prev
+    try:
+        yield watch
+    finally:
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)

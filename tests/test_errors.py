@@ -432,6 +432,24 @@ def test_ctrl_c_during_convert_publishes_nothing(tmp_path, capsys, stub_export, 
     assert not (tmp_path / "new").exists() and _leftovers(tmp_path) == []
 
 
+def test_ctrl_c_swallowed_by_a_library_still_publishes_nothing(tmp_path, capsys, stub_export):
+    """A KeyboardInterrupt raised inside a Python callback of a C++ library (TensorRT's logger during a
+    build) is printed and dropped by the binding; convert must notice the Ctrl-C anyway."""
+
+    def swallowing_library():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what the binding does with it
+
+    stub_export["export"] = swallowing_library
+    out = tmp_path / "out"
+    assert main(["convert", str(tiny_checkpoint(tmp_path)), "-o", str(out), "-q"]) == 130
+    assert "interrupted" in _err(capsys)
+    assert not out.exists() and _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_signal_during_publish_rolls_back(tmp_path, monkeypatch, existing):
     import sai.runtime.convert as conv
