@@ -253,7 +253,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                 "metadata": res.metadata,
             }
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-            watch.check()  # a Ctrl-C swallowed on the way (in a library's callback) still publishes nothing
+            watch.check()  # a Ctrl-C whose exception a library swallowed still publishes nothing
             publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
         except OSError as exc:  # a full disk, a folder that became unwritable, ...
             shutil.rmtree(tmp, ignore_errors=True)

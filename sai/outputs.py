@@ -288,8 +288,8 @@ class InterruptWatch:
 
     def check(self) -> None:
         """Raise KeyboardInterrupt (or ``Terminated``) if a signal came, even one whose exception was
-        swallowed on the way (e.g. raised inside a Python callback of a C++ library such as TensorRT's
-        logger, which prints it and carries on)."""
+        swallowed on the way (e.g. raised inside a Python callback that C++ code called, where the binding
+        prints it and carries on, or caught by a library's broad ``except``)."""
         import signal
 
         from sai.errors import Terminated

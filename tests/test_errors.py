@@ -433,8 +433,8 @@ def test_ctrl_c_during_convert_publishes_nothing(tmp_path, capsys, stub_export, 
 
 
 def test_ctrl_c_swallowed_by_a_library_still_publishes_nothing(tmp_path, capsys, stub_export):
-    """A KeyboardInterrupt raised inside a Python callback of a C++ library (TensorRT's logger during a
-    build) is printed and dropped by the binding; convert must notice the Ctrl-C anyway."""
+    """A KeyboardInterrupt raised inside a Python callback that C++ code called is printed and dropped by
+    the binding (or a library catches it); convert must notice the Ctrl-C anyway."""
 
     def swallowing_library():
         try:
