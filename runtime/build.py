@@ -1,7 +1,10 @@
 """TensorRT engine build (thin; runs only where TensorRT and a GPU exist, covered by GPU tests).
 
-TensorRT 11 networks are always strongly typed: precision comes from the ONNX file (fp16 tensors).
-TensorRT 10 builds weakly typed networks with the FP16 builder flag for fp16 models. The sai plugin
+TensorRT 11 networks are always strongly typed: precision comes from the ONNX file (fp16 tensors,
+the mask subgraph kept fp32 by the exporter). TensorRT 10 builds weakly typed networks with the FP16
+builder flag for fp16 models; there the mask subgraph (every layer that only feeds the mask input of
+a sai plugin) is pinned to fp32 by precision constraints, so fp16 rounding cannot flip a mask
+decision, as on 11. The Interpolate normaliser is fp32 inside the plugin on both. The sai plugin
 library is loaded into the builder's registry; version-compatible engines serialize it inside the plan.
 """
 
@@ -21,13 +24,65 @@ def build_plan(trt_major: int, precision: str, version_compatible: bool) -> dict
     """What the builder must be told for a TensorRT major version (pure logic, tested on the CPU):
     network flags, builder flags, whether the plugin library is serialized into the plan."""
     network_flags, builder_flags = [], []
+    mask_fp32 = False
     if trt_major < 11:
         if precision == "fp16":
-            builder_flags.append("FP16")
+            builder_flags += ["FP16", "PREFER_PRECISION_CONSTRAINTS"]
+            mask_fp32 = True
     if version_compatible:
         builder_flags.append("VERSION_COMPATIBLE")
     return {"network_flags": network_flags, "builder_flags": builder_flags,
-            "serialize_plugins": bool(version_compatible), "strongly_typed": trt_major >= 11}
+            "serialize_plugins": bool(version_compatible), "strongly_typed": trt_major >= 11,
+            "mask_fp32": mask_fp32}
+
+
+MASK_INPUT = 1  # input 1 of SparseSampleConv and Interpolate is the mask M
+
+
+def mask_subgraph_layers(network, trt) -> list[int]:
+    """Indices of the layers whose outputs reach only mask inputs of sai plugin layers, directly or
+    through other such layers (the TensorRT twin of the exporter's fp16 mask-subgraph rule)."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    plugin_type = trt.LayerType.PLUGIN_V3
+    consumers: dict[str, list[tuple[int, int]]] = {}
+    for li, layer in enumerate(layers):
+        for k in range(layer.num_inputs):
+            t = layer.get_input(k)
+            if t is not None:
+                consumers.setdefault(t.name, []).append((li, k))
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    mask_only: set[int] = set()
+    for li in range(len(layers) - 1, -1, -1):
+        layer = layers[li]
+        if layer.type == plugin_type or layer.num_outputs == 0:
+            continue
+        ok = True
+        for j in range(layer.num_outputs):
+            name = layer.get_output(j).name
+            uses = consumers.get(name, [])
+            if name in outputs or not uses or not all(
+                    (layers[c].type == plugin_type and k == MASK_INPUT) or c in mask_only for c, k in uses):
+                ok = False
+                break
+        if ok:
+            mask_only.add(li)
+    return sorted(mask_only)
+
+
+def pin_mask_subgraph_fp32(network, trt) -> int:
+    """precision + output types fp32 on the mask subgraph's float layers; returns how many."""
+    floats = {trt.float32, trt.float16}
+    pinned = 0
+    for li in mask_subgraph_layers(network, trt):
+        layer = network.get_layer(li)
+        outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not all(o.dtype in floats for o in outs):
+            continue  # comparisons, shapes, casts to other types: nothing to pin
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def profile_shapes(profile, noise_inputs: Sequence[tuple[str, int]], input_name: str = "input") -> dict:
@@ -76,6 +131,8 @@ def build_engine(onnx_path, plan_path, *, profile, noise_inputs=(), precision: s
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SaiError(f"TensorRT cannot parse {onnx_path}: {errors[:500]}")
+    if plan["mask_fp32"]:
+        plan["mask_layers_fp32"] = pin_mask_subgraph_fp32(network, trt)
     config = builder.create_builder_config()
     for flag in plan["builder_flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))

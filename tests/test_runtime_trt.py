@@ -298,7 +298,8 @@ def test_bad_plan_names_the_cause(tmp_path):
 def test_build_plan_per_tensorrt_version():
     from sai.runtime.build import build_plan, profile_shapes
 
-    assert build_plan(10, "fp16", False)["builder_flags"] == ["FP16"]
+    assert build_plan(10, "fp16", False)["builder_flags"] == ["FP16", "PREFER_PRECISION_CONSTRAINTS"]
+    assert build_plan(10, "fp16", False)["mask_fp32"] and not build_plan(11, "fp16", False)["mask_fp32"]
     assert build_plan(11, "fp16", False)["builder_flags"] == [] and build_plan(11, "fp16", False)["strongly_typed"]
     vc = build_plan(10, "fp32", True)
     assert vc["builder_flags"] == ["VERSION_COMPATIBLE"] and vc["serialize_plugins"]
@@ -352,6 +353,9 @@ def test_build_engine_drives_tensorrt_builder(tmp_path):
             self._name = name
 
         def __getattr__(self, attr):
+            if attr in ("num_layers", "num_outputs"):  # an empty network for the mask-subgraph pass
+                return 0
+
             def f(*a, **k):
                 calls.append((self._name, attr, a))
                 return {"parse_from_file": True, "build_serialized_network": b"ENGINE",
@@ -366,20 +370,22 @@ def test_build_engine_drives_tensorrt_builder(tmp_path):
     trt = types.SimpleNamespace(
         __version__="10.9.0", Logger=type("L", (), {"WARNING": 1, "__init__": lambda s, lvl: None}),
         Builder=lambda logger: Obj("builder"), OnnxParser=lambda net, logger: Obj("parser"),
-        BuilderFlag=types.SimpleNamespace(FP16="FP16", VERSION_COMPATIBLE="VC"),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WS"))
+        BuilderFlag=types.SimpleNamespace(FP16="FP16", VERSION_COMPATIBLE="VC", PREFER_PRECISION_CONSTRAINTS="PPC"),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WS"), LayerType=types.SimpleNamespace(PLUGIN_V3="PV3"),
+        float32="f32", float16="f16")
     info = build_engine(tmp_path / "m.trt.onnx", tmp_path / "model.plan", profile=((1, 3, 32, 32), (2, 3, 64, 64),
                         (8, 3, 128, 128)), noise_inputs=[("noise.a", 4)], precision="fp16", workspace=1 << 30,
                         timing_cache=tmp_path / "tc.bin", version_compatible=True, plugin_library="/p/lib.so", trt=trt)
     assert (tmp_path / "model.plan").read_bytes() == b"ENGINE" and (tmp_path / "tc.bin").read_bytes() == b"CACHE"
     assert ("get_plugin_registry", "load_library", ("/p/lib.so",)) in calls
-    assert [args for _, a, args in calls if a == "set_flag"] == [("FP16",), ("VC",)]
+    assert [args for _, a, args in calls if a == "set_flag"] == [("FP16",), ("PPC",), ("VC",)]
     assert ("create_builder_config", "set:plugins_to_serialize", ["/p/lib.so"]) in calls
     assert ("create_builder_config", "set_memory_pool_limit", ("WS", 1 << 30)) in calls
     shapes = {args[0]: args[1:] for _, a, args in calls if a == "set_shape"}
     assert shapes == {"input": ((1, 3, 32, 32), (2, 3, 64, 64), (8, 3, 128, 128)),
                       "noise.a": ((1, 2, 8, 8), (2, 2, 16, 16), (8, 2, 32, 32))}
-    assert info["builder_flags"] == ["FP16", "VERSION_COMPATIBLE"] and info["serialize_plugins"]
+    assert info["builder_flags"] == ["FP16", "PREFER_PRECISION_CONSTRAINTS", "VERSION_COMPATIBLE"]
+    assert info["serialize_plugins"] and info["mask_fp32"] and info["mask_layers_fp32"] == 0
 
 
 def test_device_input_waits_for_its_producer_stream(fake):

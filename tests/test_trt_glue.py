@@ -66,7 +66,8 @@ def built():
     assert "SKIPPED" not in cfg.stdout + cfg.stderr
     # rebuild the glue from scratch so that its warnings are seen every time
     run(["cmake", "--build", BUILD, "--target", "clean"])
-    build = run(["cmake", "--build", BUILD, "-j2", "--target", "all", "sai_fake_nvinfer", "sai_fake_nvinfer_lean"])
+    build = run(["cmake", "--build", BUILD, "-j2", "--target", "all", "sai_fake_nvinfer", "sai_fake_nvinfer_lean",
+                 "sai_trt_plugins_fullcaps"])
     assert build.returncode == 0, build.stdout + build.stderr
     lib = BUILD / "libsai_trt_plugins.so"
     harness = BUILD / "sai_trt_glue_harness"
@@ -75,8 +76,10 @@ def built():
     major = re.search(r"#define (?:TRT_MAJOR_ENTERPRISE|NV_TENSORRT_MAJOR) (\d+)", (inc / "NvInferVersion.h").read_text()).group(1)
     fakes = {name: BUILD / f"fake-{name}" / f"lib{name}.so.{major}" for name in ("nvinfer", "nvinfer_lean")}
     assert all(f.is_file() for f in fakes.values())
+    fullcaps = BUILD / "libsai_trt_plugins_fullcaps.so"
+    assert fullcaps.is_file()
     return {"lib": lib, "harness": harness, "autoload": autoload, "log": build.stdout + build.stderr, "include": inc,
-            "major": major, "fakes": fakes}
+            "major": major, "fakes": fakes, "fullcaps": fullcaps}
 
 
 def test_builds_warning_free(built):
@@ -109,13 +112,31 @@ def test_autoload_companion_needs_libnvinfer_and_exports_nothing(built):
     assert [ln for ln in nm.stdout.splitlines() if ln.strip()] == []
 
 
-def test_glue_harness(built):
-    r = run([built["harness"], built["lib"]], timeout=120)
+def harness(built, lib, *args) -> str:
+    r = run([built["harness"], lib, *args], timeout=120)
     summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     failures = [ln for ln in r.stdout.splitlines() if ln.startswith("FAIL")]
     assert r.returncode == 0 and not failures, r.stdout + r.stderr
     m = re.match(r"(\d+) passed, 0 failed", summary)
     assert m and int(m.group(1)) >= 100, summary
+    return r.stdout
+
+
+def test_glue_harness(built):
+    out = harness(built, built["lib"])
+    # the SIMT kernels read dense NCHW FP32/FP16 only: one combination per type and plugin
+    assert "SparseSampleConv: supportsFormatCombination accepts exactly the 2 expected" in out
+    assert "Interpolate: supportsFormatCombination accepts exactly the 2 expected" in out
+
+
+def test_glue_harness_every_format_with_full_kernel_caps(built):
+    # the glue with stand-in kernels that take every layout, BF16 and an FP32 mask: FP32 kLINEAR/kHWC,
+    # FP16 kLINEAR/kHWC8/kHWC16, BF16 kLINEAR/kHWC8, each configured with the strides it implies
+    out = harness(built, built["fullcaps"], "--kernels", "full")
+    for op in ("SparseSampleConv", "Interpolate"):
+        assert f"{op}: supportsFormatCombination accepts exactly the 27 expected combinations (got 27)" in out
+        assert len(re.findall(rf"^ok   {op}: configure/workspace/onShapeChange with", out, re.M)) == 27
+    assert "X FP16/kHWC8, M FP32/kLINEAR" in out and "X BF16/kHWC8" in out and "X FP32/kHWC," in out
 
 
 def test_cmake_skips_glue_loudly_without_headers(tmp_path):

@@ -213,11 +213,102 @@ char const* saiDataTypeName(DataType t)
     {
     case DataType::kFLOAT: return "FP32";
     case DataType::kHALF: return "FP16";
+    case DataType::kBF16: return "BF16";
     case DataType::kINT8: return "INT8";
     case DataType::kINT32: return "INT32";
     case DataType::kBOOL: return "BOOL";
     default: return "an unsupported type";
     }
+}
+
+char const* saiFormatName(TensorFormat f)
+{
+    switch (f)
+    {
+    case TensorFormat::kLINEAR: return "kLINEAR";
+    case TensorFormat::kHWC: return "kHWC";
+    case TensorFormat::kHWC8: return "kHWC8";
+    case TensorFormat::kHWC16: return "kHWC16";
+    case TensorFormat::kCHW32: return "kCHW32";
+    default: return "another format";
+    }
+}
+
+bool saiDataTypeOf(DataType t, SaiDataType& out)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: out = SaiDataType::kFLOAT; return true;
+    case DataType::kHALF: out = SaiDataType::kHALF; return true;
+    case DataType::kBF16: out = SaiDataType::kBF16; return true;
+    default: return false;
+    }
+}
+
+bool saiLayoutOf(TensorFormat f, DataType t, SaiLayout& out)
+{
+    // TensorRT's definitions (NvInferRuntimeBase.h, 10.0 .. 11.x): kHWC is FP32 (or UINT8) only,
+    // kHWC8 FP16/BF16, kHWC16 FP16; kLINEAR any type.
+    switch (f)
+    {
+    case TensorFormat::kLINEAR: out = SaiLayout::kNCHW; return true;
+    case TensorFormat::kHWC: out = SaiLayout::kNHWC; return t == DataType::kFLOAT;
+    case TensorFormat::kHWC8: out = SaiLayout::kNHWC8; return t == DataType::kHALF || t == DataType::kBF16;
+    case TensorFormat::kHWC16: out = SaiLayout::kNHWC16; return t == DataType::kHALF;
+    default: return false;
+    }
+}
+
+bool saiActivationFormatOk(PluginTensorDesc const& d, SaiKernelCaps const& caps)
+{
+    SaiDataType t;
+    SaiLayout l;
+    return saiDataTypeOf(d.type, t) && saiLayoutOf(d.format, d.type, l) && saiCapsLayout(caps, t, l);
+}
+
+bool saiMaskFormatOk(PluginTensorDesc const& mask, DataType activations, SaiKernelCaps const& caps)
+{
+    bool const typeOk = mask.type == activations
+        || (caps.fp32Mask && mask.type == DataType::kFLOAT
+            && (activations == DataType::kHALF || activations == DataType::kBF16));
+    return typeOk && saiActivationFormatOk(mask, caps);
+}
+
+bool saiTensorLayoutOf(PluginTensorDesc const& d, SaiTensorLayout& out)
+{
+    SaiDataType t;
+    SaiLayout l;
+    if (d.dims.nbDims != 4 || !saiDataTypeOf(d.type, t) || !saiLayoutOf(d.format, d.type, l))
+    {
+        return false;
+    }
+    out = saiTensorLayout(l, t, d.dims.d[1], d.dims.d[2], d.dims.d[3]);
+    return true;
+}
+
+std::string saiLayoutText(char const* tensor, PluginTensorDesc const& d, SaiTensorLayout const& l)
+{
+    std::ostringstream s;
+    s << tensor << " " << saiDataTypeName(d.type) << " " << saiFormatName(d.format) << " [";
+    for (int32_t i = 0; i < d.dims.nbDims; ++i)
+    {
+        s << (i ? "," : "") << d.dims.d[i];
+    }
+    s << "] strides n=" << l.strides.n << " c=" << l.strides.c << " h=" << l.strides.h << " w=" << l.strides.w;
+    return s.str();
+}
+
+int32_t saiValidTactics(SaiKernelCaps const& caps, int32_t* tactics, int32_t nbTactics)
+{
+    if (tactics == nullptr || nbTactics < 0 || nbTactics > caps.nbTactics)
+    {
+        return -1;
+    }
+    for (int32_t i = 0; i < nbTactics; ++i)
+    {
+        tactics[i] = caps.tactics[i];
+    }
+    return 0;
 }
 
 } // namespace plugin

@@ -10,11 +10,16 @@
  *   SaiFieldWriter                   owns the storage of a PluginFieldCollection for
  *                                    getFieldsToSerialize (same names/types as createPlugin takes)
  *   saiDimsExpr*                     IExprBuilder helpers for the convolution output size
+ *   saiActivationFormatOk /          TensorRT formats and types of activation tensors vs what the
+ *   saiTensorLayoutOf / saiLayoutText  kernels take (saiKernelCaps.h): FP32 kLINEAR/kHWC, FP16
+ *                                    kLINEAR/kHWC8/kHWC16, BF16 kLINEAR/kHWC8, each only where the
+ *                                    linked kernels read it
  */
 #ifndef SAI_TRT_PLUGINS_COMMON_SAI_PLUGIN_COMMON_H
 #define SAI_TRT_PLUGINS_COMMON_SAI_PLUGIN_COMMON_H
 
 #include "NvInferRuntime.h"
+#include "saiKernelCaps.h"
 
 #include <cstdint>
 #include <memory>
@@ -86,6 +91,25 @@ nvinfer1::IDimensionExpr const* saiConvOutputExpr(nvinfer1::IExprBuilder& b, nvi
     nvinfer1::IDimensionExpr const& kernel, int32_t padSum, int32_t stride, int32_t dilation);
 
 char const* saiDataTypeName(nvinfer1::DataType t);
+char const* saiFormatName(nvinfer1::TensorFormat f);
+
+//! The kernels' element type of a TensorRT type; false for types the plugins never take.
+bool saiDataTypeOf(nvinfer1::DataType t, SaiDataType& out);
+//! The kernels' layout of a TensorRT format for an activation of type `t`; false where TensorRT
+//! does not define that format for that type or the plugins do not take it (see the table above).
+bool saiLayoutOf(nvinfer1::TensorFormat f, nvinfer1::DataType t, SaiLayout& out);
+//! An activation tensor's type and format are ones TensorRT allows and the kernels read.
+bool saiActivationFormatOk(nvinfer1::PluginTensorDesc const& d, SaiKernelCaps const& caps);
+//! The mask's type and format given the activations' type: the activations' type, or FP32 beside
+//! FP16/BF16 where the kernels take an FP32 mask.
+bool saiMaskFormatOk(
+    nvinfer1::PluginTensorDesc const& mask, nvinfer1::DataType activations, SaiKernelCaps const& caps);
+//! Layout, type and strides of a 4-D [N,C,H,W] tensor; false if `d` is not one the kernels take.
+bool saiTensorLayoutOf(nvinfer1::PluginTensorDesc const& d, SaiTensorLayout& out);
+//! "X FP16 kHWC8 [1,6,5,7] strides n=280 c=1 h=56 w=8" (the verbose log of onShapeChange).
+std::string saiLayoutText(char const* tensor, nvinfer1::PluginTensorDesc const& d, SaiTensorLayout const& l);
+//! getNbTactics / getValidTactics from the kernels' tactic list.
+int32_t saiValidTactics(SaiKernelCaps const& caps, int32_t* tactics, int32_t nbTactics);
 
 } // namespace plugin
 } // namespace sai

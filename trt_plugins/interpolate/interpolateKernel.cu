@@ -208,9 +208,37 @@ size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType /*type*/)
     return static_cast<size_t>(interpLayout(p).total);
 }
 
-cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, void const* feature, void const* mask,
-    void* out, void* workspace, size_t workspaceSize, cudaStream_t stream)
+SaiKernelCaps const& interpolateKernelCaps()
 {
+    // the SIMT kernels: dense NCHW FP32/FP16, mask of the feature's type, one tactic
+    static SaiKernelCaps const caps = [] {
+        SaiKernelCaps c;
+        c.layouts[static_cast<int32_t>(SaiDataType::kFLOAT)] = saiLayoutBit(SaiLayout::kNCHW);
+        c.layouts[static_cast<int32_t>(SaiDataType::kHALF)] = saiLayoutBit(SaiLayout::kNCHW);
+        c.nbTactics = 1;
+        c.tactics[0] = 1;
+        c.tacticNames[0] = "simt";
+        return c;
+    }();
+    return caps;
+}
+
+cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInterpLayouts const& layouts,
+    int32_t tactic, void const* feature, void const* mask, void* out, void* workspace, size_t workspaceSize,
+    cudaStream_t stream)
+{
+    SaiKernelCaps const& caps = interpolateKernelCaps();
+    for (SaiTensorLayout const* l : {&layouts.feature, &layouts.mask, &layouts.out})
+    {
+        if (l->type != type || !saiCapsLayout(caps, type, l->layout))
+        {
+            return cudaErrorNotSupported;
+        }
+    }
+    if (tactic != 0 && !saiCapsTactic(caps, tactic))
+    {
+        return cudaErrorInvalidValue;
+    }
     if (type == SaiDataType::kHALF)
     {
         return interpLaunchTyped<__half>(p, feature, mask, out, workspace, workspaceSize, stream);

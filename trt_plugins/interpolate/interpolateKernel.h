@@ -15,6 +15,7 @@
 
 #include "interpolateMath.h"
 #include "saiDataType.h"
+#include "saiKernelCaps.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -23,12 +24,25 @@
 namespace sai
 {
 
+//! Layouts, element types and strides of F, M and the output.
+struct SaiInterpLayouts
+{
+    SaiTensorLayout feature{};
+    SaiTensorLayout mask{};
+    SaiTensorLayout out{};
+};
+
+//! What these kernels read and write; the glue offers TensorRT only this.
+SaiKernelCaps const& interpolateKernelCaps();
+
 //! Device workspace bytes for these params; pass the largest dims at build time.
 size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType type);
 
-//! Runs DESIGN.md 3.3 on the device: feature and out [N,C,H,W], mask [N,1,H,W], all of `type`.
-cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, void const* feature, void const* mask,
-    void* out, void* workspace, size_t workspaceSize, cudaStream_t stream);
+//! Runs DESIGN.md 3.3 on the device: feature and out [N,C,H,W], mask [N,1,H,W], in `layouts`;
+//! `tactic` is one of interpolateKernelCaps().tactics (0: the default).
+cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInterpLayouts const& layouts,
+    int32_t tactic, void const* feature, void const* mask, void* out, void* workspace, size_t workspaceSize,
+    cudaStream_t stream);
 
 } // namespace sai
 

@@ -59,7 +59,9 @@ IPluginV3* InterpolatePlugin::clone() noexcept
 {
     try
     {
-        return new InterpolatePlugin(mAttrs);
+        auto* p = new InterpolatePlugin(mAttrs);
+        p->mTactic = mTactic;
+        return p;
     }
     catch (std::exception const& e)
     {
@@ -148,9 +150,10 @@ int32_t InterpolatePlugin::getOutputDataTypes(
     {
         return -1;
     }
-    if (inputTypes[0] != DataType::kFLOAT && inputTypes[0] != DataType::kHALF)
+    SaiDataType t;
+    if (!saiDataTypeOf(inputTypes[0], t) || interpolateKernelCaps().layouts[static_cast<int32_t>(t)] == 0)
     {
-        logError(std::string("supports FP32 and FP16 tensors, got F of type ") + saiDataTypeName(inputTypes[0]));
+        logError(std::string("does not support F of type ") + saiDataTypeName(inputTypes[0]));
         return -1;
     }
     outputTypes[0] = inputTypes[0];
@@ -194,20 +197,23 @@ int32_t InterpolatePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
 bool InterpolatePlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
+    // F: any (type, format) the kernels read; M: F's type (or FP32 where the kernels take an FP32
+    // mask), any format; output: F's type and format.
     if (nbInputs != 2 || nbOutputs != 1 || pos < 0 || pos >= 3)
     {
         return false;
     }
+    SaiKernelCaps const& caps = interpolateKernelCaps();
     PluginTensorDesc const& d = inOut[pos].desc;
-    if (d.format != TensorFormat::kLINEAR)
-    {
-        return false;
-    }
     if (pos == 0)
     {
-        return d.type == DataType::kFLOAT || d.type == DataType::kHALF;
+        return saiActivationFormatOk(d, caps);
     }
-    return d.type == inOut[0].desc.type;
+    if (pos == 1)
+    {
+        return saiMaskFormatOk(d, inOut[0].desc.type, caps);
+    }
+    return d.type == inOut[0].desc.type && d.format == inOut[0].desc.format;
 }
 
 int32_t InterpolatePlugin::configurePlugin(
@@ -228,36 +234,103 @@ size_t InterpolatePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs
     {
         return 0;
     }
-    return interpolateWorkspaceSize(p, inputs[0].desc.type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT);
+    SaiDataType t = SaiDataType::kFLOAT;
+    return saiDataTypeOf(inputs[0].desc.type, t) ? interpolateWorkspaceSize(p, t) : 0;
 }
 
 int32_t InterpolatePlugin::onShapeChange(
-    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
-    if (!checkIO(nbInputs, nbOutputs) || !checkShapes(in[0].dims, in[1].dims))
+    SaiInterpLayouts l;
+    if (!checkIO(nbInputs, nbOutputs) || !checkShapes(in[0].dims, in[1].dims) || !layoutsOf(in, out, l))
     {
         return -1;
     }
+    saiLog(ILogger::Severity::kVERBOSE,
+        std::string(kNAME) + " plugin: " + saiLayoutText("F", in[0], l.feature) + "; " + saiLayoutText("M", in[1], l.mask)
+            + "; " + saiLayoutText("Y", out[0], l.out) + "; tactic " + std::to_string(mTactic));
     return 0;
 }
 
-int32_t InterpolatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+bool InterpolatePlugin::layoutsOf(PluginTensorDesc const* in, PluginTensorDesc const* out, SaiInterpLayouts& l) const noexcept
+{
+    SaiKernelCaps const& caps = interpolateKernelCaps();
+    bool const ok = saiTensorLayoutOf(in[0], l.feature) && saiCapsLayout(caps, l.feature.type, l.feature.layout)
+        && saiTensorLayoutOf(in[1], l.mask) && saiMaskFormatOk(in[1], in[0].type, caps) && saiTensorLayoutOf(out[0], l.out)
+        && out[0].type == in[0].type && out[0].format == in[0].format;
+    if (!ok)
+    {
+        logError(std::string("unsupported type/format combination: F ") + saiDataTypeName(in[0].type) + " "
+            + saiFormatName(in[0].format) + ", M " + saiDataTypeName(in[1].type) + " " + saiFormatName(in[1].format)
+            + ", Y " + saiDataTypeName(out[0].type) + " " + saiFormatName(out[0].format));
+    }
+    return ok;
+}
+
+int32_t InterpolatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
     void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
     SaiInterpParams p;
-    if (!makeParams(inputDesc[0].dims, p))
+    SaiInterpLayouts l;
+    if (!makeParams(inputDesc[0].dims, p) || !layoutsOf(inputDesc, outputDesc, l))
     {
         return -1;
     }
-    SaiDataType const t = inputDesc[0].type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT;
-    cudaError_t const err
-        = interpolateLaunch(p, t, inputs[0], inputs[1], outputs[0], workspace, interpolateWorkspaceSize(p, t), stream);
+    SaiDataType const t = l.feature.type;
+    cudaError_t const err = interpolateLaunch(
+        p, t, l, mTactic, inputs[0], inputs[1], outputs[0], workspace, interpolateWorkspaceSize(p, t), stream);
     if (err != cudaSuccess)
     {
         logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)));
         return -1;
     }
     return 0;
+}
+
+int32_t InterpolatePlugin::getNbTactics() noexcept
+{
+    return interpolateKernelCaps().nbTactics;
+}
+
+int32_t InterpolatePlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
+{
+    return saiValidTactics(interpolateKernelCaps(), tactics, nbTactics);
+}
+
+int32_t InterpolatePlugin::setTactic(int32_t tactic) noexcept
+{
+    if (tactic != 0 && !saiCapsTactic(interpolateKernelCaps(), tactic))
+    {
+        logError("setTactic: unknown tactic " + std::to_string(tactic) + " (not one of getValidTactics)");
+        return -1;
+    }
+    mTactic = tactic;
+    return 0;
+}
+
+char const* InterpolatePlugin::getTimingCacheID() noexcept
+{
+    try
+    {
+        std::ostringstream s;
+        s << "sai.Interpolate.1:k" << mAttrs.kernelSize << ":sigma" << mAttrs.sigma << ":eps" << mAttrs.eps << ":tactics";
+        SaiKernelCaps const& caps = interpolateKernelCaps();
+        for (int32_t i = 0; i < caps.nbTactics; ++i)
+        {
+            s << "," << caps.tactics[i] << "=" << (caps.tacticNames[i] != nullptr ? caps.tacticNames[i] : "");
+        }
+        mTimingCacheID = s.str();
+        return mTimingCacheID.c_str();
+    }
+    catch (std::exception const&)
+    {
+    }
+    return nullptr;
+}
+
+char const* InterpolatePlugin::getMetadataString() noexcept
+{
+    return getTimingCacheID();
 }
 
 IPluginV3* InterpolatePlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept

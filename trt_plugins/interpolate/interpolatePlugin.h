@@ -9,6 +9,7 @@
 #define SAI_TRT_PLUGINS_INTERPOLATE_PLUGIN_H
 
 #include "NvInferRuntime.h"
+#include "interpolateKernel.h"
 #include "interpolateMath.h"
 #include "saiPluginCommon.h"
 
@@ -56,6 +57,11 @@ public:
     int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    //! Tactics: the kernels' tile configs (SaiKernelCaps::tactics), timed by the builder.
+    int32_t getNbTactics() noexcept override;
+    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
+    char const* getTimingCacheID() noexcept override;
+    char const* getMetadataString() noexcept override;
 
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
@@ -63,6 +69,7 @@ public:
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+    int32_t setTactic(int32_t tactic) noexcept override;
 
     InterpolateAttrs const& attrs() const
     {
@@ -73,9 +80,14 @@ private:
     bool checkIO(int32_t nbInputs, int32_t nbOutputs) const noexcept;
     bool checkShapes(nvinfer1::Dims const& f, nvinfer1::Dims const& m) const noexcept;
     bool makeParams(nvinfer1::Dims const& f, SaiInterpParams& p) const noexcept;
+    //! Layouts/types/strides of F, M and the output for the kernels; false (and logs) if unsupported.
+    bool layoutsOf(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
+        SaiInterpLayouts& l) const noexcept;
 
     InterpolateAttrs mAttrs;
     SaiFieldWriter mSerial;
+    int32_t mTactic{0};
+    std::string mTimingCacheID;
 };
 
 class InterpolatePluginCreator : public nvinfer1::IPluginCreatorV3One

@@ -317,9 +317,41 @@ size_t sparseSampleConvWorkspaceSize(SaiConvParams const& p, SaiDataType type)
     return static_cast<size_t>(sscLayout(p, type).total);
 }
 
+SaiKernelCaps const& sparseSampleConvKernelCaps()
+{
+    // the SIMT kernels: dense NCHW FP32/FP16, mask of the activations' type, one tactic
+    static SaiKernelCaps const caps = [] {
+        SaiKernelCaps c;
+        c.layouts[static_cast<int32_t>(SaiDataType::kFLOAT)] = saiLayoutBit(SaiLayout::kNCHW);
+        c.layouts[static_cast<int32_t>(SaiDataType::kHALF)] = saiLayoutBit(SaiLayout::kNCHW);
+        c.nbTactics = 1;
+        c.tactics[0] = 1;
+        c.tacticNames[0] = "simt-im2col-gemm";
+        return c;
+    }();
+    return caps;
+}
+
 cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& buffers,
     void* workspace, size_t workspaceSize, cudaStream_t stream)
 {
+    SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
+    for (SaiTensorLayout const* l : {&buffers.xLayout, &buffers.maskLayout, &buffers.yLayout})
+    {
+        if (l->type != type || !saiCapsLayout(caps, type, l->layout))
+        {
+            return cudaErrorNotSupported;
+        }
+    }
+    if (buffers.offset != nullptr
+        && (buffers.offsetLayout.type != type || !saiCapsLayout(caps, type, buffers.offsetLayout.layout)))
+    {
+        return cudaErrorNotSupported;
+    }
+    if (buffers.tactic != 0 && !saiCapsTactic(caps, buffers.tactic))
+    {
+        return cudaErrorInvalidValue;
+    }
     if (type == SaiDataType::kHALF)
     {
         return sscLaunchTyped<__half>(p, type, buffers, workspace, workspaceSize, stream);

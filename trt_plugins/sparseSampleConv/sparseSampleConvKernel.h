@@ -17,6 +17,7 @@
 #define SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_KERNEL_H
 
 #include "saiDataType.h"
+#include "saiKernelCaps.h"
 #include "sparseSampleConvMath.h"
 
 #include <cstddef>
@@ -34,7 +35,16 @@ struct SaiConvBuffers
     void const* bias{nullptr};   //!< nullptr: no bias
     void const* offset{nullptr}; //!< nullptr: regular convolution; else deformable v1
     void* y{nullptr};
+    //! Layouts, element types and strides of X, M, Offset, Y (W and B are always dense, type of X).
+    SaiTensorLayout xLayout{};
+    SaiTensorLayout maskLayout{};
+    SaiTensorLayout offsetLayout{};
+    SaiTensorLayout yLayout{};
+    int32_t tactic{0}; //!< one of sparseSampleConvKernelCaps().tactics; 0: the default
 };
+
+//! What these kernels read and write; the glue offers TensorRT only this.
+SaiKernelCaps const& sparseSampleConvKernelCaps();
 
 //! Rows (active positions) processed per gather/GEMM/scatter round; independent of N, H, W.
 int32_t sparseSampleConvChunkRows(SaiConvParams const& p, SaiDataType type);

@@ -45,6 +45,22 @@ std::string dimsStr(Dims const& d)
     return s.str();
 }
 
+//! "FP32 and FP16" (the activation types the linked kernels take)
+std::string kernelTypesText()
+{
+    SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
+    std::string out;
+    char const* names[kSAI_NB_DATA_TYPES] = {"FP32", "FP16", "BF16"};
+    for (int32_t i = 0; i < kSAI_NB_DATA_TYPES; ++i)
+    {
+        if (caps.layouts[i] != 0)
+        {
+            out += (out.empty() ? "" : " and ") + std::string(names[i]);
+        }
+    }
+    return out;
+}
+
 bool allKnown(Dims const& d)
 {
     for (int32_t i = 0; i < d.nbDims; ++i)
@@ -92,6 +108,7 @@ IPluginV3* SparseSampleConvPlugin::clone() noexcept
     {
         auto* p = new SparseSampleConvPlugin(mAttrs);
         p->mNbInputs = mNbInputs;
+        p->mTactic = mTactic;
         return p;
     }
     catch (std::exception const& e)
@@ -235,9 +252,11 @@ int32_t SparseSampleConvPlugin::getOutputDataTypes(
     {
         return -1;
     }
-    if (inputTypes[0] != DataType::kFLOAT && inputTypes[0] != DataType::kHALF)
+    SaiDataType t;
+    if (!saiDataTypeOf(inputTypes[0], t) || sparseSampleConvKernelCaps().layouts[static_cast<int32_t>(t)] == 0)
     {
-        logError(std::string("supports FP32 and FP16 tensors, got X of type ") + saiDataTypeName(inputTypes[0]));
+        logError(std::string("supports ") + kernelTypesText() + " activations, got X of type "
+            + saiDataTypeName(inputTypes[0]));
         return -1;
     }
     outputTypes[0] = inputTypes[0];
@@ -291,20 +310,28 @@ int32_t SparseSampleConvPlugin::getOutputShapes(DimsExprs const* inputs, int32_t
 bool SparseSampleConvPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
+    // X: any (type, format) the kernels read; M: X's type (or FP32 where the kernels take an FP32
+    // mask), any format; W, B: dense, X's type; Offset and Y: X's type and format.
     if (nbInputs < 3 || nbInputs > 5 || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs)
     {
         return false;
     }
+    SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
     PluginTensorDesc const& d = inOut[pos].desc;
-    if (d.format != TensorFormat::kLINEAR)
+    PluginTensorDesc const& x = inOut[kX].desc;
+    if (pos == kX)
     {
-        return false;
+        return saiActivationFormatOk(d, caps);
     }
-    if (pos == 0)
+    if (pos == kMASK)
     {
-        return d.type == DataType::kFLOAT || d.type == DataType::kHALF;
+        return saiMaskFormatOk(d, x.type, caps);
     }
-    return d.type == inOut[0].desc.type;
+    if (pos == kWEIGHT || pos == kBIAS)
+    {
+        return d.type == x.type && d.format == TensorFormat::kLINEAR;
+    }
+    return d.type == x.type && d.format == x.format; // Offset, Y
 }
 
 int32_t SparseSampleConvPlugin::configurePlugin(
@@ -339,12 +366,16 @@ size_t SparseSampleConvPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* i
     {
         return 0;
     }
-    SaiDataType const t = inputs[kX].desc.type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT;
+    SaiDataType t = SaiDataType::kFLOAT;
+    if (!saiDataTypeOf(inputs[kX].desc.type, t))
+    {
+        return 0;
+    }
     return sparseSampleConvWorkspaceSize(p, t);
 }
 
 int32_t SparseSampleConvPlugin::onShapeChange(
-    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     if (!checkInputCount(nbInputs, nbOutputs))
     {
@@ -360,25 +391,56 @@ int32_t SparseSampleConvPlugin::onShapeChange(
         return -1;
     }
     mNbInputs = nbInputs;
-    return 0;
-}
-
-int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
-    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
-{
-    SaiConvParams p;
-    if (!makeParams(inputDesc[kX].dims, inputDesc[kWEIGHT].dims, p))
+    SaiConvBuffers b;
+    if (!layoutsOf(in, out, b))
     {
         return -1;
     }
+    saiLog(ILogger::Severity::kVERBOSE,
+        std::string(kNAME) + " plugin: " + saiLayoutText("X", in[kX], b.xLayout) + "; "
+            + saiLayoutText("M", in[kMASK], b.maskLayout) + "; "
+            + (nbInputs > kOFFSET ? saiLayoutText("Offset", in[kOFFSET], b.offsetLayout) + "; " : std::string())
+            + saiLayoutText("Y", out[0], b.yLayout) + "; tactic " + std::to_string(mTactic));
+    return 0;
+}
+
+bool SparseSampleConvPlugin::layoutsOf(PluginTensorDesc const* in, PluginTensorDesc const* out, SaiConvBuffers& b) const noexcept
+{
+    SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
+    bool ok = saiTensorLayoutOf(in[kX], b.xLayout) && saiCapsLayout(caps, b.xLayout.type, b.xLayout.layout)
+        && saiTensorLayoutOf(in[kMASK], b.maskLayout) && saiTensorLayoutOf(out[0], b.yLayout)
+        && saiMaskFormatOk(in[kMASK], in[kX].type, caps) && out[0].type == in[kX].type && out[0].format == in[kX].format;
+    if (ok && mNbInputs > kOFFSET)
+    {
+        ok = saiTensorLayoutOf(in[kOFFSET], b.offsetLayout) && in[kOFFSET].type == in[kX].type
+            && in[kOFFSET].format == in[kX].format;
+    }
+    if (!ok)
+    {
+        logError(std::string("unsupported type/format combination: X ") + saiDataTypeName(in[kX].type) + " "
+            + saiFormatName(in[kX].format) + ", M " + saiDataTypeName(in[kMASK].type) + " "
+            + saiFormatName(in[kMASK].format) + ", Y " + saiDataTypeName(out[0].type) + " " + saiFormatName(out[0].format));
+    }
+    b.tactic = mTactic;
+    return ok;
+}
+
+int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    SaiConvParams p;
     SaiConvBuffers b;
+    if (!makeParams(inputDesc[kX].dims, inputDesc[kWEIGHT].dims, p) || !layoutsOf(inputDesc, outputDesc, b))
+    {
+        return -1;
+    }
     b.x = inputs[kX];
     b.mask = inputs[kMASK];
     b.weight = inputs[kWEIGHT];
     b.bias = mNbInputs > kBIAS ? inputs[kBIAS] : nullptr;
     b.offset = mNbInputs > kOFFSET ? inputs[kOFFSET] : nullptr;
     b.y = outputs[0];
-    SaiDataType const t = inputDesc[kX].type == DataType::kHALF ? SaiDataType::kHALF : SaiDataType::kFLOAT;
+    SaiDataType const t = b.xLayout.type;
     size_t const ws = sparseSampleConvWorkspaceSize(p, t);
     cudaError_t const err = sparseSampleConvLaunch(p, t, b, workspace, ws, stream);
     if (err != cudaSuccess)
@@ -387,6 +449,57 @@ int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
         return -1;
     }
     return 0;
+}
+
+int32_t SparseSampleConvPlugin::getNbTactics() noexcept
+{
+    return sparseSampleConvKernelCaps().nbTactics;
+}
+
+int32_t SparseSampleConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
+{
+    return saiValidTactics(sparseSampleConvKernelCaps(), tactics, nbTactics);
+}
+
+int32_t SparseSampleConvPlugin::setTactic(int32_t tactic) noexcept
+{
+    if (tactic != 0 && !saiCapsTactic(sparseSampleConvKernelCaps(), tactic))
+    {
+        logError("setTactic: unknown tactic " + std::to_string(tactic) + " (not one of getValidTactics)");
+        return -1;
+    }
+    mTactic = tactic;
+    return 0;
+}
+
+char const* SparseSampleConvPlugin::getTimingCacheID() noexcept
+{
+    // the I/O shapes and formats are added by TensorRT; what else decides the timing: the attributes
+    // and the kernels' tactic list
+    try
+    {
+        std::ostringstream s;
+        s << "sai.SparseSampleConv.1:s" << mAttrs.strides[0] << "x" << mAttrs.strides[1] << ":p" << mAttrs.pads[0] << ","
+          << mAttrs.pads[1] << "," << mAttrs.pads[2] << "," << mAttrs.pads[3] << ":d" << mAttrs.dilations[0] << "x"
+          << mAttrs.dilations[1] << ":g" << mAttrs.group << ":dg" << mAttrs.deformGroups << ":"
+          << saiActivationName(mAttrs.activation) << ":in" << mNbInputs << ":tactics";
+        SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
+        for (int32_t i = 0; i < caps.nbTactics; ++i)
+        {
+            s << "," << caps.tactics[i] << "=" << (caps.tacticNames[i] != nullptr ? caps.tacticNames[i] : "");
+        }
+        mTimingCacheID = s.str();
+        return mTimingCacheID.c_str();
+    }
+    catch (std::exception const&)
+    {
+    }
+    return nullptr;
+}
+
+char const* SparseSampleConvPlugin::getMetadataString() noexcept
+{
+    return getTimingCacheID();
 }
 
 IPluginV3* SparseSampleConvPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept

@@ -10,6 +10,7 @@
 
 #include "NvInferRuntime.h"
 #include "saiPluginCommon.h"
+#include "sparseSampleConvKernel.h"
 #include "sparseSampleConvMath.h"
 
 #include <string>
@@ -62,6 +63,11 @@ public:
     int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    //! Tactics: the kernels' tile configs (SaiKernelCaps::tactics), timed by the builder.
+    int32_t getNbTactics() noexcept override;
+    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
+    char const* getTimingCacheID() noexcept override;
+    char const* getMetadataString() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -70,6 +76,7 @@ public:
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+    int32_t setTactic(int32_t tactic) noexcept override;
 
     SparseSampleConvAttrs const& attrs() const
     {
@@ -82,10 +89,15 @@ private:
     bool checkInputCount(int32_t nbInputs, int32_t nbOutputs) const noexcept;
     //! Full shape check of concrete dims (any -1 dimension is skipped).
     bool checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept;
+    //! Layouts/types/strides of X, M, Offset, Y for the kernels; false (and logs) if unsupported.
+    bool layoutsOf(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
+        SaiConvBuffers& b) const noexcept;
 
     SparseSampleConvAttrs mAttrs;
     int32_t mNbInputs{3};
     SaiFieldWriter mSerial;
+    int32_t mTactic{0};
+    std::string mTimingCacheID;
 };
 
 class SparseSampleConvPluginCreator : public nvinfer1::IPluginCreatorV3One

@@ -10,11 +10,17 @@
  * onShapeChange shape checks, getWorkspaceSize, serialization round trip (getFieldsToSerialize ->
  * createPlugin(kRUNTIME)), clone / attachToContext, and the error paths for bad fields and shapes
  * (the logger receives a message naming the problem, nullptr / -1 is returned).
+ * Formats: every combination supportsFormatCombination accepts, enumerated the way TensorRT queries
+ * them, must be the expected set (TensorRT's format definitions x what the kernels take), and each
+ * configures and reports the strides its format implies. Tactics: getNbTactics / getValidTactics /
+ * setTactic / clone / getTimingCacheID. `--kernels full` tests libsai_trt_plugins_fullcaps.so (the
+ * glue with stand-in kernels that take every layout); default: the library's SIMT kernels.
  * Prints one line per check and "N passed, M failed"; exit status 1 on any failure.
  */
 #include "NvInferRuntime.h"
 #include "sparseSampleConvMath.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -32,6 +38,9 @@ namespace
 
 int gPassed = 0;
 int gFailed = 0;
+//! --kernels full: the library under test is libsai_trt_plugins_fullcaps.so (every layout, FP32
+//! mask, tactics 11..13); simt (default): the SIMT kernels (NCHW FP32/FP16, tactic 1).
+bool gFullCaps = false;
 
 void check(bool ok, std::string const& what)
 {
@@ -50,6 +59,22 @@ public:
         {
             errors.emplace_back(msg);
         }
+        else
+        {
+            verbose.emplace_back(msg);
+        }
+    }
+    //! true if a verbose/info message containing `needle` arrived since the last clear()
+    bool sawVerbose(std::string const& needle) const
+    {
+        for (auto const& e : verbose)
+        {
+            if (e.find(needle) != std::string::npos)
+            {
+                return true;
+            }
+        }
+        return false;
     }
     //! true if an error/warning containing `needle` arrived since the last clear()
     bool saw(std::string const& needle) const
@@ -66,8 +91,10 @@ public:
     void clear()
     {
         errors.clear();
+        verbose.clear();
     }
     std::vector<std::string> errors;
+    std::vector<std::string> verbose;
 };
 
 class Finder : public ILoggerFinder
@@ -339,6 +366,285 @@ IPluginCreatorV3One* findCreator(IPluginCreatorInterface* const* creators, int32
     return nullptr;
 }
 
+// ---------------------------------------------------------------------------------- formats, tactics
+
+//! What a position of a plugin's inOut array is to supportsFormatCombination.
+enum class Role
+{
+    kACT,    //!< X / F: any (type, format) the kernels read
+    kMASK,   //!< M: the activations' type (or FP32 beside FP16/BF16 with full caps), any format
+    kDENSE,  //!< W / B: the activations' type, kLINEAR
+    kFOLLOW, //!< Offset / Y: the activations' type and format
+};
+
+char const* typeName(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return "FP32";
+    case DataType::kHALF: return "FP16";
+    case DataType::kBF16: return "BF16";
+    default: return "?";
+    }
+}
+
+char const* formatName(TensorFormat f)
+{
+    switch (f)
+    {
+    case TensorFormat::kLINEAR: return "kLINEAR";
+    case TensorFormat::kHWC: return "kHWC";
+    case TensorFormat::kHWC8: return "kHWC8";
+    case TensorFormat::kHWC16: return "kHWC16";
+    default: return "?";
+    }
+}
+
+//! The formats an activation of type t may have: TensorRT's definitions (kHWC: FP32; kHWC8:
+//! FP16/BF16; kHWC16: FP16), limited to kLINEAR FP32/FP16 for the SIMT kernels.
+std::vector<TensorFormat> expectedFormats(DataType t)
+{
+    if (!gFullCaps)
+    {
+        return (t == DataType::kFLOAT || t == DataType::kHALF) ? std::vector<TensorFormat>{TensorFormat::kLINEAR}
+                                                               : std::vector<TensorFormat>{};
+    }
+    switch (t)
+    {
+    case DataType::kFLOAT: return {TensorFormat::kLINEAR, TensorFormat::kHWC};
+    case DataType::kHALF: return {TensorFormat::kLINEAR, TensorFormat::kHWC8, TensorFormat::kHWC16};
+    case DataType::kBF16: return {TensorFormat::kLINEAR, TensorFormat::kHWC8};
+    default: return {};
+    }
+}
+
+std::vector<DataType> const kAllTypes = {DataType::kFLOAT, DataType::kHALF, DataType::kBF16, DataType::kINT8,
+    DataType::kINT32, DataType::kBOOL, DataType::kUINT8};
+
+using Combo = std::vector<std::pair<DataType, TensorFormat>>;
+
+void enumerateAccepted(IPluginV3OneBuild* b, std::vector<DynamicPluginTensorDesc>& io, int32_t nbInputs, size_t pos,
+    Combo& cur, std::vector<Combo>& out)
+{
+    for (DataType t : kAllTypes)
+    {
+        for (int32_t f = 0; f <= 12; ++f)
+        {
+            io[pos].desc.type = t;
+            io[pos].desc.format = static_cast<TensorFormat>(f);
+            if (!b->supportsFormatCombination(static_cast<int32_t>(pos), io.data(), nbInputs, 1))
+            {
+                continue;
+            }
+            cur.emplace_back(t, static_cast<TensorFormat>(f));
+            if (pos + 1 == io.size())
+            {
+                out.push_back(cur);
+            }
+            else
+            {
+                enumerateAccepted(b, io, nbInputs, pos + 1, cur, out);
+            }
+            cur.pop_back();
+        }
+    }
+}
+
+std::vector<Combo> expectedCombos(std::vector<Role> const& roles)
+{
+    std::vector<Combo> out;
+    for (DataType t : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
+    {
+        for (TensorFormat f : expectedFormats(t))
+        {
+            std::vector<std::pair<DataType, TensorFormat>> masks;
+            std::vector<DataType> maskTypes = {t};
+            if (gFullCaps && t != DataType::kFLOAT)
+            {
+                maskTypes.push_back(DataType::kFLOAT);
+            }
+            for (DataType mt : maskTypes)
+            {
+                for (TensorFormat mf : expectedFormats(mt))
+                {
+                    masks.emplace_back(mt, mf);
+                }
+            }
+            for (auto const& m : masks)
+            {
+                Combo c;
+                for (Role r : roles)
+                {
+                    c.emplace_back(r == Role::kMASK ? m : std::make_pair(t, r == Role::kDENSE ? TensorFormat::kLINEAR : f));
+                }
+                out.push_back(c);
+            }
+        }
+    }
+    return out;
+}
+
+//! The log text the plugin must print for a [N,C,H,W] tensor: the strides TensorRT's format implies
+//! (kLINEAR dense NCHW; kHWC/kHWC8/kHWC16 channel-last with C padded to 1/8/16).
+std::string expectedLayout(char const* label, DataType t, TensorFormat f, Dims const& d)
+{
+    int64_t const C = d.d[1];
+    int64_t const H = d.d[2];
+    int64_t const W = d.d[3];
+    int64_t n, c, h, w;
+    if (f == TensorFormat::kLINEAR)
+    {
+        w = 1, h = W, c = H * W, n = C * H * W;
+    }
+    else
+    {
+        int64_t const v = f == TensorFormat::kHWC8 ? 8 : (f == TensorFormat::kHWC16 ? 16 : 1);
+        int64_t const cp = (C + v - 1) / v * v;
+        c = 1, w = cp, h = W * cp, n = H * W * cp;
+    }
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), "%s %s %s [%lld,%lld,%lld,%lld] strides n=%lld c=%lld h=%lld w=%lld", label,
+        typeName(t), formatName(f), (long long) d.d[0], (long long) C, (long long) H, (long long) W, (long long) n,
+        (long long) c, (long long) h, (long long) w);
+    return buf;
+}
+
+std::string comboText(Combo const& c, std::vector<char const*> const& labels)
+{
+    std::string s;
+    for (size_t i = 0; i < c.size(); ++i)
+    {
+        s += std::string(i ? ", " : "") + labels[i] + " " + typeName(c[i].first) + "/" + formatName(c[i].second);
+    }
+    return s;
+}
+
+//! Every combination supportsFormatCombination accepts (enumerated as TensorRT queries them) is
+//! exactly the expected set; each one configures, sizes its workspace, and onShapeChange reports
+//! the strides that format implies for every activation tensor.
+void checkFormats(IPluginCreatorV3One* creator, Fields& fields, char const* name, std::vector<Role> const& roles,
+    std::vector<char const*> const& labels, std::vector<DynamicPluginTensorDesc> (*descs)(DataType), RecordingLogger& log)
+{
+    std::string const tag = std::string(name) + ": ";
+    int32_t const nbInputs = static_cast<int32_t>(roles.size()) - 1;
+    PluginHandle h(creator->createPlugin("fmt", fields.get(), TensorRTPhase::kBUILD));
+    if (!h.ok())
+    {
+        check(false, tag + "create for the format checks");
+        return;
+    }
+    std::vector<DynamicPluginTensorDesc> io = descs(DataType::kFLOAT);
+    std::vector<Combo> accepted;
+    Combo cur;
+    enumerateAccepted(h.build, io, nbInputs, 0, cur, accepted);
+    std::vector<Combo> expected = expectedCombos(roles);
+    auto sorted = [](std::vector<Combo> v) {
+        std::sort(v.begin(), v.end());
+        return v;
+    };
+    bool const same = sorted(accepted) == sorted(expected);
+    check(same && !accepted.empty(),
+        tag + "supportsFormatCombination accepts exactly the " + std::to_string(expected.size())
+            + " expected combinations (got " + std::to_string(accepted.size()) + ")");
+    if (!same)
+    {
+        for (auto const& c : accepted)
+        {
+            if (std::find(expected.begin(), expected.end(), c) == expected.end())
+            {
+                check(false, tag + "unexpected: " + comboText(c, labels));
+            }
+        }
+        for (auto const& c : expected)
+        {
+            if (std::find(accepted.begin(), accepted.end(), c) == accepted.end())
+            {
+                check(false, tag + "missing: " + comboText(c, labels));
+            }
+        }
+    }
+    for (auto const& c : accepted)
+    {
+        std::vector<DynamicPluginTensorDesc> d = descs(c[0].first);
+        for (size_t i = 0; i < c.size(); ++i)
+        {
+            d[i].desc.type = c[i].first;
+            d[i].desc.format = c[i].second;
+        }
+        bool ok = h.build->configurePlugin(d.data(), nbInputs, &d[nbInputs], 1) == 0;
+        ok = ok && h.build->getWorkspaceSize(d.data(), nbInputs, &d[nbInputs], 1) > 0;
+        std::vector<PluginTensorDesc> rt;
+        for (auto const& x : d)
+        {
+            rt.push_back(x.desc);
+        }
+        log.clear();
+        ok = ok && h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0;
+        std::string missing;
+        for (size_t i = 0; i < c.size(); ++i)
+        {
+            if (roles[i] == Role::kDENSE)
+            {
+                continue;
+            }
+            std::string const want = expectedLayout(labels[i], c[i].first, c[i].second, rt[i].dims);
+            if (!log.sawVerbose(want))
+            {
+                missing += " [" + want + "]";
+            }
+        }
+        check(ok && missing.empty() && log.errors.empty(),
+            tag + "configure/workspace/onShapeChange with " + comboText(c, labels)
+                + (missing.empty() ? "" : "; no log of" + missing)
+                + (log.errors.empty() ? "" : "; error: " + log.errors.back()));
+    }
+}
+
+//! Tactics: the kernels' list through getNbTactics/getValidTactics, setTactic validates, clones keep
+//! it, getTimingCacheID names the attributes.
+void checkTactics(IPluginCreatorV3One* creator, Fields& fields, Fields& other, char const* name, int32_t nbInputs,
+    std::vector<DynamicPluginTensorDesc> (*descs)(DataType), RecordingLogger& log)
+{
+    std::string const tag = std::string(name) + ": ";
+    PluginHandle h(creator->createPlugin("tac", fields.get(), TensorRTPhase::kBUILD));
+    PluginHandle o(creator->createPlugin("tac2", other.get(), TensorRTPhase::kBUILD));
+    if (!h.ok() || !o.ok())
+    {
+        check(false, tag + "create for the tactic checks");
+        return;
+    }
+    std::vector<int32_t> const want = gFullCaps ? std::vector<int32_t>{11, 12, 13} : std::vector<int32_t>{1};
+    int32_t const n = h.build->getNbTactics();
+    std::vector<int32_t> got(static_cast<size_t>(n > 0 ? n : 0), 0);
+    int32_t const rc = n > 0 ? h.build->getValidTactics(got.data(), n) : -1;
+    check(rc == 0 && got == want, tag + "getNbTactics/getValidTactics give the kernels' tactics (" + std::to_string(n) + ")");
+    bool allSet = true;
+    for (int32_t t : want)
+    {
+        allSet = allSet && h.runtime->setTactic(t) == 0;
+    }
+    check(allSet && h.runtime->setTactic(0) == 0, tag + "setTactic accepts each advertised tactic and 0 (default)");
+    log.clear();
+    check(h.runtime->setTactic(777) != 0 && log.saw("tactic"), tag + "setTactic rejects an unknown tactic, logged");
+    h.runtime->setTactic(want.back());
+    PluginHandle c(h.plugin->clone());
+    std::vector<DynamicPluginTensorDesc> d = descs(DataType::kFLOAT);
+    std::vector<PluginTensorDesc> rt;
+    for (auto const& x : d)
+    {
+        rt.push_back(x.desc);
+    }
+    log.clear();
+    check(c.ok() && c.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0
+            && log.sawVerbose("tactic " + std::to_string(want.back())),
+        tag + "clone keeps the tactic set by setTactic");
+    char const* id = h.build->getTimingCacheID();
+    std::string const idText = id != nullptr ? id : "";
+    char const* id2 = o.build->getTimingCacheID();
+    check(!idText.empty() && idText.find(name) != std::string::npos && id2 != nullptr && idText != id2,
+        tag + "getTimingCacheID names the attributes: " + idText);
+}
+
 //! The common IPluginV3 checks of one plugin built from `fields` (a valid set).
 void checkCommon(IPluginCreatorV3One* creator, Fields& fields, char const* name, int32_t nbInputs,
     std::vector<DynamicPluginTensorDesc> (*descs)(DataType))
@@ -373,7 +679,7 @@ void checkCommon(IPluginCreatorV3One* creator, Fields& fields, char const* name,
         check(h.build->getOutputDataTypes(&out, 1, in.data(), nbInputs) != 0, tag + "getOutputDataTypes rejects INT32");
     }
 
-    // format combinations
+    // format combinations: see checkFormats; here the basic rejections
     for (DataType t : {DataType::kFLOAT, DataType::kHALF})
     {
         std::vector<DynamicPluginTensorDesc> io = descs(t);
@@ -383,17 +689,25 @@ void checkCommon(IPluginCreatorV3One* creator, Fields& fields, char const* name,
             all = all && h.build->supportsFormatCombination(pos, io.data(), nbInputs, 1);
         }
         check(all, tag + "supportsFormatCombination: all " + (t == DataType::kFLOAT ? "FP32" : "FP16") + " linear");
-        io[1].desc.type = t == DataType::kFLOAT ? DataType::kHALF : DataType::kFLOAT;
-        check(!h.build->supportsFormatCombination(1, io.data(), nbInputs, 1), tag + "rejects mixed FP32/FP16");
+        io[nbInputs].desc.type = t == DataType::kFLOAT ? DataType::kHALF : DataType::kFLOAT;
+        check(!h.build->supportsFormatCombination(nbInputs, io.data(), nbInputs, 1), tag + "rejects an output of another type");
         io = descs(t);
         io[0].desc.format = TensorFormat::kCHW32;
-        check(!h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "rejects a non-linear format");
+        check(!h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "rejects kCHW32");
     }
     {
-        std::vector<DynamicPluginTensorDesc> io = descs(DataType::kINT8);
+        std::vector<DynamicPluginTensorDesc> io = descs(DataType::kFLOAT);
+        io[1].desc.type = DataType::kHALF;
+        check(!h.build->supportsFormatCombination(1, io.data(), nbInputs, 1), tag + "rejects an FP16 mask beside FP32");
+        io = descs(DataType::kINT8);
         check(!h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "rejects INT8");
         io = descs(DataType::kBF16);
-        check(!h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "rejects BF16");
+        check(h.build->supportsFormatCombination(0, io.data(), nbInputs, 1) == gFullCaps,
+            tag + (gFullCaps ? "accepts BF16 (kernels take it)" : "rejects BF16 (the SIMT kernels do not take it)"));
+        std::vector<DataType> in(static_cast<size_t>(nbInputs), DataType::kBF16);
+        DataType out = DataType::kFLOAT;
+        check((h.build->getOutputDataTypes(&out, 1, in.data(), nbInputs) == 0 && out == DataType::kBF16) == gFullCaps,
+            tag + "getOutputDataTypes " + (gFullCaps ? "keeps" : "rejects") + " BF16");
     }
 
     // configure + workspace
@@ -465,6 +779,14 @@ void testSparseSampleConv(IPluginCreatorV3One* creator, RecordingLogger& log)
 
     Fields good = sscFields();
     checkCommon(creator, good, "SparseSampleConv", 5, &sscDescs);
+    checkFormats(creator, good, "SparseSampleConv",
+        {Role::kACT, Role::kMASK, Role::kDENSE, Role::kDENSE, Role::kFOLLOW, Role::kFOLLOW},
+        {"X", "M", "W", "B", "Offset", "Y"}, &sscDescs, log);
+    {
+        Fields other = sscFields();
+        other.i("dilations", {2, 2});
+        checkTactics(creator, good, other, "SparseSampleConv", 5, &sscDescs, log);
+    }
 
     // defaults: no fields at all
     {
@@ -655,6 +977,12 @@ void testInterpolate(IPluginCreatorV3One* creator, RecordingLogger& log)
     Fields good;
     good.i("kernel_size", {5}).f("sigma", 1.37F).f("eps", 1e-4F).s("plugin_version", "1").s("plugin_namespace", "sai");
     checkCommon(creator, good, "Interpolate", 2, &interpDescs);
+    checkFormats(creator, good, "Interpolate", {Role::kACT, Role::kMASK, Role::kFOLLOW}, {"F", "M", "Y"}, &interpDescs, log);
+    {
+        Fields other;
+        other.i("kernel_size", {3}).f("sigma", 1.37F).f("eps", 1e-4F);
+        checkTactics(creator, good, other, "Interpolate", 2, &interpDescs, log);
+    }
     {
         PluginHandle h(creator->createPlugin("defaults", nullptr, TensorRTPhase::kBUILD));
         std::string const t = h.ok() ? fieldsText(h.runtime->getFieldsToSerialize()) : "";
@@ -725,9 +1053,14 @@ void testInterpolate(IPluginCreatorV3One* creator, RecordingLogger& log)
 
 int main(int argc, char** argv)
 {
-    if (argc != 2)
+    if (argc == 4 && std::strcmp(argv[2], "--kernels") == 0
+        && (std::strcmp(argv[3], "full") == 0 || std::strcmp(argv[3], "simt") == 0))
     {
-        std::fprintf(stderr, "usage: %s libsai_trt_plugins.so\n", argv[0]);
+        gFullCaps = std::strcmp(argv[3], "full") == 0;
+    }
+    else if (argc != 2)
+    {
+        std::fprintf(stderr, "usage: %s libsai_trt_plugins.so [--kernels simt|full]\n", argv[0]);
         return 2;
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
