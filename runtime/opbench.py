@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sai.errors import SaiError
+from sai.runtime import ort_ops
 
 
 @dataclass
@@ -52,6 +53,21 @@ def time_pair(sparse: Callable[[], object], dense: Callable[[], object], repeats
             ts.append((t1 - t0) * 1e3)
             td.append((t2 - t1) * 1e3)
     return ts, td
+
+
+def time_interleaved(fns: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[list[float]]:
+    """Interleaved timing of several callables (a, b, c, a, b, c, ...); returns their times in ms."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for f in fns:
+                f()
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(repeats):
+            for f, t in zip(fns, times, strict=True):
+                t0 = time.perf_counter()
+                f()
+                t.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def _case(section, name, density, ts, td, **extra) -> Case:
@@ -236,8 +252,11 @@ def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(
 
 
 def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
-               density: float = 0.3, threads: int = 0, workdir: Optional[str] = None) -> list[Case]:
-    """The portable ONNX of the sparse model vs the dense ResNet's ONNX (same weights), onnxruntime CPU."""
+               density: float = 0.3, threads: int = 0, workdir: Optional[str] = None,
+               with_op_cases: bool = True) -> list[Case]:
+    """The portable ONNX of the sparse model vs the dense ResNet's ONNX (same weights), onnxruntime CPU; and the
+    same portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), timed in turn
+    with the other two. ``with_op_cases``: also the single-op cases of ``bench_onnx_op``."""
     import tempfile
 
     import numpy as np
@@ -262,13 +281,28 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
         export_onnx(dense, dense_path, input_shape=shape, check=False)
         s_sess = ort.InferenceSession(sparse_path, opts, providers=["CPUExecutionProvider"])
         d_sess = ort.InferenceSession(dense_path, opts, providers=["CPUExecutionProvider"])
+        # the same portable model with libsai_ort_ops.so registered: its C++ kernels run the sai nodes
+        lib, why = ort_ops.find_library()
+        c_sess = None
+        if lib is not None:
+            c_opts = bench_session_options(threads)
+            c_opts.register_custom_ops_library(str(lib))
+            c_sess = ort.InferenceSession(sparse_path, c_opts, providers=["CPUExecutionProvider"])
         feed = {"input": x.numpy().astype(np.float32)}
         s_name, d_name = s_sess.get_inputs()[0].name, d_sess.get_inputs()[0].name
-        ts, td = time_pair(lambda: s_sess.run(None, {s_name: feed["input"]}),
-                           lambda: d_sess.run(None, {d_name: feed["input"]}), repeats)
-    op_cases = bench_onnx_op(max(repeats, 5), threads=threads)
-    return op_cases + [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}",
-                             density, ts, td)]
+        fns = [lambda: s_sess.run(None, {s_name: feed["input"]}), lambda: d_sess.run(None, {d_name: feed["input"]})]
+        if c_sess is not None:
+            fns.append(lambda: c_sess.run(None, {s_name: feed["input"]}))
+        times = time_interleaved(fns, repeats)
+    op_cases = bench_onnx_op(max(repeats, 5), threads=threads) if with_op_cases else []
+    ts, td = times[0], times[1]
+    cases = [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density, ts, td,
+                   **({} if c_sess is not None else {"custom_op": f"not run: {why}"}))]
+    if c_sess is not None:
+        tc = times[2]
+        cases.append(_case("onnx", f"custom-op {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density,
+                           tc, td, vs_portable=statistics.median(ts) / statistics.median(tc)))
+    return op_cases + cases
 
 
 # ---------------------------------------------------------------------------------- report

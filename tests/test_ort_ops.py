@@ -357,3 +357,15 @@ def test_doctor_reports_the_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(rows) == 1 and rows[0]["ok"] and str(LIB) in rows[0]["detail"], out.stdout + out.stderr
+
+
+def test_bench_ops_onnx_section_has_the_custom_op_case(tmp_path):
+    """`sai bench-ops --sections onnx`: the custom-op model case beside the portable one (tiny sizes here;
+    a benchmark, so only its shape is checked, never its speed)."""
+    from sai.runtime.opbench import bench_onnx
+
+    cases = bench_onnx(1, "sparse_resnet18", 64, 64, 0.3, threads=1, workdir=str(tmp_path), with_op_cases=False)
+    names = [c.name for c in cases]
+    custom = [c for c in cases if c.name.startswith("custom-op sparse_resnet18")]
+    assert any(n.startswith("portable sparse_resnet18") for n in names) and len(custom) == 1, names
+    assert custom[0].sparse_ms > 0 and custom[0].ratio > 0 and custom[0].extra["vs_portable"] > 0
