@@ -107,6 +107,15 @@ class Metrics:
         self.inflight = 0
         self.nv = {name: 0.0 for name, _ in TRITON_COUNTERS}
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
+        self.mask_density: dict[str, list[float]] = {}  # "<block>.m1" -> [sum over images, images]
+
+    def masks(self, densities: dict[str, float], n_images: int) -> None:
+        """One batch's mask densities (``sai.runtime.serve_masks``), weighted by its images."""
+        with self.lock:
+            for k, d in densities.items():
+                acc = self.mask_density.setdefault(k, [0.0, 0])
+                acc[0] += d * n_images
+                acc[1] += n_images
 
     def request(self, path: str, status: int, seconds: Optional[float] = None) -> None:
         with self.lock:
@@ -174,6 +183,13 @@ class Metrics:
                     f"sai_queue_depth {self.queue_depth}",
                     "# HELP sai_inflight_requests Inference requests being handled.",
                     "# TYPE sai_inflight_requests gauge", f"sai_inflight_requests {self.inflight}"]
+            if self.mask_density:
+                out += ["# HELP sai_mask_density Fraction of positions a block's sparse conv computes (mask m1: "
+                        "conv1, m2: conv2), per image; _sum / _count is the mean.", "# TYPE sai_mask_density summary"]
+                for key, (total, n) in sorted(self.mask_density.items()):
+                    block, mask = key.rsplit(".", 1)
+                    lab = f'model="{self.model}",block="{block}",mask="{mask}"'
+                    out += [f"sai_mask_density_sum{{{lab}}} {total:.6f}", f"sai_mask_density_count{{{lab}}} {n}"]
             return "\n".join(out) + "\n"
 
 
@@ -461,6 +477,8 @@ class InferenceServer:
         self.model_name = model_name or engine.metadata.get("arch") or "model"
         self.model_version = str(model_version)
         self.metrics = Metrics(self.model_name, self.model_version)
+        if hasattr(engine, "observer") and engine.observer is None:  # a serve_masks.MaskMetricsEngine
+            engine.observer = self.metrics.masks
         self.max_batch = max(1, int(max_batch))
         if engine.max_batch is not None:
             self.max_batch = min(self.max_batch, int(engine.max_batch))

@@ -11,8 +11,10 @@ import http.client
 import json
 import re
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -541,3 +543,34 @@ def test_uint8_image_passed_to_the_engine_with_its_datatype(server):
     assert status in (200, 400), data
     if status == 400:
         assert "uint8" in json.loads(data)["error"]
+
+
+def test_mask_density_per_block_in_metrics(outdir):
+    """--mask-metrics: each block's mask densities (from the masks as extra outputs) in /metrics, the masks never
+    in a response; the densities equal those of the masks computed by sai.runtime.validate's masked model."""
+    from sai.runtime.serve_masks import with_mask_outputs
+    from sai.runtime.validate import onnx_with_masks
+
+    engine = with_mask_outputs(rt.load(outdir, backend="onnxruntime", threads=1), threads=1)
+    srv = InferenceServer(engine, "127.0.0.1", 0, max_batch=8, max_delay_ms=0).start()
+    try:
+        x = _x(2, seed=9)
+        status, _, data = request(srv, "POST", f"/v2/models/{MODEL}/infer", v2_json(x))
+        assert status == 200 and [o["name"] for o in json.loads(data)["outputs"]] == ["logits"]
+        meta = json.loads(request(srv, "GET", f"/v2/models/{MODEL}")[2])
+        assert [o["name"] for o in meta["outputs"]] == ["logits"]
+        m = metrics(srv)
+    finally:
+        srv.stop(timeout=20)
+        engine.close()
+    dens = {k: v for k, v in m.items() if k.startswith("sai_mask_density_sum")}
+    assert len(dens) == 16  # 8 blocks x (m1, m2)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = onnx_with_masks(outdir / "model.onnx", Path(tmp) / "m.onnx")
+        with rt.load(Path(tmp) / "m.onnx", threads=1, verify=False) as ref:
+            outs = ref.infer(x)
+    for name in names:
+        block, mask = name[len("mask."):].rsplit(".", 1)
+        lab = f'{{model="{MODEL}",block="{block}",mask="{mask}"}}'
+        assert m[f"sai_mask_density_count{lab}"] == 2
+        assert abs(m[f"sai_mask_density_sum{lab}"] / 2 - float((outs[name] > 0).mean())) < 1e-6

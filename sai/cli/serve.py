@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> int:
     grpc_port = args.grpc_port if args.grpc_port > 0 else None
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify)
+    if args.mask_metrics:
+        from sai.runtime.serve_masks import with_mask_outputs
+
+        engine = with_mask_outputs(engine, device=args.device, threads=args.threads, seed=args.seed)
     with engine:
         try:
             server = InferenceServer(engine, args.host, args.port, max_batch=args.max_batch,
@@ -62,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="larger bodies get 413 (default: what the largest request the profile admits needs, <= 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="close a connection that sends no complete request head for this many seconds")
+    p.add_argument("--mask-metrics", action="store_true",
+                   help="export every block's mask density in /metrics (sai_mask_density; onnxruntime/torch)")
     p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime/torch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise of stochastic models")
     p.add_argument("--json", action="store_true", help="also print the server info as one JSON line")
