@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
@@ -156,15 +157,31 @@ def is_stale(name: str, prefix: str) -> bool:
     return pid != os.getpid() and not _pid_alive(pid)
 
 
+LEGACY_AGE_S = 24 * 3600
+
+
+def _legacy_stale(entry: os.DirEntry, prefix: str) -> bool:
+    """A temporary of sai before owner tags (``<prefix>`` + mkdtemp's 8 characters), of this user and
+    untouched for a day: no live run keeps one that long."""
+    if not re.fullmatch(re.escape(prefix) + r"[a-z0-9_]{8}(\.tmp)?", entry.name):
+        return False
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and time.time() - st.st_mtime > LEGACY_AGE_S
+
+
 def clean_stale(folder: PathLike, prefix: str) -> list[Path]:
-    """Remove the entries of ``folder`` named ``<prefix><pid>@<host>-*`` whose process is dead."""
+    """Remove the entries of ``folder`` named ``<prefix><pid>@<host>-*`` whose process is dead (and this
+    user's untagged ones of older sai versions, a day old)."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for e in entries:
-        if e.name.startswith(prefix) and is_stale(e.name, prefix):
+        if e.name.startswith(prefix) and (is_stale(e.name, prefix) or _legacy_stale(e, prefix)):
             p = Path(e.path)
             if e.is_dir(follow_symlinks=False):
                 shutil.rmtree(p, ignore_errors=True)

@@ -394,6 +394,18 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, stub_export):
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
+def test_untagged_temporaries_of_older_versions_go_after_a_day(private_tmp):
+    old, fresh = private_tmp / "sai-validate-ab_cd123", private_tmp / "sai-validate-xy_zw789"
+    for p in (old, fresh):
+        p.mkdir()
+        (p / "model.masks.onnx").write_bytes(b"x" * 10)
+    day_ago = time.time() - outputs.LEGACY_AGE_S - 60
+    os.utime(old, (day_ago, day_ago))
+    with outputs.tempdir("sai-validate-") as tmp:
+        assert tmp.is_dir()
+    assert not old.exists() and fresh.exists() and _ours(private_tmp) == [fresh.name]
+
+
 def test_previous_result_parked_by_a_killed_publish_comes_back(tmp_path, stub_export):
     from sai.runtime.convert import convert, recover_interrupted
 
