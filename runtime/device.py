@@ -215,9 +215,12 @@ def from_dlpack(value: Any, stream: Optional[int] = None) -> DeviceArray:
     """A CUDA DLPack producer as a ``DeviceArray``: ``__dlpack__(stream=stream)`` orders the producer's work
     before ``stream`` (the consumer's), so the array is ready there."""
     try:
-        capsule = value.__dlpack__(stream=stream) if stream is not None else value.__dlpack__()
-    except TypeError:  # a producer without the stream keyword
-        capsule = value.__dlpack__()
+        try:
+            capsule = value.__dlpack__(stream=stream) if stream is not None else value.__dlpack__()
+        except TypeError:  # a producer without the stream keyword
+            capsule = value.__dlpack__()
+    except Exception as exc:  # e.g. torch: tensors that require grad
+        raise _input_error(f"cannot take the CUDA tensor through DLPack: {str(exc).splitlines()[0][:200]}") from None
     ptr, shape, dtype, strides, dev_type, dev_id, owner = parse_dlpack(capsule)
     if dev_type not in CUDA_DEVICE_TYPES:
         owner.release()

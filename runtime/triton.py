@@ -1,6 +1,9 @@
 """A Triton model repository from a `sai convert` OUTDIR: a TensorRT plan model (when model.plan
-exists) and an onnxruntime model for the portable ONNX, each with dynamic batching and instance
-groups, the plugin library, and a README saying how Triton loads it.
+exists) and an onnxruntime model for the portable ONNX, each with dynamic batching, instance groups,
+a warmup request, the class names as a labels file and the sai metadata as parameters; where the model
+records its checkpoint's preprocessing, a python-backend preprocessing model and an ensemble that take
+uint8 images; the plugin library, and a README saying how Triton loads it. The configs are Triton's
+ModelConfig protobuf (``sai.runtime.triton_config``), parsed back before they are written.
 
 Every setting is checked before anything is written (names, numbers, GPU ids, the ONNX file), and every
 file goes into a temporary sibling of the repository that ``publish_dir`` renames into place.
@@ -66,13 +69,6 @@ def parse_delay_ms(value: float) -> int:
     return int(round(value * 1000))
 
 
-def _quote(text: str, what: str) -> str:
-    """A protobuf text-format string literal (tensor names come from the ONNX file)."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise SaiError(f"{what} {text!r} contains control characters; Triton configs cannot carry it")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @dataclass
 class IOSpec:
     name: str
@@ -106,42 +102,20 @@ def onnx_io(path: Path) -> tuple[list[IOSpec], list[IOSpec]]:
     return inputs, outputs
 
 
-def _io_block(kind: str, specs: list[IOSpec]) -> str:
-    items = []
-    for s in specs:
-        dims = ", ".join(str(d) for d in s.dims)
-        items.append(f'  {{\n    name: {_quote(s.name, "tensor name")}\n    data_type: {s.data_type}\n'
-                     f'    dims: [ {dims} ]\n  }}')
-    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-
 def model_config(name: str, platform: str, inputs: list[IOSpec], outputs: list[IOSpec], *, max_batch_size: int,
                  kind: str, instances: int, max_queue_delay_us: int, preferred: list[int],
-                 gpus: Optional[list[int]] = None) -> str:
-    """config.pbtxt text (Triton ModelConfig protobuf text format). ``inputs``/``outputs`` dims exclude the
-    batch dim; ``max_batch_size=0`` (no batching) puts it back as -1 and writes no ``dynamic_batching``."""
+                 gpus: Optional[list[int]] = None, **extras) -> str:
+    """config.pbtxt text: a Triton ``ModelConfig`` protobuf (``triton_config.inference_config``; ``extras``:
+    its warmup/labels/parameters keywords) in text format. ``inputs``/``outputs`` dims exclude the batch
+    dim; ``max_batch_size=0`` (no batching) puts it back as -1 and writes no ``dynamic_batching``."""
+    from sai.runtime import triton_config as tc
+
     check_name(name, "model name")
-    _count(max_batch_size, "max_batch_size", 0)
-    _count(instances, "instance count", 1)
-    _count(max_queue_delay_us, "max_queue_delay_microseconds", 0)
-    for g in gpus or []:
-        _count(g, "GPU id", 0)
-    if max_batch_size == 0:
-        inputs = [IOSpec(s.name, s.data_type, [-1, *s.dims]) for s in inputs]
-        outputs = [IOSpec(s.name, s.data_type, [-1, *s.dims]) for s in outputs]
-    pref = ", ".join(str(p) for p in preferred if 1 <= p <= max_batch_size)
-    group = f"  {{\n    count: {instances}\n    kind: {kind}\n"
-    if gpus:
-        group += f"    gpus: [ {', '.join(str(g) for g in gpus)} ]\n"
-    group += "  }"
-    batching = ""
-    if max_batch_size > 0:
-        batching = ("dynamic_batching {\n" + (f"  preferred_batch_size: [ {pref} ]\n" if pref else "")
-                    + f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n")
-    text = (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
-            + _io_block("input", inputs) + _io_block("output", outputs) + batching
-            + f"instance_group [\n{group}\n]\n")
-    return text
+    cfg = tc.inference_config(name, platform, [tc.Tensor(s.name, s.data_type, s.dims) for s in inputs],
+                              [tc.Tensor(s.name, s.data_type, s.dims) for s in outputs], max_batch_size=max_batch_size,
+                              kind=kind, instances=instances, max_queue_delay_us=max_queue_delay_us,
+                              preferred=preferred, gpus=gpus, **extras)
+    return tc.to_text(cfg)
 
 
 README = """# Triton model repository for {arch} ({sampling}, {precision})
@@ -153,7 +127,7 @@ Written by `sai export-triton` from `{outdir}`.
 {rows}
 
 {batching}
-{noise_note}
+{noise_note}{images_note}
 ## Starting Triton
 
 The onnxruntime model needs nothing else: the sai custom ops carry ONNX model-local functions that
@@ -183,6 +157,28 @@ BATCHING = {
     False: "Both models have `max_batch_size: 0` (`--max-batch 0`): Triton does not batch them; each request's\n"
            "`input` carries its own batch dimension, [N, {channels}, H, W] float, and requests run one by one.",
 }
+
+
+IMAGES_NOTE = """
+## Images in
+
+`{base}` is an ensemble: `{base}_preprocess` (python backend) takes `images`, uint8 [N, {channels}, H, W]
+or [N, H, W, {channels}] in the model's colour order, normalises them as recorded from the checkpoint
+({norm}; the parameters of its config.pbtxt, applied by sai's own `sai_preprocess.py` beside its
+`model.py`), and `{target}` runs them. Clients send uint8 images to `{base}`, float inputs to `{target}`.
+"""
+
+LABELS_NOTE = """
+The classifier output carries the class names (`labels.txt`, `label_filename`): ask for top-k labels with
+Triton's classification extension, e.g. `InferRequestedOutput("logits", class_count=5)` on `{base}`.
+"""
+
+
+def written_mbs(root: Path, model: str) -> int:
+    """``max_batch_size`` of a config already written under ``root`` (the ensemble must not exceed it)."""
+    from sai.runtime import triton_config as tc
+
+    return int(tc.parse((root / model / "config.pbtxt").read_text()).max_batch_size)
 
 
 def _inside(root: Path, *parts: str) -> Path:
@@ -228,6 +224,11 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
     if verify:
         verify_outdir(outdir, manifest, [ONNX_NAME] + ([PLAN_NAME] if plan.is_file() else []))
     inputs, outputs = onnx_io(outdir / ONNX_NAME)
+    from sai.runtime import triton_config as tc
+
+    tensors = [tc.Tensor(s.name, s.data_type, s.dims) for s in inputs]
+    extras = tc.model_extras(manifest, tensors)  # warmup, labels file, parameters
+    labels = tc.labels_text(meta.get("classes"))
     preferred = sorted({p for p in (2, 4, 8, 16, 32) if p <= mbs} | {mbs}) if mbs > 0 else []
     if plugin_library is not None and not Path(plugin_library).is_file():
         raise SaiError(f"plugin library {plugin_library} does not exist; build it with `make plugins`")
@@ -244,7 +245,10 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
         shutil.copy2(outdir / ONNX_NAME, _inside(tmp, onnx_name, "1", "model.onnx"))
         _inside(tmp, onnx_name, "config.pbtxt").write_text(model_config(
             onnx_name, "onnxruntime_onnx", inputs, outputs, max_batch_size=mbs, kind="KIND_CPU" if not gpus else
-            "KIND_GPU", instances=instances, max_queue_delay_us=max_queue_delay_us, preferred=preferred, gpus=gpus))
+            "KIND_GPU", instances=instances, max_queue_delay_us=max_queue_delay_us, preferred=preferred, gpus=gpus,
+            **extras))
+        if labels:
+            _inside(tmp, onnx_name, tc.LABELS_FILE).write_text(labels)
         written[onnx_name] = "onnxruntime_onnx"
         rows = [f"| `{onnx_name}` | onnxruntime_onnx | `{onnx_name}/1/model.onnx` |"]
         trt_name = f"{base}_trt"
@@ -256,7 +260,9 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
             _inside(tmp, trt_name, "config.pbtxt").write_text(model_config(
                 trt_name, "tensorrt_plan", inputs, outputs, max_batch_size=trt_mbs, kind="KIND_GPU",
                 instances=max(instances, 2), max_queue_delay_us=max_queue_delay_us,
-                preferred=[p for p in preferred if p <= trt_mbs], gpus=gpus or [0]))
+                preferred=[p for p in preferred if p <= trt_mbs], gpus=gpus or [0], **extras))
+            if labels:
+                _inside(tmp, trt_name, tc.LABELS_FILE).write_text(labels)
             written[trt_name] = "tensorrt_plan"
             rows.append(f"| `{trt_name}` | tensorrt_plan | `{trt_name}/1/model.plan` |")
         else:
@@ -281,10 +287,23 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
                           "(`noise.<block>.mask{1,2}`, uniform [0, 1) of shape [N, 2, ceil(H/s), ceil(W/s)] for the "
                           "stride s in the model's `sai.noise_inputs` metadata); Triton does not draw them.\n")
         channels = inputs[0].dims[0] if inputs[0].dims else "C"
+        images_note = ""
+        why_not = tc.image_models_reason(meta)
+        if why_not is None:
+            target = trt_name if trt_name in written else onnx_name
+            written.update(tc.write_image_models(lambda *p: _inside(tmp, *p), base, meta, tensors[0],
+                                                 [tc.Tensor(o.name, o.data_type, o.dims) for o in outputs],
+                                                 target=target, max_batch_size=min(mbs, written_mbs(tmp, target))))
+            images_note = IMAGES_NOTE.format(base=base, target=target, channels=channels,
+                                             norm=meta["input_norm"].get("formula", ""))
+        else:
+            images_note = f"\nNo uint8-image ensemble: {why_not}; clients send the normalised float input.\n"
+        if labels:
+            images_note += LABELS_NOTE.format(base=base if why_not is None else onnx_name)
         _inside(tmp, "README.md").write_text(README.format(
             arch=manifest.get("arch"), sampling=meta.get("sampling"), precision=meta.get("precision"),
             outdir=outdir, rows="\n".join(rows), channels=channels,
-            noise_note=noise_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name,
+            noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name,
             batching=BATCHING[mbs > 0].format(channels=channels)))
         publish_dir(tmp, repo, "README.md", "sai export-triton")
     except OSError as exc:  # a full disk, a folder that became unwritable, ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from sai.errors import MissingDependencyError, SaiError
@@ -215,3 +216,68 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses
 '''
+
+
+# ---- what export_triton adds around the inference models ------------------------------------------
+
+LABELS_FILE = "labels.txt"
+PYTHON_MODEL_FILE, PREPROCESS_COPY = "model.py", "sai_preprocess.py"
+
+
+def model_extras(manifest: Mapping[str, Any], inputs: Sequence[Tensor]) -> dict:
+    """``inference_config`` keywords for a sai model: a warmup request at the converted opt shape (when the
+    manifest has one for every input), the labels file where the model records class names, and the sai
+    metadata as ``parameters``."""
+    meta = manifest.get("metadata") or {}
+    shapes = manifest.get("shapes") or {}
+    warm = {}
+    for s in inputs:
+        opt = (shapes.get(s.name) or {}).get("opt")
+        if isinstance(opt, list) and len(opt) == len(s.dims) + 1:
+            warm[s.name] = [int(v) for v in opt[1:]]
+    params = {f"sai.{k}": meta[k] for k in ("arch", "sampling", "precision", "input_norm") if k in meta}
+    return {"warmup_shapes": warm if len(warm) == len(inputs) else None,
+            "labels_file": LABELS_FILE if labels_text(meta.get("classes")) else None, "parameters": params}
+
+
+def labels_text(classes: Any) -> Optional[str]:
+    """The labels file (one class name per line, in logit order), None without usable names."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        return None
+    if any("\n" in c or "\r" in c for c in classes):
+        raise SaiError("a class name contains a line break; Triton's labels file cannot hold it")
+    return "\n".join(classes) + "\n"
+
+
+def image_models_reason(meta: Mapping[str, Any]) -> Optional[str]:
+    """Why no uint8-image ensemble is written for a model with ``meta`` (None: it is)."""
+    from sai.runtime.preprocess import usable_norm, why_not_applied
+
+    if usable_norm(meta.get("input_norm")) is None:
+        return why_not_applied(meta.get("input_norm"))
+    if meta.get("noise_inputs"):
+        return "the model is stochastic (its noise inputs are not drawn by Triton)"
+    return None
+
+
+def write_image_models(path_in, base: str, meta: Mapping[str, Any], image: Tensor, outputs: Sequence[Tensor], *,
+                       target: str, max_batch_size: int) -> dict[str, str]:
+    """``<base>_preprocess`` (python backend) and ``<base>`` (ensemble over ``target``) under ``path_in(...)``
+    (a function giving checked paths inside the repository). Returns ``{model name: platform}``."""
+    from sai.runtime import preprocess
+
+    channels = int(image.dims[0]) if image.dims and image.dims[0] > 0 else len(meta["input_norm"]["mean"])
+    pre_name = f"{base}_preprocess"
+    path_in(pre_name, "1").mkdir(parents=True)
+    path_in(pre_name, "1", PYTHON_MODEL_FILE).write_text(PYTHON_MODEL)
+    path_in(pre_name, "1", PREPROCESS_COPY).write_text(Path(preprocess.__file__).read_text())
+    path_in(pre_name, "config.pbtxt").write_text(to_text(preprocess_config(
+        pre_name, channels, meta["input_norm"], max_batch_size=max_batch_size, output_type=image.data_type)))
+    labels = labels_text(meta.get("classes"))
+    path_in(base, "1").mkdir(parents=True)  # Triton wants a version folder, empty for an ensemble
+    if labels:
+        path_in(base, LABELS_FILE).write_text(labels)
+    path_in(base, "config.pbtxt").write_text(to_text(ensemble_config(
+        base, pre_name, target, outputs, max_batch_size=max_batch_size, image_input=image.name,
+        labels_file=LABELS_FILE if labels else None)))
+    return {pre_name: "python", base: "ensemble"}

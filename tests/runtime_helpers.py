@@ -73,3 +73,22 @@ def record_files(outdir: Path, *names: str) -> None:
         data = (Path(outdir) / name).read_bytes()
         manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     path.write_text(json.dumps(manifest, indent=2))
+
+
+def demo_outdir(tmp_path_factory) -> Path:
+    """A ``sai convert`` OUTDIR of the shipped demo checkpoint (64x64, batch up to 16), cached per session:
+    it records the checkpoint's preprocessing and class names."""
+    from sai.cli.main import main
+    from sai.models import demo_data
+
+    root = tmp_path_factory.getbasetemp() / "sai_demo"
+    outdir = root / "out"
+    if (outdir / "manifest.json").is_file():
+        return outdir
+    root.mkdir(exist_ok=True)
+    ck = Path(demo_data.__file__).parent / "zoo" / "sai_demo_r18" / "sparse_resnet18.pth"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", str(ck), "-o", str(outdir), "--opt-shape", "1,3,64,64", "--max-shape", "16,3,64,64"])
+    assert rc == 0, out.getvalue() + err.getvalue()
+    return outdir

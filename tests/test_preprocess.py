@@ -32,14 +32,9 @@ def _ck_meta() -> dict:
 
 @pytest.fixture(scope="module")
 def demo_outdir(tmp_path_factory):
-    from sai.cli.main import main
+    from runtime_helpers import demo_outdir
 
-    out = tmp_path_factory.mktemp("demo") / "out"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["convert", str(DEMO), "-o", str(out), "--opt-shape", "1,3,64,64", "--max-shape", "16,3,64,64"])
-    assert rc == 0, buf.getvalue()
-    return out
+    return demo_outdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -141,3 +141,60 @@ def test_python_backend_model_normalises_like_training(tmp_path, monkeypatch):
         assert out.name == "input" and out.array.dtype == np.float32
         np.testing.assert_allclose(out.array, ref, rtol=0, atol=1e-6)
     assert r3.error is not None and "channels" in r3.error.msg
+
+
+def test_export_triton_demo_repository_images_labels_warmup(tmp_path_factory, tmp_path, monkeypatch):
+    """The demo model (preprocessing and class names recorded): the repository has the preprocessing model and
+    the ensemble, labels files, warmup and parameters; the python model's output fed to the ONNX model gives the
+    logits engine.infer gives for the same uint8 images."""
+    from runtime_helpers import demo_outdir
+
+    import sai.runtime as rt
+    from sai.runtime.triton import export_triton
+
+    out = demo_outdir(tmp_path_factory)
+    repo = tmp_path / "repo"
+    res = export_triton(out, repo, plugin_library=None)
+    base = "sparse_resnet18"
+    assert res["models"] == {f"{base}_onnx": "onnxruntime_onnx", f"{base}_preprocess": "python", base: "ensemble"}
+    onnx_cfg = tc.parse((repo / f"{base}_onnx/config.pbtxt").read_text())
+    assert onnx_cfg.output[0].label_filename == "labels.txt"
+    assert (repo / f"{base}_onnx/labels.txt").read_text().splitlines() == list(demo_data.CLASSES)
+    w = onnx_cfg.model_warmup[0]
+    assert list(w.inputs["input"].dims) == [3, 64, 64] and w.batch_size == 1
+    assert json.loads(onnx_cfg.parameters["sai.input_norm"].string_value)["mean"] == [0.5] * 3
+    ens = tc.parse((repo / f"{base}/config.pbtxt").read_text())
+    assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == [
+        f"{base}_preprocess", f"{base}_onnx"]
+    assert ens.max_batch_size == onnx_cfg.max_batch_size == 16 and (repo / base / "1").is_dir()
+    assert (repo / base / "labels.txt").is_file()
+    pre_dir = repo / f"{base}_preprocess"
+    assert (pre_dir / "1" / "sai_preprocess.py").read_text() == (ROOT / "runtime" / "preprocess.py").read_text()
+    readme = (repo / "README.md").read_text()
+    assert "## Images in" in readme and "class_count=5" in readme
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakePbUtils("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("triton_model_demo", pre_dir / "1" / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.TritonPythonModel()
+    pre_cfg = tc.parse((pre_dir / "config.pbtxt").read_text())
+    model.initialize({"model_config": json_format.MessageToJson(pre_cfg, preserving_proto_field_name=True)})
+    images, _ = demo_data.make_split(0, "test", 3)
+    nhwc = np.ascontiguousarray(images.numpy().transpose(0, 2, 3, 1))
+    (resp,) = model.execute([{"images": _FakePbUtils.Tensor("images", nhwc)}])
+    with rt.load(out, backend="onnxruntime", threads=1) as e:
+        np.testing.assert_allclose(e.infer(resp.output_tensors[0].array)["logits"], e.infer(nhwc)["logits"],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_export_triton_without_trusted_preprocessing_says_why(tmp_path_factory, tmp_path):
+    from runtime_helpers import tiny_outdir
+
+    from sai.runtime.triton import export_triton
+
+    out, _ = tiny_outdir(tmp_path_factory)
+    export_triton(out, tmp_path / "repo", plugin_library=None)
+    assert "No uint8-image ensemble: its checkpoint records no preprocessing" in (tmp_path / "repo/README.md").read_text()
+    cfg = tc.parse((tmp_path / "repo/sparse_resnet18_onnx/config.pbtxt").read_text())
+    assert not cfg.output[0].label_filename and cfg.model_warmup[0].inputs["input"].random_data
