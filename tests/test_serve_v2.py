@@ -574,3 +574,68 @@ def test_mask_density_per_block_in_metrics(outdir):
         lab = f'{{model="{MODEL}",block="{block}",mask="{mask}"}}'
         assert m[f"sai_mask_density_count{lab}"] == 2
         assert abs(m[f"sai_mask_density_sum{lab}"] / 2 - float((outs[name] > 0).mean())) < 1e-6
+
+
+def test_request_timeout_is_504_and_the_batcher_skips_the_abandoned_request(engine):
+    gate, entered = threading.Event(), threading.Event()
+    calls = []
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def infer(self, feeds):
+            calls.append(int(feeds["input"].shape[0]))
+            entered.set()
+            assert gate.wait(TIMEOUT)
+            return engine.infer(feeds)
+
+    srv = InferenceServer(Slow(), "127.0.0.1", 0, max_batch=1, max_delay_ms=0, request_timeout=0.5).start()
+    try:
+        first = threading.Thread(target=request, args=(srv, "POST", f"/v2/models/{MODEL}/infer", v2_json(GOOD)))
+        first.start()
+        assert entered.wait(TIMEOUT)
+        status, _, data = request(srv, "POST", f"/v2/models/{MODEL}/infer", v2_json(GOOD))  # queued, then gives up
+        assert status == 504 and "did not finish within 0.5 s" in json.loads(data)["error"]
+        gate.set()
+        first.join(TIMEOUT)
+        assert request(srv, "POST", f"/v2/models/{MODEL}/infer", v2_json(GOOD))[0] == 200
+        assert calls == [1, 1]  # the abandoned request never ran
+    finally:
+        gate.set()
+        srv.stop(timeout=20)
+
+
+def test_cli_serve_v2_http_and_grpc_model_name_and_sigterm(outdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gport = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sai", "serve", str(outdir), "--backend", "onnxruntime", "--port",
+                             "0", "--grpc-port", str(gport), "--model-name", "demo", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+), gRPC on 127\.0\.0\.1:(\d+) \(model 'demo'", line)
+        assert m and int(m.group(2)) == gport, line + (proc.stderr.read() if proc.poll() is not None else "")
+        hc = httpclient.InferenceServerClient(f"127.0.0.1:{m.group(1)}")
+        gc = grpcclient.InferenceServerClient(f"127.0.0.1:{gport}")
+        assert hc.is_model_ready("demo") and gc.is_model_ready("demo") and not hc.is_model_ready(MODEL)
+        inp = grpcclient.InferInput("input", list(GOOD.shape), "FP32")
+        inp.set_data_from_numpy(GOOD)
+        assert gc.infer("demo", [inp]).as_numpy("logits").shape == (1, 10)
+        hc.close()
+        gc.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0 and "drained and stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
