@@ -377,13 +377,21 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], **extra_met
             "sai_version": __version__, "torch_version": str(torch.__version__)}
     meta.update(extra_meta)
     obj = {"format": FORMAT, "state_dict": model.state_dict(), "meta": meta}
+    from sai.outputs import clean_stale, os_error_message, owner_tag
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path.parent, path.name + ".")  # temporaries of killed saves
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{owner_tag()}", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, path)) from None
     os.close(fd)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, ...
+        raise SaiError(os_error_message(exc, path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
