@@ -265,3 +265,27 @@ def test_no_autoregister_switch(built):
              built["fakes"]["nvinfer_lean"], "polygraphy"], env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["full"]["SparseSampleConv"] == 0
+
+
+# ---- sai doctor: what the installed library carries ---------------------------------------------
+def test_doctor_reports_the_library_kernels_and_tensorrt_major(built):
+    from sai.cli.doctor import plugin_library_report
+
+    report = plugin_library_report(built["lib"])
+    assert f"for TensorRT {built['major']}" in report and "autoload library beside it" in report
+    assert "SASS sm_75" in report  # the test build compiles sm_75 only
+
+
+def test_doctor_reads_fatbin_archs(tmp_path):
+    if nvcc() is None:
+        pytest.skip("nvcc is needed")
+    from sai.cli.doctor import _elf_sections, fatbin_archs
+
+    (tmp_path / "k.cu").write_text("__global__ void k(float* x) { x[threadIdx.x] += 1.f; }\n"
+                                   "void launch(float* x) { k<<<1, 32>>>(x); }\n")
+    so = tmp_path / "k.so"
+    r = run([nvcc(), "-shared", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_75,code=sm_75", "-gencode",
+             "arch=compute_90,code=sm_90", "-gencode", "arch=compute_120,code=compute_120", tmp_path / "k.cu", "-o", so])
+    assert r.returncode == 0, r.stderr
+    data = so.read_bytes()
+    assert fatbin_archs(data, _elf_sections(data)) == ([75, 90], [120])

@@ -64,6 +64,91 @@ def _gpu() -> tuple[bool, str]:
     return False, "no NVIDIA GPU visible (no nvidia-smi output, no /dev/nvidia0)"
 
 
+def _elf_sections(data: bytes) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) of an ELF64 little-endian file's sections."""
+    import struct
+
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError("not an ELF64 little-endian file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    hdrs = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_off = hdrs[shstrndx][4]
+    out = {}
+    for name, _type, _flags, _addr, off, size in hdrs:
+        start = names_off + name
+        out[data[start:data.index(b"\0", start)].decode()] = (off, size)
+    return out
+
+
+def _elf_needed(data: bytes, sections: dict[str, tuple[int, int]]) -> list[str]:
+    import struct
+
+    if ".dynamic" not in sections or ".dynstr" not in sections:
+        return []
+    (doff, dsize), (soff, _) = sections[".dynamic"], sections[".dynstr"]
+    needed = []
+    for i in range(0, dsize - 15, 16):
+        tag, val = struct.unpack_from("<qQ", data, doff + i)
+        if tag == 1:  # DT_NEEDED
+            needed.append(data[soff + val:data.index(b"\0", soff + val)].decode())
+    return needed
+
+
+def fatbin_archs(data: bytes, sections: dict[str, tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(SASS archs, PTX archs) of the CUDA fat binaries in an ELF's .nv_fatbin section."""
+    import struct
+
+    if ".nv_fatbin" not in sections:
+        return [], []
+    off, size = sections[".nv_fatbin"]
+    sass, ptx = set(), set()
+    pos = off
+    while pos + 16 <= off + size:
+        magic, _ver, hsize, fsize = struct.unpack_from("<IHHQ", data, pos)
+        if magic != 0xBA55ED50:
+            pos += 8
+            continue
+        entry, end = pos + hsize, pos + hsize + fsize
+        while entry + 32 <= end:
+            kind, _, ehs, esize = struct.unpack_from("<HHIQ", data, entry)
+            arch, = struct.unpack_from("<I", data, entry + 28)
+            (ptx if kind == 1 else sass).add(arch)
+            if ehs == 0:
+                break
+            entry += ehs + esize
+        pos = end
+    return sorted(sass), sorted(ptx)
+
+
+def plugin_library_report(path) -> str:
+    """What an installed plugin library carries: its kernels' archs, the TensorRT major it was built
+    for (the autoload companion's libnvinfer soname), and whether the companion is beside it."""
+    from pathlib import Path
+
+    path = Path(path)
+    data = path.read_bytes()
+    sec = _elf_sections(data)
+    sass, ptx = fatbin_archs(data, sec)
+    parts = [str(path)]
+    companion = path.with_name("libsai_trt_plugins_autoload.so")
+    if companion.is_file():
+        cdata = companion.read_bytes()
+        nv = [n for n in _elf_needed(cdata, _elf_sections(cdata)) if n.startswith("libnvinfer.so.")]
+        parts.append(f"for TensorRT {nv[0].rsplit('.', 1)[-1]}" if nv else "TensorRT version unknown")
+        parts.append("autoload library beside it (LD_PRELOAD / Polygraphy)")
+    else:
+        parts.append("no autoload library beside it (LD_PRELOAD needs it: make plugins)")
+    if sass or ptx:
+        kern = "CUDA kernels: SASS " + ", ".join(f"sm_{a}" for a in sass)
+        if ptx:
+            kern += " + PTX " + ", ".join(f"compute_{a}" for a in ptx)
+        parts.append(kern)
+    else:
+        parts.append("no CUDA kernels found in the library")
+    return "; ".join(parts)
+
+
 def _plugin_library() -> tuple[bool, str]:
     try:
         from sai.runtime.plugins import find_plugin_library  # arrives with the plugins issue
@@ -73,7 +158,12 @@ def _plugin_library() -> tuple[bool, str]:
         path = find_plugin_library()
     except Exception as exc:
         return False, str(exc).splitlines()[0]
-    return (path is not None), (str(path) if path else "libsai_trt_plugins.so not built")
+    if path is None:
+        return False, "libsai_trt_plugins.so not built"
+    try:
+        return True, plugin_library_report(path)
+    except (OSError, ValueError, IndexError) as exc:  # unreadable or not an ELF: say so, still found
+        return True, f"{path} (cannot read its contents: {exc})"
 
 
 def run_checks() -> list[Check]:
