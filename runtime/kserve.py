@@ -130,15 +130,17 @@ def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, .
         raise HTTPError(400, f"input {name!r}: datatype {str(datatype)[:20]!r} is not supported{hint}; use one of "
                              f"{', '.join(V2_TO_NP)}")
     dt, want = V2_TO_NP[datatype], np.dtype(spec.dtype)
-    primary = engine.primary_input.name
-    if dt != want and not (name == primary and dt == np.uint8):  # uint8 images: the engine decides
+    raw_image = name == engine.primary_input.name and dt == np.uint8 and dt != want
+    if dt != want and not raw_image:
         raise HTTPError(400, f"input {name!r} has datatype {datatype}, but the model takes {v2_datatype(want)}")
+    if raw_image:  # uint8 images, NCHW or NHWC: the engine's preprocessing decides (or refuses, naming why)
+        return dt
     if len(shape) != len(spec.shape):
         raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)} (rank "
                              f"{len(spec.shape)})")
     if any(isinstance(w, int) and w != h for w, h in zip(spec.shape, shape, strict=True)):
         raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)}")
-    if name == primary and dt == want:
+    if name == engine.primary_input.name:
         try:
             check_profile(name, shape, engine.min_shape, engine.max_shape)
         except ProfileError as exc:

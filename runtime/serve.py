@@ -410,11 +410,12 @@ def check_declared_v1(headers, engine: Engine, max_batch: int) -> None:
 def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, strict_dtype: bool) -> dict:
     """Model-level checks with 4xx errors naming the problem (dtype strict for binary bodies): the server's
     --max-batch first (413), then the engine's checks (names, ranks, dtypes, profile: 413 above its maximum)."""
-    specs = engine.input_specs
+    specs, primary = engine.input_specs, engine.primary_input.name
     for name, arr in feeds.items():
         if name not in specs:
             raise HTTPError(400, f"unknown input {name!r}; the model takes {', '.join(specs)}")
-        if strict_dtype and arr.dtype != np.dtype(specs[name].dtype):
+        raw_image = name == primary and arr.dtype == np.uint8  # the engine normalises it or says why not
+        if strict_dtype and arr.dtype != np.dtype(specs[name].dtype) and not raw_image:
             raise HTTPError(400, engine.dtype_error(specs[name], arr.dtype))
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise HTTPError(400, f"input {name!r} contains NaN or infinity")

@@ -201,6 +201,19 @@ def summarize(runs: list[dict]) -> dict:
             "error_samples": errors[:5], "kinds": stats}
 
 
+def batch_stats(port: int) -> tuple[float, float]:
+    """(engine runs, mean images per run) from the server's sai_batch_size histogram (both servers have it)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    vals = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("sai_batch_size_"))
+    runs, images = float(vals.get("sai_batch_size_count", 0)), float(vals.get("sai_batch_size_sum", 0))
+    return runs, images / runs if runs else float("nan")
+
+
 def _old_source(rev: str) -> Optional[Path]:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -262,6 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             soak(old.port, None, model, KINDS_OLD, 20 * args.clients, args.clients, x, ref)
             rounds, runs = 4, {"new": [], "old": []}
             rss_old0 = old.rss()
+            b0 = {name: batch_stats(servers[name].port) for name in ("new", "old")}
             for _ in range(rounds):
                 for name in ("old", "new"):
                     srv = servers[name]
@@ -269,6 +283,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                            args.clients, x, ref))
             report["new_v1"], report["old_v1"] = summarize(runs["new"]), summarize(runs["old"])
             report["old_v1"]["rss_mib"] = [rss_old0, old.rss()]
+            for name in ("new", "old"):
+                (r0, m0), (r1, m1) = b0[name], batch_stats(servers[name].port)
+                runs_n = r1 - r0
+                report[f"{name}_v1"]["mean_batch"] = (r1 * m1 - r0 * m0) / runs_n if runs_n else float("nan")
     finally:
         for srv in servers.values():
             srv.stop()
@@ -284,7 +302,8 @@ def _print(r: dict) -> None:
     def line(name: str, s: dict) -> None:
         print(f"{name}: {s['requests']} requests in {s['wall_s']:.1f} s = {s['throughput_rps']:.0f} req/s, "
               f"{s['errors']} unexpected errors" + (f", server RSS {s['rss_mib'][0]:.0f} -> {s['rss_mib'][1]:.0f} MiB"
-                                                    if "rss_mib" in s else ""))
+                                                    if "rss_mib" in s else "")
+              + (f", {s['mean_batch']:.2f} images per engine run" if "mean_batch" in s else ""))
         for k, v in s["kinds"].items():
             if v["n"]:
                 print(f"  {k:15s} n={v['n']:6d}  p50 {v['p50_ms']:7.2f} ms  p99 {v['p99_ms']:7.2f} ms")

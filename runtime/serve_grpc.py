@@ -137,6 +137,17 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
                                     dynamic_batching=mc.ModelDynamicBatching())
             return pb.ModelConfigResponse(config=config)
 
+        def ModelStatistics(self, request, context):
+            from sai.runtime.serve_http import server_stats
+
+            if request.name:
+                self._check(request, context)
+            st = server_stats(server)
+            inf = {k: pb.StatisticDuration(**v) for k, v in st["inference_stats"].items()}
+            return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
+                name=st["name"], version=st["version"], inference_count=st["inference_count"],
+                execution_count=st["execution_count"], inference_stats=pb.InferStatistics(**inf))])
+
         def ModelInfer(self, request, context):
             t0 = time.perf_counter()
             try:

@@ -55,7 +55,7 @@ def reference(outdir):
 @pytest.fixture(scope="module")
 def server(engine):
     srv = InferenceServer(engine, "127.0.0.1", 0, max_batch=8, max_delay_ms=2, max_queue=64, max_body_bytes=1 << 20,
-                          grpc_port=0, idle_timeout=1.0).start()
+                          grpc_port=0).start()
     yield srv
     srv.stop(timeout=20)
 
@@ -158,6 +158,8 @@ def test_tritonclient_grpc_health_metadata_and_infer(server, grpc_client, refere
     res = c.infer(MODEL, [inp], outputs=[grpcclient.InferRequestedOutput("logits")], request_id="g1")
     np.testing.assert_allclose(res.as_numpy("logits"), reference.infer(x)["logits"], rtol=1e-5, atol=1e-5)
     assert res.get_response().id == "g1"
+    stats = c.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    assert stats["name"] == MODEL and int(stats["inference_count"]) >= 3
 
 
 @pytest.mark.parametrize("case, status", [
@@ -334,9 +336,14 @@ def test_content_length_minus_one_gets_400(server):
     assert request(server, "GET", "/healthz")[0] == 200
 
 
-def test_hundreds_of_idle_connections_do_not_starve_healthz_and_are_closed(server):
+def test_hundreds_of_idle_connections_do_not_starve_healthz_and_are_closed(engine):
     """500 connections that send nothing (and 20 that stall mid-header) hold no thread: /healthz answers at once;
     after the idle timeout (1 s here) the server closes them."""
+    with InferenceServer(engine, "127.0.0.1", 0, idle_timeout=1.0) as server:
+        _idle_connections(server)
+
+
+def _idle_connections(server):
     idle = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(500)]
     slow = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(20)]
     try:
@@ -536,13 +543,19 @@ def test_v2_overload_is_503_rejected(engine):
 def test_uint8_image_passed_to_the_engine_with_its_datatype(server):
     """A UINT8 image is passed to the engine with its datatype (the engine normalises it as recorded, or answers
     with a SaiError that becomes a 400): never a silent cast, never a 500."""
-    pix = np.random.default_rng(0).integers(0, 256, (1, 3, 32, 32)).astype(np.uint8)
-    body, headers = _bin_request([{"name": "input", "shape": [1, 3, 32, 32], "datatype": "UINT8",
-                                   "parameters": {"binary_data_size": pix.nbytes}}], pix.tobytes())
-    status, _, data = request(server, "POST", f"/v2/models/{MODEL}/infer", body, headers)
-    assert status in (200, 400), data
-    if status == 400:
-        assert "uint8" in json.loads(data)["error"]
+    for shape in ([1, 3, 32, 32], [1, 32, 32, 3]):  # NCHW, NHWC
+        pix = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+        body, headers = _bin_request([{"name": "input", "shape": shape, "datatype": "UINT8",
+                                       "parameters": {"binary_data_size": pix.nbytes}}], pix.tobytes())
+        status, _, data = request(server, "POST", f"/v2/models/{MODEL}/infer", body, headers)
+        assert status in (200, 400), data
+        if status == 400:
+            assert "has dtype uint8" in json.loads(data)["error"]
+        status, _, data = request(server, "POST", "/v1/infer", pix.tobytes(), {
+            "Content-Type": "application/octet-stream", "X-Shape": ",".join(map(str, shape)), "X-Dtype": "uint8"})
+        assert status in (200, 400), data
+        if status == 400:
+            assert "has dtype uint8" in json.loads(data)["error"]
 
 
 def test_mask_density_per_block_in_metrics(outdir):
