@@ -203,6 +203,8 @@ class Engine:
             "arch": self.metadata.get("arch"),
             "sampling": self.metadata.get("sampling"),
             "precision": self.metadata.get("precision"),
+            "input_norm": self.input_norm,  # what infer applies to raw uint8 images (None: they are refused)
+            "labels": self.labels,
             # onnxruntime: which kernels run the sai nodes (sai.runtime.ort_ops.register)
             "custom_ops": getattr(self, "custom_ops", None),
         }

@@ -173,7 +173,8 @@ def test_uint8_images_give_the_logits_of_the_normalised_input(engines, test_imag
 def test_classify_names_the_right_classes(engines, test_images, backend):
     e = engines[backend]
     images, truth = test_images
-    assert e.labels == list(demo_data.CLASSES)
+    assert e.labels == list(demo_data.CLASSES) and e.describe()["labels"] == e.labels
+    assert e.describe()["input_norm"]["source"] == "checkpoint"
     preds = e.classify(images, k=3)
     assert len(preds) == len(images) and all(len(p) == 3 for p in preds)
     correct = sum(p[0].index == int(t) and p[0].label == demo_data.CLASSES[int(t)] for p, t in zip(preds, truth, strict=True))
