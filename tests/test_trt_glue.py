@@ -259,6 +259,16 @@ def test_version_compatible_lean_runtime_gets_the_creators(built):
     assert out["handle"] and out["lean"] == ONCE, log
 
 
+def test_no_registration_into_another_tensorrt_major(built):
+    other = (int(built["major"]) + 1) * 10000 + 100
+    env = dict(os.environ, SAI_TRT_PLUGINS_DEBUG="1", FAKE_NVINFER_VERSION=str(other))
+    r = run([sys.executable, "-c", SCENARIO, built["lib"], built["autoload"], built["fakes"]["nvinfer"],
+             built["fakes"]["nvinfer_lean"], "polygraphy"], env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["full"]["SparseSampleConv"] == 0
+    assert f"version {other}" in r.stderr
+
+
 def test_no_autoregister_switch(built):
     env = dict(os.environ, SAI_TRT_PLUGINS_DEBUG="1", SAI_TRT_PLUGINS_NO_AUTOREGISTER="1")
     r = run([sys.executable, "-c", SCENARIO, built["lib"], built["autoload"], built["fakes"]["nvinfer"],

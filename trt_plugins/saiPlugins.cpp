@@ -19,6 +19,9 @@
  * is already registered). Another TensorRT runtime in the process (the lean runtime of a
  * version-compatible engine) still gets both creators for its own registry.
  *
+ * Only into a TensorRT of the major version of the headers the library was built with
+ * (getInferLibVersion): another major's registry has other vtables.
+ *
  * SAI_TRT_PLUGINS_NO_AUTOREGISTER=1 disables the load-time registration; SAI_TRT_PLUGINS_DEBUG=1
  * prints on stderr what the library did (used by tests/test_trt_glue.py).
  */
@@ -148,6 +151,28 @@ GetPluginRegistryFn findGetPluginRegistry()
     return fn;
 }
 
+//! The TensorRT version (getInferLibVersion, major*10000 + minor*100 + patch) of the object that
+//! defines `sym`; -1 when it has none.
+int32_t tensorrtVersionOf(void const* sym)
+{
+    Dl_info info{};
+    if (dladdr(sym, &info) == 0 || info.dli_fname == nullptr)
+    {
+        return -1;
+    }
+    void* h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    if (h == nullptr)
+    {
+        return -1;
+    }
+    void* v = dlsym(h, "getInferLibVersion");
+    dlclose(h);
+    using VersionFn = int32_t (*)();
+    VersionFn fn = nullptr;
+    std::memcpy(&fn, &v, sizeof(fn));
+    return fn != nullptr ? fn() : -1;
+}
+
 __attribute__((constructor)) void saiRegisterOnLoad()
 {
     if (envFlag("SAI_TRT_PLUGINS_NO_AUTOREGISTER"))
@@ -161,6 +186,19 @@ __attribute__((constructor)) void saiRegisterOnLoad()
         return;
     }
     GetPluginRegistryFn const getRegistry = findGetPluginRegistry();
+    if (getRegistry != nullptr)
+    {
+        // the creators' interfaces are those of the headers this library was built with: never hand
+        // them to another major version's registry (its vtables differ)
+        int32_t const version = tensorrtVersionOf(reinterpret_cast<void const*>(getRegistry));
+        if (version / 10000 != NV_TENSORRT_MAJOR)
+        {
+            debugLog("the TensorRT in this process is version %d, this library is built for TensorRT %d: nothing "
+                     "registered on load",
+                version, static_cast<int>(NV_TENSORRT_MAJOR));
+            return;
+        }
+    }
     IPluginRegistry* registry = getRegistry != nullptr ? getRegistry() : nullptr;
     if (registry == nullptr)
     {

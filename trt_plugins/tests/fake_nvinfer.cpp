@@ -5,7 +5,7 @@
  * libnvinfer.so.<major> (and once more as libnvinfer_lean.so.<major>, a second runtime with its own
  * registry) to test how libsai_trt_plugins.so registers its creators in each host, on the CPU.
  *
- * Exports getPluginRegistry (what the plugin library looks up) and a few fake* functions for the
+ * Exports getPluginRegistry and getInferLibVersion (what the plugin library looks up) and a few fake* functions for the
  * test: fakeLoadLibrary behaves like IPluginRegistry::loadLibrary (dlopen, setLoggerFinder,
  * getCreators, register each; nullptr if any creator is already registered, as TensorRT documents),
  * fakeRegistrations counts successful registerCreator calls of one plugin, fakeRejected the
@@ -14,6 +14,7 @@
 #include "NvInferRuntime.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
 #include <map>
@@ -190,6 +191,13 @@ FakeRegistry& registry()
 extern "C" __attribute__((visibility("default"))) IPluginRegistry* getPluginRegistry() noexcept
 {
     return &registry();
+}
+
+//! The headers' version, or FAKE_NVINFER_VERSION (to play another TensorRT version).
+extern "C" __attribute__((visibility("default"))) int32_t getInferLibVersion() noexcept
+{
+    char const* v = std::getenv("FAKE_NVINFER_VERSION");
+    return v != nullptr ? std::atoi(v) : static_cast<int32_t>(NV_TENSORRT_VERSION);
 }
 
 extern "C" __attribute__((visibility("default"))) void* fakeLoadLibrary(char const* path)
