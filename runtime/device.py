@@ -230,8 +230,10 @@ def from_dlpack(value: Any, stream: Optional[int] = None) -> DeviceArray:
 
 
 def as_device_array(value: Any, stream: Optional[int] = None) -> Optional[DeviceArray]:
-    """A ``DeviceArray`` for CUDA producers (``__cuda_array_interface__`` first, then a CUDA ``__dlpack__``,
-    called with the consumer's ``stream``), None for host data."""
+    """A ``DeviceArray`` for CUDA producers, None for host data. Which protocol: one that says how to
+    synchronise - a ``__cuda_array_interface__`` v3 (its ``stream``), else a CUDA ``__dlpack__`` (called with
+    the consumer's ``stream``: torch's interface is v2, without a stream, but its DLPack orders its current
+    stream before ours), else an interface without a stream (data taken as ready, as the protocol says)."""
     if isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
         return None
     if isinstance(value, DeviceArray):
@@ -240,11 +242,13 @@ def as_device_array(value: Any, stream: Optional[int] = None) -> Optional[Device
         cai = getattr(value, "__cuda_array_interface__", None)
     except Exception:  # torch raises for CPU tensors / tensors that require grad
         cai = None
-    if isinstance(cai, dict):
+    if isinstance(cai, dict) and "stream" in cai:
         return from_cuda_array_interface(value, cai)
     dev = dlpack_device(value)
     if dev is not None and dev[0] in CUDA_DEVICE_TYPES:
         return from_dlpack(value, stream)
+    if isinstance(cai, dict):
+        return from_cuda_array_interface(value, cai)
     if dev is not None and dev[0] == KDL_CUDA_HOST:
         raise _input_error("pinned-host (kDLCUDAHost) DLPack tensors are not supported; pass a numpy array or "
                            "a CUDA tensor")

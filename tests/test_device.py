@@ -140,6 +140,30 @@ def test_cuda_dlpack_producer_gets_the_consumer_stream():
     assert FakeCudaDLPack(x).__dlpack_device__()[0] in dev.CUDA_DEVICE_TYPES
 
 
+def test_protocol_choice_prefers_one_that_synchronises():
+    """torch's __cuda_array_interface__ is v2 (no stream): its DLPack, called with our stream, is used instead;
+    a v3 interface (CuPy, Numba) is used as it is; a v2 interface alone is taken as ready."""
+    x = np.arange(6, dtype=np.float32)
+
+    class TorchLike(FakeCudaDLPack):
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": (6,), "typestr": "<f4", "data": (x.ctypes.data, False), "version": 2}
+
+    p = TorchLike(x)
+    d = dev.as_device_array(p, stream=42)
+    assert p.streams == [42] and d.stream == 42
+
+    class CupyLike(TorchLike):
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": (6,), "typestr": "<f4", "data": (x.ctypes.data, False), "version": 3, "stream": 9}
+
+    q = CupyLike(x)
+    assert dev.as_device_array(q, stream=42).stream == 9 and q.streams == []
+    assert dev.as_device_array(_cai(version=2)).stream is None
+
+
 def test_cpu_dlpack_producers_are_host_arrays_without_copy():
     class CpuOnly:  # only the DLPack protocol, no __array__
         def __init__(self, a):
