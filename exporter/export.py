@@ -457,7 +457,9 @@ def export_onnx(
     ``dynamic``: True (batch and H/W), False, or a subset of ``{"batch", "hw"}``. ``sampling``:
     deterministic (default) | stochastic (uniform noise as named inputs, see ``noise_specs``) |
     dense. ``checkpoint``: a path or a state dict; it decides DCN stages, head and classes, and an
-    explicit flag that contradicts it is an error.
+    explicit flag that contradicts it is an error; its preprocessing and class names are recorded
+    (``input_norm``, ``classes``: ``exporter/metadata.py``). ``input_norm``: the preprocessing to record
+    instead (``scale``/``mean``/``std``/``color``/``layout``; recorded with source ``given``).
     """
     import torch
 
