@@ -43,7 +43,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8")
 INFER_PATHS = ("/v1/infer", "/infer")
 SERVER_NAME = "sai-serve"
-THREAD_DECODE_BYTES = 64 << 10  # bodies above this are decoded/encoded off the event loop
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's nv_inference_request_failure reasons
 
 __all__ = ["HTTPError", "InferenceServer", "QueueFull", "serve_forever", "server_info"]

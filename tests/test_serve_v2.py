@@ -652,3 +652,26 @@ def test_cli_serve_v2_http_and_grpc_model_name_and_sigterm(outdir):
             proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_grpc_typed_contents_and_raw_count_mismatch(server, reference):
+    """ModelInfer with typed ``contents`` (fp32_contents) instead of raw_input_contents, through the generated
+    stub; and a request whose raw_input_contents do not match its inputs is INVALID_ARGUMENT."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        req = service_pb2.ModelInferRequest(model_name=MODEL, id="typed")
+        t = req.inputs.add(name="input", datatype="FP32", shape=list(GOOD.shape))
+        t.contents.fp32_contents.extend(GOOD.ravel().tolist())
+        resp = stub.ModelInfer(req, timeout=TIMEOUT)
+        assert resp.id == "typed" and resp.outputs[0].name == "logits" and list(resp.outputs[0].shape) == [1, 10]
+        np.testing.assert_allclose(np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(1, 10),
+                                   reference.infer(GOOD)["logits"], rtol=1e-5, atol=1e-5)
+        bad = service_pb2.ModelInferRequest(model_name=MODEL)
+        bad.inputs.add(name="input", datatype="FP32", shape=list(GOOD.shape))
+        bad.raw_input_contents.extend([GOOD.tobytes(), b"extra"])
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ModelInfer(bad, timeout=TIMEOUT)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one per input" in exc.value.details()
