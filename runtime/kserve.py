@@ -22,7 +22,7 @@ import numpy as np
 
 from sai.runtime.engine import Engine, ProfileError, check_profile
 
-PROTOCOL_EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+PROTOCOL_EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 V2_TO_NP: dict[str, np.dtype] = {
@@ -45,6 +45,8 @@ class HTTPError(Exception):
 
 def v2_datatype(dtype) -> str:
     dt = np.dtype(dtype)
+    if dt == np.dtype(object):
+        return "BYTES"
     if dt not in NP_TO_V2:
         raise HTTPError(500, f"the model has a tensor of dtype {dt.name}, which the v2 protocol cannot carry")
     return NP_TO_V2[dt]
@@ -102,7 +104,7 @@ def model_config(engine: Engine, name: str, max_batch: int) -> dict:
 class InferRequest:
     id: Optional[str]
     feeds: dict[str, np.ndarray]
-    outputs: Optional[list[tuple[str, Optional[bool]]]]  # requested (name, binary_data or None); None: all
+    outputs: Optional[list[tuple[str, Optional[bool], int]]]  # (name, binary_data or None, classification k)
     binary_output: bool  # the request-level binary_data_output parameter
 
 
@@ -262,9 +264,10 @@ def parse_infer_request(doc: Mapping, tail: memoryview, engine: Engine) -> Infer
                 got = o.get("name") if isinstance(o, Mapping) else o
                 raise HTTPError(400, f"unknown output {str(got)[:60]!r}; the model has {', '.join(known)}")
             p = _params(o, f"output {o['name']!r}")
-            if p.get("classification"):
-                raise HTTPError(400, f"output {o['name']!r}: the classification extension is not supported")
-            requested.append((o["name"], None if "binary_data" not in p else bool(p["binary_data"])))
+            k = p.get("classification", 0)
+            if type(k) is not int or k < 0:
+                raise HTTPError(400, f"output {o['name']!r}: classification must be a non-negative integer (top-k)")
+            requested.append((o["name"], None if "binary_data" not in p else bool(p["binary_data"]), k))
     return InferRequest(rid, feeds, requested, bool(binary_output))
 
 
@@ -284,23 +287,45 @@ def json_values(arr: np.ndarray) -> list:
     return out.tolist()
 
 
-def selected_outputs(outs: Mapping[str, np.ndarray], req: InferRequest) -> list[tuple[str, np.ndarray, bool]]:
+def selected_outputs(outs: Mapping[str, np.ndarray], req: InferRequest,
+                     labels: Optional[Sequence[str]] = None) -> list[tuple[str, np.ndarray, bool]]:
+    """The outputs to send: all, or the requested ones; a ``classification`` k turns an output into the top-k
+    ``"score:index:label"`` strings (BYTES [batch, k]; the classification extension, labels where recorded)."""
     if req.outputs is None:
         return [(k, v, req.binary_output) for k, v in outs.items()]
-    return [(k, outs[k], req.binary_output if b is None else b) for k, b in req.outputs]
+    picked = []
+    for name, b, k in req.outputs:
+        arr = outs[name]
+        if k:
+            from sai.errors import SaiError
+            from sai.runtime.labels import classification_strings
+
+            try:
+                arr = classification_strings(arr, k, labels)
+            except SaiError as exc:
+                raise HTTPError(400, f"output {name!r}: classification: {exc}") from None
+        picked.append((name, arr, req.binary_output if b is None else b))
+    return picked
 
 
-def encode_infer_response(model: str, version: str, req: InferRequest,
-                          outs: Mapping[str, np.ndarray]) -> tuple[bytes, Optional[int]]:
+def bytes_tensor(arr: np.ndarray) -> bytes:
+    """BYTES elements serialised as the protocol's binary form: a 4-byte little-endian length, then the bytes."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in arr.reshape(-1))
+
+
+def encode_infer_response(model: str, version: str, req: InferRequest, outs: Mapping[str, np.ndarray],
+                          labels: Optional[Sequence[str]] = None) -> tuple[bytes, Optional[int]]:
     """``(body, json header length or None)``: JSON, or JSON + raw tensors for outputs sent as binary data."""
     doc: dict[str, Any] = {"model_name": model, "model_version": version}
     if req.id is not None:
         doc["id"] = req.id
     tensors, blobs = [], []
-    for name, arr, binary in selected_outputs(outs, req):
+    for name, arr, binary in selected_outputs(outs, req, labels):
         t: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
-        if binary:
-            raw = np.ascontiguousarray(arr).tobytes()
+        if arr.dtype == np.dtype(object) and not binary:
+            t["data"] = [v.decode("utf-8", "replace") for v in arr.reshape(-1)]
+        elif binary:
+            raw = bytes_tensor(arr) if arr.dtype == np.dtype(object) else np.ascontiguousarray(arr).tobytes()
             t["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

@@ -476,6 +476,7 @@ class InferenceServer:
         self.engine = engine
         self.model_name = model_name or engine.metadata.get("arch") or "model"
         self.model_version = str(model_version)
+        self.labels = getattr(engine, "labels", None)  # class names for the classification extension
         self.metrics = Metrics(self.model_name, self.model_version)
         if hasattr(engine, "observer") and engine.observer is None:  # a serve_masks.MaskMetricsEngine
             engine.observer = self.metrics.masks

@@ -76,7 +76,10 @@ def decode_infer_request(request, engine) -> kserve.InferRequest:
         for o in request.outputs:
             if o.name not in known:
                 raise HTTPError(400, f"unknown output {o.name[:60]!r}; the model has {', '.join(known)}")
-            requested.append((o.name, True))
+            k = o.parameters["classification"].int64_param if "classification" in o.parameters else 0
+            if k < 0:
+                raise HTTPError(400, f"output {o.name!r}: classification must be a non-negative integer (top-k)")
+            requested.append((o.name, True, int(k)))
     return kserve.InferRequest(request.id or None, feeds, requested, True)
 
 
@@ -173,9 +176,10 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
                         raise server.engine_error(exc) from None
                     resp = pb.ModelInferResponse(model_name=server.model_name, model_version=server.model_version,
                                                  id=request.id)
-                    for name, arr, _ in kserve.selected_outputs(outs, req):
+                    for name, arr, _ in kserve.selected_outputs(outs, req, server.labels):
                         resp.outputs.add(name=name, datatype=kserve.v2_datatype(arr.dtype), shape=list(arr.shape))
-                        resp.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+                        resp.raw_output_contents.append(kserve.bytes_tensor(arr) if arr.dtype == np.dtype(object)
+                                                        else np.ascontiguousarray(arr).tobytes())
                     return resp
                 except HTTPError as exc:
                     status = exc.status

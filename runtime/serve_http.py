@@ -282,7 +282,7 @@ def make_app(server: InferenceServer) -> Starlette:
             req, fut = await _in_thread(decode)
             outs = await await_result(server, fut)
             payload, header_len = await _in_thread(kserve.encode_infer_response, server.model_name,
-                                                      server.model_version, req, outs)
+                                                   server.model_version, req, outs, server.labels)
             if header_len is None:
                 resp = Response(payload, 200, media_type=JSON)
             else:

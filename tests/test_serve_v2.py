@@ -675,3 +675,39 @@ def test_grpc_typed_contents_and_raw_count_mismatch(server, reference):
         with pytest.raises(grpc.RpcError) as exc:
             stub.ModelInfer(bad, timeout=TIMEOUT)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one per input" in exc.value.details()
+
+
+def test_demo_model_uint8_images_in_top_k_labels_out():
+    """The shipped demo model (records its preprocessing and class names): raw uint8 NHWC images over HTTP
+    (binary) and gRPC come back as the direct engine's logits, and the classification extension gives Triton's
+    "score:index:label" strings equal to an independent engine's classify()."""
+    from sai.models.train_demo import DEFAULT_OUT
+
+    ck = DEFAULT_OUT / "sparse_resnet18.pth"
+    images = np.random.default_rng(4).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    with rt.load(ck, backend="torch", threads=1) as direct:
+        want = direct.infer(images)["logits"]
+        top = direct.classify(images, k=3)
+    with rt.load(ck, backend="torch", threads=1) as served, \
+            InferenceServer(served, "127.0.0.1", 0, max_batch=4, max_delay_ms=0, grpc_port=0) as srv:
+        model = srv.model_name
+        hc = httpclient.InferenceServerClient(f"127.0.0.1:{srv.port}")
+        gc = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        try:
+            for client, mod in ((hc, httpclient), (gc, grpcclient)):
+                inp = mod.InferInput("input", list(images.shape), "UINT8")
+                inp.set_data_from_numpy(images)
+                got = client.infer(model, [inp]).as_numpy("logits")
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+                for binary in ((True, False) if mod is httpclient else (True,)):
+                    kw = {"binary_data": binary} if mod is httpclient else {}
+                    res = client.infer(model, [inp], outputs=[mod.InferRequestedOutput("logits", class_count=3, **kw)])
+                    strings = res.as_numpy("logits")
+                    assert strings.shape == (2, 3)
+                    for row, preds in zip(strings, top, strict=True):
+                        parts = [(s.decode() if isinstance(s, bytes) else s).split(":") for s in row]
+                        assert [int(p[1]) for p in parts] == [p.index for p in preds]
+                        assert [p[2] for p in parts] == [p.label for p in preds]
+        finally:
+            hc.close()
+            gc.close()
