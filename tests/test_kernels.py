@@ -380,3 +380,15 @@ def test_gpu_check_runs_end_to_end_under_the_interpreter(tmp_path):
     tuned = json.loads((tmp_path / "configs" / "interpreter.json").read_text())
     assert tuned["sparse_sample_conv"][0]["match"]["k"] == 3 and tuned["interpolate"]
     assert sorted(p.name for p in configs.HERE.glob("*.json")) == before  # the package table is untouched
+
+
+def test_public_signatures_are_those_of_the_reference_ops():
+    import inspect
+
+    from sai.models import ops
+
+    for name in ("sparse_sample_conv", "interpolate"):
+        ours = inspect.signature(getattr(K, name))
+        ref = inspect.signature(getattr(ops, name))
+        assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == \
+               [(p.name, p.default, p.kind) for p in ref.parameters.values()], name
