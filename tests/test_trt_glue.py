@@ -179,6 +179,9 @@ if how == "sai":                      # python: import tensorrt (RTLD_LOCAL), re
 elif how == "trtexec":                # executable linked to libnvinfer (global scope), --dynamicPlugins=lib
     f = runtime(fake, GLOBAL)
     out["handle"] = bool(f.fakeLoadLibrary(lib.encode()))
+elif how == "trtexec_static":         # --staticPlugins=lib: trtexec (linked to libnvinfer) dlopens it
+    f = runtime(fake, GLOBAL)
+    ctypes.CDLL(lib, mode=LOCAL)
 elif how == "polygraphy":             # tensorrt imported, then --plugins: ctypes.CDLL(lib)
     f = runtime(fake)
     ctypes.CDLL(lib)
@@ -227,7 +230,7 @@ def test_load_library_hosts_register_once(built, how):
     assert "loaded by TensorRT's loadLibrary" in log
 
 
-@pytest.mark.parametrize("how", ["polygraphy", "triton_plugins", "polygraphy_then_load_library"])
+@pytest.mark.parametrize("how", ["polygraphy", "triton_plugins", "polygraphy_then_load_library", "trtexec_static"])
 def test_dlopen_hosts_register_on_load_once(built, how):
     out, log = scenario(built, how)
     assert out["full"] == ONCE, log
