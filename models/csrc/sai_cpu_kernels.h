@@ -203,10 +203,12 @@ void conv_chunk_nchw(const Backend& be, const SaiConvParams& p, const float* xd,
 
 // NHWC path (channels-last input): position-major im2col cols[G][chunk][K*cin_g] with contiguous
 // channel runs, GEMM cols x W_g^T -> rows[G][chunk][cout_g], scatter of contiguous output rows.
+// `out_nchw`: scatter into an NCHW output instead (ONNX Runtime: NCHW tensors, the input transposed
+// to NHWC by the caller for the contiguous gathers).
 template <class Backend>
 void conv_chunk_nhwc(const Backend& be, const SaiConvParams& p, const float* xd, const float* od, const float* wmat_t,
                      const float* bd, const ChunkPositions& cp, int64_t count, int64_t chunk, float* cd, float* rd,
-                     float* outd) {
+                     float* outd, bool out_nchw = false) {
   const int64_t G = p.groups, cin_g = p.cinPerGroup, cout_g = p.coutPerGroup, K = p.kernelTaps;
   const int64_t H = p.H, W = p.W, C = p.C, dgc = p.C / p.deformGroups, kdim = K * cin_g;
   DeformTaps taps;
@@ -254,6 +256,19 @@ void conv_chunk_nhwc(const Backend& be, const SaiConvParams& p, const float* xd,
             rd + g * chunk * cout_g, cout_g);
   }
   const int64_t hwo = static_cast<int64_t>(p.Ho) * p.Wo;
+  if (out_nchw) {
+    be.parallel_for(0, p.Cout, 4, [&](int64_t b, int64_t e) {
+      for (int64_t oc = b; oc < e; ++oc) {
+        const int64_t g = oc / cout_g, co = oc % cout_g;
+        const float* src = rd + g * chunk * cout_g + co;
+        for (int64_t r = 0; r < count; ++r) {
+          outd[(static_cast<int64_t>(cp.n[r]) * p.Cout + oc) * hwo + cp.rem[r]] =
+              sai::saiConvEpilogue<float>(p, src[r * cout_g], bd, static_cast<int32_t>(oc));
+        }
+      }
+    });
+    return;
+  }
   be.parallel_for(0, count, 64, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* dst = outd + (static_cast<int64_t>(cp.n[r]) * hwo + cp.rem[r]) * p.Cout;
@@ -284,10 +299,11 @@ inline std::vector<float> weight_nhwc_operand(const SaiConvParams& p, const floa
 // Sparse SparseSampleConv of DESIGN.md 3.2 on finalized params `p`. `x` is NCHW, or NHWC when
 // `nhwc` (then `out` is NHWC too); `wop` is the weight as the path's GEMM operand (the weight itself
 // for NCHW, weight_nhwc_operand for NHWC); `bias` and `offset` (NCHW) may be nullptr. `out` must be
-// zero-filled by the caller: only the active positions are written.
+// zero-filled by the caller: only the active positions are written. `out_nchw` (with `nhwc`): NHWC
+// input, NCHW output.
 template <class Backend>
 void sparse_sample_conv(const Backend& be, const SaiConvParams& p, bool nhwc, const float* x, const float* mask,
-                        const float* wop, const float* bias, const float* offset, float* out) {
+                        const float* wop, const float* bias, const float* offset, float* out, bool out_nchw = false) {
   const int64_t total = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
   const std::vector<int64_t> active = active_positions(mask, total);
   const int64_t P = static_cast<int64_t>(active.size());
@@ -296,7 +312,7 @@ void sparse_sample_conv(const Backend& be, const SaiConvParams& p, bool nhwc, co
   // chunk of positions: column buffer up to 32 MB (larger GEMMs; measured faster than 4 MB)
   const int64_t col_bytes = G * cin_g * K * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(P, (32 << 20) / std::max<int64_t>(col_bytes, 1)));
-  FloatBuffer cols, rows;
+  static thread_local FloatBuffer cols, rows;  // reused across calls: no page faults per call
   float* cd = cols.get(G * cin_g * K * chunk);
   float* rd = rows.get(G * cout_g * chunk);
   ChunkPositions cp;
@@ -304,7 +320,7 @@ void sparse_sample_conv(const Backend& be, const SaiConvParams& p, bool nhwc, co
     const int64_t count = std::min(chunk, P - start);
     cp.fill(p, active.data(), start, count);
     if (nhwc) {
-      conv_chunk_nhwc(be, p, x, offset, wop, bias, cp, count, chunk, cd, rd, out);
+      conv_chunk_nhwc(be, p, x, offset, wop, bias, cp, count, chunk, cd, rd, out, out_nchw);
     } else {
       conv_chunk_nchw(be, p, x, offset, wop, bias, cp, count, chunk, cd, rd, out);
     }

@@ -32,6 +32,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -65,8 +66,9 @@ struct OrtBackend {
   void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) const {
     const int64_t n = end - begin;
     if (n <= 0) return;
-    // at most 64 tasks: enough to balance any pool here, few enough to keep the dispatch cheap
-    const int64_t block = std::max<int64_t>(std::max<int64_t>(grain, 1), (n + 63) / 64);
+    // at most two tasks per core: the work items here are uniform, and every task is a wake-up
+    const int64_t max_tasks = 2 * cores();
+    const int64_t block = std::max<int64_t>(std::max<int64_t>(grain, 1), (n + max_tasks - 1) / max_tasks);
     const int64_t tasks = (n + block - 1) / block;
     if (tasks <= 1) {
       f(begin, end);
@@ -77,6 +79,27 @@ struct OrtBackend {
     if (st != nullptr) {  // no pool: run it here
       g_api->ReleaseStatus(st);
       for (int64_t i = 0; i < tasks; ++i) thunk<F>(&c, static_cast<size_t>(i));
+    }
+  }
+
+  static int64_t cores() {
+    static const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+    return n;
+  }
+
+  // f(i) for i in [0, tasks), one task each.
+  template <class F>
+  void blocked(int64_t tasks, const F& f) const {
+    struct C {
+      const F* f;
+    } c{&f};
+    auto th = [](void* u, size_t i) { (*static_cast<C*>(u)->f)(static_cast<int64_t>(i)); };
+    OrtStatus* st = tasks > 1 ? g_api->KernelContext_ParallelFor(ctx, th, static_cast<size_t>(tasks),
+                                                                 static_cast<size_t>(tasks), &c)
+                              : nullptr;
+    if (tasks <= 1 || st != nullptr) {
+      if (st != nullptr) g_api->ReleaseStatus(st);
+      for (int64_t i = 0; i < tasks; ++i) f(i);
     }
   }
 
@@ -93,16 +116,24 @@ struct OrtBackend {
                         static_cast<blasint>(lda), B + n0, static_cast<blasint>(ldb), 0.F, C + m0 * ldc + n0,
                         static_cast<blasint>(ldc));
     };
-    // Split the larger output dimension into blocks of >= 128 (each block packs only its slice of
-    // the larger operand); small products run in one call.
-    constexpr int64_t kMinBlock = 128;
+    // Split the larger output dimension into one block per core, each >= 128 wide (each block packs
+    // its slice of the larger operand and all of the smaller one, so few large blocks); small
+    // products run in one call.
     if (static_cast<double>(M) * N * K < 4e6) {
       run(0, M, 0, N);
-    } else if (N >= M) {
-      parallel_for(0, N, kMinBlock, [&](int64_t b, int64_t e) { run(0, M, b, e); });
-    } else {
-      parallel_for(0, M, kMinBlock, [&](int64_t b, int64_t e) { run(b, e, 0, N); });
+      return;
     }
+    const int64_t dim = std::max(M, N), blocks = std::max<int64_t>(1, std::min<int64_t>(dim / 128, cores()));
+    const int64_t block = (dim + blocks - 1) / blocks;
+    blocked(blocks, [&](int64_t i) {
+      const int64_t b = i * block, e = std::min(dim, b + block);
+      if (b >= e) return;
+      if (N >= M) {
+        run(0, M, b, e);
+      } else {
+        run(b, e, 0, N);
+      }
+    });
   }
 };
 
@@ -363,6 +394,9 @@ template <typename T>
 struct SparseSampleConvKernel {
   std::string node, w;
   ConvAttrs a;
+  // W as the NHWC path's GEMM operand, computed once when W is a constant initializer (float32)
+  std::vector<float> w_nhwc;
+  std::vector<int64_t> w_nhwc_shape;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     try {
@@ -450,8 +484,37 @@ struct SparseSampleConvKernel {
       out = ybuf.data();
     }
     be.parallel_for(0, n_out, 1 << 16, [&](int64_t b, int64_t e) { std::memset(out + b, 0, sizeof(float) * (e - b)); });
-    sai_cpu::sparse_sample_conv(be, p, false, as_float<T>(be, X, xbuf), as_float<T>(be, M, mbuf),
-                                as_float<T>(be, Wt, wbuf), bias, offset, out);
+    const float* xf = as_float<T>(be, X, xbuf);
+    const float* wf = as_float<T>(be, Wt, wbuf);
+    const float* mf = as_float<T>(be, M, mbuf);
+    if (p.kernelTaps == 1 && offset == nullptr) {
+      // 1x1: the NCHW gather reads each input plane once, as a transpose would
+      sai_cpu::sparse_sample_conv(be, p, false, xf, mf, wf, bias, offset, out);
+    } else {
+      // kxk / deformable: X to NHWC once, then contiguous channel runs per tap (the NHWC kernel path)
+      static thread_local sai_cpu::FloatBuffer xt_buf;  // reused: no page faults per call
+      float* xt = xt_buf.get(static_cast<int64_t>(p.N) * p.C * p.H * p.W);
+      const int64_t C = p.C, H = p.H, Wd = p.W;
+      be.parallel_for(0, static_cast<int64_t>(p.N) * H, 1, [&](int64_t b, int64_t e) {
+        for (int64_t nh = b; nh < e; ++nh) {
+          const int64_t n = nh / H, y = nh % H;
+          float* dst = xt + nh * Wd * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const float* src = xf + ((n * C + c) * H + y) * Wd;
+            for (int64_t x = 0; x < Wd; ++x) dst[x * C + c] = src[x];
+          }
+        }
+      });
+      std::vector<float> wop_local;
+      const float* wop = nullptr;
+      if (!w_nhwc.empty() && w_nhwc_shape == ws) {
+        wop = w_nhwc.data();
+      } else {
+        wop_local = sai_cpu::weight_nhwc_operand(p, wf);
+        wop = wop_local.data();
+      }
+      sai_cpu::sparse_sample_conv(be, p, true, xt, mf, wop, bias, offset, out, /*out_nchw=*/true);
+    }
     store<T>(be, out, Y.GetTensorMutableData<T>(), n_out);
     return nullptr;
   }
@@ -463,13 +526,37 @@ struct SparseSampleConvOp : Ort::CustomOpBase<SparseSampleConvOp<T>, SparseSampl
     const std::string node = node_name(info);
     const std::string w = where("SparseSampleConv", node);
     try {
-      auto* k = new SparseSampleConvKernel<T>{node, w, read_conv_attrs(info, w)};
+      auto* k = new SparseSampleConvKernel<T>{node, w, read_conv_attrs(info, w), {}, {}};
+      precompute_weight(info, k);
       *kernel = k;
       return nullptr;
     } catch (const NodeError& e) {
       return make_status(ORT_INVALID_ARGUMENT, e.message);
     } catch (const std::exception& e) {
       return make_status(ORT_FAIL, w + e.what());
+    }
+  }
+  // A constant float32 W (an initializer) is laid out for the NHWC path once, here.
+  static void precompute_weight(const OrtKernelInfo* info, SparseSampleConvKernel<T>* k) {
+    if constexpr (std::is_same_v<T, float>) {
+      int is_constant = 0;
+      const OrtValue* value = nullptr;
+      OrtStatus* st = g_api->KernelInfoGetConstantInput_tensor(info, 2, &is_constant, &value);
+      if (st != nullptr) {
+        g_api->ReleaseStatus(st);
+        return;
+      }
+      if (!is_constant || value == nullptr) return;
+      Ort::ConstValue v{value};
+      const std::vector<int64_t> ws = v.GetTensorTypeAndShapeInfo().GetShape();
+      if (ws.size() != 4 || ws[0] < 1 || ws[1] < 1 || ws[0] % k->a.group != 0 || ws[2] * ws[3] == 1) return;
+      sai::SaiConvParams p;
+      p.groups = static_cast<int32_t>(k->a.group);
+      p.cinPerGroup = static_cast<int32_t>(ws[1]);
+      p.coutPerGroup = static_cast<int32_t>(ws[0] / k->a.group);
+      p.kernelTaps = static_cast<int32_t>(ws[2] * ws[3]);
+      k->w_nhwc = sai_cpu::weight_nhwc_operand(p, v.GetTensorData<float>());
+      k->w_nhwc_shape = ws;
     }
   }
   const char* GetName() const { return "SparseSampleConv"; }
