@@ -46,6 +46,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -68,6 +75,9 @@ class ServerProcess:
 
     def rss(self) -> float:
         return _rss_mib(self.proc.pid)
+
+    def cpu(self) -> float:
+        return _cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -266,27 +276,34 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                 str(args.threads), str(args.max_delay_ms)])
         new = servers["new"]
         soak(new.port, grpc_port, model, KINDS_NEW, 20 * args.clients, args.clients, x, ref)  # warm-up
-        rss0 = new.rss()
-        report["new_mixed"] = summarize([soak(new.port, grpc_port, model, KINDS_NEW, args.requests, args.clients,
-                                              x, ref)])
-        report["new_mixed"]["rss_mib"] = [rss0, new.rss()]
+        rss = [new.rss()]  # after the warm-up, after the first half, after the second (flat: no growth per half)
+        halves = []
+        for n in (args.requests // 2, args.requests - args.requests // 2):
+            halves.append(soak(new.port, grpc_port, model, KINDS_NEW, n, args.clients, x, ref))
+            rss.append(new.rss())
+        report["new_mixed"] = summarize(halves)
+        report["new_mixed"]["rss_mib"] = rss
         if "old" in servers:  # the same /v1 load on both, in alternating rounds (the machine's load drifts)
             old = servers["old"]
             soak(old.port, None, model, KINDS_OLD, 20 * args.clients, args.clients, x, ref)
             rounds, runs = 4, {"new": [], "old": []}
             rss_old0 = old.rss()
             b0 = {name: batch_stats(servers[name].port) for name in ("new", "old")}
+            cpu = {"new": 0.0, "old": 0.0}
             for _ in range(rounds):
                 for name in ("old", "new"):
                     srv = servers[name]
+                    c0 = srv.cpu()
                     runs[name].append(soak(srv.port, None, model, KINDS_OLD, max(args.clients, n_base // rounds),
                                            args.clients, x, ref))
+                    cpu[name] += srv.cpu() - c0
             report["new_v1"], report["old_v1"] = summarize(runs["new"]), summarize(runs["old"])
             report["old_v1"]["rss_mib"] = [rss_old0, old.rss()]
             for name in ("new", "old"):
                 (r0, m0), (r1, m1) = b0[name], batch_stats(servers[name].port)
                 runs_n = r1 - r0
                 report[f"{name}_v1"]["mean_batch"] = (r1 * m1 - r0 * m0) / runs_n if runs_n else float("nan")
+                report[f"{name}_v1"]["server_cpu_ms_per_request"] = cpu[name] * 1e3 / report[f"{name}_v1"]["requests"]
     finally:
         for srv in servers.values():
             srv.stop()
@@ -301,9 +318,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _print(r: dict) -> None:
     def line(name: str, s: dict) -> None:
         print(f"{name}: {s['requests']} requests in {s['wall_s']:.1f} s = {s['throughput_rps']:.0f} req/s, "
-              f"{s['errors']} unexpected errors" + (f", server RSS {s['rss_mib'][0]:.0f} -> {s['rss_mib'][1]:.0f} MiB"
-                                                    if "rss_mib" in s else "")
-              + (f", {s['mean_batch']:.2f} images per engine run" if "mean_batch" in s else ""))
+              f"{s['errors']} unexpected errors"
+              + (f", server RSS {' -> '.join(f'{v:.0f}' for v in s['rss_mib'])} MiB" if "rss_mib" in s else "")
+              + (f", {s['mean_batch']:.2f} images per engine run" if "mean_batch" in s else "")
+              + (f", server CPU {s['server_cpu_ms_per_request']:.2f} ms/request" if "server_cpu_ms_per_request" in s
+                 else ""))
         for k, v in s["kinds"].items():
             if v["n"]:
                 print(f"  {k:15s} n={v['n']:6d}  p50 {v['p50_ms']:7.2f} ms  p99 {v['p99_ms']:7.2f} ms")

@@ -33,6 +33,7 @@ from sai.runtime.serve import (
 
 JSON = "application/json"
 DISCARD_BYTES = 256 << 20
+INLINE_OUTPUT_BYTES = 16 << 10
 
 
 def protocol_class(idle_timeout: float):
@@ -112,6 +113,13 @@ async def _discard_body(server: InferenceServer, request: Request) -> None:
             break
 
 
+async def _encode(fn, outs, *args):
+    """Small outputs (a classifier's logits) are encoded on the loop, saving a thread hop; large ones on a thread."""
+    if sum(v.nbytes for v in outs.values()) <= INLINE_OUTPUT_BYTES:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
+
+
 async def _in_thread(fn, *args):
     """Decoding, checks and encoding run on worker threads: the event loop only moves bytes, so it keeps
     answering /healthz under any body, and requests are decoded in parallel (measured with serve_bench: as
@@ -173,7 +181,7 @@ def make_app(server: InferenceServer) -> Starlette:
 
             feeds = await _in_thread(decode)
             outs = await await_result(server, server.submit(feeds))
-            resp = await _in_thread(_v1_response, request, ctype, binary, outs)
+            resp = await _encode(_v1_response, outs, request, ctype, binary, outs)
             status = 200
         except HTTPError as exc:
             resp, status = _v1_error(exc, close or server.draining), exc.status
@@ -281,8 +289,8 @@ def make_app(server: InferenceServer) -> Starlette:
 
             req, fut = await _in_thread(decode)
             outs = await await_result(server, fut)
-            payload, header_len = await _in_thread(kserve.encode_infer_response, server.model_name,
-                                                   server.model_version, req, outs, server.labels)
+            payload, header_len = await _encode(kserve.encode_infer_response, outs, server.model_name,
+                                                server.model_version, req, outs, server.labels)
             if header_len is None:
                 resp = Response(payload, 200, media_type=JSON)
             else:
