@@ -62,7 +62,13 @@ SPECS: dict[str, dict] = {
     "mask_partition_fp16": {
         "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": "fp16",
         "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["m_ptr", "idx_ptr", "cnt_ptr"],
-        "grid": "(cdiv(P, 1024), 1, 1); MODE_LT1 is a runtime-free constexpr: one spec per mode",
+        "grid": "(cdiv(P, 1024), 1, 1); MODE_LT1 is a constexpr: one spec per mode",
+        "variants": {"gt0": {"MODE_LT1": False}, "lt1": {"MODE_LT1": True}},
+    },
+    "mask_partition_fp32": {
+        "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": "float32",
+        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["m_ptr", "idx_ptr", "cnt_ptr"],
+        "grid": "(cdiv(P, 1024), 1, 1)",
         "variants": {"gt0": {"MODE_LT1": False}, "lt1": {"MODE_LT1": True}},
     },
     "sparse_conv_fp16_k3": _conv("float16", 3, False),
@@ -93,9 +99,14 @@ def _signature(jit, spec: dict, const: dict) -> dict[str, str]:
     for arg in jit.arg_names:
         if arg in const:
             sig[arg] = "constexpr"
+        elif arg in ("idx_ptr", "cnt_ptr"):
+            sig[arg] = "*i32"
+        elif arg == "m_ptr":  # the mask may be fp32 beside fp16/bf16 data (the plugins accept both)
+            sig[arg] = f"*{_TT[spec.get('mask_dtype', spec['dtype'])]}"
+        elif arg == "b_ptr" and spec["kernel"] == "interpolate_kernel":
+            sig[arg] = "*fp32"
         elif arg.endswith("_ptr"):
-            sig[arg] = "*i32" if arg in ("idx_ptr", "cnt_ptr") else (
-                "*fp32" if arg == "b_ptr" and spec["kernel"] == "interpolate_kernel" else f"*{tt}")
+            sig[arg] = f"*{tt}"
         elif arg in ("HALF_S2", "NORM", "EPS"):
             sig[arg] = "fp32"
         else:
