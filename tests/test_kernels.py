@@ -392,3 +392,22 @@ def test_public_signatures_are_those_of_the_reference_ops():
         ref = inspect.signature(getattr(ops, name))
         assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == \
                [(p.name, p.default, p.kind) for p in ref.parameters.values()], name
+
+
+def test_cpp_launcher_with_a_fake_driver(tmp_path):
+    """The driver-API launcher against fake cu* functions: image choice per arch, per-context cache,
+    shared-memory opt-in, parameters with the two hidden scratch pointers (no GPU, no libcuda)."""
+    import shutil
+    import subprocess
+
+    from sai.kernels import aot
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    launcher = aot.LAUNCHER_DIR
+    exe = tmp_path / "launcher_test"
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{aot.cuda_include_dir()}",
+                    f"-I{launcher}", str(launcher / "sai_kernel_launcher.cpp"),
+                    str(launcher / "test" / "launcher_test.cpp"), "-o", str(exe)], check=True)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "launcher_test: OK" in proc.stdout, proc.stdout + proc.stderr
