@@ -18,6 +18,7 @@ Triton's ``nv_inference_*`` names with ``model``/``version`` labels beside the `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import math
@@ -491,6 +492,8 @@ class InferenceServer:
         self.batcher = Batcher(engine, self.metrics, self.max_batch, max_delay_ms, max_queue)
         self.ready = threading.Event()
         self.draining = False
+        self._admit = threading.Condition()  # requests admitted before the drain, not yet queued
+        self._admitted = 0
         self.host = host
         self.sock = _listen(host, int(port), backlog)
         self.port = self.sock.getsockname()[1]
@@ -535,10 +538,12 @@ class InferenceServer:
         """Graceful: readiness turns false and new requests get 503; queued and running ones finish."""
         if self._stopped.is_set():
             return
-        self.draining = True
-        self.ready.clear()
-        self.batcher.drain_and_stop(timeout)
         deadline = time.monotonic() + timeout
+        with self._admit:  # requests that arrived before this are drained too: wait until they are queued
+            self.draining = True
+            self.ready.clear()
+            self._admit.wait_for(lambda: self._admitted == 0, timeout)
+        self.batcher.drain_and_stop(max(0.0, deadline - time.monotonic()))
         while self.metrics.inflight and time.monotonic() < deadline:  # responses being written
             time.sleep(0.01)
         if self._grpc is not None:
@@ -560,9 +565,22 @@ class InferenceServer:
         self.stop()
 
     # -- the inference path both front ends share --------------------------------------------------
+    @contextlib.contextmanager
+    def admitted(self):
+        """Admit a request that has arrived (503 once the drain began) for the time it is decoded and queued;
+        ``stop`` waits for admitted requests to reach the queue, so they are drained, not refused."""
+        with self._admit:
+            if self.draining:
+                raise HTTPError(503, "server is shutting down")
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._admit:
+                self._admitted -= 1
+                self._admit.notify_all()
+
     def submit(self, feeds: dict[str, np.ndarray]) -> Future:
-        if self.draining:
-            raise HTTPError(503, "server is shutting down")
         try:
             return self.batcher.submit(feeds)
         except QueueFull as exc:

@@ -162,11 +162,12 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
             status = 200
             try:
                 try:
-                    req = decode_infer_request(request, engine)
                     from sai.runtime.serve import check_request
 
-                    req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
-                    fut = server.submit(req.feeds)
+                    with server.admitted():
+                        req = decode_infer_request(request, engine)
+                        req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
+                        fut = server.submit(req.feeds)
                     try:
                         outs = fut.result(timeout=server.request_timeout)
                     except TimeoutError:

@@ -170,8 +170,6 @@ def make_app(server: InferenceServer) -> Starlette:
             except HTTPError as exc:
                 close = exc.status in (411, 413)
                 raise
-            if server.draining:
-                raise HTTPError(503, "server is shutting down")
             ctype = request.headers.get("content-type", JSON)
             binary = not ctype.lower().startswith(JSON)
 
@@ -179,8 +177,10 @@ def make_app(server: InferenceServer) -> Starlette:
                 feeds = decode_request(ctype, request.headers, body, server.engine, server.max_batch)
                 return check_request(feeds, server.engine, server.max_batch, strict_dtype=binary)
 
-            feeds = await _in_thread(decode)
-            outs = await await_result(server, server.submit(feeds))
+            with server.admitted():
+                feeds = await _in_thread(decode)
+                fut = server.submit(feeds)
+            outs = await await_result(server, fut)
             resp = await _encode(_v1_response, outs, request, ctype, binary, outs)
             status = 200
         except HTTPError as exc:
@@ -280,14 +280,13 @@ def make_app(server: InferenceServer) -> Starlette:
             _model(request, "/v2/infer")
             counted = True
             body = await _read_body(server, request)
-            if server.draining:
-                raise HTTPError(503, "server is shutting down")
 
             def decode():
                 doc, tail = kserve.split_http_body(body, request.headers.get(HEADER_LENGTH.lower()))
                 return server.infer_v2(doc, tail)
 
-            req, fut = await _in_thread(decode)
+            with server.admitted():
+                req, fut = await _in_thread(decode)
             outs = await await_result(server, fut)
             payload, header_len = await _encode(kserve.encode_infer_response, outs, server.model_name,
                                                 server.model_version, req, outs, server.labels)
