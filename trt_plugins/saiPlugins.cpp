@@ -64,7 +64,7 @@ IPluginCreatorInterface* const* saiCreators(int32_t& nbCreators)
 struct LoadTimeRegistration
 {
     IPluginRegistry* registry{nullptr};
-    void const* owner{nullptr}; //!< load address of the libnvinfer that provided the registry
+    void const* owner{nullptr}; //!< load address of the object (libnvinfer) that provided the registry
     int32_t registered{0};      //!< creators registered there
 };
 LoadTimeRegistration gLoadTime;
@@ -94,9 +94,8 @@ char const* baseName(char const* path)
     return slash != nullptr ? slash + 1 : path;
 }
 
-//! The shared object holding `addr` if it is one of TensorRT's runtimes (libnvinfer.so.*,
-//! libnvinfer_lean.so.*, libnvinfer_dispatch.so.*), else nullptr.
-void const* tensorrtObjectOf(void const* addr, char const** name = nullptr)
+//! Load address of the shared object holding `addr` (nullptr if none); its path in `name`.
+void const* objectOf(void const* addr, char const** name = nullptr)
 {
     Dl_info info{};
     if (addr == nullptr || dladdr(addr, &info) == 0 || info.dli_fname == nullptr)
@@ -107,7 +106,15 @@ void const* tensorrtObjectOf(void const* addr, char const** name = nullptr)
     {
         *name = info.dli_fname;
     }
-    return std::strncmp(baseName(info.dli_fname), "libnvinfer", 10) == 0 ? info.dli_fbase : nullptr;
+    return info.dli_fbase;
+}
+
+//! `addr` lies in one of TensorRT's runtimes (libnvinfer.so.*, libnvinfer_lean.so.*,
+//! libnvinfer_dispatch.so.*).
+bool inTensorRT(void const* addr)
+{
+    char const* name = nullptr;
+    return objectOf(addr, &name) != nullptr && std::strncmp(baseName(name), "libnvinfer", 10) == 0;
 }
 
 //! True while a TensorRT runtime is on the stack, i.e. TensorRT's loadLibrary is loading us.
@@ -117,7 +124,7 @@ bool loadedByTensorRT()
     int const n = backtrace(frames, 96);
     for (int i = 1; i < n; ++i)
     {
-        if (tensorrtObjectOf(frames[i]) != nullptr)
+        if (inTensorRT(frames[i]))
         {
             return true;
         }
@@ -207,7 +214,7 @@ __attribute__((constructor)) void saiRegisterOnLoad()
     }
     char const* owner = "";
     gLoadTime.registry = registry;
-    gLoadTime.owner = tensorrtObjectOf(reinterpret_cast<void const*>(getRegistry), &owner);
+    gLoadTime.owner = objectOf(reinterpret_cast<void const*>(getRegistry), &owner);
     int32_t n = 0;
     IPluginCreatorInterface* const* creators = saiCreators(n);
     for (int32_t i = 0; i < n; ++i)
@@ -241,7 +248,7 @@ extern "C" SAI_PLUGIN_EXPORT __attribute__((noinline)) IPluginCreatorInterface* 
     // load, hand it nothing: registering a creator twice makes loadLibrary fail.
     if (gLoadTime.registered > 0)
     {
-        void const* caller = tensorrtObjectOf(__builtin_return_address(0));
+        void const* caller = objectOf(__builtin_return_address(0));
         if (caller != nullptr && caller == gLoadTime.owner)
         {
             debugLog("getCreators: the creators are already registered in this registry (on load): returning none");
