@@ -503,6 +503,9 @@ class InferenceServer:
             from sai.runtime.serve_grpc import make_grpc_server
 
             self._grpc, self.grpc_port = make_grpc_server(self, host, int(grpc_port))
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.decode_pool = ThreadPoolExecutor(8, thread_name_prefix="sai-decode")  # HTTP request decoding
         self._uvicorn = None
         self._thread: Optional[threading.Thread] = None
         self._stopped = threading.Event()
@@ -556,6 +559,7 @@ class InferenceServer:
             self.sock.close()
         except OSError:
             pass
+        self.decode_pool.shutdown(wait=False)
         self._stopped.set()
 
     def __enter__(self) -> InferenceServer:
@@ -649,14 +653,27 @@ def decompress(body: bytes, encoding: Optional[str], limit: int) -> bytes:
 
 
 async def await_result(server: InferenceServer, fut: Future) -> dict[str, np.ndarray]:
+    """The batcher's result; 504 after ``request_timeout`` (the request is cancelled, so it never runs late).
+    A timer instead of ``asyncio.wait_for``: no extra task per request."""
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.wrap_future(fut, loop=loop)
+    timed_out = []
+
+    def expire():
+        timed_out.append(True)
+        waiter.cancel()
+
+    timer = loop.call_later(server.request_timeout, expire)
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(fut), server.request_timeout)
-    except asyncio.TimeoutError:
-        raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
+        return await waiter
+    except asyncio.CancelledError:
+        if timed_out:
+            raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
+        raise
+    except Exception as exc:
         raise server.engine_error(exc) from None
+    finally:
+        timer.cancel()
 
 
 def serve_forever(server: InferenceServer, on_ready=None, install_signals: bool = True) -> int:

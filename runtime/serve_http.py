@@ -7,12 +7,12 @@ worker thread, then queued on the server's batcher; the handler awaits the batch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Optional
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -113,18 +113,18 @@ async def _discard_body(server: InferenceServer, request: Request) -> None:
             break
 
 
-async def _encode(fn, outs, *args):
+async def _encode(server: InferenceServer, fn, outs, *args):
     """Small outputs (a classifier's logits) are encoded on the loop, saving a thread hop; large ones on a thread."""
     if sum(v.nbytes for v in outs.values()) <= INLINE_OUTPUT_BYTES:
         return fn(*args)
-    return await run_in_threadpool(fn, *args)
+    return await _in_thread(server, fn, *args)
 
 
-async def _in_thread(fn, *args):
-    """Decoding, checks and encoding run on worker threads: the event loop only moves bytes, so it keeps
-    answering /healthz under any body, and requests are decoded in parallel (measured with serve_bench: as
-    fast as the thread-per-connection server on /v1, where decoding on the loop was 0.7-0.8x of it)."""
-    return await run_in_threadpool(fn, *args)
+async def _in_thread(server: InferenceServer, fn, *args):
+    """Decoding and checks run on the server's worker threads (a plain executor, lighter than anyio's): the event
+    loop only moves bytes, so it keeps answering /healthz under any body, and requests are decoded in parallel
+    (serve_bench: decoding on the loop formed smaller dynamic batches and gave less throughput)."""
+    return await asyncio.get_running_loop().run_in_executor(server.decode_pool, fn, *args)
 
 
 def make_app(server: InferenceServer) -> Starlette:
@@ -178,10 +178,10 @@ def make_app(server: InferenceServer) -> Starlette:
                 return check_request(feeds, server.engine, server.max_batch, strict_dtype=binary)
 
             with server.admitted():
-                feeds = await _in_thread(decode)
+                feeds = await _in_thread(server, decode)
                 fut = server.submit(feeds)
             outs = await await_result(server, fut)
-            resp = await _encode(_v1_response, outs, request, ctype, binary, outs)
+            resp = await _encode(server, _v1_response, outs, request, ctype, binary, outs)
             status = 200
         except HTTPError as exc:
             resp, status = _v1_error(exc, close or server.draining), exc.status
@@ -286,9 +286,9 @@ def make_app(server: InferenceServer) -> Starlette:
                 return server.infer_v2(doc, tail)
 
             with server.admitted():
-                req, fut = await _in_thread(decode)
+                req, fut = await _in_thread(server, decode)
             outs = await await_result(server, fut)
-            payload, header_len = await _encode(kserve.encode_infer_response, outs, server.model_name,
+            payload, header_len = await _encode(server, kserve.encode_infer_response, outs, server.model_name,
                                                 server.model_version, req, outs, server.labels)
             if header_len is None:
                 resp = Response(payload, 200, media_type=JSON)
