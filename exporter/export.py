@@ -489,6 +489,12 @@ def export_onnx(
         raise SaiError(f"input shape {list(shape)}: H and W must be at least 32 for {arch} (total stride 32)")
     check_trace_memory(shape, stem.out_channels if stem is not None else 64, arch)
 
+    # how to feed it (preprocessing) and read it (class names): from the checkpoint (checked before the slow
+    # trace), see exporter/metadata.py
+    ck_meta = metadata.checkpoint_meta(checkpoint) if checkpoint is not None else {}
+    channels = stem.in_channels if stem is not None else 3
+    norm = (metadata.canonical_input_norm(input_norm, "given", channels) if input_norm is not None
+            else metadata.input_norm_from_checkpoint(ck_meta, channels))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     noise_specs, noise = _noise(model, shape)
     with torch.no_grad():
@@ -509,11 +515,6 @@ def export_onnx(
         functions.inline_functions(proto)
 
     sampling_mode = _model_sampling(model)
-    # how to feed it (preprocessing) and read it (class names): from the checkpoint, see exporter/metadata.py
-    ck_meta = metadata.checkpoint_meta(checkpoint) if checkpoint is not None else {}
-    channels = stem.in_channels if stem is not None else 3
-    norm = (metadata.canonical_input_norm(input_norm, "given", channels) if input_norm is not None
-            else metadata.input_norm_from_checkpoint(ck_meta, channels))
     import sai
 
     meta = {

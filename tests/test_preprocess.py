@@ -271,3 +271,27 @@ def test_torch_preprocessing_is_the_same_table(layout, color):
     np.testing.assert_array_equal(got.numpy(), pre.preprocess(x, norm, 3, color=color))
     with pytest.raises(rt.InputError, match="must be uint8"):
         pre.preprocess_torch(torch.zeros(shape), norm, 3)
+
+
+def test_given_input_norm_is_recorded_and_applied(tmp_path):
+    """export_onnx(input_norm=...) for a model whose checkpoint records none: recorded as 'given', applied."""
+    from runtime_helpers import tiny_model
+
+    from sai.exporter import export_onnx, read_metadata
+
+    path = tmp_path / "m.onnx"
+    given = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": 0.25, "color": "BGR"}
+    res = export_onnx(tiny_model(), path, input_shape=(1, 3, 32, 32), input_norm=given)
+    import onnx
+
+    norm = read_metadata(onnx.load(str(path)))["input_norm"]
+    assert res.metadata["input_norm"] == norm and norm["source"] == "given" and norm["std"] == [0.25] * 3
+    assert norm["color"] == "BGR"
+    with rt.load(path, threads=1) as e:
+        x = np.random.default_rng(2).integers(0, 256, (1, 3, 32, 32)).astype(np.uint8)
+        ref = e.infer(demo_data.normalize(torch.from_numpy(x)).numpy())["logits"]
+        np.testing.assert_allclose(e.infer(x)["logits"], ref, rtol=1e-4, atol=1e-4)
+        # RGB pixels for a BGR model: flipped on the way in
+        np.testing.assert_allclose(e.infer(x[:, ::-1], color="RGB")["logits"], ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SaiError, match="input_norm needs mean and std"):
+        export_onnx(tiny_model(), tmp_path / "bad.onnx", input_shape=(1, 3, 32, 32), input_norm={"scale": 1.0})
