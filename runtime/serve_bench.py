@@ -272,8 +272,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             if src is None:
                 report["old_v1"] = f"skipped: no git revision {args.baseline_rev} here"
             else:
-                servers["old"] = ServerProcess([sys.executable, "-c", _OLD_MAIN, str(src), args.model, args.backend,
-                                                str(args.threads), str(args.max_delay_ms)])
+                try:
+                    servers["old"] = ServerProcess([sys.executable, "-c", _OLD_MAIN, str(src), args.model,
+                                                    args.backend, str(args.threads), str(args.max_delay_ms)])
+                finally:  # the server has imported it (or failed): the temporary copy can go
+                    import shutil
+
+                    shutil.rmtree(src.parent, ignore_errors=True)
         new = servers["new"]
         soak(new.port, grpc_port, model, KINDS_NEW, 20 * args.clients, args.clients, x, ref)  # warm-up
         rss = [new.rss()]  # after the warm-up, after the first half, after the second (flat: no growth per half)
