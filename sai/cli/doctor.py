@@ -181,8 +181,8 @@ def run_checks() -> list[Check]:
          "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library (libnvinfer)"),
         ("cuda.bindings.runtime", "GPU memory, streams and CUDA graphs of the tensorrt backend (cuda-python)",
          "pip install 'cuda-python>=12,<14'"),
-        ("tritonclient.grpc.model_config_pb2", "checking config.pbtxt against Triton's schema in the tests "
-         "(sai export-triton itself works without it)", "pip install 'tritonclient[grpc]>=2.50,<3'"),
+        ("tritonclient.grpc.model_config_pb2", "sai export-triton (configs are built as Triton's ModelConfig "
+         "protobuf) and the KServe v2 gRPC endpoint of sai serve", "pip install 'sai-deploy[triton]'"),
     ]
     for module, disables, fix in table:
         ok, detail = _module_version(module)
