@@ -70,7 +70,7 @@ KERNELS_OUT ?= build/kernels
 kernels: install
 	env -u TRITON_INTERPRET $(PY) -m sai.kernels.aot --out $(KERNELS_OUT) --jobs 2 --cxx
 
-# The one prepared GPU run (DESIGN.md 6): on a GPU machine it writes $(OUT)/gpu-check.json in a few
+# The one prepared GPU run (docs/design.md 6): on a GPU machine it writes $(OUT)/gpu-check.json in a few
 # minutes; without a GPU it runs end to end under the Triton interpreter at tiny sizes. No install
 # step: a lent GPU machine has no network, so the script runs from the checkout with the machine's
 # python (torch + triton there); GPU_CHECK_ARGS e.g. --write-configs --budget-s 300.

@@ -1,6 +1,6 @@
 """fp16 ONNX with the mask subgraph kept in fp32 (TensorRT 11 networks are strongly typed).
 
-Weights and activations become float16 in the file itself. The mask subgraph (DESIGN.md 3.1: mask
+Weights and activations become float16 in the file itself. The mask subgraph (docs/design.md 3.1: mask
 conv, sigmoid, Gumbel noise, grid prior, threshold) stays float32 so fp16 rounding cannot flip a
 mask decision inside it; its input (the block activation) is cast up and the finished mask is cast
 down where it enters a ``sai`` node. Graph inputs and outputs stay float32 (a Cast at each end), so

@@ -1,6 +1,6 @@
 """ONNX model-local functions (domain ``sai``) for the two custom ops: sparse and dense bodies.
 
-These are the ONNX faces of ``models/ops.py: sparse_sample_conv / interpolate`` (DESIGN.md 3.2,
+These are the ONNX faces of ``models/ops.py: sparse_sample_conv / interpolate`` (docs/design.md 3.2,
 3.3). A portable model carries them so any ONNX runtime (onnxruntime, ``polygraphy run --onnxrt``)
 runs the custom nodes as is; the TensorRT target strips them and keeps the ``sai`` opset import;
 the onnx-native target inlines them.
@@ -91,7 +91,7 @@ def sparse_sample_conv_function(opset: int) -> FunctionProto:
         DOMAIN, SSC, ["X", "M", "W", "B"], ["Y"], nodes,
         [helper.make_opsetid("", opset)],
         attribute_protos=_conv_attr_defaults(),
-        doc_string="Dense-equivalent body of sai::SparseSampleConv (DESIGN.md 3.2).",
+        doc_string="Dense-equivalent body of sai::SparseSampleConv (docs/design.md 3.2).",
     )
 
 
@@ -154,7 +154,7 @@ def _grouped_matmul_rows_and_output() -> list[onnx.NodeProto]:
 
 
 def sparse_sample_conv_sparse_function(opset: int) -> FunctionProto:
-    """``SparseSampleConv`` sparse body: compute only the rows where ``M > 0`` (DESIGN.md 1).
+    """``SparseSampleConv`` sparse body: compute only the rows where ``M > 0`` (docs/design.md 1).
 
     ``NonZero(M > 0)`` -> (n, oy, ox) -> tap coordinates in the padded input -> ``GatherND`` from
     ``[g, N, Hp, Wp, Cin/g]`` (one transpose of the input) -> ``MatMul`` with the weights as
@@ -257,7 +257,7 @@ def sparse_sample_conv_sparse_function(opset: int) -> FunctionProto:
         DOMAIN, SSC, ["X", "M", "W", "B"], ["Y"], nodes,
         [helper.make_opsetid("", opset)],
         attribute_protos=_conv_attr_defaults(),
-        doc_string="Sparse body of sai::SparseSampleConv: only the rows with M > 0 (DESIGN.md 1, 3.2).",
+        doc_string="Sparse body of sai::SparseSampleConv: only the rows with M > 0 (docs/design.md 1, 3.2).",
     )
 
 
@@ -306,7 +306,7 @@ def sparse_sample_conv_pointwise_function(opset: int) -> FunctionProto:
         [helper.make_opsetid("", opset)],
         attribute_protos=_conv_attr_defaults(),
         overload=POINTWISE_OVERLOAD,
-        doc_string="Sparse body of sai::SparseSampleConv for 1x1 kernels (DESIGN.md 1, 3.2).",
+        doc_string="Sparse body of sai::SparseSampleConv for 1x1 kernels (docs/design.md 1, 3.2).",
     )
 
 
@@ -337,7 +337,7 @@ def sparse_sample_deform_conv_sparse_function(opset: int) -> FunctionProto:
     the image, index clamped into it) -> one ``Gather`` of the corner rows from ``X`` as
     ``[N*H*W*dg, Cin/dg]`` -> weighted sum over the corners -> ``[K, kh*kw, Cin]`` -> per group
     ``MatMul`` with ``W`` as ``[g, kh*kw*Cin/g, Cout/g]`` -> bias, activation -> NCHW (the tail of
-    the non-deformable sparse body). DeformConv v1 semantics (DESIGN.md 3.2); any kernel, strides,
+    the non-deformable sparse body). DeformConv v1 semantics (docs/design.md 3.2); any kernel, strides,
     dilations, pads, groups, deform groups and batch; ``group`` and ``deform_groups`` independent.
     """
     i64 = TensorProto.INT64
@@ -501,7 +501,7 @@ def sparse_sample_deform_conv_sparse_function(opset: int) -> FunctionProto:
         [helper.make_opsetid("", opset)],
         attribute_protos=_conv_attr_defaults(),
         overload=DEFORM_OVERLOAD,
-        doc_string="Sparse body of sai::SparseSampleConv with Offset: only the rows with M > 0 (DESIGN.md 3.2).",
+        doc_string="Sparse body of sai::SparseSampleConv with Offset: only the rows with M > 0 (docs/design.md 3.2).",
     )
 
 
@@ -526,7 +526,7 @@ def _in_float32(nodes: list[onnx.NodeProto], inputs: tuple[str, ...], output: st
 
 
 def interpolate_function(opset: int, separable: bool = False, depthwise: bool = False) -> FunctionProto:
-    """``Interpolate`` body: the formula of DESIGN.md 3.3 in standard ops.
+    """``Interpolate`` body: the formula of docs/design.md 3.3 in standard ops.
 
     The depthwise Gaussian sum runs as a 1-channel ``Conv`` over ``[N*C, 1, H, W]`` (a ``group``
     attribute cannot depend on the channel count inside a function); ``auto_pad=SAME_UPPER`` with
@@ -699,7 +699,7 @@ def interpolate_function(opset: int, separable: bool = False, depthwise: bool = 
             helper.make_attribute("plugin_version", "1"),
             helper.make_attribute("plugin_namespace", "sai"),
         ],
-        doc_string="Body of sai::Interpolate (DESIGN.md 3.3)" + (", separable Gaussian." if separable else "."),
+        doc_string="Body of sai::Interpolate (docs/design.md 3.3)" + (", separable Gaussian." if separable else "."),
     )
 
 

@@ -1,11 +1,11 @@
-"""The sampling mask (DESIGN.md 3.1) as one node while exporting, standard ONNX ops in the file.
+"""The sampling mask (docs/design.md 3.1) as one node while exporting, standard ONNX ops in the file.
 
 Why: torch.export traces every elementwise op of the mask (sigmoid, logs, Gumbel noise, the
 grid prior's aranges, threshold: about 20 FX nodes per mask, two masks per block) with symbolic
 H/W, and each op pays for sympy reasoning about nested conv-output sizes. The masks were ~70% of
 the traced graph and most of the export time. During export the fused blocks' ``mask_from_logit``
 is routed to one custom op ``sai_export::sampling_mask`` (its eager body *is* ``mask_from_logit``),
-whose translation below writes exactly the DESIGN.md 3.1 formula in standard ONNX ops. The ONNX
+whose translation below writes exactly the docs/design.md 3.1 formula in standard ONNX ops. The ONNX
 file is the same kind of graph as before (no ``sai_export`` node survives); the noise inputs are no
 longer broadcast against the logits inside torch.export, so their dims need no reconciliation.
 """
@@ -24,7 +24,7 @@ from sai.models.blocks import DELTA, mask_from_logit
 
 @torch.library.custom_op("sai_export::sampling_mask", mutates_args=())
 def sampling_mask(logit: Tensor, noise: Optional[Tensor], temperature: float, grid_interval: int) -> Tensor:
-    """Hard inference mask of DESIGN.md 3.1 (``noise`` = uniforms [N,2,H,W] or None)."""
+    """Hard inference mask of docs/design.md 3.1 (``noise`` = uniforms [N,2,H,W] or None)."""
     return mask_from_logit(logit, temperature, noise, grid_interval, hard=True)[0]
 
 
@@ -53,7 +53,7 @@ def mask_as_one_node() -> Iterator[None]:
 
 
 def translate_sampling_mask(logit, noise, temperature, grid_interval):
-    """DESIGN.md 3.1 in standard ONNX ops, op for op the order of ``mask_from_logit``."""
+    """docs/design.md 3.1 in standard ONNX ops, op for op the order of ``mask_from_logit``."""
     from onnxscript import opset18 as op
 
     def c(v):

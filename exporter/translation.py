@@ -1,7 +1,7 @@
-"""Dynamo translations of ``torch.ops.sai.*`` into plain ``sai`` custom nodes (DESIGN.md 3.2, 3.3).
+"""Dynamo translations of ``torch.ops.sai.*`` into plain ``sai`` custom nodes (docs/design.md 3.2, 3.3).
 
 The nodes are built with ``onnxscript.values.Op`` from Python ``OpSchema`` objects that are never
-registered globally (DESIGN.md 5). torch.export drops default arguments, so every attribute is
+registered globally (docs/design.md 5). torch.export drops default arguments, so every attribute is
 written explicitly. A deformable node without bias gets an empty bias slot here; the exporter
 replaces it with a zero initializer afterwards (a node never keeps an empty input name).
 """
@@ -27,7 +27,7 @@ _TYPES = ["tensor(float)", "tensor(float16)"]
 def sparse_sample_conv_schema() -> defs.OpSchema:
     return defs.OpSchema(
         SSC, DOMAIN, DOMAIN_VERSION,
-        doc="Convolution computed only where M > 0, exactly 0 elsewhere (DESIGN.md 3.2).",
+        doc="Convolution computed only where M > 0, exactly 0 elsewhere (docs/design.md 3.2).",
         inputs=[
             _FP("X", "T", "input [N,Cin,H,W]"),
             _FP("M", "T", "mask [N,1,Ho,Wo]"),
@@ -53,7 +53,7 @@ def sparse_sample_conv_schema() -> defs.OpSchema:
 def interpolate_schema() -> defs.OpSchema:
     return defs.OpSchema(
         INTERP, DOMAIN, DOMAIN_VERSION,
-        doc="Gaussian interpolation of the positions where M < 1 (DESIGN.md 3.3).",
+        doc="Gaussian interpolation of the positions where M < 1 (docs/design.md 3.3).",
         inputs=[_FP("F", "T", "feature [N,C,H,W]"), _FP("M", "T", "mask [N,1,H,W]")],
         outputs=[_FP("Y", "T", "output [N,C,H,W]")],
         type_constraints=[("T", _TYPES, "float tensors")],

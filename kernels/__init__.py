@@ -1,9 +1,9 @@
-"""sai.kernels: the GPU kernels of both sai ops, written in Triton (DESIGN.md 1 and 6).
+"""sai.kernels: the GPU kernels of both sai ops, written in Triton (docs/design.md 1 and 6).
 
 - ``sparse_sample_conv(...)`` / ``interpolate(...)``: the signatures of ``sai.models.ops``, on CUDA
   tensors (or CPU tensors under ``TRITON_INTERPRET=1``: the interpreter runs the same kernel source
   in the test suite), any memory format in, logical NCHW in channels_last memory out.
-- ``interpolate_add_relu(...)``: Interpolate with the fused bottleneck tail of DESIGN.md 3.4.
+- ``interpolate_add_relu(...)``: Interpolate with the fused bottleneck tail of docs/design.md 3.4.
 - ``python -m sai.kernels.aot``: cubins/PTX for every target arch + embedded C++ (``make kernels``).
 - ``python -m sai.kernels.gpu_check``: the one prepared GPU run (``make gpu-check``).
 - ``sai.kernels.torch_ops.register()``: the kernels as the CUDA implementation of the ``sai::`` ops.

@@ -1,4 +1,4 @@
-"""The one prepared GPU run (``make gpu-check``, DESIGN.md 6): everything a lent GPU machine should tell us.
+"""The one prepared GPU run (``make gpu-check``, docs/design.md 6): everything a lent GPU machine should tell us.
 
 ``python -m sai.kernels.gpu_check --out build/gpu-check`` (or ``python kernels/gpu_check.py`` in a
 checkout that is not installed, e.g. on a GPU machine without network) writes ``gpu-check.json`` (rewritten after
@@ -335,7 +335,7 @@ def _stage3_block(dev, dt, r: float, h: int, w: int, tiny: bool):
 
 
 def _fast_tail(blk, x):
-    """The fused Bottleneck of DESIGN.md 3.4 (fast form) on sai.kernels, the tail in one kernel."""
+    """The fused Bottleneck of docs/design.md 3.4 (fast form) on sai.kernels, the tail in one kernel."""
     import sai.kernels as K
 
     m1, m2 = blk.masks(x)

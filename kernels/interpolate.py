@@ -1,4 +1,4 @@
-"""Interpolate (DESIGN.md 3.3) as a Triton stencil computed only where M < 1.
+"""Interpolate (docs/design.md 3.3) as a Triton stencil computed only where M < 1.
 
 ``compact.partition(mask, "lt1")`` puts the positions with M < 1 first; tiles of positions x
 channels run the k x k Gaussian stencil for those rows only (the other rows copy F, and tiles wholly
@@ -10,7 +10,7 @@ F is read only where its neighbour's M > 0 (its values elsewhere must not matter
 reaches the output). ``den >= eps > 0`` so no inf or NaN appears where M == 1 or den is tiny.
 
 The optional fused epilogue ``relu(interp + bias + identity)`` is the bottleneck tail of
-DESIGN.md 3.4 (fast form) in one kernel: ``interpolate_add_relu``.
+docs/design.md 3.4 (fast form) in one kernel: ``interpolate_add_relu``.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def interpolate_add_relu(
     kernel_size: int = 7,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``relu(interpolate(feature, mask, sigma) + bias + identity)`` in one kernel (DESIGN.md 3.4, fast form)."""
+    """``relu(interpolate(feature, mask, sigma) + bias + identity)`` in one kernel (docs/design.md 3.4, fast form)."""
     name = "sai.kernels.interpolate_add_relu"
     _check(name, feature, mask, kernel_size)
     c = feature.shape[1]

@@ -1,4 +1,4 @@
-"""SparseSampleConv (DESIGN.md 3.2) as a Triton implicit GEMM over the active positions.
+"""SparseSampleConv (docs/design.md 3.2) as a Triton implicit GEMM over the active positions.
 
 Rows of the GEMM are the active output positions (``compact.partition``: M > 0 first, then the
 rest), columns the output channels of one group, and the K loop runs over taps x blocks of input

@@ -1,4 +1,4 @@
-"""Residual blocks: the official sparse Bottleneck (DESIGN.md 3.1, 3.4), a sparse BasicBlock, dense twins.
+"""Residual blocks: the official sparse Bottleneck (docs/design.md 3.1, 3.4), a sparse BasicBlock, dense twins.
 
 The sparse blocks here are the *literal official order* (training and the reference for export):
 
@@ -32,7 +32,7 @@ SIGMA_INIT = 3.0  # official: conv{1,2}_sigma = nn.Parameter(torch.tensor(3.))
 
 
 # ----------------------------------------------------------------------------------------------
-# mask math (DESIGN.md 3.1), shared by the literal and the fused blocks
+# mask math (docs/design.md 3.1), shared by the literal and the fused blocks
 # ----------------------------------------------------------------------------------------------
 
 
@@ -62,7 +62,7 @@ def mask_from_logit(
     grid_interval: int,
     hard: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Gumbel-sigmoid mask of DESIGN.md 3.1. Returns ``(mask, p)``; ``p = sigmoid(logit)``.
+    """Gumbel-sigmoid mask of docs/design.md 3.1. Returns ``(mask, p)``; ``p = sigmoid(logit)``.
 
     The official GumbelSigmoid takes a 2-way softmax of ``(log(p+d)+g1)/(T+d)`` and
     ``(log(1-p+d)+g2)/(T+d)``; its first entry is exactly the sigmoid of the difference used here.
@@ -261,7 +261,7 @@ class _SparseBase(nn.Module):
 
 
 class SparseBottleneck(_SparseBase):
-    """The official SAI Bottleneck (pytorch style: stride on conv2), DESIGN.md 3.1 / 3.4."""
+    """The official SAI Bottleneck (pytorch style: stride on conv2), docs/design.md 3.1 / 3.4."""
 
     expansion = 4
     loss_weights = (0.25, 0.75)  # official sparse loss: 0.25 * mean(p1) + 0.75 * mean(p2)

@@ -7,7 +7,7 @@ Our format (``save_checkpoint``) is a dict::
      "meta": {"arch": "sparse_resnet101", "options": {...build_model options...},
               "sai_version": ..., "torch_version": ..., **extra}}
 
-The official layout (DESIGN.md 4) has the backbone under ``backbone.`` and the neck under
+The official layout (docs/design.md 4) has the backbone under ``backbone.`` and the neck under
 ``neck.lateral_convs.{i}.conv.*`` / ``neck.fpn_convs.{i}.conv.*``; detector heads (``rpn_head.``,
 ``bbox_head.``, ...) are not part of our models and are reported as ignored. Our key names are the
 official ones without the ``backbone.`` prefix, so the mapping is by prefix only.

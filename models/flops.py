@@ -1,6 +1,6 @@
 """FLOPs (multiply-accumulates): the official SAI accounting and our count of what our kernels execute.
 
-``official_flops`` is DESIGN.md section 4 exactly (the paper's "GFlops": backbone MACs at
+``official_flops`` is docs/design.md section 4 exactly (the paper's "GFlops": backbone MACs at
 ``h = (res // 32) * 32``, ``w = (res * 5/3 // 32) * 32``, ``cost(k, cin, cout, s) = k*k*cin*cout*(h//s)*(w//s)``).
 The official calculator (``mmdet/utils/flops.py`` of SAI-Det) switches to a square ``res x res``
 classification input at ``res == 224``; ``input="auto"`` follows that rule, ``"detection"`` /
@@ -98,7 +98,7 @@ def _check_density(d: dict, name: str) -> None:
 
 def official_flops(depth: int, res: int, dcn_stages=(False, True, True, True), densities: Densities = None,
                    base_width: int = 64, input: str = "auto") -> float:
-    """The paper's backbone MACs (DESIGN.md 4). ``densities=None``: the dense baseline (no mask or
+    """The paper's backbone MACs (docs/design.md 4). ``densities=None``: the dense baseline (no mask or
     interpolation cost, offset conv in full); otherwise a float for every mask or a mapping
     ``block name -> (d1, d2)`` (or measured stats) for the sparse model.
 

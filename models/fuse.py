@@ -1,4 +1,4 @@
-"""``fuse_for_inference``: BN folding and the conv3 reorder of DESIGN.md 3.4 (the exported form).
+"""``fuse_for_inference``: BN folding and the conv3 reorder of docs/design.md 3.4 (the exported form).
 
 The fused Bottleneck computes
 
@@ -148,7 +148,7 @@ class _FusedSparseBase(nn.Module):
 
 
 class FusedSparseBottleneck(_FusedSparseBase):
-    """BN-folded, conv3-reordered sparse Bottleneck (DESIGN.md 3.4 second form)."""
+    """BN-folded, conv3-reordered sparse Bottleneck (docs/design.md 3.4 second form)."""
 
     expansion = 4
 

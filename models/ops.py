@@ -1,6 +1,6 @@
 """The two sai ops as ``torch.library`` custom ops, with PyTorch reference implementations.
 
-Semantics follow ../shared/DESIGN.md section 3 (normative):
+Semantics follow docs/design.md section 3 (normative):
 
 - ``sai::sparse_sample_conv``: ``Y = act(conv(X, W) + B)`` where ``M > 0`` and exactly 0 where
   ``M == 0``; deformable convolution v1 (ONNX ``DeformConv`` semantics, no mask input) when an
@@ -194,7 +194,7 @@ def sparse_sample_conv_reference(
     deform_groups: int,
     activation: str,
 ) -> Tensor:
-    """Dense-equivalent reference of DESIGN.md 3.2: conv, bias, activation, then zero where M == 0."""
+    """Dense-equivalent reference of docs/design.md 3.2: conv, bias, activation, then zero where M == 0."""
     if offset is None:
         xp = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
         y = F.conv2d(xp, weight, bias, stride=list(stride), dilation=list(dilation), groups=groups)
@@ -224,7 +224,7 @@ def gaussian_kernel(sigma: Union[float, Tensor], kernel_size: int, dtype=None, d
 def interpolate_reference(
     feature: Tensor, mask: Tensor, sigma: Union[float, Tensor], kernel_size: int, eps: float
 ) -> Tensor:
-    """DESIGN.md 3.3 in plain PyTorch (differentiable in feature, mask and a tensor sigma).
+    """docs/design.md 3.3 in plain PyTorch (differentiable in feature, mask and a tensor sigma).
 
     Half-precision inputs are computed in float32 and the result cast back: in fp16 the Gaussian
     weights underflow, ``den`` falls to ``eps``, ``(1 - M) / den`` overflows and ``0 * inf`` is NaN.
@@ -339,7 +339,7 @@ def sparse_sample_conv(
     offset: Optional[Tensor] = None,
     deform_groups: int = 1,
 ) -> Tensor:
-    """Convolution computed only where ``mask > 0`` (zero elsewhere); DESIGN.md 3.2.
+    """Convolution computed only where ``mask > 0`` (zero elsewhere); docs/design.md 3.2.
 
     ``padding`` is an int, a pair ``(ph, pw)`` or ONNX pads ``(top, left, bottom, right)``.
     ``offset`` switches to deformable convolution v1.
@@ -363,7 +363,7 @@ def interpolate(
     kernel_size: int = 7,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Gaussian interpolation of the positions where ``mask < 1``; DESIGN.md 3.3.
+    """Gaussian interpolation of the positions where ``mask < 1``; docs/design.md 3.3.
 
     A ``sigma`` tensor that requires grad (training) takes the differentiable reference path;
     otherwise the custom op is called with ``float(sigma)``.

@@ -147,7 +147,7 @@ def _band(n: int, g: torch.Tensor) -> torch.Tensor:
 
 def interpolate_matmul(feature: torch.Tensor, mask: torch.Tensor, sigma, kernel_size: int = 7,
                        eps: float = 1e-5) -> torch.Tensor:
-    """DESIGN.md 3.3 with the separable Gaussian as two banded matmuls (exact, differentiable in all
+    """docs/design.md 3.3 with the separable Gaussian as two banded matmuls (exact, differentiable in all
     three inputs). The training-time stand-in for ``interpolate_reference``: on the small maps of
     the demo it is several times faster on a CPU than a 7x7 depthwise conv and its backward."""
     r = (kernel_size - 1) // 2
@@ -294,7 +294,7 @@ def _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, peak, pha
 
 class deterministic_masks:  # noqa: N801 (a context manager used like a function)
     """Training forwards with the inference mask: no Gumbel noise and the hard threshold
-    ``s * (s >= 0.5)`` (DESIGN.md 3.1), at the block's current training temperature. Gradients reach
+    ``s * (s >= 0.5)`` (docs/design.md 3.1), at the block's current training temperature. Gradients reach
     the mask logits through ``s`` at the kept positions (and through ``p`` in the sparse loss)."""
 
     def __init__(self, model: nn.Module):
@@ -400,7 +400,7 @@ def flops_summary(cfg: DemoConfig, mask_stats: dict) -> dict:
     k_sparse = kernel_flops("sparse_resnet18", hw, densities=mask_stats, **common)
     k_dense = kernel_flops("resnet18", hw, densities=None, **common)
     dens = {k: (v["d1"], v["d2"]) for k, v in mask_stats.items()}
-    # official rule (DESIGN.md 4) at its smallest resolution that keeps every stage >= 1 pixel
+    # official rule (docs/design.md 4) at its smallest resolution that keeps every stage >= 1 pixel
     res = 64
     o_sparse = official_flops(18, res, dcn_stages=(0, 0, 0, 0), densities=dens, base_width=cfg.base_width)
     o_dense = official_flops(18, res, dcn_stages=(0, 0, 0, 0), densities=None, base_width=cfg.base_width)
@@ -410,7 +410,7 @@ def flops_summary(cfg: DemoConfig, mask_stats: dict) -> dict:
                    "sparse_by_op": k_sparse["by_op"], "dense_by_op": k_dense["by_op"],
                    "input_hw": list(hw)},
         "official": {"sparse_macs": o_sparse, "dense_macs": o_dense, "ratio": o_sparse / o_dense,
-                     "res": res, "note": "DESIGN.md 4 accounting (backbone only, detection-style input "
+                     "res": res, "note": "docs/design.md 4 accounting (backbone only, detection-style input "
                                          "(res//32*32) x (res*5/3//32*32), masks' densities measured here)"},
     }
 

@@ -304,7 +304,7 @@ def render_html(ctx: dict) -> str:
           "mask predictors, interpolation, stem, head)",
           f"{k['sparse_macs'] / 1e6:.2f} M", f"{k['dense_macs'] / 1e6:.2f} M", f"{k['ratio']:.3f}",
           _pct(1 - k["ratio"], 1)],
-         [f"official SAI accounting (DESIGN.md 4; backbone at res {o['res']})",
+         [f"official SAI accounting (docs/design.md 4; backbone at res {o['res']})",
           f"{o['sparse_macs'] / 1e6:.2f} M", f"{o['dense_macs'] / 1e6:.2f} M", f"{o['ratio']:.3f}",
           _pct(1 - o["ratio"], 1)]]))
     parts.append(_bench_section(ctx.get("bench")))

@@ -1,4 +1,4 @@
-"""Checkpoints: the official SAI-Det layout built here from the key list of DESIGN.md 4, our format,
+"""Checkpoints: the official SAI-Det layout built here from the key list of docs/design.md 4, our format,
 strict errors naming every key, dense (torchvision-named) initialisation."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ BN = ("weight", "bias", "running_mean", "running_var")
 
 
 def official_keys(counts=(3, 4, 23, 3), dcn=(False, True, True, True), width=64, neck=256):
-    """``{key: shape}`` of an official SAI-Det checkpoint (DESIGN.md 4), written from the doc."""
+    """``{key: shape}`` of an official SAI-Det checkpoint (docs/design.md 4), written from the doc."""
     keys = {"backbone.conv1.weight": (width, 3, 7, 7)}
     keys.update({f"backbone.bn1.{n}": (width,) for n in BN})
     inplanes, outs = width, []

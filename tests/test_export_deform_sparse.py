@@ -1,6 +1,6 @@
 """The sparse ONNX body of the deformable SparseSampleConv (overload ``deform``) in onnxruntime.
 
-References (never the body under test): ``sai.models.ops.deform_conv2d_reference`` (DESIGN.md 3.2,
+References (never the body under test): ``sai.models.ops.deform_conv2d_reference`` (docs/design.md 3.2,
 deformable conv v1) + activation + masking, and onnxruntime's own ``DeformConv`` (the dense body).
 """
 

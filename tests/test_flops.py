@@ -1,4 +1,4 @@
-"""FLOPs: the paper's numbers, the DESIGN.md 4 formula written here, and our kernel count checked
+"""FLOPs: the paper's numbers, the docs/design.md 4 formula written here, and our kernel count checked
 against MACs counted from the ops the fused model actually calls."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_official_dense_resnet101_dcn(res, gflops):
 
 
 def design_formula(res, dens, counts=(3, 4, 23, 3), dcn=(0, 1, 1, 1)):
-    """DESIGN.md section 4, written out for the sparse Bottleneck model."""
+    """docs/design.md section 4, written out for the sparse Bottleneck model."""
     h, w = (res // 32) * 32, int(res * 5 / 3 // 32) * 32
 
     def cost(k, cin, cout, s):
@@ -152,7 +152,7 @@ def test_res_224_uses_the_official_classification_input():
     assert official_input_size(224, "detection") == (224, 352)
     assert official_input_size(1000) == (992, 1664) and official_input_size(256, "classification") == (256, 256)
 
-    def formula_at(h, w, counts=(3, 4, 6, 3)):  # DESIGN.md 4, dense, any h x w
+    def formula_at(h, w, counts=(3, 4, 6, 3)):  # docs/design.md 4, dense, any h x w
         def cost(k, cin, cout, s):
             return k * k * cin * cout * (h // s) * (w // s)
         total, cin = cost(7, 3, 64, 2), 64

@@ -1,6 +1,6 @@
 """sai.kernels (the Triton GPU kernels) on the CPU under the Triton interpreter, against the reference.
 
-The oracle is the PyTorch reference of sai.models.ops (DESIGN.md 3.2 / 3.3) evaluated in float64 on
+The oracle is the PyTorch reference of sai.models.ops (docs/design.md 3.2 / 3.3) evaluated in float64 on
 the inputs rounded to the kernel's dtype, so the tolerance only has to cover the kernel's own
 roundings: fp32 (ieee) within 1e-5 relative, fp16/bf16 within a couple of their epsilons of the
 largest output. Shapes are small (the interpreter's cost is per program) but cross every tile edge:
@@ -375,7 +375,7 @@ def test_gpu_check_runs_end_to_end_under_the_interpreter(tmp_path):
     assert not [name for name, s in sections.items() if "error" in s]
     assert sections["parity"]["failed"] == 0 and sections["parity"]["passed"] >= 5
     assert "skipped" in sections["ops"]
-    assert sections["block"]["rows"][0]["fast_tail_rel_err"] < 1e-5  # DESIGN.md 3.4 fast form == fused block
+    assert sections["block"]["rows"][0]["fast_tail_rel_err"] < 1e-5  # docs/design.md 3.4 fast form == fused block
     assert all(row["finite"] for row in sections["model"]["rows"])
     tuned = json.loads((tmp_path / "configs" / "interpreter.json").read_text())
     assert tuned["sparse_sample_conv"][0]["match"]["k"] == 3 and tuned["interpolate"]

@@ -1,4 +1,4 @@
-"""SparseResNet models against an independent reference written here from DESIGN.md 3.1-3.4 and
+"""SparseResNet models against an independent reference written here from docs/design.md 3.1-3.4 and
 the official SAI-Det code (literal order: dense convs, BN, 2-way Gumbel softmax, grid prior by slice
 assignment, interpolation, conv3; deformable conv through F.grid_sample)."""
 

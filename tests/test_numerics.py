@@ -1,6 +1,6 @@
 """No silent wrong answers: NaN-free masks and interpolation in every formulation and precision.
 
-References are independent of the code under test: the sampling-mask formula of DESIGN.md 3.1
+References are independent of the code under test: the sampling-mask formula of docs/design.md 3.1
 evaluated in float64 with numpy, and the fused PyTorch model (float32, the official formula) for
 whole models. What is checked:
 - logits across [-40, 40] (and the values where onnxruntime's CPU Sigmoid rounds to 1.0000001)
@@ -29,14 +29,14 @@ from sai.exporter.functions import inline_functions  # noqa: E402
 from sai.models import noise_shapes  # noqa: E402
 from sai.models.blocks import mask_from_logit  # noqa: E402
 
-D = 1e-8  # DESIGN.md 3.1
+D = 1e-8  # docs/design.md 3.1
 T_EVAL = 0.03
 ORT_ROUNDS_UP = 17.844  # onnxruntime 1.31's CPU Sigmoid returns 1.0000001 here
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo" / "sai_demo_r18"
 
 
 def reference_mask(logit: np.ndarray, noise_u: np.ndarray | None, temperature: float) -> np.ndarray:
-    """DESIGN.md 3.1 in float64 (no grid prior), from the formula, not from sai code."""
+    """docs/design.md 3.1 in float64 (no grid prior), from the formula, not from sai code."""
     lg = logit.astype(np.float64)
     p = 1.0 / (1.0 + np.exp(-lg))
     z = np.log(p + D) - np.log(1.0 - p + D)

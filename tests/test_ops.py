@@ -1,4 +1,4 @@
-"""The sai ops against an independent implementation of DESIGN.md section 3 written here in numpy
+"""The sai ops against an independent implementation of docs/design.md section 3 written here in numpy
 (explicit tap loops, no torch conv), and against ONNX Runtime's DeformConv for deformable conv."""
 
 import math

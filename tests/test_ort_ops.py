@@ -1,6 +1,6 @@
 """libsai_ort_ops.so, the onnxruntime custom-op library of the sai ops (models/csrc/ort/, runtime/ort_ops.py).
 
-Against independent references: the PyTorch reference ops (sai.models.ops, DESIGN.md 3.2 / 3.3) and
+Against independent references: the PyTorch reference ops (sai.models.ops, docs/design.md 3.2 / 3.3) and
 the portable model's function bodies on plain onnxruntime. Single-op models across the attribute
 space, deformable convs, fp16, a whole exported model with and without the library, attributes the
 kernels cannot run rejected at session creation with the node and attribute named, run-time shape

@@ -1,5 +1,5 @@
 """The TensorRT plugins' shared kernel math (trt_plugins/common), built for the CPU, against
-independent references: torch.nn.functional.conv2d, ONNX Runtime's DeformConv, and the DESIGN.md 3.3
+independent references: torch.nn.functional.conv2d, ONNX Runtime's DeformConv, and the docs/design.md 3.3
 formula written out here with conv2d.
 
 trt_plugins/tests/cpu_ops.cpp is compiled with g++ into build/ (once per session) and loaded with
@@ -95,7 +95,7 @@ def reference_ssc(x, mask, w, b, offset, stride, pads, dil, groups, dg, act):
 
 
 def reference_interp(f, m, sigma, k, eps):
-    """DESIGN.md 3.3 written out: Gaussian kernel, depthwise conv of F*M, conv of M."""
+    """docs/design.md 3.3 written out: Gaussian kernel, depthwise conv of F*M, conv of M."""
     r = (k - 1) // 2
     ii = np.arange(-r, r + 1, dtype=np.float64)
     kern = sigma**2 / (2 * math.pi) * np.exp(-(sigma**2 / 2) * (ii[:, None] ** 2 + ii[None, :] ** 2))
@@ -245,7 +245,7 @@ def test_interpolate_matches_reference(lib, case, mask_kind):
 
 
 def test_interpolate_ignores_feature_where_mask_is_zero(lib):
-    """DESIGN.md 3.3: F's values where M == 0 must not matter (even inf/NaN)."""
+    """docs/design.md 3.3: F's values where M == 0 must not matter (even inf/NaN)."""
     rng = np.random.default_rng(3)
     n, c, h, w, k = 1, 2, 8, 9, 7
     f = rng.standard_normal((n, c, h, w)).astype(np.float32)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// CPU kernels of sai::sparse_sample_conv and sai::interpolate (DESIGN.md 3.2 / 3.3) as a PyTorch
+// CPU kernels of sai::sparse_sample_conv and sai::interpolate (docs/design.md 3.2 / 3.3) as a PyTorch
 // C++ extension: the ATen glue around the kernels of sai_cpu_kernels.h, which the ONNX Runtime
 // custom-op library (models/csrc/ort/sai_ort_ops.cpp) runs too. They compute only what the mask
 // asks for (see that header); here: argument checks, the ATen thread pool and GEMM (MKL/oneDNN

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
               f"official {m['official_gflops']:.2f} G, our kernels {m['kernel_gflops']:.2f} G")
     if measured:
         print(f"  note: {result['note']}")
-    print(f"official accounting (paper GFlops, backbone MACs, DESIGN.md 4): {result['official_gflops']:.2f} G")
+    print(f"official accounting (paper GFlops, backbone MACs, docs/design.md 4): {result['official_gflops']:.2f} G")
     print(f"our kernels (what the fused model executes, backbone MACs):      {result['kernel_gflops']:.2f} G")
     for k, v in result["kernel_by_op_gflops"].items():
         if v:

@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * interpolateMath.h: the per-element math of sai::Interpolate (DESIGN.md 3.3), shared by the CUDA
+ * interpolateMath.h: the per-element math of sai::Interpolate (docs/design.md 3.3), shared by the CUDA
  * kernels (interpolateKernel.cu), the CPU test build (tests/cpu_ops.cpp) and the PyTorch C++ CPU
  * extension. Header-only, `__host__ __device__` (SAI_HD), no TensorRT/CUDA types.
  *
@@ -108,7 +108,7 @@ SAI_INLINE float saiInterpDen(SaiInterpParams const& p, T const* mask, float con
 }
 
 //! depthwise_conv(F * M, K, zero pad r) at element (n, c, y, x). Taps with M == 0 are skipped, so
-//! the feature values there never matter (DESIGN.md 3.3), even when they are inf or NaN.
+//! the feature values there never matter (docs/design.md 3.3), even when they are inf or NaN.
 template <typename T>
 SAI_INLINE float saiInterpNum(SaiInterpParams const& p, T const* feature, T const* mask, float const* table,
     int32_t n, int32_t c, int32_t y, int32_t x)

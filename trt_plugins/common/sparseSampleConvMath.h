@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * sparseSampleConvMath.h: the per-element math of sai::SparseSampleConv (DESIGN.md 3.2), shared by
+ * sparseSampleConvMath.h: the per-element math of sai::SparseSampleConv (docs/design.md 3.2), shared by
  * the CUDA kernels (sparseSampleConvKernel.cu), the CPU test build (tests/cpu_ops.cpp) and the
  * PyTorch C++ CPU extension. Header-only, `__host__ __device__` (SAI_HD), no TensorRT/CUDA types.
  *
@@ -33,7 +33,7 @@
  *                                                  the full output value (before masking) of one
  *                                                  element: a direct dot product (reference path).
  *   saiConvOutputMasked<T>(p, ..., mask, n, co, oy, ox) -> float
- *                                                  DESIGN.md 3.2 for one element: saiConvAt where
+ *                                                  docs/design.md 3.2 for one element: saiConvAt where
  *                                                  mask > 0, else exactly 0.
  *   saiPositionEncode / saiPositionDecode          linear active-position index n*Ho*Wo + oy*Wo + ox.
  */
@@ -230,7 +230,7 @@ SAI_INLINE float saiConvAt(SaiConvParams const& p, T const* x, T const* weight, 
     return saiConvEpilogue(p, acc, bias, co);
 }
 
-//! DESIGN.md 3.2 for one output element: the convolution where mask > 0, exactly 0 elsewhere.
+//! docs/design.md 3.2 for one output element: the convolution where mask > 0, exactly 0 elsewhere.
 template <typename T>
 SAI_INLINE float saiConvOutputMasked(SaiConvParams const& p, T const* x, T const* mask, T const* weight,
     T const* bias, T const* offset, int32_t n, int32_t co, int32_t oy, int32_t ox)

@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * CUDA kernels of sai::Interpolate (DESIGN.md 3.3); see interpolateKernel.h for the pipeline. The
+ * CUDA kernels of sai::Interpolate (docs/design.md 3.3); see interpolateKernel.h for the pipeline. The
  * per-element math comes from common/interpolateMath.h (shared with the CPU build that the test
  * suite checks). Device code also compiles under NVRTC (CUDA 12 check); host launchers are nvcc-only.
  */
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kSAI_THREADS) interpFillKernel(SaiInterpParams
         int64_t const e = (static_cast<int64_t>(n) * p.C + c) * hw + at;
         float const m = saiToFloat(mask[pos]);
         float const num = saiInterpNum(p, feature, mask, table, n, c, y, x);
-        // M == 0: the feature there must not matter (DESIGN.md 3.3), so it is not read
+        // M == 0: the feature there must not matter (docs/design.md 3.3), so it is not read
         float const v = m == 0.F ? num / den[row] : saiInterpCombine(m, saiToFloat(feature[e]), num, den[row]);
         out[e] = saiFromFloat<T>(v);
     }

@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * Launchers of the sai::Interpolate CUDA kernels (DESIGN.md 3.3). No TensorRT types.
+ * Launchers of the sai::Interpolate CUDA kernels (docs/design.md 3.3). No TensorRT types.
  *
  * Pipeline of interpolateLaunch (all on `stream`, no host synchronisation, CUDA-graph safe):
  *   1. zero the device-side count; compaction of the positions with mask < 1, count on the device;
@@ -38,7 +38,7 @@ SaiKernelCaps const& interpolateKernelCaps();
 //! Device workspace bytes for these params; pass the largest dims at build time.
 size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType type);
 
-//! Runs DESIGN.md 3.3 on the device: feature and out [N,C,H,W], mask [N,1,H,W], in `layouts`;
+//! Runs docs/design.md 3.3 on the device: feature and out [N,C,H,W], mask [N,1,H,W], in `layouts`;
 //! `tactic` is one of interpolateKernelCaps().tactics (0: the default).
 cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInterpLayouts const& layouts,
     int32_t tactic, void const* feature, void const* mask, void* out, void* workspace, size_t workspaceSize,

@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * TensorRT glue of sai::Interpolate (DESIGN.md 3.3). Inputs: 0 F [N,C,H,W], 1 M [N,1,H,W].
+ * TensorRT glue of sai::Interpolate (docs/design.md 3.3). Inputs: 0 F [N,C,H,W], 1 M [N,1,H,W].
  * Output 0 [N,C,H,W].
  */
 #include "interpolatePlugin.h"

@@ -2,7 +2,7 @@
  * SPDX-License-Identifier: Apache-2.0
  *
  * sai::Interpolate as a TensorRT IPluginV3 (OneCore + OneBuild + OneRuntime) with its
- * IPluginCreatorV3One. Semantics: DESIGN.md 3.3; fields and constraints: README.md beside this file.
+ * IPluginCreatorV3One. Semantics: docs/design.md 3.3; fields and constraints: README.md beside this file.
  * The glue never includes kernel code: it calls interpolateKernel.h.
  */
 #ifndef SAI_TRT_PLUGINS_INTERPOLATE_PLUGIN_H

@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * CUDA kernels of sai::SparseSampleConv (DESIGN.md 3.2); see sparseSampleConvKernel.h for the
+ * CUDA kernels of sai::SparseSampleConv (docs/design.md 3.2); see sparseSampleConvKernel.h for the
  * pipeline. The per-element math comes from common/sparseSampleConvMath.h (shared with the CPU
  * build that the test suite checks). Device code also compiles under NVRTC (__CUDACC_RTC__), which
  * is how `make cuda-check` builds it with CUDA 12; the host launchers are nvcc-only.

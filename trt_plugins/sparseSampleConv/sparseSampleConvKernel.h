@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * Launchers of the sai::SparseSampleConv CUDA kernels (DESIGN.md 3.2). No TensorRT types: the
+ * Launchers of the sai::SparseSampleConv CUDA kernels (docs/design.md 3.2). No TensorRT types: the
  * plugin glue calls these, and the kernels stay buildable and testable without TensorRT.
  *
  * Pipeline of sparseSampleConvLaunch (all on `stream`, no host synchronisation, CUDA-graph safe):
@@ -52,7 +52,7 @@ int32_t sparseSampleConvChunkRows(SaiConvParams const& p, SaiDataType type);
 //! Device workspace bytes for these (finalized) params; pass the largest dims at build time.
 size_t sparseSampleConvWorkspaceSize(SaiConvParams const& p, SaiDataType type);
 
-//! Runs DESIGN.md 3.2 on the device. `p` must be finalized (saiConvFinalize).
+//! Runs docs/design.md 3.2 on the device. `p` must be finalized (saiConvFinalize).
 cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& buffers,
     void* workspace, size_t workspaceSize, cudaStream_t stream);
 

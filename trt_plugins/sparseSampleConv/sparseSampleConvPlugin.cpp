@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * TensorRT glue of sai::SparseSampleConv (DESIGN.md 3.2). Inputs: 0 X [N,C,H,W], 1 M [N,1,Ho,Wo],
+ * TensorRT glue of sai::SparseSampleConv (docs/design.md 3.2). Inputs: 0 X [N,C,H,W], 1 M [N,1,Ho,Wo],
  * 2 W [Cout,C/group,kh,kw], optional 3 B [Cout], optional 4 Offset [N,2*deform_groups*kh*kw,Ho,Wo];
  * the variant follows from the input count (3, 4 or 5). Output 0 Y [N,Cout,Ho,Wo].
  */

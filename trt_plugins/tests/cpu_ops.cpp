@@ -3,7 +3,7 @@
  *
  * cpu_ops.cpp: a CPU build of the shared kernel math (trt_plugins/common), loaded with ctypes by
  * tests/test_trt_math.py and compared there with independent references (PyTorch conv, ONNX
- * Runtime DeformConv, the DESIGN.md 3.3 formula).
+ * Runtime DeformConv, the docs/design.md 3.3 formula).
  *
  * Two evaluations of SparseSampleConv:
  *   sai_cpu_ssc_direct_f32    saiConvOutputMasked per output element (the per-element reference)

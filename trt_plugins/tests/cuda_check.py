@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile every trt_plugins .cu file for every target architecture with CUDA 13 and CUDA 12.
 
-What `make cuda-check` runs (DESIGN.md section 6: no GPU here, so every kernel is at least built):
+What `make cuda-check` runs (docs/design.md section 6: no GPU here, so every kernel is at least built):
 
 * CUDA 13: `nvcc -c` of each .cu (host launchers and device code) for sm_75 80 86 89 90 100 120
   plus compute_120 PTX, warnings as errors; `cuobjdump --list-elf/--list-ptx` must show each arch.

@@ -2,7 +2,7 @@
  * SPDX-License-Identifier: Apache-2.0
  *
  * glue_harness.cpp: drives libsai_trt_plugins.so through the TensorRT plugin interfaces on the CPU,
- * without a GPU and without libnvinfer (DESIGN.md section 6). Usage: sai_trt_glue_harness LIB.so
+ * without a GPU and without libnvinfer (docs/design.md section 6). Usage: sai_trt_glue_harness LIB.so
  *
  * dlopen -> setLoggerFinder (a recording logger) -> getCreators; per plugin: create from fields,
  * output count and data types, supportsFormatCombination for FP32/FP16 linear, getOutputShapes

@@ -2,7 +2,7 @@
 //
 // libsai_ort_ops.so: the ONNX Runtime custom-op library of the sai ops (domain "sai", version 1):
 // SparseSampleConv (3, 4 or 5 inputs: X, M, W [, B [, Offset]]; groups, strides, dilations, pads,
-// deformable conv v1, activation) and Interpolate, DESIGN.md 3.2 / 3.3, float32 and float16 (fp16
+// deformable conv v1, activation) and Interpolate, docs/design.md 3.2 / 3.3, float32 and float16 (fp16
 // storage, fp32 math), CPU execution provider. The kernels are the ones of the PyTorch extension (models/csrc/sai_cpu_kernels.h), run
 // here on ONNX Runtime's intra-op thread pool with OpenBLAS (PyPI's scipy-openblas32) for the GEMM.
 //
@@ -137,7 +137,7 @@ struct OrtBackend {
   }
 };
 
-// ---- element types: float32, and float16 storage with float32 math (DESIGN.md: fp16 models) ----
+// ---- element types: float32, and float16 storage with float32 math (docs/design.md: fp16 models) ----
 
 template <typename T>
 struct ElemType;
