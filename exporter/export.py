@@ -1,4 +1,4 @@
-"""``export_onnx``: a (Sparse)ResNet -> ONNX with the ``sai`` custom ops (issue 3, docs/design.md 1-3, 5).
+"""``export_onnx``: a (Sparse)ResNet -> ONNX with the ``sai`` custom ops (docs/design.md 1-3, 5).
 
 Steps: build or take the model, load a checkpoint, fuse it for inference (BN folded, conv3
 reorder), dynamo-export with the translations of ``sai.exporter.translation``, clean the custom

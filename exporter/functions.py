@@ -8,7 +8,7 @@ the onnx-native target inlines them.
 Bodies reference the calling node's attributes (``ref_attr_name``), so one function serves every
 node; variants are told apart by the node's ``overload`` field (IR >= 10). Two kinds (``BODIES``):
 
-- ``sparse`` (default, issue 8): ``SparseSampleConv`` computes only the rows with ``M > 0``
+- ``sparse`` (default): ``SparseSampleConv`` computes only the rows with ``M > 0``
   (NonZero -> GatherND -> MatMul -> Gather into NCHW; overload ``""`` any kernel, ``pointwise``
   1x1, ``deform`` bilinear corner gathers then MatMul; ``deform_body="dense"`` keeps ``DeformConv``);
   ``Interpolate`` as a depthwise ``Conv`` (group from the node's ``channels`` attribute).

@@ -1,4 +1,4 @@
-"""Sparse vs dense, measured side by side in one run: ops, a block, a whole model (issue 6).
+"""Sparse vs dense, measured side by side in one run: ops, a block, a whole model.
 
 Every case times a sparse callable and its dense counterpart with the same weights, interleaved
 (sparse, dense, sparse, dense, ...) at the same thread count, and reports medians, the spread
@@ -236,7 +236,7 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512,
 def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0),
                   threads: int = 0) -> list[Case]:
     """One SparseSampleConv 3x3 (sparse ONNX function body) vs Conv + Mul, and its deformable variant
-    (sparse bilinear-gather body) vs the DeformConv body, onnxruntime CPU (issue 8)."""
+    (sparse bilinear-gather body) vs the DeformConv body, onnxruntime CPU."""
     from sai.exporter.opmodels import bench_deform_sparse_sample_conv, bench_sparse_sample_conv
 
     cases = []

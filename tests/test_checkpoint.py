@@ -184,7 +184,7 @@ def dense_official(offset_from, counts=(3, 4, 23, 3), width=16, neck=32):
 
 
 def test_dense_sai_det_dcn_offsets_load_by_default_and_errors_name_the_option():
-    """issue 14.12: SAI-Det's dense ResNet predicts DCN offsets from the block input (unlike upstream
+    """SAI-Det's dense ResNet predicts DCN offsets from the block input (unlike upstream
     mmdetection): the default build loads it strictly; a shape failure names dcn_offset_from and the fit."""
     opts = dict(dcn_stages=(0, 1, 1, 1), head="fpn", base_width=16, fpn_out_channels=32)
     sai_det, upstream = dense_official("input"), dense_official("conv1")

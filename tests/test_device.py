@@ -1,4 +1,4 @@
-"""GPU data paths (issue 15 item 5): device inputs through ``__cuda_array_interface__`` and ``__dlpack__``,
+"""GPU data paths: device inputs through ``__cuda_array_interface__`` and ``__dlpack__``,
 producer streams, device outputs, onnxruntime IOBinding, and the packaging of the GPU extra.
 
 The CPU tests drive the parsing with fake producers (host memory behind a CUDA-typed DLPack capsule or

@@ -1,4 +1,4 @@
-"""One-line errors and no leftovers (issue 14, items 7-10): the CLI's error handler, unreadable
+"""One-line errors and no leftovers: the CLI's error handler, unreadable
 checkpoints, unwritable outputs checked before the slow work, oversized shapes, temporary folders of
 validate/bench/convert (stale ones of dead processes too), Ctrl-C/SIGTERM, empty models, NaN weights.
 

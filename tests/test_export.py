@@ -1,4 +1,4 @@
-"""Exporter (issue 3): ONNX with sai custom ops vs the PyTorch model, in onnxruntime and Polygraphy.
+"""Exporter: ONNX with sai custom ops vs the PyTorch model, in onnxruntime and Polygraphy.
 
 Each model is exported once per module (fixtures with scope="module"). Models get random BN
 statistics, sigmas, DCN offsets and mask predictors so the masks are genuinely sparse (the default
@@ -97,7 +97,7 @@ class Exported:
         self._bodies: dict[str, Exported] = {}
 
     def with_body(self, body: str) -> Exported:
-        """The same export with the local functions of ``body`` (issue 8: sparse | dense), cached."""
+        """The same export with the local functions of ``body`` (sparse | dense), cached."""
         if body == "sparse":
             return self
         if body not in self._bodies:
@@ -260,7 +260,7 @@ def test_graph(which, request):
 @pytest.mark.parametrize("body", ["sparse", "dense"])
 @pytest.mark.parametrize("which", MODELS)
 def test_ort_matches_torch(which, body, request):
-    """Issue 3 parity for both function bodies of issue 8 (the export itself does not depend on it)."""
+    """ORT vs torch parity for both function bodies, sparse and dense (the export itself does not depend on the body)."""
     e = request.getfixturevalue(which).with_body(body)
     check_ort(e)
     if body == "sparse":
@@ -269,7 +269,7 @@ def test_ort_matches_torch(which, body, request):
 
 
 def test_onnx_native_target(tmp, r18_fpn_dcn_stoch):
-    """Issue 8: the sparse bodies inlined, no custom node or sai import, valid ONNX that ORT runs."""
+    """The sparse bodies inlined, no custom node or sai import, valid ONNX that ORT runs."""
     e0 = r18_fpn_dcn_stoch
     e = Exported(tmp, "sparse_resnet18", head="fpn", dcn=(0, 1, 1, 1), sampling="stochastic", target="onnx-native",
                  model=e0.model)
@@ -350,7 +350,7 @@ def _layout_passes(m: onnx.ModelProto) -> tuple[int, int, int]:
 
 
 def test_layout_passes_only_for_sparse_bodies(r101_fpn_stoch, r18_fpn_dcn_trt):
-    """Issue 8: the portable sparse-body model runs every block's tail in NHWC and its mask taps as a
+    """The portable sparse-body model runs every block's tail in NHWC and its mask taps as a
     MatMul on the NHWC block input (values: test_ort_matches_torch); the TensorRT graph is untouched."""
     # split_mask_convs leaves blocks with < 16 input channels alone (at base_width 8: the first block)
     blocks = len(r101_fpn_stoch.result.blocks)

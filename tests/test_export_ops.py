@@ -1,4 +1,4 @@
-"""Function bodies of the sai ops (issue 8) in onnxruntime vs the docs/design.md 3.2/3.3 formulas.
+"""Function bodies of the sai ops in onnxruntime vs the docs/design.md 3.2/3.3 formulas.
 
 Each body (sparse: NonZero/GatherND/MatMul/ScatterND and a depthwise or separable Gaussian; dense:
 Conv then mask, 1-channel Gaussian conv) runs as a one-node model. The reference is PyTorch's

@@ -144,7 +144,7 @@ def test_cli_flops_prints_both(capsys):
 
 
 def test_res_224_uses_the_official_classification_input():
-    """issue 14.14: the official calculator (SAI-Det mmdet/utils/flops.py) takes h = w = 224 at res 224 and
+    """The official calculator (SAI-Det mmdet/utils/flops.py) takes h = w = 224 at res 224 and
     the detection rule otherwise; --input picks one explicitly and the output names the h x w used."""
     from sai.models.flops import official_input_size
 
@@ -185,7 +185,7 @@ def test_cli_flops_labels_the_input_rule(capsys):
 
 
 def test_cli_flops_measure_reports_both_sampling_modes(capsys):
-    """issue 14.11: official inference is stochastic, ours deterministic by default: --measure shows both."""
+    """Official inference is stochastic, ours deterministic by default: --measure shows both."""
     argv = ["flops", "--arch", "sparse_resnet18", "--res", "500", "--base-width", "8", "--measure", "64"]
     assert main(argv + ["--json"]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -354,7 +354,7 @@ def test_fused_model_torch_exports_with_sai_ops():
 
 @pytest.mark.parametrize("depth,dcn", [(50, (0, 1, 1, 1)), (18, (0, 0, 1, 1))])
 def test_fuse_float64_model(depth, dcn):
-    """issue 14.14: the fused stem conv is built in the model's dtype (float64 here), not the default."""
+    """The fused stem conv is built in the model's dtype (float64 here), not the default."""
     model = randomize(small(f"sparse_resnet{depth}", dcn_stages=dcn)).double().eval()
     dense = small(f"resnet{depth}", dcn_stages=dcn).double().eval()
     x = X.double()
@@ -375,7 +375,7 @@ def _bn_state(model):
 
 @pytest.mark.parametrize("arch", ["sparse_resnet50", "resnet18"])
 def test_norm_eval_keeps_bn_running_stats(arch):
-    """issue 14.13: norm_eval (mmdet ResNet): every BN stays in eval mode in train(); affine still learns."""
+    """norm_eval (mmdet ResNet): every BN stays in eval mode in train(); affine still learns."""
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     plain = small(arch).train()
     before = _bn_state(plain)
@@ -402,7 +402,7 @@ def test_norm_eval_keeps_bn_running_stats(arch):
 
 @pytest.mark.parametrize("frozen", [0, 1, 2])
 def test_frozen_stages_get_no_grad_and_stay_in_eval(frozen):
-    """issue 14.13: frozen_stages (mmdet ResNet): the stem (0) and layer1..N get requires_grad=False and eval
+    """frozen_stages (mmdet ResNet): the stem (0) and layer1..N get requires_grad=False and eval
     mode even after train(); their BN stats do not move; the rest trains; sparse_loss still counts every block."""
     model = randomize(small("sparse_resnet50", dcn_stages=(0, 1, 1, 1), frozen_stages=frozen)).train()
     frozen_mods = [model.conv1, model.bn1] + [getattr(model, f"layer{i}") for i in range(1, frozen + 1)]
@@ -440,7 +440,7 @@ def test_frozen_stages_get_no_grad_and_stay_in_eval(frozen):
 
 
 def test_densities_are_averaged_per_forward_as_the_official_counters():
-    """issue 14.14: the official counter adds each forward's ``binary.mean()`` (over its whole batch) and
+    """The official counter adds each forward's ``binary.mean()`` (over its whole batch) and
     divides by the number of forwards; ``average="image"`` weights every image once."""
     model = randomize(small("sparse_resnet50")).eval()
     fused = fuse_for_inference(model)

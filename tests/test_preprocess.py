@@ -1,4 +1,4 @@
-"""Images in, labels out (issue 15 item 2): the recorded preprocessing and class names, applied to raw uint8 images.
+"""Images in, labels out: the recorded preprocessing and class names, applied to raw uint8 images.
 
 References: the shipped demo checkpoint's own meta and the training code's normalisation
 (``sai.models.demo_data.normalize``), the formula in float64, numpy's argsort, the held-out labels.

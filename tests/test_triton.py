@@ -99,7 +99,7 @@ def test_refuses_foreign_directory_and_non_outdir(tmp_path_factory, tmp_path):
         export_triton(tmp_path, tmp_path / "r")
 
 
-# ---- issue 14 item 6: names, numbers, the ONNX file, confined and atomic writes --------------
+# ---- names, numbers, the ONNX file, confined and atomic writes --------------
 
 
 def _run(capsys, *argv):

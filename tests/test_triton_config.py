@@ -1,4 +1,4 @@
-"""Triton configs as ModelConfig protobufs (issue 15 item 4): built with tritonclient's model_config_pb2, written
+"""Triton configs as ModelConfig protobufs: built with tritonclient's model_config_pb2, written
 in text format and parsed back; the python-backend preprocessing model run with a stand-in for Triton's
 ``triton_python_backend_utils`` against the training normalisation (``demo_data.normalize``)."""
 

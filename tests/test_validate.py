@@ -83,7 +83,7 @@ def test_parse_tolerances_and_errors(outdir, capsys):
 
 
 def test_report_has_both_sampling_modes_densities(outdir, tmp_path, capsys):
-    """issue 14.11: official SAI-Det inference is stochastic, sai's default deterministic: validate reports the
+    """Official SAI-Det inference is stochastic, sai's default deterministic: validate reports the
     densities of both (stochastic with a fixed seed) beside the exported model's, and the manifest says which."""
     manifest = json.loads((outdir / "manifest.json").read_text())
     assert manifest["export"]["sampling"] == "deterministic"
