@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// sai_cpu_kernels.h: the CPU kernels of sai::SparseSampleConv and sai::Interpolate (DESIGN.md 3.2 /
+// sai_cpu_kernels.h: the CPU kernels of sai::SparseSampleConv and sai::Interpolate (docs/design.md 3.2 /
 // 3.3), header-only, shared by the two hosts that run them:
 //
 //   models/csrc/sai_cpu_ops.cpp       the PyTorch C++ extension (sai.models' CPU dispatch)
@@ -296,7 +296,7 @@ inline std::vector<float> weight_nhwc_operand(const SaiConvParams& p, const floa
   return out;
 }
 
-// Sparse SparseSampleConv of DESIGN.md 3.2 on finalized params `p`. `x` is NCHW, or NHWC when
+// Sparse SparseSampleConv of docs/design.md 3.2 on finalized params `p`. `x` is NCHW, or NHWC when
 // `nhwc` (then `out` is NHWC too); `wop` is the weight as the path's GEMM operand (the weight itself
 // for NCHW, weight_nhwc_operand for NHWC); `bias` and `offset` (NCHW) may be nullptr. `out` must be
 // zero-filled by the caller: only the active positions are written. `out_nchw` (with `nhwc`): NHWC
@@ -358,7 +358,7 @@ inline void conv1d_lanes(const float* __restrict src, float* __restrict dst, int
   }
 }
 
-// Interpolate of DESIGN.md 3.3 on valid params `p`: `f` and `out` NCHW, or NHWC when `nhwc`;
+// Interpolate of docs/design.md 3.3 on valid params `p`: `f` and `out` NCHW, or NHWC when `nhwc`;
 // `m` is the float mask [N,1,H,W].
 template <class Backend>
 void interpolate(const Backend& be, const SaiInterpParams& p, bool nhwc, const float* fd, const float* md,
