@@ -267,44 +267,10 @@ def _count_outputs(out) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _skip_noop_decomposition():
-    """Skip the dynamo exporter's decomposition re-trace when it would change nothing.
-
-    ``torch.onnx.export`` always runs ``ExportedProgram.run_decompositions`` with a table of the
-    ops ONNX does not implement: a full second trace of the model with symbolic shapes, ~40% of
-    the export time here. Our graphs (conv2d, relu, add, cat, slice, max_pool2d, upsample, linear,
-    flatten, the sai ops; adaptive_avg_pool2d has a translation) contain no such op and no
-    mutating op, so the re-trace is the identity; any other graph still gets decomposed.
-    """
-    from torch.onnx._internal.exporter import _decomp, _fx_passes
-
-    original = _fx_passes.decompose_with_registry
-
-    def decompose(exported_program, registry):
-        table = _decomp.create_onnx_friendly_decomposition_table(
-            set(_decomp.get_onnx_implemented_overloads(registry)))
-        for node in exported_program.graph.nodes:
-            if node.op != "call_function":
-                continue
-            target = node.target
-            schema = getattr(target, "_schema", None)
-            if target in table or (schema is not None and schema.is_mutable):
-                return original(exported_program, registry)
-            if schema is None and getattr(target, "__module__", "") not in ("_operator", "operator"):
-                return original(exported_program, registry)  # a higher-order op or anything unusual
-        return exported_program
-
-    _fx_passes.decompose_with_registry = decompose
-    try:
-        yield
-    finally:
-        _fx_passes.decompose_with_registry = original
-
-
 def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_specs, opset: int, verbose: bool):
     import torch
 
+    from sai.compat import skip_noop_onnx_decomposition
     from sai.exporter.maskop import mask_as_one_node
     from sai.exporter.translation import translation_table
 
@@ -329,8 +295,8 @@ def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_s
     logger = logging.getLogger("torch.onnx")
     old_level = logger.level
     try:
-        with quiet, warnings.catch_warnings(), torch.no_grad(), mask_as_one_node(), \
-                _skip_noop_decomposition():
+        with quiet, warnings.catch_warnings(), torch.no_grad(), mask_as_one_node(model), \
+                skip_noop_onnx_decomposition():
             warnings.simplefilter("ignore")
             if not verbose:
                 logger.setLevel(logging.ERROR)
@@ -362,17 +328,18 @@ def optimize_ir(model) -> None:
     """
     import onnx_ir as ir
     import onnx_ir.passes.common as common_passes
-    from onnxscript.optimizer import _constant_folding
+    from onnxscript.optimizer import fold_constants_ir
 
+    common_passes.InlinePass()(model)
+    fold_constants_ir(
+        model,
+        onnx_shape_inference=True,
+        # the fused blocks' stacked mask weights (torch.cat + slices, up to 2 x 2048 x 3 x 3) must
+        # fold into initializers; the default 8192-element limit left Concat/Slice running per call
+        input_size_limit=FOLD_SIZE_LIMIT,
+        output_size_limit=FOLD_SIZE_LIMIT,
+    )
     ir.passes.Sequential(
-        common_passes.InlinePass(),
-        _constant_folding.FoldConstantsPass(
-            shape_inference=True,
-            # the fused blocks' stacked mask weights (torch.cat + slices, up to 2 x 2048 x 3 x 3) must
-            # fold into initializers; the default 8192-element limit left Concat/Slice running per call
-            input_size_limit=FOLD_SIZE_LIMIT,
-            output_size_limit=FOLD_SIZE_LIMIT,
-        ),
         common_passes.RemoveUnusedNodesPass(),
         common_passes.RemoveUnusedFunctionsPass(),
         common_passes.RemoveUnusedOpsetsPass(),

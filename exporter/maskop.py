@@ -3,8 +3,9 @@
 Why: torch.export traces every elementwise op of the mask (sigmoid, logs, Gumbel noise, the
 grid prior's aranges, threshold: about 20 FX nodes per mask, two masks per block) with symbolic
 H/W, and each op pays for sympy reasoning about nested conv-output sizes. The masks were ~70% of
-the traced graph and most of the export time. During export the fused blocks' ``mask_from_logit``
-is routed to one custom op ``sai_export::sampling_mask`` (its eager body *is* ``mask_from_logit``),
+the traced graph and most of the export time. During export the fused blocks' ``mask_fn`` (their
+documented mask hook, ``sai.models.fuse``) is set to one custom op ``sai_export::sampling_mask`` (its
+eager body *is* ``mask_from_logit``) and restored afterwards by ``mask_as_one_node``,
 whose translation below writes exactly the docs/design.md 3.1 formula in standard ONNX ops. The ONNX
 file is the same kind of graph as before (no ``sai_export`` node survives); the noise inputs are no
 longer broadcast against the logits inside torch.export, so their dims need no reconciliation.
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from sai.models.blocks import DELTA, mask_from_logit
@@ -33,23 +35,30 @@ def _(logit, noise, temperature, grid_interval):
     return torch.empty_like(logit)
 
 
-def _export_mask_from_logit(logit, temperature, noise_u, grid_interval, hard):
-    if not hard or isinstance(temperature, Tensor):  # training form: never exported
-        return mask_from_logit(logit, temperature, noise_u, grid_interval, hard)
-    return torch.ops.sai_export.sampling_mask(logit, noise_u, float(temperature), int(grid_interval)), None
+def one_node_mask(logit: Tensor, temperature: float, noise_u: Optional[Tensor], grid_interval: int) -> Tensor:
+    """A fused block's ``mask_fn`` while exporting: the hard inference mask as one ``sampling_mask`` node."""
+    return torch.ops.sai_export.sampling_mask(logit, noise_u, float(temperature), int(grid_interval))
 
 
 @contextlib.contextmanager
-def mask_as_one_node() -> Iterator[None]:
-    """While active, the fused sparse blocks compute their masks through ``sampling_mask``."""
-    from sai.models import fuse
-
-    old = fuse.mask_from_logit
-    fuse.mask_from_logit = _export_mask_from_logit
+def mask_as_one_node(model: nn.Module) -> Iterator[None]:
+    """While active, the fused sparse blocks of ``model`` compute their masks through ``sampling_mask``
+    (their ``mask_fn``); each block's previous ``mask_fn`` comes back on exit."""
+    blocks = [m for m in model.modules() if getattr(m, "fused", False) and getattr(m, "sparse", False)]
+    saved = [(blk, blk.__dict__.get("mask_fn", _ABSENT)) for blk in blocks]
+    for blk in blocks:
+        blk.mask_fn = one_node_mask
     try:
         yield
     finally:
-        fuse.mask_from_logit = old
+        for blk, fn in saved:
+            if fn is _ABSENT:
+                del blk.mask_fn  # back to the class default
+            else:
+                blk.mask_fn = fn
+
+
+_ABSENT = object()
 
 
 def translate_sampling_mask(logit, noise, temperature, grid_interval):

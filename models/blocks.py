@@ -17,7 +17,9 @@ The fast, BN-folded, reordered inference form lives in ``sai.models.fuse``.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 import torch
@@ -82,6 +84,14 @@ def mask_from_logit(
     if hard:
         s = s * (s >= 0.5).to(s.dtype)
     return s, p
+
+
+def inference_mask(logit: Tensor, temperature: float, noise_u: Optional[Tensor], grid_interval: int) -> Tensor:
+    """The hard inference mask of docs/design.md 3.1 (``mask_from_logit(..., hard=True)`` without ``p``).
+
+    The default ``mask_fn`` of the fused blocks; the exporter substitutes a one-node form of the same
+    formula while tracing (``sai.exporter.maskop.mask_as_one_node``)."""
+    return mask_from_logit(logit, temperature, noise_u, grid_interval, hard=True)[0]
 
 
 def _recording() -> bool:
@@ -161,37 +171,80 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 # ----------------------------------------------------------------------------------------------
-# sparse blocks (literal official order)
+# mask observers and density bookkeeping, shared by the literal and the fused sparse blocks
 # ----------------------------------------------------------------------------------------------
 
+MaskObserver = Callable[[str, str, Tensor], None]  # (block name, "m1" | "m2", the mask the block uses)
+_observer_ids = itertools.count()
 
-class _SparseBase(nn.Module):
-    """Mask predictors, Gumbel temperature, sigmas, noise and density bookkeeping of a sparse block."""
 
-    sparse = True
-    fused = False
-    keep_probs = False  # set on frozen blocks (network frozen_stages): sparse_loss still sees them
+class MaskObserverHandle:
+    """What ``add_mask_observer`` returns: ``remove()`` unregisters the observer (idempotent); as a context
+    manager it removes it on exit (``with model.add_mask_observer(fn): model(x)``)."""
 
-    def _init_sparse(self, inplanes: int, stride1: int, stride2: int, cfg: dict) -> None:
-        self.mask_strides = (stride1, stride2)
-        self.conv1_mask = nn.Conv2d(inplanes, 1, 3, stride=stride1, padding=1, bias=True)
-        self.conv2_mask = nn.Conv2d(inplanes, 1, 3, stride=stride2, padding=1, bias=True)
-        for m in (self.conv1_mask, self.conv2_mask):
-            nn.init.zeros_(m.weight)
-            nn.init.constant_(m.bias, cfg.get("mask_bias_init", MASK_BIAS_INIT))
-        self.conv1_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
-        self.conv2_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
-        sigma = float(cfg.get("sigma_init", SIGMA_INIT))
-        self.conv1_sigma = nn.Parameter(torch.tensor(sigma))
-        self.conv2_sigma = nn.Parameter(torch.tensor(sigma))
-        self.gaussian_kernel = int(cfg["gaussian_kernel"])
-        self.grid_prior_interval = int(cfg["grid_prior_interval"])
-        self.T_eval = float(cfg["T_eval"])
-        self.sampling = cfg["sampling"]
-        self.noise_source: Optional[NoiseSource] = None  # set by the network
+    def __init__(self, registries: Iterable[dict], key: int, names: Iterable[str] = ()):
+        self._registries = list(registries)
+        self._key = key
+        self.names = list(names)  # the blocks it observes
+
+    def remove(self) -> None:
+        for reg in self._registries:
+            reg.pop(self._key, None)
+
+    def __enter__(self) -> MaskObserverHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def register_mask_observer(blocks: Iterable[tuple[str, MaskBookkeeping]], fn: MaskObserver) -> MaskObserverHandle:
+    """Register ``fn`` on each ``(name, block)``; the returned handle removes it from all of them."""
+    key = next(_observer_ids)
+    regs, names = [], []
+    for name, blk in blocks:
+        blk._mask_observers[key] = (name, fn)
+        regs.append(blk._mask_observers)
+        names.append(name)
+    return MaskObserverHandle(regs, key, names)
+
+
+class MaskBookkeeping(nn.Module):
+    """Mask observers and the density counters of a sparse block (literal or fused).
+
+    - ``add_mask_observer(fn)``: ``fn(block_name, "m1" | "m2", mask)`` is called with each mask the block
+      computes, after it is computed and before it is used (the very tensor the block uses: soft in
+      training, hard at inference; observers must not modify it). Not called while torch.export / ONNX
+      export / torch.compile trace the model.
+    - ``record_stats``: with False the block keeps no density statistics (``mask_stats()`` stays None).
+      Recording copies four numbers to the host per block and forward, a device sync that stalls a GPU
+      and that CUDA-graph capture refuses; GPU timing turns it off.
+    """
+
+    record_stats = True  # class default; set per instance (or SaiResNet.record_stats for a whole model)
+    block_name = ""  # the name observers receive when registered on the block itself
+
+    def _init_bookkeeping(self) -> None:
+        self._mask_observers: dict[int, tuple[str, MaskObserver]] = {}
         self.reset_densities()
 
-    # -- bookkeeping -----------------------------------------------------------------------
+    def add_mask_observer(self, fn: MaskObserver, name: Optional[str] = None) -> MaskObserverHandle:
+        """Call ``fn(name, which, mask)`` with every mask this block computes; returns the removal handle."""
+        return register_mask_observer([(self.block_name if name is None else name, self)], fn)
+
+    def clear_mask_observers(self) -> None:
+        self._mask_observers.clear()
+
+    def _observe(self, m1: Tensor, m2: Tensor) -> None:
+        """Report the block's masks to its observers and count them (nothing while tracing)."""
+        if not _recording():
+            return
+        for label, fn in list(self._mask_observers.values()):
+            fn(label, "m1", m1)
+            fn(label, "m2", m2)
+        if self.record_stats:
+            self._record(m1, m2)
+
     def reset_densities(self) -> None:
         self._stat_sum: Optional[Tensor] = None  # [d1, d2, u1, u2]: per-forward fractions, summed
         self._stat_count = 0  # forwards
@@ -200,8 +253,6 @@ class _SparseBase(nn.Module):
         self.last_probs: Optional[tuple[Tensor, Tensor]] = None
 
     def _record(self, m1: Tensor, m2: Tensor) -> None:
-        if not _recording():
-            return
         with torch.no_grad():
             if self.training:  # soft masks: count what inference would sample (s >= 0.5)
                 m1, m2 = m1 * (m1 >= 0.5), m2 * (m2 >= 0.5)
@@ -231,11 +282,61 @@ class _SparseBase(nn.Module):
         v = (total / count).tolist()
         return {"d1": v[0], "d2": v[1], "u1": v[2], "u2": v[3]}
 
+
+TRAINING_MASKS = ("gumbel", "inference")
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse blocks (literal official order)
+# ----------------------------------------------------------------------------------------------
+
+
+class _SparseBase(MaskBookkeeping):
+    """Mask predictors, Gumbel temperature, sigmas, noise and density bookkeeping of a sparse block.
+
+    Training options (plain attributes, also set model-wide by ``SaiResNet.training_options``):
+
+    - ``interpolate_fn``: the interpolation the block runs, ``fn(feature, mask, sigma, kernel_size)``; None
+      is ``sai.models.ops.interpolate``. Any exact form of docs/design.md 3.3 (e.g. the banded-matmul
+      ``train_demo.interpolate_matmul``, faster on small maps).
+    - ``training_masks``: ``"gumbel"`` (official: Gumbel noise, soft mask at the training temperature) or
+      ``"inference"`` (training forwards use the inference mask of docs/design.md 3.1: no noise, the hard
+      threshold, at the current training temperature; gradients reach the logits through ``s`` at the
+      kept positions). Evaluation forwards are unaffected.
+    """
+
+    sparse = True
+    fused = False
+    keep_probs = False  # set on frozen blocks (network frozen_stages): sparse_loss still sees them
+    interpolate_fn: Optional[Callable] = None
+    training_masks = "gumbel"
+
+    def _init_sparse(self, inplanes: int, stride1: int, stride2: int, cfg: dict) -> None:
+        self.mask_strides = (stride1, stride2)
+        self.conv1_mask = nn.Conv2d(inplanes, 1, 3, stride=stride1, padding=1, bias=True)
+        self.conv2_mask = nn.Conv2d(inplanes, 1, 3, stride=stride2, padding=1, bias=True)
+        for m in (self.conv1_mask, self.conv2_mask):
+            nn.init.zeros_(m.weight)
+            nn.init.constant_(m.bias, cfg.get("mask_bias_init", MASK_BIAS_INIT))
+        self.conv1_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
+        self.conv2_gumbel = GumbelSigmoid(cfg["max_T"], cfg["decay_alpha"])
+        sigma = float(cfg.get("sigma_init", SIGMA_INIT))
+        self.conv1_sigma = nn.Parameter(torch.tensor(sigma))
+        self.conv2_sigma = nn.Parameter(torch.tensor(sigma))
+        self.gaussian_kernel = int(cfg["gaussian_kernel"])
+        self.grid_prior_interval = int(cfg["grid_prior_interval"])
+        self.T_eval = float(cfg["T_eval"])
+        self.sampling = cfg["sampling"]
+        self.noise_source: Optional[NoiseSource] = None  # set by the network
+        self._init_bookkeeping()
+
     # -- masks -----------------------------------------------------------------------------
     def _needs_noise(self) -> bool:
         return self.sampling != "dense" and (self.training or self.sampling == "stochastic")
 
     def _mask(self, logit: Tensor, gumbel: Optional[GumbelSigmoid], noise: Optional[Tensor]):
+        if self.training and gumbel is not None and self.training_masks == "inference":
+            return mask_from_logit(logit, gumbel.cur_T, None, self.grid_prior_interval, hard=True)
         if self._needs_noise() and noise is None:
             src = self.noise_source or NoiseSource(None)
             noise = src.uniform((logit.shape[0], 2, logit.shape[2], logit.shape[3]), logit)
@@ -253,11 +354,12 @@ class _SparseBase(nn.Module):
         if self.training:
             self.conv1_gumbel.step()
             self.conv2_gumbel.step()
-        self._record(m1, m2)
+        self._observe(m1, m2)
         return m1, m2
 
     def _interp(self, f: Tensor, m: Tensor, sigma) -> Tensor:
-        return interpolate(f, m, sigma, self.gaussian_kernel)
+        fn = self.interpolate_fn or interpolate
+        return fn(f, m, sigma, self.gaussian_kernel)
 
 
 class SparseBottleneck(_SparseBase):
@@ -443,6 +545,7 @@ class BasicBlock(nn.Module):
 
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "DeformConv2d", "GumbelSigmoid", "NoiseSource", "SparseBasicBlock",
-    "SparseBottleneck", "grid_prior", "gumbel_noise", "mask_from_logit",
+    "BasicBlock", "Bottleneck", "DeformConv2d", "GumbelSigmoid", "MaskBookkeeping", "MaskObserver",
+    "MaskObserverHandle", "NoiseSource", "SparseBasicBlock", "SparseBottleneck", "TRAINING_MASKS", "grid_prior",
+    "gumbel_noise", "inference_mask", "mask_from_logit", "register_mask_observer",
 ]

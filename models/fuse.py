@@ -18,6 +18,7 @@ The fused BasicBlock keeps bn2's bias inside conv2 (its 3x3 conv does not commut
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -29,11 +30,12 @@ from sai.errors import SaiError
 from sai.models.blocks import (
     BasicBlock,
     Bottleneck,
+    MaskBookkeeping,
     NoiseSource,
     SparseBasicBlock,
     SparseBottleneck,
     _recording,
-    mask_from_logit,
+    inference_mask,
 )
 from sai.models.ops import interpolate, sparse_sample_conv
 
@@ -93,9 +95,18 @@ def _ones_mask(like: Tensor) -> Tensor:
     return torch.ones_like(like[:, :1])
 
 
-class _FusedSparseBase(nn.Module):
+class _FusedSparseBase(MaskBookkeeping):
+    """Shared parts of the fused sparse blocks.
+
+    ``mask_fn(logit, temperature, noise_u, grid_interval) -> mask`` computes each hard inference mask
+    (docs/design.md 3.1); None is ``sai.models.blocks.inference_mask``. Any substitute must compute the
+    same formula: the exporter sets a one-node form while tracing and restores it afterwards
+    (``sai.exporter.maskop.mask_as_one_node``).
+    """
+
     sparse = True
     fused = True
+    mask_fn: Optional[Callable[[Tensor, float, Optional[Tensor], int], Tensor]] = None
 
     def _copy_attrs(self, blk: nn.Module) -> None:
         self.inplanes, self.planes, self.stride = blk.inplanes, blk.planes, blk.stride
@@ -117,11 +128,8 @@ class _FusedSparseBase(nn.Module):
             self.offset_weight = _param(blk.conv2_offset.weight)
             self.offset_bias = _param(blk.conv2_offset.bias)
         self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample)
-        self.reset_densities()
-
-    reset_densities = SparseBottleneck.reset_densities
-    _record = SparseBottleneck._record
-    mask_stats = SparseBottleneck.mask_stats
+        self.record_stats = blk.record_stats
+        self._init_bookkeeping()
 
     def _mask(self, logit: Tensor, noise: Optional[Tensor]) -> Tensor:
         if self.sampling == "stochastic":
@@ -130,7 +138,8 @@ class _FusedSparseBase(nn.Module):
                 noise = src.uniform((logit.shape[0], 2, logit.shape[2], logit.shape[3]), logit)
         else:
             noise = None
-        return mask_from_logit(logit, self.T_eval, noise, self.grid_prior_interval, hard=True)[0]
+        fn = self.mask_fn or inference_mask
+        return fn(logit, self.T_eval, noise, self.grid_prior_interval)
 
     def masks(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None):
         logit1, logit2 = mask_logits(
@@ -138,7 +147,7 @@ class _FusedSparseBase(nn.Module):
             self.mask_strides)
         m1 = self._mask(logit1, noise1)
         m2 = self._mask(logit2, noise2)
-        self._record(m1, m2)
+        self._observe(m1, m2)
         return m1, m2
 
     def _identity(self, x: Tensor) -> Tensor:
@@ -295,6 +304,8 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     if not isinstance(model, SaiResNet):
         raise SaiError(f"fuse_for_inference needs a model from sai.models.build_model, got {type(model).__name__}")
     fused = copy.deepcopy(model).eval()
+    for _, blk in fused.sparse_blocks():  # observers belong to the original model's blocks, not to the copy
+        blk.clear_mask_observers()
     if not fused.fused:
         w, b = fold_bn(fused.conv1.weight, None, fused.bn1)
         conv = fused.conv1  # the fused stem keeps the model's dtype and device (e.g. float64)

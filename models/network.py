@@ -7,8 +7,9 @@ torchvision ResNets and official SAI-Det checkpoints map onto them by prefix onl
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -16,13 +17,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sai.compat import is_batchnorm
 from sai.errors import SaiError
 from sai.models.blocks import (
+    TRAINING_MASKS,
     BasicBlock,
     Bottleneck,
+    MaskObserver,
+    MaskObserverHandle,
     NoiseSource,
     SparseBasicBlock,
     SparseBottleneck,
+    register_mask_observer,
 )
 from sai.models.ops import conv_output_size
 
@@ -33,6 +39,7 @@ DEPTHS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+_UNSET: Callable = object()  # type: ignore[assignment]  # "leave this option as it is"
 ARCHS = tuple([f"sparse_resnet{d}" for d in DEPTHS] + [f"resnet{d}" for d in DEPTHS])
 HEADS = ("cls", "fpn", "none")
 SAMPLING_MODES = ("deterministic", "stochastic", "dense")
@@ -269,7 +276,7 @@ class SaiResNet(nn.Module):
         self._freeze_stages()
         if mode and self.options.get("norm_eval", False):
             for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if is_batchnorm(m):
                     m.eval()
         return self
 
@@ -334,6 +341,51 @@ class SaiResNet(nn.Module):
     def reseed(self, seed: Optional[int]) -> None:
         """Restart the stochastic-mode generator from ``seed`` (None: torch's global RNG)."""
         self.noise_source.reseed(seed)
+
+    # -- mask observers, statistics switch, training options -------------------------------------
+    def add_mask_observer(self, fn: MaskObserver) -> MaskObserverHandle:
+        """Call ``fn(block_name, "m1" | "m2", mask)`` with every mask every sparse block computes (in forward
+        order; the tensor the block then uses). Returns a handle: ``.remove()``, or use it as a context
+        manager (``with model.add_mask_observer(fn): model(x)``). Observers are not copied by
+        ``fuse_for_inference``; not called while exporting or compiling."""
+        return register_mask_observer(self.sparse_blocks(), fn)
+
+    @property
+    def record_stats(self) -> bool:
+        """Whether the sparse blocks keep density statistics (``mask_stats``, ``densities``). False: no
+        per-block host copy, so GPU forwards do not sync and CUDA graphs can capture them."""
+        return all(blk.record_stats for _, blk in self.sparse_blocks())
+
+    @record_stats.setter
+    def record_stats(self, on: bool) -> None:
+        for _, blk in self.sparse_blocks():
+            blk.record_stats = bool(on)
+
+    def set_training_options(self, *, interpolate_fn=_UNSET, training_masks=_UNSET) -> None:
+        """Set the sparse blocks' training options (``_SparseBase``): ``interpolate_fn`` (None: the
+        reference ``interpolate``) and ``training_masks`` (``"gumbel"`` | ``"inference"``)."""
+        if training_masks is not _UNSET and training_masks not in TRAINING_MASKS:
+            raise SaiError(f"training_masks must be one of {TRAINING_MASKS}, got {training_masks!r}")
+        for _, blk in self.sparse_blocks():
+            if getattr(blk, "fused", False):
+                raise SaiError("training options apply to the trainable model, not to a fused one")
+            if interpolate_fn is not _UNSET:
+                blk.interpolate_fn = interpolate_fn
+            if training_masks is not _UNSET:
+                blk.training_masks = training_masks
+
+    @contextlib.contextmanager
+    def training_options(self, *, interpolate_fn=_UNSET, training_masks=_UNSET) -> Iterator[SaiResNet]:
+        """``set_training_options`` for the ``with`` block; every block's previous options come back on
+        exit (including any ``set_training_options`` called inside it)."""
+        saved = [(blk, blk.interpolate_fn, blk.training_masks) for _, blk in self.sparse_blocks()
+                 if not getattr(blk, "fused", False)]
+        try:
+            self.set_training_options(interpolate_fn=interpolate_fn, training_masks=training_masks)
+            yield self
+        finally:
+            for blk, fn, masks in saved:
+                blk.interpolate_fn, blk.training_masks = fn, masks
 
     # -- densities / loss --------------------------------------------------------------------
     def reset_densities(self) -> None:

@@ -21,6 +21,7 @@ holds arch, options, input normalisation, classes, dataset and the recorded metr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 
 from sai.errors import SaiError
 from sai.models import demo_data
-from sai.models.blocks import mask_from_logit
 from sai.models.checkpoint import init_from_dense, save_checkpoint
 from sai.models.flops import kernel_flops, official_flops
 from sai.models.fuse import fuse_for_inference
@@ -73,7 +73,7 @@ class DemoConfig:
     max_T: float = 1.0
     final_T: float = 0.1
     # Inference here is deterministic (no Gumbel noise, hard threshold); the last fraction of fine-tuning
-    # trains with exactly that mask (at the low end of the temperature decay): see deterministic_masks.
+    # trains with exactly that mask (at the low end of the temperature decay): training_masks="inference".
     deterministic_tail: float = 0.0
     # Weight of the polarisation loss mean(4 p (1 - p)) on the mask probabilities: confident masks make the
     # noisy soft training mask and the deterministic hard inference mask agree (and mean p ~ density).
@@ -160,24 +160,6 @@ def interpolate_matmul(feature: torch.Tensor, mask: torch.Tensor, sigma, kernel_
     num = scale * (ah @ (feature * mask) @ aw.T)
     den = scale * (ah @ mask @ aw.T) + eps
     return mask * feature + (1 - mask) * num / den
-
-
-class fast_interpolation:  # noqa: N801 (a context manager used like a function)
-    """Within the ``with`` block, the sparse blocks of ``model`` interpolate with ``interpolate_matmul``."""
-
-    def __init__(self, model: nn.Module):
-        self.blocks = [b for _, b in model.sparse_blocks()] if hasattr(model, "sparse_blocks") else []
-
-    def __enter__(self):
-        for blk in self.blocks:
-            k = blk.gaussian_kernel
-            blk._interp = lambda f, m, sigma, _k=k: interpolate_matmul(f, m, sigma, _k)
-        return self
-
-    def __exit__(self, *exc):
-        for blk in self.blocks:
-            blk.__dict__.pop("_interp", None)
-        return False
 
 
 def polarization_loss(model: nn.Module) -> torch.Tensor:
@@ -273,7 +255,9 @@ def train_model(arch: str, cfg: DemoConfig, train: tuple[torch.Tensor, torch.Ten
     images, labels = train
     order_gen = torch.Generator().manual_seed(cfg.seed + 1 + (1000 if init is not None else 0))
     t0 = time.perf_counter()
-    with fast_interpolation(model):
+    # the sparse blocks interpolate with the banded-matmul form (same formula, faster on the demo's small maps)
+    options = model.training_options(interpolate_fn=interpolate_matmul) if sparse else contextlib.nullcontext()
+    with options:
         _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, lr, phase, order_gen, val, log,
                     progress, t0, teacher)
     model.eval()
@@ -284,37 +268,9 @@ def _train_loop(model, arch, sparse, cfg, opt, images, labels, epochs, peak, pha
                 t0, teacher=None) -> None:
     n, step, total = len(labels), 0, cfg.steps(epochs)
     tail_start = total - int(round(cfg.deterministic_tail * total)) if sparse else total + 1
-    tail = deterministic_masks(model)
-    try:
-        _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
-                t0, n, step, total, tail_start, tail, teacher)
-    finally:
-        tail.__exit__()
-
-
-class deterministic_masks:  # noqa: N801 (a context manager used like a function)
-    """Training forwards with the inference mask: no Gumbel noise and the hard threshold
-    ``s * (s >= 0.5)`` (docs/design.md 3.1), at the block's current training temperature. Gradients reach
-    the mask logits through ``s`` at the kept positions (and through ``p`` in the sparse loss)."""
-
-    def __init__(self, model: nn.Module):
-        self.blocks = [b for _, b in model.sparse_blocks()] if hasattr(model, "sparse_blocks") else []
-        self.active = False
-
-    def __enter__(self):
-        for blk in self.blocks:
-            def _mask(logit, gumbel, noise, _blk=blk):
-                t = gumbel.cur_T if gumbel is not None else _blk.T_eval
-                return mask_from_logit(logit, t, None, _blk.grid_prior_interval, hard=True)
-            blk._mask = _mask
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        for blk in self.blocks:
-            blk.__dict__.pop("_mask", None)
-        self.active = False
-        return False
+    # the tail's training_masks="inference" is undone by train_model's training_options on exit
+    _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
+            t0, n, step, total, tail_start, teacher)
 
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -333,7 +289,7 @@ def density_set_point(cfg: DemoConfig, step: int, total: int) -> float:
 
 
 def _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, order_gen, val, log, progress,
-            t0, n, step, total, tail_start, tail, teacher=None) -> None:
+            t0, n, step, total, tail_start, teacher=None) -> None:
     t_all = None
     if teacher is not None and cfg.distill_weight > 0:  # no augmentation: the teacher's logits once per image
         with torch.no_grad():
@@ -350,8 +306,8 @@ def _epochs(model, arch, sparse, cfg, opt, images, labels, epochs, peak, phase, 
                 g["lr"] = lr * g["lr_mult"]
             if sparse:
                 model.reset_densities()
-                if step >= tail_start and not tail.active:
-                    tail.__enter__()
+                if step == tail_start:  # inference masks from here (no noise, hard threshold; docs/design.md 3.1)
+                    model.set_training_options(training_masks="inference")
                     progress(f"  {phase} {arch}: inference masks (no noise, hard threshold) from step {step + 1}")
             logits = model(x)
             ce = F.cross_entropy(logits, y)
