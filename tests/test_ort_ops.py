@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ from sai.exporter.opmodels import (  # noqa: E402
 from sai.models import ops  # noqa: E402
 from sai.runtime import ort_ops  # noqa: E402
 
-LIB, WHY = ort_ops.find_library()
+LIB, WHY = ort_ops.built_library()
 pytestmark = pytest.mark.skipif(LIB is None, reason=f"libsai_ort_ops.so not available: {WHY}")
 
 
@@ -40,8 +42,9 @@ def session(model, library: bool = True, profile: bool = False, threads: int = 2
     so.log_severity_level = 3
     if library:
         so.register_custom_ops_library(str(LIB))
-    if profile:
+    if profile:  # the profile goes to the temp folder, never the working directory
         so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"sai_ort_ops_profile_{os.getpid()}")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -318,6 +321,9 @@ def test_whole_model_with_and_without_library_agree(exported, monkeypatch):
 
     model, path = exported
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with rt.load(str(path), backend="onnxruntime", threads=2) as eng:  # off by default
+        assert eng.describe()["custom_ops"]["kernels"] == "function bodies"
+    monkeypatch.setenv("SAI_ORT_OPS", "1")
     with rt.load(str(path), backend="onnxruntime", threads=2) as eng:
         desc = eng.describe()
         assert desc["custom_ops"]["kernels"] == "libsai_ort_ops" and desc["custom_ops"]["library"] == str(LIB)
