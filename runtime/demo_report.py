@@ -40,27 +40,17 @@ SAMPLED_TINT = np.array([255, 48, 32], dtype=np.float32)  # red over computed po
 def block_masks(fused_model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict[str, tuple]]:
     """Run a fused sparse model on ``x``; return ``(logits, {block: (m1, m2)})`` (masks [N,1,h,w]).
 
-    The fused blocks compute their masks in ``masks()``; it is wrapped per instance for this call
-    (the model itself is not changed)."""
+    The masks come from the model's mask observer (``SaiResNet.add_mask_observer``), removed afterwards."""
+    if not getattr(fused_model, "fused", False) or not hasattr(fused_model, "add_mask_observer"):
+        raise SaiError(f"block_masks needs a fused model: pass a model from sai.models.fuse_for_inference, "
+                       f"got {type(fused_model).__name__}")
     captured: OrderedDict[str, tuple] = OrderedDict()
-    wrapped = []
-    for name, blk in fused_model.sparse_blocks():
-        if not hasattr(blk, "masks"):
-            raise SaiError(f"block {name} has no masks(): pass a model from sai.models.fuse_for_inference")
-        original = blk.masks
 
-        def spy(*args, _orig=original, _name=name, **kwargs):
-            m1, m2 = _orig(*args, **kwargs)
-            captured[_name] = (m1.detach().clone(), m2.detach().clone())
-            return m1, m2
+    def observe(block: str, which: str, mask: torch.Tensor) -> None:
+        captured[block] = captured.get(block, ()) + (mask.detach().clone(),)
 
-        blk.masks = spy
-        wrapped.append(blk)
-    try:
+    with fused_model.add_mask_observer(observe):
         logits = fused_model(x)
-    finally:
-        for blk in wrapped:
-            del blk.masks  # back to the class method
     return logits, captured
 
 

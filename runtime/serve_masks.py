@@ -26,9 +26,11 @@ class MaskMetricsEngine:
     """``engine`` with its mask outputs taken off: ``infer`` returns the model's own outputs and reports each
     mask's density (fraction of positions computed, over the batch) to ``observer``."""
 
-    def __init__(self, engine: Any, observer: Optional[Observer] = None):
+    def __init__(self, engine: Any, observer: Optional[Observer] = None,
+                 tmpdir: Optional[tempfile.TemporaryDirectory] = None):
         self._engine = engine
         self.observer = observer
+        self._tmpdir = tmpdir  # the onnxruntime copy's folder, removed on close
         self.outputs = [s for s in engine.outputs if not s.name.startswith(MASK_PREFIX)]
 
     def __getattr__(self, name):
@@ -44,9 +46,8 @@ class MaskMetricsEngine:
 
     def close(self) -> None:
         self._engine.close()
-        tmp = getattr(self, "_tmpdir", None)
-        if tmp is not None:
-            tmp.cleanup()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
 
     def __enter__(self):
         return self
@@ -61,9 +62,11 @@ def with_mask_outputs(engine: Engine, *, device: Optional[str] = None, threads: 
     if engine.backend == "torch":
         from sai.runtime.validate import record_torch_masks
 
-        if not record_torch_masks(engine):
+        recording = record_torch_masks(engine)
+        if not recording.mask_names:
+            recording.close()
             raise SaiError("--mask-metrics: the model has no sparse blocks, so it has no masks to measure")
-        return MaskMetricsEngine(engine)
+        return MaskMetricsEngine(recording)
     if engine.backend != "onnxruntime":
         raise SaiError(f"--mask-metrics needs the onnxruntime or torch backend (a {engine.backend} engine cannot "
                        "add mask outputs after its build); pass --backend onnxruntime or torch")
@@ -81,6 +84,4 @@ def with_mask_outputs(engine: Engine, *, device: Optional[str] = None, threads: 
     for k, v in engine.metadata.items():
         masked.metadata.setdefault(k, v)
     engine.close()
-    wrapped = MaskMetricsEngine(masked)
-    wrapped._tmpdir = tmp
-    return wrapped
+    return MaskMetricsEngine(masked, tmpdir=tmp)

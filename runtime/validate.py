@@ -4,7 +4,7 @@ masks (where each backend computes positions: ``M > 0``), which explains fp16/st
 
 Backends run as custom Polygraphy runners wrapping ``sai.runtime`` engines (Polygraphy's own PyTorch
 runner needs CUDA). Masks come from extra graph outputs on the ONNX side (the mask input of every
-``SparseSampleConv``) and from the fused blocks' ``masks`` on the torch side.
+``SparseSampleConv``) and from the model's mask observer on the torch side.
 """
 
 from __future__ import annotations
@@ -57,31 +57,49 @@ def onnx_with_masks(src: Path, dest: Path) -> list[str]:
     return names
 
 
-def record_torch_masks(engine) -> list[str]:
-    """Make a TorchEngine also return each sparse block's (m1, m2) as ``mask.<block>.m{1,2}`` outputs."""
-    model = engine.model
-    names = []
-    recorded: dict[str, Any] = {}
-    for name, blk in model.sparse_blocks():
-        orig = blk.masks
+class TorchMasksEngine:
+    """A TorchEngine whose ``infer`` also returns each sparse block's masks as ``mask.<block>.m{1,2}``,
+    taken through the model's mask observer (``SaiResNet.add_mask_observer``); everything else is the
+    wrapped engine's. ``close`` removes the observer and closes the engine."""
 
-        def masks(*args, _orig=orig, _name=name, **kw):
-            m1, m2 = _orig(*args, **kw)
-            recorded[f"{MASK_PREFIX}{_name}.m1"], recorded[f"{MASK_PREFIX}{_name}.m2"] = m1, m2
-            return m1, m2
+    def __init__(self, engine):
+        import threading
 
-        blk.masks = masks
-        names += [f"{MASK_PREFIX}{name}.m1", f"{MASK_PREFIX}{name}.m2"]
-    forward = engine._forward
+        self._engine = engine
+        self._recorded: dict[str, Any] = {}
+        self._lock = threading.Lock()  # one forward's masks at a time
+        self._handle = engine.model.add_mask_observer(self._observe)
+        self.mask_names = [f"{MASK_PREFIX}{n}.{w}" for n in self._handle.names for w in ("m1", "m2")]
 
-    def forward_with_masks(feeds):
-        recorded.clear()
-        out = forward(feeds)
-        out.update({k: v.detach().float().cpu().numpy() for k, v in recorded.items()})
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def _observe(self, block: str, which: str, mask) -> None:
+        self._recorded[f"{MASK_PREFIX}{block}.{which}"] = mask
+
+    def infer(self, feeds, **options) -> dict[str, np.ndarray]:
+        with self._lock:
+            self._recorded.clear()
+            out = self._engine.infer(feeds, **options)
+            out.update({k: v.detach().float().cpu().numpy() for k, v in self._recorded.items()})
+            self._recorded.clear()
         return out
 
-    engine._forward = forward_with_masks
-    return names
+    def close(self) -> None:
+        self._handle.remove()
+        self._engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def record_torch_masks(engine) -> TorchMasksEngine:
+    """``engine`` (a TorchEngine) returning its sparse blocks' (m1, m2) as extra outputs ``mask.<block>.m{1,2}``
+    (``.mask_names``; empty for a dense model)."""
+    return TorchMasksEngine(engine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +371,7 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
             engine = rt.load(checkpoint, backend="torch", threads=threads, verify=False,
                              sampling=sampling if sampling in ("deterministic", "stochastic") else None)
             if masks:
-                record_torch_masks(engine)
+                engine = record_torch_masks(engine)
         elif b == "onnxruntime":
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
                 raise SaiError(f"no ONNX model at {onnx_file}")

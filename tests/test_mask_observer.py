@@ -269,3 +269,55 @@ def test_mask_fn_is_called_with_the_design_arguments():
     assert calls == [(0.03, None, 3)] * 2
     torch.testing.assert_close(y1, y0, atol=1e-9, rtol=0)
     assert math.isclose(blk.T_eval, 0.03)
+
+
+# -- the runtime's users of the observer ---------------------------------------------------------------
+
+
+def test_torch_engine_mask_outputs_come_from_the_observer_and_go_with_close():
+    import numpy as np
+
+    from sai.runtime.serve_masks import with_mask_outputs
+    from sai.runtime.torch_backend import TorchEngine
+    from sai.runtime.validate import record_torch_masks
+
+    model = fuse_for_inference(_model().float())
+    engine = record_torch_masks(TorchEngine(model=model))
+    assert engine.mask_names == [f"mask.{n}.{w}" for n, _ in model.sparse_blocks() for w in ("m1", "m2")]
+    x = X[:1].float()
+    out = engine.infer({"input": x.numpy()})
+    inputs, logits = _block_inputs(engine.model, x)
+    want = _expected_masks(engine.model, inputs)
+    assert set(out) == {"logits", *engine.mask_names}
+    np.testing.assert_allclose(out["logits"], logits.numpy(), atol=1e-5)
+    for (name, which), m in want.items():
+        np.testing.assert_array_equal(out[f"mask.{name}.{which}"] > 0, m.numpy() > 0)
+    blocks = [b for _, b in engine.model.sparse_blocks()]
+    engine.close()
+    assert all(not b._mask_observers for b in blocks)  # the observer went with the engine
+
+    with pytest.raises(SaiError, match="no sparse blocks"):
+        with_mask_outputs(TorchEngine(model=build_model("resnet18", base_width=8, num_classes=5)))
+    metered = with_mask_outputs(TorchEngine(model=fuse_for_inference(_model().float())))
+    seen = []
+    metered.observer = lambda dens, n: seen.append((dens, n))
+    assert set(metered.infer({"input": x.numpy()})) == {"logits"}
+    assert len(seen[0][0]) == 16 and seen[0][1] == 1
+    metered.close()
+
+
+def test_demo_report_block_masks_match_the_design_formula():
+    from sai.runtime.demo_report import block_masks
+
+    model = fuse_for_inference(_model())
+    logits, masks = block_masks(model, X)
+    inputs, want_logits = _block_inputs(model, X)
+    torch.testing.assert_close(logits, want_logits, atol=0, rtol=0)
+    want = _expected_masks(model, inputs)
+    assert list(masks) == [n for n, _ in model.sparse_blocks()]
+    for name, (m1, m2) in masks.items():
+        torch.testing.assert_close(m1, want[(name, "m1")], atol=1e-9, rtol=0)
+        torch.testing.assert_close(m2, want[(name, "m2")], atol=1e-9, rtol=0)
+    assert all(not b._mask_observers for _, b in model.sparse_blocks())
+    with pytest.raises(SaiError, match="fuse_for_inference"):
+        block_masks(_model(), X)
