@@ -2,7 +2,7 @@
 exists) and an onnxruntime model for the portable ONNX, each with dynamic batching, instance groups,
 a warmup request, the class names as a labels file and the sai metadata as parameters; where the model
 records its checkpoint's preprocessing, a python-backend preprocessing model and an ensemble that take
-uint8 images; the plugin library, and a README saying how Triton loads it. The configs are Triton's
+uint8 images; the plugin library (with its LD_PRELOAD companion), and a README saying how Triton loads it. The configs are Triton's
 ModelConfig protobuf (``sai.runtime.triton_config``), parsed back before they are written.
 
 Every setting is checked before anything is written (names, numbers, GPU ids, the ONNX file), and every
@@ -131,19 +131,26 @@ Written by `sai export-triton` from `{outdir}`.
 ## Starting Triton
 
 The onnxruntime model needs nothing else: the sai custom ops carry ONNX model-local functions that
-ONNX Runtime inlines. The TensorRT model needs the sai plugin library (`plugins/{plugin_name}`):
+ONNX Runtime inlines. The TensorRT model needs the sai plugin library (`plugins/{plugin_name}`),
+built for the container's TensorRT major version (`sai doctor` shows which). Either the TensorRT
+backend loads it (it dlopens the library after loading TensorRT; the library then registers its
+plugins itself):
 
     tritonserver --model-repository=$PWD \\
         --backend-config=tensorrt,plugins=$PWD/plugins/{plugin_name}
 
-or, equivalently for the dynamic loader,
+or preload the autoload library, which brings in the container's libnvinfer and then the plugins:
 
-    LD_PRELOAD=$PWD/plugins/{plugin_name} tritonserver --model-repository=$PWD
+    LD_PRELOAD=$PWD/plugins/{autoload_name} tritonserver --model-repository=$PWD
 
-Both make the process `dlopen` the library before the plan is deserialized. The plan must come from
-the same TensorRT version and GPU architecture as the Triton container, unless it was built with
-`sai convert --version-compatible` (the plugin library is then serialized into the plan).
-{plugin_note}
+Preloading `{plugin_name}` itself registers nothing (TensorRT is not loaded yet at that point).
+The plan must come from the same TensorRT version and GPU architecture as the Triton container,
+unless it was built with `sai convert --version-compatible`: the plugin library is then serialized
+into the plan, and Triton must be told to run the lean runtime such a plan carries:
+
+    tritonserver --model-repository=$PWD --backend-config=tensorrt,version-compatible=true \\
+        --backend-config=tensorrt,plugins=$PWD/plugins/{plugin_name}
+{vc_note}{plugin_note}
 ## Checking
 
     curl localhost:8000/v2/models/{onnx_name}/config
@@ -272,14 +279,23 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
 
             found = find_plugin_library()
             plugin_library = str(found) if found else None
-        plugin_name = "libsai_trt_plugins.so"
+        plugin_name, autoload_name = "libsai_trt_plugins.so", "libsai_trt_plugins_autoload.so"
         plugin_note = ""
         if plugin_library:
             _inside(tmp, "plugins").mkdir()
             shutil.copy2(plugin_library, _inside(tmp, "plugins", plugin_name))
+            companion = Path(plugin_library).with_name(autoload_name)
+            if companion.is_file():
+                shutil.copy2(companion, _inside(tmp, "plugins", autoload_name))
+            else:
+                plugin_note = (f"\n`{autoload_name}` (for LD_PRELOAD) was not found beside the plugin library: "
+                               "`make plugins` builds it; copy it to `plugins/`.\n")
         else:
             plugin_note = ("\nThe plugin library was not built where this repository was written: build it with "
                            "`make plugins` and copy it to `plugins/`.\n")
+        vc = bool((manifest.get("engine") or {}).get("version_compatible"))
+        vc_note = ("\nThis plan was built version-compatible: use the last command.\n" if vc and trt_name in written
+                   else "")
         noise = meta.get("noise_inputs") or []
         noise_note = ""
         if noise:
@@ -303,7 +319,7 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
         _inside(tmp, "README.md").write_text(README.format(
             arch=manifest.get("arch"), sampling=meta.get("sampling"), precision=meta.get("precision"),
             outdir=outdir, rows="\n".join(rows), channels=channels,
-            noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, plugin_note=plugin_note, onnx_name=onnx_name,
+            noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, autoload_name=autoload_name, vc_note=vc_note, plugin_note=plugin_note, onnx_name=onnx_name,
             batching=BATCHING[mbs > 0].format(channels=channels)))
         publish_dir(tmp, repo, "README.md", "sai export-triton")
     except OSError as exc:  # a full disk, a folder that became unwritable, ...

@@ -39,6 +39,7 @@ def test_repository_configs_valid_against_triton_schema(outdir_with_plan, tmp_pa
 
     lib = tmp_path / "libsai_trt_plugins.so"
     lib.write_bytes(b"\x7fELF fake")
+    (tmp_path / "libsai_trt_plugins_autoload.so").write_bytes(b"\x7fELF fake autoload")
     res = export_triton(outdir_with_plan, tmp_path / "repo", instances=1, plugin_library=str(lib))
     repo = tmp_path / "repo"
     assert res["models"] == {"sparse_resnet18_onnx": "onnxruntime_onnx", "sparse_resnet18_trt": "tensorrt_plan"}
@@ -66,7 +67,9 @@ def test_repository_configs_valid_against_triton_schema(outdir_with_plan, tmp_pa
     assert (repo / "plugins/libsai_trt_plugins.so").read_bytes() == lib.read_bytes()
     readme = (repo / "README.md").read_text()
     assert "--backend-config=tensorrt,plugins=$PWD/plugins/libsai_trt_plugins.so" in readme
-    assert "LD_PRELOAD=$PWD/plugins/libsai_trt_plugins.so" in readme
+    assert "LD_PRELOAD=$PWD/plugins/libsai_trt_plugins_autoload.so" in readme  # the main library alone finds no TensorRT
+    assert (repo / "plugins/libsai_trt_plugins_autoload.so").read_bytes() == b"\x7fELF fake autoload"
+    assert "--backend-config=tensorrt,version-compatible=true" in readme
 
 
 def test_schema_check_can_fail():
