@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sai.exporter.functions import DEFORM_OVERLOAD, DOMAIN, INTERP, OP_TYPES, SSC
+from sai.exporter.functions import DEFORM_OVERLOAD, DOMAIN, INTERP, OP_TYPES, POINTWISE_OVERLOAD, SSC
 
 _BLOCK_RE = re.compile(r"(^|\.)layer\d+\.\d+$")
 _SHORT = {SSC: "ssc", INTERP: "interp"}
@@ -80,6 +80,46 @@ def fix_custom_nodes(model: onnx.ModelProto) -> OrderedDict[str, dict[str, int]]
             node.name = new
             used_names.add(new)
     return blocks
+
+
+def fill_missing_bias(model: onnx.ModelProto) -> None:
+    """Give 3-input SparseSampleConv nodes a zero bias (the sparse bodies add B to their rows)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in custom_nodes(model):
+        if node.op_type != SSC or len(node.input) != 3:
+            continue
+        w = inits.get(node.input[2])
+        if w is None:
+            raise RuntimeError(f"{node.name}: weight {node.input[2]} is not an initializer")
+        name = f"{node.input[2]}.zero_bias"
+        if name not in inits:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
+            inits[name] = numpy_helper.from_array(np.zeros([int(w.dims[0])], dtype=dtype), name)
+            graph.initializer.append(inits[name])
+        node.input.append(name)
+
+
+def _is_pointwise(node: onnx.NodeProto) -> bool:
+    """4 inputs, one group, zero pads (the caller checks the 1x1 kernel on the weight initializer)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return (len(node.input) == 4 and attrs.get("group", 1) == 1
+            and list(attrs.get("pads", [0, 0, 0, 0])) == [0, 0, 0, 0])
+
+
+def set_overloads(model: onnx.ModelProto, pointwise: bool) -> None:
+    """Each SparseSampleConv node's function overload: ``deform`` for 5 inputs; with ``pointwise``
+    (the sparse bodies) ``pointwise`` for 1x1 kernels with zero pads and one group; else ``""``."""
+    kernels = {t.name: list(t.dims[2:]) for t in model.graph.initializer if len(t.dims) == 4}
+    for node in custom_nodes(model):
+        if node.op_type != SSC:
+            continue
+        if len(node.input) == 5:
+            node.overload = DEFORM_OVERLOAD
+        elif pointwise and _is_pointwise(node) and kernels.get(node.input[2]) == [1, 1]:
+            node.overload = POINTWISE_OVERLOAD
+        else:
+            node.overload = ""
 
 
 def strip_torch_metadata(model: onnx.ModelProto) -> None:
