@@ -15,3 +15,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    """The tiny `sai convert` OUTDIR of runtime_helpers (built once per session; a module may override)."""
+    from runtime_helpers import tiny_outdir
+
+    out, info = tiny_outdir(tmp_path_factory)
+    assert info["rc"] == 0, info
+    return out

@@ -21,19 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from runtime_helpers import tiny_outdir
 
 import sai.runtime as rt
 from sai.runtime.serve import InferenceServer
 
 TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def outdir(tmp_path_factory):
-    out, info = tiny_outdir(tmp_path_factory)
-    assert info["rc"] == 0, info
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import tiny_outdir
 
 import sai.runtime as rt
 from sai.runtime.engine import ProfileError
@@ -30,13 +29,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 TIMEOUT = 60
 MODEL = "sparse_resnet18"
-
-
-@pytest.fixture(scope="module")
-def outdir(tmp_path_factory):
-    out, info = tiny_outdir(tmp_path_factory)
-    assert info["rc"] == 0, info
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,11 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from runtime_helpers import record_files, tiny_outdir
+from runtime_helpers import record_files
 
 from sai.cli.main import main
 from sai.errors import SaiError
 from sai.runtime.validate import parse_tolerances
-
-
-@pytest.fixture(scope="module")
-def outdir(tmp_path_factory):
-    out, info = tiny_outdir(tmp_path_factory)
-    assert info["rc"] == 0, info
-    return out
 
 
 @pytest.fixture(scope="module")
