@@ -36,7 +36,8 @@ import traceback
 from pathlib import Path
 
 # pyproject.toml's package-dir: how the repository's folders become subpackages of `sai`
-_PACKAGE_DIRS = {"sai.kernels": "kernels", "sai.models": "models", "sai.exporter": "exporter", "sai.runtime": "runtime"}
+_PACKAGE_DIRS = {"sai.kernels": "kernels", "sai.models": "models", "sai.exporter": "exporter", "sai.runtime": "runtime",
+                 "sai.benchmarks": "benchmarks"}
 
 
 def bootstrap_from_checkout() -> None:
@@ -306,10 +307,10 @@ def _stage3_block(dev, dt, r: float, h: int, w: int, tiny: bool):
     import torch
     from torch import nn
 
+    from sai.benchmarks.opbench import calibrate_mask_bias, randomize_masks
     from sai.models import build_model, fuse_for_inference
     from sai.models.blocks import Bottleneck
     from sai.models.fuse import fuse_block
-    from sai.runtime.opbench import calibrate_mask_bias, randomize_masks
 
     width = {"base_width": 4} if tiny else {}
     model = build_model("sparse_resnet50", head="none", **width)
@@ -379,8 +380,8 @@ def block_section(dev, tiny: bool) -> dict:
 def model_section(dev, tiny: bool) -> dict:
     import torch
 
+    from sai.benchmarks.opbench import calibrate_mask_bias, dense_twin, measured_density, randomize_masks
     from sai.models import build_model, fuse_for_inference
-    from sai.runtime.opbench import calibrate_mask_bias, dense_twin, measured_density, randomize_masks
 
     dt = torch.float16 if dev.type == "cuda" else torch.float32
     sizes = [(32, 32)] if tiny else [(512, 832), (1024, 1664)]

@@ -212,7 +212,7 @@ def _tiny_zoo(root: Path) -> Path:
 def test_report_tiny(tmp_path):
     from PIL import Image
 
-    from sai.runtime.demo_report import write_report
+    from sai.demo.report import write_report
 
     zoo = _tiny_zoo(tmp_path / "zoo")
     bench = {"results": [{"label": "sparse_resnet18", "backend": "onnxruntime", "input_shape": [8, 3, 64, 64],
@@ -244,7 +244,7 @@ def test_report_tiny(tmp_path):
 def test_overlay_marks_sampled_cells():
     import numpy as np
 
-    from sai.runtime.demo_report import overlay
+    from sai.demo.report import overlay
 
     img = np.full((8, 8, 3), 200, np.uint8)
     mask = np.array([[1.0, 0.0], [0.0, 0.7]])

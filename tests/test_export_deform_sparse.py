@@ -14,8 +14,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from op_helpers import make_mask, ort_session  # noqa: E402
 
+from sai.benchmarks.opmodels import deform_sparse_sample_conv_model  # noqa: E402
 from sai.exporter.functions import all_functions  # noqa: E402
-from sai.exporter.opmodels import deform_sparse_sample_conv_model  # noqa: E402
 from sai.models.ops import deform_conv2d_reference  # noqa: E402
 
 

@@ -16,7 +16,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from op_helpers import make_mask, ort_session  # noqa: E402
 
-from sai.exporter.opmodels import interpolate_model, sparse_sample_conv_model  # noqa: E402
+from sai.benchmarks.opmodels import interpolate_model, sparse_sample_conv_model  # noqa: E402
 
 BODIES = ["sparse", "dense"]
 

@@ -307,7 +307,7 @@ def test_torch_engine_mask_outputs_come_from_the_observer_and_go_with_close():
 
 
 def test_demo_report_block_masks_match_the_design_formula():
-    from sai.runtime.demo_report import block_masks
+    from sai.demo.report import block_masks
 
     model = fuse_for_inference(_model())
     logits, masks = block_masks(model, X)

@@ -23,12 +23,12 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper  # noqa: E402
 
-from sai.exporter.functions import DOMAIN  # noqa: E402
-from sai.exporter.opmodels import (  # noqa: E402
+from sai.benchmarks.opmodels import (  # noqa: E402
     deform_sparse_sample_conv_model,
     interpolate_model,
     sparse_sample_conv_model,
 )
+from sai.exporter.functions import DOMAIN  # noqa: E402
 from sai.models import ops  # noqa: E402
 from sai.runtime import ort_ops  # noqa: E402
 
@@ -368,7 +368,7 @@ def test_doctor_reports_the_library():
 def test_bench_ops_onnx_section_has_the_custom_op_case(tmp_path):
     """`sai bench-ops --sections onnx`: the custom-op model case beside the portable one (tiny sizes here;
     a benchmark, so only its shape is checked, never its speed)."""
-    from sai.runtime.opbench import bench_onnx
+    from sai.benchmarks.opbench import bench_onnx
 
     cases = bench_onnx(1, "sparse_resnet18", 64, 64, 0.3, threads=1, workdir=str(tmp_path), with_op_cases=False)
     names = [c.name for c in cases]

@@ -67,7 +67,7 @@ def test_bench_bad_shape_is_one_line_error(tmp_path, capsys):
 
 def test_bench_ops_onnx_op_cases_tiny():
     """`sai bench-ops --sections onnx` op cases run end to end (timings are printed, never asserted)."""
-    from sai.runtime.opbench import bench_onnx_op, format_table
+    from sai.benchmarks.opbench import bench_onnx_op, format_table
 
     cases = bench_onnx_op(1, size=9, channels=4, densities=(0.5, 1.0), threads=1)
     assert [(c.name.split()[0], c.density) for c in cases] == [

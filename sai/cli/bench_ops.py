@@ -11,9 +11,9 @@ SECTIONS = ("op", "block", "model", "onnx")
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from sai.benchmarks import opbench
     from sai.errors import SaiError
     from sai.models import cpu_kernels
-    from sai.runtime import opbench
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]

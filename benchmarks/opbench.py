@@ -237,7 +237,7 @@ def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(
                   threads: int = 0) -> list[Case]:
     """One SparseSampleConv 3x3 (sparse ONNX function body) vs Conv + Mul, and its deformable variant
     (sparse bilinear-gather body) vs the DeformConv body, onnxruntime CPU."""
-    from sai.exporter.opmodels import bench_deform_sparse_sample_conv, bench_sparse_sample_conv
+    from sai.benchmarks.opmodels import bench_deform_sparse_sample_conv, bench_sparse_sample_conv
 
     cases = []
     for r in bench_sparse_sample_conv(repeats, size=size, channels=channels, densities=densities,
@@ -262,8 +262,8 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
     import numpy as np
     import onnxruntime as ort
 
+    from sai.benchmarks.opmodels import bench_session_options
     from sai.exporter import export_onnx
-    from sai.exporter.opmodels import bench_session_options
     from sai.models import build_model
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ concurrent clients against a server process, with p50/p99 per kind, throughput, 
 process's RSS before and after; optionally the old server (any git revision's ``runtime/serve.py``, /v1 only) in
 the same run, on the same /v1 load, as ratios.
 
-    python -m sai.runtime.serve_bench OUTDIR [--requests 10000] [--clients 8] [--baseline-rev 93f1d37]
+    python -m sai.benchmarks.serve_bench OUTDIR [--requests 10000] [--clients 8] [--baseline-rev 93f1d37]
 
 A benchmark, not a test: it prints numbers and exits 0 unless a request failed unexpectedly (exit 1).
 """
@@ -237,7 +237,7 @@ def _old_source(rev: str) -> Optional[Path]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sai.runtime.serve_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sai.benchmarks.serve_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="sai convert OUTDIR")
     p.add_argument("--requests", type=int, default=10000, help="requests to the new server (mixed kinds)")
     p.add_argument("--baseline-requests", type=int, help="/v1 requests to each server for the ratio (default "

@@ -1,0 +1,148 @@
+"""The `make demo` pipeline on the shipped demo checkpoint, ending in OUT/report.html.
+
+Runs, each as the `sai` command a user would type (printed before it runs, its output streamed and
+kept in OUT/logs/): `sai convert` (portable + TensorRT-target ONNX; the engine only where TensorRT
+and a GPU exist), `sai validate` (PyTorch vs onnxruntime through Polygraphy), `sai bench
+--compare-dense` (CPU latency of the sparse model vs the dense ResNet with the same weights), then
+evaluates both demo models on the held-out split, draws the mask overlays and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sai.errors import SaiError
+
+
+def _run_step(title: str, argv: list[str], logdir: Path, capture_stdout: bool = False) -> dict:
+    """Run ``sai <argv>`` in a subprocess; stream its output (indented) and keep it in ``logdir``."""
+    shown = "sai " + " ".join(argv)
+    print(f"\n==> {title}\n$ {shown}", flush=True)
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{argv[0]}.log"
+    t = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sai", *argv], stdout=subprocess.PIPE,
+                                stderr=None if capture_stdout else subprocess.STDOUT, text=True, env=env)
+        out_lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            out_lines.append(line)
+            if not capture_stdout:
+                print("    " + line.rstrip(), flush=True)
+        rc = proc.wait()
+    secs = time.perf_counter() - t
+    status = "ok" if rc == 0 else f"failed (exit {rc})"
+    print(f"    [{status}, {secs:.1f} s]", flush=True)
+    return {"command": shown, "status": status, "rc": rc, "seconds": secs, "stdout": "".join(out_lines)}
+
+
+def _validate_summary(path: Path, step: dict) -> dict:
+    """The parity figures of a ``sai validate --report`` JSON, in the report's shape."""
+    out: dict = {"source": f"{step['command']} (Polygraphy Comparator)", "passed": step["rc"] == 0}
+    if path.is_file():
+        rep = json.loads(path.read_text())
+        out["passed"] = bool(rep.get("passed", out["passed"]))
+        out["comparisons"] = [
+            {"name": f"{o.get('pair')} (input set {o.get('iteration')})", "output": o.get("output"),
+             "max_abs": o.get("max_abs"), "mean_abs": o.get("mean_abs"), "max_rel": o.get("max_rel"),
+             "tolerance": f"atol {o.get('atol')}, rtol {o.get('rtol')}",
+             "extra": "PASS" if o.get("passed") else "FAIL"}
+            for o in rep.get("outputs", [])]
+        masks = rep.get("masks", [])
+        if masks:
+            worst = min(masks, key=lambda m: m.get("agreement", 1.0))
+            out["masks"] = {"compared": len(masks), "worst_agreement": worst.get("agreement"),
+                            "worst_mask": worst.get("mask"), "threshold": rep.get("mask_threshold"),
+                            "disagree_total": sum(int(m.get("disagree", 0)) for m in masks)}
+    out["text"] = step["stdout"].strip()
+    return out
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``sai demo``: every step, then the report; 0 when all steps succeeded."""
+    from sai.demo.report import write_report
+    from sai.models.train_demo import DEFAULT_OUT, SPARSE_FILE
+
+    zoo = Path(args.zoo or DEFAULT_OUT)
+    ck = zoo / SPARSE_FILE
+    if not ck.is_file():
+        raise SaiError(f"demo checkpoint {ck} not found (train it with: sai train-demo --out {zoo})")
+    meta = json.loads((zoo / "metrics.json").read_text())
+    h, w = meta["input"]["height"], meta["input"]["width"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    model_dir = out / "model"
+    t0 = time.perf_counter()
+    steps = []
+    threads = ["--threads", str(args.threads)] if args.threads and args.threads > 0 else []
+
+    s = _run_step("1/4 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
+                  ["convert", str(ck), "-o", str(model_dir), "--opt-shape", f"1,3,{h},{w}",
+                   "--min-shape", f"1,3,{h},{w}", "--max-shape", f"{max(8, args.batch)},3,{h},{w}"], logs)
+    steps.append(s)
+    converted = s["rc"] == 0
+
+    validate = None
+    if converted:
+        vjson = out / "validate.json"
+        s = _run_step("2/4 validate: PyTorch vs onnxruntime on identical inputs (Polygraphy)",
+                      ["validate", str(model_dir), "--report", str(vjson), *threads], logs)
+        steps.append(s)
+        validate = _validate_summary(vjson, s)
+
+    benches = []
+    if converted:
+        runs = [("3/4 bench (onnxruntime, the portable ONNX): sparse model vs the dense ResNet with the same weights",
+                 ["bench", str(model_dir)])]
+        if not args.no_torch_bench:
+            runs.append(("3/4 bench (PyTorch with the sai C++ CPU kernels): sparse vs dense, same weights",
+                         ["bench", str(ck), "--backend", "torch", "--shape", f"{h},{w}"]))
+        for title, head in runs:
+            s = _run_step(title, [*head, "--compare-dense", "--json", "--batch", str(args.batch),
+                                  "--iterations", str(args.iterations), "--warmup", "3", *threads],
+                          logs, capture_stdout=True)
+            steps.append(s)
+            if s["rc"] != 0:
+                continue
+            try:
+                bench = json.loads(s["stdout"])
+            except json.JSONDecodeError:
+                s["status"] = "ok (unparsed output)"
+                continue
+            bench["source"] = s["command"]
+            benches.append(bench)
+            for r in bench.get("results", []):
+                print(f"    {r.get('label')}: p50 {r.get('p50_ms', 0):.2f} ms ({r.get('backend')}, "
+                      f"input {r.get('input_shape')})")
+            if bench.get("sparse_over_dense_p50"):
+                print(f"    sparse/dense p50 latency ratio: {bench['sparse_over_dense_p50']:.3f}")
+
+    print("\n==> 4/4 report: accuracy, densities, FLOPs, speed, parity, mask overlays", flush=True)
+    t = time.perf_counter()
+    write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
+                 validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
+                 progress=lambda m: print("    " + m, flush=True))
+    steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
+    rep = json.loads((out / "report.json").read_text())
+    acc = rep["accuracy"]
+    print(f"\nsai demo: done in {time.perf_counter() - t0:.0f} s -> {out / 'report.html'}")
+    print(f"  accuracy sparse {acc['sparse']:.4f} vs dense {acc.get('dense', float('nan')):.4f} on {acc['n']} "
+          f"held-out images; mean density {rep['mean_density']:.3f}; MACs ratio "
+          f"{rep['flops']['kernel']['ratio']:.3f}"
+          + "".join(f"; CPU latency ratio sparse/dense {b['sparse_over_dense_p50']:.3f} "
+                    f"({b['results'][0].get('backend')})" for b in benches if b.get("sparse_over_dense_p50")))
+    failed = [st["command"] for st in steps if not str(st["status"]).startswith("ok")]
+    if failed:
+        print("sai demo: failed steps: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
