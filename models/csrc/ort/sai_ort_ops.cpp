@@ -166,6 +166,18 @@ const float* as_float(const OrtBackend& be, const Ort::ConstValue& v, std::vecto
   }
 }
 
+// Where a kernel writes its float results: the output itself for float32, `buf` (stored into the
+// float16 output afterwards by `store`) for float16.
+template <typename T>
+float* output_floats(Ort::UnownedValue& y, int64_t n, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return y.GetTensorMutableData<float>();
+  } else {
+    buf.resize(static_cast<size_t>(n));
+    return buf.data();
+  }
+}
+
 template <typename T>
 void store(const OrtBackend& be, const float* src, T* dst, int64_t n) {
   if constexpr (!std::is_same_v<T, float>) {
@@ -181,21 +193,28 @@ struct NodeError {
   std::string message;
 };
 
-std::string node_name(const OrtKernelInfo* info) {
+// A string the API writes in two calls (size, then data) through `get`; trailing NULs dropped.
+// Returns false when either call fails.
+template <class Get>
+bool read_string(Get get, std::string& out) {
   size_t size = 0;
-  OrtStatus* st = g_api->KernelInfo_GetNodeName(info, nullptr, &size);
+  OrtStatus* st = get(nullptr, &size);
+  if (st == nullptr) {
+    out.assign(size, '\0');
+    st = get(&out[0], &size);
+  }
   if (st != nullptr) {
     g_api->ReleaseStatus(st);
-    return "?";
+    return false;
   }
-  std::string name(size, '\0');
-  st = g_api->KernelInfo_GetNodeName(info, &name[0], &size);
-  if (st != nullptr) {
-    g_api->ReleaseStatus(st);
-    return "?";
-  }
-  while (!name.empty() && name.back() == '\0') name.pop_back();
-  return name;
+  while (!out.empty() && out.back() == '\0') out.pop_back();
+  return true;
+}
+
+std::string node_name(const OrtKernelInfo* info) {
+  std::string name;
+  const bool ok = read_string([&](char* d, size_t* n) { return g_api->KernelInfo_GetNodeName(info, d, n); }, name);
+  return ok ? name : "?";
 }
 
 std::string where(const char* op, const std::string& node) {
@@ -203,6 +222,20 @@ std::string where(const char* op, const std::string& node) {
 }
 
 OrtStatusPtr make_status(OrtErrorCode code, const std::string& msg) { return g_api->CreateStatus(code, msg.c_str()); }
+
+// Runs `f` (returning an OrtStatusPtr) and turns what it throws into a status: a NodeError as
+// ORT_INVALID_ARGUMENT with its message (it names the node and the attribute or input), anything else
+// as `other` prefixed with `w` (the op and node).
+template <class F>
+OrtStatusPtr guarded(const std::string& w, OrtErrorCode other, F&& f) {
+  try {
+    return f();
+  } catch (const NodeError& e) {
+    return make_status(ORT_INVALID_ARGUMENT, e.message);
+  } catch (const std::exception& e) {  // Ort::Exception included
+    return make_status(other, w + e.what());
+  }
+}
 
 // Missing attributes come back as ORT_FAIL "No attribute with name ..."; anything else (a wrong
 // type) is reported as such.
@@ -219,90 +252,74 @@ std::string join(const std::vector<int64_t>& v) {
   return os.str();
 }
 
+// The status of reading attribute `name`: true when the node does not carry it (the caller uses its
+// default); throws NodeError naming the node and the attribute when it has another type.
+bool attr_absent(OrtStatus* st, const std::string& w, const char* name, const char* type) {
+  if (st == nullptr) return false;
+  const bool missing = is_missing(st);
+  g_api->ReleaseStatus(st);
+  if (missing) return true;
+  throw NodeError{w + "attribute '" + name + "' must be " + type};
+}
+
+// An INT or FLOAT attribute through `get` (the OrtApi getter of its type), or `fallback` when the node
+// does not carry it; throws NodeError on a wrong type.
+template <typename V, typename Get>
+V attr_scalar(const OrtKernelInfo* info, const std::string& w, const char* name, V fallback, Get get, const char* type) {
+  V v{};
+  return attr_absent(get(info, name, &v), w, name, type) ? fallback : v;
+}
+
+int64_t attr_int(const OrtKernelInfo* info, const std::string& w, const char* name, int64_t fallback) {
+  return attr_scalar(info, w, name, fallback, g_api->KernelInfoGetAttribute_int64, "an int (INT)");
+}
+
+float attr_float(const OrtKernelInfo* info, const std::string& w, const char* name, float fallback) {
+  return attr_scalar(info, w, name, fallback, g_api->KernelInfoGetAttribute_float, "a float (FLOAT)");
+}
+
 // An INTS attribute, or `fallback` when the node does not carry it; throws NodeError on a wrong type.
 std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const std::string& w, const char* name,
                                std::vector<int64_t> fallback) {
+  constexpr const char* kType = "a list of ints (INTS)";
   size_t size = 0;
-  OrtStatus* st = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (st != nullptr) {
-    const bool missing = is_missing(st);
-    g_api->ReleaseStatus(st);
-    if (missing) return fallback;
-    throw NodeError{w + "attribute '" + name + "' must be a list of ints (INTS)"};
+  if (attr_absent(g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size), w, name, kType)) {
+    return fallback;
   }
   std::vector<int64_t> out(size);
   if (size > 0) {
-    st = g_api->KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
+    OrtStatus* st = g_api->KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
     if (st != nullptr) {
       g_api->ReleaseStatus(st);
-      throw NodeError{w + "attribute '" + name + "' must be a list of ints (INTS)"};
+      throw NodeError{w + "attribute '" + name + "' must be " + kType};
     }
   }
   return out;
 }
 
-int64_t attr_int(const OrtKernelInfo* info, const std::string& w, const char* name, int64_t fallback) {
-  int64_t v = 0;
-  OrtStatus* st = g_api->KernelInfoGetAttribute_int64(info, name, &v);
-  if (st != nullptr) {
-    const bool missing = is_missing(st);
-    g_api->ReleaseStatus(st);
-    if (missing) return fallback;
-    throw NodeError{w + "attribute '" + name + "' must be an int (INT)"};
-  }
-  return v;
-}
-
-float attr_float(const OrtKernelInfo* info, const std::string& w, const char* name, float fallback) {
-  float v = 0.F;
-  OrtStatus* st = g_api->KernelInfoGetAttribute_float(info, name, &v);
-  if (st != nullptr) {
-    const bool missing = is_missing(st);
-    g_api->ReleaseStatus(st);
-    if (missing) return fallback;
-    throw NodeError{w + "attribute '" + name + "' must be a float (FLOAT)"};
+// An INTS attribute of exactly `count` values, each >= `lo` (`fallback` when absent); throws NodeError
+// naming the node, the attribute and what it holds otherwise.
+std::vector<int64_t> attr_ints_checked(const OrtKernelInfo* info, const std::string& w, const char* name,
+                                       std::vector<int64_t> fallback, size_t count, int64_t lo, const char* what) {
+  std::vector<int64_t> v = attr_ints(info, w, name, std::move(fallback));
+  if (v.size() != count || std::any_of(v.begin(), v.end(), [lo](int64_t x) { return x < lo; })) {
+    throw NodeError{w + "attribute '" + name + "' must be " + what + ", got " + join(v)};
   }
   return v;
 }
 
 std::string attr_string(const OrtKernelInfo* info, const std::string& w, const char* name, const char* fallback) {
+  constexpr const char* kType = "a string (STRING)";
   size_t size = 0;
-  OrtStatus* st = g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st != nullptr) {
-    const bool missing = is_missing(st);
-    g_api->ReleaseStatus(st);
-    if (missing) return fallback;
-    throw NodeError{w + "attribute '" + name + "' must be a string (STRING)"};
+  if (attr_absent(g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size), w, name, kType)) return fallback;
+  std::string out;
+  if (!read_string([&](char* d, size_t* n) { return g_api->KernelInfoGetAttribute_string(info, name, d, n); }, out)) {
+    throw NodeError{w + "attribute '" + name + "' must be " + kType};
   }
-  std::string out(size, '\0');
-  st = g_api->KernelInfoGetAttribute_string(info, name, &out[0], &size);
-  if (st != nullptr) {
-    g_api->ReleaseStatus(st);
-    throw NodeError{w + "attribute '" + name + "' must be a string (STRING)"};
-  }
-  while (!out.empty() && out.back() == '\0') out.pop_back();
   return out;
 }
 
-// The static shape of input `i` as the graph declares it (-1 for symbolic dims); empty when unknown.
-std::vector<int64_t> static_shape(const OrtKernelInfo* info, size_t i) {
-  size_t count = 0;
-  OrtStatus* st = g_api->KernelInfo_GetInputCount(info, &count);
-  if (st != nullptr) {
-    g_api->ReleaseStatus(st);
-    return {};
-  }
-  if (i >= count) return {};
-  try {
-    Ort::ConstKernelInfo ki(info);
-    Ort::TypeInfo ti = ki.GetInputTypeInfo(i);
-    if (ti.GetONNXType() != ONNX_TYPE_TENSOR) return {};
-    return ti.GetTensorTypeAndShapeInfo().GetShape();
-  } catch (const std::exception&) {
-    return {};
-  }
-}
-
+// The number of inputs the node has (0 when unknown).
 size_t input_count(const OrtKernelInfo* info) {
   size_t count = 0;
   OrtStatus* st = g_api->KernelInfo_GetInputCount(info, &count);
@@ -311,6 +328,19 @@ size_t input_count(const OrtKernelInfo* info) {
     return 0;
   }
   return count;
+}
+
+// The static shape of input `i` as the graph declares it (-1 for symbolic dims); empty when unknown.
+std::vector<int64_t> static_shape(const OrtKernelInfo* info, size_t i) {
+  if (i >= input_count(info)) return {};
+  try {
+    Ort::ConstKernelInfo ki(info);
+    Ort::TypeInfo ti = ki.GetInputTypeInfo(i);
+    if (ti.GetONNXType() != ONNX_TYPE_TENSOR) return {};
+    return ti.GetTensorTypeAndShapeInfo().GetShape();
+  } catch (const std::exception&) {
+    return {};
+  }
 }
 
 // ---- SparseSampleConv -----------------------------------------------------------------------------
@@ -327,18 +357,10 @@ struct ConvAttrs {
 // Reads and checks every attribute by name, type, length and range; throws NodeError.
 ConvAttrs read_conv_attrs(const OrtKernelInfo* info, const std::string& w) {
   ConvAttrs a;
-  const std::vector<int64_t> strides = attr_ints(info, w, "strides", {1, 1});
-  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1) {
-    throw NodeError{w + "attribute 'strides' must be 2 ints >= 1, got " + join(strides)};
-  }
-  const std::vector<int64_t> pads = attr_ints(info, w, "pads", {0, 0, 0, 0});
-  if (pads.size() != 4 || *std::min_element(pads.begin(), pads.end()) < 0) {
-    throw NodeError{w + "attribute 'pads' must be 4 ints >= 0 (top, left, bottom, right), got " + join(pads)};
-  }
-  const std::vector<int64_t> dil = attr_ints(info, w, "dilations", {1, 1});
-  if (dil.size() != 2 || dil[0] < 1 || dil[1] < 1) {
-    throw NodeError{w + "attribute 'dilations' must be 2 ints >= 1, got " + join(dil)};
-  }
+  const std::vector<int64_t> strides = attr_ints_checked(info, w, "strides", {1, 1}, 2, 1, "2 ints >= 1");
+  const std::vector<int64_t> pads =
+      attr_ints_checked(info, w, "pads", {0, 0, 0, 0}, 4, 0, "4 ints >= 0 (top, left, bottom, right)");
+  const std::vector<int64_t> dil = attr_ints_checked(info, w, "dilations", {1, 1}, 2, 1, "2 ints >= 1");
   a.group = attr_int(info, w, "group", 1);
   if (a.group < 1) throw NodeError{w + "attribute 'group' must be >= 1, got " + std::to_string(a.group)};
   a.deform_groups = attr_int(info, w, "deform_groups", 1);
@@ -384,9 +406,7 @@ ConvAttrs read_conv_attrs(const OrtKernelInfo* info, const std::string& w) {
                       std::to_string(os[1]) + " channels (2 * deform_groups * kh * kw = " +
                       std::to_string(2 * a.deform_groups * ws[2] * ws[3]) + ")"};
     }
-  } else if (a.deform_groups != 1 && n_in < 5) {
-    // without an Offset the conv is not deformable: deform_groups has no meaning but must divide C
-  }
+  }  // without an Offset deform_groups has no meaning, but it must still divide C (checked above)
   return a;
 }
 
@@ -399,15 +419,7 @@ struct SparseSampleConvKernel {
   std::vector<int64_t> w_nhwc_shape;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      return compute(context);
-    } catch (const NodeError& e) {
-      return make_status(ORT_INVALID_ARGUMENT, e.message);
-    } catch (const Ort::Exception& e) {
-      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
-    } catch (const std::exception& e) {
-      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
-    }
+    return guarded(w, ORT_RUNTIME_EXCEPTION, [&] { return compute(context); });
   }
 
   OrtStatusPtr compute(OrtKernelContext* context) {
@@ -476,13 +488,7 @@ struct SparseSampleConvKernel {
     }
     Ort::UnownedValue Y = ctx.GetOutput(0, {p.N, p.Cout, p.Ho, p.Wo});
     const int64_t n_out = static_cast<int64_t>(p.N) * p.Cout * p.Ho * p.Wo;
-    float* out = nullptr;
-    if constexpr (std::is_same_v<T, float>) {
-      out = Y.GetTensorMutableData<float>();
-    } else {
-      ybuf.resize(static_cast<size_t>(n_out));
-      out = ybuf.data();
-    }
+    float* out = output_floats<T>(Y, n_out, ybuf);
     be.parallel_for(0, n_out, 1 << 16, [&](int64_t b, int64_t e) { std::memset(out + b, 0, sizeof(float) * (e - b)); });
     const float* xf = as_float<T>(be, X, xbuf);
     const float* wf = as_float<T>(be, Wt, wbuf);
@@ -525,16 +531,12 @@ struct SparseSampleConvOp : Ort::CustomOpBase<SparseSampleConvOp<T>, SparseSampl
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
     const std::string node = node_name(info);
     const std::string w = where("SparseSampleConv", node);
-    try {
+    return guarded(w, ORT_FAIL, [&]() -> OrtStatusPtr {
       auto* k = new SparseSampleConvKernel<T>{node, w, read_conv_attrs(info, w), {}, {}};
       precompute_weight(info, k);
       *kernel = k;
       return nullptr;
-    } catch (const NodeError& e) {
-      return make_status(ORT_INVALID_ARGUMENT, e.message);
-    } catch (const std::exception& e) {
-      return make_status(ORT_FAIL, w + e.what());
-    }
+    });
   }
   // A constant float32 W (an initializer) is laid out for the NHWC path once, here.
   static void precompute_weight(const OrtKernelInfo* info, SparseSampleConvKernel<T>* k) {
@@ -578,13 +580,7 @@ struct InterpolateKernel {
   float sigma{1.F}, eps{1e-5F};
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      return compute(context);
-    } catch (const NodeError& e) {
-      return make_status(ORT_INVALID_ARGUMENT, e.message);
-    } catch (const std::exception& e) {
-      return make_status(ORT_RUNTIME_EXCEPTION, w + e.what());
-    }
+    return guarded(w, ORT_RUNTIME_EXCEPTION, [&] { return compute(context); });
   }
 
   OrtStatusPtr compute(OrtKernelContext* context) {
@@ -612,13 +608,7 @@ struct InterpolateKernel {
     OrtBackend be{context};
     std::vector<float> fbuf, mbuf, ybuf;
     const int64_t n_out = fs[0] * fs[1] * fs[2] * fs[3];
-    float* out = nullptr;
-    if constexpr (std::is_same_v<T, float>) {
-      out = Y.GetTensorMutableData<float>();
-    } else {
-      ybuf.resize(static_cast<size_t>(n_out));
-      out = ybuf.data();
-    }
+    float* out = output_floats<T>(Y, n_out, ybuf);
     sai_cpu::interpolate(be, p, false, as_float<T>(be, F, fbuf), as_float<T>(be, M, mbuf), out);
     store<T>(be, out, Y.GetTensorMutableData<T>(), n_out);
     return nullptr;
@@ -630,7 +620,7 @@ struct InterpolateOp : Ort::CustomOpBase<InterpolateOp<T>, InterpolateKernel<T>,
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
     const std::string node = node_name(info);
     const std::string w = where("Interpolate", node);
-    try {
+    return guarded(w, ORT_FAIL, [&]() -> OrtStatusPtr {
       const int64_t ks = attr_int(info, w, "kernel_size", 7);
       if (ks < 1 || ks % 2 == 0 || ks > sai::kSAI_MAX_INTERP_KERNEL) {
         throw NodeError{w + "attribute 'kernel_size' must be odd, 1.." + std::to_string(sai::kSAI_MAX_INTERP_KERNEL) +
@@ -649,11 +639,7 @@ struct InterpolateOp : Ort::CustomOpBase<InterpolateOp<T>, InterpolateKernel<T>,
       auto* k = new InterpolateKernel<T>{node, w, static_cast<int32_t>(ks), sigma, eps};
       *kernel = k;
       return nullptr;
-    } catch (const NodeError& e) {
-      return make_status(ORT_INVALID_ARGUMENT, e.message);
-    } catch (const std::exception& e) {
-      return make_status(ORT_FAIL, w + e.what());
-    }
+    });
   }
   const char* GetName() const { return "Interpolate"; }
   size_t GetInputTypeCount() const { return 2; }
