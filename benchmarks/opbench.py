@@ -26,15 +26,20 @@ from sai.runtime import ort_ops
 
 @dataclass
 class Case:
+    """One sparse-vs-dense measurement. ``sparse_ms`` is None for a case that did not run (``note`` says why).
+    ``ratio_spread``: min..max over the repeats of dense/sparse of the same round (the run-to-run spread)."""
+
     section: str
     name: str
     density: Optional[float]
-    sparse_ms: float
-    dense_ms: float
-    sparse_spread: tuple[float, float]
-    dense_spread: tuple[float, float]
-    ratio: float
+    sparse_ms: Optional[float]
+    dense_ms: Optional[float]
+    sparse_spread: Optional[tuple[float, float]]
+    dense_spread: Optional[tuple[float, float]]
+    ratio: Optional[float]
     extra: dict = field(default_factory=dict)
+    ratio_spread: Optional[tuple[float, float]] = None
+    note: str = ""
 
 
 def time_pair(sparse: Callable[[], object], dense: Callable[[], object], repeats: int, warmup: int = 1):
@@ -72,7 +77,13 @@ def time_interleaved(fns: list[Callable[[], object]], repeats: int, warmup: int 
 
 def _case(section, name, density, ts, td, **extra) -> Case:
     ms, md = statistics.median(ts), statistics.median(td)
-    return Case(section, name, density, ms, md, (min(ts), max(ts)), (min(td), max(td)), md / ms, extra)
+    rounds = [d / t for t, d in zip(ts, td, strict=True) if t > 0]
+    return Case(section, name, density, ms, md, (min(ts), max(ts)), (min(td), max(td)), md / ms, extra,
+                (min(rounds), max(rounds)) if rounds else None)
+
+
+def _not_run(section, name, density, note: str, **extra) -> Case:
+    return Case(section, name, density, None, None, None, None, None, extra, None, note)
 
 
 def random_mask(n: int, h: int, w: int, density: float, seed: int) -> torch.Tensor:
@@ -212,25 +223,47 @@ def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Cas
     return out
 
 
-def bench_model(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
-                density: float = 0.3) -> list[Case]:
-    from sai.models import build_model, fuse_for_inference
+def model_pair(arch: str, calib: torch.Tensor, density: float, options: Optional[dict] = None):
+    """(sparse model, dense twin) with the same weights, unfused, eval mode: random mask predictors with
+    their biases calibrated on ``calib`` so that about ``density`` of the positions are computed."""
+    from sai.models import build_model
+
+    opts = dict(options or {}, head="none")
+    model = build_model(arch, **opts).eval()
+    randomize_masks(model)
+    calibrate_mask_bias(model, calib, density)
+    return model, dense_twin(model, arch.replace("sparse_", ""), **opts)
+
+
+def _size_extra(arch: str, h: int, w: int, backend: str, options: Optional[dict]) -> dict:
+    extra = {"backend": backend, "arch": arch, "height": h, "width": w}
+    if options:
+        extra["options"] = dict(options)
+    return extra
+
+
+def bench_model(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),), density: float = 0.3, *,
+                options: Optional[dict] = None) -> list[Case]:
+    """The fused sparse model vs its fused dense twin in PyTorch (the sai C++ CPU kernels where built), one
+    model (masks calibrated at the first size) timed at every ``(h, w)`` of ``sizes``."""
+    from sai.models import fuse_for_inference
 
     torch.manual_seed(0)
-    x = torch.randn(1, 3, height, width)
-    model = build_model(arch, head="none").eval()
-    randomize_masks(model)
-    calibrate_mask_bias(model, x, density)
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    model, dense = model_pair(arch, torch.randn(1, 3, *sizes[0]), density, options)
+    fused, dense = fuse_for_inference(model), fuse_for_inference(dense)
     dense_arch = arch.replace("sparse_", "")
-    dense = fuse_for_inference(dense_twin(model, dense_arch, head="none"))
-    fused = fuse_for_inference(model)
-    with torch.no_grad():
-        fused.reset_densities()
-        fused(x)
-    d = measured_density(fused)
-    ts, td = time_pair(lambda: fused(x), lambda: dense(x), repeats)
-    return [_case("model", f"{arch} vs {dense_arch} {height}x{width}", density, ts, td,
-                  measured_mean_density=d)]
+    out = []
+    for h, w in sizes:
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            fused.reset_densities()
+            fused(x)
+        d = measured_density(fused)
+        ts, td = time_pair(lambda x=x: fused(x), lambda x=x: dense(x), repeats)
+        out.append(_case("model", f"{arch} vs {dense_arch} {h}x{w}", density, ts, td,
+                         measured_mean_density=d, **_size_extra(arch, h, w, "torch", options)))
+    return out
 
 
 def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(0.1, 0.25, 0.5, 1.0),
@@ -251,12 +284,31 @@ def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(
     return cases
 
 
-def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, width: int = 832,
-               density: float = 0.3, threads: int = 0, workdir: Optional[str] = None,
-               with_op_cases: bool = True) -> list[Case]:
-    """The portable ONNX of the sparse model vs the dense ResNet's ONNX (same weights), onnxruntime CPU; and the
-    same portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), timed in turn
-    with the other two. ``with_op_cases``: also the single-op cases of ``bench_onnx_op``."""
+def _custom_op_session(path: str, threads: int):
+    """(session with libsai_ort_ops.so registered, "") or (None, why not): the library is loaded here
+    whether or not ``SAI_ORT_OPS`` switches it on for the runtime."""
+    import onnxruntime as ort
+
+    lib, why = ort_ops.built_library()
+    if lib is None:
+        return None, f"not built: {why}"
+    from sai.benchmarks.opmodels import bench_session_options
+
+    opts = bench_session_options(threads)
+    try:
+        opts.register_custom_ops_library(str(lib))
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]), ""
+    except Exception as exc:  # built for another onnxruntime, or a broken file
+        return None, f"not loadable: {lib}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+
+
+def bench_onnx(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),), density: float = 0.3,
+               threads: int = 0, workdir: Optional[str] = None, *, options: Optional[dict] = None) -> list[Case]:
+    """onnxruntime CPU, one model (masks calibrated at the first size, exported with dynamic H/W) at every
+    ``(h, w)`` of ``sizes``: the portable sparse ONNX vs the dense ResNet's ONNX with the same weights, and the
+    same portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), the three
+    sessions timed in turn. Per size a ``portable ...`` and a ``custom-op ...`` case; the latter says "not
+    built" (no timings) where the library is absent."""
     import tempfile
 
     import numpy as np
@@ -264,63 +316,73 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", height: int = 512, 
 
     from sai.benchmarks.opmodels import bench_session_options
     from sai.exporter import export_onnx
-    from sai.models import build_model
 
     torch.manual_seed(0)
-    x = torch.randn(1, 3, height, width)
-    model = build_model(arch, head="none").eval()
-    randomize_masks(model)
-    calibrate_mask_bias(model, x, density)
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    model, dense = model_pair(arch, torch.randn(1, 3, *sizes[0]), density, options)
     dense_arch = arch.replace("sparse_", "")
-    dense = dense_twin(model, dense_arch, head="none")
     opts = bench_session_options(threads)
+    cases = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        shape = (1, 3, height, width)
+        shape = (1, 3, *sizes[0])
         sparse_path, dense_path = f"{tmp}/sparse.onnx", f"{tmp}/dense.onnx"
         export_onnx(model, sparse_path, input_shape=shape, target="portable", check=False)
         export_onnx(dense, dense_path, input_shape=shape, check=False)
         s_sess = ort.InferenceSession(sparse_path, opts, providers=["CPUExecutionProvider"])
         d_sess = ort.InferenceSession(dense_path, opts, providers=["CPUExecutionProvider"])
-        # the same portable model with libsai_ort_ops.so registered: its C++ kernels run the sai nodes
-        lib, why = ort_ops.built_library()  # measured even where it is off
-        c_sess = None
-        if lib is not None:
-            c_opts = bench_session_options(threads)
-            c_opts.register_custom_ops_library(str(lib))
-            c_sess = ort.InferenceSession(sparse_path, c_opts, providers=["CPUExecutionProvider"])
-        feed = {"input": x.numpy().astype(np.float32)}
+        c_sess, why = _custom_op_session(sparse_path, threads)
         s_name, d_name = s_sess.get_inputs()[0].name, d_sess.get_inputs()[0].name
-        fns = [lambda: s_sess.run(None, {s_name: feed["input"]}), lambda: d_sess.run(None, {d_name: feed["input"]})]
-        if c_sess is not None:
-            fns.append(lambda: c_sess.run(None, {s_name: feed["input"]}))
-        times = time_interleaved(fns, repeats)
-    op_cases = bench_onnx_op(max(repeats, 5), threads=threads) if with_op_cases else []
-    ts, td = times[0], times[1]
-    cases = [_case("onnx", f"portable {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density, ts, td,
-                   **({} if c_sess is not None else {"custom_op": f"not run: {why}"}))]
-    if c_sess is not None:
-        tc = times[2]
-        cases.append(_case("onnx", f"custom-op {arch} vs {dense_arch} ONNX, onnxruntime {height}x{width}", density,
-                           tc, td, vs_portable=statistics.median(ts) / statistics.median(tc)))
-    return op_cases + cases
+        for h, w in sizes:
+            x = torch.randn(1, 3, h, w).numpy().astype(np.float32)
+            fns = [lambda x=x: s_sess.run(None, {s_name: x}), lambda x=x: d_sess.run(None, {d_name: x})]
+            if c_sess is not None:
+                fns.append(lambda x=x: c_sess.run(None, {s_name: x}))
+            times = time_interleaved(fns, repeats)
+            ts, td = times[0], times[1]
+            tail = f"{arch} vs {dense_arch} ONNX, onnxruntime {h}x{w}"
+            cases.append(_case("onnx", f"portable {tail}", density, ts, td,
+                               **_size_extra(arch, h, w, "onnxruntime", options)))
+            extra = _size_extra(arch, h, w, "onnxruntime+libsai_ort_ops", options)
+            if c_sess is None:
+                cases.append(_not_run("onnx", f"custom-op {tail}", density, why, **extra))
+            else:
+                tc = times[2]
+                cases.append(_case("onnx", f"custom-op {tail}", density, tc, td,
+                                   vs_portable=statistics.median(ts) / statistics.median(tc), **extra))
+    return cases
 
 
 # ---------------------------------------------------------------------------------- report
 
 
+def _fmt_extra(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+TABLE_EXTRA_SKIP = ("backend", "arch", "height", "width", "options")  # in the case name or the header already
+
+
 def format_table(cases: list[Case], threads: int) -> str:
-    lines = [f"sparse vs dense, medians over repeats, {threads} thread(s); ratio = dense / sparse (> 1: sparse faster)",
-             f"{'section':<7} {'case':<52} {'density':>7} {'sparse ms':>18} {'dense ms':>18} {'ratio':>6}"]
+    lines = [f"sparse vs dense, medians over repeats, {threads} thread(s); ratio = dense / sparse (> 1: sparse faster), "
+             "[min-max] over the repeats",
+             f"{'section':<7} {'case':<52} {'density':>7} {'sparse ms':>18} {'dense ms':>18} {'ratio':>6} "
+             f"{'ratio spread':>12}"]
     for c in cases:
         dens = "-" if c.density is None else f"{c.density:.2f}"
+        if c.sparse_ms is None:
+            lines.append(f"{c.section:<7} {c.name:<52} {dens:>7} {c.note}")
+            continue
         sp = f"{c.sparse_ms:8.2f} [{c.sparse_spread[0]:.1f}-{c.sparse_spread[1]:.1f}]"
         dp = f"{c.dense_ms:8.2f} [{c.dense_spread[0]:.1f}-{c.dense_spread[1]:.1f}]"
-        lines.append(f"{c.section:<7} {c.name:<52} {dens:>7} {sp:>18} {dp:>18} {c.ratio:6.2f}")
-        if c.extra:
-            lines.append(f"{'':<7} {'':<52} " + ", ".join(
-                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.extra.items()))
+        rs = f"{c.ratio_spread[0]:.2f}-{c.ratio_spread[1]:.2f}" if c.ratio_spread else ""
+        lines.append(f"{c.section:<7} {c.name:<52} {dens:>7} {sp:>18} {dp:>18} {c.ratio:6.2f} {rs:>12}")
+        shown = {k: v for k, v in c.extra.items() if k not in TABLE_EXTRA_SKIP}
+        if shown:
+            lines.append(f"{'':<7} {'':<52} " + ", ".join(f"{k}={_fmt_extra(v)}" for k, v in shown.items()))
     return "\n".join(lines)
 
 
-def to_json(cases: list[Case], threads: int, backend: str) -> str:
-    return json.dumps({"threads": threads, "cpu_kernels": backend, "cases": [asdict(c) for c in cases]}, indent=2)
+def to_json(cases: list[Case], threads: int, backend: str, **info) -> str:
+    """The cases as JSON (``info``: more top-level fields, e.g. the command and the environment)."""
+    return json.dumps({"threads": threads, "cpu_kernels": backend, **info, "cases": [asdict(c) for c in cases]},
+                      indent=2)

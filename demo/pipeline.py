@@ -3,8 +3,10 @@
 Runs, each as the `sai` command a user would type (printed before it runs, its output streamed and
 kept in OUT/logs/): `sai convert` (portable + TensorRT-target ONNX; the engine only where TensorRT
 and a GPU exist), `sai validate` (PyTorch vs onnxruntime through Polygraphy), `sai bench
---compare-dense` (CPU latency of the sparse model vs the dense ResNet with the same weights), then
-evaluates both demo models on the held-out split, draws the mask overlays and writes the report.
+--compare-dense` (CPU latency of the sparse model vs the dense ResNet with the same weights at the demo's
+64x64), `sai bench-ops` (a short sweep of a full-width model over input sizes and densities, sparse vs dense
+on torch and onnxruntime: where sparse wins), then evaluates both demo models on the held-out split, draws the
+mask overlays and the plots and writes the report; the closing line names the measured ratios.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ def _validate_summary(path: Path, step: dict) -> dict:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``sai demo``: every step, then the report; 0 when all steps succeeded."""
+    # no OpenMP spin-waiting in torch in any step (inherited by them), as onnxruntime's timing sessions:
+    # spinning threads take the cores from the model timed next (on 2 shared cores torch ran several
+    # times slower); a value already set wins, and the report's environment stamp shows it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from sai.demo.report import write_report
     from sai.models.train_demo import DEFAULT_OUT, SPARSE_FILE
 
@@ -86,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     steps = []
     threads = ["--threads", str(args.threads)] if args.threads and args.threads > 0 else []
 
-    s = _run_step("1/4 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
+    s = _run_step("1/5 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
                   ["convert", str(ck), "-o", str(model_dir), "--opt-shape", f"1,3,{h},{w}",
                    "--min-shape", f"1,3,{h},{w}", "--max-shape", f"{max(8, args.batch)},3,{h},{w}"], logs)
     steps.append(s)
@@ -95,17 +101,17 @@ def run_demo(args: argparse.Namespace) -> int:
     validate = None
     if converted:
         vjson = out / "validate.json"
-        s = _run_step("2/4 validate: PyTorch vs onnxruntime on identical inputs (Polygraphy)",
+        s = _run_step("2/5 validate: PyTorch vs onnxruntime on identical inputs (Polygraphy)",
                       ["validate", str(model_dir), "--report", str(vjson), *threads], logs)
         steps.append(s)
         validate = _validate_summary(vjson, s)
 
     benches = []
     if converted:
-        runs = [("3/4 bench (onnxruntime, the portable ONNX): sparse model vs the dense ResNet with the same weights",
+        runs = [("3/5 bench (onnxruntime, the portable ONNX): sparse model vs the dense ResNet with the same weights",
                  ["bench", str(model_dir)])]
         if not args.no_torch_bench:
-            runs.append(("3/4 bench (PyTorch with the sai C++ CPU kernels): sparse vs dense, same weights",
+            runs.append(("3/5 bench (PyTorch with the sai C++ CPU kernels): sparse vs dense, same weights",
                          ["bench", str(ck), "--backend", "torch", "--shape", f"{h},{w}"]))
         for title, head in runs:
             s = _run_step(title, [*head, "--compare-dense", "--json", "--batch", str(args.batch),
@@ -127,20 +133,36 @@ def run_demo(args: argparse.Namespace) -> int:
             if bench.get("sparse_over_dense_p50"):
                 print(f"    sparse/dense p50 latency ratio: {bench['sparse_over_dense_p50']:.3f}")
 
-    print("\n==> 4/4 report: accuracy, densities, FLOPs, speed, parity, mask overlays", flush=True)
+    bench_ops = None
+    if args.sweep_sizes:
+        sweep_json = out / "bench_ops.json"
+        sweep_json.unlink(missing_ok=True)
+        s = _run_step("4/5 bench-ops: where sparse wins (a full-width model at larger inputs and several densities, "
+                      "torch and onnxruntime)",
+                      ["bench-ops", "--sections", "model,onnx-model", "--model-arch", args.sweep_arch,
+                       "--sizes", args.sweep_sizes, "--density", str(args.sweep_density),
+                       "--densities", args.sweep_densities, "--repeats", str(args.sweep_repeats),
+                       "--threads", str(args.sweep_threads), "--json", str(sweep_json)], logs)
+        steps.append(s)
+        if s["rc"] == 0 and sweep_json.is_file():
+            bench_ops = json.loads(sweep_json.read_text())
+
+    print("\n==> 5/5 report: accuracy, densities, FLOPs, speed, parity, plots, mask overlays", flush=True)
     t = time.perf_counter()
-    write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
-                 validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
-                 progress=lambda m: print("    " + m, flush=True))
+    ctx = write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
+                       validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
+                       bench_ops=bench_ops, threads=args.threads or None,
+                       progress=lambda m: print("    " + m, flush=True))
     steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
     rep = json.loads((out / "report.json").read_text())
     acc = rep["accuracy"]
     print(f"\nsai demo: done in {time.perf_counter() - t0:.0f} s -> {out / 'report.html'}")
     print(f"  accuracy sparse {acc['sparse']:.4f} vs dense {acc.get('dense', float('nan')):.4f} on {acc['n']} "
           f"held-out images; mean density {rep['mean_density']:.3f}; MACs ratio "
-          f"{rep['flops']['kernel']['ratio']:.3f}"
-          + "".join(f"; CPU latency ratio sparse/dense {b['sparse_over_dense_p50']:.3f} "
-                    f"({b['results'][0].get('backend')})" for b in benches if b.get("sparse_over_dense_p50")))
+          f"{rep['flops']['kernel']['ratio']:.3f}")
+    if ctx.get("plots", {}).get("error"):
+        print(f"  plots not drawn: {ctx['plots']['error']}")
+    print(f"  {ctx['speed_summary']}")
     failed = [st["command"] for st in steps if not str(st["status"]).startswith("ok")]
     if failed:
         print("sai demo: failed steps: " + "; ".join(failed), file=sys.stderr)

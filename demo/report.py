@@ -9,7 +9,11 @@ None when a step did not run) and writes ``report.html`` with PNG files beside i
 - the measured per-block mask densities (fraction of positions computed) on those images;
 - MACs: our kernel count sparse vs dense and the official-style accounting;
 - the CPU latency ratio from ``sai bench --compare-dense`` and the parity figures of ``sai validate``;
-- overlays: for several test images, each block's masks (upsampled, blended over the image).
+- where the speed is real: plots (PNG, ``plots/``) of latency vs input size and vs density, sparse vs dense on
+  torch and onnxruntime, from a short ``sai bench-ops --json`` run, with its run-to-run spread;
+- plots of accuracy vs MACs of the shipped pair and of the per-block densities;
+- the environment (CPU, threads, versions) the numbers were measured in;
+- overlays: for one test image of each class, each block's masks (upsampled, blended over the image).
 """
 
 from __future__ import annotations
@@ -216,14 +220,69 @@ def _validate_section(validate: Optional[dict]) -> str:
     return "".join(out)
 
 
+def speed_words(dense_over_sparse: float) -> str:
+    """``1.43`` -> "sparse 1.43x faster", ``0.5`` -> "sparse 2.00x slower"."""
+    if dense_over_sparse >= 1:
+        return f"sparse {dense_over_sparse:.2f}x faster"
+    return f"sparse {1 / dense_over_sparse:.2f}x slower"
+
+
+def sweep_cases(bench_ops: Optional[dict]) -> list[dict]:
+    """The cases of a ``sai bench-ops --json`` run that ran (have timings)."""
+    return [c for c in (bench_ops or {}).get("cases", []) if c.get("sparse_ms") is not None and "extra" in c]
+
+
+def best_size_cases(bench_ops: Optional[dict]) -> dict[str, dict]:
+    """Per runtime (torch, onnxruntime = the portable ONNX), the size-sweep case with the best dense/sparse ratio:
+    where sparse wins, if it wins anywhere."""
+    base = (bench_ops or {}).get("density")
+    best: dict[str, dict] = {}
+    for c in sweep_cases(bench_ops):
+        backend = c["extra"].get("backend")
+        if backend not in ("torch", "onnxruntime") or (base is not None and abs(c["density"] - base) > 1e-9):
+            continue
+        if backend not in best or c["ratio"] > best[backend]["ratio"]:
+            best[backend] = c
+    return best
+
+
+def speed_summary(bench, bench_ops: Optional[dict]) -> str:
+    """The demo's closing line: the measured sparse/dense ratios of the demo model at its own size (sai bench)
+    and, from the bench-ops sweep, where sparse wins (or the closest it came)."""
+    parts = []
+    runs = [b for b in (bench if isinstance(bench, (list, tuple)) else [bench]) if b and b.get("sparse_over_dense_p50")]
+    if runs:
+        shape = runs[0]["results"][0].get("input_shape") or []
+        hw = "x".join(str(v) for v in shape[-2:]) if len(shape) >= 2 else "the demo size"
+        parts.append(f"demo model at {hw}: " + ", ".join(
+            f"{speed_words(1 / b['sparse_over_dense_p50'])} ({b['results'][0].get('backend')})" for b in runs))
+    best = best_size_cases(bench_ops)
+    if best:
+        arch = (bench_ops or {}).get("arch", "")
+        dens = (bench_ops or {}).get("density")
+        items = []
+        for backend, c in best.items():
+            size = f"{c['extra']['height']}x{c['extra']['width']}"
+            if c["ratio"] >= 1:
+                items.append(f"{speed_words(c['ratio'])} at {size} ({backend})")
+            else:
+                items.append(f"no measured size where sparse wins on {backend} (closest: "
+                             f"{speed_words(c['ratio'])} at {size})")
+        head = f"{arch}, density {dens:.2f}" if dens is not None else arch
+        parts.append(f"{head} (sai bench-ops): " + ", ".join(items))
+    if not parts:
+        return "CPU latency sparse vs dense: not measured"
+    return "CPU latency sparse vs dense: " + "; ".join(parts)
+
+
 BENCH_NOTE = (
     "Latency of one batch, sparse model vs the dense ResNet-18 with the same weights (what "
     "<code>sai bench --compare-dense</code> times), on this machine's CPU while other jobs may share it. "
     "At the demo's 64x64 input the feature maps are tiny (16x16 down to 2x2) and the whole network is a "
     "few MMACs, so per-op overheads of the sparse path (mask predictors, gather/scatter, interpolation) "
     "outweigh the skipped MACs: on a CPU at this size the sparse model is slower than dense. The saving "
-    "grows with resolution and channel width (see <code>sai bench-ops</code>); the paper's setting is "
-    "detection at ~1000 px on GPUs, where the TensorRT plugins run.")
+    "grows with resolution and channel width (next section, from <code>sai bench-ops</code>); the paper's "
+    "setting is detection at ~1000 px on GPUs, where the TensorRT plugins run.")
 
 
 def _bench_section(bench) -> str:
@@ -247,6 +306,78 @@ def _bench_section(bench) -> str:
     return "".join(out)
 
 
+SWEEP_NOTE = (
+    "The same comparison where the feature maps are large enough for the skipped work to matter: "
+    "<code>{arch}</code> at its full width (not the demo's narrow network), batch 1, mask predictors calibrated to "
+    "the density named, sparse and dense with the same weights, timed in turn in one process "
+    "(<code>{command}</code>). torch: the fused model with the sai C++ CPU kernels vs the fused dense ResNet; "
+    "onnxruntime: the portable ONNX (function bodies) and the same file with <code>libsai_ort_ops.so</code> "
+    "registered vs the dense ResNet's ONNX. Labels on the sparse curves: dense / sparse latency (&gt; 1: sparse "
+    "faster). On a shared CPU these move by 10-30% from run to run; the spread column is the min..max of the "
+    "per-round ratio.")
+
+
+def _img(rel: Optional[str], alt: str) -> str:
+    return f"<p><img src='{_e(rel)}' alt='{_e(alt)}' style='max-width:100%'></p>" if rel else ""
+
+
+def _plot_error(ctx: dict) -> str:
+    err = ctx.get("plots", {}).get("error")
+    return f"<p class='note'>Plots not drawn: {_e(err)}</p>" if err else ""
+
+
+def _sweep_section(ctx: dict) -> str:
+    bo = ctx.get("bench_ops")
+    title = "<h2>Where the speed is real: larger inputs (sai bench-ops)</h2>"
+    if not bo:
+        return title + "<p>not run.</p>"
+    plots = ctx.get("plots", {})
+    out = [title, f"<p class='note'>{SWEEP_NOTE.format(arch=_e(bo.get('arch', '')), command=_e(bo.get('command', '')))}"
+           "</p>", f"<p><b>{_e(speed_summary(ctx.get('bench'), bo))}</b></p>", _plot_error(ctx),
+           _img(plots.get("latency_vs_size"), "latency vs input size"),
+           _img(plots.get("latency_vs_density"), "latency vs density")]
+    rows = []
+    for c in bo.get("cases", []):
+        ex = c.get("extra", {})
+        size = f"{ex.get('height')}x{ex.get('width')}" if "height" in ex else ""
+        if c.get("sparse_ms") is None:
+            rows.append([_e(c["name"]), _e(ex.get("backend", "")), size, f"{c.get('density') or 0:.2f}",
+                         _e(c.get("note", "")), "", "", ""])
+            continue
+        rs = c.get("ratio_spread") or (None, None)
+        rows.append([_e(c["name"]), _e(ex.get("backend", "")), size, f"{c['density']:.2f}",
+                     f"{c['sparse_ms']:.1f} [{c['sparse_spread'][0]:.1f}-{c['sparse_spread'][1]:.1f}]",
+                     f"{c['dense_ms']:.1f} [{c['dense_spread'][0]:.1f}-{c['dense_spread'][1]:.1f}]",
+                     f"<b>{c['ratio']:.2f}</b>", f"{rs[0]:.2f}-{rs[1]:.2f}" if rs[0] is not None else ""])
+    out.append(_table(["case", "runtime", "input", "density", "sparse ms [min-max]", "dense ms [min-max]",
+                       "dense / sparse", "spread (per round)"], rows, left=2))
+    env = bo.get("environment")
+    if env:
+        out.append(f"<p class='note'>Measured on: {_e(_env_line(env))}</p>")
+    return "".join(out)
+
+
+def _env_line(env: dict) -> str:
+    from sai.benchmarks.environment import one_line
+
+    return one_line(env)
+
+
+def _environment_section(ctx: dict) -> str:
+    env = ctx.get("environment")
+    if not env:
+        return ""
+    rows = [["CPU", _e(env.get("cpu"))], ["cores usable", _e(env.get("cores"))],
+            ["threads (validate, sai bench)", _e(ctx.get("threads", env.get("threads")))],
+            ["threads (sai bench-ops)", _e((ctx.get("bench_ops") or {}).get("threads", "not run"))],
+            ["load average (1, 5, 15 min) at the report", _e(env.get("load_average"))],
+            ["OS", _e(env.get("os"))], ["Python", _e(env.get("python"))]]
+    rows += [[_e(k), _e(v)] for k, v in (env.get("env") or {}).items()]
+    rows += [[_e(k), _e(v or "not installed")] for k, v in env.get("versions", {}).items()]
+    return ("<h2>Environment</h2><p class='note'>Where these numbers were measured; CPU timings are only "
+            "comparable within one machine and one run.</p>" + _table(["", ""], rows))
+
+
 def render_html(ctx: dict) -> str:
     """The report page from the collected context (see ``write_report``)."""
     m, acc = ctx["metrics"], ctx["accuracy"]
@@ -257,7 +388,9 @@ def render_html(ctx: dict) -> str:
              f"<p class='note'>Generated {_e(ctx['created'])} from <code>{_e(ctx['zoo'])}</code> "
              f"(task: {_e(m.get('task', ''))}, {len(m.get('classes', []))} classes, "
              f"{_e(m['input']['height'])}x{_e(m['input']['width'])} RGB; seed {_e(m.get('seed'))}).</p>"]
+    parts.append(f"<p><b>{_e(speed_summary(ctx.get('bench'), ctx.get('bench_ops')))}</b></p>")
     parts.append(_steps_section(ctx.get("steps", [])))
+    plots = ctx.get("plots", {})
     # accuracy
     parts.append("<h2>Accuracy on the held-out test split (deterministic inference)</h2>")
     rows = [["sparse_resnet18 (SAI masks)", _pct(acc["sparse"]), _pct(rec.get("sparse")), _e(acc["n"])]]
@@ -272,6 +405,7 @@ def render_html(ctx: dict) -> str:
         gap = 100 * (acc["dense"] - acc["sparse"])
         parts.append(f"<p>Gap dense - sparse: <b>{gap:.2f} points</b> at mean density "
                      f"<b>{ctx['mean_density']:.3f}</b>.</p>")
+    parts.append(_img(plots.get("accuracy_vs_macs"), "accuracy vs MACs"))
     if m.get("recipe"):
         parts.append(f"<p class='note'>How the pair was trained (<code>sai train-demo</code>, metrics.json): "
                      f"{_e(m['recipe'])}.</p>")
@@ -284,6 +418,8 @@ def render_html(ctx: dict) -> str:
              for k, v in ctx["densities"].items()]
     drows.append(["<b>mean</b>", "", "", f"<b>{ctx['mean_density']:.3f}</b>"])
     parts.append(_table(["block", "d1 (conv1 mask)", "d2 (conv2 mask)", "mask grid"], drows))
+    parts.append(_img(plots.get("block_densities"), "per-block densities"))
+    parts.append(_plot_error(ctx))
     # flops
     fl = ctx["flops"]
     k, o = fl["kernel"], fl["official"]
@@ -298,11 +434,13 @@ def render_html(ctx: dict) -> str:
           f"{o['sparse_macs'] / 1e6:.2f} M", f"{o['dense_macs'] / 1e6:.2f} M", f"{o['ratio']:.3f}",
           _pct(1 - o["ratio"], 1)]]))
     parts.append(_bench_section(ctx.get("bench")))
+    parts.append(_sweep_section(ctx))
     parts.append(_validate_section(ctx.get("validate")))
     # overlays
     ov = ctx.get("overlays")
     if ov:
-        parts.append("<h2>Sampled positions per block</h2><p class='note'>Each row is one test image; each "
+        parts.append("<h2>Sampled positions per block</h2><p class='note'>Each row is one test image (the first of "
+                     "each class); each "
                      "column one mask (m1 = conv1's mask, m2 = conv2's mask of a block), upsampled to the image. "
                      "<span style='color:#d22'>Red</span>: computed by the sparse convolution; dark grey: skipped "
                      "and filled by the interpolation. Deeper blocks have coarser grids (16x16, 8x8, 4x4, 2x2 for a 64x64 "
@@ -322,14 +460,19 @@ def render_html(ctx: dict) -> str:
                  "step, and <code>sai bench</code> / <code>sai validate</code> can run it "
                  "(<code>--backend tensorrt</code>); here the engine step is skipped and the ONNX files run on "
                  "onnxruntime.</p>")
+    parts.append(_environment_section(ctx))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_images: int = 6,
+def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_images: int = 10,
                  steps: Sequence[dict] = (), bench=None, validate: Optional[dict] = None,
-                 onnx_path: Optional[Path] = None, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Evaluate, draw the overlays and write ``out/report.html``; returns the context it rendered."""
+                 onnx_path: Optional[Path] = None, bench_ops: Optional[dict] = None, threads: Optional[int] = None,
+                 progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Evaluate, draw the overlays and the plots and write ``out/report.html``; returns the context it rendered.
+    ``bench_ops``: the JSON of a ``sai bench-ops --json`` run (the size and density sweep), or None.
+    ``threads``: the thread count the pipeline's validate/bench steps used (for the environment stamp)."""
+    from sai.benchmarks.environment import stamp
     from sai.models import demo_data, fuse_for_inference
     from sai.models.train_demo import DemoConfig, flops_summary
 
@@ -376,12 +519,47 @@ def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_ima
     ov = write_overlays(fused, images[picks], labels[picks], metrics["classes"], out / "img", normalize)
     ctx = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "zoo": str(zoo), "metrics": metrics,
            "accuracy": acc, "densities": densities, "mean_density": mean_density, "flops": flops,
-           "bench": bench, "validate": validate, "overlays": ov, "steps": list(steps)}
+           "bench": bench, "validate": validate, "overlays": ov, "steps": list(steps), "bench_ops": bench_ops,
+           "environment": stamp(threads), "threads": threads}
+    progress("report: plots (latency vs size and density, accuracy vs MACs, per-block densities)")
+    ctx["plots"] = write_plots(out / "plots", ctx)
+    ctx["speed_summary"] = speed_summary(bench, bench_ops)
     (out / "report.html").write_text(render_html(ctx))
-    summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps")}
+    summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps",
+                                   "bench_ops", "environment", "plots", "speed_summary")}
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     progress(f"report: wrote {out / 'report.html'}")
     return ctx
+
+
+def write_plots(outdir: Path, ctx: dict) -> dict:
+    """The report's PNGs in ``outdir``: ``{name: path relative to the report}``, or ``{"error": why}`` where
+    matplotlib is missing."""
+    from sai.demo import plots
+
+    rel = outdir.name
+    out: dict[str, str] = {}
+    try:
+        acc, k = ctx["accuracy"], ctx["flops"]["kernel"]
+        rows = [{"label": "sparse_resnet18 (SAI masks)", "macs": k["sparse_macs"], "accuracy": acc["sparse"]}]
+        if acc.get("dense") is not None:
+            rows.append({"label": "resnet18 (dense twin)", "macs": k["dense_macs"], "accuracy": acc["dense"]})
+        plots.accuracy_vs_macs(rows, outdir / "accuracy_vs_macs.png")
+        out["accuracy_vs_macs"] = f"{rel}/accuracy_vs_macs.png"
+        plots.block_densities(ctx["densities"], outdir / "block_densities.png")
+        out["block_densities"] = f"{rel}/block_densities.png"
+        bo = ctx.get("bench_ops")
+        if bo and sweep_cases(bo):
+            arch = bo.get("arch", "")
+            if bo.get("density") is not None:
+                plots.latency_vs_size(bo["cases"], bo["density"], outdir / "latency_vs_size.png", arch)
+                out["latency_vs_size"] = f"{rel}/latency_vs_size.png"
+            if bo.get("sizes") and len(bo.get("densities") or []) > 1:
+                plots.latency_vs_density(bo["cases"], tuple(bo["sizes"][-1]), outdir / "latency_vs_density.png", arch)
+                out["latency_vs_density"] = f"{rel}/latency_vs_density.png"
+    except SaiError as exc:  # matplotlib missing: the report without plots, saying how to get them
+        out["error"] = str(exc)
+    return out
 
 
 def _mask_grids(fused: nn.Module, h: int, w: int) -> dict[str, str]:
@@ -406,4 +584,5 @@ def _onnx_accuracy(path: Path, x: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"onnxruntime": float((pred == labels).float().mean()), "n_onnx": int(labels.shape[0])}
 
 
-__all__ = ["block_masks", "load_zoo", "overlay", "pick_examples", "render_html", "write_overlays", "write_report"]
+__all__ = ["block_masks", "load_zoo", "overlay", "pick_examples", "render_html", "speed_summary", "write_overlays",
+           "write_plots", "write_report"]

@@ -209,6 +209,44 @@ def _tiny_zoo(root: Path) -> Path:
     return root
 
 
+def _bench_ops_json() -> dict:
+    """A `sai bench-ops --json` result of the shape the demo's sweep writes (numbers made up: sparse slower at
+    128x128, faster at 256x256 on both runtimes; the custom-op case not built)."""
+    from sai.benchmarks.opbench import Case
+
+    cases = []
+
+    def add(backend, h, w, d, sparse, dense):
+        name = {"torch": "sparse_resnet18 vs resnet18", "onnxruntime": "portable sparse_resnet18 vs resnet18 ONNX"}
+        extra = {"backend": backend, "arch": "sparse_resnet18", "height": h, "width": w}
+        cases.append(Case("model" if backend == "torch" else "onnx", f"{name[backend]} {h}x{w}", d, sparse, dense,
+                          (sparse * 0.9, sparse * 1.1), (dense * 0.9, dense * 1.2), dense / sparse, extra,
+                          (dense / sparse * 0.8, dense / sparse * 1.1)))
+
+    for backend, k in (("torch", 1.0), ("onnxruntime", 0.8)):
+        add(backend, 128, 128, 0.3, 40 * k, 30 * k)
+        add(backend, 256, 256, 0.3, 100 * k, 150 * k)
+        add(backend, 256, 256, 0.1, 70 * k, 150 * k)
+        add(backend, 256, 256, 0.5, 160 * k, 150 * k)
+    cases.append(Case("onnx", "custom-op sparse_resnet18 vs resnet18 ONNX, onnxruntime 256x256", 0.3, None, None,
+                      None, None, None, {"backend": "onnxruntime+libsai_ort_ops", "height": 256, "width": 256}, None,
+                      "not built: libsai_ort_ops.so is not built"))
+    from sai.benchmarks.environment import stamp
+    from sai.benchmarks.opbench import to_json
+
+    return json.loads(to_json(cases, 2, "C++ (sai_cpu)", command="sai bench-ops --sections model,onnx-model",
+                              environment=stamp(2), arch="sparse_resnet18", sizes=[[128, 128], [256, 256]],
+                              density=0.3, densities=[0.1, 0.3, 0.5]))
+
+
+def _is_png(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+        return im.format == "PNG"
+
+
 def test_report_tiny(tmp_path):
     from PIL import Image
 
@@ -227,7 +265,7 @@ def test_report_tiny(tmp_path):
     page = (out / "report.html").read_text()
     for section in ("Accuracy on the held-out test split", "per-block mask density", "Compute (multiply-accumulates)",
                     "CPU speed", "Parity (sai validate)", "Sampled positions per block", "sai convert x",
-                    "0.500", "PASSED", "layer4.1 m2"):
+                    "0.500", "PASSED", "layer4.1 m2", "Environment"):
         assert section in page, section
     pngs = sorted((out / "img").glob("*.png"))
     assert len(pngs) == 2 * (1 + 16 + 1)  # per image: input, 16 masks, the whole row
@@ -239,6 +277,50 @@ def test_report_tiny(tmp_path):
             assert (out / cell).is_file() and f"src='{cell}'" in page
     assert 0.0 <= ctx["mean_density"] <= 1.0
     assert json.loads((out / "report.json").read_text())["accuracy"]["n"] == 8
+    # without a sweep: the accuracy and density plots, no latency plots
+    assert set(ctx["plots"]) == {"accuracy_vs_macs", "block_densities"}, ctx["plots"]
+
+
+def test_report_plots_environment_and_closing_line(tmp_path):
+    """With the bench-ops sweep: the latency plots (valid PNGs linked from the page), the sweep's table with its
+    spread, the environment stamp, and the summary naming the 64x64 ratio and the size where sparse wins."""
+    from sai.demo.report import write_report
+
+    zoo = _tiny_zoo(tmp_path / "zoo")
+    bench = [{"results": [{"label": "sparse_resnet18", "backend": "onnxruntime", "input_shape": [8, 3, 64, 64],
+                           "p50_ms": 5.6, "p90_ms": 6.0, "p99_ms": 7.0, "throughput": 100.0}],
+              "sparse_over_dense_p50": 5.6},
+             {"results": [{"label": "sparse_resnet18", "backend": "torch", "input_shape": [8, 3, 64, 64],
+                           "p50_ms": 2.5, "p90_ms": 3.0, "p99_ms": 3.5, "throughput": 100.0}],
+              "sparse_over_dense_p50": 2.5}]
+    out = tmp_path / "out"
+    ctx = write_report(out, zoo, eval_size=8, n_images=2, bench=bench, bench_ops=_bench_ops_json(), threads=1)
+    page = (out / "report.html").read_text()
+    names = ("latency_vs_size", "latency_vs_density", "accuracy_vs_macs", "block_densities")
+    assert set(ctx["plots"]) == set(names), ctx["plots"]
+    for name in names:
+        rel = ctx["plots"][name]
+        assert rel == f"plots/{name}.png" and _is_png(out / rel) and f"src='{rel}'" in page
+    line = ctx["speed_summary"]
+    assert "at 64x64: sparse 5.60x slower (onnxruntime), sparse 2.50x slower (torch)" in line, line
+    assert "sparse 1.50x faster at 256x256 (torch)" in line and "sparse 1.50x faster at 256x256 (onnxruntime)" in line
+    assert line in page
+    assert "not built: libsai_ort_ops.so is not built" in page  # the custom-op line says so, no timings
+    assert "1.20-1.65" in page  # the per-round ratio spread of the 256x256 case (1.5 * 0.8 .. 1.5 * 1.1)
+    env = ctx["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and env["threads"] == 1 and env["versions"]["torch"]
+    assert "Environment" in page and env["cpu"] in page and env["versions"]["torch"] in page
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["speed_summary"] == line and rep["environment"]["cpu"] == env["cpu"]
+
+
+def test_speed_summary_when_sparse_never_wins():
+    from sai.demo.report import speed_summary
+
+    bo = _bench_ops_json()
+    bo["cases"] = [c for c in bo["cases"] if (c["extra"]["height"], c["density"]) == (128, 0.3)]
+    line = speed_summary(None, bo)
+    assert "no measured size where sparse wins on torch (closest: sparse 1.33x slower at 128x128)" in line, line
 
 
 def test_overlay_marks_sampled_cells():

@@ -366,12 +366,17 @@ def test_doctor_reports_the_library():
 
 
 def test_bench_ops_onnx_section_has_the_custom_op_case(tmp_path):
-    """`sai bench-ops --sections onnx`: the custom-op model case beside the portable one (tiny sizes here;
-    a benchmark, so only its shape is checked, never its speed)."""
+    """`sai bench-ops --sections onnx`: per size a custom-op model case beside the portable one (tiny sizes
+    here; a benchmark, so only its shape is checked, never its speed)."""
     from sai.benchmarks.opbench import bench_onnx
 
-    cases = bench_onnx(1, "sparse_resnet18", 64, 64, 0.3, threads=1, workdir=str(tmp_path), with_op_cases=False)
-    names = [c.name for c in cases]
-    custom = [c for c in cases if c.name.startswith("custom-op sparse_resnet18")]
-    assert any(n.startswith("portable sparse_resnet18") for n in names) and len(custom) == 1, names
-    assert custom[0].sparse_ms > 0 and custom[0].ratio > 0 and custom[0].extra["vs_portable"] > 0
+    cases = bench_onnx(1, "sparse_resnet18", [(64, 64), (64, 96)], 0.3, threads=1, workdir=str(tmp_path),
+                       options={"base_width": 8})
+    for size in ("64x64", "64x96"):
+        portable = [c for c in cases if c.name.startswith("portable sparse_resnet18") and c.name.endswith(size)]
+        custom = [c for c in cases if c.name.startswith("custom-op sparse_resnet18") and c.name.endswith(size)]
+        assert len(portable) == 1 and len(custom) == 1, [c.name for c in cases]
+        c = custom[0]
+        assert c.sparse_ms > 0 and c.ratio > 0 and c.extra["vs_portable"] > 0 and not c.note
+        assert c.extra["backend"] == "onnxruntime+libsai_ort_ops" and portable[0].extra["backend"] == "onnxruntime"
+        assert c.ratio_spread[0] <= c.ratio_spread[1]

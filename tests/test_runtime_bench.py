@@ -75,3 +75,49 @@ def test_bench_ops_onnx_op_cases_tiny():
     for c in cases:
         assert c.sparse_ms > 0 and c.dense_ms > 0 and c.ratio == pytest.approx(c.dense_ms / c.sparse_ms)
     assert "vs DeformConv" in format_table(cases, 1)
+
+
+def test_bench_ops_custom_op_case_says_not_built(tmp_path, monkeypatch):
+    """Without libsai_ort_ops.so the custom-op line is there and says "not built" (no timings, no failure)."""
+    from sai.benchmarks import opbench
+    from sai.runtime import ort_ops
+
+    monkeypatch.setattr(ort_ops, "built_library", lambda: (None, "libsai_ort_ops.so is not built (make install)"))
+    cases = opbench.bench_onnx(1, "sparse_resnet18", [(32, 32)], 0.3, threads=1, workdir=str(tmp_path),
+                               options={"base_width": 8})
+    assert [c.name.split()[0] for c in cases] == ["portable", "custom-op"]
+    custom = cases[1]
+    assert custom.name.startswith("custom-op sparse_resnet18") and custom.sparse_ms is None
+    assert custom.note.startswith("not built")
+    line = [ln for ln in opbench.format_table(cases, 1).splitlines() if ln.split()[1:2] == ["custom-op"]]
+    assert len(line) == 1 and "not built" in line[0]
+    json.loads(opbench.to_json(cases, 1, "test"))  # strict JSON: no NaN for the missing timings
+
+
+def test_bench_ops_model_sections_at_several_sizes_json(tmp_path, capsys):
+    """`sai bench-ops` model lines at every --sizes entry on torch and onnxruntime, the --densities sweep at the
+    largest size, the environment and the command in the JSON (shape only, never speed)."""
+    out = tmp_path / "b.json"
+    rc = main(["bench-ops", "--sections", "model,onnx-model", "--model-arch", "sparse_resnet18",
+               "--model-base-width", "8", "--sizes", "32x32,32x48", "--densities", "0.3,0.6", "--repeats", "1",
+               "--threads", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    rep = json.loads(out.read_text())
+    got = sorted((c["extra"]["backend"], c["extra"]["height"], c["extra"]["width"], c["density"])
+                 for c in rep["cases"])
+    want = sorted((b, 32, w, 0.3) for b in ("torch", "onnxruntime", "onnxruntime+libsai_ort_ops") for w in (32, 48))
+    want += [(b, 32, 48, 0.6) for b in ("torch", "onnxruntime", "onnxruntime+libsai_ort_ops")]
+    assert got == sorted(want)
+    env = rep["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and env["threads"] == 1 and env["versions"]["torch"]
+    assert rep["command"].startswith("sai bench-ops --sections model,onnx-model") and "--sizes 32x32,32x48" in rep["command"]
+    assert "custom-op sparse_resnet18 vs resnet18 ONNX, onnxruntime 32x48" in text
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--sizes", "512", "is not HxW"), ("--densities", "0,0.5", "(0, 1]"),
+                                                 ("--sections", "onnx,gpu", "unknown section")])
+def test_bench_ops_bad_flags_are_one_line_errors(capsys, flag, value, needle):
+    assert main(["bench-ops", flag, value]) == 2
+    assert needle in capsys.readouterr().err
+

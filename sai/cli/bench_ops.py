@@ -3,27 +3,100 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from pathlib import Path
 
-SECTIONS = ("op", "block", "model", "onnx")
+# "onnx" is both onnx sections: the single-op cases and the whole model
+SECTIONS = ("op", "block", "model", "onnx-op", "onnx-model")
+ALIASES = {"onnx": ("onnx-op", "onnx-model")}
+DEFAULT_SIZES = "256x416,512x832,800x1333"
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    from sai.errors import SaiError
+
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SaiError(f"--sizes: {item!r} is not HxW (e.g. {DEFAULT_SIZES})")
+        out.append((int(parts[0]), int(parts[1])))
+    if not out:
+        raise SaiError(f"--sizes: give at least one HxW (e.g. {DEFAULT_SIZES})")
+    return out
+
+
+def _densities(text: str) -> list[float]:
+    from sai.errors import SaiError
+
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SaiError(f"--densities: {text!r} is not a comma list of numbers in (0, 1]") from None
+    if any(not 0 < v <= 1 for v in vals):
+        raise SaiError(f"--densities: {text!r}: every density must be in (0, 1]")
+    return vals
+
+
+def _sections(text: str) -> list[str]:
+    from sai.errors import SaiError
+
+    out: list[str] = []
+    for s in (t.strip() for t in text.split(",")):
+        if not s:
+            continue
+        for name in ALIASES.get(s, (s,)):
+            if name not in SECTIONS:
+                raise SaiError(f"unknown section {s!r}: choose from {','.join(SECTIONS + tuple(ALIASES))}")
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (every option spelled out)."""
+    argv = ["bench-ops", "--sections", args.sections, "--repeats", str(args.repeats), "--threads", str(args.threads),
+            "--model-arch", args.model_arch, "--sizes", args.sizes, "--density", str(args.density)]
+    if args.model_base_width:
+        argv += ["--model-base-width", str(args.model_base_width)]
+    if args.densities:
+        argv += ["--densities", args.densities]
+    return "sai " + " ".join(shlex.quote(a) for a in argv)
 
 
 def run(args: argparse.Namespace) -> int:
+    # OpenMP threads that spin-wait after each parallel region take the cores from the call timed next
+    # (sparse and dense run in turn): on 2 shared cores torch ran 6-8x slower with spinning. The same as
+    # onnxruntime's sessions here (allow_spinning 0). Applies where torch is not imported yet (the CLI); a
+    # value in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from sai.benchmarks import opbench
+    from sai.benchmarks import environment, opbench
     from sai.errors import SaiError
     from sai.models import cpu_kernels
 
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise SaiError(f"unknown section(s) {bad}: choose from {','.join(SECTIONS)}")
+    sections = _sections(args.sections)
+    sizes = _sizes(args.sizes)
+    sweep = _densities(args.densities) if args.densities else []
+    if not 0 < args.density <= 1:
+        raise SaiError(f"--density {args.density}: must be in (0, 1]")
+    options = {"base_width": args.model_base_width} if args.model_base_width else None
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     backend = "C++ (sai_cpu)" if cpu_kernels.active() else "PyTorch reference (C++ kernels not built)"
+    env = environment.stamp(threads)
     print(f"sai bench-ops: {threads} thread(s), CPU kernels: {backend}", flush=True)
+    print(f"  environment: {environment.one_line(env)}", flush=True)
+    arch, reps = args.model_arch, max(3, args.repeats // 2)
+    shown = ",".join(f"{h}x{w}" for h, w in sizes)
+    # the density sweep runs at the largest size, beside the size sweep at --density
+    extra_d = [d for d in sweep if d != args.density]
+    last = [sizes[-1]]
     cases = []
     if "op" in sections:
         print("  ops ...", flush=True)
@@ -32,18 +105,28 @@ def run(args: argparse.Namespace) -> int:
         print("  block ...", flush=True)
         cases += opbench.bench_block(args.repeats)
     if "model" in sections:
-        h, w = (int(v) for v in args.model_shape.split("x"))
-        print(f"  model {args.model_arch} {h}x{w} ...", flush=True)
-        cases += opbench.bench_model(max(3, args.repeats // 2), args.model_arch, h, w, args.density)
-    if "onnx" in sections:
-        h, w = (int(v) for v in args.model_shape.split("x"))
-        print(f"  onnx {args.model_arch} {h}x{w} (export + onnxruntime) ...", flush=True)
-        cases += opbench.bench_onnx(max(3, args.repeats // 2), args.model_arch, h, w, args.density, threads)
+        print(f"  model {arch} {shown} (torch) ...", flush=True)
+        cases += opbench.bench_model(reps, arch, sizes, args.density, options=options)
+        for d in extra_d:
+            print(f"  model {arch} {last[0][0]}x{last[0][1]} density {d} (torch) ...", flush=True)
+            cases += opbench.bench_model(reps, arch, last, d, options=options)
+    if "onnx-op" in sections:
+        print("  onnx ops ...", flush=True)
+        cases += opbench.bench_onnx_op(max(reps, 5), threads=threads)
+    if "onnx-model" in sections:
+        print(f"  onnx {arch} {shown} (export + onnxruntime) ...", flush=True)
+        cases += opbench.bench_onnx(reps, arch, sizes, args.density, threads, options=options)
+        for d in extra_d:
+            print(f"  onnx {arch} {last[0][0]}x{last[0][1]} density {d} (export + onnxruntime) ...", flush=True)
+            cases += opbench.bench_onnx(reps, arch, last, d, threads, options=options)
     print(opbench.format_table(cases, threads))
     if args.json:
         path = Path(args.json)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(opbench.to_json(cases, threads, backend))
+        command = _command(args)
+        tmp.write_text(opbench.to_json(cases, threads, backend, command=command, environment=env, arch=arch,
+                                       sizes=[list(hw) for hw in sizes], density=args.density,
+                                       densities=sorted({args.density, *sweep}), options=options))
         tmp.replace(path)
         print(f"wrote {path}")
     return 0
@@ -51,11 +134,19 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-ops", help="sparse vs dense speed: ops, a block, a model (CPU)")
-    p.add_argument("--sections", default="op,block,model,onnx", help="comma list of op,block,model,onnx")
+    p.add_argument("--sections", default="op,block,model,onnx",
+                   help="comma list of " + ",".join(SECTIONS) + " (onnx = onnx-op,onnx-model)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per case (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     p.add_argument("--model-arch", default="sparse_resnet101")
-    p.add_argument("--model-shape", default="512x832", help="HxW of the model input")
-    p.add_argument("--density", type=float, default=0.3, help="target mask density of the model")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--model-base-width", type=int, default=0,
+                   help="base width of the model sections' network (default: the arch's, 64)")
+    p.add_argument("--sizes", default=DEFAULT_SIZES,
+                   help=f"HxW input sizes of the model sections, comma list (default {DEFAULT_SIZES}; the "
+                        "largest sparse_resnet101 line takes minutes on 2 cores)")
+    p.add_argument("--model-shape", dest="sizes", help=argparse.SUPPRESS)  # the old name of a one-size --sizes
+    p.add_argument("--density", type=float, default=0.3, help="target mask density of the model sections")
+    p.add_argument("--densities", default="",
+                   help="comma list: also time the model sections at these densities, at the largest size")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (with the environment)")
     p.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+SWEEP_SIZES = "128x128,256x256,384x384"
+
 
 def run(args: argparse.Namespace) -> int:
     from sai.demo.pipeline import run_demo
@@ -17,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zoo", help="demo model directory (default: the package's models/zoo/sai_demo_r18)")
     p.add_argument("-o", "--out", default="demo_out", help="output directory (default demo_out)")
     p.add_argument("--eval-size", type=int, help="held-out images to evaluate (default: as many as at training)")
-    p.add_argument("--images", type=int, default=6, help="test images to draw the mask overlays for")
+    p.add_argument("--images", type=int, default=10,
+                   help="test images to draw the mask overlays for, the first of each class (default 10: all)")
     p.add_argument("--batch", type=int, default=8, help="batch size of the benchmark")
     p.add_argument("--iterations", type=int, default=30, help="benchmark iterations per model")
     p.add_argument("--threads", type=int, default=1,
@@ -25,4 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "0 = the runtime's default)")
     p.add_argument("--no-torch-bench", action="store_true",
                    help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
+    g = p.add_argument_group("the bench-ops sweep (where sparse wins; about a minute on 2 threads)")
+    g.add_argument("--sweep-arch", default="sparse_resnet18", help="full-width model of the sweep")
+    g.add_argument("--sweep-sizes", default=SWEEP_SIZES,
+                   help=f"HxW comma list (default {SWEEP_SIZES}; empty: skip the sweep)")
+    g.add_argument("--sweep-density", type=float, default=0.3, help="mask density of the size sweep")
+    g.add_argument("--sweep-densities", default="0.1,0.3,0.5", help="densities timed at the largest size")
+    g.add_argument("--sweep-repeats", type=int, default=6, help="bench-ops --repeats (medians of half as many, >= 3)")
+    g.add_argument("--sweep-threads", type=int, default=2, help="threads of the sweep")
     p.set_defaults(func=run)
