@@ -15,7 +15,7 @@ help:
 	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~5 min)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
-	@echo "make cuda-check compile every CUDA kernel for all target GPUs with CUDA 13 and CUDA 12"
+	@echo "make cuda-check check every kernel cubin for all target GPUs; PTX and host code with CUDA 12 too"
 	@echo "make kernels   Triton kernels -> cubins/PTX for sm_75..sm_120 + embedded C++ (build/kernels, no GPU)"
 	@echo "make gpu-check the one prepared GPU run: parity, timings vs cuDNN, autotune (build/gpu-check)"
 
@@ -52,7 +52,7 @@ lint: install
 pytest: install
 	SAI_REQUIRE_CPU_KERNELS=1 $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test: lint cuda-check kernels pytest
+test: lint kernels cuda-check pytest
 
 # The shipped demo model (models/zoo/sai_demo_r18, from `sai train-demo`) through convert, validate,
 # bench --compare-dense and the HTML report with mask overlays (demo_out/report.html).
@@ -79,37 +79,37 @@ gpu-check:
 	$(GPU_PY) kernels/gpu_check.py --out $${OUT:-build/gpu-check} $(GPU_CHECK_ARGS)
 
 # ---- TensorRT plugins (trt_plugins/, CMake inside) ---------------------------------------------
-# CUDA tools from PyPI for cuda-check (nvcc 13 comes with the machine): PyPI has no CUDA 12 nvcc
-# driver, so CUDA 12 device code is compiled by NVRTC 12.9 + ptxas 12.9 (cuda-12 runtime headers);
-# cuobjdump lists the architectures in the objects.
+# CUDA tools from PyPI for cuda-check (the CUDA 13 toolkit comes with the machine): CUDA 12.9's
+# ptxas assembles the kernels' PTX again and its headers build the host code; cuobjdump reads the
+# architecture of each cubin.
 CUDA_TOOLS_STAMP := $(VENV)/.sai-cuda-tools
-CUDA_TOOLS := nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86 \
-	nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cuobjdump==13.2.86
+CUDA_TOOLS := nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cuobjdump==13.2.86
 $(CUDA_TOOLS_STAMP): $(STAMP)
 	$(PIP) install -q $(CUDA_TOOLS)
 	touch $@
 
 cuda-tools: $(CUDA_TOOLS_STAMP)
 
-cuda-check: $(CUDA_TOOLS_STAMP)
-	$(PY) trt_plugins/tests/cuda_check.py --out build/cuda-check --jobs 2
+cuda-check: $(CUDA_TOOLS_STAMP) kernels
+	$(PY) trt_plugins/tests/cuda_check.py --out build/cuda-check --kernels $(KERNELS_OUT) --jobs 2
 
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
 PLUGIN_BUILD := build/trt_plugins
 PLUGIN_LIB := runtime/lib/libsai_trt_plugins.so
 TRT_CMAKE_ARGS := $(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT)) $(if $(TRT_INCLUDE_DIR),-DTRT_INCLUDE_DIR=$(TRT_INCLUDE_DIR))
 
-# Builds the kernels always, the plugin library when TensorRT headers are found (else CMake says
-# loudly that it skipped it), and installs the library into the package: runtime/lib/ is where
-# sai.runtime.plugins.find_plugin_library() looks.
-plugins:
-	cmake -S trt_plugins -B $(PLUGIN_BUILD) -DCMAKE_CUDA_COMPILER=$(NVCC) $(TRT_CMAKE_ARGS)
+# Builds the kernels' launchers always, the plugin library (the cubins of `make kernels` inside)
+# when TensorRT headers are found (else CMake says loudly that it skipped it), and installs the
+# library into the package: runtime/lib/ is where sai.runtime.plugins.find_plugin_library() looks.
+plugins: kernels
+	cmake -S trt_plugins -B $(PLUGIN_BUILD) -DCUDAToolkit_ROOT=$(dir $(NVCC)).. \
+		-DSAI_KERNELS_DIR=$(abspath $(KERNELS_OUT)) $(TRT_CMAKE_ARGS)
 	cmake --build $(PLUGIN_BUILD) -j2
 	@if [ -f $(PLUGIN_BUILD)/libsai_trt_plugins.so ]; then \
 		mkdir -p $(dir $(PLUGIN_LIB)) && cp $(PLUGIN_BUILD)/libsai_trt_plugins.so $(PLUGIN_LIB) && \
 		cp $(PLUGIN_BUILD)/libsai_trt_plugins_autoload.so $(dir $(PLUGIN_LIB)) && \
 		echo "plugins: installed $(PLUGIN_LIB) and $(dir $(PLUGIN_LIB))libsai_trt_plugins_autoload.so"; \
-	else echo "plugins: *** no TensorRT headers: built the CUDA kernels only, no plugin library ***"; fi
+	else echo "plugins: *** no TensorRT headers: built the kernels' launchers only, no plugin library ***"; fi
 
 # Sparse vs dense speed on this machine's CPU (ops, a block, sparse_resnet101, ONNX Runtime).
 bench: install

@@ -26,71 +26,125 @@ ARCHS = (75, 80, 86, 89, 90, 100, 120)
 HERE = Path(__file__).resolve().parent
 LAUNCHER_DIR = HERE / "launcher"
 
-_NHWC_ONE = {"sxc": 1, "syc": 1}  # channels innermost: the layout the plugins hand over
+# Every configuration the TensorRT plugins accept has a specialization here (the plugins reject the
+# rest when the engine is built). Names are stable: the plugins' launch code looks them up.
+#
+# - "fast" builds (fp16/bf16): channels innermost (NHWC, NHWC8, NHWC16: channel stride 1 compiled
+#   in), 16-divisible channel counts and position strides (vectorised loads), 1x1 and 3x3 with the
+#   taps unrolled; two tile configs each (the plugins' tactics);
+# - "any" builds (fp32, fp16, bf16): every stride and the kernel size at run time, no divisibility
+#   assumed except 16-byte aligned pointers: NCHW (TensorRT's kLINEAR), odd channel counts, any
+#   kh x kw. fp32 multiplies in IEEE fp32 (exact), never TF32.
+# - the bias is always read (the plugins pass zeros when a node has none); ReLU both ways.
+_CONV_PTRS = ["x_ptr", "w_ptr", "b_ptr", "off_ptr", "idx_ptr", "cnt_ptr", "y_ptr"]
+_CONV_DIV = _CONV_PTRS + ["CIN_G", "COUT_G", "sxn", "sxh", "sxw", "syn", "syh", "syw"]
+_INTERP_PTRS = ["f_ptr", "m_ptr", "idx_ptr", "cnt_ptr", "b_ptr", "id_ptr", "y_ptr"]
+_INTERP_DIV = _INTERP_PTRS + ["C", "sfn", "sfh", "sfw", "syn", "syh", "syw"]
+_CONV_GRID = "(cdiv(P, BM), groups * cdiv(COUT_G, BN), 1); P = N*Ho*Wo; cnt from mask_partition (gt0)"
+_INTERP_GRID = "(cdiv(P, BP), cdiv(C, BC), 1); P = N*H*W; cnt from mask_partition (lt1)"
 
-# name -> (module, kernel, dtype, constexprs (non-tile), config features, divisibility-16 args, grid rule)
-_CONV_DIV = ["x_ptr", "w_ptr", "b_ptr", "off_ptr", "idx_ptr", "cnt_ptr", "y_ptr", "CIN_G", "COUT_G",
-             "sxn", "sxh", "sxw", "syn", "syh", "syw"]
-_INTERP_DIV = ["f_ptr", "m_ptr", "idx_ptr", "cnt_ptr", "b_ptr", "id_ptr", "y_ptr", "C",
-               "sfn", "sfh", "sfw", "sin_", "sih", "siw", "syn", "syh", "syw"]
+# tactic id -> tile config (None: the arch's tuned entry of configs/). Ids are stable (engines store them).
+TACTICS = {1: None, 2: {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4, "num_stages": 3}}
+TACTIC_NAMES = {1: "tuned", 2: "tile64x64x32"}
+_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def _conv(dtype: str, k: int, deform: bool, relu: bool = True) -> dict:
+def _conv(dtype: str, k: int | None, deform: bool, relu: bool) -> dict:
+    fast = k is not None
+    const = dict(HAS_BIAS=True, DEFORM=deform, RELU=relu, PRECISION="ieee", UPCAST_DOT=False)
+    if fast:
+        const.update(KH=k, KW=k, sxc=1, syc=1, **({"soc": 1} if deform else {}))
     return {
         "module": "sai.kernels.sparse_sample_conv", "kernel": "sparse_conv_kernel", "cfg_kernel": "sparse_sample_conv",
-        "dtype": dtype,
-        "constexprs": dict(KH=k, KW=k, HAS_BIAS=True, DEFORM=deform, RELU=relu, PRECISION="ieee",
-                           UPCAST_DOT=False, **_NHWC_ONE, **({"soc": 1} if deform else {})),
-        "features": dict(dtype=dtype, k=k, deform=deform),
-        "divisible": _CONV_DIV if not deform else _CONV_DIV + ["son", "soh", "sow"],
-        "grid": "(cdiv(P, BM), groups * cdiv(COUT_G, BN), 1); P = N*Ho*Wo; cnt from mask_partition (gt0)",
+        "dtype": dtype, "constexprs": const,
+        "features": dict(dtype=dtype, k=k if fast else 3, deform=deform),
+        "divisible": _CONV_DIV if fast else _CONV_PTRS,
+        "tactics": [1, 2] if fast and not deform else [1],
+        "grid": _CONV_GRID,
     }
 
 
-def _interp(dtype: str, k: int, fused: bool) -> dict:
+def _interp(dtype: str, mask_dtype: str, fast: bool) -> dict:
     return {
         "module": "sai.kernels.interpolate", "kernel": "interpolate_kernel", "cfg_kernel": "interpolate",
-        "dtype": dtype,
-        "constexprs": dict(KS=k, FUSED=fused, sfc=1, syc=1, **({"sic": 1} if fused else {})),
-        "features": dict(dtype=dtype, k=k, fused=fused),
-        "divisible": _INTERP_DIV,
-        "grid": "(cdiv(P, BP), cdiv(C, BC), 1); P = N*H*W; cnt from mask_partition (lt1)",
+        "dtype": dtype, "mask_dtype": mask_dtype,
+        "constexprs": dict(FUSED=False, **({"sfc": 1, "syc": 1} if fast else {})),
+        "features": dict(dtype=dtype, k=7, fused=False),
+        "divisible": _INTERP_DIV if fast else _INTERP_PTRS,
+        "grid": _INTERP_GRID,
     }
 
 
-SPECS: dict[str, dict] = {
-    "mask_partition_fp16": {
-        "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": "fp16",
+def _partition(dtype: str) -> dict:
+    return {
+        "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": dtype,
         "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["m_ptr", "idx_ptr", "cnt_ptr"],
-        "grid": "(cdiv(P, 1024), 1, 1); MODE_LT1 is a constexpr: one spec per mode",
+        "grid": "(cdiv(P, 1024), 1, 1); cnt zeroed first; MODE_LT1 is a constexpr: one spec per mode",
         "variants": {"gt0": {"MODE_LT1": False}, "lt1": {"MODE_LT1": True}},
-    },
-    "mask_partition_fp32": {
-        "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": "float32",
-        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["m_ptr", "idx_ptr", "cnt_ptr"],
-        "grid": "(cdiv(P, 1024), 1, 1)",
-        "variants": {"gt0": {"MODE_LT1": False}, "lt1": {"MODE_LT1": True}},
-    },
-    "sparse_conv_fp16_k3": _conv("float16", 3, False),
-    "sparse_conv_fp16_k1": _conv("float16", 1, False, relu=False),
-    "sparse_conv_fp16_k3_deform": _conv("float16", 3, True),
-    "interpolate_fp16_k7": _interp("float16", 7, False),
-    "interpolate_fp16_k7_add_relu": _interp("float16", 7, True),
-}
+    }
 
-_TT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16": "fp16"}
+
+def _copy(bits: int) -> dict:
+    return {
+        "module": "sai.kernels.pack", "kernel": "copy4d_kernel", "cfg_kernel": None, "dtype": f"i{bits}",
+        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["src_ptr", "dst_ptr"],
+        "grid": "(cdiv(D0*D1*D2*D3, 1024), 1, 1)",
+    }
+
+
+def _build_specs() -> dict[str, dict]:
+    specs: dict[str, dict] = {}
+    for dt in ("float16", "bfloat16", "float32"):
+        s = _SHORT[dt]
+        specs[f"mask_partition_{s}"] = _partition(dt)
+    for dt in ("float16", "bfloat16", "float32"):
+        s = _SHORT[dt]
+        for relu in (True, False):
+            r = "_relu" if relu else ""
+            if dt != "float32":
+                for k in (1, 3):
+                    specs[f"sparse_conv_{s}_k{k}{r}"] = _conv(dt, k, False, relu)
+                specs[f"sparse_conv_{s}_k3_deform{r}"] = _conv(dt, 3, True, relu)
+            specs[f"sparse_conv_{s}_any{r}"] = _conv(dt, None, False, relu)
+            specs[f"sparse_conv_{s}_any_deform{r}"] = _conv(dt, None, True, relu)
+    for dt, mdt in (("float16", "float16"), ("float16", "float32"), ("bfloat16", "bfloat16"),
+                    ("bfloat16", "float32"), ("float32", "float32")):
+        base = f"interpolate_{_SHORT[dt]}_m{_SHORT[mdt]}"
+        if dt != "float32":
+            specs[base] = _interp(dt, mdt, True)
+        specs[f"{base}_any"] = _interp(dt, mdt, False)
+    specs["copy4d_b16"] = _copy(16)
+    specs["copy4d_b32"] = _copy(32)
+    return specs
+
+
+SPECS: dict[str, dict] = _build_specs()
+
+_TT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16": "fp16", "i16": "i16", "i32": "i32"}
 _CPP = {"i32": "int32_t", "fp32": "float"}
 
 
-def _expand_specs(names: list[str]) -> list[tuple[str, dict]]:
+def _expand_specs(names: list[str]) -> list[tuple[str, dict, int]]:
+    """(name, spec, tactic) of every image: one per mode variant and tile tactic."""
     out = []
     for name in names:
         spec = SPECS[name]
         for suffix, extra in spec.get("variants", {"": {}}).items():
             s = dict(spec)
             s["constexprs"] = {**spec["constexprs"], **extra}
-            out.append((f"{name}_{suffix}" if suffix else name, s))
+            for tactic in spec.get("tactics", [1]):
+                out.append((f"{name}_{suffix}" if suffix else name, s, tactic))
     return out
+
+
+def image_stem(name: str, tactic: int) -> str:
+    """File name (without extension) of one image in ``sm_<cc>/``."""
+    return name if tactic == 1 else f"{name}__t{tactic}"
+
+
+def supported(spec: dict, cc: int) -> bool:
+    """bfloat16 needs sm_80 (TensorRT has no BF16 below it either)."""
+    return not (cc < 80 and "bfloat16" in (spec["dtype"], spec.get("mask_dtype")))
 
 
 def _signature(jit, spec: dict, const: dict) -> dict[str, str]:
@@ -114,8 +168,8 @@ def _signature(jit, spec: dict, const: dict) -> dict[str, str]:
     return sig
 
 
-def compile_one(name: str, spec: dict, cc: int, out: Path) -> dict:
-    """Compile one specialization for sm_<cc>; write cubin/ptx/json; return the metadata."""
+def compile_one(name: str, spec: dict, cc: int, out: Path, tactic: int = 1) -> dict:
+    """Compile one specialization (and tile tactic) for sm_<cc>; write cubin/ptx/json; return the metadata."""
     import importlib
 
     import triton
@@ -126,7 +180,9 @@ def compile_one(name: str, spec: dict, cc: int, out: Path) -> dict:
 
     mod = importlib.import_module(spec["module"])
     jit = getattr(mod, spec["kernel"]).jit
-    if spec["cfg_kernel"]:
+    if TACTICS.get(tactic) is not None and spec["cfg_kernel"] == "sparse_sample_conv":
+        cfg = dict(TACTICS[tactic])
+    elif spec["cfg_kernel"]:
         cfg = configs.lookup(spec["cfg_kernel"], f"sm_{cc}", **spec["features"])
     else:
         cfg = {"num_warps": 4, "num_stages": 1}
@@ -144,7 +200,7 @@ def compile_one(name: str, spec: dict, cc: int, out: Path) -> dict:
                            "build (TRITON_* profiling knobs set?); the C++ launcher passes null there")
     params = [{"name": a, "type": sig[a]} for a in jit.arg_names if sig[a] != "constexpr"]
     meta = {
-        "spec": name, "cc": cc, "entry": md.name, "num_warps": md.num_warps, "num_stages": cfg["num_stages"],
+        "spec": name, "module": spec["module"], "kernel": spec["kernel"], "tactic": tactic, "tactic_name": TACTIC_NAMES[tactic], "cc": cc, "entry": md.name, "num_warps": md.num_warps, "num_stages": cfg["num_stages"],
         "shared": md.shared, "global_scratch_size": getattr(md, "global_scratch_size", 0),
         "global_scratch_align": getattr(md, "global_scratch_align", 1),
         "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
@@ -155,20 +211,22 @@ def compile_one(name: str, spec: dict, cc: int, out: Path) -> dict:
     }
     d = out / f"sm_{cc}"
     d.mkdir(parents=True, exist_ok=True)
-    for ext, data in (("cubin", kernel.asm["cubin"]), ("ptx", kernel.asm["ptx"].encode())):
-        tmp = d / f".{name}.{ext}.tmp"
+    stem = image_stem(name, tactic)
+    for ext, data in (("cubin", kernel.asm["cubin"]), ("ptx", kernel.asm["ptx"].encode()),
+                      ("json", (json.dumps(meta, indent=1) + "\n").encode())):
+        tmp = d / f".{stem}.{ext}.tmp"
         tmp.write_bytes(data)
-        os.replace(tmp, d / f"{name}.{ext}")
-    (d / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, d / f"{stem}.{ext}")
     return meta
 
 
-def tensor_core_summary(out: Path) -> dict:
-    """Per arch and spec: which tensor-core instructions the PTX holds (mma.sync, ldmatrix, wgmma, tcgen05)."""
+def tensor_core_summary(out: Path, metas: list[dict]) -> dict:
+    """Per arch and image: which tensor-core instructions the PTX holds (mma.sync, ldmatrix, wgmma, tcgen05)."""
     found = {}
-    for ptx in sorted(out.glob("sm_*/*.ptx")):
-        text = ptx.read_text()
-        found.setdefault(ptx.parent.name, {})[ptx.stem] = [
+    for m in sorted(metas, key=lambda m: (m["cc"], m["spec"], m["tactic"])):
+        stem = image_stem(m["spec"], m["tactic"])
+        text = (out / f"sm_{m['cc']}" / f"{stem}.ptx").read_text()
+        found.setdefault(f"sm_{m['cc']}", {})[stem] = [
             ins for ins, key in (("mma.sync", "mma.sync"), ("ldmatrix", "ldmatrix"), ("wgmma", "wgmma.mma_async"),
                                  ("tcgen05", "tcgen05.mma")) if key in text]
     return found
@@ -179,37 +237,49 @@ def tensor_core_summary(out: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cpp_bytes(data: bytes) -> str:
-    lines = []
-    for i in range(0, len(data), 24):
-        lines.append("    " + ",".join(f"0x{b:02x}" for b in data[i:i + 24]) + ",")
-    return "\n".join(lines)
-
-
 def _param_cpp(p: dict) -> str:
     return ("CUdeviceptr " if p["type"].startswith("*") else _CPP[p["type"]] + " ") + p["name"]
 
 
 def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
-    """``sai_kernels_embedded.cpp`` (cubins + table) and ``sai_kernels_generated.h`` (typed launchers)."""
-    metas = sorted(metas, key=lambda m: (m["spec"], m["cc"]))
+    """``sai_kernels_embedded.cpp`` (the cubins, pulled in by the assembler's ``.incbin`` from
+    ``sm_<cc>/``, + the image table) and ``sai_kernels_generated.h`` (typed launchers, tactic 1)."""
+    metas = sorted(metas, key=lambda m: (m["spec"], m["cc"], m["tactic"]))
     body = ["// Generated by python -m sai.kernels.aot: do not edit, do not commit.",
-            '#include "sai_kernel_launcher.h"', '#include "sai_kernels_generated.h"', "",
-            "namespace sai {", "namespace kernels {", "namespace {"]
+            "// The cubins are read by the assembler (.incbin) from the files beside this one.",
+            '#include "sai_kernels_generated.h"', "", "#include <cstddef>", ""]
     rows = []
     for m in metas:
-        sym = f"k_{m['spec']}_sm{m['cc']}"
-        data = (out / f"sm_{m['cc']}" / f"{m['spec']}.cubin").read_bytes()
-        body += [f"alignas(16) const unsigned char {sym}[{len(data)}] = {{", _cpp_bytes(data), "};"]
+        stem = image_stem(m["spec"], m["tactic"])
+        sym = f"sai_cubin_{stem}_sm{m['cc']}"
+        path = (out / f"sm_{m['cc']}" / f"{stem}.cubin").resolve()
+        size = path.stat().st_size
+        body += [f'asm(".section .rodata.sai_cubins,\\"a\\",@progbits\\n.balign 16\\n.globl {sym}\\n'
+                 f'.hidden {sym}\\n{sym}:\\n.incbin \\"{path}\\"\\n.byte 0\\n.previous");',
+                 f'extern "C" const unsigned char {sym}[{size + 1}];']
         plist = ",".join(f"{p['name']}:{p['type']}" for p in m["params"])
         const = ",".join(f"{k}={v}" for k, v in m["constexprs"].items())
         c = m["constexprs"]
         rows_, cols_ = c.get("BM", c.get("BP", c.get("BLOCK", 1))), c.get("BN", c.get("BC", 1))
-        rows.append(f'    {{"{m["spec"]}", {m["cc"]}, {sym}, sizeof({sym}), "{m["entry"]}", {m["num_warps"]}, '
+        rows.append(f'    {{"{m["spec"]}", {m["cc"]}, {m["tactic"]}, {sym}, {size}, "{m["entry"]}", {m["num_warps"]}, '
                     f'{m["shared"]}, {m["global_scratch_size"]}, {m["global_scratch_align"]}, '
                     f'{m["profile_scratch_size"]}, {m["profile_scratch_align"]}, {len(m["params"])}, "{plist}", '
                     f'"{const}", {rows_}, {cols_}}},')
-    body += ["const KernelImage kImages[] = {", *rows, "};", "}  // namespace", "",
+    # what the library carries, readable from the file without loading it (sai doctor)
+    specs: dict[str, dict] = {}
+    for m in metas:
+        e = specs.setdefault(m["spec"], {"archs": [], "tactics": []})
+        for key, val in (("archs", m["cc"]), ("tactics", m["tactic"])):
+            if val not in e[key]:
+                e[key].append(val)
+    manifest = MANIFEST_MARKER + json.dumps({"triton": metas[0]["triton"] if metas else "", "specs": specs},
+                                            separators=(",", ":"))
+    manifest = manifest.replace("\\", "\\\\").replace('"', '\\"')
+    body += ["", "// sai doctor reads this section: which specs, archs and tactics the library carries",
+             '__attribute__((used, section(".sai_kernels"))) const char kSaiKernelsManifest[] =',
+             f'    "{manifest}";',
+             "", "namespace sai {", "namespace kernels {", "namespace {",
+             "const KernelImage kImages[] = {", *rows, "};", "}  // namespace", "",
              "const KernelImage* embeddedImages(size_t* count) {",
              "    *count = sizeof(kImages) / sizeof(kImages[0]);", "    return kImages;", "}", ""]
     header = ["// Generated by python -m sai.kernels.aot: do not edit, do not commit.", "#pragma once",
@@ -235,6 +305,34 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         tmp.write_text(text)
         os.replace(tmp, path)
     return paths
+
+
+MANIFEST_MARKER = "SAI_KERNELS_MANIFEST="
+
+
+def read_manifest(data: bytes) -> dict | None:
+    """What a library built on the embedded kernels carries, from its bytes (no loading, no GPU):
+    ``{"triton": version, "specs": {spec: {"archs": [...], "tactics": [...]}}}``; None if it has none."""
+    at = data.find(MANIFEST_MARKER.encode())
+    if at < 0:
+        return None
+    end = data.find(b"\0", at)
+    try:
+        return json.loads(data[at + len(MANIFEST_MARKER):end].decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def describe_manifest(manifest: dict) -> str:
+    """One line for sai doctor: how many kernel specs, for which archs, with which tactics."""
+    specs = manifest.get("specs", {})
+    archs = sorted({a for e in specs.values() for a in e["archs"]})
+    tactics = sorted({t for e in specs.values() for t in e["tactics"]})
+    bf16 = sorted({a for n, e in specs.items() if "bf16" in n for a in e["archs"]})
+    return (f"Triton {manifest.get('triton', '?')} kernels: {len(specs)} specs for "
+            + ", ".join(f"sm_{a}" for a in archs)
+            + (f" (BF16 from sm_{bf16[0]})" if bf16 and bf16[0] != archs[0] else "")
+            + f", tactics {', '.join(map(str, tactics))}")
 
 
 def cuda_include_dir() -> Path:
@@ -291,22 +389,23 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"aot: unknown specs {unknown}; known: {', '.join(SPECS)}", file=sys.stderr)
         return 2
-    jobs = [(n, s, cc) for n, s in _expand_specs(names) for cc in archs]
+    jobs = [(n, s, cc, t) for n, s, t in _expand_specs(names) for cc in archs if supported(s, cc)]
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
         with cf.ProcessPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(compile_one, n, s, cc, args.out) for n, s, cc in jobs]
+            futures = [pool.submit(compile_one, n, s, cc, args.out, t) for n, s, cc, t in jobs]
             metas = [f.result() for f in futures]
     else:
-        metas = [compile_one(n, s, cc, args.out) for n, s, cc in jobs]
+        metas = [compile_one(n, s, cc, args.out, t) for n, s, cc, t in jobs]
     generate_cpp(args.out, metas)
-    summary = tensor_core_summary(args.out)
+    summary = tensor_core_summary(args.out, metas)
     (args.out / "tensor_cores.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"aot: {len(metas)} kernels ({len(names)} specs x {len(archs)} archs) in {time.time() - t0:.1f}s -> {args.out}")
+    print(f"aot: {len(metas)} kernels ({len(names)} specs, their tactics, x {len(archs)} archs) in {time.time() - t0:.1f}s -> {args.out}")
     for arch, specs in summary.items():
-        conv = specs.get("sparse_conv_fp16_k3", [])
-        print(f"  {arch}: sparse_conv_fp16_k3 uses {', '.join(conv) or 'no tensor-core instructions (FMA)'}")
+        if "sparse_conv_fp16_k3_relu" in specs:
+            conv = specs["sparse_conv_fp16_k3_relu"]
+            print(f"  {arch}: sparse_conv_fp16_k3_relu uses {', '.join(conv) or 'no tensor-core instructions (FMA)'}")
     if args.cxx:
         objs = compile_cpp(args.out)
         print(f"aot: compiled {', '.join(o.name for o in objs)} against {cuda_include_dir()}")

@@ -38,7 +38,7 @@ def interpolate_kernel(
     sin_, sic, sih, siw,
     syn, syc, syh, syw,
     HALF_S2, NORM, EPS,
-    KS: tl.constexpr, FUSED: tl.constexpr,
+    KS, FUSED: tl.constexpr,
     BP: tl.constexpr, BC: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -59,7 +59,7 @@ def interpolate_kernel(
     num = tl.full([BP, BC], 0.0, tl.float32)
     den = tl.full([BP], 0.0, tl.float32)
     if pid_p * BP < count:
-        R: tl.constexpr = (KS - 1) // 2
+        R = (KS - 1) // 2
         for tap in range(KS * KS):  # a loop, not unrolled: 49 taps of gathers would bloat the code
             di = tap // KS - R
             dj = tap % KS - R

@@ -124,9 +124,9 @@ def harness(built, lib, *args) -> str:
 
 def test_glue_harness(built):
     out = harness(built, built["lib"])
-    # the SIMT kernels read dense NCHW FP32/FP16 only: one combination per type and plugin
-    assert "SparseSampleConv: supportsFormatCombination accepts exactly the 2 expected" in out
-    assert "Interpolate: supportsFormatCombination accepts exactly the 2 expected" in out
+    # the Triton kernels take every layout TensorRT defines for FP32/FP16/BF16 and an FP32 mask
+    assert "SparseSampleConv: supportsFormatCombination accepts exactly the 27 expected combinations (got 27)" in out
+    assert "Interpolate: supportsFormatCombination accepts exactly the 27 expected combinations (got 27)" in out
 
 
 def test_glue_harness_every_format_with_full_kernel_caps(built):

@@ -132,6 +132,10 @@ inline bool saiCapsTactic(SaiKernelCaps const& caps, int32_t tactic)
     return false;
 }
 
+//! Why the last kernel launch of this thread failed ("" after a successful one): the launchers
+//! set it, the glue adds it to the error it logs.
+char const* saiLastLaunchError();
+
 } // namespace sai
 
 #endif // SAI_TRT_PLUGINS_COMMON_SAI_KERNEL_CAPS_H

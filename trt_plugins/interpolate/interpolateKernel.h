@@ -1,14 +1,16 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * Launchers of the sai::Interpolate CUDA kernels (docs/design.md 3.3). No TensorRT types.
+ * Launcher of sai::Interpolate (docs/design.md 3.3) on the Triton kernels of kernels/ (compiled ahead
+ * of time by `make kernels`, embedded in the library). No TensorRT types.
  *
  * Pipeline of interpolateLaunch (all on `stream`, no host synchronisation, CUDA-graph safe):
- *   1. zero the device-side count; compaction of the positions with mask < 1, count on the device;
- *      every position with mask >= 1 is written directly as M * F (all channels) in the same pass
- *   2. den = conv(M, K) + eps once per compacted position
- *   3. out = M*F + (1-M) * num / den per compacted position and channel (grid-stride loops sized
- *      for the worst case that read the count on the device)
+ *   1. zero the device-side counts; mask_partition_<mask type>_lt1: the positions with M < 1 first
+ *   2. interpolate_<type>_m<mask type>[_any]: out = M*F + (1-M) * num / den where M < 1 (num and
+ *      den = conv(M, K) + eps accumulated in fp32, K evaluated in fp32), M*F elsewhere; "fast"
+ *      builds where the channels are innermost and 16-divisible, "any" builds for the rest
+ *   3. zeros in the padding channels of an NHWC8 / NHWC16 output
+ * A failed launch returns its cudaError_t; saiLastLaunchError() says what failed.
  */
 #ifndef SAI_TRT_PLUGINS_INTERPOLATE_KERNEL_H
 #define SAI_TRT_PLUGINS_INTERPOLATE_KERNEL_H

@@ -281,7 +281,8 @@ int32_t InterpolatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
         p, t, l, mTactic, inputs[0], inputs[1], outputs[0], workspace, interpolateWorkspaceSize(p, t), stream);
     if (err != cudaSuccess)
     {
-        logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)));
+        logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)) + ": "
+            + saiLastLaunchError());
         return -1;
     }
     return 0;

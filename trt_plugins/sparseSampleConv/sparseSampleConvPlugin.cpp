@@ -445,7 +445,8 @@ int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
     cudaError_t const err = sparseSampleConvLaunch(p, t, b, workspace, ws, stream);
     if (err != cudaSuccess)
     {
-        logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)));
+        logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)) + ": "
+            + saiLastLaunchError());
         return -1;
     }
     return 0;

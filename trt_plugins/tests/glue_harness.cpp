@@ -14,7 +14,8 @@
  * them, must be the expected set (TensorRT's format definitions x what the kernels take), and each
  * configures and reports the strides its format implies. Tactics: getNbTactics / getValidTactics /
  * setTactic / clone / getTimingCacheID. `--kernels full` tests libsai_trt_plugins_fullcaps.so (the
- * glue with stand-in kernels that take every layout); default: the library's SIMT kernels.
+ * glue with stand-in kernels: the same layouts, three fake tactics); default: the library itself
+ * (the Triton kernels: tactics 1, 2 for SparseSampleConv, 1 for Interpolate).
  * Prints one line per check and "N passed, M failed"; exit status 1 on any failure.
  */
 #include "NvInferRuntime.h"
@@ -38,8 +39,9 @@ namespace
 
 int gPassed = 0;
 int gFailed = 0;
-//! --kernels full: the library under test is libsai_trt_plugins_fullcaps.so (every layout, FP32
-//! mask, tactics 11..13); simt (default): the SIMT kernels (NCHW FP32/FP16, tactic 1).
+//! --kernels full: the library under test is libsai_trt_plugins_fullcaps.so (stand-in kernels,
+//! tactics 11..13); triton (default): the library's Triton kernels. Both take every layout TensorRT
+//! defines for FP32/FP16/BF16 and an FP32 mask beside FP16/BF16.
 bool gFullCaps = false;
 
 void check(bool ok, std::string const& what)
@@ -401,14 +403,9 @@ char const* formatName(TensorFormat f)
 }
 
 //! The formats an activation of type t may have: TensorRT's definitions (kHWC: FP32; kHWC8:
-//! FP16/BF16; kHWC16: FP16), limited to kLINEAR FP32/FP16 for the SIMT kernels.
+//! FP16/BF16; kHWC16: FP16), all of which the kernels take.
 std::vector<TensorFormat> expectedFormats(DataType t)
 {
-    if (!gFullCaps)
-    {
-        return (t == DataType::kFLOAT || t == DataType::kHALF) ? std::vector<TensorFormat>{TensorFormat::kLINEAR}
-                                                               : std::vector<TensorFormat>{};
-    }
     switch (t)
     {
     case DataType::kFLOAT: return {TensorFormat::kLINEAR, TensorFormat::kHWC};
@@ -459,7 +456,7 @@ std::vector<Combo> expectedCombos(std::vector<Role> const& roles)
         {
             std::vector<std::pair<DataType, TensorFormat>> masks;
             std::vector<DataType> maskTypes = {t};
-            if (gFullCaps && t != DataType::kFLOAT)
+            if (t != DataType::kFLOAT)
             {
                 maskTypes.push_back(DataType::kFLOAT);
             }
@@ -613,7 +610,9 @@ void checkTactics(IPluginCreatorV3One* creator, Fields& fields, Fields& other, c
         check(false, tag + "create for the tactic checks");
         return;
     }
-    std::vector<int32_t> const want = gFullCaps ? std::vector<int32_t>{11, 12, 13} : std::vector<int32_t>{1};
+    bool const conv = std::strcmp(name, "SparseSampleConv") == 0;
+    std::vector<int32_t> const want = gFullCaps ? std::vector<int32_t>{11, 12, 13}
+                                                : (conv ? std::vector<int32_t>{1, 2} : std::vector<int32_t>{1});
     int32_t const n = h.build->getNbTactics();
     std::vector<int32_t> got(static_cast<size_t>(n > 0 ? n : 0), 0);
     int32_t const rc = n > 0 ? h.build->getValidTactics(got.data(), n) : -1;
@@ -702,12 +701,11 @@ void checkCommon(IPluginCreatorV3One* creator, Fields& fields, char const* name,
         io = descs(DataType::kINT8);
         check(!h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "rejects INT8");
         io = descs(DataType::kBF16);
-        check(h.build->supportsFormatCombination(0, io.data(), nbInputs, 1) == gFullCaps,
-            tag + (gFullCaps ? "accepts BF16 (kernels take it)" : "rejects BF16 (the SIMT kernels do not take it)"));
+        check(h.build->supportsFormatCombination(0, io.data(), nbInputs, 1), tag + "accepts BF16 (kernels take it)");
         std::vector<DataType> in(static_cast<size_t>(nbInputs), DataType::kBF16);
         DataType out = DataType::kFLOAT;
-        check((h.build->getOutputDataTypes(&out, 1, in.data(), nbInputs) == 0 && out == DataType::kBF16) == gFullCaps,
-            tag + "getOutputDataTypes " + (gFullCaps ? "keeps" : "rejects") + " BF16");
+        check(h.build->getOutputDataTypes(&out, 1, in.data(), nbInputs) == 0 && out == DataType::kBF16,
+            tag + "getOutputDataTypes keeps BF16");
     }
 
     // configure + workspace
@@ -1054,13 +1052,13 @@ void testInterpolate(IPluginCreatorV3One* creator, RecordingLogger& log)
 int main(int argc, char** argv)
 {
     if (argc == 4 && std::strcmp(argv[2], "--kernels") == 0
-        && (std::strcmp(argv[3], "full") == 0 || std::strcmp(argv[3], "simt") == 0))
+        && (std::strcmp(argv[3], "full") == 0 || std::strcmp(argv[3], "triton") == 0))
     {
         gFullCaps = std::strcmp(argv[3], "full") == 0;
     }
     else if (argc != 2)
     {
-        std::fprintf(stderr, "usage: %s libsai_trt_plugins.so [--kernels simt|full]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s libsai_trt_plugins.so [--kernels triton|full]\n", argv[0]);
         return 2;
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);

@@ -1,7 +1,8 @@
 // CPU test of sai_kernel_launcher.cpp: the CUDA driver API is replaced by fakes defined here (no GPU,
-// no libcuda), and so is the generated image table. Checks image selection per compute capability,
-// the per-context module cache, the large shared-memory opt-in and the launch parameters (the two
-// hidden scratch pointers appended as null). Built and run by tests/test_kernels.py.
+// no libcuda; installed with setDriverApi), and so is the generated image table. Checks image
+// selection per compute capability and tactic, the per-context module cache, the large shared-memory
+// opt-in, the launch parameters (the two hidden scratch pointers appended as null), the checks of
+// launchNamed and the memsets. Built and run by tests/test_kernels.py.
 #include "sai_kernel_launcher.h"
 
 #include <cstdio>
@@ -25,32 +26,32 @@ int gFailures = 0;
     } while (0)
 }  // namespace
 
-extern "C" {
-CUresult CUDAAPI cuCtxGetCurrent(CUcontext* ctx) { *ctx = gCtx; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxGetDevice(CUdevice* dev) { *dev = 0; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
+namespace fake {
+CUresult cuCtxGetCurrent(CUcontext* ctx) { *ctx = gCtx; return CUDA_SUCCESS; }
+CUresult cuCtxGetDevice(CUdevice* dev) { *dev = 0; return CUDA_SUCCESS; }
+CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     if (a == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) *v = gCc / 10;
     else if (a == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR) *v = gCc % 10;
     else if (a == CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) *v = 227 * 1024;
     else return CUDA_ERROR_INVALID_VALUE;
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuModuleLoadData(CUmodule* m, const void*) { ++gLoads; *m = reinterpret_cast<CUmodule>(0x10); return CUDA_SUCCESS; }
-CUresult CUDAAPI cuModuleUnload(CUmodule) { ++gUnloads; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
+CUresult cuModuleLoadData(CUmodule* m, const void*) { ++gLoads; *m = reinterpret_cast<CUmodule>(0x10); return CUDA_SUCCESS; }
+CUresult cuModuleUnload(CUmodule) { ++gUnloads; return CUDA_SUCCESS; }
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
     if (std::strcmp(name, "entry") != 0) return CUDA_ERROR_NOT_FOUND;
     *f = reinterpret_cast<CUfunction>(0x20);
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction) {
+CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction) {
     *v = a == CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES ? 1024 : 0;
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuFuncSetAttribute(CUfunction, CUfunction_attribute a, int v) {
+CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute a, int v) {
     if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) gSetShared = v;
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned bx, unsigned, unsigned,
+CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned bx, unsigned, unsigned,
                                 unsigned shared, CUstream, void** params, void**) {
     gBlock = bx;
     gShared = shared;
@@ -61,17 +62,31 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsign
     gParamValues.push_back(*static_cast<CUdeviceptr*>(params[3]));  // profile scratch
     return CUDA_SUCCESS;
 }
+std::vector<unsigned long long> gMemsets;  // dst, value, bytes (1D) or dst, pitch, value, width, height (2D)
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) {
+    gMemsets = {dst, v, n};
+    return CUDA_SUCCESS;
 }
+CUresult cuMemsetD2D8Async(CUdeviceptr dst, size_t pitch, unsigned char v, size_t w, size_t h, CUstream) {
+    gMemsets = {dst, pitch, v, w, h};
+    return CUDA_SUCCESS;
+}
+const sai::kernels::DriverApi kDriver = {cuCtxGetCurrent, cuCtxGetDevice, cuDeviceGetAttribute, cuModuleLoadData,
+                                         cuModuleUnload, cuModuleGetFunction, cuFuncGetAttribute, cuFuncSetAttribute,
+                                         cuLaunchKernel, cuMemsetD8Async, cuMemsetD2D8Async};
+}  // namespace fake
+using fake::gMemsets;
 
 namespace sai {
 namespace kernels {
 namespace {
 const unsigned char kBytes[4] = {1, 2, 3, 4};
 const KernelImage kImages[] = {
-    {"k", 80, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", 64, 32},
-    {"k", 90, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", 128, 64},
-    {"k", 120, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", 64, 32},
-    {"scratchy", 80, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", 1, 1},
+    {"k", 80, 1, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=64", 64, 32},
+    {"k", 80, 2, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=32", 32, 32},
+    {"k", 90, 1, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", 128, 64},
+    {"k", 120, 1, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", 64, 32},
+    {"scratchy", 80, 1, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", 1, 1},
 };
 }  // namespace
 const KernelImage* embeddedImages(size_t* count) {
@@ -83,16 +98,20 @@ const KernelImage* embeddedImages(size_t* count) {
 
 int main() {
     using namespace sai::kernels;
+    setDriverApi(&fake::kDriver);
     // selection: exact arch, else the newest of the same major below it where cubins are compatible
     CHECK(findImage("k", 80)->cc == 80);
     CHECK(findImage("k", 86)->cc == 80);
     CHECK(findImage("k", 89)->cc == 80);
     CHECK(findImage("k", 90)->cc == 90);
     CHECK(findImage("k", 100) == nullptr);  // sm_90a cubins do not run on sm_100
-    CHECK(findImage("k", 121)->cc == 120);
+    CHECK(findImage("k", 121) == nullptr);  // sm_120a cubins do not run on sm_121 either
     CHECK(findImage("k", 75) == nullptr);
     CHECK(findImage("nope", 80) == nullptr);
     CHECK(findImage("k", 90)->tileRows == 128);
+    CHECK(findImage("k", 86, 2)->tactic == 2 && findImage("k", 86, 2)->tileRows == 32);
+    CHECK(findImage("k", 90, 2)->tactic == 1);  // no such tile config there: the default
+    CHECK(findImage("k", 80, 7)->tactic == 1);
 
     CUdeviceptr x = 0xabcdef;
     int n = 7;
@@ -117,6 +136,48 @@ int main() {
     CHECK(launch("k", nullptr, 1, 1, 1, args, 2) == CUDA_ERROR_NO_BINARY_FOR_GPU);
     unloadContext(reinterpret_cast<CUcontext>(0x2));
     CHECK(gUnloads == 2);  // k and scratchy were loaded in context 0x2
+
+    // launchNamed: parameters by name in the image's order, constants checked, nothing unknown
+    gCc = 80;
+    const KernelImage* img = findImage("k", 80);
+    alignas(16) static char buf[64];
+    Arg ok[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("KH", 3), Arg::i("RELU", 1)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, ok, 4) == CUDA_SUCCESS && lastError()[0] == 0);
+    CHECK(gParamValues[0] == reinterpret_cast<uintptr_t>(buf) && gParamValues[1] == 9);
+    Arg wrongConst[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("KH", 1)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, wrongConst, 3) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "compiled with KH=3, called with 1") != nullptr);
+    Arg missing[] = {Arg::ptr("x", buf)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, missing, 1) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "parameter n not given") != nullptr);
+    Arg unknown[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("sxc", 1)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, unknown, 3) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "sxc is neither") != nullptr);
+    Arg misaligned[] = {Arg::i("n", 9), Arg::ptr("x", buf + 2)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, misaligned, 2) == CUDA_ERROR_INVALID_VALUE);
+    Arg kind[] = {Arg::ptr("n", buf), Arg::ptr("x", buf)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, kind, 2) == CUDA_ERROR_INVALID_VALUE);
+    Arg big[] = {Arg::i("n", 1LL << 33), Arg::ptr("x", buf)};
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, big, 2) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "does not fit in int32") != nullptr);
+
+    // memsets go to the driver as given; empty ones never reach it
+    CHECK(memsetAsync(0x1000, 0, 64, nullptr) == CUDA_SUCCESS && gMemsets.size() == 3 && gMemsets[2] == 64);
+    CHECK(memset2DAsync(0x2000, 48, 0, 16, 10, nullptr) == CUDA_SUCCESS && gMemsets.size() == 5);
+    CHECK(gMemsets[1] == 48 && gMemsets[3] == 16 && gMemsets[4] == 10);
+    gMemsets.clear();
+    CHECK(memsetAsync(0x1000, 0, 0, nullptr) == CUDA_SUCCESS && gMemsets.empty());
+    int cc = 0;
+    CHECK(currentCapability(&cc) == CUDA_SUCCESS && cc == 80);
+
+    // without a driver (libcuda.so.1 cannot be loaded here): a clean error, no crash
+    setDriverApi(nullptr);
+    const DriverApi* api = nullptr;
+    if (driverApi(&api) != CUDA_SUCCESS) {
+        CHECK(api == nullptr);
+        CHECK(launch("k", nullptr, 1, 1, 1, args, 2) == CUDA_ERROR_NOT_INITIALIZED);
+        CHECK(memsetAsync(0x1000, 0, 64, nullptr) == CUDA_ERROR_NOT_INITIALIZED);
+    }
     std::printf("%s\n", gFailures ? "launcher_test: FAILED" : "launcher_test: OK");
     return gFailures ? 1 : 0;
 }

@@ -1,0 +1,316 @@
+"""The TensorRT plugins' launch code on the embedded Triton kernels, replayed on the CPU.
+
+``trt_plugins/tests/launch_recorder.cpp`` links the plugins' launchers (sparseSampleConvLaunch,
+interpolateLaunch: build choice, workspace layout, weight packing, strides, grids, zero bias,
+padding channels) with the kernels' C++ launcher and the embedded cubins of ``make kernels``, and
+runs them against a recording CUDA driver: every memset and kernel launch they issue comes out as
+JSON, pointers as offsets into a virtual arena. This test lays the inputs out in a host arena in
+the layout TensorRT would hand over (NCHW, NHWC, NHWC8, NHWC16; padding channels and every
+unwritten byte poisoned with NaN), replays the operations in order with the Triton interpreter
+running the very kernel source each cubin was compiled from (with the constants recorded in its
+metadata), and compares the output with the PyTorch reference of sai.models.ops in float64.
+
+Without a GPU this is as close to `enqueue` as it gets: what it cannot see is the GPU itself
+(`make gpu-check` and a TensorRT engine on a GPU machine do).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+from sai.models.ops import (  # noqa: E402
+    conv_output_size,
+    interpolate_reference,
+    sparse_sample_conv_reference,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "trt_plugins"
+CC = 80  # the arch whose images the recorder picks (sm_80: mma.sync builds)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PTR = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16, "*i32": torch.int32,
+       "*i16": torch.int16}
+EPS = {torch.float32: 1e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
+VECTOR = {"NCHW": 1, "NHWC": 1, "NHWC8": 8, "NHWC16": 16}
+
+
+def _kernels_dir(tmp_root: Path) -> Path:
+    """build/kernels when `make kernels` built every spec for sm_80, else a fresh sm_80-only build."""
+    from sai.kernels import aot
+
+    built = ROOT / "build" / "kernels"
+    want = {aot.image_stem(n, t) for n, _, t in aot._expand_specs(list(aot.SPECS))}
+    have = {p.stem for p in (built / f"sm_{CC}").glob("*.json")}
+    if (built / "sai_kernels_embedded.cpp").is_file() and want <= have:
+        return built
+    out = tmp_root / "kernels"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([__import__("sys").executable, "-m", "sai.kernels.aot", "--out", str(out), "--arch",
+                           str(CC), "--jobs", "2"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    from sai.kernels import aot
+
+    tmp = tmp_path_factory.mktemp("launch")
+    kdir = _kernels_dir(tmp)
+    exe = tmp / "launch_recorder"
+    srcs = [PLUGINS / "tests" / "launch_recorder.cpp", PLUGINS / "common" / "saiTritonLaunch.cpp",
+            PLUGINS / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
+            PLUGINS / "interpolate" / "interpolateLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
+            kdir / "sai_kernels_embedded.cpp"]
+    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", PLUGINS / "sparseSampleConv",
+            PLUGINS / "interpolate"]
+    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", *[f"-I{i}" for i in incs], *map(str, srcs),
+           "-o", str(exe), "-ldl"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"exe": exe, "kernels": kdir}
+
+
+# ---- the arena ----------------------------------------------------------------------------------
+
+
+class Arena:
+    """Host bytes standing for device memory; every byte starts as 0xFF (NaN in every float type)."""
+
+    def __init__(self):
+        self.parts: list[tuple[int, bytes]] = []
+        self.size = 0
+        self.buf: torch.Tensor | None = None
+
+    def reserve(self, nbytes: int) -> int:
+        at = self.size
+        self.size += (max(nbytes, 1) + 255) // 256 * 256
+        return at
+
+    def put(self, data: torch.Tensor) -> int:
+        at = self.reserve(data.numel() * data.element_size())
+        self.parts.append((at, data.contiguous().view(torch.uint8).reshape(-1)))
+        return at
+
+    def materialize(self, extra: int) -> None:
+        self.buf = torch.full((self.size + extra + 256,), 0xFF, dtype=torch.uint8)
+        for at, raw in self.parts:
+            self.buf[at:at + raw.numel()] = raw
+
+    def view(self, at: int, dtype: torch.dtype) -> torch.Tensor:
+        size = torch.tensor([], dtype=dtype).element_size()
+        n = (self.buf.numel() - at) // size
+        return self.buf[at:at + n * size].view(dtype)
+
+
+def to_layout(t: torch.Tensor, layout: str, pad_value: float = float("nan")) -> torch.Tensor:
+    """A logical NCHW tensor in TensorRT's memory order for `layout` (padding channels = pad_value)."""
+    if layout == "NCHW":
+        return t.contiguous()
+    v = VECTOR[layout]
+    n, c, h, w = t.shape
+    cp = (c + v - 1) // v * v
+    out = torch.full((n, h, w, cp), pad_value, dtype=t.dtype)
+    out[..., :c] = t.permute(0, 2, 3, 1)
+    return out
+
+
+def from_layout(raw: torch.Tensor, shape, layout: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logical NCHW tensor, padding channels or None) from the bytes of a tensor in `layout`."""
+    n, c, h, w = shape
+    if layout == "NCHW":
+        return raw[: n * c * h * w].reshape(n, c, h, w), None
+    v = VECTOR[layout]
+    cp = (c + v - 1) // v * v
+    t = raw[: n * h * w * cp].reshape(n, h, w, cp)
+    return t[..., :c].permute(0, 3, 1, 2), (t[..., c:] if cp > c else None)
+
+
+def replay(rec: dict, arena: Arena, kernels_dir: Path) -> list[dict]:
+    launches = []
+    for op in rec["ops"]:
+        if op["op"] == "memset":
+            arena.buf[op["dst"]:op["dst"] + op["bytes"]] = op["value"]
+        elif op["op"] == "memset2d":
+            arena.buf.as_strided((op["height"], op["width"]), (op["pitch"], 1), op["dst"]).fill_(op["value"])
+        else:
+            from sai.kernels import aot
+
+            stem = aot.image_stem(op["spec"], op["tactic"])
+            meta = json.loads((kernels_dir / f"sm_{op['cc']}" / f"{stem}.json").read_text())
+            assert op["hidden"] == [0, 0]  # no scratch: the images need none
+            fn = getattr(importlib.import_module(meta["module"]), meta["kernel"]).interp
+            kwargs = {}
+            for p in meta["params"]:
+                value = op["args"][p["name"]]
+                if p["type"].startswith("*"):
+                    value = arena.view(value, PTR[p["type"]])
+                elif p["type"] == "fp32":
+                    value = float(value)  # "2" in the JSON is still the float 2.0
+                kwargs[p["name"]] = value
+            const = dict(meta["constexprs"])
+            if "UPCAST_DOT" in const and "bf16" in op["spec"]:
+                const["UPCAST_DOT"] = True  # the interpreter's dot cannot multiply bfloat16
+            fn[tuple(op["grid"])](**kwargs, **const)
+            launches.append(op)
+    return launches
+
+
+def record(recorder, **case) -> dict:
+    args = [f"{k}={v}" for k, v in case.items()]
+    proc = subprocess.run([str(recorder["exe"]), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+# ---- SparseSampleConv ---------------------------------------------------------------------------
+
+CONV = [
+    # fp16 NHWC8, aligned: the fast 3x3 build with tactic 2, mask in fp32, ReLU, bias
+    dict(type="fp16", mtype="fp32", xl="NHWC8", ml="NCHW", n=2, cin=16, cout=32, h=7, w=9, k=3, s=1, pads=(1, 1, 1, 1),
+         d=1, g=1, act=1, bias=True, dg=0, tactic=2, build="sparse_conv_fp16_k3_relu"),
+    # fp16 NHWC8 with padding channels on both sides, no bias, no ReLU: the any-size build
+    dict(type="fp16", mtype="fp16", xl="NHWC8", ml="NHWC8", n=1, cin=12, cout=20, h=8, w=6, k=3, s=2,
+         pads=(1, 0, 1, 2), d=1, g=1, act=0, bias=False, dg=0, tactic=0, build="sparse_conv_fp16_any"),
+    # fp32 NCHW (TensorRT's kLINEAR), grouped 1x1 with stride
+    dict(type="fp32", mtype="fp32", xl="NCHW", ml="NCHW", n=1, cin=8, cout=12, h=9, w=7, k=1, s=2, pads=(0, 0, 0, 0),
+         d=1, g=2, act=1, bias=True, dg=0, tactic=0, build="sparse_conv_fp32_any_relu"),
+    # bf16 NHWC16 1x1, aligned: the fast 1x1 build
+    dict(type="bf16", mtype="bf16", xl="NHWC16", ml="NCHW", n=1, cin=32, cout=16, h=5, w=6, k=1, s=1,
+         pads=(0, 0, 0, 0), d=1, g=1, act=0, bias=True, dg=0, tactic=1, build="sparse_conv_bf16_k1"),
+    # fp16 NCHW 5x5 dilated: kernel sizes beyond the unrolled builds
+    dict(type="fp16", mtype="fp32", xl="NCHW", ml="NCHW", n=1, cin=6, cout=9, h=10, w=9, k=5, s=1, pads=(4, 4, 4, 4),
+         d=2, g=3, act=1, bias=True, dg=0, tactic=0, build="sparse_conv_fp16_any_relu"),
+    # deformable, fp16 NHWC16 aligned (fast deform build; the offset has 18 channels, padded to 32)
+    dict(type="fp16", mtype="fp32", xl="NHWC16", ml="NCHW", n=1, cin=16, cout=16, h=6, w=7, k=3, s=1,
+         pads=(1, 1, 1, 1), d=1, g=1, act=1, bias=True, dg=1, tactic=0, build="sparse_conv_fp16_k3_deform_relu"),
+    # deformable, fp32 NCHW, two deform groups
+    dict(type="fp32", mtype="fp32", xl="NCHW", ml="NCHW", n=1, cin=8, cout=6, h=6, w=5, k=3, s=1, pads=(1, 1, 1, 1),
+         d=1, g=1, act=0, bias=False, dg=2, tactic=0, build="sparse_conv_fp32_any_deform"),
+]
+
+
+def _soft_mask(shape, gen):
+    r = torch.rand(shape, generator=gen)
+    return torch.where(r < 0.4, 0.0, torch.where(r > 0.8, 1.0, r))
+
+
+@pytest.mark.parametrize("case", CONV, ids=[c["build"] + "-" + c["xl"] for c in CONV])
+def test_conv_launch_replayed_matches_the_reference(recorder, case):
+    dt = DTYPES[case["type"]]
+    gen = torch.Generator().manual_seed(3)
+    n, cin, cout, h, w, k, g = (case[key] for key in ("n", "cin", "cout", "h", "w", "k", "g"))
+    pt, pl, pb, pr = case["pads"]
+    ho = conv_output_size(h, k, case["s"], pt, pb, case["d"])
+    wo = conv_output_size(w, k, case["s"], pl, pr, case["d"])
+    x = torch.randn(n, cin, h, w, generator=gen).to(dt)
+    weight = (torch.randn(cout, cin // g, k, k, generator=gen) / math.sqrt(cin * k * k)).to(dt)
+    bias = torch.randn(cout, generator=gen).to(dt) if case["bias"] else None
+    mask = _soft_mask((n, 1, ho, wo), gen).to(DTYPES[case["mtype"]])
+    offset = (2.5 * torch.randn(n, 2 * case["dg"] * k * k, ho, wo, generator=gen)).to(dt) if case["dg"] else None
+
+    arena = Arena()
+    off = {"x": arena.put(to_layout(x, case["xl"])), "mask": arena.put(to_layout(mask, case["ml"])),
+           "weight": arena.put(weight), "bias": arena.put(bias) if bias is not None else -1,
+           "offset": arena.put(to_layout(offset, case["xl"])) if offset is not None else -1}
+    v = VECTOR[case["xl"]]
+    y_bytes = n * ho * wo * ((cout + v - 1) // v * v) * x.element_size()
+    off["y"] = arena.reserve(y_bytes)
+    off["ws"] = arena.reserve(0)
+    rec = record(recorder, op="conv", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
+                 N=n, C=cin, H=h, W=w, Cout=cout, kh=k, kw=k, sh=case["s"], sw=case["s"], pt=pt, pl=pl, pb=pb, pr=pr,
+                 dh=case["d"], dw=case["d"], groups=g, dg=max(case["dg"], 1), act=case["act"],
+                 tactic=case["tactic"], **off)
+    assert rec["result"] == 0, rec["error"]
+    arena.materialize(rec["workspace"])
+    launches = replay(rec, arena, recorder["kernels"])
+    specs = [op["spec"] for op in launches]
+    assert specs == [f"mask_partition_{case['mtype']}_gt0", "copy4d_b32" if dt == torch.float32 else "copy4d_b16",
+                     case["build"]]
+    assert launches[-1]["tactic"] == (case["tactic"] or 1)
+
+    got, pad = from_layout(arena.view(off["y"], dt), (n, cout, ho, wo), case["xl"])
+    ref = sparse_sample_conv_reference(
+        x.double(), mask.double(), weight.double(), None if bias is None else bias.double(),
+        None if offset is None else offset.double(), [case["s"]] * 2, [pt, pl, pb, pr], [case["d"]] * 2, g,
+        max(case["dg"], 1), "relu" if case["act"] else "none")
+    assert torch.isfinite(got.float()).all(), "an output element was never written"
+    assert bool((got[(mask == 0).expand_as(got)] == 0).all()), "outputs where M == 0 must be exactly 0"
+    scale = max(ref.abs().max().item(), 1e-30)
+    err = (got.double() - ref).abs().max().item() / scale
+    assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
+    if pad is not None:
+        assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"
+
+
+def test_conv_launch_refuses_a_short_workspace_and_unknown_tactics(recorder):
+    base = dict(op="conv", cc=CC, type="fp16", mtype="fp16", xl="NHWC8", ml="NCHW", N=1, C=16, H=4, W=4, Cout=16,
+                kh=3, kw=3, sh=1, sw=1, pt=1, pl=1, pb=1, pr=1, dh=1, dw=1, groups=1, dg=1, act=1, x=0, mask=4096,
+                weight=8192, bias=-1, offset=-1, y=16384, ws=-1)
+    rec = record(recorder, **base, tactic=0)
+    assert rec["result"] != 0 and "workspace" in rec["error"] and rec["ops"] == []
+    rec = record(recorder, **{**base, "ws": 32768}, tactic=9)
+    assert rec["result"] != 0 and "unknown tactic 9" in rec["error"] and rec["ops"] == []
+
+
+def test_launch_on_an_arch_without_images_names_the_kernel(recorder):
+    rec = record(recorder, op="conv", cc=70, type="fp16", mtype="fp16", xl="NHWC8", ml="NCHW", N=1, C=16, H=4, W=4,
+                 Cout=16, kh=3, kw=3, sh=1, sw=1, pt=1, pl=1, pb=1, pr=1, dh=1, dw=1, groups=1, dg=1, act=1, x=0,
+                 mask=4096, weight=8192, bias=-1, offset=-1, y=16384, ws=32768, tactic=0)
+    assert rec["result"] != 0
+    assert "no mask_partition_fp16_gt0 kernel for sm_70" in rec["error"]
+
+
+# ---- Interpolate --------------------------------------------------------------------------------
+
+INTERP = [
+    dict(type="fp16", mtype="fp32", xl="NHWC8", ml="NCHW", n=2, c=16, h=7, w=9, k=7, sigma=1.3,
+         build="interpolate_fp16_mfp32"),
+    dict(type="bf16", mtype="bf16", xl="NHWC8", ml="NHWC8", n=1, c=12, h=6, w=5, k=5, sigma=0.9,
+         build="interpolate_bf16_mbf16_any"),
+    dict(type="fp32", mtype="fp32", xl="NCHW", ml="NCHW", n=1, c=5, h=8, w=7, k=3, sigma=1.0,
+         build="interpolate_fp32_mfp32_any"),
+    dict(type="fp16", mtype="fp16", xl="NHWC16", ml="NCHW", n=1, c=32, h=5, w=6, k=9, sigma=2.0,
+         build="interpolate_fp16_mfp16"),
+]
+
+
+@pytest.mark.parametrize("case", INTERP, ids=[c["build"] + "-" + c["xl"] for c in INTERP])
+def test_interpolate_launch_replayed_matches_the_reference(recorder, case):
+    dt = DTYPES[case["type"]]
+    gen = torch.Generator().manual_seed(5)
+    n, c, h, w = case["n"], case["c"], case["h"], case["w"]
+    feature = torch.randn(n, c, h, w, generator=gen).to(dt)
+    mask = _soft_mask((n, 1, h, w), gen).to(DTYPES[case["mtype"]])
+    arena = Arena()
+    off = {"x": arena.put(to_layout(feature, case["xl"])), "mask": arena.put(to_layout(mask, case["ml"]))}
+    v = VECTOR[case["xl"]]
+    off["y"] = arena.reserve(n * h * w * ((c + v - 1) // v * v) * feature.element_size())
+    off["ws"] = arena.reserve(0)
+    rec = record(recorder, op="interp", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
+                 N=n, C=c, H=h, W=w, k=case["k"], sigma=case["sigma"], eps=1e-5, tactic=0, **off)
+    assert rec["result"] == 0, rec["error"]
+    arena.materialize(rec["workspace"])
+    launches = replay(rec, arena, recorder["kernels"])
+    assert [op["spec"] for op in launches] == [f"mask_partition_{case['mtype']}_lt1", case["build"]]
+    got, pad = from_layout(arena.view(off["y"], dt), (n, c, h, w), case["xl"])
+    ref = interpolate_reference(feature.double(), mask.double(), case["sigma"], case["k"], 1e-5)
+    assert torch.isfinite(got.float()).all(), "an output element was never written"
+    scale = max(ref.abs().max().item(), 1e-30)
+    err = (got.double() - ref).abs().max().item() / scale
+    assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
+    if pad is not None:
+        assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"

@@ -1,0 +1,91 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * saiTritonLaunch.h: what the launchers of both ops share on top of the kernels' launcher
+ * (kernels/launcher/sai_kernel_launcher.h, the AOT-compiled Triton cubins of `make kernels`).
+ * Host code only, no TensorRT types:
+ *
+ *   SaiWorkspace            carves 256-byte aligned sub-buffers out of the plugin workspace
+ *   saiLaunchError(...)     records why a launch failed (saiLastLaunchError) and maps the driver's
+ *                           CUresult to the cudaError_t the glue reports
+ *   saiTypeTag(t)           "fp32" / "fp16" / "bf16": the dtype part of the kernels' spec names
+ *   saiAligned16(l, C)      whether a tensor fits the "fast" builds (channel stride 1, 16-divisible
+ *                           channels and position strides); else the "any" builds run
+ *   saiImage(spec, tactic)  the image for the current device, or an error naming what is missing
+ *   saiZeroPadChannels(...) writes 0 to the padding channels of an NHWC8 / NHWC16 output
+ */
+#ifndef SAI_TRT_PLUGINS_COMMON_SAI_TRITON_LAUNCH_H
+#define SAI_TRT_PLUGINS_COMMON_SAI_TRITON_LAUNCH_H
+
+#include "saiDataType.h"
+#include "saiKernelCaps.h"
+#include "sai_kernel_launcher.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime_api.h>
+#include <string>
+
+namespace sai
+{
+
+//! Records `what` (with the driver's code) as the last launch error; returns the matching cudaError_t.
+cudaError_t saiLaunchError(CUresult r, std::string const& what);
+
+//! Clears the last launch error (at the start of each launch).
+void saiClearLaunchError();
+
+inline char const* saiTypeTag(SaiDataType t)
+{
+    return t == SaiDataType::kFLOAT ? "fp32" : (t == SaiDataType::kHALF ? "fp16" : "bf16");
+}
+
+//! Sub-buffers of one workspace, each 256-byte aligned, in the order they are taken.
+class SaiWorkspace
+{
+public:
+    explicit SaiWorkspace(void* base = nullptr)
+        : mBase(static_cast<char*>(base))
+    {
+    }
+    //! Reserves `bytes` and returns where they start (nullptr + offset when sizing without a base).
+    void* take(size_t bytes)
+    {
+        size_t const at = mUsed;
+        mUsed += (bytes + kAlign - 1) / kAlign * kAlign;
+        return mBase + at;
+    }
+    size_t used() const
+    {
+        return mUsed;
+    }
+    static constexpr size_t kAlign = 256;
+
+private:
+    char* mBase;
+    size_t mUsed{0};
+};
+
+//! Channel stride 1 and 16-divisible channels and n/h/w strides: what the "fast" builds assume.
+inline bool saiAligned16(SaiTensorLayout const& l, int64_t channels)
+{
+    return l.layout != SaiLayout::kNCHW && l.strides.c == 1 && channels % 16 == 0 && l.strides.n % 16 == 0
+        && l.strides.h % 16 == 0 && l.strides.w % 16 == 0;
+}
+
+//! The image of `spec` (tactic, falling back to 1) for the current device; nullptr + the error set.
+kernels::KernelImage const* saiImage(std::string const& spec, int32_t tactic, cudaError_t* err);
+
+//! Zeros the channels [C, Cpadded) of every position of an NHWC8 / NHWC16 tensor of `positions`
+//! positions (nothing for other layouts or when C is a multiple of the vector).
+cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, cudaStream_t stream);
+
+//! ceil(a / b) for the grids, as unsigned.
+inline unsigned saiGridDim(int64_t a, int64_t b)
+{
+    return static_cast<unsigned>((a + b - 1) / b);
+}
+
+} // namespace sai
+
+#endif // SAI_TRT_PLUGINS_COMMON_SAI_TRITON_LAUNCH_H

@@ -1,0 +1,264 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * launch_recorder.cpp: runs sparseSampleConvLaunch / interpolateLaunch (the plugins' launch code on
+ * the embedded Triton cubins) against a recording CUDA driver instead of a GPU, and prints every
+ * stream operation they issue as JSON: memsets, and kernel launches with the spec, tactic, grid and
+ * each parameter by name (pointers as offsets into a virtual arena). tests/test_trt_launch.py
+ * replays the operations on a host arena with the Triton interpreter and compares the result with
+ * the PyTorch reference, so that the host code (build choice, workspace layout, weight packing,
+ * strides, grids, zero bias, padding channels) is checked end to end without a GPU.
+ *
+ *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
+ *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=...
+ */
+#include "interpolateKernel.h"
+#include "saiTritonLaunch.h"
+#include "sparseSampleConvKernel.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+
+namespace
+{
+using sai::kernels::KernelImage;
+
+constexpr uint64_t kArena = 0x100000000ULL; // where the virtual arena starts
+int gCc = 80;
+std::string gOps;
+
+void op(std::string const& text)
+{
+    gOps += (gOps.empty() ? "" : ",\n  ") + text;
+}
+
+std::string addr(uint64_t p)
+{
+    return p >= kArena ? std::to_string(p - kArena) : "\"raw:" + std::to_string(p) + "\"";
+}
+
+CUresult ctxGetCurrent(CUcontext* c)
+{
+    *c = reinterpret_cast<CUcontext>(0x1);
+    return CUDA_SUCCESS;
+}
+CUresult ctxGetDevice(CUdevice* d)
+{
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+CUresult deviceGetAttribute(int* v, CUdevice_attribute a, CUdevice)
+{
+    if (a == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        *v = gCc / 10;
+    else if (a == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        *v = gCc % 10;
+    else if (a == CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        *v = 227 * 1024;
+    else
+        return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_SUCCESS;
+}
+CUresult moduleLoadData(CUmodule* m, void const* data)
+{
+    *m = reinterpret_cast<CUmodule>(const_cast<void*>(data));
+    return CUDA_SUCCESS;
+}
+CUresult moduleUnload(CUmodule)
+{
+    return CUDA_SUCCESS;
+}
+CUresult moduleGetFunction(CUfunction* f, CUmodule m, char const*)
+{
+    *f = reinterpret_cast<CUfunction>(m);
+    return CUDA_SUCCESS;
+}
+CUresult funcGetAttribute(int* v, CUfunction_attribute, CUfunction)
+{
+    *v = 0;
+    return CUDA_SUCCESS;
+}
+CUresult funcSetAttribute(CUfunction, CUfunction_attribute, int)
+{
+    return CUDA_SUCCESS;
+}
+KernelImage const* imageOf(CUfunction f)
+{
+    size_t n = 0;
+    KernelImage const* all = sai::kernels::embeddedImages(&n);
+    for (size_t i = 0; i < n; ++i)
+        if (static_cast<void const*>(all[i].cubin) == static_cast<void const*>(f))
+            return &all[i];
+    return nullptr;
+}
+CUresult launchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned, unsigned, unsigned,
+    CUstream, void** params, void**)
+{
+    KernelImage const* img = imageOf(f);
+    if (img == nullptr)
+        return CUDA_ERROR_INVALID_HANDLE;
+    std::string args;
+    std::string plist = img->params;
+    size_t pos = 0;
+    for (int k = 0; k < img->numParams; ++k)
+    {
+        size_t end = plist.find(',', pos);
+        if (end == std::string::npos)
+            end = plist.size();
+        std::string item = plist.substr(pos, end - pos);
+        pos = end + 1;
+        size_t colon = item.find(':');
+        std::string name = item.substr(0, colon), type = item.substr(colon + 1);
+        std::string value;
+        if (type[0] == '*')
+            value = addr(*static_cast<CUdeviceptr*>(params[k]));
+        else if (type == "i32")
+            value = std::to_string(*static_cast<int32_t*>(params[k]));
+        else
+        {
+            char buf[64];
+            std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(*static_cast<float*>(params[k])));
+            value = buf;
+        }
+        args += (args.empty() ? "" : ", ") + ("\"" + name + "\": ") + value;
+    }
+    uint64_t const scratch = *static_cast<CUdeviceptr*>(params[img->numParams]);
+    uint64_t const profile = *static_cast<CUdeviceptr*>(params[img->numParams + 1]);
+    op("{\"op\": \"launch\", \"spec\": \"" + std::string(img->spec) + "\", \"tactic\": " + std::to_string(img->tactic)
+        + ", \"cc\": " + std::to_string(img->cc) + ", \"grid\": [" + std::to_string(gx) + ", " + std::to_string(gy) + ", "
+        + std::to_string(gz) + "], \"threads\": " + std::to_string(bx) + ", \"hidden\": [" + std::to_string(scratch) + ", "
+        + std::to_string(profile) + "], \"args\": {" + args + "}}");
+    return CUDA_SUCCESS;
+}
+CUresult memsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream)
+{
+    op("{\"op\": \"memset\", \"dst\": " + addr(dst) + ", \"value\": " + std::to_string(v) + ", \"bytes\": "
+        + std::to_string(n) + "}");
+    return CUDA_SUCCESS;
+}
+CUresult memsetD2D8Async(CUdeviceptr dst, size_t pitch, unsigned char v, size_t w, size_t h, CUstream)
+{
+    op("{\"op\": \"memset2d\", \"dst\": " + addr(dst) + ", \"pitch\": " + std::to_string(pitch) + ", \"value\": "
+        + std::to_string(v) + ", \"width\": " + std::to_string(w) + ", \"height\": " + std::to_string(h) + "}");
+    return CUDA_SUCCESS;
+}
+sai::kernels::DriverApi const kRecorder = {ctxGetCurrent, ctxGetDevice, deviceGetAttribute, moduleLoadData,
+    moduleUnload, moduleGetFunction, funcGetAttribute, funcSetAttribute, launchKernel, memsetD8Async, memsetD2D8Async};
+
+std::map<std::string, std::string> gArgs;
+
+std::string str(char const* k)
+{
+    auto it = gArgs.find(k);
+    if (it == gArgs.end())
+    {
+        std::fprintf(stderr, "launch_recorder: missing %s=\n", k);
+        std::exit(2);
+    }
+    return it->second;
+}
+int64_t num(char const* k)
+{
+    return std::strtoll(str(k).c_str(), nullptr, 10);
+}
+void* at(char const* k)
+{
+    int64_t const off = num(k);
+    return off < 0 ? nullptr : reinterpret_cast<void*>(static_cast<uintptr_t>(kArena + static_cast<uint64_t>(off)));
+}
+sai::SaiDataType dtype(std::string const& s)
+{
+    return s == "fp32" ? sai::SaiDataType::kFLOAT : (s == "fp16" ? sai::SaiDataType::kHALF : sai::SaiDataType::kBF16);
+}
+sai::SaiLayout layout(std::string const& s)
+{
+    return s == "NCHW" ? sai::SaiLayout::kNCHW
+                       : (s == "NHWC" ? sai::SaiLayout::kNHWC
+                                      : (s == "NHWC8" ? sai::SaiLayout::kNHWC8 : sai::SaiLayout::kNHWC16));
+}
+} // namespace
+
+int main(int argc, char** argv)
+{
+    for (int i = 1; i < argc; ++i)
+    {
+        char const* eq = std::strchr(argv[i], '=');
+        if (eq != nullptr)
+            gArgs[std::string(argv[i], static_cast<size_t>(eq - argv[i]))] = eq + 1;
+    }
+    gCc = static_cast<int>(num("cc"));
+    sai::kernels::setDriverApi(&kRecorder);
+    sai::SaiDataType const t = dtype(str("type"));
+    sai::SaiDataType const mt = dtype(str("mtype"));
+    size_t ws = 0;
+    cudaError_t err = cudaSuccess;
+    if (str("op") == "conv")
+    {
+        sai::SaiConvParams p;
+        p.N = static_cast<int32_t>(num("N"));
+        p.C = static_cast<int32_t>(num("C"));
+        p.H = static_cast<int32_t>(num("H"));
+        p.W = static_cast<int32_t>(num("W"));
+        p.Cout = static_cast<int32_t>(num("Cout"));
+        p.kh = static_cast<int32_t>(num("kh"));
+        p.kw = static_cast<int32_t>(num("kw"));
+        p.strideH = static_cast<int32_t>(num("sh"));
+        p.strideW = static_cast<int32_t>(num("sw"));
+        p.padTop = static_cast<int32_t>(num("pt"));
+        p.padLeft = static_cast<int32_t>(num("pl"));
+        p.padBottom = static_cast<int32_t>(num("pb"));
+        p.padRight = static_cast<int32_t>(num("pr"));
+        p.dilationH = static_cast<int32_t>(num("dh"));
+        p.dilationW = static_cast<int32_t>(num("dw"));
+        p.groups = static_cast<int32_t>(num("groups"));
+        p.deformGroups = static_cast<int32_t>(num("dg"));
+        p.activation = static_cast<int32_t>(num("act"));
+        if (!sai::saiConvFinalize(p))
+        {
+            std::printf("{\"error\": \"invalid params\"}\n");
+            return 2;
+        }
+        sai::SaiConvBuffers b;
+        b.x = at("x");
+        b.mask = at("mask");
+        b.weight = at("weight");
+        b.bias = at("bias");
+        b.offset = at("offset");
+        b.y = at("y");
+        b.xLayout = sai::saiTensorLayout(layout(str("xl")), t, p.C, p.H, p.W);
+        b.yLayout = sai::saiTensorLayout(layout(str("xl")), t, p.Cout, p.Ho, p.Wo);
+        b.maskLayout = sai::saiTensorLayout(layout(str("ml")), mt, 1, p.Ho, p.Wo);
+        b.offsetLayout = sai::saiTensorLayout(layout(str("xl")), t, 2 * p.deformGroups * p.kh * p.kw, p.Ho, p.Wo);
+        b.tactic = static_cast<int32_t>(num("tactic"));
+        ws = sai::sparseSampleConvWorkspaceSize(p, t);
+        err = sai::sparseSampleConvLaunch(p, t, b, at("ws"), ws, nullptr);
+    }
+    else
+    {
+        sai::SaiInterpParams p;
+        p.N = static_cast<int32_t>(num("N"));
+        p.C = static_cast<int32_t>(num("C"));
+        p.H = static_cast<int32_t>(num("H"));
+        p.W = static_cast<int32_t>(num("W"));
+        p.kernelSize = static_cast<int32_t>(num("k"));
+        p.sigma = std::strtof(str("sigma").c_str(), nullptr);
+        p.eps = std::strtof(str("eps").c_str(), nullptr);
+        sai::SaiInterpLayouts l;
+        l.feature = sai::saiTensorLayout(layout(str("xl")), t, p.C, p.H, p.W);
+        l.out = l.feature;
+        l.mask = sai::saiTensorLayout(layout(str("ml")), mt, 1, p.H, p.W);
+        ws = sai::interpolateWorkspaceSize(p, t);
+        err = sai::interpolateLaunch(p, t, l, static_cast<int32_t>(num("tactic")), at("x"), at("mask"), at("y"),
+            at("ws"), ws, nullptr);
+    }
+    std::string msg = sai::saiLastLaunchError();
+    for (char& c : msg)
+        if (c == '"' || c == '\\')
+            c = '\'';
+    std::printf("{\"workspace\": %zu, \"result\": %d, \"error\": \"%s\", \"ops\": [\n  %s]}\n", ws,
+        static_cast<int>(err), msg.c_str(), gOps.c_str());
+    return 0;
+}
