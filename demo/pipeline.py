@@ -17,7 +17,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from sai.errors import SaiError
 
@@ -69,8 +71,9 @@ def _validate_summary(path: Path, step: dict) -> dict:
     return out
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """``sai demo``: every step, then the report; 0 when all steps succeeded."""
+def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]], dict]] = None) -> int:
+    """``sai demo``: every step, then the report; 0 when all steps succeeded. ``stamp(threads)``: the environment
+    probe for the report (``sai.benchmarks.environment.stamp``, passed in by the CLI)."""
     # no OpenMP spin-waiting in torch in any step (inherited by them), as onnxruntime's timing sessions:
     # spinning threads take the cores from the model timed next (on 2 shared cores torch ran several
     # times slower); a value already set wins, and the report's environment stamp shows it
@@ -152,6 +155,7 @@ def run_demo(args: argparse.Namespace) -> int:
     ctx = write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
                        validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
                        bench_ops=bench_ops, threads=args.threads or None,
+                       environment=stamp(args.threads or None) if stamp else None,
                        progress=lambda m: print("    " + m, flush=True))
     steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
     rep = json.loads((out / "report.json").read_text())

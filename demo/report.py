@@ -353,20 +353,15 @@ def _sweep_section(ctx: dict) -> str:
                        "dense / sparse", "spread (per round)"], rows, left=2))
     env = bo.get("environment")
     if env:
-        out.append(f"<p class='note'>Measured on: {_e(_env_line(env))}</p>")
+        line = bo.get("environment_line") or ", ".join(f"{k} {v}" for k, v in env.items() if k != "versions")
+        out.append(f"<p class='note'>Measured on: {_e(line)}</p>")
     return "".join(out)
-
-
-def _env_line(env: dict) -> str:
-    from sai.benchmarks.environment import one_line
-
-    return one_line(env)
 
 
 def _environment_section(ctx: dict) -> str:
     env = ctx.get("environment")
     if not env:
-        return ""
+        return "<h2>Environment</h2><p>not recorded.</p>"
     rows = [["CPU", _e(env.get("cpu"))], ["cores usable", _e(env.get("cores"))],
             ["threads (validate, sai bench)", _e(ctx.get("threads", env.get("threads")))],
             ["threads (sai bench-ops)", _e((ctx.get("bench_ops") or {}).get("threads", "not run"))],
@@ -468,11 +463,11 @@ def render_html(ctx: dict) -> str:
 def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_images: int = 10,
                  steps: Sequence[dict] = (), bench=None, validate: Optional[dict] = None,
                  onnx_path: Optional[Path] = None, bench_ops: Optional[dict] = None, threads: Optional[int] = None,
-                 progress: Callable[[str], None] = lambda s: None) -> dict:
+                 environment: Optional[dict] = None, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Evaluate, draw the overlays and the plots and write ``out/report.html``; returns the context it rendered.
     ``bench_ops``: the JSON of a ``sai bench-ops --json`` run (the size and density sweep), or None.
-    ``threads``: the thread count the pipeline's validate/bench steps used (for the environment stamp)."""
-    from sai.benchmarks.environment import stamp
+    ``threads``: the thread count the pipeline's validate/bench steps used; ``environment``: where the report was
+    made (``sai.benchmarks.environment.stamp()``; default: the sweep's, else none)."""
     from sai.models import demo_data, fuse_for_inference
     from sai.models.train_demo import DemoConfig, flops_summary
 
@@ -520,7 +515,7 @@ def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_ima
     ctx = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "zoo": str(zoo), "metrics": metrics,
            "accuracy": acc, "densities": densities, "mean_density": mean_density, "flops": flops,
            "bench": bench, "validate": validate, "overlays": ov, "steps": list(steps), "bench_ops": bench_ops,
-           "environment": stamp(threads), "threads": threads}
+           "environment": environment or (bench_ops or {}).get("environment"), "threads": threads}
     progress("report: plots (latency vs size and density, accuracy vs MACs, per-block densities)")
     ctx["plots"] = write_plots(out / "plots", ctx)
     ctx["speed_summary"] = speed_summary(bench, bench_ops)

@@ -294,7 +294,10 @@ def test_report_plots_environment_and_closing_line(tmp_path):
                            "p50_ms": 2.5, "p90_ms": 3.0, "p99_ms": 3.5, "throughput": 100.0}],
               "sparse_over_dense_p50": 2.5}]
     out = tmp_path / "out"
-    ctx = write_report(out, zoo, eval_size=8, n_images=2, bench=bench, bench_ops=_bench_ops_json(), threads=1)
+    from sai.benchmarks.environment import stamp
+
+    ctx = write_report(out, zoo, eval_size=8, n_images=2, bench=bench, bench_ops=_bench_ops_json(), threads=1,
+                       environment=stamp(1))
     page = (out / "report.html").read_text()
     names = ("latency_vs_size", "latency_vs_density", "accuracy_vs_macs", "block_densities")
     assert set(ctx["plots"]) == set(names), ctx["plots"]

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.json)
         tmp = path.with_suffix(path.suffix + ".tmp")
         command = _command(args)
-        tmp.write_text(opbench.to_json(cases, threads, backend, command=command, environment=env, arch=arch,
+        tmp.write_text(opbench.to_json(cases, threads, backend, command=command, environment=env,
+                                       environment_line=environment.one_line(env), arch=arch,
                                        sizes=[list(hw) for hw in sizes], density=args.density,
                                        densities=sorted({args.density, *sweep}), options=options))
         tmp.replace(path)

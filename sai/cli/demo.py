@@ -9,9 +9,10 @@ SWEEP_SIZES = "128x128,256x256,384x384"
 
 
 def run(args: argparse.Namespace) -> int:
+    from sai.benchmarks.environment import stamp
     from sai.demo.pipeline import run_demo
 
-    return run_demo(args)
+    return run_demo(args, stamp=stamp)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
