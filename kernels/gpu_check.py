@@ -7,6 +7,10 @@ every section, so a run cut short still reports what it reached) with:
 - ``env``: Python, torch, triton, numpy, CUDA, cuDNN, the device and its compute capability;
 - ``parity``: every kernel vs the PyTorch reference in float64 on the same device (a reduced matrix of
   strides, pads, groups, deform_groups, masks, fp32 ieee / fp16 / bf16);
+- ``plugin_kernels``: the TensorRT plugins' enqueue code (trt_plugins/*/<op>Launch.cpp on the AOT
+  cubins, built here with g++ for this GPU's arch) on CUDA tensors without TensorRT: parity in fast
+  and any-size builds, NHWC8/NHWC16/NCHW, FP32/FP16/BF16, FP32 masks, deformable, tactics; the fp16
+  NHWC8 conv 3x3 256->256 at 64x64 per tactic against cuDNN;
 - ``ops``: fp16 op timings, batch 1 and 8, r = 0.1 / 0.25 / 0.5 / 1.0, against cuDNN dense in the same
   run (torch conv2d, channels_last, fp16; for Interpolate the dense formula in torch), both
   CUDA-graphed, with ratios dense/sparse (> 1: the sparse kernel is faster);
@@ -422,6 +426,242 @@ def model_section(dev, tiny: bool) -> dict:
     return {"rows": rows}
 
 
+# ---- plugin_kernels: the TensorRT plugins' launch code on the device, without TensorRT -------------
+
+_ROOT = Path(__file__).resolve().parent.parent
+_LAYOUT_IDS = {"NCHW": 0, "NHWC": 1, "NHWC8": 2, "NHWC16": 3}
+_TYPE_IDS = {"fp32": 0, "fp16": 1, "bf16": 2}
+
+
+def build_launch_library(out: Path, cc: int, jobs: int) -> Path:
+    """The plugins' launchers + the kernels' launcher + the cubins for sm_<cc>, as one shared library
+    with a C ABI (trt_plugins/tests/launch_capi.cpp). Uses build/kernels when `make kernels` built
+    that arch, else compiles the kernels for sm_<cc> into ``out/kernels`` (no network needed)."""
+    import shutil
+    import subprocess
+
+    from sai.kernels import aot
+
+    kdir = _ROOT / "build" / "kernels"
+    want = {aot.image_stem(n, t) for n, s, t in aot._expand_specs(list(aot.SPECS)) if aot.supported(s, cc)}
+    if not ((kdir / "sai_kernels_embedded.cpp").is_file()
+            and want <= {p.stem for p in (kdir / f"sm_{cc}").glob("*.json")}):
+        kdir = out / "kernels"
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        code = ("import sys; sys.argv[0] = 'aot'; sys.path.insert(0, sys.argv[1]); import gpu_check; "
+                "gpu_check.bootstrap_from_checkout(); from sai.kernels import aot; "
+                "sys.exit(aot.main(sys.argv[2:]))")
+        proc = subprocess.run([sys.executable, "-c", code, str(_ROOT / "kernels"), "--out", str(kdir), "--arch",
+                               str(cc), "--jobs", str(jobs)], env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            raise RuntimeError(f"AOT build for sm_{cc} failed: {proc.stderr[-2000:]}")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) to build the plugins' launch code")
+    plugins = _ROOT / "trt_plugins"
+    srcs = [plugins / "tests" / "launch_capi.cpp", plugins / "common" / "saiTritonLaunch.cpp",
+            plugins / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
+            plugins / "interpolate" / "interpolateLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
+            kdir / "sai_kernels_embedded.cpp"]
+    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, plugins / "common", plugins / "sparseSampleConv",
+            plugins / "interpolate"]
+    lib = out / "libsai_launch_check.so"
+    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
+           *[f"-I{i}" for i in incs], *map(str, srcs), "-o", str(lib), "-ldl"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise RuntimeError(f"building the launch library failed: {proc.stderr[-2000:]}")
+    return lib
+
+
+class LaunchLibrary:
+    """ctypes view of libsai_launch_check.so (the C ABI of trt_plugins/tests/launch_capi.cpp)."""
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        self.ct = ctypes
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.sai_launch_error.restype = ctypes.c_char_p
+        for fn in ("sai_conv_workspace", "sai_interp_workspace"):
+            getattr(self.lib, fn).restype = ctypes.c_size_t
+            getattr(self.lib, fn).argtypes = [ctypes.POINTER(ctypes.c_int64)]
+        vp = ctypes.c_void_p
+        self.lib.sai_conv_launch.argtypes = [ctypes.POINTER(ctypes.c_int64), vp, vp, vp, vp, vp, vp, vp,
+                                             ctypes.c_size_t, vp]
+        self.lib.sai_interp_launch.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float), vp,
+                                               vp, vp, vp, ctypes.c_size_t, vp]
+
+    def _ints(self, values):
+        return (self.ct.c_int64 * len(values))(*values)
+
+    def error(self) -> str:
+        return self.lib.sai_launch_error().decode()
+
+    def conv_workspace(self, params) -> int:
+        return self.lib.sai_conv_workspace(self._ints(params))
+
+    def conv(self, params, ptrs, ws, ws_size, stream) -> int:
+        return self.lib.sai_conv_launch(self._ints(params), *ptrs, ws, ws_size, stream)
+
+    def interp_workspace(self, params) -> int:
+        return self.lib.sai_interp_workspace(self._ints(params))
+
+    def interp(self, params, sigma_eps, ptrs, ws, ws_size, stream) -> int:
+        f = (self.ct.c_float * 2)(*sigma_eps)
+        return self.lib.sai_interp_launch(self._ints(params), f, *ptrs, ws, ws_size, stream)
+
+
+def _dev_layout(t, layout: str, pad_value: float = float("nan")):
+    """A logical NCHW tensor in TensorRT's memory order for ``layout``; (buffer, logical view)."""
+    import torch
+
+    if layout == "NCHW":
+        buf = t.contiguous()
+        return buf, buf
+    v = {"NHWC": 1, "NHWC8": 8, "NHWC16": 16}[layout]
+    n, c, h, w = t.shape
+    cp = (c + v - 1) // v * v
+    buf = torch.full((n, h, w, cp), pad_value, dtype=t.dtype, device=t.device)
+    buf[..., :c] = t.permute(0, 2, 3, 1)
+    return buf, buf[..., :c].permute(0, 3, 1, 2)
+
+
+def _plugin_conv(lib, dev, case: dict, r: float = 0.5, seed: int = 0):
+    """One SparseSampleConv through the plugins' launcher: (run(), y logical view, reference(), y pad view)."""
+    import torch
+
+    from sai.models.ops import conv_output_size, sparse_sample_conv_reference
+
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[case["type"]]
+    mdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[case["mtype"]]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n, cin, cout, h, w, k, grp, dg = (case[key] for key in ("n", "cin", "cout", "h", "w", "k", "g", "dg"))
+    pads, s, d = case["pads"], case["s"], case["d"]
+    ho = conv_output_size(h, k, s, pads[0], pads[2], d)
+    wo = conv_output_size(w, k, s, pads[1], pads[3], d)
+    x = torch.randn(n, cin, h, w, generator=g).to(dev, dt)
+    wt = (torch.randn(cout, cin // grp, k, k, generator=g) / (cin * k * k) ** 0.5).to(dev, dt)
+    b = torch.randn(cout, generator=g).to(dev, dt)
+    m = (torch.rand(n, 1, ho, wo, generator=g) < r).to(dev, mdt)
+    off = (2.5 * torch.randn(n, 2 * dg * k * k, ho, wo, generator=g)).to(dev, dt) if dg else None
+    xb, _ = _dev_layout(x, case["xl"])
+    mb, _ = _dev_layout(m, case.get("ml", "NCHW"))
+    ob = _dev_layout(off, case["xl"])[0] if off is not None else None
+    yb, y = _dev_layout(torch.empty(n, cout, ho, wo, dtype=dt, device=dev), case["xl"])
+    params = [n, cin, h, w, cout, k, k, s, s, *pads, d, d, grp, max(dg, 1), case["act"], _TYPE_IDS[case["type"]],
+              _TYPE_IDS[case["mtype"]], _LAYOUT_IDS[case["xl"]], _LAYOUT_IDS[case.get("ml", "NCHW")],
+              case.get("tactic", 0), 1 if dg else 0]
+    ws = torch.empty(max(lib.conv_workspace(params), 1), dtype=torch.uint8, device=dev)
+    ptrs = [xb.data_ptr(), mb.data_ptr(), wt.contiguous().data_ptr(), b.data_ptr(),
+            ob.data_ptr() if ob is not None else None, yb.data_ptr()]
+
+    def run():
+        rc = lib.conv(params, ptrs, ws.data_ptr(), ws.numel(), torch.cuda.current_stream().cuda_stream)
+        if rc != 0:
+            raise RuntimeError(f"sparseSampleConvLaunch: cudaError {rc}: {lib.error()}")
+
+    def reference():
+        return sparse_sample_conv_reference(x.double(), m.double(), wt.double(), b.double(),
+                                            None if off is None else off.double(), [s, s], list(pads), [d, d], grp,
+                                            max(dg, 1), "relu" if case["act"] else "none")
+
+    pad = yb[..., cout:] if yb.dim() == 4 and case["xl"] != "NCHW" and yb.shape[-1] > cout else None
+    return run, y, reference, pad, (x, wt, b)
+
+
+_PLUGIN_CONV_CASES = [
+    dict(type="fp16", mtype="fp32", xl="NHWC8", n=2, cin=64, cout=64, h=19, w=23, k=3, s=1, pads=(1, 1, 1, 1), d=1,
+         g=1, dg=0, act=1, tactic=1, build="sparse_conv_fp16_k3_relu"),
+    dict(type="fp16", mtype="fp16", xl="NHWC8", n=1, cin=64, cout=32, h=17, w=15, k=1, s=1, pads=(0, 0, 0, 0), d=1,
+         g=1, dg=0, act=0, tactic=2, build="sparse_conv_fp16_k1"),
+    dict(type="fp16", mtype="fp32", xl="NHWC8", n=1, cin=12, cout=20, h=13, w=11, k=3, s=2, pads=(1, 0, 1, 2), d=1,
+         g=1, dg=0, act=0, build="sparse_conv_fp16_any"),
+    dict(type="bf16", mtype="fp32", xl="NHWC16", n=1, cin=32, cout=48, h=12, w=14, k=3, s=1, pads=(1, 1, 1, 1), d=1,
+         g=1, dg=1, act=1, build="sparse_conv_bf16_k3_deform_relu"),
+    dict(type="fp32", mtype="fp32", xl="NCHW", n=1, cin=24, cout=36, h=15, w=13, k=5, s=1, pads=(4, 4, 4, 4), d=2,
+         g=3, dg=0, act=1, build="sparse_conv_fp32_any_relu"),
+    dict(type="fp32", mtype="fp32", xl="NHWC", n=1, cin=16, cout=16, h=9, w=9, k=3, s=1, pads=(1, 1, 1, 1), d=1,
+         g=1, dg=2, act=0, build="sparse_conv_fp32_any_deform"),
+]
+
+
+def plugin_kernels_section(dev, tiny: bool, out: Path) -> dict:
+    """The TensorRT plugins' enqueue code (trt_plugins/*/<op>Launch.cpp on the AOT Triton cubins), built
+    here and run on torch CUDA tensors through a C ABI: parity against the PyTorch reference in every
+    kind of build and layout, and the fp16 NHWC8 conv 3x3 256->256 at 64x64 timed against cuDNN. Without
+    a GPU it builds and loads the library and checks that a launch fails cleanly without a driver."""
+    import torch
+
+    cc = 80
+    if dev.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(dev)
+        cc = major * 10 + minor
+    lib_path = build_launch_library(out, cc, jobs=min(8, os.cpu_count() or 2))
+    lib = LaunchLibrary(lib_path)
+    if dev.type != "cuda":
+        params = [1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 0, 0, 0]
+        import ctypes
+
+        ws = lib.conv_workspace(params)
+        host = ctypes.create_string_buffer(ws + 256)  # never touched: the launch stops at the missing driver
+        rc = lib.conv(params, [None] * 6, (ctypes.addressof(host) + 255) // 256 * 256, ws, None)
+        if rc == 0 or "no CUDA driver" not in lib.error():
+            raise RuntimeError(f"a launch without a GPU should fail cleanly, got {rc}: {lib.error()}")
+        return {"built": str(lib_path), "cc": cc, "workspace_bytes": ws,
+                "launch_without_gpu": f"cudaError {rc}: {lib.error()}",
+                "skipped": "parity and timings need a GPU (tests/test_trt_launch.py replays the launches on the CPU)"}
+    tol = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}
+    rows = []
+    for case in _PLUGIN_CONV_CASES:
+        run, y, reference, pad, _ = _plugin_conv(lib, dev, case)
+        run()
+        torch.cuda.synchronize()
+        err = _rel_err(y, reference())
+        ok = err <= tol[case["type"]] and bool(torch.isfinite(y.float()).all()) and (pad is None or bool((pad == 0).all()))
+        rows.append({"op": "SparseSampleConv", **{k: v for k, v in case.items() if k != "pads"}, "rel_err": err,
+                     "ok": ok})
+    from sai.models.ops import interpolate_reference
+
+    for dtn, mtn, layout, c, k in (("fp16", "fp32", "NHWC8", 64, 7), ("bf16", "bf16", "NHWC8", 24, 5),
+                                   ("fp32", "fp32", "NCHW", 20, 7), ("fp16", "fp16", "NHWC16", 48, 3)):
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        g = torch.Generator(device="cpu").manual_seed(c)
+        f = torch.randn(2, c, 21, 17, generator=g).to(dev, dt[dtn])
+        mr = torch.rand(2, 1, 21, 17, generator=g)
+        m = torch.where(mr < 0.4, 0.0, torch.where(mr > 0.8, 1.0, mr)).to(dev, dt[mtn])
+        fb, _ = _dev_layout(f, layout)
+        yb, yv = _dev_layout(torch.empty_like(f), layout)
+        params = [2, c, 21, 17, k, _TYPE_IDS[dtn], _TYPE_IDS[mtn], _LAYOUT_IDS[layout], 0]
+        ws = torch.empty(max(lib.interp_workspace(params), 1), dtype=torch.uint8, device=dev)
+        rc = lib.interp(params, (1.3, 1e-5), [fb.data_ptr(), m.contiguous().data_ptr(), yb.data_ptr()],
+                        ws.data_ptr(), ws.numel(), torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        err = _rel_err(yv, interpolate_reference(f.double(), m.double(), 1.3, k, 1e-5)) if rc == 0 else float("inf")
+        rows.append({"op": "Interpolate", "type": dtn, "mtype": mtn, "layout": layout, "c": c, "k": k,
+                     "rel_err": err, "ok": rc == 0 and err <= tol[dtn], "error": lib.error() if rc else ""})
+    timings = []
+    if not tiny:
+        import torch.nn.functional as F
+
+        torch.backends.cudnn.benchmark = True
+        for r in (0.1, 0.25, 0.5, 1.0):
+            for tactic in (1, 2):
+                case = dict(type="fp16", mtype="fp32", xl="NHWC8", n=1, cin=256, cout=256, h=64, w=64, k=3, s=1,
+                            pads=(1, 1, 1, 1), d=1, g=1, dg=0, act=1, tactic=tactic)
+                run, _, _, _, (x, wt, b) = _plugin_conv(lib, dev, case, r=r)
+                xc, wc = x.contiguous(memory_format=torch.channels_last), wt.contiguous(memory_format=torch.channels_last)
+                dense = time_ms(lambda xc=xc, wc=wc, b=b: F.relu(F.conv2d(xc, wc, b, padding=1)))
+                sp = time_ms(run)
+                timings.append({"op": "conv3x3 256->256 64x64 fp16 NHWC8 (plugin launch)", "r": r, "tactic": tactic,
+                                "plugin_ms": sp["ms"], "cudnn_ms": dense["ms"], "ratio": dense["ms"] / sp["ms"],
+                                "mode": sp["mode"]})
+    failed = [r for r in rows if not r["ok"]]
+    return {"cc": cc, "library": str(lib_path), "parity": rows, "passed": len(rows) - len(failed),
+            "failed": len(failed), "timings": timings}
+
+
 def autotune_section(dev, tiny: bool, out: Path, write_configs: bool, deadline: float = float("inf")) -> dict:
     """Sweep tile configs of the conv (3x3 and 1x1, fp16) and Interpolate (k7) kernels; keep the fastest.
 
@@ -535,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sai.kernels.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("build/gpu-check"))
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (the default without a GPU)")
-    ap.add_argument("--sections", default="env,parity,ops,block,model,autotune")
+    ap.add_argument("--sections", default="env,parity,plugin_kernels,ops,block,model,autotune")
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip the sections left after this long")
     ap.add_argument("--write-configs", action="store_true",
                     help="also write the autotune winners into the package's kernels/configs/ (GPU only)")
@@ -555,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.data.update(tiny=tiny, started=time.strftime("%Y-%m-%dT%H:%M:%S"), argv=sys.argv[1:])
     wanted = args.sections.split(",")
     plan = [("env", env_section, (dev,)), ("parity", parity_section, (dev, tiny)),
+            ("plugin_kernels", plugin_kernels_section, (dev, tiny, args.out)),
             ("ops", ops_section, (dev,)), ("block", block_section, (dev, tiny)),
             ("model", model_section, (dev, tiny)),
             ("autotune", autotune_section, (dev, tiny, args.out, args.write_configs, rep.t0 + args.budget_s))]
@@ -566,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rep.section(name, fn, *fargs)
     rep.write()
-    errors = [n for n, s in rep.data["sections"].items() if "error" in s]
+    errors = [n for n, s in rep.data["sections"].items() if "error" in s or s.get("failed")]
     parity = rep.data["sections"].get("parity", {})
     print(f"gpu-check: wrote {args.out / 'gpu-check.json'} in {rep.data['elapsed_s']}s; "
           f"parity {parity.get('passed', '-')} ok / {parity.get('failed', '-')} failed; errors in: {errors or 'none'}")
