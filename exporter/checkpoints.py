@@ -16,7 +16,9 @@ DECIDED = ("head", "num_classes", "dcn_stages", "base_width")
 
 
 def _describe(src) -> str:
-    return "the given state dict" if isinstance(src, Mapping) else str(src)
+    from sai.models.checkpoint import describe_source
+
+    return describe_source(src)
 
 
 def _flag(key: str) -> str:
@@ -56,26 +58,18 @@ def resolve_options(arch: str, checkpoint, explicit: Mapping[str, Any]) -> tuple
                                f"weights have {key} = {shown}; drop {_flag(key)} (the checkpoint decides it)")
         options[key] = value
     if dense_from_sparse:
-        options["dcn_offset_from"] = "input"  # the sparse blocks predict offsets from the block input
+        from sai.models.twin import dense_options
+
+        options = dense_options(ck_arch, options) | {k: v for k, v in explicit.items() if v is not None}
     return options, info
 
 
 def load_into(model, checkpoint) -> None:
     """Strict load; for a dense model from a sparse checkpoint every dense weight must be present."""
     from sai.models.checkpoint import load_checkpoint
+    from sai.models.twin import load_dense_weights
 
-    arch = getattr(model, "arch", type(model).__name__)
     if getattr(model, "is_sparse", True):
         load_checkpoint(model, checkpoint, strict=True)
         return
-    report = load_checkpoint(model, checkpoint, strict=False)
-    if report.missing or report.mismatched:
-        raise SaiError(f"checkpoint {_describe(checkpoint)} does not fit {arch}: missing "
-                       f"{report.missing[:10]}, mismatched {report.mismatched[:10]}")
-    extra = [k for k in report.unexpected if not _sparse_only(k)]
-    if extra:
-        raise SaiError(f"checkpoint {_describe(checkpoint)} does not fit {arch}: unexpected keys {extra[:10]}")
-
-
-def _sparse_only(key: str) -> bool:
-    return any(s in key for s in ("_mask.", "_sigma", "_gumbel."))
+    load_dense_weights(model, checkpoint, f"checkpoint {_describe(checkpoint)}")

@@ -21,19 +21,17 @@ from typing import Any, Optional, Union
 
 import onnx
 
+from sai.constants import PLUGIN_ATTRIBUTES, PRECISIONS, TARGETS
 from sai.errors import SaiError, first_line
 from sai.exporter import functions, graph, metadata
 from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, MIN_OPSET
+from sai.shapes import parse_shape
 
-TARGETS = ("portable", "tensorrt", "onnx-native")
-PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 21
 MAX_OPSET = 23  # newest opset onnxruntime 1.31 and the dynamo exporter both handle
 DYNAMIC_AXES = ("batch", "hw")
 FOLD_SIZE_LIMIT = 1 << 20  # elements
 MAX_ELEMENTS = (1 << 31) - 1  # per input tensor (TensorRT's limit)
-FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
-STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
 
 
 @dataclass
@@ -83,20 +81,13 @@ def _parse_dynamic(dynamic: Union[bool, str, Iterable[str], None]) -> set[str]:
     return vals
 
 
-def parse_input_shape(shape: Union[str, Sequence[int]]) -> tuple[int, int, int, int]:
-    """``"1,3,224,224"`` or a sequence -> 4 positive ints; SaiError otherwise."""
-    raw = shape
-    if isinstance(shape, str):
-        shape = [s for s in shape.replace("x", ",").split(",") if s.strip()]
-    try:
-        vals = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise SaiError(f"input shape must be 4 integers N,C,H,W (e.g. 1,3,224,224), got {raw!r}") from None
-    if len(vals) != 4 or min(vals) < 1:
-        raise SaiError(f"input shape must be 4 positive integers N,C,H,W (e.g. 1,3,224,224), got {raw!r}")
+def parse_input_shape(shape: Union[str, Sequence[int]], what: str = "input shape") -> tuple[int, int, int, int]:
+    """An image input's N,C,H,W (``sai.shapes.parse_shape``) that one TensorRT tensor can hold; SaiError
+    naming ``what`` otherwise."""
+    vals = parse_shape(shape, what)
     elements = vals[0] * vals[1] * vals[2] * vals[3]
     if elements > MAX_ELEMENTS:
-        raise SaiError(f"input shape {list(vals)} has {elements:.3g} elements, more than 2^31-1 (the most one "
+        raise SaiError(f"{what} {list(vals)} has {elements:.3g} elements, more than 2^31-1 (the most one "
                        "TensorRT tensor holds); give a smaller shape, e.g. 1,3,224,224")
     return vals  # type: ignore[return-value]
 
@@ -247,17 +238,6 @@ def _noise(model, input_shape) -> tuple[list[tuple[str, int]], list]:
     return specs, [torch.rand(s, generator=gen) for _, s in shapes]
 
 
-def output_names(n: int, head: Optional[str]) -> list[str]:
-    """Graph output names: ``logits`` (cls), ``p2``..``p6`` (fpn), ``c2``..``c5`` (none)."""
-    if n == 1:
-        return ["logits" if head in (None, "cls") else "output"]
-    if head == "fpn" and n == len(FPN_OUTPUTS):
-        return list(FPN_OUTPUTS)
-    if head == "none" and n == len(STAGE_OUTPUTS):
-        return list(STAGE_OUTPUTS)
-    return [f"output{i}" for i in range(n)]
-
-
 def _count_outputs(out) -> int:
     return len(out) if isinstance(out, (tuple, list)) else 1
 
@@ -362,7 +342,7 @@ def save_atomic(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     (a full disk or an unwritable folder is a SaiError naming ``path``)."""
     from sai.outputs import write_atomic
 
-    return write_atomic(Path(path), model.SerializeToString(), fsync=True)
+    return write_atomic(Path(path), model.SerializeToString())
 
 
 def finalize(
@@ -423,9 +403,9 @@ def export_onnx(
 
     ``dynamic``: True (batch and H/W), False, or a subset of ``{"batch", "hw"}``. ``sampling``:
     deterministic (default) | stochastic (uniform noise as named inputs, see ``noise_specs``) |
-    dense. ``checkpoint``: a path or a state dict; it decides DCN stages, head and classes, and an
+    dense. ``checkpoint``: a path, a state dict or a ``LoadedCheckpoint`` (read once); it decides DCN stages, head and classes, and an
     explicit flag that contradicts it is an error; its preprocessing and class names are recorded
-    (``input_norm``, ``classes``: ``exporter/metadata.py``). ``input_norm``: the preprocessing to record
+    (``input_norm``, ``classes``: ``models/checkpoint_meta.py``). ``input_norm``: the preprocessing to record
     instead (``scale``/``mean``/``std``/``color``/``layout``; recorded with source ``given``).
     """
     import torch
@@ -457,11 +437,13 @@ def export_onnx(
     check_trace_memory(shape, stem.out_channels if stem is not None else 64, arch)
 
     # how to feed it (preprocessing) and read it (class names): from the checkpoint (checked before the slow
-    # trace), see exporter/metadata.py
-    ck_meta = metadata.checkpoint_meta(checkpoint) if checkpoint is not None else {}
+    # trace), see models/checkpoint_meta.py
+    from sai.models import checkpoint_meta as ckm
+
+    ck_meta = ckm.checkpoint_meta(checkpoint) if checkpoint is not None else {}
     channels = stem.in_channels if stem is not None else 3
-    norm = (metadata.canonical_input_norm(input_norm, "given", channels) if input_norm is not None
-            else metadata.input_norm_from_checkpoint(ck_meta, channels))
+    norm = (ckm.canonical_input_norm(input_norm, "given", channels) if input_norm is not None
+            else ckm.input_norm_from_checkpoint(ck_meta, channels))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     noise_specs, noise = _noise(model, shape)
     with torch.no_grad():
@@ -473,6 +455,8 @@ def export_onnx(
             raise SaiError(f"{arch} cannot run on input shape {list(shape)}: {first_line(exc)}") from exc
     head_name = getattr(model, "head", None)
     input_names = ["input"] + [name for name, _ in noise_specs]
+    from sai.models import output_names  # the graph's output names, the same on every backend
+
     out_names = output_names(_count_outputs(out), head_name)
 
     proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose)
@@ -498,8 +482,7 @@ def export_onnx(
         "op_versions": {
             f"{DOMAIN}::{functions.SSC}": DOMAIN_VERSION,
             f"{DOMAIN}::{functions.INTERP}": DOMAIN_VERSION,
-            "plugin_version": "1",
-            "plugin_namespace": "sai",
+            **PLUGIN_ATTRIBUTES,
         },
         "producer": {
             "sai": sai.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
@@ -512,7 +495,7 @@ def export_onnx(
         meta["dcn_stages"] = [int(bool(v)) for v in opts.get("dcn_stages", ())]
         if head_name == "cls":
             meta["num_classes"] = int(opts.get("num_classes", 0))
-            classes = metadata.classes_from_checkpoint(ck_meta, meta["num_classes"])
+            classes = ckm.classes_from_checkpoint(ck_meta, meta["num_classes"])
             if classes is not None:
                 meta["classes"] = classes
         for key in ("gaussian_kernel", "grid_prior_interval", "T_eval", "base_width"):

@@ -12,10 +12,8 @@ import functools
 
 from onnx import defs
 
+from sai.constants import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, INTERP, SSC
-
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "sai"
 
 _FP = defs.OpSchema.FormalParameter
 _OPTIONAL = defs.OpSchema.FormalParameterOption.Optional

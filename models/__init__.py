@@ -20,9 +20,11 @@ from sai.models.network import (
     build_model,
     iter_sparse_blocks,
     noise_shapes,
+    output_names,
     set_sampling,
 )
 from sai.models.ops import interpolate, sparse_sample_conv
+from sai.models.twin import dense_twin
 
 # The C++ CPU kernels (built by `make install`) become the CPU implementation of the sai ops when
 # present; otherwise the PyTorch reference in ops.py runs.
@@ -53,6 +55,7 @@ __all__ = [
     "SAMPLING_MODES",
     "SaiResNet",
     "build_model",
+    "dense_twin",
     "detect_layout",
     "fuse_for_inference",
     "init_from_dense",
@@ -64,6 +67,7 @@ __all__ = [
     "noise_shapes",
     "official_flops",
     "official_input_size",
+    "output_names",
     "save_checkpoint",
     "set_sampling",
     "sparse_sample_conv",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,24 +66,72 @@ class LoadReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True) -> tuple[dict, dict]:
-    """Return ``(state_dict, meta)`` from a file path, a checkpoint dict or a bare state dict."""
+class LoadedCheckpoint(dict):
+    """A checkpoint file read once (``read_checkpoint_file``): ``{"state_dict", "meta"}`` plus the file's
+    ``path`` and ``sha256``. Every function that takes a checkpoint takes it instead of the path, so a
+    pipeline (``sai convert``: layout, export, manifest) reads the file one time."""
+
+    def __init__(self, path: Path, sha256: str, state_dict: dict, meta: dict):
+        super().__init__(state_dict=state_dict, meta=meta)
+        self.path = path
+        self.sha256 = sha256
+
+    def __str__(self) -> str:  # messages name the file, as for a path
+        return str(self.path)
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise SaiError(f"checkpoint {path} is a directory; give the checkpoint file (.pth/.pt) inside it")
+    if not path.is_file():
+        raise SaiError(f"checkpoint {path} does not exist (give the path of a .pth/.pt file)")
+
+
+def load_file(source, *, weights_only: bool = True, mmap: bool = False):
+    """``torch.load`` of a checkpoint (a path or a binary file object) on the CPU: the one place sai
+    unpickles one."""
+    with warnings.catch_warnings():  # torch warns about plain pickles before failing on them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=weights_only, mmap=mmap)
+
+
+def _load(path: Path, weights_only: bool, data: Optional[bytes] = None):
+    import io
+
+    try:
+        return load_file(io.BytesIO(data) if data is not None else path, weights_only=weights_only)
+    except Exception as exc:  # pickle errors of every kind, truncated archives, I/O errors
+        raise SaiError(unreadable_reason(path, exc, weights_only)) from None
+
+
+def read_checkpoint_file(path: Union[str, os.PathLike], weights_only: bool = True) -> LoadedCheckpoint:
+    """Read the file at ``path`` once: its sha256 and its tensors and meta from the same bytes."""
+    import hashlib
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SaiError(unreadable_reason(path, exc, weights_only)) from None
+    digest = hashlib.sha256(data).hexdigest()
+    sd, meta = read_checkpoint(_load(path, weights_only, data), weights_only=weights_only, source=path)
+    return LoadedCheckpoint(path, digest, sd, meta)
+
+
+def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True,
+                    source: Optional[Path] = None) -> tuple[dict, dict]:
+    """Return ``(state_dict, meta)`` from a file path, a checkpoint dict (``LoadedCheckpoint`` included) or a
+    bare state dict. ``source``: the file a given dict was read from (for messages)."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)
-        if path.is_dir():
-            raise SaiError(f"checkpoint {path} is a directory; give the checkpoint file (.pth/.pt) inside it")
-        if not path.is_file():
-            raise SaiError(f"checkpoint {path} does not exist (give the path of a .pth/.pt file)")
-        try:
-            with warnings.catch_warnings():  # torch warns about plain pickles before failing on them
-                warnings.simplefilter("ignore", UserWarning)
-                obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-        except Exception as exc:  # pickle errors of every kind, truncated archives, I/O errors
-            raise SaiError(unreadable_reason(path, exc, weights_only)) from None
+        _check_file(path)
+        obj = _load(path, weights_only)
+        source = path
     else:
         obj = path_or_state_dict
     if not isinstance(obj, Mapping):
-        where = f"checkpoint {path_or_state_dict} holds" if isinstance(path_or_state_dict, (str, os.PathLike)) else "got"
+        where = f"checkpoint {source} holds" if source is not None else "got"
         raise SaiError(f"a checkpoint must be a dict (with 'state_dict') or a state dict; {where} a "
                        f"{type(obj).__name__}")
     meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta", None), Mapping) else {}
@@ -98,6 +145,13 @@ def read_checkpoint(path_or_state_dict: StateDictLike, weights_only: bool = True
     if not sd:
         raise SaiError("the checkpoint holds no tensors (expected a dict with a 'state_dict' of tensors)")
     return sd, meta
+
+
+def describe_source(checkpoint) -> str:
+    """How messages name a checkpoint: its file (a path or a ``LoadedCheckpoint``), else "the given state dict"."""
+    if isinstance(checkpoint, LoadedCheckpoint):
+        return str(checkpoint.path)
+    return "the given state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -315,8 +369,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: StateDictLike, strict:
     if getattr(model, "fused", False):
         raise SaiError("load checkpoints into the unfused model, then call fuse_for_inference")
     sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
-    check_finite(sd, "the given state dict" if isinstance(path_or_state_dict, Mapping)
-                 else f"checkpoint {path_or_state_dict}")
+    check_finite(sd, "the given state dict" if type(path_or_state_dict) is not LoadedCheckpoint
+                 and isinstance(path_or_state_dict, Mapping) else f"checkpoint {describe_source(path_or_state_dict)}")
     layout, sd, ignored = to_model_keys(sd)
     if meta.get("format") == FORMAT:
         layout = "sai"
@@ -377,24 +431,15 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], **extra_met
             "sai_version": __version__, "torch_version": str(torch.__version__)}
     meta.update(extra_meta)
     obj = {"format": FORMAT, "state_dict": model.state_dict(), "meta": meta}
-    from sai.outputs import clean_stale, os_error_message, owner_tag
+    from sai.outputs import atomic_path, os_error_message
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(path.parent, path.name + ".")  # temporaries of killed saves
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{owner_tag()}", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise SaiError(os_error_message(exc, path)) from None
-    os.close(fd)
-    try:
+        raise SaiError(os_error_message(exc, path.parent, "cannot create the folder")) from None
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk, ...
-        raise SaiError(os_error_message(exc, path)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -50,16 +50,16 @@ def _compile_command(output: Path) -> list[str]:
 
 def build(verbose: bool = True) -> Path:
     """Compile the extension (written to a temporary name, then renamed)."""
+    from sai.outputs import atomic_path
+
     LIBRARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = LIBRARY.with_suffix(".so.tmp")
-    cmd = _compile_command(tmp)
-    if verbose:
-        print("building sai CPU kernels:", " ".join(cmd[:2]), "...", SOURCE.name, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise SaiError(f"building the sai CPU kernels failed:\n{proc.stderr[-4000:]}")
-    os.replace(tmp, LIBRARY)
+    with atomic_path(LIBRARY) as tmp:
+        cmd = _compile_command(tmp)
+        if verbose:
+            print("building sai CPU kernels:", " ".join(cmd[:2]), "...", SOURCE.name, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SaiError(f"building the sai CPU kernels failed:\n{proc.stderr[-4000:]}")
     return LIBRARY
 
 

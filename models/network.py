@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sai.compat import is_batchnorm
+from sai.constants import HEADS, SAMPLING_MODES
 from sai.errors import SaiError
 from sai.models.blocks import (
     TRAINING_MASKS,
@@ -41,8 +42,6 @@ DEPTHS = {
 }
 _UNSET: Callable = object()  # type: ignore[assignment]  # "leave this option as it is"
 ARCHS = tuple([f"sparse_resnet{d}" for d in DEPTHS] + [f"resnet{d}" for d in DEPTHS])
-HEADS = ("cls", "fpn", "none")
-SAMPLING_MODES = ("deterministic", "stochastic", "dense")
 
 DEFAULT_OPTIONS = {
     "num_classes": 1000,
@@ -496,6 +495,22 @@ def set_sampling(model: nn.Module, mode: str) -> None:
 def iter_sparse_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, block)`` for every sparse block of ``model`` in forward order."""
     return model.sparse_blocks()
+
+
+FPN_OUTPUTS = ("p2", "p3", "p4", "p5", "p6")
+STAGE_OUTPUTS = ("c2", "c3", "c4", "c5")
+
+
+def output_names(n: int, head: Optional[str]) -> list[str]:
+    """Names of a model's ``n`` outputs, the same in the exported graphs and every backend: ``logits`` (cls),
+    ``p2``..``p6`` (fpn), ``c2``..``c5`` (none)."""
+    if n == 1:
+        return ["logits" if head in (None, "cls") else "output"]
+    if head == "fpn" and n == len(FPN_OUTPUTS):
+        return list(FPN_OUTPUTS)
+    if head == "none" and n == len(STAGE_OUTPUTS):
+        return list(STAGE_OUTPUTS)
+    return [f"output{i}" for i in range(n)]
 
 
 def noise_shapes(model: nn.Module, input_shape) -> list[tuple[str, tuple[int, int, int, int]]]:

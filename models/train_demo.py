@@ -41,6 +41,7 @@ from sai.models.checkpoint import init_from_dense, save_checkpoint
 from sai.models.flops import kernel_flops, official_flops
 from sai.models.fuse import fuse_for_inference
 from sai.models.network import build_model
+from sai.outputs import atomic_path, write_atomic
 
 SPARSE_FILE = "sparse_resnet18.pth"
 DENSE_FILE = "resnet18.pth"
@@ -382,7 +383,6 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     log_path = out / "train_log.jsonl"
-    log_tmp = log_path.with_suffix(".jsonl.tmp")
     try:
         progress(f"train-demo: generating data (seed {cfg.seed}: {cfg.train_size} train, {cfg.val_size} val, "
                  f"{cfg.test_size} test, {cfg.image_size}x{cfg.image_size})")
@@ -391,7 +391,7 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
         val = demo_data.make_split(cfg.seed, "val", cfg.val_size, cfg.image_size)
         test = demo_data.make_split(cfg.seed, "test", cfg.test_size, cfg.image_size)
         t_data = time.perf_counter() - t
-        with open(log_tmp, "w") as fh:
+        with atomic_path(log_path, flag="--out") as log_tmp, open(log_tmp, "w") as fh:
             def log(rec: dict) -> None:
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
@@ -411,7 +411,6 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
             sparse, t_sparse = train_model("sparse_resnet18", cfg, train, val, log, progress, epochs=cfg.epochs,
                                            lr=cfg.finetune_lr, phase="finetune", init=init,
                                            teacher=dense if cfg.distill_weight > 0 else None)
-        os.replace(log_tmp, log_path)
         progress("train-demo: evaluating on the held-out test split (deterministic inference)")
         ev_s = evaluate(sparse, *test)
         ev_d = evaluate(dense, *test)
@@ -449,17 +448,13 @@ def train_demo(out: Optional[os.PathLike] = None, cfg: Optional[DemoConfig] = No
                         metrics={"test_accuracy": ev_s["accuracy"], "mean_density": ev_s["mean_density"]},
                         dense_twin=DENSE_FILE)
         save_checkpoint(dense, out / DENSE_FILE, **common, metrics={"test_accuracy": ev_d["accuracy"]})
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out / "metrics.json")
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n", flag="--out")
         progress(f"train-demo: test accuracy sparse {ev_s['accuracy']:.4f} dense {ev_d['accuracy']:.4f}, "
                  f"mean density {ev_s['mean_density']:.3f}, kernel MACs ratio "
                  f"{metrics['flops']['kernel']['ratio']:.3f}, total {metrics['timings_s']['total']:.0f} s -> {out}")
         return metrics
     finally:
         torch.set_num_threads(prev_threads)
-        if log_tmp.exists():
-            log_tmp.unlink()
 
 
 __all__ = ["DEFAULT_OUT", "DENSE_FILE", "DemoConfig", "SPARSE_FILE", "evaluate", "train_demo"]

@@ -69,20 +69,11 @@ def bench(engine: Engine, feeds: dict, *, iterations: int = 50, warmup: int = 5,
 
 
 def dense_twin_model(checkpoint):
-    """The dense ResNet of the same depth/width/head with the checkpoint's weights copied (the mask
-    predictors and sigmas have no dense counterpart and are dropped)."""
-    from sai.models import build_model, detect_layout, init_from_dense
+    """``(model, arch)`` of ``sai.models.dense_twin(checkpoint)`` (a path or a checkpoint read once)."""
+    from sai.models import dense_twin
 
-    info = detect_layout(str(checkpoint))
-    arch = info["arch"]
-    dense_arch = arch[len("sparse_"):] if arch.startswith("sparse_") else arch
-    opts = {k: v for k, v in info["options"].items()
-            if k in ("base_width", "head", "num_classes", "dcn_stages", "fpn_out_channels")}
-    if any(opts.get("dcn_stages", ())) and arch.startswith("sparse_"):
-        opts["dcn_offset_from"] = "input"  # sparse models predict offsets from the block input
-    model = build_model(dense_arch, **opts)
-    init_from_dense(model, str(checkpoint))
-    return model.eval(), dense_arch
+    model = dense_twin(checkpoint)
+    return model, model.arch
 
 
 def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = None, threads: Optional[int] = None):

@@ -10,8 +10,6 @@ library is loaded into the builder's registry; version-compatible engines serial
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -94,18 +92,6 @@ def profile_shapes(profile, noise_inputs: Sequence[tuple[str, int]], input_name:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_engine(onnx_path, plan_path, *, profile, noise_inputs=(), precision: str = "fp32",
                  workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
                  plugin_library: Optional[str] = None, trt=None) -> dict:
@@ -153,7 +139,9 @@ def build_engine(onnx_path, plan_path, *, profile, noise_inputs=(), precision: s
     if blob is None:
         raise SaiError("TensorRT failed to build the engine (see the TensorRT log above)")
     plan_path = Path(plan_path)
-    _write_atomic(plan_path, bytes(blob))
+    from sai.outputs import write_atomic
+
+    write_atomic(plan_path, bytes(blob))
     if cache is not None:
-        _write_atomic(Path(timing_cache), bytes(cache.serialize()))
+        write_atomic(Path(timing_cache), bytes(cache.serialize()), flag="--timing-cache")
     return {"tensorrt": str(trt.__version__), "plugin_library": str(plugin_library), **plan}

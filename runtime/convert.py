@@ -4,10 +4,7 @@ end, so OUTDIR is either the old complete result or the new one, never half of e
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -16,7 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sai.errors import SaiError
+from sai.outputs import publish_dir, recover_interrupted, write_atomic
 from sai.runtime.engine import noise_shape
+from sai.runtime.environment import engine_unavailable_reason, versions
 from sai.runtime.integrity import sha256
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAME
 
@@ -34,12 +33,10 @@ class ConvertResult:
 
 
 def parse_shape(text, what: str = "shape") -> Shape:
+    """An engine profile's N,C,H,W (``sai.exporter.export.parse_input_shape``); SaiError naming ``what``."""
     from sai.exporter.export import parse_input_shape
 
-    try:
-        return parse_input_shape(text)
-    except SaiError as exc:
-        raise SaiError(f"{what}: {exc}") from None
+    return parse_input_shape(text, what)
 
 
 def resolve_profile(min_shape=None, opt_shape=None, max_shape=None) -> tuple[Shape, Shape, Shape]:
@@ -69,35 +66,6 @@ def sampling_note(mode: str) -> str:
     return f"{mode}: every position computed (no sampling); {official}"
 
 
-def engine_unavailable_reason() -> Optional[str]:
-    """Why no engine can be built here (None when TensorRT and a GPU are present)."""
-    from sai.cli.doctor import _gpu
-    from sai.runtime.loader import tensorrt_usable
-
-    if not tensorrt_usable():
-        return "the tensorrt module does not import (no TensorRT library)"
-    ok, _ = _gpu()
-    if not ok:
-        return "no NVIDIA GPU visible"
-    from sai.runtime.plugins import find_plugin_library
-
-    if find_plugin_library() is None:
-        return "the sai plugin library is not built (make plugins)"
-    return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for dist in ("sai-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
     """model.trt.onnx: the portable model with the ``sai`` local functions stripped (the TensorRT parser
     then maps the custom nodes to the plugins) and ``sai.target = tensorrt``. Identical graph and
@@ -115,65 +83,6 @@ def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
     save_atomic(model, dest)
 
 
-def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
-    """Give the files in ``tmp`` ordinary permissions and move ``tmp`` to ``outdir`` atomically.
-
-    mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies). An existing
-    ``outdir`` is replaced only when it is empty or holds ``marker`` (a previous output of ``what``).
-    Ctrl-C or SIGTERM during the renames rolls them back (``tmp`` is left for the caller to remove) and
-    is raised afterwards: an interrupted run publishes nothing.
-    """
-    from sai.outputs import deferred_signals, os_error_message, owner_tag
-
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, _dirs, files in os.walk(tmp):
-        os.chmod(root, 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
-    try:
-        with deferred_signals() as interrupted:
-            if outdir.exists():
-                if any(outdir.iterdir()) and not (outdir / marker).is_file():
-                    raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o "
-                                   "directory")
-                old = outdir.with_name(f".{outdir.name}.old-{owner_tag()}")
-                os.replace(outdir, old)
-                try:
-                    os.replace(tmp, outdir)
-                except BaseException:
-                    os.replace(old, outdir)
-                    raise
-                if interrupted:
-                    os.replace(outdir, tmp)
-                    os.replace(old, outdir)
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, outdir)
-                if interrupted:
-                    os.replace(outdir, tmp)
-    except OSError as exc:
-        raise SaiError(os_error_message(exc, outdir, "cannot replace")) from None
-
-
-def recover_interrupted(outdir: Path) -> None:
-    """Leftovers of runs killed with SIGKILL next to ``outdir``: temporaries (``.NAME.tmp-<pid>@<host>-*``)
-    are removed; a previous result parked by ``publish_dir`` (``.NAME.old-*``) goes back to ``outdir`` if
-    the kill left ``outdir`` missing, else it is removed."""
-    from sai.outputs import clean_stale, is_stale
-
-    clean_stale(outdir.parent, f".{outdir.name}.tmp-")
-    prefix = f".{outdir.name}.old-"
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(outdir.parent):
-            if entry.name.startswith(prefix) and is_stale(entry.name, prefix):
-                if not outdir.exists():
-                    os.replace(entry.path, outdir)
-                else:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-
-
 def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] = None, precision: str = "fp32",
             opset: Optional[int] = None, min_shape=None, opt_shape=None, max_shape=None,
             workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
@@ -184,6 +93,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     is None; otherwise ``engine_skip_reason`` says why."""
     from sai.exporter.export import DEFAULT_OPSET, export_onnx
     from sai.models import detect_layout
+    from sai.models.checkpoint import read_checkpoint_file
     from sai.outputs import check_output_dir, interrupt_watch, os_error_message, owned_tempdir
 
     ck = Path(checkpoint)
@@ -195,7 +105,8 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     # the output is checked before the slow work (reading the checkpoint, exporting)
     outdir = check_output_dir(Path(outdir).resolve(), "-o", marker=MANIFEST_NAME, what="sai convert")
     recover_interrupted(outdir)
-    info = detect_layout(str(ck))
+    loaded = read_checkpoint_file(ck)  # the one read of the file: its sha256, tensors and meta
+    info = detect_layout(loaded)
     if arch is None:
         arch = info["arch"]
     elif arch != info["arch"]:
@@ -206,7 +117,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
         try:
             progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
             t = time.perf_counter()
-            res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=str(ck), input_shape=opt, sampling=sampling,
+            res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=loaded, input_shape=opt, sampling=sampling,
                               precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
                               **(export_options or {}))
             seconds["export"] = time.perf_counter() - t
@@ -240,7 +151,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                 "format": MANIFEST_FORMAT,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "arch": arch,
-                "checkpoint": {"path": str(ck.resolve()), "sha256": sha256(ck), "layout": info.get("layout")},
+                "checkpoint": {"path": str(ck.resolve()), "sha256": loaded.sha256, "layout": info.get("layout")},
                 "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
                            "precision": precision, "opset": res.opset,
                            "input_names": res.input_names, "output_names": res.output_names},
@@ -249,10 +160,10 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                            "version_compatible": version_compatible,
                            "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
                 "files": files,
-                "versions": _versions(),
+                "versions": versions(),
                 "metadata": res.metadata,
             }
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            write_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
             watch.check()  # a Ctrl-C whose exception a library swallowed still publishes nothing
             publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
         except OSError as exc:  # a full disk, a folder that became unwritable, ...

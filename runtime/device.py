@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sai.errors import MissingDependencyError, SaiError
+from sai.errors import SaiError
+from sai.lazy import lazy_import
 
 # DLPack device types (dlpack.h)
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -269,16 +270,13 @@ def as_host_array(value: Any) -> np.ndarray:
 # ---- CUDA calls ---------------------------------------------------------------------------------
 
 
+# cuda-python >= 12.6 has cuda.bindings.runtime; older ones cuda.cudart
+CUDART = lazy_import("cuda.bindings.runtime", purpose="manage GPU memory and streams", dist="cuda-python",
+                     fallbacks=("cuda.cudart",))
+
+
 def import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise MissingDependencyError("cuda-python", "manage GPU memory and streams",
-                                         "pip install 'sai-deploy[gpu]' (or 'cuda-python>=12,<14')") from None
-    return cudart
+    return CUDART.load()
 
 
 class Cuda:

@@ -82,11 +82,11 @@ def check_manifest(manifest: Any, path: Path) -> dict:
     return manifest
 
 
-def _check_hash(file: Path, recorded: Any, what: str, manifest_path: Path) -> None:
+def _check_hash(file: Path, recorded: Any, what: str, manifest_path: Path, digest: Optional[str] = None) -> None:
     if not isinstance(recorded, str) or not _HEX.fullmatch(recorded) or recorded == "0" * 64:
         raise SaiError(f"{manifest_path} records no valid sha256 for {what} (got {str(recorded)[:70]!r}), so "
                        f"{file} cannot be checked; re-run sai convert, {SKIP}")
-    if sha256(file) != recorded:
+    if (digest or sha256(file)) != recorded:
         raise SaiError(f"{file} does not match its sha256 in {manifest_path} (changed or replaced since "
                        f"sai convert); re-run sai convert, {SKIP}")
 
@@ -117,7 +117,8 @@ def verify_outdir(outdir, manifest: dict, uses: Iterable[str] = ()) -> None:
         _check_hash(file, entry.get("sha256"), name, mpath)
 
 
-def verify_checkpoint(manifest: dict, checkpoint: Path, outdir) -> None:
-    """Check the checkpoint a manifest records (used by the torch backend) against the recorded sha256."""
+def verify_checkpoint(manifest: dict, checkpoint: Path, outdir, digest: Optional[str] = None) -> None:
+    """Check the checkpoint a manifest records (used by the torch backend) against the recorded sha256;
+    ``digest``: the file's sha256 where it was already read (``LoadedCheckpoint.sha256``)."""
     ck: Optional[dict] = manifest.get("checkpoint") or {}
-    _check_hash(Path(checkpoint), ck.get("sha256"), "its checkpoint", Path(outdir) / MANIFEST_NAME)
+    _check_hash(Path(checkpoint), ck.get("sha256"), "its checkpoint", Path(outdir) / MANIFEST_NAME, digest)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from sai.constants import BACKENDS
 from sai.errors import SaiError
 from sai.runtime.engine import Engine
+from sai.runtime.environment import tensorrt_usable
 from sai.runtime.integrity import MANIFEST_NAME, check_manifest, verify_checkpoint, verify_outdir
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME = "model.onnx", "model.trt.onnx", "model.plan"
 OUTDIR_FILES = (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME)  # what sai convert writes (and lists in the manifest)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -55,17 +55,6 @@ def verify_model_path(path, backend: Optional[str] = None) -> None:
     verify_outdir(outdir, manifest, uses)
     if p.is_dir() and backend == "torch":
         verify_checkpoint(manifest, _checkpoint_of(manifest, p), p)
-
-
-def tensorrt_usable() -> bool:
-    """True when the tensorrt module imports (it needs libnvinfer) - not whether a GPU is free."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def _checkpoint_of(manifest: Optional[dict], outdir: Path) -> Path:

@@ -16,7 +16,9 @@ from typing import Optional
 
 import numpy as np
 
+from sai.constants import ORT_DEVICES
 from sai.errors import MissingDependencyError, SaiError
+from sai.lazy import INSTALL, lazy_import
 from sai.runtime.device import LEGACY_STREAM, Cuda, DeviceArray, DeviceTensor, import_cudart, stream_wait
 from sai.runtime.engine import Engine, TensorSpec
 
@@ -30,17 +32,14 @@ ORT_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-DEVICES = ("cpu", "cuda", "tensorrt")
+DEVICES = ORT_DEVICES
+
+
+ONNXRUNTIME = lazy_import("onnxruntime", purpose="run the onnxruntime backend")
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", "run the onnxruntime backend",
-                                     "pip install 'sai-deploy[cpu]' (onnxruntime), or 'sai-deploy[gpu]' "
-                                     "(onnxruntime-gpu) on an NVIDIA GPU") from None
-    return onnxruntime
+    return ONNXRUNTIME.load()
 
 
 def providers_for(device: str, available: list[str], plugin_library: Optional[str] = None,
@@ -151,7 +150,7 @@ class OnnxRuntimeEngine(Engine):
                 if value.stream is not None:
                     if self._cu is None or self._stream is None:
                         raise MissingDependencyError("cuda-python", "order CUDA inputs after their producer's "
-                                                     "stream in onnxruntime", "pip install 'sai-deploy[gpu]'")
+                                                     "stream in onnxruntime", INSTALL["cuda-python"])
                     stream_wait(self._cu, self._stream, value.stream)
                 dev_id = value.device_id
                 io.bind_input(name, self._io_device, value.device_id, np.dtype(value.dtype), list(value.shape),

@@ -317,13 +317,12 @@ def _settle(fut: Future, result=None, exc: Optional[BaseException] = None) -> No
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
+    from sai.shapes import parse_shape
+
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise HTTPError(400, f"X-Shape must be comma-separated integers, got {text[:80]!r}") from None
-    if not shape or min(shape) < 1:
-        raise HTTPError(400, f"X-Shape must be positive integers, got {text[:80]!r}")
-    return shape
+        return parse_shape(text, "X-Shape", lengths=None)
+    except SaiError as exc:
+        raise HTTPError(400, str(exc)) from None
 
 
 def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: Optional[int] = None

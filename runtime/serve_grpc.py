@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sai.errors import SaiError
+from sai.lazy import lazy_import
 from sai.runtime import kserve
 from sai.runtime.kserve import HTTPError
 
@@ -28,14 +28,15 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "FP64": "fp64_contents"}
 
 
+_PURPOSE = "serve the KServe v2 gRPC endpoint (or pass --grpc-port 0 to serve HTTP only)"
+_INSTALL = "pip install 'sai-deploy[grpc]' (grpcio and tritonclient's v2 protocol stubs)"
+_GRPC = lazy_import("grpc", purpose=_PURPOSE, dist="grpcio", install=_INSTALL)
+_STUBS = [lazy_import(f"tritonclient.grpc.{name}", purpose=_PURPOSE, install=_INSTALL)
+          for name in ("service_pb2", "service_pb2_grpc", "model_config_pb2")]
+
+
 def _modules():
-    try:
-        import grpc
-        from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
-    except ImportError as exc:
-        raise SaiError(f"the gRPC endpoint needs grpcio and the v2 protocol stubs ({exc.name} is missing): pip "
-                       "install 'sai-deploy[grpc]', or pass --grpc-port 0 to serve HTTP only") from None
-    return grpc, service_pb2, service_pb2_grpc, model_config_pb2
+    return (_GRPC.load(), *(m.load() for m in _STUBS))
 
 
 def _code(grpc, status: int):

@@ -17,19 +17,16 @@ from typing import Optional
 
 import numpy as np
 
-from sai.errors import MissingDependencyError, SaiError
-from sai.exporter import metadata as export_metadata
-from sai.exporter.export import output_names  # the names the exported graphs use
+from sai.errors import SaiError
+from sai.lazy import lazy_import
 from sai.runtime.device import DeviceArray
 from sai.runtime.engine import Engine, TensorSpec, noise_shape
 
+TORCH = lazy_import("torch", purpose="run the torch backend")
+
 
 def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("torch", "run the torch backend", "pip install torch==2.13.0") from None
-    return torch
+    return TORCH.load()
 
 
 class TorchEngine(Engine):
@@ -44,6 +41,7 @@ class TorchEngine(Engine):
         super().__init__(seed=seed, async_workers=async_workers)
         torch = _import_torch()
         from sai import models
+        from sai.models import checkpoint_meta
 
         ck_meta: dict = {}
         if model is None:
@@ -70,6 +68,7 @@ class TorchEngine(Engine):
             model = models.fuse_for_inference(model).eval()
         self.model = model.to(device)
         self._torch = torch
+        self._output_names = models.output_names  # the names the exported graphs use
         self.path, self.device = (str(path) if path else None), str(device)
         self.noise_inputs = list(model.noise_specs()) if hasattr(model, "noise_specs") else []
         opts = dict(getattr(model, "options", {}))
@@ -82,9 +81,9 @@ class TorchEngine(Engine):
             "base_width": opts.get("base_width"),
         }
         cin = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
-        self.metadata["input_norm"] = export_metadata.input_norm_from_checkpoint(ck_meta, cin)
+        self.metadata["input_norm"] = checkpoint_meta.input_norm_from_checkpoint(ck_meta, cin)
         if getattr(model, "head", None) == "cls":
-            classes = export_metadata.classes_from_checkpoint(ck_meta, opts.get("num_classes"))
+            classes = checkpoint_meta.classes_from_checkpoint(ck_meta, opts.get("num_classes"))
             if classes is not None:
                 self.metadata["classes"] = classes
         self.inputs = [TensorSpec("input", np.dtype(np.float32), ("batch", cin, "height", "width"))]
@@ -129,7 +128,7 @@ class TorchEngine(Engine):
         with torch.inference_mode():
             out = self.model(x, *noise)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        names = output_names(len(outs), getattr(self.model, "head", None))
+        names = self._output_names(len(outs), getattr(self.model, "head", None))
         if device_outputs:
             return {n: t.detach() for n, t in zip(names, outs, strict=True)}
         return {n: t.detach().float().cpu().numpy() for n, t in zip(names, outs, strict=True)}

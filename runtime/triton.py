@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from sai.errors import SaiError
-from sai.runtime.convert import publish_dir
+from sai.outputs import publish_dir
 from sai.runtime.integrity import verify_outdir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
 

@@ -23,20 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sai.errors import MissingDependencyError, SaiError
+from sai.errors import SaiError
+from sai.lazy import lazy_import
 
 IMAGES = "images"  # the uint8 input of the preprocessing model and the ensemble
 VERSION_POLICY_LATEST = 1
 
 
+MODEL_CONFIG_PB2 = lazy_import("tritonclient.grpc.model_config_pb2",
+                               purpose="write Triton model configs (Triton's ModelConfig protobuf)")
+
+
 def pb():
     """Triton's ``model_config_pb2`` (tritonclient[grpc]); MissingDependencyError naming the extra."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise MissingDependencyError("tritonclient", "write Triton model configs (Triton's ModelConfig protobuf)",
-                                     "pip install 'sai-deploy[triton]' (tritonclient[grpc])") from None
-    return model_config_pb2
+    return MODEL_CONFIG_PB2.load()
 
 
 @dataclass

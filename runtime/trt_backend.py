@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sai.errors import MissingDependencyError, SaiError
+from sai.errors import SaiError
+from sai.lazy import lazy_import
 from sai.runtime.device import LEGACY_STREAM, Cuda, DeviceArray, DeviceTensor, as_device_array, stream_wait
 from sai.runtime.device import import_cudart as import_cudart
 from sai.runtime.engine import Engine, InputError, TensorSpec
@@ -36,14 +37,11 @@ Shape = tuple[int, ...]
 GRAPH_CACHE_SIZE = 16
 
 
+TENSORRT = lazy_import("tensorrt", purpose="run the tensorrt backend")  # the wheel imports only with libnvinfer
+
+
 def import_tensorrt():
-    try:
-        import tensorrt
-    except Exception as exc:  # the wheel imports but fails without libnvinfer
-        raise MissingDependencyError(
-            "tensorrt", f"run the tensorrt backend ({str(exc).splitlines()[0][:120] or 'not installed'})",
-            "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library") from None
-    return tensorrt
+    return TENSORRT.load()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sai.constants import DOMAIN, SPARSE_SAMPLE_CONV
 from sai.errors import SaiError
 from sai.runtime.engine import Engine
 
@@ -42,7 +43,7 @@ def onnx_with_masks(src: Path, dest: Path) -> list[str]:
         raise SaiError(f"{src} is not a readable ONNX model ({type(exc).__name__}: {detail}); re-run sai convert") from None
     per_block: dict[str, list[str]] = OrderedDict()
     for node in model.graph.node:
-        if node.domain == "sai" and node.op_type == "SparseSampleConv" and "/" in node.name:
+        if node.domain == DOMAIN and node.op_type == SPARSE_SAMPLE_CONV and "/" in node.name:
             block = node.name.split("/")[0]
             per_block.setdefault(block, []).append(node.input[1])
     names = []
@@ -335,8 +336,9 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
     """Engines for the requested backends (``auto``: every available one). Returns (engines, skipped lines).
     ``verify``: check an OUTDIR's files (and the checkpoint it records) against its manifest first."""
     import sai.runtime as rt
+    from sai.runtime.environment import tensorrt_usable
     from sai.runtime.integrity import verify_checkpoint
-    from sai.runtime.loader import PLAN_NAME, read_manifest, tensorrt_usable, verify_model_path
+    from sai.runtime.loader import PLAN_NAME, read_manifest, verify_model_path
 
     p = Path(model)
     if verify:

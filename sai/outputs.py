@@ -4,8 +4,10 @@ nothing behind.
 - ``check_output_file`` / ``check_output_dir``: refuse a path that cannot be written (a folder where a
   file goes, a file where a folder goes, a parent that is a file, a read-only or foreign folder) with a
   message naming the path and the fix, before an export or a validation spends minutes.
-- ``write_atomic``: a temporary sibling renamed into place; an OSError (ENOSPC, EACCES, ...) becomes a
-  SaiError naming the file, and no temporary is left.
+- ``write_atomic`` / ``atomic_path``: the one way sai publishes a file: a temporary sibling, flushed to
+  the disk (fsync), renamed into place, the folder flushed; on any error (Ctrl-C included) the
+  temporary is removed and the old file kept; an OSError (ENOSPC, EACCES, ...) becomes a SaiError
+  naming the file. ``fsync_path`` flushes a file or a folder.
 - ``owned_tempdir`` / ``tempdir``: temporary folders whose name records the owner (``<pid>@<host>``), so
   the next run removes those of processes that died (kill -9) without touching live ones.
 - ``os_error_message``: one line for an OSError (what failed, on which path, what to do).
@@ -218,22 +220,43 @@ def tempdir(prefix: str, folder: Optional[PathLike] = None) -> Iterator[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes, fsync: bool) -> None:
+def _write_all(fd: int, data: bytes) -> None:
     """Write ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
         view = view[n:]
-    if fsync:
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file or a folder (its entries: a rename in it) to the disk. Filesystems that cannot sync
+    a folder (EINVAL on some network and FUSE mounts) are left as they are."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
-def write_atomic(path: PathLike, data: Union[bytes, str], *, fsync: bool = False, flag: str = "-o") -> Path:
-    """Write ``data`` to a temporary beside ``path`` and rename it over ``path``. On any failure the
-    temporary is removed and the old ``path`` is untouched; an OSError becomes a SaiError naming ``path``."""
+def ordinary_permissions(path: PathLike, mode: int = 0o666) -> None:
+    """mkstemp/mkdtemp create 0600/0700; results are ordinary files and folders (the umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, flag: str = "-o") -> Iterator[Path]:
+    """A temporary file beside ``path`` for a writer that needs a file name (``torch.save``, a compiler's
+    ``-o``, a log written for minutes). When the block ends normally the temporary is flushed to the disk
+    (fsync), given ordinary permissions and renamed over ``path``, and the folder is flushed too. When the
+    block raises anything, KeyboardInterrupt included, the temporary is removed and the old ``path`` is
+    untouched. An OSError becomes a SaiError naming ``path``; temporaries of killed writers are removed."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
     if path.is_dir():
         raise SaiError(f"{flag} {path} is a folder; give a file path")
     if not path.parent.is_dir():
@@ -241,18 +264,17 @@ def write_atomic(path: PathLike, data: Union[bytes, str], *, fsync: bool = False
     prefix = f".{path.name}."
     clean_stale(path.parent, prefix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=prefix + owner_tag(), suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix + owner_tag(), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise SaiError(os_error_message(exc, path)) from None
+    os.close(fd)
+    tmp = Path(name)
     try:
-        try:
-            _write_all(fd, data, fsync)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
+        yield tmp
+        fsync_path(tmp)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -261,7 +283,82 @@ def write_atomic(path: PathLike, data: Union[bytes, str], *, fsync: bool = False
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_atomic(path: PathLike, data: Union[bytes, str], *, flag: str = "-o") -> Path:
+    """Write ``data`` (str: UTF-8) to ``path`` through ``atomic_path``: all of it on the disk under the
+    final name, or nothing and the old file untouched."""
+    if isinstance(data, str):
+        data = data.encode()
+    with atomic_path(path, flag=flag) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic folders
+# ----------------------------------------------------------------------------------------------
+
+
+def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
+    """Give the files in ``tmp`` ordinary permissions, flush them to the disk and move ``tmp`` to ``outdir``
+    atomically (the folder version of ``atomic_path``).
+
+    mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies). An existing
+    ``outdir`` is replaced only when it is empty or holds ``marker`` (a previous output of ``what``).
+    Ctrl-C or SIGTERM during the renames rolls them back (``tmp`` is left for the caller to remove) and
+    is raised afterwards: an interrupted run publishes nothing.
+    """
+    for root, _dirs, files in os.walk(tmp):
+        ordinary_permissions(root, 0o777)
+        for f in files:
+            ordinary_permissions(os.path.join(root, f))
+            fsync_path(os.path.join(root, f))  # on the disk before the rename publishes them
+        fsync_path(root)
+    try:
+        with deferred_signals() as interrupted:
+            if outdir.exists():
+                if any(outdir.iterdir()) and not (outdir / marker).is_file():
+                    raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o "
+                                   "directory")
+                old = outdir.with_name(f".{outdir.name}.old-{owner_tag()}")
+                os.replace(outdir, old)
+                try:
+                    os.replace(tmp, outdir)
+                except BaseException:
+                    os.replace(old, outdir)
+                    raise
+                if interrupted:
+                    os.replace(outdir, tmp)
+                    os.replace(old, outdir)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, outdir)
+                if interrupted:
+                    os.replace(outdir, tmp)
+        fsync_path(outdir.parent)
+    except OSError as exc:
+        raise SaiError(os_error_message(exc, outdir, "cannot replace")) from None
+
+
+def recover_interrupted(outdir: Path) -> None:
+    """Leftovers of runs killed with SIGKILL next to ``outdir``: temporaries (``.NAME.tmp-<pid>@<host>-*``)
+    are removed; a previous result parked by ``publish_dir`` (``.NAME.old-*``) goes back to ``outdir`` if
+    the kill left ``outdir`` missing, else it is removed."""
+    clean_stale(outdir.parent, f".{outdir.name}.tmp-")
+    prefix = f".{outdir.name}.old-"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(outdir.parent):
+            if entry.name.startswith(prefix) and is_stale(entry.name, prefix):
+                if not outdir.exists():
+                    os.replace(entry.path, outdir)
+                else:
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,8 +374,6 @@ def deferred_signals() -> Iterator[list[int]]:
     import signal
     import threading
 
-    from sai.errors import Terminated
-
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
@@ -290,11 +385,26 @@ def deferred_signals() -> Iterator[list[int]]:
     try:
         yield got
     finally:
-        for sig, handler in old.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(sig, handler)
-    if got:
-        raise Terminated() if got[0] == signal.SIGTERM else KeyboardInterrupt()
+        _restore_handlers(old)
+    _raise_interrupt(got)
+
+
+def _restore_handlers(old: dict) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signals: list[int]) -> None:
+    """KeyboardInterrupt for a SIGINT, ``Terminated`` for a SIGTERM (the first that came), nothing for none."""
+    import signal
+
+    from sai.errors import Terminated
+
+    if signals:
+        raise Terminated() if signals[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 class InterruptWatch:
@@ -307,12 +417,7 @@ class InterruptWatch:
         """Raise KeyboardInterrupt (or ``Terminated``) if a signal came, even one whose exception was
         swallowed on the way (e.g. raised inside a Python callback that C++ code called, where the binding
         prints it and carries on, or caught by a library's broad ``except``)."""
-        import signal
-
-        from sai.errors import Terminated
-
-        if self.signals:
-            raise Terminated() if self.signals[0] == signal.SIGTERM else KeyboardInterrupt()
+        _raise_interrupt(self.signals)
 
 
 @contextlib.contextmanager
@@ -341,6 +446,4 @@ def interrupt_watch() -> Iterator[InterruptWatch]:
     try:
         yield watch
     finally:
-        for sig, handler in old.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(sig, handler)
+        _restore_handlers(old)

@@ -88,3 +88,37 @@ def test_profile_defaults_and_errors():
         resolve_profile("1,1,64,64", "2,3,64,64", None)
     with pytest.raises(SaiError, match="--max-shape"):
         resolve_profile(None, None, "1,3,x,64")
+
+
+def test_convert_reads_the_checkpoint_file_once(tmp_path, monkeypatch):
+    """Layout, export (options, weights, preprocessing) and the manifest's sha256 all come from one read."""
+    import builtins
+    import io
+    import os
+
+    import sai.models.checkpoint as ckmod
+    from sai.runtime.convert import convert
+
+    ck = tiny_checkpoint(tmp_path)
+    loads, opens = [], []
+    real_load, real_open = ckmod.load_file, io.open
+
+    def counting_load(source, **kw):
+        loads.append(source)
+        return real_load(source, **kw)
+
+    def counting_open(file, *a, **kw):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == str(ck.resolve()):
+            opens.append(file)
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(ckmod, "load_file", counting_load)
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    res = convert(ck, ARCH, tmp_path / "out", opt_shape="1,3,32,32", build_engine=False)
+    monkeypatch.undo()
+    assert len(loads) == 1 and len(opens) == 1, (loads, opens)
+    import hashlib
+
+    assert res.manifest["checkpoint"]["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
+    assert res.manifest["metadata"]["input_norm"]["source"] == "assumed"  # the meta came through the one read

@@ -301,7 +301,7 @@ def test_write_atomic_full_disk_keeps_old_file_and_no_temporary(tmp_path, monkey
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old")
 
-    def full(fd, data, fsync):
+    def full(fd, data):
         os.write(fd, data[:3])
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -482,10 +482,10 @@ def test_signal_during_publish_rolls_back(tmp_path, monkeypatch, existing):
         if len(calls) == 1:
             signal.raise_signal(signal.SIGINT)  # Ctrl-C between the renames
 
-    monkeypatch.setattr(conv.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         conv.publish_dir(tmp, out, "manifest.json", "sai convert")
-    monkeypatch.setattr(conv.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
     assert (tmp / "manifest.json").read_text() == "new"  # left for the caller to remove
     if existing:
         assert (out / "manifest.json").read_text() == "old"

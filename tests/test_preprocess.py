@@ -17,7 +17,8 @@ import torch
 
 import sai.runtime as rt
 from sai.errors import SaiError
-from sai.exporter import metadata
+from sai.exporter.metadata import read_metadata
+from sai.models import checkpoint_meta as metadata
 from sai.models import demo_data, model_from_checkpoint
 from sai.runtime import labels as labels_mod
 from sai.runtime import preprocess as pre
@@ -71,7 +72,7 @@ def test_onnx_manifest_and_info_record_the_checkpoint_preprocessing(demo_outdir)
 
     ck = _ck_meta()
     man = json.loads((demo_outdir / "manifest.json").read_text())
-    for meta in (metadata.read_metadata(onnx.load(str(demo_outdir / "model.onnx"))), man["metadata"],
+    for meta in (read_metadata(onnx.load(str(demo_outdir / "model.onnx"))), man["metadata"],
                  describe(str(demo_outdir / "model.onnx"))["metadata"]):
         n = meta["input_norm"]
         assert n["source"] == "checkpoint" and n["mean"] == ck["input"]["mean"] and n["std"] == ck["input"]["std"]

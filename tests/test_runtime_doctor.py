@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from sai.cli.main import main
-from sai.runtime.convert import engine_unavailable_reason
+from sai.runtime.environment import engine_unavailable_reason
 
 
 def test_doctor_runtime_checks(capsys):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sai.errors import SaiError
-from sai.exporter import metadata
+from sai.models import checkpoint_meta as metadata
 from sai.models import demo_data
 
 m = pytest.importorskip("tritonclient.grpc.model_config_pb2",

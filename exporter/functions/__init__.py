@@ -33,7 +33,8 @@ SSC = sparse_sample_conv.NAME
 INTERP = interpolate.NAME
 OP_TYPES = (SSC, INTERP)
 
-BODIES = ("sparse", "dense")
+from sai.constants import BODIES  # noqa: E402  (one list of the bodies, the CLI's choices)
+
 DEFORM_BODIES = ("dense", "sparse")  # the deformable overload's body, chosen apart from ``body``
 DEFAULT_DEFORM_BODY = {"dense": "dense", "sparse": "sparse"}
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from onnx import FunctionProto, NodeProto, helper
 from onnxscript import values
 
-DOMAIN = "sai"
-DOMAIN_VERSION = 1
+from sai.constants import DOMAIN, DOMAIN_VERSION
 
 SAI = values.Opset(DOMAIN, DOMAIN_VERSION)
 HELPERS = values.Opset("sai.private", 1)  # inlined by function_proto; never in a model

@@ -37,9 +37,11 @@ from onnx import FunctionProto, TensorProto
 from onnxscript import opset19 as op
 from onnxscript import script
 
+from sai.constants import INTERPOLATE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
 from ._script import HELPERS, SAI, function_proto
 
-NAME = "Interpolate"
+NAME = INTERPOLATE
 
 # ---------------------------------------------------------------------------- shared fragments
 
@@ -100,7 +102,7 @@ _HELPERS = (_gaussian_taps, _kernel_2d, _kernel_separable, _as_planes, _blend)
 
 @script(SAI, default_opset=op)
 def _plain(F, M, kernel_size: int = 7, sigma: float = 1.0, eps: float = 1e-5, channels: int = 0,
-           plugin_version: str = "1", plugin_namespace: str = "sai"):
+           plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE):
     F32 = op.Cast(F, to=TensorProto.FLOAT)
     M32 = op.Cast(M, to=TensorProto.FLOAT)
     fi2, s2h, scale, ks1 = _gaussian_taps(op.Constant(value_int=kernel_size), op.Constant(value_float=sigma))
@@ -116,7 +118,7 @@ def _plain(F, M, kernel_size: int = 7, sigma: float = 1.0, eps: float = 1e-5, ch
 
 @script(SAI, default_opset=op)
 def _separable(F, M, kernel_size: int = 7, sigma: float = 1.0, eps: float = 1e-5, channels: int = 0,
-               plugin_version: str = "1", plugin_namespace: str = "sai"):
+               plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE):
     F32 = op.Cast(F, to=TensorProto.FLOAT)
     M32 = op.Cast(M, to=TensorProto.FLOAT)
     fi2, s2h, scale, ks1 = _gaussian_taps(op.Constant(value_int=kernel_size), op.Constant(value_float=sigma))
@@ -133,7 +135,7 @@ def _separable(F, M, kernel_size: int = 7, sigma: float = 1.0, eps: float = 1e-5
 
 @script(SAI, default_opset=op)
 def _depthwise(F, M, channels: int, kernel_size: int = 7, sigma: float = 1.0, eps: float = 1e-5,
-               plugin_version: str = "1", plugin_namespace: str = "sai"):
+               plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE):
     F32 = op.Cast(F, to=TensorProto.FLOAT)
     M32 = op.Cast(M, to=TensorProto.FLOAT)
     fi2, s2h, scale, ks1 = _gaussian_taps(op.Constant(value_int=kernel_size), op.Constant(value_float=sigma))

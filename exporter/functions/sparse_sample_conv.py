@@ -37,9 +37,11 @@ from onnx import FunctionProto, TensorProto
 from onnxscript import opset19 as op
 from onnxscript import script
 
+from sai.constants import PLUGIN_NAMESPACE, PLUGIN_VERSION, SPARSE_SAMPLE_CONV
+
 from ._script import HELPERS, SAI, function_proto
 
-NAME = "SparseSampleConv"
+NAME = SPARSE_SAMPLE_CONV
 DEFORM_OVERLOAD = "deform"
 POINTWISE_OVERLOAD = "pointwise"  # sparse body only: 1x1 kernel, zero pads, one group
 
@@ -127,7 +129,7 @@ def _tap_offsets(khw, dil):
 @script(SAI, default_opset=op)
 def _dense(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0],
            dilations: list[int] = [1, 1], group: int = 1, deform_groups: int = 1,
-           plugin_version: str = "1", plugin_namespace: str = "sai", activation: str = "none"):
+           plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE, activation: str = "none"):
     y = op.Conv(X, W, B, strides=strides, pads=pads, dilations=dilations, group=group)
     Y = _activation_and_mask(y, M, _is_relu(op.Constant(value_string=activation)))
     return Y
@@ -136,7 +138,7 @@ def _dense(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 
 @script(SAI, default_opset=op)
 def _deform_dense(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0],
                   dilations: list[int] = [1, 1], group: int = 1, deform_groups: int = 1,
-                  plugin_version: str = "1", plugin_namespace: str = "sai", activation: str = "none"):
+                  plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE, activation: str = "none"):
     y = op.DeformConv(X, W, Offset, B, strides=strides, pads=pads, dilations=dilations, group=group,
                       offset_group=deform_groups)
     Y = _activation_and_mask(y, M, _is_relu(op.Constant(value_string=activation)))
@@ -146,7 +148,7 @@ def _deform_dense(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[in
 @script(SAI, default_opset=op)
 def _sparse(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0],
             dilations: list[int] = [1, 1], group: int = 1, deform_groups: int = 1,
-            plugin_version: str = "1", plugin_namespace: str = "sai", activation: str = "none"):
+            plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE, activation: str = "none"):
     ax0 = op.Constant(value_ints=[0])
     one1 = op.Constant(value_ints=[1])
     ax_hw = op.Constant(value_ints=[2, 3])
@@ -202,7 +204,7 @@ def _sparse(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0,
 @script(SAI, default_opset=op)
 def _pointwise(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0],
                dilations: list[int] = [1, 1], group: int = 1, deform_groups: int = 1,
-               plugin_version: str = "1", plugin_namespace: str = "sai", activation: str = "none"):
+               plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE, activation: str = "none"):
     ax0 = op.Constant(value_ints=[0])
     one1 = op.Constant(value_ints=[1])
     wshape = op.Shape(W)
@@ -241,7 +243,7 @@ def _corners(p, size, one_o, zero_o, corner_o):
 @script(SAI, default_opset=op)
 def _deform_sparse(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0, 0],
                    dilations: list[int] = [1, 1], group: int = 1, deform_groups: int = 1,
-                   plugin_version: str = "1", plugin_namespace: str = "sai", activation: str = "none"):
+                   plugin_version: str = PLUGIN_VERSION, plugin_namespace: str = PLUGIN_NAMESPACE, activation: str = "none"):
     c0 = op.Constant(value_int=0)
     c1 = op.Constant(value_int=1)
     ax0 = op.Constant(value_ints=[0])

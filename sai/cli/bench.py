@@ -7,41 +7,29 @@ import argparse
 import json
 from pathlib import Path
 
+from sai.cli.options import add_backend_args, add_image_shape_args, add_no_verify, image_shape
 from sai.errors import SaiError
 
 
-def _image_shape(args, engine) -> list[int]:
-    if not args.shape:
-        ex = engine.metadata.get("example_input_shape") or [1, 3, 224, 224]
-        return [args.batch, *[int(v) for v in ex[1:]]]
-    vals = [v for v in args.shape.replace("x", ",").split(",") if v.strip()]
-    try:
-        nums = [int(v) for v in vals]
-    except ValueError:
-        raise SaiError(f"--shape must be H,W or N,C,H,W integers, got {args.shape!r}") from None
-    if len(nums) == 2:
-        return [args.batch, 3, *nums]
-    if len(nums) == 4:
-        return nums
-    raise SaiError(f"--shape must be H,W or N,C,H,W, got {args.shape!r}")
-
-
-def _checkpoint_for(args, engine) -> Path:
+def _checkpoint_for(args, engine):
+    """The weights of the dense twin, read once (a ``LoadedCheckpoint``: checked and loaded from the same bytes)."""
+    from sai.models.checkpoint import read_checkpoint_file
     from sai.runtime.loader import read_manifest
 
     if args.checkpoint:
-        return Path(args.checkpoint)
+        return read_checkpoint_file(args.checkpoint)
     if engine.backend == "torch" and engine.path:
-        return Path(engine.path)
+        return read_checkpoint_file(engine.path)
     p = Path(args.model)
     manifest = read_manifest(p if p.is_dir() else p.parent) or {}
     ck = (manifest.get("checkpoint") or {}).get("path")
     if ck and Path(ck).is_file():
+        loaded = read_checkpoint_file(ck)
         if not args.no_verify:
             from sai.runtime.integrity import verify_checkpoint
 
-            verify_checkpoint(manifest, Path(ck), p if p.is_dir() else p.parent)
-        return Path(ck)
+            verify_checkpoint(manifest, Path(ck), p if p.is_dir() else p.parent, loaded.sha256)
+        return loaded
     raise SaiError("--compare-dense needs the weights: give --checkpoint CHECKPOINT (or a sai convert OUTDIR "
                    "whose manifest records an existing checkpoint)")
 
@@ -54,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                      verify=not args.no_verify)
     results = []
     with engine:
-        shape = _image_shape(args, engine)
+        shape = image_shape(args, engine)
         feeds = engine.example_feeds(shape)
         label = str(engine.metadata.get("arch", "model"))
         results.append(bench(engine, feeds, iterations=args.iterations, warmup=args.warmup, label=label))
@@ -82,17 +70,12 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency percentiles and throughput on a backend (optionally vs dense)")
     p.add_argument("model", help="sai convert OUTDIR, .onnx, .plan or checkpoint")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
-    p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda")
-    p.add_argument("--batch", type=int, default=1, help="batch size (with --shape H,W or the model's example size)")
-    p.add_argument("--shape", help="H,W or N,C,H,W (default: the export's example input size)")
+    add_backend_args(p)
+    add_image_shape_args(p, batch=1, batch_help="batch size (with --shape H,W or the model's example size)")
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime/torch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise of stochastic models")
     p.add_argument("--compare-dense", action="store_true", help="also time the dense ResNet with the same weights")
     p.add_argument("--checkpoint", help="weights for --compare-dense (default: the OUTDIR manifest's checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
+    add_no_verify(p)
     p.set_defaults(func=run)

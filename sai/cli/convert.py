@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sai.cli.options import add_export_args, add_quiet
 from sai.errors import SaiError
 
 
@@ -45,12 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint (.pth, ours or the official SAI-Det layout)")
     p.add_argument("--arch", help="e.g. sparse_resnet50 (default: what the checkpoint holds; checked against it)")
     p.add_argument("-o", "--output", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--sampling", choices=["deterministic", "stochastic", "dense"],
-                   help="sampling mode to export (default: the checkpoint's, else deterministic: noise-free). NOTE: the "
-                   "official SAI-Det code evaluates stochastically (Gumbel noise at test time, T=0.03, unseeded), so an "
-                   "official checkpoint reproduces its published test-time densities only with stochastic; "
-                   "manifest.json records the mode under export.sampling_note")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    add_export_args(p, sampling_help="sampling mode to export (default: the checkpoint's, else deterministic: "
+                    "noise-free); manifest.json records the mode under export.sampling_note")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--min-shape", help="N,C,H,W smallest input of the engine profile (default: batch 1 at --opt-shape)")
     p.add_argument("--opt-shape", help="N,C,H,W shape to export and optimize for (default 1,3,224,224)")
@@ -61,5 +58,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="build a version-compatible engine with the plugin library serialized into it")
     p.add_argument("--no-engine", action="store_true", help="write the ONNX files and manifest only")
     p.add_argument("--require-engine", action="store_true", help="exit non-zero when no engine could be built")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_quiet(p)
     p.set_defaults(func=run)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import platform
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass
+
+from sai.lazy import INSTALL
 
 
 @dataclass
@@ -21,186 +19,39 @@ class Check:
     fix: str = ""
 
 
-def _module_version(module: str) -> tuple[bool, str]:
-    try:
-        mod = importlib.import_module(module)
-    except Exception as exc:  # ImportError, or a wheel whose native library is missing
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return False, first[:160]
-    return True, str(getattr(mod, "__version__", "installed"))
-
-
-def _nvcc() -> tuple[bool, str]:
-    candidates = [shutil.which("nvcc")]
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if cuda_home:
-        candidates.append(os.path.join(cuda_home, "bin", "nvcc"))
-    candidates.append("/usr/local/cuda/bin/nvcc")
-    for path in candidates:
-        if path and os.path.exists(path):
-            try:
-                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-                release = [ln for ln in out.stdout.splitlines() if "release" in ln]
-                return True, f"{path}: {release[-1].strip() if release else 'unknown version'}"
-            except (OSError, subprocess.SubprocessError) as exc:
-                return False, f"{path} failed: {exc}"
-    return False, "nvcc not found on PATH, in $CUDA_HOME or /usr/local/cuda"
-
-
-def _gpu() -> tuple[bool, str]:
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=30,
-            )
-            if out.returncode == 0 and out.stdout.strip():
-                return True, out.stdout.strip().replace("\n", "; ")
-        except (OSError, subprocess.SubprocessError):
-            pass
-    if os.path.exists("/dev/nvidia0"):
-        return True, "/dev/nvidia0 present"
-    return False, "no NVIDIA GPU visible (no nvidia-smi output, no /dev/nvidia0)"
-
-
-def _elf_sections(data: bytes) -> dict[str, tuple[int, int]]:
-    """name -> (offset, size) of an ELF64 little-endian file's sections."""
-    import struct
-
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError("not an ELF64 little-endian file")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    hdrs = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names_off = hdrs[shstrndx][4]
-    out = {}
-    for name, _type, _flags, _addr, off, size in hdrs:
-        start = names_off + name
-        out[data[start:data.index(b"\0", start)].decode()] = (off, size)
-    return out
-
-
-def _elf_needed(data: bytes, sections: dict[str, tuple[int, int]]) -> list[str]:
-    import struct
-
-    if ".dynamic" not in sections or ".dynstr" not in sections:
-        return []
-    (doff, dsize), (soff, _) = sections[".dynamic"], sections[".dynstr"]
-    needed = []
-    for i in range(0, dsize - 15, 16):
-        tag, val = struct.unpack_from("<qQ", data, doff + i)
-        if tag == 1:  # DT_NEEDED
-            needed.append(data[soff + val:data.index(b"\0", soff + val)].decode())
-    return needed
-
-
-def fatbin_archs(data: bytes, sections: dict[str, tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """(SASS archs, PTX archs) of the CUDA fat binaries in an ELF's .nv_fatbin section."""
-    import struct
-
-    if ".nv_fatbin" not in sections:
-        return [], []
-    off, size = sections[".nv_fatbin"]
-    sass, ptx = set(), set()
-    pos = off
-    while pos + 16 <= off + size:
-        magic, _ver, hsize, fsize = struct.unpack_from("<IHHQ", data, pos)
-        if magic != 0xBA55ED50:
-            pos += 8
-            continue
-        entry, end = pos + hsize, pos + hsize + fsize
-        while entry + 32 <= end:
-            kind, _, ehs, esize = struct.unpack_from("<HHIQ", data, entry)
-            arch, = struct.unpack_from("<I", data, entry + 28)
-            (ptx if kind == 1 else sass).add(arch)
-            if ehs == 0:
-                break
-            entry += ehs + esize
-        pos = end
-    return sorted(sass), sorted(ptx)
-
-
-def plugin_library_report(path) -> str:
-    """What an installed plugin library carries: its kernels' archs, the TensorRT major it was built
-    for (the autoload companion's libnvinfer soname), and whether the companion is beside it."""
-    from pathlib import Path
-
-    path = Path(path)
-    data = path.read_bytes()
-    sec = _elf_sections(data)
-    sass, ptx = fatbin_archs(data, sec)
-    parts = [str(path)]
-    companion = path.with_name("libsai_trt_plugins_autoload.so")
-    if companion.is_file():
-        cdata = companion.read_bytes()
-        nv = [n for n in _elf_needed(cdata, _elf_sections(cdata)) if n.startswith("libnvinfer.so.")]
-        parts.append(f"for TensorRT {nv[0].rsplit('.', 1)[-1]}" if nv else "TensorRT version unknown")
-        parts.append("autoload library beside it (LD_PRELOAD / Polygraphy)")
-    else:
-        parts.append("no autoload library beside it (LD_PRELOAD needs it: make plugins)")
-    if sass or ptx:
-        kern = "CUDA kernels: SASS " + ", ".join(f"sm_{a}" for a in sass)
-        if ptx:
-            kern += " + PTX " + ", ".join(f"compute_{a}" for a in ptx)
-        parts.append(kern)
-    else:
-        parts.append("no CUDA kernels found in the library")
-    return "; ".join(parts)
-
-
-def _plugin_library() -> tuple[bool, str]:
-    try:
-        from sai.runtime.plugins import find_plugin_library  # arrives with the plugins issue
-    except ImportError:
-        return False, "plugin library locator not available in this build"
-    try:
-        path = find_plugin_library()
-    except Exception as exc:
-        return False, str(exc).splitlines()[0]
-    if path is None:
-        return False, "libsai_trt_plugins.so not built"
-    try:
-        return True, plugin_library_report(path)
-    except (OSError, ValueError, IndexError) as exc:  # unreadable or not an ELF: say so, still found
-        return True, f"{path} (cannot read its contents: {exc})"
-
-
 def run_checks() -> list[Check]:
+    from sai.runtime import environment as env
+
     checks = [Check("python", True, platform.python_version())]
     table = [
-        ("torch", "sai.models, sai export/convert, the torch backend (load/bench/validate/serve --backend torch)",
-         "pip install torch==2.13.0 (the CPU build; an unpinned torch pulls a multi-GB CUDA build)"),
-        ("onnx", "sai export/convert/info, sai validate's mask outputs, sai export-triton", "pip install 'onnx==1.23.*'"),
-        ("onnxruntime", "the onnxruntime backend: sai bench/serve/validate on ONNX files and convert OUTDIRs",
-         "pip install 'onnxruntime==1.31.*'"),
-        ("onnxscript", "sai export/convert (dynamo translation of the sai custom ops)", "pip install 'onnxscript==0.7.*'"),
-        ("polygraphy", "sai validate (its Comparator runs the backends)", "pip install 'polygraphy==0.53.*'"),
+        ("torch", "sai.models, sai export/convert, the torch backend (load/bench/validate/serve --backend torch)"),
+        ("onnx", "sai export/convert/info, sai validate's mask outputs, sai export-triton"),
+        ("onnxruntime", "the onnxruntime backend: sai bench/serve/validate on ONNX files and convert OUTDIRs"),
+        ("onnxscript", "sai export/convert (dynamo translation of the sai custom ops)"),
+        ("polygraphy", "sai validate (its Comparator runs the backends)"),
         ("tensorrt", "sai convert's model.plan (skipped with one line), --backend tensorrt in load/bench/serve/"
-         "validate, the tensorrt_plan model of sai export-triton",
-         "pip install tensorrt on a machine with an NVIDIA GPU and the TensorRT library (libnvinfer)"),
-        ("cuda.bindings.runtime", "GPU memory, streams and CUDA graphs of the tensorrt backend (cuda-python)",
-         "pip install 'cuda-python>=12,<14'"),
+         "validate, the tensorrt_plan model of sai export-triton"),
+        ("cuda.bindings.runtime", "GPU memory, streams and CUDA graphs of the tensorrt backend (cuda-python)"),
         ("tritonclient.grpc.model_config_pb2", "sai export-triton (configs are built as Triton's ModelConfig "
-         "protobuf) and the KServe v2 gRPC endpoint of sai serve", "pip install 'sai-deploy[triton]'"),
+         "protobuf) and the KServe v2 gRPC endpoint of sai serve"),
     ]
-    for module, disables, fix in table:
-        ok, detail = _module_version(module)
+    for module, disables in table:
+        ok, detail = env.module_version(module)
         name = {"cuda.bindings.runtime": "cuda-python", "tritonclient.grpc.model_config_pb2": "tritonclient"}.get(
             module, module)
         if ok and module.startswith(("cuda.", "tritonclient.")):
-            detail = _dist_version(name)
-        checks.append(Check(name, ok, detail, "" if ok else disables, "" if ok else fix))
+            detail = env.dist_version(name)
+        checks.append(Check(name, ok, detail, "" if ok else disables, "" if ok else INSTALL[name]))
     checks += _ort_providers()
     checks.append(_cpu_kernels())
     checks.append(_ort_custom_ops())
-    ok, detail = _nvcc()
+    ok, detail = env.nvcc()
     checks.append(Check("nvcc", ok, detail, "" if ok else "compiling the CUDA kernels (make plugins)",
                         "" if ok else "install the CUDA toolkit or: pip install nvidia-cuda-nvcc"))
-    ok, detail = _gpu()
+    ok, detail = env.gpu()
     checks.append(Check("gpu", ok, detail, "" if ok else "TensorRT engines, GPU benchmarks, make gpu-test",
                         "" if ok else "run on a machine with an NVIDIA GPU and driver"))
-    ok, detail = _plugin_library()
+    ok, detail = env.plugin_library()
     checks.append(Check("sai plugins", ok, detail,
                         "" if ok else "TensorRT engines with sai ops (convert's model.plan, the tensorrt backend, "
                         "onnxruntime --device tensorrt, Triton's tensorrt_plan model)",
@@ -209,22 +60,13 @@ def run_checks() -> list[Check]:
     return checks
 
 
-def _dist_version(dist: str) -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "installed"
-
-
 def _ort_providers() -> list[Check]:
     """The onnxruntime execution providers behind --device cuda / --device tensorrt."""
-    try:
-        import onnxruntime
-    except Exception:
+    from sai.runtime import environment as env
+
+    avail = env.ort_providers()
+    if avail is None:
         return []
-    avail = onnxruntime.get_available_providers()
     out = []
     for ep, device in (("CUDAExecutionProvider", "cuda"), ("TensorrtExecutionProvider", "tensorrt")):
         ok = ep in avail
@@ -236,24 +78,23 @@ def _ort_providers() -> list[Check]:
 
 
 def _cpu_kernels() -> Check:
-    try:
-        from sai.models import cpu_kernels
+    from sai.runtime import environment as env
 
-        ok = bool(cpu_kernels.active())
-    except Exception as exc:
-        return Check("sai cpu kernels", False, str(exc).splitlines()[0][:160],
+    ok, detail = env.cpu_kernels()
+    if not ok and detail != "not built":
+        return Check("sai cpu kernels", False, detail,
                      "the sparse C++ CPU kernels (the torch backend falls back to the slower PyTorch reference)",
                      "make install")
-    return Check("sai cpu kernels", ok, "loaded" if ok else "not built",
+    return Check("sai cpu kernels", ok, detail,
                  "" if ok else "the sparse C++ CPU kernels (the torch backend falls back to the slower PyTorch "
                  "reference ops)", "" if ok else "make install (builds models/_lib/libsai_cpu_ops.so)")
 
 
 def _ort_custom_ops() -> Check:
     """libsai_ort_ops.so: the onnxruntime custom-op library (sai.runtime.ort_ops)."""
-    from sai.runtime import ort_ops
+    from sai.runtime import environment as env
 
-    ok, detail = ort_ops.status()
+    ok, detail = env.ort_custom_ops()
     return Check("sai ort ops", ok, detail,
                  "" if ok else "the sparse C++ kernels in onnxruntime (the onnxruntime backend runs the model's "
                  "portable function bodies instead, slower)",
@@ -290,3 +131,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="report installed pieces and what each missing one disables")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
+
+
+_MOVED = ("plugin_library_report", "fatbin_archs", "_elf_sections", "_elf_needed")
+
+
+def __getattr__(name: str):
+    """The library probes live in ``sai.runtime.environment``; these names keep resolving here for older
+    imports (imported on use, so building the parser imports nothing heavy)."""
+    if name in _MOVED:
+        from sai.runtime import environment
+
+        return getattr(environment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

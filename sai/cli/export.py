@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from sai.cli.options import add_export_args
+from sai.constants import BODIES, HEADS, TARGETS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,23 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--arch", help="sparse_resnet{18,34,50,101,152} or resnet{...} (default: from --checkpoint)")
     p.add_argument("--checkpoint", help="checkpoint (.pth): ours or the official SAI-Det layout")
-    p.add_argument("--head", choices=("cls", "fpn", "none"), help="output head (default cls, or the checkpoint's)")
+    p.add_argument("--head", choices=list(HEADS), help="output head (default cls, or the checkpoint's)")
     p.add_argument("--num-classes", type=int, help="classifier size for --head cls (default 1000)")
     p.add_argument("--dcn-stages", help="deformable conv2 per stage, e.g. 0,1,1,1")
     p.add_argument("--base-width", type=int, help="stem width (default 64)")
     p.add_argument("--input-shape", default="1,3,224,224", help="example input N,C,H,W (default 1,3,224,224)")
     p.add_argument("--dynamic", default="batch,hw",
                    help="dynamic axes: batch,hw (default), batch, hw or none")
-    p.add_argument("--sampling", choices=("deterministic", "stochastic", "dense"),
-                   help="mask sampling (default deterministic: noise-free, reproducible). NOTE: the official SAI-Det "
-                   "code evaluates stochastically (Gumbel noise at test time, T=0.03, unseeded), so an official "
-                   "checkpoint reproduces its published test-time densities only with stochastic, which adds the "
-                   "uniform noise inputs; dense computes every position")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    p.add_argument("--target", choices=("portable", "tensorrt", "onnx-native"), default="portable",
+    add_export_args(p, sampling_help="mask sampling (default deterministic: noise-free, reproducible; stochastic adds "
+                    "the uniform noise inputs; dense computes every position)")
+    p.add_argument("--target", choices=list(TARGETS), default="portable",
                    help="portable: sai nodes + local functions (any ONNX runtime); tensorrt: sai nodes for the "
                    "plugins; onnx-native: the function bodies inlined, standard ops only (TensorRT without plugins)")
-    p.add_argument("--body", choices=("sparse", "dense"), default="sparse",
+    p.add_argument("--body", choices=list(BODIES), default="sparse",
                    help="function bodies (portable / onnx-native): sparse computes only the sampled positions "
                    "(NonZero, GatherND, MatMul, row Gather); dense is Conv then mask (default sparse)")
     p.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sai.cli.options import add_no_verify
+
 
 def run(args: argparse.Namespace) -> int:
     from sai.runtime.triton import export_triton, parse_delay_ms, parse_gpus
@@ -31,6 +33,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=int, default=1, help="instances per model, >= 1 (TensorRT: at least 2)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay, >= 0")
     p.add_argument("--gpus", help="comma list of GPU ids, e.g. 0,1, for the instance groups (default 0 for TensorRT)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
+    add_no_verify(p)
     p.set_defaults(func=run)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from sai.constants import SAMPLING_MODES
 from sai.errors import SaiError
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise SaiError(f"image size must be N or HxW with sides >= 32, got {text!r}")
-    return parts[0], parts[1]
+    from sai.shapes import parse_shape
+
+    parts = parse_shape(text, "image size", lengths=(1, 2), minimum=32, form="SIDE or H,W")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
 def _parse_stages(text: str) -> tuple[bool, ...]:
@@ -157,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--density", type=float, help="one mask density for every sparse conv")
     g.add_argument("--measure", metavar="IMAGE_SIZE", help="measure densities with a forward pass at N or HxW")
     p.add_argument("--checkpoint", help="weights for --measure (our format or official SAI-Det)")
-    p.add_argument("--sampling", choices=("deterministic", "stochastic"), default="deterministic",
+    p.add_argument("--sampling", choices=[m for m in SAMPLING_MODES if m != "dense"], default="deterministic",
                    help="--measure: the mode whose densities give the headline numbers (both are printed). "
                    "deterministic (default) is noise-free; official SAI-Det inference is stochastic")
     p.add_argument("--seed", type=int, default=0, help="--measure: noise seed of the stochastic measurement")

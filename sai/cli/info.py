@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from sai.cli.options import add_no_verify
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print an exported model's metadata, sparse-op counts and block list")
     p.add_argument("model", help="an .onnx file written by sai export, or a sai convert OUTDIR (its model.onnx)")
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking an OUTDIR's files against the sha256 in its manifest.json")
+    add_no_verify(p, what="an OUTDIR's files")
     p.set_defaults(func=run)
 
 
@@ -21,8 +22,8 @@ def describe(path: str) -> dict:
 
     import onnx
 
+    from sai.constants import DOMAIN, OP_TYPES
     from sai.errors import SaiError, first_line
-    from sai.exporter.functions import DOMAIN, OP_TYPES
     from sai.exporter.metadata import read_metadata
 
     if not os.path.isfile(path):

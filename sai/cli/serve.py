@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from sai.cli.options import add_backend_args, add_no_verify
+
 
 def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
@@ -14,9 +16,9 @@ def run(args: argparse.Namespace) -> int:
 
     max_shape = None
     if args.max_shape:
-        from sai.runtime.convert import parse_shape
+        from sai.exporter.export import parse_input_shape
 
-        max_shape = parse_shape(args.max_shape, "--max-shape")
+        max_shape = parse_input_shape(args.max_shape, "--max-shape")
     grpc_port = args.grpc_port if args.grpc_port > 0 else None
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify)
@@ -52,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="KServe v2 (HTTP + gRPC) inference server with dynamic batching and metrics")
     p.add_argument("model", help="sai convert OUTDIR, .onnx, .plan or checkpoint")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
-    p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda")
+    add_backend_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="HTTP port; 0 picks a free port (printed on start)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (KServe v2 GRPCInferenceService); 0: no gRPC")
@@ -68,9 +69,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="close a connection that sends no complete request head for this many seconds")
     p.add_argument("--mask-metrics", action="store_true",
                    help="export every block's mask density in /metrics (sai_mask_density; onnxruntime/torch)")
-    p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime/torch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise of stochastic models")
     p.add_argument("--json", action="store_true", help="also print the server info as one JSON line")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
+    add_no_verify(p)
     p.set_defaults(func=run)

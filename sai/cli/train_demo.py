@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sai.cli.options import add_quiet
+
 
 def run(args: argparse.Namespace) -> int:
     from sai.models.train_demo import CLI_SETTINGS, DEFAULT_OUT, DemoConfig, train_demo
@@ -49,5 +51,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3)")
     p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_quiet(p)
     p.set_defaults(func=run)

@@ -7,9 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from sai.cli.options import add_image_shape_args, add_no_verify, add_threads_seed, image_shape
+
 
 def run(args: argparse.Namespace) -> int:
-    from sai.cli.bench import _image_shape
     from sai.errors import SaiError
     from sai.outputs import check_output_file, write_atomic
     from sai.runtime.validate import load_backends, parse_tolerances, validate
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {line}")
     try:
         first = next(iter(engines.values()))
-        shape = _image_shape(args, first)
+        shape = image_shape(args, first)
         feeds = []
         for it in range(args.iterations):
             f = first.example_feeds(shape, seed=args.seed + it)
@@ -59,12 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-agreement", type=float, default=0.999,
                    help="minimum fraction of positions whose sampling decision (M > 0) agrees (default 0.999)")
     p.add_argument("--no-masks", action="store_true", help="compare the outputs only")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--shape", help="H,W or N,C,H,W (default: the export's example size at --batch)")
+    add_image_shape_args(p, batch=2, shape_help="H,W or N,C,H,W (default: the export's example size at --batch)")
     p.add_argument("--iterations", type=int, default=2, help="input sets to compare")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
+    add_threads_seed(p, threads_help=None, seed_help=None)
     p.add_argument("--report", help="write the full report as JSON")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the OUTDIR's files against the sha256 in its manifest.json")
+    add_no_verify(p)
     p.set_defaults(func=run)

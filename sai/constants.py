@@ -1,0 +1,37 @@
+"""Names and choices fixed across sai, defined once: the custom ops and their TensorRT plugins, and the
+choices the CLI verbs offer (each also the set the library function checks).
+
+The C++ plugins keep their own copies (``trt_plugins/common/saiPluginCommon.h``: ``kSAI_PLUGIN_VERSION``,
+``kSAI_PLUGIN_NAMESPACE``; the creators' ``kNAME``); ``tests/test_constants.py`` parses the headers and
+fails when the two sides differ. Nothing heavy is imported here, so the CLI builds its parsers from it.
+"""
+
+from __future__ import annotations
+
+# ---- the custom ops (docs/design.md 3.2, 3.3) -------------------------------------------------
+DOMAIN = "sai"  # ONNX domain of the custom nodes and their model-local functions
+DOMAIN_VERSION = 1
+SPARSE_SAMPLE_CONV = "SparseSampleConv"
+INTERPOLATE = "Interpolate"
+OP_TYPES = (SPARSE_SAMPLE_CONV, INTERPOLATE)
+
+# ---- their TensorRT plugins: what the ONNX parser matches a node against ----------------------
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "sai"
+PLUGIN_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+
+# ---- choices (the CLI's and the library's) ----------------------------------------------------
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+ORT_DEVICES = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers behind --device
+TORCH_DEVICES = ("cpu", "cuda")  # and cuda:N
+PRECISIONS = ("fp32", "fp16")
+SAMPLING_MODES = ("deterministic", "stochastic", "dense")
+HEADS = ("cls", "fpn", "none")
+TARGETS = ("portable", "tensorrt", "onnx-native")
+BODIES = ("sparse", "dense")
+
+__all__ = [
+    "BACKENDS", "BODIES", "DOMAIN", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "OP_TYPES", "ORT_DEVICES",
+    "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES",
+    "SPARSE_SAMPLE_CONV", "TARGETS", "TORCH_DEVICES",
+]
