@@ -1,0 +1,143 @@
+"""The dependency rule of docs/design.md section 2, checked on the source: every import of every module
+(top-level and inside functions) goes down the layers
+
+    sai.cli -> sai.runtime -> sai.exporter -> sai.models -> sai.errors (and the other sai/*.py helpers)
+                                               sai.kernels beside sai.models
+
+and nothing imports ``sai.cli``. The benchmarks and the demo are applications like the CLI: only the CLI
+imports them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# source folder -> the subpackage of ``sai`` it installs as (pyproject.toml package-dir)
+FOLDERS = {"sai": "sai", "runtime": "sai.runtime", "exporter": "sai.exporter", "models": "sai.models",
+           "kernels": "sai.kernels", "benchmarks": "sai.benchmarks", "demo": "sai.demo"}
+BASE = "base"  # sai/*.py: errors, outputs (file io), compat, lazy, shapes, constants
+APPS = {"cli", "benchmarks", "demo"}
+ALLOWED = {
+    "cli": {"cli", "benchmarks", "demo", "runtime", "exporter", "models", "kernels", BASE},
+    "benchmarks": {"benchmarks", "runtime", "exporter", "models", "kernels", BASE},
+    "demo": {"demo", "runtime", "exporter", "models", "kernels", BASE},
+    "runtime": {"runtime", "exporter", "models", "kernels", BASE},
+    "exporter": {"exporter", "models", "kernels", BASE},
+    "models": {"models", "kernels", BASE},
+    "kernels": {"kernels", "models", BASE},
+    BASE: {BASE},
+}
+# modules that are scripts driving the whole stack rather than library code, with the reason
+EXEMPT = {
+    # the prepared GPU-machine check (make gpu-check): it runs the op benchmarks on the lent GPU
+    "sai.kernels.gpu_check": {"benchmarks", "runtime"},
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "sai":
+        raise ValueError(module)
+    if len(parts) == 1:
+        return BASE
+    if parts[1] == "__main__":  # python -m sai: the console script
+        return "cli"
+    if parts[1] in ("cli", "runtime", "exporter", "models", "kernels", "benchmarks", "demo"):
+        return parts[1]
+    return BASE  # sai.errors, sai.outputs, ...
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for folder, package in FOLDERS.items():
+        base = ROOT / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(base).with_suffix("")
+            if any(p.startswith(".") or p in ("tests", "__pycache__") for p in rel.parts):
+                continue
+            parts = [p for p in rel.parts if p != "__init__"]
+            out.append((".".join([package, *parts]), path))
+    return out
+
+
+def sai_imports(module: str, path: Path) -> list[tuple[int, str]]:
+    """``(line, imported module)`` of every import of a ``sai`` module in ``path``, relative ones resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "sai"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "sai":
+                continue
+            if target == "sai":  # from sai import models -> sai.models
+                found += [(node.lineno, f"sai.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, target))
+    return found
+
+
+def violations() -> list[str]:
+    bad = []
+    for module, path in modules():
+        own = layer_of(module)
+        for line, target in sai_imports(module, path):
+            try:
+                theirs = layer_of(target)
+            except ValueError:
+                continue
+            if theirs in ALLOWED[own] or theirs in EXEMPT.get(module, ()):
+                continue
+            bad.append(f"{path.relative_to(ROOT)}:{line}: {module} ({own}) imports {target} ({theirs})")
+    return bad
+
+
+def test_every_import_follows_the_dependency_rule():
+    bad = violations()
+    assert not bad, "imports against docs/design.md section 2:\n" + "\n".join(bad)
+
+
+def test_nothing_outside_the_cli_imports_it():
+    bad = [v for v in violations() if "(cli)" in v.split(" imports ")[-1]]
+    assert not bad, bad
+    users = [m for m, p in modules() if layer_of(m) != "cli"
+             and any(t.startswith("sai.cli") for _, t in sai_imports(m, p))]
+    assert users == [], users
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from sai.cli.doctor import _gpu\n", "sai.cli.doctor"),
+    ("from sai import models\n", "sai.models"),
+    ("def f():\n    import sai.exporter.export\n", "sai.exporter.export"),
+    ("from .graph import x\n", "sai.exporter.graph"),
+    ("from . import graph\n", "sai.exporter"),
+])
+def test_the_checker_sees_every_kind_of_import(tmp_path, source, expected):
+    path = tmp_path / "mod.py"
+    path.write_text(source)
+    assert [t for _, t in sai_imports("sai.exporter.mod", path)] == [expected]
+
+
+def test_the_checker_flags_a_runtime_module_importing_the_cli(tmp_path):
+    path = tmp_path / "convert.py"
+    path.write_text("def f():\n    from sai.cli.doctor import _gpu\n")
+    (target,) = [t for _, t in sai_imports("sai.runtime.convert", path)]
+    assert layer_of(target) == "cli" and "cli" not in ALLOWED["runtime"]
+    assert layer_of("sai.runtime.engine") not in ALLOWED["models"]
+
+
+def test_the_torch_backend_takes_its_names_from_the_models_not_the_exporter():
+    path = ROOT / "runtime" / "torch_backend.py"
+    assert not [t for _, t in sai_imports("sai.runtime.torch_backend", path) if t.startswith("sai.exporter")]
