@@ -18,6 +18,10 @@ every section, so a run cut short still reports what it reached) with:
   (``interpolate_add_relu``);
 - ``model``: sparse_resnet101 (density ~0.3) vs resnet101, 512x832 and 1024x1664, batch 1, fp16,
   CUDA-graphed;
+- ``engine`` (where TensorRT and the plugin library are installed; says which is missing otherwise):
+  single-op engines against the PyTorch reference (tests/test_trt_gpu.py) and sparse_resnet101
+  (density ~0.3, fp16, 512x832) converted, validated and benchmarked against its dense twin with
+  the sai CLI;
 - ``autotune``: a short sweep of tile configs; winners go to ``configs/sm_<cc>.json`` under ``--out``
   and, with ``--write-configs``, into the package's ``kernels/configs/`` (the committed table the AOT
   build reads).
@@ -662,6 +666,77 @@ def plugin_kernels_section(dev, tiny: bool, out: Path) -> dict:
             "failed": len(failed), "timings": timings}
 
 
+# ---- engine: TensorRT engines with the plugins, where TensorRT is installed -------------------------
+
+
+def _sai_cli(args: list[str], timeout: float) -> tuple[int, str]:
+    """``python -m sai ARGS`` (the installed package: a machine with TensorRT has sai installed)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "sai", *args], capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def engine_section(dev, tiny: bool, out: Path) -> dict:
+    """Single-op engines against the PyTorch reference (tests/test_trt_gpu.py) and the sparse vs dense
+    engine latency of sparse_resnet101 (density ~0.3, fp16, 512x832), through the sai CLI. Where
+    TensorRT, a GPU or the plugin library is missing it says which and the run goes on."""
+    try:
+        import tensorrt as trt
+    except Exception as e:  # noqa: BLE001 - any import failure means: no usable TensorRT here
+        return {"skipped": f"no TensorRT here (import tensorrt: {type(e).__name__}: {str(e)[:160]}); the "
+                           "plugin_kernels section runs the plugins' launch code without it"}
+    if dev.type != "cuda":
+        return {"skipped": f"TensorRT {trt.__version__} is installed but there is no GPU"}
+    from sai.runtime.plugins import find_plugin_library
+
+    lib = find_plugin_library()
+    if lib is None:
+        return {"skipped": f"TensorRT {trt.__version__} but no libsai_trt_plugins.so: run make plugins "
+                           "TENSORRT_ROOT=... (or TRT_INCLUDE_DIR=...)"}
+    result: dict = {"tensorrt": trt.__version__, "library": str(lib)}
+    import subprocess
+
+    tests = _ROOT / "tests" / "test_trt_gpu.py"
+    if tests.is_file() and importlib.util.find_spec("pytest") is not None:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(tests)],
+                              capture_output=True, text=True, timeout=900, cwd=str(_ROOT))
+        result["single_op_engines"] = {"returncode": proc.returncode,
+                                       "summary": (proc.stdout.strip().splitlines() or [""])[-1]}
+    else:
+        result["single_op_engines"] = {"skipped": "tests/test_trt_gpu.py or pytest not available"}
+    if tiny:
+        result["model"] = {"skipped": "--tiny"}
+        return result
+    import torch
+
+    from sai.benchmarks.opbench import calibrate_mask_bias, randomize_masks
+    from sai.models import build_model
+    from sai.models.checkpoint import save_checkpoint
+
+    model = build_model("sparse_resnet101", head="none").eval()
+    randomize_masks(model)
+    calibrate_mask_bias(model, torch.randn(1, 3, 512, 832), 0.3)
+    ckpt = save_checkpoint(model, out / "sparse_resnet101_d0.3.pth")
+    conv_dir = out / "engine_sparse_resnet101"
+    shape = "1,3,512,832"
+    rc, log = _sai_cli(["convert", str(ckpt), "-o", str(conv_dir), "--precision", "fp16", "--opt-shape", shape,
+                        "--min-shape", shape, "--max-shape", shape, "--require-engine", "-q"], timeout=1800)
+    if rc != 0:
+        result["model"] = {"error": f"sai convert failed ({rc}): {log[-1500:]}"}
+        return result
+    rc, log = _sai_cli(["validate", str(conv_dir), "--backends", "tensorrt", "--report", str(out / "validate.json")],
+                       timeout=900)
+    result["validate"] = {"returncode": rc, "tail": log[-600:]}
+    rc, log = _sai_cli(["bench", str(conv_dir), "--backend", "tensorrt", "--compare-dense", "--shape", shape,
+                        "--json"], timeout=900)
+    try:
+        result["model"] = json.loads(log[log.index("{"):log.rindex("}") + 1]) if rc == 0 else {"error": log[-1500:]}
+    except ValueError:
+        result["model"] = {"error": f"sai bench printed no JSON: {log[-800:]}"}
+    return result
+
+
 def autotune_section(dev, tiny: bool, out: Path, write_configs: bool, deadline: float = float("inf")) -> dict:
     """Sweep tile configs of the conv (3x3 and 1x1, fp16) and Interpolate (k7) kernels; keep the fastest.
 
@@ -775,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sai.kernels.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("build/gpu-check"))
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (the default without a GPU)")
-    ap.add_argument("--sections", default="env,parity,plugin_kernels,ops,block,model,autotune")
+    ap.add_argument("--sections", default="env,parity,plugin_kernels,ops,block,model,engine,autotune")
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip the sections left after this long")
     ap.add_argument("--write-configs", action="store_true",
                     help="also write the autotune winners into the package's kernels/configs/ (GPU only)")
@@ -798,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             ("plugin_kernels", plugin_kernels_section, (dev, tiny, args.out)),
             ("ops", ops_section, (dev,)), ("block", block_section, (dev, tiny)),
             ("model", model_section, (dev, tiny)),
+            ("engine", engine_section, (dev, tiny, args.out)),
             ("autotune", autotune_section, (dev, tiny, args.out, args.write_configs, rep.t0 + args.budget_s))]
     for name, fn, fargs in plan:
         if name not in wanted:

@@ -371,12 +371,13 @@ def test_gpu_check_runs_end_to_end_under_the_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     sections = report["sections"]
-    assert set(sections) == {"env", "parity", "plugin_kernels", "ops", "block", "model", "autotune"}
+    assert set(sections) == {"env", "parity", "plugin_kernels", "ops", "block", "model", "engine", "autotune"}
     assert not [name for name, s in sections.items() if "error" in s]
     assert sections["parity"]["failed"] == 0 and sections["parity"]["passed"] >= 5
     assert "skipped" in sections["ops"]
     # the plugins' launch code built and loaded; without a GPU a launch fails cleanly, naming the cause
     assert "no CUDA driver or context" in sections["plugin_kernels"]["launch_without_gpu"]
+    assert "no TensorRT here" in sections["engine"]["skipped"]  # and the run went on
     assert sections["block"]["rows"][0]["fast_tail_rel_err"] < 1e-5  # docs/design.md 3.4 fast form == fused block
     assert all(row["finite"] for row in sections["model"]["rows"])
     tuned = json.loads((tmp_path / "configs" / "interpreter.json").read_text())
