@@ -25,13 +25,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Optional, Union
 
+from sai.constants import FLOPS_INPUT_RULES
 from sai.errors import SaiError
 from sai.models.ops import conv_output_size
 
 Densities = Union[None, float, Mapping]
 
 
-INPUT_RULES = ("auto", "detection", "classification")
+INPUT_RULES = FLOPS_INPUT_RULES
 
 
 def input_rule(res: int, input: str = "auto") -> str:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sai.compat import is_batchnorm
-from sai.constants import HEADS, SAMPLING_MODES
+from sai.constants import DCN_OFFSET_FROM, HEADS, SAMPLING_MODES
 from sai.errors import SaiError
 from sai.models.blocks import (
     TRAINING_MASKS,
@@ -64,7 +64,6 @@ DEFAULT_OPTIONS = {
     "norm_eval": False,  # BN in eval mode during train() (mmdet ResNet; official SAI-Det configs: True)
     "frozen_stages": -1,  # -1 none; 0 the stem; N the stem + layer1..N (official SAI-Det configs: 0)
 }
-DCN_OFFSET_FROM = ("input", "conv1")
 # dcn_offset_from: "input" = the offset conv reads the block input (3x3, inplanes -> 18, conv2's stride), as
 # the official SAI-Det code does in both its SparseResNet and its dense ResNet (so SAI-Det checkpoints of
 # either kind load with the default); "conv1" = it reads conv1's output (planes -> 18), as upstream

@@ -29,9 +29,11 @@ SAMPLING_MODES = ("deterministic", "stochastic", "dense")
 HEADS = ("cls", "fpn", "none")
 TARGETS = ("portable", "tensorrt", "onnx-native")
 BODIES = ("sparse", "dense")
+DCN_OFFSET_FROM = ("input", "conv1")  # what a DCN offset conv reads: the block input (SAI-Det) or conv1's output
+FLOPS_INPUT_RULES = ("auto", "detection", "classification")  # the official calculator's input size rule
 
 __all__ = [
-    "BACKENDS", "BODIES", "DOMAIN", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "OP_TYPES", "ORT_DEVICES",
+    "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "OP_TYPES", "ORT_DEVICES",
     "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES",
     "SPARSE_SAMPLE_CONV", "TARGETS", "TORCH_DEVICES",
 ]

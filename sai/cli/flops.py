@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sai.constants import SAMPLING_MODES
+from sai.constants import DCN_OFFSET_FROM, FLOPS_INPUT_RULES, SAMPLING_MODES
 from sai.errors import SaiError
 
 
@@ -144,7 +144,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", required=True, help="sparse_resnet{18,34,50,101,152} or resnet{18,...,152}")
     p.add_argument("--res", type=int, required=True, help="official resolution (500/600/800/1000): input "
                    "(res//32*32) x (res*5/3//32*32); see --input")
-    p.add_argument("--input", choices=("auto", "detection", "classification"), default="auto",
+    p.add_argument("--input", choices=list(FLOPS_INPUT_RULES), default="auto",
                    help="input size rule: detection (res//32*32) x (res*5/3//32*32), classification res x res; "
                    "auto (default) = classification at res 224 only, as the official SAI calculator")
     p.add_argument("--dcn-stages", default="0,0,0,0", help="DCN per stage, e.g. 0,1,1,1 (the paper's setting)")
@@ -157,7 +157,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--measure: the mode whose densities give the headline numbers (both are printed). "
                    "deterministic (default) is noise-free; official SAI-Det inference is stochastic")
     p.add_argument("--seed", type=int, default=0, help="--measure: noise seed of the stochastic measurement")
-    p.add_argument("--dcn-offset-from", choices=("input", "conv1"), default="input",
+    p.add_argument("--dcn-offset-from", choices=list(DCN_OFFSET_FROM), default="input",
                    help="DCN offset conv input for our kernel count: input (SAI-Det, default) or conv1 "
                    "(upstream mmdetection dense ResNet)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
