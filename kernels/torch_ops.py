@@ -3,8 +3,10 @@
 ``register()`` is called by ``sai.models`` on import where CUDA is available (so the fused model and
 ``sai.runtime``'s torch backend run these kernels on a GPU); ``SAI_TRITON_KERNELS=0`` keeps the
 PyTorch reference on CUDA instead. Dtypes the kernels do not take (float64, ...) fall back to the
-reference. Outputs are channels_last (the fake kernels describe only shape and dtype). For CUDA
-graphs, run each shape once before capture (Triton compiles and the weights are packed on first use).
+reference. Outputs are channels_last from the kernels and contiguous NCHW from the fallback, as
+``sai.models.ops.output_memory_format`` tells the fake kernels (torch.compile plans with their
+strides). For CUDA graphs, run each shape once before capture (Triton compiles and the weights are
+packed on first use).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 
 import torch
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _state = {"registered": False}
 
 
@@ -22,10 +23,9 @@ def sparse_sample_conv_cuda(x, mask, weight, bias, offset, stride, pads, dilatio
     """The kernel behind ``torch.ops.sai.sparse_sample_conv`` on CUDA tensors."""
     from sai.models import ops
 
-    same = weight.dtype == x.dtype and (offset is None or offset.dtype == x.dtype)
-    if x.dtype not in _KERNEL_DTYPES or not same or mask.dtype not in _KERNEL_DTYPES:
+    if not ops.kernels_take_conv(x, mask, weight, offset):
         return ops.sparse_sample_conv_reference(x, mask, weight, bias, offset, stride, pads, dilation, groups,
-                                                deform_groups, activation)
+                                                deform_groups, activation).contiguous()
     from sai.kernels.sparse_sample_conv import sparse_sample_conv_attrs
 
     return sparse_sample_conv_attrs(x, mask, weight, bias, offset, list(stride), list(pads), list(dilation),
@@ -34,10 +34,10 @@ def sparse_sample_conv_cuda(x, mask, weight, bias, offset, stride, pads, dilatio
 
 def interpolate_cuda(feature, mask, sigma, kernel_size, eps):
     """The kernel behind ``torch.ops.sai.interpolate`` on CUDA tensors."""
-    if feature.dtype not in _KERNEL_DTYPES or mask.dtype not in _KERNEL_DTYPES:
-        from sai.models import ops
+    from sai.models import ops
 
-        return ops.interpolate_reference(feature, mask, sigma, kernel_size, eps)
+    if not ops.kernels_take_interp(feature, mask):
+        return ops.interpolate_reference(feature, mask, sigma, kernel_size, eps).contiguous()
     from sai.kernels.interpolate import interpolate
 
     return interpolate(feature, mask, sigma, kernel_size, eps)

@@ -261,12 +261,43 @@ def _sparse_sample_conv_op(
 ) -> Tensor:
     return sparse_sample_conv_reference(
         x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation
-    )
+    ).contiguous()
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def kernels_take_conv(x: Tensor, mask: Tensor, weight: Tensor, offset: Optional[Tensor]) -> bool:
+    """Whether the Triton conv kernel takes these dtypes (else its CUDA implementation runs the reference)."""
+    same = weight.dtype == x.dtype and (offset is None or offset.dtype == x.dtype)
+    return x.dtype in _KERNEL_DTYPES and same and mask.dtype in _KERNEL_DTYPES
+
+
+def kernels_take_interp(feature: Tensor, mask: Tensor) -> bool:
+    """Whether the Triton Interpolate kernel takes these dtypes."""
+    return feature.dtype in _KERNEL_DTYPES and mask.dtype in _KERNEL_DTYPES
+
+
+def output_memory_format(device: torch.device, kernels_take: bool) -> torch.memory_format:
+    """The memory format every implementation of the sai ops returns, which the fake kernels state
+    (torch.compile relies on it): channels_last where the Triton kernels run (CUDA tensors of a
+    dtype they take, the kernels registered), contiguous NCHW everywhere else (the CPU kernels and
+    every reference fallback)."""
+    if device.type == "cuda" and kernels_take:
+        try:
+            from sai.kernels import torch_ops
+        except ImportError:  # no triton: the reference serves CUDA tensors
+            return torch.contiguous_format
+        if torch_ops.registered():
+            return torch.channels_last
+    return torch.contiguous_format
 
 
 @_sparse_sample_conv_op.register_fake
 def _(x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation):
-    return x.new_empty((x.shape[0], weight.shape[0], mask.shape[2], mask.shape[3]))
+    fmt = output_memory_format(x.device, kernels_take_conv(x, mask, weight, offset))
+    return torch.empty((x.shape[0], weight.shape[0], mask.shape[2], mask.shape[3]), dtype=x.dtype,
+                       device=x.device, memory_format=fmt)
 
 
 def _ssc_setup(ctx, inputs, output):
@@ -294,12 +325,13 @@ torch.library.register_autograd(
 
 @torch.library.custom_op("sai::interpolate", mutates_args=())
 def _interpolate_op(feature: Tensor, mask: Tensor, sigma: float, kernel_size: int, eps: float) -> Tensor:
-    return interpolate_reference(feature, mask, sigma, kernel_size, eps)
+    return interpolate_reference(feature, mask, sigma, kernel_size, eps).contiguous()
 
 
 @_interpolate_op.register_fake
 def _(feature, mask, sigma, kernel_size, eps):
-    return torch.empty_like(feature)
+    fmt = output_memory_format(feature.device, kernels_take_interp(feature, mask))
+    return torch.empty(feature.shape, dtype=feature.dtype, device=feature.device, memory_format=fmt)
 
 
 def _interp_setup(ctx, inputs, output):

@@ -414,3 +414,41 @@ def test_cpp_launcher_with_a_fake_driver(tmp_path):
                     str(launcher / "test" / "launcher_test.cpp"), "-o", str(exe)], check=True)
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "launcher_test: OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_fake_kernels_state_the_strides_the_implementations_return(monkeypatch):
+    """torch.compile plans with the fake kernels' strides: they must be the real outputs' strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from sai.kernels import torch_ops
+
+    monkeypatch.setitem(torch_ops._state, "registered", True)  # as on a GPU machine
+    cl, cont = torch.channels_last, torch.contiguous_format
+    with FakeTensorMode():
+        for dt, want in ((torch.float16, cl), (torch.bfloat16, cl), (torch.float32, cl), (torch.float64, cont)):
+            x = torch.empty(1, 8, 6, 6, device="cuda", dtype=dt)
+            m = torch.empty(1, 1, 6, 6, device="cuda", dtype=dt)
+            w = torch.empty(8, 8, 3, 3, device="cuda", dtype=dt)
+            y = torch.ops.sai.sparse_sample_conv(x, m, w, None, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, 1, "relu")
+            assert y.is_contiguous(memory_format=want), dt
+            assert torch.ops.sai.interpolate(x, m, 1.0, 3, 1e-5).is_contiguous(memory_format=want), dt
+        x = torch.empty(1, 8, 6, 6, device="cpu")
+        y = torch.ops.sai.sparse_sample_conv(x, x[:, :1], torch.empty(8, 8, 3, 3), None, None, [1, 1], [1, 1, 1, 1],
+                                             [1, 1], 1, 1, "relu")
+        assert y.is_contiguous()  # the CPU kernels and every reference fallback: contiguous NCHW
+
+    # the CUDA implementations (run here on CPU tensors under the interpreter) return exactly that,
+    # whatever the input's memory format: channels_last from the kernels, NCHW from the fallback
+    x, mask, weight, bias, _, stride, pads, dil = _conv_inputs(CONV_CASES[0], torch.float16)
+    x = x.contiguous()
+    assert torch_ops.sparse_sample_conv_cuda(x, mask.half(), weight, bias, None, stride, pads, dil, 1, 1,
+                                             "relu").is_contiguous(memory_format=cl)
+    xd = x.double().contiguous(memory_format=cl)
+    got = torch_ops.sparse_sample_conv_cuda(xd, mask.double(), weight.double(), bias.double(), None, stride, pads,
+                                            dil, 1, 1, "relu")
+    assert got.is_contiguous()
+    feature, fmask = _interp_inputs(1, 6, 5, 5, torch.float16)
+    assert torch_ops.interpolate_cuda(feature, fmask, 1.0, 3, 1e-5).is_contiguous(memory_format=cl)
+    fd = feature.double().contiguous(memory_format=cl)
+    assert torch_ops.interpolate_cuda(fd, fmask.double(), 1.0, 3, 1e-5).is_contiguous()
+
