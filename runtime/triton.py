@@ -25,6 +25,7 @@ from sai.errors import SaiError
 from sai.outputs import publish_dir
 from sai.runtime.integrity import verify_outdir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
+from sai.runtime.triton_config import check_count as _count
 
 TRITON_DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
                  2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
@@ -39,12 +40,6 @@ def check_name(name: str, what: str = "--name") -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise SaiError(f"{what} {name!r} is not a valid Triton model name; use {NAME_RULE}, without '..'")
     return name
-
-
-def _count(value, flag: str, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise SaiError(f"{flag} must be an integer >= {lowest}, got {value!r}")
-    return value
 
 
 def parse_gpus(text: Optional[str]) -> Optional[list[int]]:

@@ -52,7 +52,8 @@ def _check_text(text: str, what: str) -> str:
     return text
 
 
-def _count(value, what: str, lowest: int) -> int:
+def check_count(value, what: str, lowest: int) -> int:
+    """``value`` if it is an int (not a bool) >= ``lowest``; SaiError naming ``what`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
         raise SaiError(f"{what} must be an integer >= {lowest}, got {value!r}")
     return value
@@ -87,7 +88,7 @@ def inference_config(name: str, platform: str, inputs: Sequence[Tensor], outputs
         cfg.platform = platform
     if backend:
         cfg.backend = backend
-    cfg.max_batch_size = _count(max_batch_size, "max_batch_size", 0)
+    cfg.max_batch_size = check_count(max_batch_size, "max_batch_size", 0)
     cfg.version_policy.latest.num_versions = VERSION_POLICY_LATEST
     batched = max_batch_size > 0
     _tensors(cfg.input, inputs, batched)
@@ -95,13 +96,13 @@ def inference_config(name: str, platform: str, inputs: Sequence[Tensor], outputs
     if batched:
         pref = sorted({int(p) for p in preferred if 1 <= int(p) <= max_batch_size})
         cfg.dynamic_batching.preferred_batch_size.extend(pref)
-        cfg.dynamic_batching.max_queue_delay_microseconds = _count(max_queue_delay_us,
+        cfg.dynamic_batching.max_queue_delay_microseconds = check_count(max_queue_delay_us,
                                                                    "max_queue_delay_microseconds", 0)
     group = cfg.instance_group.add()
-    group.count = _count(instances, "instance count", 1)
+    group.count = check_count(instances, "instance count", 1)
     group.kind = m.ModelInstanceGroup.Kind.Value(kind)
     for g in gpus or []:
-        group.gpus.append(_count(g, "GPU id", 0))
+        group.gpus.append(check_count(g, "GPU id", 0))
     if warmup_shapes:
         w = cfg.model_warmup.add()
         w.name = "sai_random_sample"
@@ -140,7 +141,7 @@ def ensemble_config(name: str, preprocess_model: str, model: str, outputs: Seque
     cfg = m.ModelConfig()
     cfg.name = _check_text(name, "model name")
     cfg.platform = "ensemble"
-    cfg.max_batch_size = _count(max_batch_size, "max_batch_size", 0)
+    cfg.max_batch_size = check_count(max_batch_size, "max_batch_size", 0)
     batched = max_batch_size > 0
     _tensors(cfg.input, [Tensor(IMAGES, "TYPE_UINT8", [-1, -1, -1])], batched)
     _tensors(cfg.output, outputs, batched, labels_file, label_output)
