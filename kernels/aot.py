@@ -272,7 +272,9 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         for key, val in (("archs", m["cc"]), ("tactics", m["tactic"])):
             if val not in e[key]:
                 e[key].append(val)
-    manifest = MANIFEST_MARKER + json.dumps({"triton": metas[0]["triton"] if metas else "", "specs": specs},
+    from sai.constants import KERNELS_MANIFEST_MARKER
+
+    manifest = KERNELS_MANIFEST_MARKER + json.dumps({"triton": metas[0]["triton"] if metas else "", "specs": specs},
                                             separators=(",", ":"))
     manifest = manifest.replace("\\", "\\\\").replace('"', '\\"')
     body += ["", "// sai doctor reads this section: which specs, archs and tactics the library carries",
@@ -305,34 +307,6 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         tmp.write_text(text)
         os.replace(tmp, path)
     return paths
-
-
-MANIFEST_MARKER = "SAI_KERNELS_MANIFEST="
-
-
-def read_manifest(data: bytes) -> dict | None:
-    """What a library built on the embedded kernels carries, from its bytes (no loading, no GPU):
-    ``{"triton": version, "specs": {spec: {"archs": [...], "tactics": [...]}}}``; None if it has none."""
-    at = data.find(MANIFEST_MARKER.encode())
-    if at < 0:
-        return None
-    end = data.find(b"\0", at)
-    try:
-        return json.loads(data[at + len(MANIFEST_MARKER):end].decode())
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def describe_manifest(manifest: dict) -> str:
-    """One line for sai doctor: how many kernel specs, for which archs, with which tactics."""
-    specs = manifest.get("specs", {})
-    archs = sorted({a for e in specs.values() for a in e["archs"]})
-    tactics = sorted({t for e in specs.values() for t in e["tactics"]})
-    bf16 = sorted({a for n, e in specs.items() if "bf16" in n for a in e["archs"]})
-    return (f"Triton {manifest.get('triton', '?')} kernels: {len(specs)} specs for "
-            + ", ".join(f"sm_{a}" for a in archs)
-            + (f" (BF16 from sm_{bf16[0]})" if bf16 and bf16[0] != archs[0] else "")
-            + f", tactics {', '.join(map(str, tactics))}")
 
 
 def cuda_include_dir() -> Path:

@@ -84,17 +84,21 @@ def load() -> bool:
         torch.ops.load_library(str(LIBRARY))
         _state["loaded"] = True
 
+    # Outputs are contiguous NCHW whatever the input's memory format (the dense path of the C++
+    # kernel and the reference would keep channels_last): what the fake kernels state, see
+    # ops.output_memory_format.
     def ssc_cpu(x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation):
         if x.dtype != torch.float32 or weight.dtype != torch.float32 or mask.dtype != torch.float32:
             return ops.sparse_sample_conv_reference(
-                x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation)
+                x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation).contiguous()
         return torch.ops.sai_cpu.sparse_sample_conv(
-            x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation, DENSE_ABOVE)
+            x, mask, weight, bias, offset, stride, pads, dilation, groups, deform_groups, activation,
+            DENSE_ABOVE).contiguous()
 
     def interp_cpu(feature, mask, sigma, kernel_size, eps):
         if feature.dtype != torch.float32 or mask.dtype != torch.float32:
-            return ops.interpolate_reference(feature, mask, sigma, kernel_size, eps)
-        return torch.ops.sai_cpu.interpolate(feature, mask, sigma, kernel_size, eps)
+            return ops.interpolate_reference(feature, mask, sigma, kernel_size, eps).contiguous()
+        return torch.ops.sai_cpu.interpolate(feature, mask, sigma, kernel_size, eps).contiguous()
 
     torch.library.register_kernel("sai::sparse_sample_conv", "cpu", ssc_cpu)
     torch.library.register_kernel("sai::interpolate", "cpu", interp_cpu)

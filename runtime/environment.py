@@ -122,9 +122,40 @@ def fatbin_archs(data: bytes, sections: dict[str, tuple[int, int]]) -> tuple[lis
     return sorted(sass), sorted(ptx)
 
 
+def kernels_manifest(data: bytes) -> dict | None:
+    """The manifest of the embedded Triton kernels in a library's bytes (no loading, no GPU):
+    ``{"triton": version, "specs": {spec: {"archs": [...], "tactics": [...]}}}``; None without one."""
+    import json
+
+    from sai.constants import KERNELS_MANIFEST_MARKER
+
+    at = data.find(KERNELS_MANIFEST_MARKER.encode())
+    if at < 0:
+        return None
+    end = data.find(b"\0", at)
+    try:
+        return json.loads(data[at + len(KERNELS_MANIFEST_MARKER):end].decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def describe_kernels(manifest: dict) -> str:
+    """One line: how many kernel builds, for which archs, with which tactics."""
+    specs = manifest.get("specs", {})
+    archs = sorted({a for e in specs.values() for a in e.get("archs", [])})
+    tactics = sorted({t for e in specs.values() for t in e.get("tactics", [])})
+    bf16 = sorted({a for name, e in specs.items() if "bf16" in name for a in e.get("archs", [])})
+    text = (f"Triton {manifest.get('triton', '?')} kernels: {len(specs)} builds for "
+            + ", ".join(f"sm_{a}" for a in archs))
+    if bf16 and archs and bf16[0] != archs[0]:
+        text += f" (BF16 from sm_{bf16[0]})"
+    return text + f", tactics {', '.join(map(str, tactics))}"
+
+
 def plugin_library_report(path) -> str:
-    """What an installed plugin library carries: its kernels' archs, the TensorRT major it was built
-    for (the autoload companion's libnvinfer soname), and whether the companion is beside it."""
+    """What an installed plugin library carries: its kernels (the embedded Triton builds, or the
+    archs of a CUDA fat binary), the TensorRT major it was built for (the autoload companion's
+    libnvinfer soname), and whether the companion is beside it."""
     from pathlib import Path
 
     path = Path(path)
@@ -140,7 +171,10 @@ def plugin_library_report(path) -> str:
         parts.append("autoload library beside it (LD_PRELOAD / Polygraphy)")
     else:
         parts.append("no autoload library beside it (LD_PRELOAD needs it: make plugins)")
-    if sass or ptx:
+    manifest = kernels_manifest(data)
+    if manifest is not None:
+        parts.append(describe_kernels(manifest))
+    elif sass or ptx:
         kern = "CUDA kernels: SASS " + ", ".join(f"sm_{a}" for a in sass)
         if ptx:
             kern += " + PTX " + ", ".join(f"compute_{a}" for a in ptx)

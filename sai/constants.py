@@ -20,6 +20,11 @@ PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "sai"
 PLUGIN_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
 
+# ---- the kernels a plugin library carries ------------------------------------------------------
+# sai.kernels.aot writes this marker + a JSON manifest into the embedded kernels' C++ (a section of
+# libsai_trt_plugins.so); sai.runtime.environment reads it back for sai doctor.
+KERNELS_MANIFEST_MARKER = "SAI_KERNELS_MANIFEST="
+
 # ---- choices (the CLI's and the library's) ----------------------------------------------------
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 ORT_DEVICES = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers behind --device
@@ -33,7 +38,7 @@ DCN_OFFSET_FROM = ("input", "conv1")  # what a DCN offset conv reads: the block 
 FLOPS_INPUT_RULES = ("auto", "detection", "classification")  # the official calculator's input size rule
 
 __all__ = [
-    "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "OP_TYPES", "ORT_DEVICES",
+    "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "KERNELS_MANIFEST_MARKER", "OP_TYPES", "ORT_DEVICES",
     "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES",
     "SPARSE_SAMPLE_CONV", "TARGETS", "TORCH_DEVICES",
 ]

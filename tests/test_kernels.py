@@ -318,7 +318,17 @@ def test_aot_conv_uses_tensor_cores(tmp_path):
     assert entry.count("_param_") == len(meta["params"]) + 2
     assert meta["global_scratch_size"] == 0 and meta["profile_scratch_size"] == 0
     cpp = (tmp_path / "sai_kernels_embedded.cpp").read_text()
-    assert '"sparse_conv_fp16_k3", 80,' in cpp and '"sparse_conv_fp16_k3", 90,' in cpp
+    assert '"sparse_conv_fp16_k3", 80, 1,' in cpp and '"sparse_conv_fp16_k3", 90, 2,' in cpp  # spec, arch, tactic
+    # the object embeds the cubins (.incbin) and the manifest sai doctor reads from a library's bytes
+    from sai.kernels import aot
+    from sai.runtime.environment import describe_kernels, kernels_manifest
+
+    aot.compile_cpp(tmp_path)
+    data = (tmp_path / "sai_kernels_embedded.o").read_bytes()
+    assert (tmp_path / "sm_90" / "sparse_conv_fp16_k3__t2.cubin").read_bytes() in data
+    manifest = kernels_manifest(data)
+    assert manifest["specs"] == {"sparse_conv_fp16_k3": {"archs": [80, 90], "tactics": [1, 2]}}
+    assert describe_kernels(manifest) == "Triton 3.6.0 kernels: 1 builds for sm_80, sm_90, tactics 1, 2"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,3 +462,20 @@ def test_fake_kernels_state_the_strides_the_implementations_return(monkeypatch):
     fd = feature.double().contiguous(memory_format=cl)
     assert torch_ops.interpolate_cuda(fd, fmask.double(), 1.0, 3, 1e-5).is_contiguous()
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32-cpu-kernels", "fp16-reference"])
+@pytest.mark.parametrize("mask_kind", ["soft", "binary"])  # soft: dense above the threshold; binary ~0.5
+def test_cpu_ops_pass_torch_opcheck_with_channels_last_inputs(dtype, mask_kind):
+    """torch's own check of a custom op (schema; fake kernel against the real one, strides included)
+    on the CPU implementations, with channels_last inputs (the dense path used to keep that format)."""
+    case = dict(CONV_CASES[0], mask=mask_kind)
+    x, mask, weight, bias, _, stride, pads, dil = _conv_inputs(case, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.sai.sparse_sample_conv.default,
+                          (x, mask.to(dtype), weight, bias, None, stride, pads, dil, 1, 1, "relu"),
+                          test_utils=("test_schema", "test_faketensor"))
+    feature, fmask = _interp_inputs(1, 6, 5, 5, dtype, kind=mask_kind)
+    torch.library.opcheck(torch.ops.sai.interpolate.default,
+                          (feature.contiguous(memory_format=torch.channels_last), fmask.to(dtype), 1.0, 3, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
