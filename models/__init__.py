@@ -10,7 +10,7 @@ from sai.models.checkpoint import (
     save_checkpoint,
 )
 from sai.models.flops import kernel_flops, official_flops, official_input_size
-from sai.models.fuse import fuse_for_inference
+from sai.models.fuse import cast_for_inference, fuse_for_inference
 from sai.models.network import (
     ARCHS,
     DEFAULT_OPTIONS,
@@ -57,6 +57,7 @@ __all__ = [
     "build_model",
     "dense_twin",
     "detect_layout",
+    "cast_for_inference",
     "fuse_for_inference",
     "init_from_dense",
     "interpolate",

@@ -142,8 +142,11 @@ class _FusedSparseBase(MaskBookkeeping):
         return fn(logit, self.T_eval, noise, self.grid_prior_interval)
 
     def masks(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None):
+        # in a half-precision model (cast_for_inference) the mask predictors stay fp32: their logits
+        # decide which positions are computed (docs/design.md 7), so they read the block input in fp32
+        xm = x if x.dtype == self.mask1_weight.dtype else x.to(self.mask1_weight.dtype)
         logit1, logit2 = mask_logits(
-            x, torch.cat([self.mask1_weight, self.mask2_weight]), torch.cat([self.mask1_bias, self.mask2_bias]),
+            xm, torch.cat([self.mask1_weight, self.mask2_weight]), torch.cat([self.mask1_bias, self.mask2_bias]),
             self.mask_strides)
         m1 = self._mask(logit1, noise1)
         m2 = self._mask(logit2, noise2)
@@ -289,6 +292,35 @@ def fuse_block(blk: nn.Module) -> nn.Module:
     if isinstance(blk, (Bottleneck, BasicBlock)):
         return FusedDenseBlock(blk)
     raise SaiError(f"cannot fuse block of type {type(blk).__name__}")
+
+
+MASK_PARAMETERS = ("mask1_weight", "mask1_bias", "mask2_weight", "mask2_bias")
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@torch.no_grad()
+def cast_for_inference(fused: nn.Module, precision: str) -> nn.Module:
+    """A fused model (``fuse_for_inference``) in ``precision`` ("fp32", "fp16", "bf16"), in place: every
+    parameter and buffer in that dtype except the mask predictors of the sparse blocks, which stay
+    fp32 (docs/design.md 7: the mask subgraph is fp32 in half-precision models; the sai kernels take
+    an fp32 mask beside fp16/bf16 activations). Feed it inputs of that dtype."""
+    if precision not in _HALF:
+        raise SaiError(f"precision must be one of {', '.join(_HALF)}, got {precision!r}")
+    if not getattr(fused, "fused", False):
+        raise SaiError("cast_for_inference needs a fused model: call fuse_for_inference first")
+    dtype = _HALF[precision]
+    for mod in fused.modules():
+        keep = MASK_PARAMETERS if isinstance(mod, _FusedSparseBase) else ()
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.is_floating_point() and name not in keep:
+                p.data = p.data.to(dtype)
+            elif name in keep:
+                p.data = p.data.float()
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                setattr(mod, name, b.to(dtype))
+    fused.precision = precision
+    return fused
 
 
 @torch.no_grad()

@@ -83,7 +83,10 @@ def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = N
     if engine.backend == "torch":
         from sai.runtime.torch_backend import TorchEngine
 
-        return TorchEngine(model=model, device=engine.device, threads=threads)
+        # the twin runs as the sparse engine does: same precision, same CUDA graph setting
+        return TorchEngine(model=model, device=engine.device, threads=threads,
+                           precision=engine.metadata.get("precision", "fp32"),
+                           cuda_graphs=bool(engine.metadata.get("cuda_graphs", False)))
     if engine.backend == "onnxruntime":
         from sai.exporter.export import export_onnx
         from sai.runtime.ort_backend import OnnxRuntimeEngine

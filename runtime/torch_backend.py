@@ -7,6 +7,12 @@ preprocessing and class names come from the checkpoint exactly as the exporter r
 On CUDA, device inputs (``sai.runtime.device``) become torch tensors zero-copy
 (``torch.as_tensor`` of their ``__cuda_array_interface__``) after the current stream waits for their
 producer's stream; ``device_outputs=True`` returns the CUDA tensors themselves.
+
+``precision`` "fp16" / "bf16" casts the fused model (``sai.models.cast_for_inference``: the mask
+predictors stay fp32) and feeds it the input in that dtype; inputs and outputs of the engine stay
+float32. ``cuda_graphs=True`` (CUDA only) captures one CUDA graph per input shape after an eager
+warm-up call at that shape (the Triton kernels compile and pack their weights there) and replays it
+from then on: the inputs are copied into the graph's static buffers and the outputs copied out.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ class TorchEngine(Engine):
 
     def __init__(self, path: Optional[str] = None, *, model=None, sampling: Optional[str] = None,
                  device: str = "cpu", threads: Optional[int] = None, seed: Optional[int] = None,
-                 async_workers: int = 2, strict: bool = True):
+                 async_workers: int = 2, strict: bool = True, precision: str = "fp32",
+                 cuda_graphs: bool = False):
         super().__init__(seed=seed, async_workers=async_workers)
         torch = _import_torch()
         from sai import models
@@ -63,9 +70,21 @@ class TorchEngine(Engine):
             raise SaiError("torch has no CUDA device here; use --device cpu (this torch build is CPU-only)")
         if threads:
             torch.set_num_threads(int(threads))
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise SaiError(f"torch precision must be fp32, fp16 or bf16, got {precision!r}")
+        if cuda_graphs and not str(device).startswith("cuda"):
+            raise SaiError("CUDA graphs need --device cuda (they capture GPU work)")
         model = model.eval()
         if isinstance(model, models.SaiResNet) and not getattr(model, "fused", False):
             model = models.fuse_for_inference(model).eval()
+        if precision != "fp32":
+            if not isinstance(model, models.SaiResNet):
+                raise SaiError(f"precision {precision} needs a sai model (sai.models.build_model), got "
+                               f"{type(model).__name__}")
+            models.cast_for_inference(model, precision)
+        self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._graphs: dict = {}  # input shapes -> (graph, static inputs, static outputs)
+        self._cuda_graphs = bool(cuda_graphs)
         self.model = model.to(device)
         self._torch = torch
         self._output_names = models.output_names  # the names the exported graphs use
@@ -75,7 +94,8 @@ class TorchEngine(Engine):
         self.metadata = {
             "arch": getattr(model, "arch", type(model).__name__),
             "sampling": ("dense" if not getattr(model, "is_sparse", True) else str(getattr(model, "sampling", ""))),
-            "precision": "fp32",
+            "precision": precision,
+            "cuda_graphs": bool(cuda_graphs),
             "head": getattr(model, "head", ""),
             "noise_inputs": [list(n) for n in self.noise_inputs],
             "base_width": opts.get("base_width"),
@@ -89,7 +109,9 @@ class TorchEngine(Engine):
         self.inputs = [TensorSpec("input", np.dtype(np.float32), ("batch", cin, "height", "width"))]
         self.inputs += [TensorSpec(n, np.dtype(np.float32), ("batch", 2, f"height_s{s}", f"width_s{s}"))
                         for n, s in self.noise_inputs]
+        graphs, self._cuda_graphs = self._cuda_graphs, False  # the probe runs eagerly
         self.outputs = self._probe_outputs(cin)
+        self._cuda_graphs = graphs
         self._lock = threading.Lock()  # one forward at a time: torch already uses every core per op
 
     def _probe_outputs(self, cin: int) -> list[TensorSpec]:
@@ -121,16 +143,44 @@ class TorchEngine(Engine):
             torch.cuda.current_stream(torch.device(self.device)).wait_stream(producer)
         return torch.as_tensor(value, device=self.device)  # its __cuda_array_interface__: no copy
 
-    def _forward(self, feeds, device_outputs: bool = False):
+    def _call_model(self, x, noise):
+        """The model's outputs as a list, through the shape's CUDA graph where graphs are on."""
         torch = self._torch
+        with torch.inference_mode():
+            if not self._cuda_graphs:
+                out = self.model(x.to(self._dtype), *noise)
+                return list(out) if isinstance(out, (tuple, list)) else [out]
+            key = (tuple(x.shape), *(tuple(t.shape) for t in noise))
+            entry = self._graphs.get(key)
+            if entry is None:
+                # eager warm-up at this shape (Triton compiles, weights are packed), then the capture
+                out = self.model(x.to(self._dtype), *noise)
+                static_in = [x.to(self._dtype).clone(), *(t.clone() for t in noise)]
+                side = torch.cuda.Stream()  # a second warm-up on a side stream, as torch's graph docs ask
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self.model(*static_in)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = self.model(*static_in)
+                static_out = list(static_out) if isinstance(static_out, (tuple, list)) else [static_out]
+                self._graphs[key] = (graph, static_in, static_out)
+                return list(out) if isinstance(out, (tuple, list)) else [out]
+            graph, static_in, static_out = entry
+            static_in[0].copy_(x)
+            for dst, src in zip(static_in[1:], noise, strict=True):
+                dst.copy_(src)
+            graph.replay()
+            return [t.clone() for t in static_out]  # the next replay overwrites the static outputs
+
+    def _forward(self, feeds, device_outputs: bool = False):
         x = self._tensor(feeds["input"])
         noise = [self._tensor(feeds[n]) for n, _ in self.noise_inputs]
-        with torch.inference_mode():
-            out = self.model(x, *noise)
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        outs = self._call_model(x, noise)
         names = self._output_names(len(outs), getattr(self.model, "head", None))
         if device_outputs:
-            return {n: t.detach() for n, t in zip(names, outs, strict=True)}
+            return {n: t.detach().float() for n, t in zip(names, outs, strict=True)}
         return {n: t.detach().float().cpu().numpy() for n, t in zip(names, outs, strict=True)}
 
     def _run_device(self, feeds):
@@ -149,4 +199,5 @@ class TorchEngine(Engine):
                 raise SaiError(f"torch inference failed: {str(exc).splitlines()[0][:300]}") from exc
 
     def _close(self) -> None:
+        self._graphs.clear()
         self.model = None

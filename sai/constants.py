@@ -29,7 +29,8 @@ KERNELS_MANIFEST_MARKER = "SAI_KERNELS_MANIFEST="
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 ORT_DEVICES = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers behind --device
 TORCH_DEVICES = ("cpu", "cuda")  # and cuda:N
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # what sai convert exports
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the torch backend runs a checkpoint in
 SAMPLING_MODES = ("deterministic", "stochastic", "dense")
 HEADS = ("cls", "fpn", "none")
 TARGETS = ("portable", "tensorrt", "onnx-native")
@@ -39,6 +40,6 @@ FLOPS_INPUT_RULES = ("auto", "detection", "classification")  # the official calc
 
 __all__ = [
     "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "KERNELS_MANIFEST_MARKER", "OP_TYPES", "ORT_DEVICES",
-    "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES",
+    "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES", "TORCH_PRECISIONS",
     "SPARSE_SAMPLE_CONV", "TARGETS", "TORCH_DEVICES",
 ]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from sai.cli.options import add_backend_args, add_image_shape_args, add_no_verify, image_shape
+from sai.constants import TORCH_PRECISIONS
 from sai.errors import SaiError
 
 
@@ -38,8 +39,18 @@ def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
     from sai.runtime.bench import bench, dense_twin_engine
 
+    options = {}
+    if args.precision or args.cuda_graphs:
+        from sai.runtime.loader import resolve
+
+        backend = resolve(args.model, args.backend).backend
+        if backend != "torch":
+            raise SaiError(f"--precision and --cuda-graphs are options of the torch backend (a checkpoint); "
+                           f"{args.model} runs on {backend}, at the precision sai convert gave it"
+                           + (" and with CUDA graphs already" if backend == "tensorrt" else ""))
+        options = {"precision": args.precision or "fp32", "cuda_graphs": args.cuda_graphs}
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
-                     verify=not args.no_verify)
+                     verify=not args.no_verify, **options)
     results = []
     with engine:
         shape = image_shape(args, engine)
@@ -77,5 +88,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-dense", action="store_true", help="also time the dense ResNet with the same weights")
     p.add_argument("--checkpoint", help="weights for --compare-dense (default: the OUTDIR manifest's checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--precision", choices=list(TORCH_PRECISIONS),
+                   help="torch backend: run the checkpoint in this precision (the mask predictors stay fp32); "
+                        "ONNX models and engines run at the precision sai convert gave them")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch backend on CUDA: capture one CUDA graph per input shape and replay it "
+                        "(TensorRT engines replay graphs already)")
     add_no_verify(p)
     p.set_defaults(func=run)
