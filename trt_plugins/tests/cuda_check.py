@@ -7,6 +7,7 @@ The plugins' kernels are the Triton kernels of kernels/, compiled ahead of time 
 
 * cubins: `cuobjdump --list-elf` must show the arch each image was built for (sm_90a / sm_100a /
   sm_120a: Triton builds those with their arch-specific features), for every spec of kernels/aot.py and every arch sm_75 .. sm_120;
+* tensor cores: every FP16/BF16 conv build for sm_80+ has mma.sync / wgmma / tcgen05 in its PTX;
 * CUDA 12: every PTX must assemble with CUDA 12.9's ptxas (PyPI's nvidia-cuda-nvcc-cu12) for its
   arch, so that a toolchain or driver of the CUDA 12 line can JIT it;
 * host code: the kernels' launcher and the plugins' launch code compile warning-free (-Wall -Wextra
@@ -109,6 +110,24 @@ def check_cubins(cuobjdump: str, kdir: Path, jobs: int) -> tuple[list[str], int]
     return problems, len(images)
 
 
+def check_tensor_cores(kdir: Path) -> tuple[list[str], int]:
+    """Every FP16/BF16 conv build for sm_80 and newer multiplies on tensor cores (mma.sync, wgmma or
+    tcgen05 in its PTX, from make kernels' tensor_cores.json): a silent fall back to FMA fails here."""
+    import json
+
+    summary = json.loads((kdir / "tensor_cores.json").read_text())
+    problems, checked = [], 0
+    for arch, images in summary.items():
+        if int(arch.split("_")[1]) < 80:
+            continue  # sm_75: Triton 3.6 has no tensor-core path there
+        for stem, found in images.items():
+            if stem.startswith("sparse_conv_") and ("_fp16_" in stem or "_bf16_" in stem):
+                checked += 1
+                if not {"mma.sync", "wgmma", "tcgen05"} & set(found):
+                    problems.append(f"{arch}/{stem}: no tensor-core instructions in the PTX ({found or 'FMA only'})")
+    return problems, checked
+
+
 def check_ptx_cuda12(ptxas: Path, kdir: Path, out: Path, jobs: int) -> tuple[list[str], int]:
     ptxs = sorted(kdir.glob("sm_*/*.ptx"))
 
@@ -169,9 +188,10 @@ def main() -> int:
 
     t0 = time.time()
     problems, n_cubins = check_cubins(cuobjdump, kdir, args.jobs)
-    problems += check_host_code([cuda13_include], kdir, out / "cu13")
-    print(f"cuda-check: {n_cubins} cubins for sm_{', sm_'.join(ARCHS)} (cuobjdump), host code against the "
-          f"CUDA 13 headers: {time.time() - t0:.1f}s")
+    tc_problems, n_tc = check_tensor_cores(kdir)
+    problems += tc_problems + check_host_code([cuda13_include], kdir, out / "cu13")
+    print(f"cuda-check: {n_cubins} cubins for sm_{', sm_'.join(ARCHS)} (cuobjdump), {n_tc} FP16/BF16 conv builds "
+          f"on tensor cores, host code against the CUDA 13 headers: {time.time() - t0:.1f}s")
 
     if not args.skip_cuda12:
         paths = cuda12_paths()
