@@ -225,7 +225,8 @@ def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Cas
 
 def model_pair(arch: str, calib: torch.Tensor, density: float, options: Optional[dict] = None):
     """(sparse model, dense twin) with the same weights, unfused, eval mode: random mask predictors with
-    their biases calibrated on ``calib`` so that about ``density`` of the positions are computed."""
+    their biases calibrated on ``calib`` so that about ``density`` of the positions are computed
+    (``calibrate_mask_bias`` again sets another density on the same model)."""
     from sai.models import build_model
 
     opts = dict(options or {}, head="none")
@@ -242,27 +243,40 @@ def _size_extra(arch: str, h: int, w: int, backend: str, options: Optional[dict]
     return extra
 
 
+def _points(sizes, density: float, more_densities) -> tuple[list[tuple[int, int]], list[tuple[float, list]]]:
+    """The sweep: ``density`` at every size, then each other density of ``more_densities`` at the largest."""
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    points = [(float(density), sizes)] + [(float(d), [sizes[-1]]) for d in more_densities if d != density]
+    return sizes, points
+
+
 def bench_model(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),), density: float = 0.3, *,
-                options: Optional[dict] = None) -> list[Case]:
-    """The fused sparse model vs its fused dense twin in PyTorch (the sai C++ CPU kernels where built), one
-    model (masks calibrated at the first size) timed at every ``(h, w)`` of ``sizes``."""
+                more_densities=(), options: Optional[dict] = None) -> list[Case]:
+    """The fused sparse model vs its fused dense twin in PyTorch (the sai C++ CPU kernels where built): one
+    model, its masks calibrated at the first size, timed at every ``(h, w)`` of ``sizes``; then recalibrated to
+    each of ``more_densities`` and timed at the largest size (the dense twin is the same throughout)."""
     from sai.models import fuse_for_inference
 
     torch.manual_seed(0)
-    sizes = [tuple(int(v) for v in s) for s in sizes]
-    model, dense = model_pair(arch, torch.randn(1, 3, *sizes[0]), density, options)
-    fused, dense = fuse_for_inference(model), fuse_for_inference(dense)
+    sizes, points = _points(sizes, density, more_densities)
+    calib = torch.randn(1, 3, *sizes[0])
+    model, dense = model_pair(arch, calib, density, options)
+    dense = fuse_for_inference(dense)
     dense_arch = arch.replace("sparse_", "")
     out = []
-    for h, w in sizes:
-        x = torch.randn(1, 3, h, w)
-        with torch.no_grad():
-            fused.reset_densities()
-            fused(x)
-        d = measured_density(fused)
-        ts, td = time_pair(lambda x=x: fused(x), lambda x=x: dense(x), repeats)
-        out.append(_case("model", f"{arch} vs {dense_arch} {h}x{w}", density, ts, td,
-                         measured_mean_density=d, **_size_extra(arch, h, w, "torch", options)))
+    for d, at in points:
+        if d != density:
+            calibrate_mask_bias(model, calib, d)
+        fused = fuse_for_inference(model)
+        for h, w in at:
+            x = torch.randn(1, 3, h, w)
+            with torch.no_grad():
+                fused.reset_densities()
+                fused(x)
+            md = measured_density(fused)
+            ts, td = time_pair(lambda x=x, f=fused: f(x), lambda x=x: dense(x), repeats)
+            out.append(_case("model", f"{arch} vs {dense_arch} {h}x{w}", d, ts, td,
+                             measured_mean_density=md, **_size_extra(arch, h, w, "torch", options)))
     return out
 
 
@@ -303,12 +317,14 @@ def _custom_op_session(path: str, threads: int):
 
 
 def bench_onnx(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),), density: float = 0.3,
-               threads: int = 0, workdir: Optional[str] = None, *, options: Optional[dict] = None) -> list[Case]:
-    """onnxruntime CPU, one model (masks calibrated at the first size, exported with dynamic H/W) at every
-    ``(h, w)`` of ``sizes``: the portable sparse ONNX vs the dense ResNet's ONNX with the same weights, and the
-    same portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), the three
-    sessions timed in turn. Per size a ``portable ...`` and a ``custom-op ...`` case; the latter says "not
-    built" (no timings) where the library is absent."""
+               threads: int = 0, workdir: Optional[str] = None, *, more_densities=(),
+               options: Optional[dict] = None) -> list[Case]:
+    """onnxruntime CPU: the portable sparse ONNX vs the dense ResNet's ONNX with the same weights, and the same
+    portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), the three sessions timed
+    in turn. One model (masks calibrated at the first size, exported with dynamic H/W) at every ``(h, w)`` of
+    ``sizes``; then recalibrated and exported again for each of ``more_densities``, timed at the largest size
+    against the same dense session. Per point a ``portable ...`` and a ``custom-op ...`` case; the latter says
+    "not built" (no timings) where the library is absent."""
     import tempfile
 
     import numpy as np
@@ -318,37 +334,45 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),)
     from sai.exporter import export_onnx
 
     torch.manual_seed(0)
-    sizes = [tuple(int(v) for v in s) for s in sizes]
-    model, dense = model_pair(arch, torch.randn(1, 3, *sizes[0]), density, options)
+    sizes, points = _points(sizes, density, more_densities)
+    calib = torch.randn(1, 3, *sizes[0])
+    model, dense = model_pair(arch, calib, density, options)
     dense_arch = arch.replace("sparse_", "")
     opts = bench_session_options(threads)
+    shape = (1, 3, *sizes[0])
     cases = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        shape = (1, 3, *sizes[0])
-        sparse_path, dense_path = f"{tmp}/sparse.onnx", f"{tmp}/dense.onnx"
-        export_onnx(model, sparse_path, input_shape=shape, target="portable", check=False)
+        dense_path = f"{tmp}/dense.onnx"
         export_onnx(dense, dense_path, input_shape=shape, check=False)
-        s_sess = ort.InferenceSession(sparse_path, opts, providers=["CPUExecutionProvider"])
         d_sess = ort.InferenceSession(dense_path, opts, providers=["CPUExecutionProvider"])
-        c_sess, why = _custom_op_session(sparse_path, threads)
-        s_name, d_name = s_sess.get_inputs()[0].name, d_sess.get_inputs()[0].name
-        for h, w in sizes:
-            x = torch.randn(1, 3, h, w).numpy().astype(np.float32)
-            fns = [lambda x=x: s_sess.run(None, {s_name: x}), lambda x=x: d_sess.run(None, {d_name: x})]
-            if c_sess is not None:
-                fns.append(lambda x=x: c_sess.run(None, {s_name: x}))
-            times = time_interleaved(fns, repeats)
-            ts, td = times[0], times[1]
-            tail = f"{arch} vs {dense_arch} ONNX, onnxruntime {h}x{w}"
-            cases.append(_case("onnx", f"portable {tail}", density, ts, td,
-                               **_size_extra(arch, h, w, "onnxruntime", options)))
-            extra = _size_extra(arch, h, w, "onnxruntime+libsai_ort_ops", options)
-            if c_sess is None:
-                cases.append(_not_run("onnx", f"custom-op {tail}", density, why, **extra))
-            else:
-                tc = times[2]
-                cases.append(_case("onnx", f"custom-op {tail}", density, tc, td,
-                                   vs_portable=statistics.median(ts) / statistics.median(tc), **extra))
+        d_name = d_sess.get_inputs()[0].name
+        for k, (d, at) in enumerate(points):
+            if d != density:
+                calibrate_mask_bias(model, calib, d)
+            sparse_path = f"{tmp}/sparse{k}.onnx"
+            export_onnx(model, sparse_path, input_shape=shape, target="portable", check=False)
+            s_sess = ort.InferenceSession(sparse_path, opts, providers=["CPUExecutionProvider"])
+            c_sess, why = _custom_op_session(sparse_path, threads)
+            s_name = s_sess.get_inputs()[0].name
+            for h, w in at:
+                x = torch.randn(1, 3, h, w).numpy().astype(np.float32)
+                sf, df = {s_name: x}, {d_name: x}
+                fns = [lambda f=sf, s=s_sess: s.run(None, f), lambda f=df: d_sess.run(None, f)]
+                if c_sess is not None:
+                    fns.append(lambda f=sf, c=c_sess: c.run(None, f))
+                times = time_interleaved(fns, repeats)
+                ts, td = times[0], times[1]
+                tail = f"{arch} vs {dense_arch} ONNX, onnxruntime {h}x{w}"
+                cases.append(_case("onnx", f"portable {tail}", d, ts, td,
+                                   **_size_extra(arch, h, w, "onnxruntime", options)))
+                extra = _size_extra(arch, h, w, "onnxruntime+libsai_ort_ops", options)
+                if c_sess is None:
+                    cases.append(_not_run("onnx", f"custom-op {tail}", d, why, **extra))
+                else:
+                    tc = times[2]
+                    cases.append(_case("onnx", f"custom-op {tail}", d, tc, td,
+                                       vs_portable=statistics.median(ts) / statistics.median(tc), **extra))
+            del s_sess, c_sess
     return cases
 
 

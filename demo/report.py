@@ -232,16 +232,13 @@ def sweep_cases(bench_ops: Optional[dict]) -> list[dict]:
     return [c for c in (bench_ops or {}).get("cases", []) if c.get("sparse_ms") is not None and "extra" in c]
 
 
-def best_size_cases(bench_ops: Optional[dict]) -> dict[str, dict]:
-    """Per runtime (torch, onnxruntime = the portable ONNX), the size-sweep case with the best dense/sparse ratio:
-    where sparse wins, if it wins anywhere."""
-    base = (bench_ops or {}).get("density")
+def best_cases(bench_ops: Optional[dict]) -> dict[str, dict]:
+    """Per runtime (torch; onnxruntime = the portable ONNX), the sweep case (any size, any density) with the best
+    dense/sparse ratio: where sparse wins, if it wins anywhere."""
     best: dict[str, dict] = {}
     for c in sweep_cases(bench_ops):
         backend = c["extra"].get("backend")
-        if backend not in ("torch", "onnxruntime") or (base is not None and abs(c["density"] - base) > 1e-9):
-            continue
-        if backend not in best or c["ratio"] > best[backend]["ratio"]:
+        if backend in ("torch", "onnxruntime") and (backend not in best or c["ratio"] > best[backend]["ratio"]):
             best[backend] = c
     return best
 
@@ -256,20 +253,17 @@ def speed_summary(bench, bench_ops: Optional[dict]) -> str:
         hw = "x".join(str(v) for v in shape[-2:]) if len(shape) >= 2 else "the demo size"
         parts.append(f"demo model at {hw}: " + ", ".join(
             f"{speed_words(1 / b['sparse_over_dense_p50'])} ({b['results'][0].get('backend')})" for b in runs))
-    best = best_size_cases(bench_ops)
+    best = best_cases(bench_ops)
     if best:
-        arch = (bench_ops or {}).get("arch", "")
-        dens = (bench_ops or {}).get("density")
         items = []
         for backend, c in best.items():
-            size = f"{c['extra']['height']}x{c['extra']['width']}"
+            at = f"{c['extra']['height']}x{c['extra']['width']}, density {c['density']:.2f}"
             if c["ratio"] >= 1:
-                items.append(f"{speed_words(c['ratio'])} at {size} ({backend})")
+                items.append(f"{speed_words(c['ratio'])} at {at} ({backend})")
             else:
-                items.append(f"no measured size where sparse wins on {backend} (closest: "
-                             f"{speed_words(c['ratio'])} at {size})")
-        head = f"{arch}, density {dens:.2f}" if dens is not None else arch
-        parts.append(f"{head} (sai bench-ops): " + ", ".join(items))
+                items.append(f"no measured point where sparse wins on {backend} (closest: {speed_words(c['ratio'])} "
+                             f"at {at})")
+        parts.append(f"{(bench_ops or {}).get('arch', '')} (sai bench-ops): " + ", ".join(items))
     if not parts:
         return "CPU latency sparse vs dense: not measured"
     return "CPU latency sparse vs dense: " + "; ".join(parts)

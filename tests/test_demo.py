@@ -306,7 +306,9 @@ def test_report_plots_environment_and_closing_line(tmp_path):
         assert rel == f"plots/{name}.png" and _is_png(out / rel) and f"src='{rel}'" in page
     line = ctx["speed_summary"]
     assert "at 64x64: sparse 5.60x slower (onnxruntime), sparse 2.50x slower (torch)" in line, line
-    assert "sparse 1.50x faster at 256x256 (torch)" in line and "sparse 1.50x faster at 256x256 (onnxruntime)" in line
+    # the best point of each runtime's sweep: 256x256 at density 0.1 (150 / 70 ms)
+    assert "sparse 2.14x faster at 256x256, density 0.10 (torch)" in line, line
+    assert "sparse 2.14x faster at 256x256, density 0.10 (onnxruntime)" in line, line
     assert line in page
     assert "not built: libsai_ort_ops.so is not built" in page  # the custom-op line says so, no timings
     assert "1.20-1.65" in page  # the per-round ratio spread of the 256x256 case (1.5 * 0.8 .. 1.5 * 1.1)
@@ -323,7 +325,8 @@ def test_speed_summary_when_sparse_never_wins():
     bo = _bench_ops_json()
     bo["cases"] = [c for c in bo["cases"] if (c["extra"]["height"], c["density"]) == (128, 0.3)]
     line = speed_summary(None, bo)
-    assert "no measured size where sparse wins on torch (closest: sparse 1.33x slower at 128x128)" in line, line
+    assert "no measured point where sparse wins on torch (closest: sparse 1.33x slower at 128x128, density 0.30)" \
+        in line, line
 
 
 def test_overlay_marks_sampled_cells():

@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
     arch, reps = args.model_arch, max(3, args.repeats // 2)
     shown = ",".join(f"{h}x{w}" for h, w in sizes)
     # the density sweep runs at the largest size, beside the size sweep at --density
-    extra_d = [d for d in sweep if d != args.density]
-    last = [sizes[-1]]
+    at = f" and densities {','.join(str(d) for d in sweep)} at {sizes[-1][0]}x{sizes[-1][1]}" if sweep else ""
     cases = []
     if "op" in sections:
         print("  ops ...", flush=True)
@@ -105,20 +104,14 @@ def run(args: argparse.Namespace) -> int:
         print("  block ...", flush=True)
         cases += opbench.bench_block(args.repeats)
     if "model" in sections:
-        print(f"  model {arch} {shown} (torch) ...", flush=True)
-        cases += opbench.bench_model(reps, arch, sizes, args.density, options=options)
-        for d in extra_d:
-            print(f"  model {arch} {last[0][0]}x{last[0][1]} density {d} (torch) ...", flush=True)
-            cases += opbench.bench_model(reps, arch, last, d, options=options)
+        print(f"  model {arch} {shown}{at} (torch) ...", flush=True)
+        cases += opbench.bench_model(reps, arch, sizes, args.density, more_densities=sweep, options=options)
     if "onnx-op" in sections:
         print("  onnx ops ...", flush=True)
         cases += opbench.bench_onnx_op(max(reps, 5), threads=threads)
     if "onnx-model" in sections:
-        print(f"  onnx {arch} {shown} (export + onnxruntime) ...", flush=True)
-        cases += opbench.bench_onnx(reps, arch, sizes, args.density, threads, options=options)
-        for d in extra_d:
-            print(f"  onnx {arch} {last[0][0]}x{last[0][1]} density {d} (export + onnxruntime) ...", flush=True)
-            cases += opbench.bench_onnx(reps, arch, last, d, threads, options=options)
+        print(f"  onnx {arch} {shown}{at} (export + onnxruntime) ...", flush=True)
+        cases += opbench.bench_onnx(reps, arch, sizes, args.density, threads, more_densities=sweep, options=options)
     print(opbench.format_table(cases, threads))
     if args.json:
         path = Path(args.json)
