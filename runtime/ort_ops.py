@@ -8,10 +8,9 @@ registered custom op over a local function of the same domain and op_type, so th
 ``model.onnx`` runs either way (``tests/test_ort_ops.py`` checks both agree). Without the library the
 function bodies run (the portable path), which is also what Polygraphy's CLI runs.
 
-Off by default: measured on this project's 2-core machine it runs sparse_resnet101 (512x832, density
-0.3) at 0.88x the speed of the portable function bodies (its OpenBLAS GEMMs are slower than
-onnxruntime's prepacked MLAS ones, and the portable export's NHWC transposes stay), so using it
-automatically would make the default path slower. ``SAI_ORT_OPS=1`` turns it on;
+Off by default: on sparse_resnet101 it is not faster than the portable function bodies (measured:
+docs/benchmarks.md; its OpenBLAS GEMMs are slower than onnxruntime's prepacked MLAS ones, and the
+portable export's NHWC transposes stay), so using it automatically would make the default path slower. ``SAI_ORT_OPS=1`` turns it on;
 ``$SAI_ORT_OPS_LIBRARY`` names another build (and turns it on); ``SAI_ORT_OPS=0`` keeps it off.
 The kernels are CPU kernels: sessions on the CUDA or TensorRT execution provider keep the bodies.
 """
@@ -56,8 +55,8 @@ def find_library() -> tuple[Optional[Path], str]:
     if switch == "0":
         return None, f"{ENV_SWITCH}=0"
     if switch != "1" and not os.environ.get(ENV_LIBRARY):
-        return None, (f"{LIBRARY_NAME} is off by default (measured 0.88x the speed of the function bodies on "
-                      f"sparse_resnet101 at 512x832; {ENV_SWITCH}=1 turns it on)")
+        return None, (f"{LIBRARY_NAME} is off by default (not faster than the function bodies on "
+                      f"sparse_resnet101: docs/benchmarks.md; {ENV_SWITCH}=1 turns it on)")
     return built_library()
 
 

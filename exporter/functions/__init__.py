@@ -54,9 +54,9 @@ def all_functions(opset: int, body: str = "dense", channels: bool = True,
     sparse_function``); Interpolate as a depthwise Conv when the nodes carry ``channels``
     (``channels=False``: separable 1-channel convs). ``deform_body`` (``DEFORM_BODIES``; default
     ``DEFAULT_DEFORM_BODY[body]``, i.e. the same kind as ``body``) picks the deformable overload:
-    ``dense`` DeformConv then mask, or ``sparse`` (bilinear corner gathers + MatMul at M > 0; about
-    1.9x faster than DeformConv at density 0.25, break-even near 0.5: exporter/README.md has the
-    measured numbers). So the sparse body is the deformable default of ``body="sparse"``.
+    ``dense`` DeformConv then mask, or ``sparse`` (bilinear corner gathers + MatMul at M > 0; faster
+    than DeformConv below about half density: docs/benchmarks.md has the measured numbers). So the
+    sparse body is the deformable default of ``body="sparse"``.
     """
     if body not in BODIES:
         raise ValueError(f"body must be one of {BODIES}, got {body!r}")
