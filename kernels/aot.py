@@ -36,10 +36,15 @@ LAUNCHER_DIR = HERE / "launcher"
 #   assumed except 16-byte aligned pointers: NCHW (TensorRT's kLINEAR), odd channel counts, any
 #   kh x kw. fp32 multiplies in IEEE fp32 (exact), never TF32.
 # - the bias is always read (the plugins pass zeros when a node has none); ReLU both ways.
-_CONV_PTRS = ["x_ptr", "w_ptr", "b_ptr", "off_ptr", "idx_ptr", "cnt_ptr", "y_ptr"]
-_CONV_DIV = _CONV_PTRS + ["CIN_G", "COUT_G", "sxn", "sxh", "sxw", "syn", "syh", "syw"]
-_INTERP_PTRS = ["f_ptr", "m_ptr", "idx_ptr", "cnt_ptr", "b_ptr", "id_ptr", "y_ptr"]
-_INTERP_DIV = _INTERP_PTRS + ["C", "sfn", "sfh", "sfw", "syn", "syh", "syw"]
+# What a build may assume 16-divisible (tt.divisibility: pointers in bytes, integers as values). The
+# buffers the plugins carve out of their workspace (packed weights, zero bias, the partition) always
+# are; TensorRT's tensors need not be (an NCHW tensor inside a concatenation starts wherever the
+# previous one ends), so only the fast builds assume it of X and Y, and the launchers check it
+# (launchNamed refuses a launch that breaks an assumption of its build).
+_CONV_OURS = ["w_ptr", "b_ptr", "idx_ptr", "cnt_ptr"]
+_CONV_DIV = _CONV_OURS + ["x_ptr", "y_ptr", "CIN_G", "COUT_G", "sxn", "sxh", "sxw", "syn", "syh", "syw"]
+_INTERP_OURS = ["idx_ptr", "cnt_ptr"]
+_INTERP_DIV = _INTERP_OURS + ["f_ptr", "y_ptr", "C", "sfn", "sfh", "sfw", "syn", "syh", "syw"]
 _CONV_GRID = "(cdiv(P, BM), groups * cdiv(COUT_G, BN), 1); P = N*Ho*Wo; cnt from mask_partition (gt0)"
 _INTERP_GRID = "(cdiv(P, BP), cdiv(C, BC), 1); P = N*H*W; cnt from mask_partition (lt1)"
 
@@ -58,7 +63,7 @@ def _conv(dtype: str, k: int | None, deform: bool, relu: bool) -> dict:
         "module": "sai.kernels.sparse_sample_conv", "kernel": "sparse_conv_kernel", "cfg_kernel": "sparse_sample_conv",
         "dtype": dtype, "constexprs": const,
         "features": dict(dtype=dtype, k=k if fast else 3, deform=deform),
-        "divisible": _CONV_DIV if fast else _CONV_PTRS,
+        "divisible": _CONV_DIV if fast else _CONV_OURS,
         "tactics": [1, 2] if fast and not deform else [1],
         "grid": _CONV_GRID,
     }
@@ -70,7 +75,7 @@ def _interp(dtype: str, mask_dtype: str, fast: bool) -> dict:
         "dtype": dtype, "mask_dtype": mask_dtype,
         "constexprs": dict(FUSED=False, **({"sfc": 1, "syc": 1} if fast else {})),
         "features": dict(dtype=dtype, k=7, fused=False),
-        "divisible": _INTERP_DIV if fast else _INTERP_PTRS,
+        "divisible": _INTERP_DIV if fast else _INTERP_OURS,
         "grid": _INTERP_GRID,
     }
 
@@ -78,7 +83,7 @@ def _interp(dtype: str, mask_dtype: str, fast: bool) -> dict:
 def _partition(dtype: str) -> dict:
     return {
         "module": "sai.kernels.compact", "kernel": "mask_partition_kernel", "cfg_kernel": None, "dtype": dtype,
-        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["m_ptr", "idx_ptr", "cnt_ptr"],
+        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["idx_ptr", "cnt_ptr"],
         "grid": "(cdiv(P, 1024), 1, 1); cnt zeroed first; MODE_LT1 is a constexpr: one spec per mode",
         "variants": {"gt0": {"MODE_LT1": False}, "lt1": {"MODE_LT1": True}},
     }
@@ -87,7 +92,7 @@ def _partition(dtype: str) -> dict:
 def _copy(bits: int) -> dict:
     return {
         "module": "sai.kernels.pack", "kernel": "copy4d_kernel", "cfg_kernel": None, "dtype": f"i{bits}",
-        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["src_ptr", "dst_ptr"],
+        "constexprs": {"BLOCK": 1024}, "features": {}, "divisible": ["dst_ptr"],
         "grid": "(cdiv(D0*D1*D2*D3, 1024), 1, 1)",
     }
 
@@ -206,6 +211,7 @@ def compile_one(name: str, spec: dict, cc: int, out: Path, tactic: int = 1) -> d
         "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
         "profile_scratch_align": getattr(md, "profile_scratch_align", 1),
         "params": params, "hidden_params": ["global_scratch:*i8", "profile_scratch:*i8"],
+        "divisible": [a for a in spec["divisible"] if a not in const],
         "constexprs": {k: v for k, v in const.items()}, "grid": spec["grid"],
         "target": f"cuda:{cc}:32", "triton": triton.__version__, "compile_s": round(time.time() - t0, 2),
     }
@@ -264,7 +270,7 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         rows.append(f'    {{"{m["spec"]}", {m["cc"]}, {m["tactic"]}, {sym}, {size}, "{m["entry"]}", {m["num_warps"]}, '
                     f'{m["shared"]}, {m["global_scratch_size"]}, {m["global_scratch_align"]}, '
                     f'{m["profile_scratch_size"]}, {m["profile_scratch_align"]}, {len(m["params"])}, "{plist}", '
-                    f'"{const}", {rows_}, {cols_}}},')
+                    f'"{const}", "{",".join(m["divisible"])}", {rows_}, {cols_}}},')
     # what the library carries, readable from the file without loading it (sai doctor)
     specs: dict[str, dict] = {}
     for m in metas:

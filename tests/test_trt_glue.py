@@ -282,7 +282,7 @@ def test_no_autoregister_switch(built):
 
 # ---- sai doctor: what the installed library carries ---------------------------------------------
 def test_doctor_reports_the_library_kernels_and_tensorrt_major(built):
-    from sai.cli.doctor import plugin_library_report
+    from sai.runtime.environment import plugin_library_report
 
     report = plugin_library_report(built["lib"])
     assert f"for TensorRT {built['major']}" in report and "autoload library beside it" in report
@@ -294,7 +294,7 @@ def test_doctor_reports_the_library_kernels_and_tensorrt_major(built):
 def test_doctor_reads_fatbin_archs(tmp_path):
     if nvcc() is None:
         pytest.skip("nvcc is needed")
-    from sai.cli.doctor import _elf_sections, fatbin_archs
+    from sai.runtime.environment import _elf_sections, fatbin_archs
 
     (tmp_path / "k.cu").write_text("__global__ void k(float* x) { x[threadIdx.x] += 1.f; }\n"
                                    "void launch(float* x) { k<<<1, 32>>>(x); }\n")

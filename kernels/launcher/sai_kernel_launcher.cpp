@@ -152,6 +152,19 @@ bool lookupList(const char* list, const std::string& key, char sep, std::string*
     return false;
 }
 
+// whether `name` is one of the comma-separated names of `list`
+bool lookupName(const char* list, const std::string& name) {
+    std::string s(list);
+    size_t pos = 0;
+    while (pos <= s.size()) {
+        size_t end = s.find(',', pos);
+        if (end == std::string::npos) end = s.size();
+        if (s.compare(pos, end - pos, name) == 0 && end - pos == name.size()) return true;
+        pos = end + 1;
+    }
+    return false;
+}
+
 CUresult fail(std::string msg) {
     tLastError = std::move(msg);
     return CUDA_ERROR_INVALID_VALUE;
@@ -281,15 +294,20 @@ CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, un
         used[static_cast<size_t>(found)] = true;
         const Arg& a = args[found];
         size_t const u = static_cast<size_t>(k);
+        bool const div16 = img->divisible != nullptr && lookupName(img->divisible, name);
         if (type[0] == '*') {
             if (a.kind != Arg::Kind::kPointer) return fail(spec + ": " + name + " must be a pointer");
-            if (a.pointer % 16 != 0) return fail(spec + ": " + name + " is not 16-byte aligned");
+            if (div16 && a.pointer % 16 != 0)
+                return fail(spec + ": " + name + " is not 16-byte aligned, which this build assumes");
             ptrs[u] = a.pointer;
             slots[u] = &ptrs[u];
         } else if (type == "i32") {
             if (a.kind != Arg::Kind::kInt) return fail(spec + ": " + name + " must be an integer");
             if (a.integer < INT32_MIN || a.integer > INT32_MAX)
                 return fail(spec + ": " + name + " = " + std::to_string(a.integer) + " does not fit in int32");
+            if (div16 && a.integer % 16 != 0)
+                return fail(spec + ": " + name + " = " + std::to_string(a.integer) +
+                            " is not a multiple of 16, which this build assumes");
             ints[u] = static_cast<int32_t>(a.integer);
             slots[u] = &ints[u];
         } else if (type == "fp32") {

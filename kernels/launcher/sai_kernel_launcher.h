@@ -36,6 +36,8 @@ struct KernelImage {
     int numParams;                // user parameters, without the two hidden ones
     const char* params;           // "name:type,..." (types: *fp16, *i32, i32, fp32, ...)
     const char* constexprs;       // "KH=3,KW=3,...,BM=128,BN=64,BK=64": the compiled-in constants
+    const char* divisible;        // "x_ptr,CIN_G,...": parameters the build assumes 16-divisible
+                                  // (pointers: the address in bytes; integers: the value)
     int tileRows;                 // positions per program along grid x (BM / BP / BLOCK): tiles are
     int tileCols;                 // per arch, so grids come from the image; channels per program
                                   // along grid y (BN / BC; 1 for the mask partition)
@@ -111,10 +113,11 @@ struct Arg {
 
 // Launches `img` with its parameters taken by name from `args`, in the image's order. Checks
 // before launching, so a mismatch between the host code and a build of the kernels is an error,
-// never a wrong launch: every parameter given with the right kind, integers within int32, pointers
-// 16-byte aligned (the builds assume it), and every argument that the image compiled in as a
-// constant (e.g. "sxc=1", "KH=3") equal to that constant; an argument the image knows by neither
-// role is an error too. On CUDA_ERROR_INVALID_VALUE, lastError() says which check failed.
+// never a wrong launch: every parameter given with the right kind, integers within int32, the
+// parameters the build assumes 16-divisible (`divisible`) divisible, and every argument that the
+// image compiled in as a constant (e.g. "sxc=1", "KH=3") equal to that constant; an argument the
+// image knows by neither role is an error too. On CUDA_ERROR_INVALID_VALUE, lastError() says which
+// check failed.
 CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
                      const Arg* args, int numArgs, CUdeviceptr globalScratch = 0);
 

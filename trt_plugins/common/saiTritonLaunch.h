@@ -10,7 +10,8 @@
  *                           CUresult to the cudaError_t the glue reports
  *   saiTypeTag(t)           "fp32" / "fp16" / "bf16": the dtype part of the kernels' spec names
  *   saiAligned16(l, C)      whether a tensor fits the "fast" builds (channel stride 1, 16-divisible
- *                           channels and position strides); else the "any" builds run
+ *                           channels and position strides; saiAligned16(ptr): its start); else the
+ *                           "any" builds run
  *   saiImage(spec, tactic)  the image for the current device, or an error naming what is missing
  *   saiZeroPadChannels(...) writes 0 to the padding channels of an NHWC8 / NHWC16 output
  */
@@ -71,6 +72,13 @@ inline bool saiAligned16(SaiTensorLayout const& l, int64_t channels)
 {
     return l.layout != SaiLayout::kNCHW && l.strides.c == 1 && channels % 16 == 0 && l.strides.n % 16 == 0
         && l.strides.h % 16 == 0 && l.strides.w % 16 == 0;
+}
+
+//! Whether a TensorRT buffer starts on a 16-byte boundary (what the fast builds assume of X and Y;
+//! a tensor inside a concatenation need not).
+inline bool saiAligned16(void const* p)
+{
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 //! The image of `spec` (tactic, falling back to 1) for the current device; nullptr + the error set.

@@ -125,7 +125,8 @@ cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInt
     }
 
     // 2. the stencil where M < 1, M*F elsewhere; the Gaussian weights in fp32 in the kernel
-    bool const fast = type != SaiDataType::kFLOAT && saiAligned16(l.feature, p.C) && saiAligned16(l.out, p.C);
+    bool const fast = type != SaiDataType::kFLOAT && saiAligned16(l.feature, p.C) && saiAligned16(l.out, p.C)
+        && saiAligned16(feature) && saiAligned16(out);
     std::string const spec = std::string("interpolate_") + saiTypeTag(type) + "_m" + saiTypeTag(l.mask.type)
         + (fast ? "" : "_any");
     kernels::KernelImage const* img = saiImage(spec, tactic, &err);

@@ -47,7 +47,7 @@ std::string convSpec(SaiConvParams const& p, SaiDataType type, SaiConvBuffers co
     bool const relu = p.activation == kSAI_ACT_RELU;
     bool const square = p.kh == p.kw && (p.kh == 3 || (p.kh == 1 && !deform));
     bool const fast = type != SaiDataType::kFLOAT && square && p.cinPerGroup % 16 == 0 && p.coutPerGroup % 16 == 0
-        && saiAligned16(b.xLayout, p.C) && saiAligned16(b.yLayout, p.Cout)
+        && saiAligned16(b.xLayout, p.C) && saiAligned16(b.yLayout, p.Cout) && saiAligned16(b.x) && saiAligned16(b.y)
         && (!deform || b.offsetLayout.strides.c == 1);
     std::string spec = std::string("sparse_conv_") + saiTypeTag(type);
     spec += fast ? "_k" + std::to_string(p.kh) : std::string("_any");

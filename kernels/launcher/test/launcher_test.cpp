@@ -82,11 +82,11 @@ namespace kernels {
 namespace {
 const unsigned char kBytes[4] = {1, 2, 3, 4};
 const KernelImage kImages[] = {
-    {"k", 80, 1, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=64", 64, 32},
-    {"k", 80, 2, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=32", 32, 32},
-    {"k", 90, 1, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", 128, 64},
-    {"k", 120, 1, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", 64, 32},
-    {"scratchy", 80, 1, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", 1, 1},
+    {"k", 80, 1, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=64", "x", 64, 32},
+    {"k", 80, 2, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=32", "x,n", 32, 32},
+    {"k", 90, 1, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", "", 128, 64},
+    {"k", 120, 1, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", "", 64, 32},
+    {"scratchy", 80, 1, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", "", 1, 1},
 };
 }  // namespace
 const KernelImage* embeddedImages(size_t* count) {
@@ -154,7 +154,12 @@ int main() {
     CHECK(launchNamed(img, nullptr, 1, 1, 1, unknown, 3) == CUDA_ERROR_INVALID_VALUE);
     CHECK(std::strstr(lastError(), "sxc is neither") != nullptr);
     Arg misaligned[] = {Arg::i("n", 9), Arg::ptr("x", buf + 2)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, misaligned, 2) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(launchNamed(img, nullptr, 1, 1, 1, misaligned, 2) == CUDA_ERROR_INVALID_VALUE);  // x assumed aligned
+    CHECK(std::strstr(lastError(), "x is not 16-byte aligned, which this build assumes") != nullptr);
+    CHECK(launchNamed(findImage("k", 90), nullptr, 1, 1, 1, misaligned, 2) == CUDA_SUCCESS);  // assumes nothing
+    Arg odd[] = {Arg::i("n", 9), Arg::ptr("x", buf)};
+    CHECK(launchNamed(findImage("k", 80, 2), nullptr, 1, 1, 1, odd, 2) == CUDA_ERROR_INVALID_VALUE);  // n % 16
+    CHECK(std::strstr(lastError(), "n = 9 is not a multiple of 16") != nullptr);
     Arg kind[] = {Arg::ptr("n", buf), Arg::ptr("x", buf)};
     CHECK(launchNamed(img, nullptr, 1, 1, 1, kind, 2) == CUDA_ERROR_INVALID_VALUE);
     Arg big[] = {Arg::i("n", 1LL << 33), Arg::ptr("x", buf)};
