@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "0 = the runtime's default)")
     p.add_argument("--no-torch-bench", action="store_true",
                    help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
-    g = p.add_argument_group("the bench-ops sweep (where sparse wins; about a minute on 2 threads)")
+    g = p.add_argument_group("the bench-ops sweep (where sparse wins; 1-1.5 minutes on 2 threads)")
     g.add_argument("--sweep-arch", default="sparse_resnet18", help="full-width model of the sweep")
     g.add_argument("--sweep-sizes", default=SWEEP_SIZES,
                    help=f"HxW comma list (default {SWEEP_SIZES}; empty: skip the sweep)")
