@@ -218,11 +218,11 @@ def compile_one(name: str, spec: dict, cc: int, out: Path, tactic: int = 1) -> d
     d = out / f"sm_{cc}"
     d.mkdir(parents=True, exist_ok=True)
     stem = image_stem(name, tactic)
+    from sai.outputs import write_atomic
+
     for ext, data in (("cubin", kernel.asm["cubin"]), ("ptx", kernel.asm["ptx"].encode()),
                       ("json", (json.dumps(meta, indent=1) + "\n").encode())):
-        tmp = d / f".{stem}.{ext}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, d / f"{stem}.{ext}")
+        write_atomic(d / f"{stem}.{ext}", data, flag="--out")
     return meta
 
 
@@ -307,11 +307,11 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
                  f'    return launch("{spec}", stream, gridX, gridY, gridZ, args, {len(m["params"])});', "}", ""]
     header += ["}  // namespace kernels", "}  // namespace sai", ""]
     body += ["}  // namespace kernels", "}  // namespace sai", ""]
+    from sai.outputs import write_atomic
+
     paths = [out / "sai_kernels_embedded.cpp", out / "sai_kernels_generated.h"]
     for path, text in zip(paths, ("\n".join(body), "\n".join(header)), strict=True):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text, flag="--out")
     return paths
 
 
@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         metas = [compile_one(n, s, cc, args.out, t) for n, s, cc, t in jobs]
     generate_cpp(args.out, metas)
     summary = tensor_core_summary(args.out, metas)
-    (args.out / "tensor_cores.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from sai.outputs import write_atomic
+
+    write_atomic(args.out / "tensor_cores.json", json.dumps(summary, indent=1) + "\n", flag="--out")
     print(f"aot: {len(metas)} kernels ({len(names)} specs, their tactics, x {len(archs)} archs) in {time.time() - t0:.1f}s -> {args.out}")
     for arch, specs in summary.items():
         if "sparse_conv_fp16_k3_relu" in specs:

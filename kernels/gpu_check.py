@@ -102,9 +102,9 @@ class Report:
 
     def write(self) -> None:
         self.data["elapsed_s"] = round(_now() - self.t0, 2)
-        tmp = self.out / ".gpu-check.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
-        os.replace(tmp, self.out / "gpu-check.json")
+        from sai.outputs import write_atomic
+
+        write_atomic(self.out / "gpu-check.json", json.dumps(self.data, indent=1, default=str) + "\n", flag="--out")
 
 
 # ----------------------------------------------------------------------------------------------
