@@ -134,33 +134,20 @@ CUresult launchImage(const DriverApi* d, CUcontext ctx, CUdevice dev, const Kern
                            static_cast<unsigned>(img->sharedBytes), stream, params.data(), nullptr);
 }
 
-// "a=1,b=x" -> value of `key` (false when absent).
-bool lookupList(const char* list, const std::string& key, char sep, std::string* value) {
+// Finds `key` among the comma-separated items of `list`: an item "key=value" (`sep` '=': the value
+// goes to *value) or the item "key" itself (`sep` 0).
+bool findItem(const char* list, const std::string& key, char sep, std::string* value) {
     std::string s(list);
     size_t pos = 0;
     while (pos <= s.size()) {
         size_t end = s.find(',', pos);
         if (end == std::string::npos) end = s.size();
         std::string item = s.substr(pos, end - pos);
-        size_t eq = item.find(sep);
-        if (eq != std::string::npos && item.compare(0, eq, key) == 0 && eq == key.size()) {
-            *value = item.substr(eq + 1);
-            return true;
-        }
         pos = end + 1;
-    }
-    return false;
-}
-
-// whether `name` is one of the comma-separated names of `list`
-bool lookupName(const char* list, const std::string& name) {
-    std::string s(list);
-    size_t pos = 0;
-    while (pos <= s.size()) {
-        size_t end = s.find(',', pos);
-        if (end == std::string::npos) end = s.size();
-        if (s.compare(pos, end - pos, name) == 0 && end - pos == name.size()) return true;
-        pos = end + 1;
+        size_t const cut = sep != 0 ? item.find(sep) : item.size();
+        if (cut == std::string::npos || item.compare(0, cut, key) != 0 || cut != key.size()) continue;
+        if (value != nullptr) *value = sep != 0 ? item.substr(cut + 1) : std::string();
+        return true;
     }
     return false;
 }
@@ -258,7 +245,7 @@ CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, un
     std::vector<bool> used(static_cast<size_t>(numArgs), false);
     for (int i = 0; i < numArgs; ++i) {
         std::string value;
-        if (!lookupList(img->constexprs, args[i].name, '=', &value)) continue;
+        if (!findItem(img->constexprs, args[i].name, '=', &value)) continue;
         used[static_cast<size_t>(i)] = true;
         long long expect = 0;
         if (value == "True") expect = 1;
@@ -294,7 +281,7 @@ CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, un
         used[static_cast<size_t>(found)] = true;
         const Arg& a = args[found];
         size_t const u = static_cast<size_t>(k);
-        bool const div16 = img->divisible != nullptr && lookupName(img->divisible, name);
+        bool const div16 = img->divisible != nullptr && findItem(img->divisible, name, 0, nullptr);
         if (type[0] == '*') {
             if (a.kind != Arg::Kind::kPointer) return fail(spec + ": " + name + " must be a pointer");
             if (div16 && a.pointer % 16 != 0)

@@ -61,6 +61,49 @@ kernels::KernelImage const* saiImage(std::string const& spec, int32_t tactic, cu
     return img;
 }
 
+SaiKernelCaps saiTritonCaps(int32_t nbTactics, int32_t const* ids, char const* const* names)
+{
+    SaiKernelCaps c;
+    uint32_t const hwc
+        = saiLayoutBit(SaiLayout::kNHWC) | saiLayoutBit(SaiLayout::kNHWC8) | saiLayoutBit(SaiLayout::kNHWC16);
+    c.layouts[static_cast<int32_t>(SaiDataType::kFLOAT)] = saiLayoutBit(SaiLayout::kNCHW) | saiLayoutBit(SaiLayout::kNHWC);
+    c.layouts[static_cast<int32_t>(SaiDataType::kHALF)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
+    c.layouts[static_cast<int32_t>(SaiDataType::kBF16)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
+    c.fp32Mask = true;
+    c.nbTactics = nbTactics;
+    for (int32_t i = 0; i < nbTactics && i < kSAI_MAX_TACTICS; ++i)
+    {
+        c.tactics[i] = ids[i];
+        c.tacticNames[i] = names[i];
+    }
+    return c;
+}
+
+cudaError_t saiPartition(void const* mask, SaiTensorLayout const& maskLayout, int64_t positions, int32_t H,
+    int32_t W, char const* mode, void* idx, void* count, cudaStream_t cudaStream)
+{
+    std::string const spec = std::string("mask_partition_") + saiTypeTag(maskLayout.type) + "_" + mode;
+    cudaError_t err = cudaSuccess;
+    kernels::KernelImage const* img = saiImage(spec, 1, &err);
+    if (img == nullptr)
+    {
+        return err;
+    }
+    auto const stream = reinterpret_cast<CUstream>(cudaStream);
+    CUresult r = kernels::memsetAsync(static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(count)), 0, 8, stream);
+    if (r != CUDA_SUCCESS)
+    {
+        return saiLaunchError(r, "zeroing the partition counts");
+    }
+    using kernels::Arg;
+    Arg const args[] = {Arg::ptr("m_ptr", mask), Arg::ptr("idx_ptr", idx), Arg::ptr("cnt_ptr", count),
+        Arg::i("P", positions), Arg::i("H", H), Arg::i("W", W), Arg::i("smn", maskLayout.strides.n),
+        Arg::i("smh", maskLayout.strides.h), Arg::i("smw", maskLayout.strides.w)};
+    r = kernels::launchNamed(
+        img, stream, saiGridDim(positions, img->tileRows), 1, 1, args, static_cast<int>(sizeof(args) / sizeof(args[0])));
+    return r == CUDA_SUCCESS ? cudaSuccess : saiLaunchError(r, spec + ": " + kernels::lastError());
+}
+
 cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, cudaStream_t stream)
 {
     int64_t const v = saiLayoutVector(l.layout);

@@ -88,6 +88,15 @@ kernels::KernelImage const* saiImage(std::string const& spec, int32_t tactic, cu
 //! positions (nothing for other layouts or when C is a multiple of the vector).
 cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, cudaStream_t stream);
 
+//! What both ops' Triton builds take: FP32 kLINEAR/kHWC, FP16 and BF16 in every channel-last layout
+//! and kLINEAR, an FP32 mask beside FP16/BF16; tactics `ids` with `names` (best first).
+SaiKernelCaps saiTritonCaps(int32_t nbTactics, int32_t const* ids, char const* const* names);
+
+//! Zeros the counts and launches mask_partition_<mask type>_<mode> ("gt0": M > 0 first, for the conv;
+//! "lt1": M < 1 first, for Interpolate) over the N*H*W positions of `mask` into `idx` / `count`.
+cudaError_t saiPartition(void const* mask, SaiTensorLayout const& maskLayout, int64_t positions, int32_t H,
+    int32_t W, char const* mode, void* idx, void* count, cudaStream_t stream);
+
 //! ceil(a / b) for the grids, as unsigned.
 inline unsigned saiGridDim(int64_t a, int64_t b)
 {

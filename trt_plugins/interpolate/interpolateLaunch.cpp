@@ -34,28 +34,13 @@ InterpWorkspace interpWorkspace(SaiInterpParams const& p, void* base)
     return w;
 }
 
-CUdeviceptr devptr(void const* p)
-{
-    return static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
-}
-
 } // namespace
 
 SaiKernelCaps const& interpolateKernelCaps()
 {
-    static SaiKernelCaps const caps = [] {
-        SaiKernelCaps c;
-        uint32_t const hwc = saiLayoutBit(SaiLayout::kNHWC) | saiLayoutBit(SaiLayout::kNHWC8)
-            | saiLayoutBit(SaiLayout::kNHWC16);
-        c.layouts[static_cast<int32_t>(SaiDataType::kFLOAT)] = saiLayoutBit(SaiLayout::kNCHW) | saiLayoutBit(SaiLayout::kNHWC);
-        c.layouts[static_cast<int32_t>(SaiDataType::kHALF)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
-        c.layouts[static_cast<int32_t>(SaiDataType::kBF16)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
-        c.fp32Mask = true;
-        c.nbTactics = 1;
-        c.tactics[0] = 1;
-        c.tacticNames[0] = "triton-tuned";
-        return c;
-    }();
+    static int32_t const kIds[] = {1};
+    static char const* const kNames[] = {"triton-tuned"};
+    static SaiKernelCaps const caps = saiTritonCaps(1, kIds, kNames);
     return caps;
 }
 
@@ -102,26 +87,10 @@ cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInt
     auto const stream = reinterpret_cast<CUstream>(cudaStream);
 
     // 1. the positions with M < 1 first (they need the stencil), the count on the device
-    std::string const partSpec = std::string("mask_partition_") + saiTypeTag(l.mask.type) + "_lt1";
-    cudaError_t err = cudaSuccess;
-    kernels::KernelImage const* part = saiImage(partSpec, 1, &err);
-    if (part == nullptr)
+    cudaError_t err = saiPartition(mask, l.mask, positions, p.H, p.W, "lt1", ws.idx, ws.count, cudaStream);
+    if (err != cudaSuccess)
     {
         return err;
-    }
-    CUresult r = kernels::memsetAsync(devptr(ws.count), 0, 8, stream);
-    if (r != CUDA_SUCCESS)
-    {
-        return saiLaunchError(r, "zeroing the counts");
-    }
-    Arg const partArgs[] = {Arg::ptr("m_ptr", mask), Arg::ptr("idx_ptr", ws.idx), Arg::ptr("cnt_ptr", ws.count),
-        Arg::i("P", positions), Arg::i("H", p.H), Arg::i("W", p.W), Arg::i("smn", l.mask.strides.n),
-        Arg::i("smh", l.mask.strides.h), Arg::i("smw", l.mask.strides.w)};
-    r = kernels::launchNamed(part, stream, saiGridDim(positions, part->tileRows), 1, 1, partArgs,
-        static_cast<int>(sizeof(partArgs) / sizeof(partArgs[0])));
-    if (r != CUDA_SUCCESS)
-    {
-        return saiLaunchError(r, partSpec + ": " + kernels::lastError());
     }
 
     // 2. the stencil where M < 1, M*F elsewhere; the Gaussian weights in fp32 in the kernel
@@ -145,7 +114,7 @@ cudaError_t interpolateLaunch(SaiInterpParams const& p, SaiDataType type, SaiInt
         Arg::i("syn", os.n), Arg::i("syc", os.c), Arg::i("syh", os.h), Arg::i("syw", os.w),
         Arg::f("HALF_S2", s2 * 0.5F), Arg::f("NORM", s2 / kTwoPi), Arg::f("EPS", p.eps), Arg::i("KS", p.kernelSize),
         Arg::i("FUSED", 0)};
-    r = kernels::launchNamed(img, stream, saiGridDim(positions, img->tileRows), saiGridDim(p.C, img->tileCols), 1, args,
+    CUresult const r = kernels::launchNamed(img, stream, saiGridDim(positions, img->tileRows), saiGridDim(p.C, img->tileCols), 1, args,
         static_cast<int>(sizeof(args) / sizeof(args[0])));
     if (r != CUDA_SUCCESS)
     {

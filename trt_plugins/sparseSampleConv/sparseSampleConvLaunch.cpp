@@ -88,21 +88,9 @@ SaiKernelCaps const& sparseSampleConvKernelCaps()
 {
     // the Triton builds: channel-last layouts (fast where aligned) and NCHW, a mask in FP32 beside
     // FP16/BF16 activations, two tile configs as tactics (aot.py TACTICS: 1 tuned, 2 64x64x32)
-    static SaiKernelCaps const caps = [] {
-        SaiKernelCaps c;
-        uint32_t const hwc = saiLayoutBit(SaiLayout::kNHWC) | saiLayoutBit(SaiLayout::kNHWC8)
-            | saiLayoutBit(SaiLayout::kNHWC16);
-        c.layouts[static_cast<int32_t>(SaiDataType::kFLOAT)] = saiLayoutBit(SaiLayout::kNCHW) | saiLayoutBit(SaiLayout::kNHWC);
-        c.layouts[static_cast<int32_t>(SaiDataType::kHALF)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
-        c.layouts[static_cast<int32_t>(SaiDataType::kBF16)] = saiLayoutBit(SaiLayout::kNCHW) | hwc;
-        c.fp32Mask = true;
-        c.nbTactics = 2;
-        c.tactics[0] = 1;
-        c.tacticNames[0] = "triton-tuned";
-        c.tactics[1] = 2;
-        c.tacticNames[1] = "triton-tile64x64x32";
-        return c;
-    }();
+    static int32_t const kIds[] = {1, 2};
+    static char const* const kNames[] = {"triton-tuned", "triton-tile64x64x32"};
+    static SaiKernelCaps const caps = saiTritonCaps(2, kIds, kNames);
     return caps;
 }
 
@@ -150,26 +138,10 @@ cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, Sai
     }
 
     // 1. the partition of the output positions: mask > 0 first, the count on the device
-    std::string const partSpec = std::string("mask_partition_") + saiTypeTag(b.maskLayout.type) + "_gt0";
-    cudaError_t err = cudaSuccess;
-    kernels::KernelImage const* part = saiImage(partSpec, 1, &err);
-    if (part == nullptr)
+    cudaError_t err = saiPartition(b.mask, b.maskLayout, positions, p.Ho, p.Wo, "gt0", ws.idx, ws.count, cudaStream);
+    if (err != cudaSuccess)
     {
         return err;
-    }
-    CUresult r = kernels::memsetAsync(devptr(ws.count), 0, 8, stream);
-    if (r != CUDA_SUCCESS)
-    {
-        return saiLaunchError(r, "zeroing the active count");
-    }
-    Arg const partArgs[] = {Arg::ptr("m_ptr", b.mask), Arg::ptr("idx_ptr", ws.idx), Arg::ptr("cnt_ptr", ws.count),
-        Arg::i("P", positions), Arg::i("H", p.Ho), Arg::i("W", p.Wo), Arg::i("smn", b.maskLayout.strides.n),
-        Arg::i("smh", b.maskLayout.strides.h), Arg::i("smw", b.maskLayout.strides.w)};
-    r = kernels::launchNamed(part, stream, saiGridDim(positions, part->tileRows), 1, 1, partArgs,
-        static_cast<int>(sizeof(partArgs) / sizeof(partArgs[0])));
-    if (r != CUDA_SUCCESS)
-    {
-        return saiLaunchError(r, partSpec + ": " + kernels::lastError());
     }
 
     // 2. the weights in the kernel's order, a zero bias where the node has none
@@ -178,6 +150,7 @@ cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, Sai
         return err;
     }
     void const* bias = b.bias;
+    CUresult r = CUDA_SUCCESS;
     if (bias == nullptr)
     {
         if ((r = kernels::memsetAsync(devptr(ws.bias), 0, static_cast<size_t>(p.Cout) * es, stream)) != CUDA_SUCCESS)
