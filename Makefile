@@ -12,7 +12,7 @@ PYTEST_ARGS ?= --durations=15
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
-	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~5 min)"
+	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~3 min)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
 	@echo "make cuda-check check every kernel cubin for all target GPUs; PTX and host code with CUDA 12 too"
