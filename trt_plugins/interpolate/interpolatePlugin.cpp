@@ -19,7 +19,7 @@ namespace plugin
 
 namespace
 {
-constexpr char const* kNAME = "Interpolate";
+constexpr char const* kNAME = InterpolatePlugin::kName;
 
 void logError(std::string const& msg) noexcept
 {
@@ -40,54 +40,8 @@ std::string dimsStr(Dims const& d)
 } // namespace
 
 InterpolatePlugin::InterpolatePlugin(InterpolateAttrs attrs)
-    : mAttrs(attrs)
+    : SaiPluginBase(attrs)
 {
-}
-
-IPluginCapability* InterpolatePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* InterpolatePlugin::clone() noexcept
-{
-    try
-    {
-        auto* p = new InterpolatePlugin(mAttrs);
-        p->mTactic = mTactic;
-        return p;
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("clone failed: ") + e.what());
-    }
-    return nullptr;
-}
-
-char const* InterpolatePlugin::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* InterpolatePlugin::getPluginVersion() const noexcept
-{
-    return kSAI_PLUGIN_VERSION;
-}
-
-char const* InterpolatePlugin::getPluginNamespace() const noexcept
-{
-    return kSAI_PLUGIN_NAMESPACE;
-}
-
-int32_t InterpolatePlugin::getNbOutputs() const noexcept
-{
-    return 1;
 }
 
 bool InterpolatePlugin::checkIO(int32_t nbInputs, int32_t nbOutputs) const noexcept
@@ -288,55 +242,11 @@ int32_t InterpolatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
     return 0;
 }
 
-int32_t InterpolatePlugin::getNbTactics() noexcept
+std::string InterpolatePlugin::attributesText() const
 {
-    return interpolateKernelCaps().nbTactics;
-}
-
-int32_t InterpolatePlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
-{
-    return saiValidTactics(interpolateKernelCaps(), tactics, nbTactics);
-}
-
-int32_t InterpolatePlugin::setTactic(int32_t tactic) noexcept
-{
-    if (tactic != 0 && !saiCapsTactic(interpolateKernelCaps(), tactic))
-    {
-        logError("setTactic: unknown tactic " + std::to_string(tactic) + " (not one of getValidTactics)");
-        return -1;
-    }
-    mTactic = tactic;
-    return 0;
-}
-
-char const* InterpolatePlugin::getTimingCacheID() noexcept
-{
-    try
-    {
-        std::ostringstream s;
-        s << "sai.Interpolate.1:k" << mAttrs.kernelSize << ":sigma" << mAttrs.sigma << ":eps" << mAttrs.eps << ":tactics";
-        SaiKernelCaps const& caps = interpolateKernelCaps();
-        for (int32_t i = 0; i < caps.nbTactics; ++i)
-        {
-            s << "," << caps.tactics[i] << "=" << (caps.tacticNames[i] != nullptr ? caps.tacticNames[i] : "");
-        }
-        mTimingCacheID = s.str();
-        return mTimingCacheID.c_str();
-    }
-    catch (std::exception const&)
-    {
-    }
-    return nullptr;
-}
-
-char const* InterpolatePlugin::getMetadataString() noexcept
-{
-    return getTimingCacheID();
-}
-
-IPluginV3* InterpolatePlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
+    std::ostringstream s;
+    s << "k" << mAttrs.kernelSize << ":sigma" << mAttrs.sigma << ":eps" << mAttrs.eps;
+    return s.str();
 }
 
 PluginFieldCollection const* InterpolatePlugin::getFieldsToSerialize() noexcept
@@ -357,32 +267,10 @@ PluginFieldCollection const* InterpolatePlugin::getFieldsToSerialize() noexcept
 }
 
 InterpolatePluginCreator::InterpolatePluginCreator()
+    : SaiPluginCreatorBase({PluginField("kernel_size", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("sigma", nullptr, PluginFieldType::kFLOAT32, 1),
+        PluginField("eps", nullptr, PluginFieldType::kFLOAT32, 1)})
 {
-    mFieldNames.emplace_back("kernel_size", nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames.emplace_back("sigma", nullptr, PluginFieldType::kFLOAT32, 1);
-    mFieldNames.emplace_back("eps", nullptr, PluginFieldType::kFLOAT32, 1);
-    mFC.nbFields = static_cast<int32_t>(mFieldNames.size());
-    mFC.fields = mFieldNames.data();
-}
-
-char const* InterpolatePluginCreator::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* InterpolatePluginCreator::getPluginVersion() const noexcept
-{
-    return kSAI_PLUGIN_VERSION;
-}
-
-char const* InterpolatePluginCreator::getPluginNamespace() const noexcept
-{
-    return kSAI_PLUGIN_NAMESPACE;
-}
-
-PluginFieldCollection const* InterpolatePluginCreator::getFieldNames() noexcept
-{
-    return &mFC;
 }
 
 IPluginV3* InterpolatePluginCreator::createPlugin(

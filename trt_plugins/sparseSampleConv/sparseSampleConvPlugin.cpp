@@ -20,7 +20,7 @@ namespace plugin
 
 namespace
 {
-constexpr char const* kNAME = "SparseSampleConv";
+constexpr char const* kNAME = SparseSampleConvPlugin::kName;
 constexpr int32_t kX = 0;
 constexpr int32_t kMASK = 1;
 constexpr int32_t kWEIGHT = 2;
@@ -87,55 +87,8 @@ bool fitsInt32(Dims const& d)
 } // namespace
 
 SparseSampleConvPlugin::SparseSampleConvPlugin(SparseSampleConvAttrs attrs)
-    : mAttrs(std::move(attrs))
+    : SaiPluginBase(std::move(attrs))
 {
-}
-
-IPluginCapability* SparseSampleConvPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* SparseSampleConvPlugin::clone() noexcept
-{
-    try
-    {
-        auto* p = new SparseSampleConvPlugin(mAttrs);
-        p->mNbInputs = mNbInputs;
-        p->mTactic = mTactic;
-        return p;
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("clone failed: ") + e.what());
-    }
-    return nullptr;
-}
-
-char const* SparseSampleConvPlugin::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* SparseSampleConvPlugin::getPluginVersion() const noexcept
-{
-    return kSAI_PLUGIN_VERSION;
-}
-
-char const* SparseSampleConvPlugin::getPluginNamespace() const noexcept
-{
-    return kSAI_PLUGIN_NAMESPACE;
-}
-
-int32_t SparseSampleConvPlugin::getNbOutputs() const noexcept
-{
-    return 1;
 }
 
 bool SparseSampleConvPlugin::checkInputCount(int32_t nbInputs, int32_t nbOutputs) const noexcept
@@ -452,60 +405,14 @@ int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
     return 0;
 }
 
-int32_t SparseSampleConvPlugin::getNbTactics() noexcept
+std::string SparseSampleConvPlugin::attributesText() const
 {
-    return sparseSampleConvKernelCaps().nbTactics;
-}
-
-int32_t SparseSampleConvPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
-{
-    return saiValidTactics(sparseSampleConvKernelCaps(), tactics, nbTactics);
-}
-
-int32_t SparseSampleConvPlugin::setTactic(int32_t tactic) noexcept
-{
-    if (tactic != 0 && !saiCapsTactic(sparseSampleConvKernelCaps(), tactic))
-    {
-        logError("setTactic: unknown tactic " + std::to_string(tactic) + " (not one of getValidTactics)");
-        return -1;
-    }
-    mTactic = tactic;
-    return 0;
-}
-
-char const* SparseSampleConvPlugin::getTimingCacheID() noexcept
-{
-    // the I/O shapes and formats are added by TensorRT; what else decides the timing: the attributes
-    // and the kernels' tactic list
-    try
-    {
-        std::ostringstream s;
-        s << "sai.SparseSampleConv.1:s" << mAttrs.strides[0] << "x" << mAttrs.strides[1] << ":p" << mAttrs.pads[0] << ","
-          << mAttrs.pads[1] << "," << mAttrs.pads[2] << "," << mAttrs.pads[3] << ":d" << mAttrs.dilations[0] << "x"
-          << mAttrs.dilations[1] << ":g" << mAttrs.group << ":dg" << mAttrs.deformGroups << ":"
-          << saiActivationName(mAttrs.activation) << ":in" << mNbInputs << ":tactics";
-        SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
-        for (int32_t i = 0; i < caps.nbTactics; ++i)
-        {
-            s << "," << caps.tactics[i] << "=" << (caps.tacticNames[i] != nullptr ? caps.tacticNames[i] : "");
-        }
-        mTimingCacheID = s.str();
-        return mTimingCacheID.c_str();
-    }
-    catch (std::exception const&)
-    {
-    }
-    return nullptr;
-}
-
-char const* SparseSampleConvPlugin::getMetadataString() noexcept
-{
-    return getTimingCacheID();
-}
-
-IPluginV3* SparseSampleConvPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
+    std::ostringstream s;
+    s << "s" << mAttrs.strides[0] << "x" << mAttrs.strides[1] << ":p" << mAttrs.pads[0] << "," << mAttrs.pads[1] << ","
+      << mAttrs.pads[2] << "," << mAttrs.pads[3] << ":d" << mAttrs.dilations[0] << "x" << mAttrs.dilations[1] << ":g"
+      << mAttrs.group << ":dg" << mAttrs.deformGroups << ":" << saiActivationName(mAttrs.activation) << ":in"
+      << mNbInputs;
+    return s.str();
 }
 
 PluginFieldCollection const* SparseSampleConvPlugin::getFieldsToSerialize() noexcept
@@ -533,35 +440,13 @@ PluginFieldCollection const* SparseSampleConvPlugin::getFieldsToSerialize() noex
 // ------------------------------------------------------------------------------------------------
 
 SparseSampleConvPluginCreator::SparseSampleConvPluginCreator()
+    : SaiPluginCreatorBase({PluginField("strides", nullptr, PluginFieldType::kINT32, 2),
+        PluginField("pads", nullptr, PluginFieldType::kINT32, 4),
+        PluginField("dilations", nullptr, PluginFieldType::kINT32, 2),
+        PluginField("group", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("deform_groups", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("activation", nullptr, PluginFieldType::kCHAR, 5)})
 {
-    mFieldNames.emplace_back("strides", nullptr, PluginFieldType::kINT32, 2);
-    mFieldNames.emplace_back("pads", nullptr, PluginFieldType::kINT32, 4);
-    mFieldNames.emplace_back("dilations", nullptr, PluginFieldType::kINT32, 2);
-    mFieldNames.emplace_back("group", nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames.emplace_back("deform_groups", nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames.emplace_back("activation", nullptr, PluginFieldType::kCHAR, 5);
-    mFC.nbFields = static_cast<int32_t>(mFieldNames.size());
-    mFC.fields = mFieldNames.data();
-}
-
-char const* SparseSampleConvPluginCreator::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* SparseSampleConvPluginCreator::getPluginVersion() const noexcept
-{
-    return kSAI_PLUGIN_VERSION;
-}
-
-char const* SparseSampleConvPluginCreator::getPluginNamespace() const noexcept
-{
-    return kSAI_PLUGIN_NAMESPACE;
-}
-
-PluginFieldCollection const* SparseSampleConvPluginCreator::getFieldNames() noexcept
-{
-    return &mFC;
 }
 
 IPluginV3* SparseSampleConvPluginCreator::createPlugin(

@@ -9,6 +9,7 @@
 #define SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_PLUGIN_H
 
 #include "NvInferRuntime.h"
+#include "saiPluginBase.h"
 #include "saiPluginCommon.h"
 #include "sparseSampleConvKernel.h"
 #include "sparseSampleConvMath.h"
@@ -32,23 +33,18 @@ struct SparseSampleConvAttrs
     int32_t activation{kSAI_ACT_NONE};          //!< "activation" STRING "none" | "relu"
 };
 
-class SparseSampleConvPlugin : public nvinfer1::IPluginV3,
-                               public nvinfer1::IPluginV3OneCore,
-                               public nvinfer1::IPluginV3OneBuild,
-                               public nvinfer1::IPluginV3OneRuntime
+//! Name, version, namespace, clone, tactics and the timing-cache ID come from SaiPluginBase.
+class SparseSampleConvPlugin : public SaiPluginBase<SparseSampleConvPlugin, SparseSampleConvAttrs>
 {
 public:
+    static constexpr char const* kName = "SparseSampleConv";
+    static SaiKernelCaps const& kernelCaps()
+    {
+        return sparseSampleConvKernelCaps();
+    }
+
     explicit SparseSampleConvPlugin(SparseSampleConvAttrs attrs);
     ~SparseSampleConvPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -60,27 +56,22 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-    //! Tactics: the kernels' tile configs (SaiKernelCaps::tactics), timed by the builder.
-    int32_t getNbTactics() noexcept override;
-    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
-    char const* getTimingCacheID() noexcept override;
-    char const* getMetadataString() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-    int32_t setTactic(int32_t tactic) noexcept override;
 
-    SparseSampleConvAttrs const& attrs() const
+    //! The attributes and the input count in the timing-cache ID: "s1x1:p1,1,1,1:d1x1:g1:dg1:relu:in4".
+    std::string attributesText() const;
+    //! A clone keeps the input count (the variant: with bias, with offset).
+    void copyStateFrom(SparseSampleConvPlugin const& other) noexcept
     {
-        return mAttrs;
+        mNbInputs = other.mNbInputs;
     }
     //! Fills conv params from X [N,C,H,W] and W [Cout,C/g,kh,kw] dims; false (and logs) if invalid.
     bool makeParams(nvinfer1::Dims const& x, nvinfer1::Dims const& w, SaiConvParams& p) const noexcept;
@@ -93,29 +84,17 @@ private:
     bool layoutsOf(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
         SaiConvBuffers& b) const noexcept;
 
-    SparseSampleConvAttrs mAttrs;
     int32_t mNbInputs{3};
-    SaiFieldWriter mSerial;
-    int32_t mTactic{0};
-    std::string mTimingCacheID;
 };
 
-class SparseSampleConvPluginCreator : public nvinfer1::IPluginCreatorV3One
+class SparseSampleConvPluginCreator : public SaiPluginCreatorBase<SparseSampleConvPlugin>
 {
 public:
     SparseSampleConvPluginCreator();
     ~SparseSampleConvPluginCreator() override = default;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFC{};
 };
 
 } // namespace plugin
