@@ -11,8 +11,10 @@
  *   - tactics from the kernels' caps (Self::kernelCaps()): getNbTactics / getValidTactics, setTactic
  *     rejecting values outside that list (0 = the default);
  *   - getTimingCacheID / getMetadataString: "sai.<name>.<version>:<attributes>:tactics,<id>=<name>...".
- * SaiPluginCreatorBase<Plugin> gives a creator its name / version / namespace and field list; the
- * creator itself reads and checks the fields (createPlugin).
+ * SaiPluginCreatorBase<Plugin, Self> gives a creator its name / version / namespace, field list and
+ * createPlugin: the walk over the fields (unknown ones logged verbose and ignored, every problem
+ * logged with the plugin and node name, nullptr if any); Self::readField(reader, name, field, attrs)
+ * reads and checks one field it knows (returns false for a name it does not know).
  */
 #ifndef SAI_TRT_PLUGINS_COMMON_SAI_PLUGIN_BASE_H
 #define SAI_TRT_PLUGINS_COMMON_SAI_PLUGIN_BASE_H
@@ -32,13 +34,15 @@ namespace sai
 namespace plugin
 {
 
-template <typename Self, typename Attrs>
+template <typename Self, typename AttrsT>
 class SaiPluginBase : public nvinfer1::IPluginV3,
                       public nvinfer1::IPluginV3OneCore,
                       public nvinfer1::IPluginV3OneBuild,
                       public nvinfer1::IPluginV3OneRuntime
 {
 public:
+    using Attrs = AttrsT;
+
     explicit SaiPluginBase(Attrs attrs)
         : mAttrs(std::move(attrs))
     {
@@ -170,7 +174,7 @@ private:
     std::string mTimingCacheID;
 };
 
-template <typename Plugin>
+template <typename Plugin, typename Self>
 class SaiPluginCreatorBase : public nvinfer1::IPluginCreatorV3One
 {
 public:
@@ -197,6 +201,40 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
     {
         return &mFC;
+    }
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept override
+    {
+        try
+        {
+            SaiFieldReader r(Plugin::kName, name != nullptr ? name : "");
+            typename Plugin::Attrs a;
+            int32_t const nb = fc != nullptr ? fc->nbFields : 0;
+            if (nb > 0 && fc->fields == nullptr)
+            {
+                r.fail("the field collection has no fields array");
+            }
+            for (int32_t i = 0; i < nb && fc->fields != nullptr; ++i)
+            {
+                nvinfer1::PluginField const& f = fc->fields[i];
+                std::string const field = f.name != nullptr ? f.name : "";
+                if (!Self::readField(r, field, f, a))
+                {
+                    saiLog(nvinfer1::ILogger::Severity::kVERBOSE,
+                        std::string(Plugin::kName) + " plugin: ignoring unknown field '" + field + "'");
+                }
+            }
+            if (!r.ok())
+            {
+                return nullptr;
+            }
+            return new Plugin(a);
+        }
+        catch (std::exception const& e)
+        {
+            saiLogError(std::string(Plugin::kName) + " plugin: createPlugin failed: " + e.what());
+        }
+        return nullptr;
     }
 
 private:

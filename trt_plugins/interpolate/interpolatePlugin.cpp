@@ -21,11 +21,6 @@ namespace
 {
 constexpr char const* kNAME = InterpolatePlugin::kName;
 
-void logError(std::string const& msg) noexcept
-{
-    saiLogError(std::string(kNAME) + " plugin: " + msg);
-}
-
 std::string dimsStr(Dims const& d)
 {
     std::ostringstream s;
@@ -273,56 +268,31 @@ InterpolatePluginCreator::InterpolatePluginCreator()
 {
 }
 
-IPluginV3* InterpolatePluginCreator::createPlugin(
-    char const* name, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+bool InterpolatePluginCreator::readField(
+    SaiFieldReader& r, std::string const& name, PluginField const& f, InterpolateAttrs& a)
 {
-    try
+    if (name == "kernel_size")
     {
-        SaiFieldReader r(kNAME, name != nullptr ? name : "");
-        InterpolateAttrs a;
-        int32_t const nb = fc != nullptr ? fc->nbFields : 0;
-        if (nb > 0 && fc->fields == nullptr)
+        if (r.readInt(f, a.kernelSize, 1, kSAI_MAX_INTERP_KERNEL) && a.kernelSize % 2 == 0)
         {
-            r.fail("the field collection has no fields array");
+            r.fail("field 'kernel_size' must be odd, got " + std::to_string(a.kernelSize));
         }
-        for (int32_t i = 0; i < nb && fc->fields != nullptr; ++i)
-        {
-            PluginField const& f = fc->fields[i];
-            std::string const field = f.name != nullptr ? f.name : "";
-            if (field == "kernel_size")
-            {
-                if (r.readInt(f, a.kernelSize, 1, kSAI_MAX_INTERP_KERNEL) && a.kernelSize % 2 == 0)
-                {
-                    r.fail("field 'kernel_size' must be odd, got " + std::to_string(a.kernelSize));
-                }
-            }
-            else if (field == "sigma")
-            {
-                r.readFloat(f, a.sigma);
-            }
-            else if (field == "eps")
-            {
-                if (r.readFloat(f, a.eps) && a.eps < 0.F)
-                {
-                    r.fail("field 'eps' must be >= 0, got " + std::to_string(a.eps));
-                }
-            }
-            else
-            {
-                saiLog(ILogger::Severity::kVERBOSE, std::string(kNAME) + " plugin: ignoring unknown field '" + field + "'");
-            }
-        }
-        if (!r.ok())
-        {
-            return nullptr;
-        }
-        return new InterpolatePlugin(a);
+        return true;
     }
-    catch (std::exception const& e)
+    if (name == "sigma")
     {
-        logError(std::string("createPlugin failed: ") + e.what());
+        r.readFloat(f, a.sigma);
+        return true;
     }
-    return nullptr;
+    if (name == "eps")
+    {
+        if (r.readFloat(f, a.eps) && a.eps < 0.F)
+        {
+            r.fail("field 'eps' must be >= 0, got " + std::to_string(a.eps));
+        }
+        return true;
+    }
+    return false;
 }
 
 } // namespace plugin

@@ -73,14 +73,15 @@ private:
         SaiInterpLayouts& l) const noexcept;
 };
 
-class InterpolatePluginCreator : public SaiPluginCreatorBase<InterpolatePlugin>
+class InterpolatePluginCreator : public SaiPluginCreatorBase<InterpolatePlugin, InterpolatePluginCreator>
 {
 public:
     InterpolatePluginCreator();
     ~InterpolatePluginCreator() override = default;
 
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+    //! Reads and checks one field (createPlugin walks them); false for an unknown name.
+    static bool readField(
+        SaiFieldReader& r, std::string const& name, nvinfer1::PluginField const& f, InterpolateAttrs& a);
 };
 
 } // namespace plugin

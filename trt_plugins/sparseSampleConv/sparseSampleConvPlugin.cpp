@@ -28,11 +28,6 @@ constexpr int32_t kBIAS = 3;
 constexpr int32_t kOFFSET = 4;
 constexpr int32_t kBIG = 1 << 20;
 
-void logError(std::string const& msg) noexcept
-{
-    saiLogError(std::string(kNAME) + " plugin: " + msg);
-}
-
 std::string dimsStr(Dims const& d)
 {
     std::ostringstream s;
@@ -449,74 +444,50 @@ SparseSampleConvPluginCreator::SparseSampleConvPluginCreator()
 {
 }
 
-IPluginV3* SparseSampleConvPluginCreator::createPlugin(
-    char const* name, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+bool SparseSampleConvPluginCreator::readField(
+    SaiFieldReader& r, std::string const& name, PluginField const& f, SparseSampleConvAttrs& a)
 {
-    try
+    if (name == "strides")
     {
-        SaiFieldReader r(kNAME, name != nullptr ? name : "");
-        SparseSampleConvAttrs a;
-        int32_t const nb = fc != nullptr ? fc->nbFields : 0;
-        if (nb > 0 && fc->fields == nullptr)
+        r.readInts(f, a.strides, 2, 2, 1, kBIG);
+    }
+    else if (name == "pads")
+    {
+        r.readInts(f, a.pads, 4, 4, 0, kBIG);
+    }
+    else if (name == "dilations")
+    {
+        r.readInts(f, a.dilations, 2, 2, 1, kBIG);
+    }
+    else if (name == "group")
+    {
+        r.readInt(f, a.group, 1, kBIG);
+    }
+    else if (name == "deform_groups")
+    {
+        r.readInt(f, a.deformGroups, 1, kBIG);
+    }
+    else if (name == "activation")
+    {
+        std::string s;
+        if (r.readString(f, s))
         {
-            r.fail("the field collection has no fields array");
-        }
-        for (int32_t i = 0; i < nb && fc->fields != nullptr; ++i)
-        {
-            PluginField const& f = fc->fields[i];
-            std::string const field = f.name != nullptr ? f.name : "";
-            if (field == "strides")
+            int32_t const act = saiActivationFromString(s.c_str());
+            if (act < 0)
             {
-                r.readInts(f, a.strides, 2, 2, 1, kBIG);
-            }
-            else if (field == "pads")
-            {
-                r.readInts(f, a.pads, 4, 4, 0, kBIG);
-            }
-            else if (field == "dilations")
-            {
-                r.readInts(f, a.dilations, 2, 2, 1, kBIG);
-            }
-            else if (field == "group")
-            {
-                r.readInt(f, a.group, 1, kBIG);
-            }
-            else if (field == "deform_groups")
-            {
-                r.readInt(f, a.deformGroups, 1, kBIG);
-            }
-            else if (field == "activation")
-            {
-                std::string s;
-                if (r.readString(f, s))
-                {
-                    int32_t const act = saiActivationFromString(s.c_str());
-                    if (act < 0)
-                    {
-                        r.fail("field 'activation' must be \"none\" or \"relu\", got \"" + s + "\"");
-                    }
-                    else
-                    {
-                        a.activation = act;
-                    }
-                }
+                r.fail("field 'activation' must be \"none\" or \"relu\", got \"" + s + "\"");
             }
             else
             {
-                saiLog(ILogger::Severity::kVERBOSE, std::string(kNAME) + " plugin: ignoring unknown field '" + field + "'");
+                a.activation = act;
             }
         }
-        if (!r.ok())
-        {
-            return nullptr;
-        }
-        return new SparseSampleConvPlugin(a);
     }
-    catch (std::exception const& e)
+    else
     {
-        logError(std::string("createPlugin failed: ") + e.what());
+        return false;
     }
-    return nullptr;
+    return true;
 }
 
 } // namespace plugin

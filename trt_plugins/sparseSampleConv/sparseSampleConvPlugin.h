@@ -87,14 +87,15 @@ private:
     int32_t mNbInputs{3};
 };
 
-class SparseSampleConvPluginCreator : public SaiPluginCreatorBase<SparseSampleConvPlugin>
+class SparseSampleConvPluginCreator : public SaiPluginCreatorBase<SparseSampleConvPlugin, SparseSampleConvPluginCreator>
 {
 public:
     SparseSampleConvPluginCreator();
     ~SparseSampleConvPluginCreator() override = default;
 
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+    //! Reads and checks one field (createPlugin walks them); false for an unknown name.
+    static bool readField(
+        SaiFieldReader& r, std::string const& name, nvinfer1::PluginField const& f, SparseSampleConvAttrs& a);
 };
 
 } // namespace plugin
