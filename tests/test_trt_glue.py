@@ -103,6 +103,21 @@ def test_does_not_link_libnvinfer(built):
     assert not [n for n in needed if "nvinfer" in n], needed
 
 
+def test_links_neither_the_cuda_driver_nor_cudart(built):
+    # the kernels' launcher resolves the driver from libcuda.so.1 at the first launch: the library
+    # loads, registers and answers queries where no driver is installed
+    readelf = run(["readelf", "-d", built["lib"]])
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", readelf.stdout)
+    assert not [n for n in needed if n.startswith(("libcuda", "libcudart"))], needed
+    # and it carries the embedded Triton cubins (the .incbin section) with their manifest
+    data = built["lib"].read_bytes()
+    from sai.runtime.environment import kernels_manifest
+
+    manifest = kernels_manifest(data)
+    assert manifest is not None and "sparse_conv_fp16_k3_relu" in manifest["specs"]
+    assert manifest["specs"]["sparse_conv_fp16_k3_relu"]["archs"] == [75, 80, 86, 89, 90, 100, 120]
+
+
 def test_autoload_companion_needs_libnvinfer_and_exports_nothing(built):
     readelf = run(["readelf", "-d", built["autoload"]])
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", readelf.stdout)
