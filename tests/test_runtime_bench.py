@@ -115,7 +115,7 @@ def test_bench_ops_model_sections_at_several_sizes_json(tmp_path, capsys):
     assert "custom-op sparse_resnet18 vs resnet18 ONNX, onnxruntime 32x48" in text
 
 
-@pytest.mark.parametrize("flag, value, needle", [("--sizes", "512", "is not HxW"), ("--densities", "0,0.5", "(0, 1]"),
+@pytest.mark.parametrize("flag, value, needle", [("--sizes", "512", "--sizes entry must be HxW"), ("--densities", "0,0.5", "(0, 1]"),
                                                  ("--sections", "onnx,gpu", "unknown section")])
 def test_bench_ops_bad_flags_are_one_line_errors(capsys, flag, value, needle):
     assert main(["bench-ops", flag, value]) == 2

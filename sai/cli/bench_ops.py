@@ -14,19 +14,15 @@ DEFAULT_SIZES = "256x416,512x832,800x1333"
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
+    """``--sizes``: a comma list of ``HxW`` (each item through ``parse_shape``)."""
     from sai.errors import SaiError
+    from sai.shapes import parse_shape
 
-    out = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise SaiError(f"--sizes: {item!r} is not HxW (e.g. {DEFAULT_SIZES})")
-        out.append((int(parts[0]), int(parts[1])))
+    out = [parse_shape(item, "--sizes entry", lengths=(2,), form="HxW")
+           for item in (t.strip() for t in text.split(",")) if item]
     if not out:
         raise SaiError(f"--sizes: give at least one HxW (e.g. {DEFAULT_SIZES})")
-    return out
+    return out  # type: ignore[return-value]
 
 
 def _densities(text: str) -> list[float]:
@@ -114,14 +110,15 @@ def run(args: argparse.Namespace) -> int:
         cases += opbench.bench_onnx(reps, arch, sizes, args.density, threads, more_densities=sweep, options=options)
     print(opbench.format_table(cases, threads))
     if args.json:
+        from sai.outputs import write_atomic
+
         path = Path(args.json)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         command = _command(args)
-        tmp.write_text(opbench.to_json(cases, threads, backend, command=command, environment=env,
-                                       environment_line=environment.one_line(env), arch=arch,
-                                       sizes=[list(hw) for hw in sizes], density=args.density,
-                                       densities=sorted({args.density, *sweep}), options=options))
-        tmp.replace(path)
+        write_atomic(path, opbench.to_json(cases, threads, backend, command=command, environment=env,
+                                           environment_line=environment.one_line(env), arch=arch,
+                                           sizes=[list(hw) for hw in sizes], density=args.density,
+                                           densities=sorted({args.density, *sweep}), options=options),
+                     flag="--json")
         print(f"wrote {path}")
     return 0
 
