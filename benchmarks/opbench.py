@@ -173,18 +173,15 @@ def calibrate_mask_bias(model: nn.Module, x: torch.Tensor, density: float) -> No
             h.remove()
 
 
-def dense_twin(sparse_model: nn.Module, arch: str, **options) -> nn.Module:
-    """The plain ResNet with the sparse model's weights (mask/sigma parameters dropped)."""
-    from sai.models import build_model
+def dense_twin(sparse_model: nn.Module, arch: Optional[str] = None, **options) -> nn.Module:
+    """``sai.models.dense_twin`` with the old signature (kernels/gpu_check.py passes the dense arch, which
+    the model decides: a different one is refused)."""
+    from sai.models import dense_twin as models_dense_twin
 
-    dense = build_model(arch, **options)
-    sd = sparse_model.state_dict()
-    own = dense.state_dict()
-    missing = [k for k in own if k not in sd]
-    if missing:
-        raise SaiError(f"dense twin {arch} has weights the sparse model lacks: {missing[:5]}")
-    dense.load_state_dict({k: sd[k] for k in own})
-    return dense.eval()
+    twin = models_dense_twin(sparse_model, **options)
+    if arch is not None and twin.arch != arch:
+        raise SaiError(f"the dense twin of {sparse_model.arch} is {twin.arch}, not {arch}")
+    return twin
 
 
 def measured_density(model: nn.Module) -> float:
@@ -227,13 +224,13 @@ def model_pair(arch: str, calib: torch.Tensor, density: float, options: Optional
     """(sparse model, dense twin) with the same weights, unfused, eval mode: random mask predictors with
     their biases calibrated on ``calib`` so that about ``density`` of the positions are computed
     (``calibrate_mask_bias`` again sets another density on the same model)."""
-    from sai.models import build_model
+    from sai.models import build_model, dense_twin
 
     opts = dict(options or {}, head="none")
     model = build_model(arch, **opts).eval()
     randomize_masks(model)
     calibrate_mask_bias(model, calib, density)
-    return model, dense_twin(model, arch.replace("sparse_", ""), **opts)
+    return model, dense_twin(model, **opts)
 
 
 def _size_extra(arch: str, h: int, w: int, backend: str, options: Optional[dict]) -> dict:
