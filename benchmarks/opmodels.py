@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, INTERP, SSC, attach_functions
+from sai.constants import DOMAIN, DOMAIN_VERSION, INTERPOLATE, PLUGIN_ATTRIBUTES, SPARSE_SAMPLE_CONV
+from sai.exporter.functions import attach_functions
 
 IR_VERSION = 10  # onnxruntime 1.31 reads up to 13; function overloads need 10
 
@@ -44,8 +45,8 @@ def sparse_sample_conv_model(
         inits.append(numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
         names.append("B")
     node = helper.make_node(
-        SSC, names, ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads), dilations=list(dilation),
-        group=int(group), deform_groups=1, activation=activation, plugin_version="1", plugin_namespace="sai")
+        SPARSE_SAMPLE_CONV, names, ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads), dilations=list(dilation),
+        group=int(group), deform_groups=1, activation=activation, **PLUGIN_ATTRIBUTES)
     model = _model([node], [x, m], [y], inits, opset)
     model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     attach_functions(model, opset, body)
@@ -77,9 +78,9 @@ def deform_sparse_sample_conv_model(
     b = np.zeros([cout], np.float32) if bias is None else np.asarray(bias, np.float32)
     inits = [numpy_helper.from_array(np.asarray(weight, np.float32), "W"), numpy_helper.from_array(b, "B")]
     node = helper.make_node(
-        SSC, ["X", "M", "W", "B", "Offset"], ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads),
+        SPARSE_SAMPLE_CONV, ["X", "M", "W", "B", "Offset"], ["Y"], domain=DOMAIN, strides=list(stride), pads=list(pads),
         dilations=list(dilation), group=int(group), deform_groups=int(deform_groups), activation=activation,
-        plugin_version="1", plugin_namespace="sai")
+        **PLUGIN_ATTRIBUTES)
     model = _model([node], [x, m, off], [y], inits, opset)
     model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     attach_functions(model, opset, body, deform_body=deform_body)
@@ -94,9 +95,9 @@ def interpolate_model(
     f = helper.make_tensor_value_info("F", TensorProto.FLOAT, ["N", channels, "H", "W"])
     m = helper.make_tensor_value_info("M", TensorProto.FLOAT, ["N", 1, "H", "W"])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", channels, "H", "W"])
-    node = helper.make_node(INTERP, ["F", "M"], ["Y"], domain=DOMAIN, kernel_size=int(kernel_size),
+    node = helper.make_node(INTERPOLATE, ["F", "M"], ["Y"], domain=DOMAIN, kernel_size=int(kernel_size),
                             sigma=float(sigma), eps=float(eps), channels=int(channels),
-                            plugin_version="1", plugin_namespace="sai")
+                            **PLUGIN_ATTRIBUTES)
     model = _model([node], [f, m], [y], [], opset)
     model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     attach_functions(model, opset, body)
