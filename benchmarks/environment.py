@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
-from importlib import metadata
 from typing import Optional
+
+from sai.runtime.environment import versions
 
 PACKAGES = ("sai-deploy", "torch", "onnxruntime", "onnx", "numpy", "matplotlib")
 ENV_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "SAI_ORT_OPS")  # settings that change the timings
@@ -24,13 +24,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _version(name: str) -> Optional[str]:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def stamp(threads: Optional[int] = None) -> dict:
@@ -51,9 +44,10 @@ def stamp(threads: Optional[int] = None) -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
+    found = versions(PACKAGES)  # python and the installed ones
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_model(), "cores": cores, "threads": threads,
             "load_average": load, "os": f"{platform.system()} {platform.release()}",
-            "python": sys.version.split()[0], "versions": {p: _version(p) for p in PACKAGES},
+            "python": found["python"], "versions": {p: found.get(p) for p in PACKAGES},
             "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ}}
 
 
