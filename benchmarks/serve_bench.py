@@ -231,8 +231,10 @@ def _old_source(rev: str) -> Optional[Path]:
                              text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+    from sai.outputs import write_atomic
+
     path = Path(tempfile.mkdtemp(prefix="sai-serve-baseline-")) / "serve_baseline.py"
-    path.write_text(src)
+    write_atomic(path, src, flag="--baseline-rev")
     return path
 
 
@@ -253,8 +255,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
 
     import sai.runtime as rt
+    from sai.errors import SaiError
+    from sai.shapes import parse_shape
 
-    shape = tuple(int(v) for v in args.shape.split(","))
+    try:
+        shape = parse_shape(args.shape, "--shape")
+    except SaiError as exc:
+        p.error(str(exc))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with rt.load(args.model, backend=args.backend, threads=args.threads) as e:
         ref = e.infer(x)["logits"]
