@@ -35,10 +35,11 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
+    from sai.outputs import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # the temporary's suffix is not .png: the format given
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
 
 

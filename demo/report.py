@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sai.errors import SaiError
+from sai.outputs import write_atomic
 
 SAMPLED_TINT = np.array([255, 48, 32], dtype=np.float32)  # red over computed positions
 
@@ -76,7 +77,10 @@ def overlay(image_u8: np.ndarray, mask: np.ndarray, scale: int = 2) -> np.ndarra
 def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray(arr).save(path, optimize=True)
+    from sai.outputs import atomic_path
+
+    with atomic_path(path) as tmp:  # the temporary's suffix is not .png: the format given
+        Image.fromarray(arr).save(tmp, format="PNG", optimize=True)
 
 
 def write_overlays(fused_model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
@@ -513,10 +517,10 @@ def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_ima
     progress("report: plots (latency vs size and density, accuracy vs MACs, per-block densities)")
     ctx["plots"] = write_plots(out / "plots", ctx)
     ctx["speed_summary"] = speed_summary(bench, bench_ops)
-    (out / "report.html").write_text(render_html(ctx))
+    write_atomic(out / "report.html", render_html(ctx))
     summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps",
                                    "bench_ops", "environment", "plots", "speed_summary")}
-    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
     progress(f"report: wrote {out / 'report.html'}")
     return ctx
 
