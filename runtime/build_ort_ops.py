@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from sai.errors import SaiError
+from sai.outputs import atomic_path, owned_tempdir, publish_dir, recover_interrupted
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,23 +79,27 @@ def _npm_headers(dest: Path) -> tuple[Optional[Path], str]:
         if proc.returncode != 0 or not tgz:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no tarball"]
             return None, f"npm pack {NPM_PACKAGE} failed: {last[0][:200]}"
-        staging = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "include").mkdir(parents=True)
-        with tarfile.open(tgz[0]) as tf:
-            for member in tf.getmembers():
-                name = member.name
-                if member.isfile() and name.startswith(NPM_HEADERS) and name.endswith(".h") and "/" not in name[len(NPM_HEADERS):]:
-                    data = tf.extractfile(member).read()
-                    (staging / "include" / Path(name).name).write_bytes(data)
-                elif member.isfile() and name == "package/LICENSE":
-                    (staging / "LICENSE").write_bytes(tf.extractfile(member).read())
-        (staging / "SOURCE").write_text(f"npm {NPM_PACKAGE}: {NPM_HEADERS}\n")
-        if not _usable(staging / "include"):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(dest)
+        staging = owned_tempdir(f".{dest.name}.tmp-", dest.parent)
+        try:
+            (staging / "include").mkdir()
+            with tarfile.open(tgz[0]) as tf:
+                for member in tf.getmembers():
+                    name = member.name
+                    if member.isfile() and name.startswith(NPM_HEADERS) and name.endswith(".h") and "/" not in name[len(NPM_HEADERS):]:
+                        data = tf.extractfile(member).read()
+                        (staging / "include" / Path(name).name).write_bytes(data)
+                    elif member.isfile() and name == "package/LICENSE":
+                        (staging / "LICENSE").write_bytes(tf.extractfile(member).read())
+            (staging / "SOURCE").write_text(f"npm {NPM_PACKAGE}: {NPM_HEADERS}\n")
+            if not _usable(staging / "include"):
+                return None, f"{NPM_PACKAGE} has no onnxruntime headers under {NPM_HEADERS}"
+            if dest.exists() and not (dest / "SOURCE").is_file():  # the cache is ours: an unmarked one is replaced too
+                shutil.rmtree(dest, ignore_errors=True)
+            publish_dir(staging, dest, "SOURCE", "sai's onnxruntime header fetch")
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            return None, f"{NPM_PACKAGE} has no onnxruntime headers under {NPM_HEADERS}"
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(staging, dest)
     return dest / "include", ""
 
 
@@ -170,16 +175,14 @@ def build(verbose: bool = True) -> tuple[Optional[Path], str]:
         return None, (f"the onnxruntime headers in {include} are C API {hdr}, newer than the installed "
                       f"onnxruntime (1.{rt}); point ${ENV_INCLUDE} at headers of version <= 1.{rt}")
     LIBRARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = LIBRARY.with_suffix(".so.tmp")
-    cmd = compile_command(include, blas, tmp)
-    if verbose:
-        print(f"building {LIBRARY.name}: {cmd[0]} ... {SOURCE.name} (onnxruntime C API {hdr} headers from "
-              f"{include}, {blas['name']})", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise SaiError(f"building {LIBRARY.name} failed:\n{proc.stderr[-4000:]}")
-    os.replace(tmp, LIBRARY)
+    with atomic_path(LIBRARY) as tmp:
+        cmd = compile_command(include, blas, tmp)
+        if verbose:
+            print(f"building {LIBRARY.name}: {cmd[0]} ... {SOURCE.name} (onnxruntime C API {hdr} headers from "
+                  f"{include}, {blas['name']})", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SaiError(f"building {LIBRARY.name} failed:\n{proc.stderr[-4000:]}")
     return LIBRARY, ""
 
 
