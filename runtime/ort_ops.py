@@ -22,11 +22,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from sai.errors import MissingDependencyError
+from sai.lazy import lazy_import
+
 LIBRARY_NAME = "libsai_ort_ops.so"
 ENV_LIBRARY = "SAI_ORT_OPS_LIBRARY"
 ENV_SWITCH = "SAI_ORT_OPS"
 
 log = logging.getLogger("sai.runtime.onnxruntime")
+ONNXRUNTIME = lazy_import("onnxruntime", purpose=f"load {LIBRARY_NAME}")
 
 
 def bundled_library_path() -> Path:
@@ -103,8 +107,8 @@ def status() -> tuple[bool, str]:
     if path is None:
         return False, why
     try:
-        import onnxruntime as ort
-    except ImportError:
+        ort = ONNXRUNTIME.load()
+    except MissingDependencyError:
         return False, f"{path} (onnxruntime is not installed)"
     try:
         ort.SessionOptions().register_custom_ops_library(str(path))
