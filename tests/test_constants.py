@@ -1,6 +1,6 @@
 """The op and plugin names of sai.constants are those the C++ side compiles in (its own copies in
-trt_plugins/: the plugin version and namespace in saiPluginCommon.h, each creator's name in its
-plugin source), read here from the headers' text."""
+trt_plugins/: the plugin version and namespace in saiPluginCommon.h, each plugin's name as the
+``kName`` of its class, which its creator returns), read here from the headers' text."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ def test_plugin_version_and_namespace_match_the_cpp_header():
 
 
 @pytest.mark.parametrize("source, op", [
-    ("sparseSampleConv/sparseSampleConvPlugin.cpp", constants.SPARSE_SAMPLE_CONV),
-    ("interpolate/interpolatePlugin.cpp", constants.INTERPOLATE),
+    ("sparseSampleConv/sparseSampleConvPlugin.h", constants.SPARSE_SAMPLE_CONV),
+    ("interpolate/interpolatePlugin.h", constants.INTERPOLATE),
 ])
 def test_plugin_names_match_the_creators(source, op):
-    assert _cstring((ROOT / "trt_plugins" / source).read_text(), "kNAME") == op
+    assert _cstring((ROOT / "trt_plugins" / source).read_text(), "kName") == op
 
 
 def test_the_exporter_and_runtime_use_the_same_objects():
