@@ -19,8 +19,10 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,8 @@ def _kernels_dir(tmp_root: Path) -> Path:
     if (built / "sai_kernels_embedded.cpp").is_file() and want <= have:
         return built
     out = tmp_root / "kernels"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([__import__("sys").executable, "-m", "sai.kernels.aot", "--out", str(out), "--arch",
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "sai.kernels.aot", "--out", str(out), "--arch",
                            str(CC), "--jobs", "2"], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

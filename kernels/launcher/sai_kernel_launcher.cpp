@@ -191,6 +191,21 @@ CUresult driverApi(const DriverApi** api) {
     return gLibcudaOk ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
 }
 
+namespace {
+// The driver and the current context's device, for a launch.
+struct Device {
+    const DriverApi* api = nullptr;
+    CUcontext ctx = nullptr;
+    CUdevice dev = 0;
+    int cc = 0;
+};
+
+CUresult currentDevice(Device* out) {
+    CUresult r = driverApi(&out->api);
+    return r != CUDA_SUCCESS ? r : capability(out->api, &out->ctx, &out->dev, &out->cc);
+}
+}  // namespace
+
 void setDriverApi(const DriverApi* api) {
     std::lock_guard<std::mutex> lock(gMutex);
     gInstalled = api;
@@ -198,12 +213,10 @@ void setDriverApi(const DriverApi* api) {
 }
 
 CUresult currentCapability(int* cc) {
-    const DriverApi* d = nullptr;
-    CUresult r = driverApi(&d);
-    if (r != CUDA_SUCCESS) return r;
-    CUcontext ctx = nullptr;
-    CUdevice dev = 0;
-    return capability(d, &ctx, &dev, cc);
+    Device dv;
+    CUresult r = currentDevice(&dv);
+    if (r == CUDA_SUCCESS) *cc = dv.cc;
+    return r;
 }
 
 CUresult memsetAsync(CUdeviceptr dst, unsigned char value, size_t bytes, CUstream stream) {
@@ -224,16 +237,12 @@ CUresult memset2DAsync(CUdeviceptr dst, size_t pitch, unsigned char value, size_
 CUresult launch(const char* spec, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ, void** args,
                 int numArgs, CUdeviceptr globalScratch) {
     if (gridX == 0 || gridY == 0 || gridZ == 0) return CUDA_SUCCESS;  // nothing to do
-    const DriverApi* d = nullptr;
-    CUresult r = driverApi(&d);
+    Device dv;
+    CUresult r = currentDevice(&dv);
     if (r != CUDA_SUCCESS) return r;
-    CUcontext ctx = nullptr;
-    CUdevice dev = 0;
-    int cc = 0;
-    if ((r = capability(d, &ctx, &dev, &cc)) != CUDA_SUCCESS) return r;
-    const KernelImage* img = findImage(spec, cc);
+    const KernelImage* img = findImage(spec, dv.cc);
     if (img == nullptr) return CUDA_ERROR_NO_BINARY_FOR_GPU;
-    return launchImage(d, ctx, dev, img, stream, gridX, gridY, gridZ, args, numArgs, globalScratch);
+    return launchImage(dv.api, dv.ctx, dv.dev, img, stream, gridX, gridY, gridZ, args, numArgs, globalScratch);
 }
 
 CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
@@ -309,14 +318,11 @@ CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, un
         if (!used[static_cast<size_t>(i)])
             return fail(spec + ": " + args[i].name + " is neither a parameter nor a constant of this build");
     if (gridX == 0 || gridY == 0 || gridZ == 0) return CUDA_SUCCESS;
-    const DriverApi* d = nullptr;
-    CUresult r = driverApi(&d);
+    Device dv;
+    CUresult r = currentDevice(&dv);
     if (r != CUDA_SUCCESS) return r;
-    CUcontext ctx = nullptr;
-    CUdevice dev = 0;
-    int cc = 0;
-    if ((r = capability(d, &ctx, &dev, &cc)) != CUDA_SUCCESS) return r;
-    return launchImage(d, ctx, dev, img, stream, gridX, gridY, gridZ, slots.data(), img->numParams, globalScratch);
+    return launchImage(dv.api, dv.ctx, dv.dev, img, stream, gridX, gridY, gridZ, slots.data(), img->numParams,
+                       globalScratch);
 }
 
 const char* lastError() { return tLastError.c_str(); }
