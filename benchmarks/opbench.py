@@ -9,6 +9,7 @@ that the predicted logits are positive at about that fraction of positions).
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -80,6 +81,16 @@ def _case(section, name, density, ts, td, **extra) -> Case:
     rounds = [d / t for t, d in zip(ts, td, strict=True) if t > 0]
     return Case(section, name, density, ms, md, (min(ts), max(ts)), (min(td), max(td)), md / ms, extra,
                 (min(rounds), max(rounds)) if rounds else None)
+
+
+def _vs_channels_last(fused: Callable[[], object], dense: Callable[[], object], dense_cl: Callable[[], object],
+                      repeats: int) -> tuple[list[float], list[float], dict]:
+    """Interleaved timing of the sparse callable, the dense one (NCHW, the baseline of the case's ratio) and the
+    dense one on channels_last tensors (oneDNN's NHWC convolutions, often faster on a CPU, so a second
+    baseline): (sparse ms, dense ms, extras with the channels_last median and the ratio against it)."""
+    ts, td, tc = time_interleaved([fused, dense, dense_cl], repeats)
+    mc = statistics.median(tc)
+    return ts, td, {"dense_channels_last_ms": mc, "ratio_vs_dense_channels_last": mc / statistics.median(ts)}
 
 
 def _not_run(section, name, density, note: str, **extra) -> Case:
@@ -214,9 +225,12 @@ def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Cas
         with torch.no_grad():
             fused(x)
             d = fused.mask_stats() or {}
-        ts, td = time_pair(lambda f=fused: f(x), lambda f=dense_fused: f(x), repeats)
+        dense_cl = copy.deepcopy(dense_fused).to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        ts, td, cl = _vs_channels_last(lambda f=fused: f(x), lambda f=dense_fused: f(x),
+                                       lambda f=dense_cl, xc=xc: f(xc), repeats)
         out.append(_case("block", f"stage-3 Bottleneck 1024ch {size}x{size}", r, ts, td,
-                         measured_d1=d.get("d1"), measured_d2=d.get("d2")))
+                         measured_d1=d.get("d1"), measured_d2=d.get("d2"), **cl))
     return out
 
 
@@ -259,6 +273,7 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),
     calib = torch.randn(1, 3, *sizes[0])
     model, dense = model_pair(arch, calib, density, options)
     dense = fuse_for_inference(dense)
+    dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     dense_arch = arch.replace("sparse_", "")
     out = []
     for d, at in points:
@@ -271,9 +286,11 @@ def bench_model(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),
                 fused.reset_densities()
                 fused(x)
             md = measured_density(fused)
-            ts, td = time_pair(lambda x=x, f=fused: f(x), lambda x=x: dense(x), repeats)
+            xc = x.contiguous(memory_format=torch.channels_last)
+            ts, td, cl = _vs_channels_last(lambda x=x, f=fused: f(x), lambda x=x: dense(x),
+                                           lambda xc=xc: dense_cl(xc), repeats)
             out.append(_case("model", f"{arch} vs {dense_arch} {h}x{w}", d, ts, td,
-                             measured_mean_density=md, **_size_extra(arch, h, w, "torch", options)))
+                             measured_mean_density=md, **cl, **_size_extra(arch, h, w, "torch", options)))
     return out
 
 

@@ -25,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "csrc" / "sai_cpu_ops.cpp"
 # The kernels themselves (shared with the onnxruntime custom-op library, models/csrc/ort/).
 KERNELS_HEADER = HERE / "csrc" / "sai_cpu_kernels.h"
+# The fused NHWC kernels of a whole sparse block (sai::sparse_block, used by sai.models.fuse).
+BLOCKS_HEADER = HERE / "csrc" / "sai_cpu_blocks.h"
 LIBRARY = HERE / "_lib" / "libsai_cpu_ops.so"
 # The shared __host__ __device__ index math of the TensorRT plugins (one source for both kernels).
 COMMON_INCLUDE = HERE.parent / "trt_plugins" / "common"
@@ -66,7 +68,7 @@ def build(verbose: bool = True) -> Path:
 def stale() -> bool:
     if not LIBRARY.exists():
         return True
-    newest = max(SOURCE.stat().st_mtime, KERNELS_HEADER.stat().st_mtime)
+    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS_HEADER, BLOCKS_HEADER))
     return LIBRARY.stat().st_mtime < newest
 
 

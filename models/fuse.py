@@ -91,6 +91,22 @@ def mask_logits(x: Tensor, weights: Tensor, biases: Tensor, strides: tuple[int, 
     return out
 
 
+# Eager CPU float32 inference runs each non-deformable sparse block as one fused NHWC C++ op,
+# ``sai_cpu::sparse_block`` (models/csrc/sai_cpu_blocks.h), when the C++ kernels are built: conv
+# outputs stay compacted rows, Interpolate sums only the active neighbours and writes the block tail
+# in the same pass. The same formulas as the per-op path below; False forces the per-op path.
+FAST_BLOCKS = True
+# At or above this fraction of active positions in either mask the per-op path (whose convs go
+# dense, see sai.models.cpu_kernels.DENSE_ABOVE) is used instead.
+FAST_BLOCKS_BELOW = 0.8
+INTERP_EPS = 1e-5  # the eps of every Interpolate of the fused blocks (the ops' default)
+
+
+def _pack_weight(w: Tensor) -> Tensor:
+    """[Cout, Cin, kh, kw] -> the GEMM operand [kh*kw*Cin, Cout] in (ky, kx, c) order."""
+    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
+
+
 def _ones_mask(like: Tensor) -> Tensor:
     return torch.ones_like(like[:, :1])
 
@@ -153,6 +169,31 @@ class _FusedSparseBase(MaskBookkeeping):
         self._observe(m1, m2)
         return m1, m2
 
+    def _fast_input(self, x: Tensor) -> Optional[Tensor]:
+        """``x`` as NHWC (a no-op after the first fused block) when this call can run as one
+        ``sai_cpu::sparse_block`` (see FAST_BLOCKS), else None."""
+        from sai.models import cpu_kernels
+
+        if not (FAST_BLOCKS and not self.with_dcn and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.conv1_weight.dtype == torch.float32 and not x.requires_grad and _recording()
+                and cpu_kernels.active()):
+            return None
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _sparse_enough(m1: Tensor, m2: Tensor) -> bool:
+        return all(float((m > 0).sum()) < FAST_BLOCKS_BELOW * m.numel() for m in (m1, m2))
+
+    def _packed(self, names: tuple[str, ...]) -> list[Tensor]:
+        """The weights ``names`` packed by _pack_weight, cached until a weight changes."""
+        tensors = [getattr(self, n) for n in names]
+        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+        cached = self.__dict__.get("_packed_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, [_pack_weight(t.detach()) for t in tensors])
+            self.__dict__["_packed_cache"] = cached
+        return cached[1]
+
     def _identity(self, x: Tensor) -> Tensor:
         if self.down_weight is None:
             return x
@@ -176,6 +217,9 @@ class FusedSparseBottleneck(_FusedSparseBase):
 
     def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
         s, k = self.stride, self.gaussian_kernel
+        nhwc = self._fast_input(x) if self.sampling != "dense" else None
+        fast = nhwc is not None
+        x = nhwc if fast else x
         identity = self._identity(x)
         if self.sampling == "dense":
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias))
@@ -188,6 +232,11 @@ class FusedSparseBottleneck(_FusedSparseBase):
             c = F.conv2d(b, self.conv3_weight, self.out_bias)
             return F.relu(c + identity)
         m1, m2 = self.masks(x, noise1, noise2)
+        if fast and self._sparse_enough(m1, m2):
+            wa, wb, wc = self._packed(("conv1_weight", "conv2_weight", "conv3_weight"))
+            return torch.ops.sai_cpu.sparse_block(
+                x, m1, m2, wa, self.conv1_bias, 1, 1, wb, self.conv2_bias, 3, s, True, wc, self.out_bias, identity,
+                self.sigma1, self.sigma2, k, INTERP_EPS)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, activation="relu")
         a = interpolate(a, m1, self.sigma1, k)
         off = None
@@ -215,6 +264,9 @@ class FusedSparseBasicBlock(_FusedSparseBase):
 
     def forward(self, x: Tensor, noise1: Optional[Tensor] = None, noise2: Optional[Tensor] = None) -> Tensor:
         s, k = self.stride, self.gaussian_kernel
+        nhwc = self._fast_input(x) if self.sampling != "dense" else None
+        fast = nhwc is not None
+        x = nhwc if fast else x
         identity = self._identity(x)
         if self.sampling == "dense":
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias, stride=s, padding=1))
@@ -226,6 +278,11 @@ class FusedSparseBasicBlock(_FusedSparseBase):
                 b = F.conv2d(a, self.conv2_weight, self.conv2_bias, padding=1)
             return F.relu(b + identity)
         m1, m2 = self.masks(x, noise1, noise2)
+        if fast and self._sparse_enough(m1, m2):
+            wa, wb = self._packed(("conv1_weight", "conv2_weight"))
+            return torch.ops.sai_cpu.sparse_block(
+                x, m1, m2, wa, self.conv1_bias, 3, s, wb, self.conv2_bias, 3, 1, False, None, None, identity,
+                self.sigma1, self.sigma2, k, INTERP_EPS)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, stride=s, padding=1,
                                activation="relu")
         a = interpolate(a, m1, self.sigma1, k)

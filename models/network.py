@@ -447,6 +447,7 @@ class SaiResNet(nn.Module):
                     k += 2
                 else:
                     x = blk(x)
+            # (channels_last after the fused CPU blocks, sai.models.fuse.FAST_BLOCKS: the same values)
             outs.append(x)
         return tuple(outs)
 

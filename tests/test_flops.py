@@ -113,6 +113,7 @@ def test_kernel_count_sparse_matches_what_the_fused_model_runs(monkeypatch):
             return out
 
     monkeypatch.setattr(fuse_mod, "FAST_MASK_LOGITS", False)  # count the plain 3x3 mask convs
+    monkeypatch.setattr(fuse_mod, "FAST_BLOCKS", False)  # count the ops of the per-op path
     monkeypatch.setattr(fuse_mod, "sparse_sample_conv", ssc)
     monkeypatch.setattr(fuse_mod, "interpolate", interp)
     monkeypatch.setattr(fuse_mod, "F", CountingF())
