@@ -202,7 +202,8 @@ def measured_density(model: nn.Module) -> float:
 
 
 def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Case]:
-    """Stage-3 Bottleneck (1024 channels in and out, 256 planes) at size x size."""
+    """Stage-3 Bottleneck (1024 channels in and out, 256 planes) at size x size, fused, against the dense
+    Bottleneck with the same weights (NCHW, and channels_last as a second baseline)."""
     from sai.models import build_model, fuse_for_inference
     from sai.models.blocks import Bottleneck, SparseBottleneck
     from sai.models.fuse import fuse_block
@@ -226,8 +227,12 @@ def bench_block(repeats: int, size: int = 64, densities=(0.25, 0.5)) -> list[Cas
             fused(x)
             d = fused.mask_stats() or {}
         dense_cl = copy.deepcopy(dense_fused).to(memory_format=torch.channels_last)
+        # each block gets its input in the layout it has inside its model: the sparse block's fused CPU
+        # kernel runs NHWC (only a model's first sparse block converts), the dense block's NCHW (and NHWC
+        # for the channels_last baseline)
+        xs = x.contiguous(memory_format=torch.channels_last) if fused._fast_input(x) is not None else x
         xc = x.contiguous(memory_format=torch.channels_last)
-        ts, td, cl = _vs_channels_last(lambda f=fused: f(x), lambda f=dense_fused: f(x),
+        ts, td, cl = _vs_channels_last(lambda f=fused, xs=xs: f(xs), lambda f=dense_fused: f(x),
                                        lambda f=dense_cl, xc=xc: f(xc), repeats)
         out.append(_case("block", f"stage-3 Bottleneck 1024ch {size}x{size}", r, ts, td,
                          measured_d1=d.get("d1"), measured_d2=d.get("d2"), **cl))
