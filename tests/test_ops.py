@@ -285,3 +285,22 @@ def test_bad_arguments_name_the_problem(kwargs, match):
 def test_interpolate_rejects_even_kernel():
     with pytest.raises(SaiError, match="odd"):
         ops.interpolate(torch.randn(1, 1, 4, 4), torch.ones(1, 1, 4, 4), 1.0, kernel_size=6)
+
+
+@pytest.mark.parametrize("pads", [1, (0, 1, 2, 1)])
+def test_nan_and_non_positive_mask_positions_are_exactly_zero(impl, pads):
+    """docs/design.md 3.2: only M > 0 is computed; a NaN, zero or negative mask value gives exactly 0 on every
+    path (the C++ dense fallback used to keep the conv value where the mask was NaN)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 4, 7, 6, generator=g).numpy()
+    w = torch.randn(5, 4, 3, 3, generator=g).numpy()
+    p4 = ops.normalize_pads(pads)
+    ho, wo = out_size(7, 3, 1, p4[0], p4[2], 1), out_size(6, 3, 1, p4[1], p4[3], 1)
+    m = torch.rand(1, 1, ho, wo, generator=g) + 0.1
+    m[0, 0, 1, 1], m[0, 0, 2, 2], m[0, 0, 3, 3] = float("nan"), 0.0, -1.0
+    got = run_ssc(impl, x, m.numpy(), w, pads=pads, act="relu")
+    for yx in ((1, 1), (2, 2), (3, 3)):
+        assert (got[0, :, yx[0], yx[1]] == 0).all()
+    want = ops.sparse_sample_conv_reference(torch.from_numpy(x).double(), m.double(), torch.from_numpy(w).double(),
+                                            None, None, [1, 1], p4, [1, 1], 1, 1, "relu").numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

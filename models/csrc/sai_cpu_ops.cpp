@@ -87,13 +87,21 @@ at::Tensor sparse_sample_conv_cpu(const at::Tensor& x_in, const at::Tensor& mask
   if (!has_offset && total > 0) {
     const int64_t P = (mask_f > 0).sum().item<int64_t>();
     if (P > 0 && static_cast<double>(P) >= dense_above * static_cast<double>(total)) {
-      at::Tensor xp = at::constant_pad_nd(x_in, {pads[1], pads[3], pads[0], pads[2]}, 0);
-      at::Tensor y = at::conv2d(xp, weight_in, has_bias ? *bias : at::Tensor(), stride,
-                                at::IntArrayRef(std::vector<int64_t>{0, 0}), dilation, groups);
+      // symmetric pads go to the convolution itself (no padded copy of the input); a full mask needs
+      // no masking pass; elsewhere every position that is not active (M <= 0 or NaN) is exactly 0
+      const bool symmetric = pads[0] == pads[2] && pads[1] == pads[3];
+      at::Tensor y = symmetric
+                         ? at::conv2d(x_in, weight_in, has_bias ? *bias : at::Tensor(), stride,
+                                      at::IntArrayRef(std::vector<int64_t>{pads[0], pads[1]}), dilation, groups)
+                         : at::conv2d(at::constant_pad_nd(x_in, {pads[1], pads[3], pads[0], pads[2]}, 0), weight_in,
+                                      has_bias ? *bias : at::Tensor(), stride,
+                                      at::IntArrayRef(std::vector<int64_t>{0, 0}), dilation, groups);
       if (p.activation == sai::kSAI_ACT_RELU) {
         y.relu_();
       }
-      y.masked_fill_(mask <= 0, 0);
+      if (P < total) {
+        y.masked_fill_(at::logical_not(mask_f > 0), 0);
+      }
       return y.contiguous(out_format);
     }
   }
