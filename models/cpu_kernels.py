@@ -108,6 +108,12 @@ def load() -> bool:
     return True
 
 
+def block_gemm() -> str:
+    """What the fused block kernel's small-weight GEMMs run on: "brgemm" (ATen's microkernel) or "at::mm"
+    (where the microkernel is unavailable); "" when the C++ kernels are not loaded."""
+    return str(torch.ops.sai_cpu.block_gemm()) if _state["registered"] else ""
+
+
 def active() -> bool:
     """True when the C++ kernels are the CPU implementation of the sai ops."""
     return _state["registered"]

@@ -248,9 +248,12 @@ def cpu_kernels() -> tuple[bool, str]:
         from sai.models import cpu_kernels as ck
 
         ok = bool(ck.active())
+        gemm = ck.block_gemm() if ok else ""
     except Exception as exc:
         return False, str(exc).splitlines()[0][:160]
-    return ok, "loaded" if ok else "not built"
+    if not ok:
+        return False, "not built"
+    return True, f"loaded; fused sparse blocks (float32), small GEMMs on {gemm}"
 
 
 def ort_custom_ops() -> tuple[bool, str]:

@@ -195,3 +195,19 @@ def test_dense_masks_and_deformable_blocks_keep_the_per_op_path():
     calibrate_mask_bias(model, torch.randn(1, 3, 96, 128), 0.95)
     _, calls = _fused_calls(fuse_for_inference(model), x)
     assert calls == 0  # nearly full masks: the per-op path, whose convs go dense
+
+
+def test_without_the_brgemm_microkernel_the_tiles_use_at_mm():
+    """SAI_CPU_BRGEMM=0 (what a machine whose ATen has no brgemm gets): the same values through at::mm."""
+    import subprocess
+    import sys
+
+    code = ("import torch, sys; sys.path.insert(0, 'tests'); import test_fused_block as t; "
+            "from sai.models import cpu_kernels; assert cpu_kernels.load(); "
+            "assert cpu_kernels.block_gemm() == 'at::mm', cpu_kernels.block_gemm(); "
+            "t._run('soft', 2, 24, 13, 19, 20, 40, 1, 1, 3, 2, True, True); print('ok')")
+    env = dict(os.environ, SAI_CPU_BRGEMM="0")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    assert cpu_kernels.block_gemm() in ("brgemm", "at::mm")

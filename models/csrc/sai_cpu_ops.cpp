@@ -18,6 +18,7 @@
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -156,9 +157,12 @@ constexpr int64_t kTileRows = 32;
 
 // ATen's batch-reduce GEMM microkernel (oneDNN's brgemm ukernel) runs float32 on x86-64 with AVX2
 // at about 2-3x the throughput of at::mm on the small-N shapes of a sparse block (measured in
-// docs/benchmarks.md). Probed once: where it throws or is wrong, the tiles use at::mm.
+// docs/benchmarks.md). Probed once: where it throws or is wrong, the tiles use at::mm
+// (SAI_CPU_BRGEMM=0 forces that).
 bool brgemm_usable() {
   static const bool ok = [] {
+    const char* env = std::getenv("SAI_CPU_BRGEMM");
+    if (env != nullptr && std::string(env) == "0") return false;
     try {
       const int64_t M = 5, N = 16, K = 7;
       std::vector<float> a(M * K), b(K * N), c(M * N, -1.F);
@@ -338,10 +342,16 @@ TORCH_LIBRARY(sai_cpu, m) {
       "sparse_block(Tensor x, Tensor m1, Tensor m2, Tensor wa, Tensor? ba, int ka, int sa, Tensor wb, Tensor? bb, "
       "int kb, int sb, bool relu_b, Tensor? wc, Tensor? tail_bias, Tensor identity, float sigma1, float sigma2, "
       "int kernel_size, float eps) -> Tensor");
+  m.def("block_gemm() -> str");
 }
 
 TORCH_LIBRARY_IMPL(sai_cpu, CPU, m) {
   m.impl("sparse_sample_conv", &sparse_sample_conv_cpu);
   m.impl("interpolate", &interpolate_cpu);
   m.impl("sparse_block", &sparse_block_cpu);
+}
+
+// What sparse_block's small-weight GEMMs run on here (`sai doctor` reports it).
+TORCH_LIBRARY_IMPL(sai_cpu, CatchAll, m) {
+  m.impl("block_gemm", []() -> std::string { return brgemm_usable() ? "brgemm" : "at::mm"; });
 }
