@@ -111,7 +111,7 @@ void rows_bias_act(const Backend& be, float* rows, int64_t P, int64_t C, const f
 }
 
 // The channels of one output position handled at once: the accumulators stay in registers.
-constexpr int64_t kInterpBlock = 32;
+constexpr int64_t kInterpBlock = 64;
 
 struct InterpTail {
   const float* bias = nullptr;      // [C] added after the interpolation (or nullptr)
@@ -119,7 +119,7 @@ struct InterpTail {
   bool relu = false;
 };
 
-// One block of `len` channels (len == kInterpBlock lets the compiler keep acc in registers).
+// One block of `len` channels (a compile-time 64 or 32 keeps the accumulators in registers).
 template <int64_t kLen>
 inline void interp_store_block(int64_t len, int64_t cb, bool interp, float mv, float den, const float* f,
                                const float* const* nb_ptr, const float* nb_w, int64_t nn, const InterpTail& tail,
@@ -132,21 +132,18 @@ inline void interp_store_block(int64_t len, int64_t cb, bool interp, float mv, f
   } else {
     float acc[kInterpBlock];
 #if defined(__AVX2__) && defined(__FMA__)
-    if (kLen == kInterpBlock) {
-      // 32 channels in four registers; one broadcast weight and four FMAs per neighbour
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    if constexpr (kLen == 64 || kLen == 32) {
+      // 64 (or 32) channels in eight (four) registers, one broadcast weight per neighbour: eight
+      // independent FMA chains cover the FMA latency better than four
+      constexpr int kRegs = static_cast<int>(kLen > 0 ? kLen / 8 : 1);
+      __m256 r[kRegs];
+      for (int q = 0; q < kRegs; ++q) r[q] = _mm256_setzero_ps();
       for (int64_t t = 0; t < nn; ++t) {
         const __m256 w = _mm256_set1_ps(nb_w[t]);
         const float* s = nb_ptr[t] + cb;
-        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(s), a0);
-        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(s + 8), a1);
-        a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(s + 16), a2);
-        a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(s + 24), a3);
+        for (int q = 0; q < kRegs; ++q) r[q] = _mm256_fmadd_ps(w, _mm256_loadu_ps(s + 8 * q), r[q]);
       }
-      _mm256_storeu_ps(acc, a0);
-      _mm256_storeu_ps(acc + 8, a1);
-      _mm256_storeu_ps(acc + 16, a2);
-      _mm256_storeu_ps(acc + 24, a3);
+      for (int q = 0; q < kRegs; ++q) _mm256_storeu_ps(acc + 8 * q, r[q]);
     } else
 #endif
     {
@@ -203,16 +200,17 @@ void interpolate_rows(const Backend& be, int64_t N, int64_t H, int64_t W, int64_
             const int64_t base = (n * H + y + i - r) * W;
             const float* mrow = mask + base;
             const int32_t* irow = row_of + base;
+            // branch-free: the masks are random-looking, so a branch per tap mispredicts about half the
+            // time (that cost more than the channel sums); every tap is written, only active ones counted
+            const float ai = a[i];
             for (int64_t j = std::max<int64_t>(0, r - x); j < std::min<int64_t>(k, W + r - x); ++j) {
               const int64_t xx = x + j - r;
-              const float mq = mrow[xx];
-              if (mq == 0.F) continue;
-              const float w = a[i] * a[j] * mq;
+              const float w = ai * a[j] * mrow[xx];
+              const int32_t rq = irow[xx];
               den += w;
-              if (irow[xx] >= 0) {
-                nb_ptr[nn] = rows + static_cast<int64_t>(irow[xx]) * ldr;
-                nb_w[nn++] = w;
-              }
+              nb_ptr[nn] = rows + static_cast<int64_t>(rq < 0 ? 0 : rq) * ldr;
+              nb_w[nn] = w;
+              nn += rq >= 0 ? 1 : 0;
             }
           }
           den += eps;
@@ -229,6 +227,10 @@ void interpolate_rows(const Backend& be, int64_t N, int64_t H, int64_t W, int64_
         for (; cb + kInterpBlock <= C; cb += kInterpBlock) {
           interp_store_block<kInterpBlock>(kInterpBlock, cb, interp, mv, den, f, nb_ptr.data(), nb_w.data(), nn, tail,
                                            id, o);
+        }
+        if (cb + 32 <= C) {
+          interp_store_block<32>(32, cb, interp, mv, den, f, nb_ptr.data(), nb_w.data(), nn, tail, id, o);
+          cb += 32;
         }
         if (cb < C) {
           interp_store_block<0>(C - cb, cb, interp, mv, den, f, nb_ptr.data(), nb_w.data(), nn, tail, id, o);
