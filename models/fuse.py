@@ -102,6 +102,17 @@ FAST_BLOCKS_BELOW = 0.8
 INTERP_EPS = 1e-5  # the eps of every Interpolate of the fused blocks (the ops' default)
 
 
+def nhwc_stem_input(model: nn.Module, x: Tensor) -> Tensor:
+    """The input of a fused sparse model as channels_last when its first sparse block runs the fused NHWC
+    kernel (FAST_BLOCKS): the stem conv and the max-pool then run NHWC too (oneDNN's NHWC 7x7 conv and
+    ATen's channels_last max-pool were 2.2x and 9x faster than NCHW at 512x832 here), and no block
+    converts. Otherwise ``x`` unchanged."""
+    first = next((blk for _, blk in model.sparse_blocks() if isinstance(blk, _FusedSparseBase)), None)
+    if first is None or first.sampling == "dense" or first._fast_input(x) is None:
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _pack_weight(w: Tensor) -> Tensor:
     """[Cout, Cin, kh, kw] -> the GEMM operand [kh*kw*Cin, Cout] in (ky, kx, c) order."""
     return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()

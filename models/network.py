@@ -437,6 +437,10 @@ class SaiResNet(nn.Module):
                 f"{self.arch} in sampling={self._sampling!r} takes {specs_n} noise tensors "
                 f"(see model.noise_specs()), got {len(noise)}"
             )
+        if self.fused and self.is_sparse:
+            from sai.models.fuse import nhwc_stem_input
+
+            x = nhwc_stem_input(self, x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         k = 0
