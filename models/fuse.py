@@ -96,9 +96,6 @@ def mask_logits(x: Tensor, weights: Tensor, biases: Tensor, strides: tuple[int, 
 # outputs stay compacted rows, Interpolate sums only the active neighbours and writes the block tail
 # in the same pass. The same formulas as the per-op path below; False forces the per-op path.
 FAST_BLOCKS = True
-# At or above this fraction of active positions in either mask the per-op path (whose convs go
-# dense, see sai.models.cpu_kernels.DENSE_ABOVE) is used instead.
-FAST_BLOCKS_BELOW = 0.8
 INTERP_EPS = 1e-5  # the eps of every Interpolate of the fused blocks (the ops' default)
 
 
@@ -108,9 +105,8 @@ def nhwc_stem_input(model: nn.Module, x: Tensor) -> Tensor:
     ATen's channels_last max-pool were 2.2x and 9x faster than NCHW at 512x832 here), and no block
     converts. Otherwise ``x`` unchanged."""
     first = next((blk for _, blk in model.sparse_blocks() if isinstance(blk, _FusedSparseBase)), None)
-    if first is None or first.sampling == "dense" or first._fast_input(x) is None:
-        return x
-    return x.contiguous(memory_format=torch.channels_last)
+    nhwc = None if first is None or first.sampling == "dense" else first._fast_input(x)
+    return x if nhwc is None else nhwc
 
 
 def _pack_weight(w: Tensor) -> Tensor:
@@ -193,7 +189,11 @@ class _FusedSparseBase(MaskBookkeeping):
 
     @staticmethod
     def _sparse_enough(m1: Tensor, m2: Tensor) -> bool:
-        return all(float((m > 0).sum()) < FAST_BLOCKS_BELOW * m.numel() for m in (m1, m2))
+        """Both masks below the density where the per-op kernels switch to the dense convolution
+        (``cpu_kernels.DENSE_ABOVE``): at or above it the per-op path, which then runs dense, is used."""
+        from sai.models import cpu_kernels
+
+        return all(float((m > 0).sum()) < cpu_kernels.DENSE_ABOVE * m.numel() for m in (m1, m2))
 
     def _packed(self, names: tuple[str, ...]) -> list[Tensor]:
         """The weights ``names`` packed by _pack_weight, cached until a weight changes."""

@@ -168,8 +168,8 @@ def test_fused_model_uses_the_block_kernel_and_matches_float64(arch, monkeypatch
     rec = _record_masks(fused)
     got, calls = _fused_calls(fused, x)
     dens = fused.densities()
-    # every block whose masks are below FAST_BLOCKS_BELOW (all but the smallest maps' at this size)
-    want_calls = sum(1 for d1, d2 in dens.values() if max(d1, d2) < fuse_mod.FAST_BLOCKS_BELOW)
+    # every block whose masks are below DENSE_ABOVE (all but the smallest maps' at this size)
+    want_calls = sum(1 for d1, d2 in dens.values() if max(d1, d2) < cpu_kernels.DENSE_ABOVE)
     assert calls == want_calls and want_calls >= len(dens) - 2
     monkeypatch.setattr(fuse_mod, "FAST_BLOCKS", False)
     _replay_masks(fused, rec)

@@ -38,8 +38,11 @@
 
 #include "interpolateMath.h"
 #include "saiCommon.h"
+#include "sparseSampleConvMath.h"
 
 namespace sai_cpu {
+
+using sai::SaiConvParams;
 
 // The active positions of a mask [N, H, W] (M > 0, row-major) and, for every position, its row in
 // the compacted rows or -1.
@@ -62,30 +65,26 @@ struct ActiveSet {
   int64_t count() const { return static_cast<int64_t>(pos.size()); }
 };
 
-// Geometry of one conv in the fused block: NHWC input [N, H, W, C] -> output grid [N, Ho, Wo].
-struct RowConv {
-  int64_t N = 1, H = 1, W = 1, C = 1, Ho = 1, Wo = 1;
-  int64_t kh = 1, kw = 1, stride = 1, pad = 0;
-  int64_t kdim() const { return kh * kw * C; }
-};
-
-// dst[r][0..kdim) = the (ky, kx, c) taps of output position pos[first + r] (zero outside the input).
+// dst[r][0..kh*kw*C) = the (ky, kx, c) taps of output position pos[first + r] of the conv `p`
+// (finalized, groups 1) on the NHWC input `x`: zero outside the input (tap coordinates and position
+// decode from the math shared with the other kernels).
 template <class Backend>
-void im2col_rows(const Backend& be, const RowConv& g, const float* x, const int64_t* pos, int64_t first,
+void im2col_rows(const Backend& be, const SaiConvParams& p, const float* x, const int64_t* pos, int64_t first,
                  int64_t count, float* dst) {
-  const int64_t kdim = g.kdim(), hwo = g.Ho * g.Wo;
+  const int64_t C = p.C, kdim = static_cast<int64_t>(p.kernelTaps) * C;
   be.parallel_for(0, count, 16, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const int64_t q = pos[first + r], n = q / hwo, oy = (q % hwo) / g.Wo, ox = q % g.Wo;
+      int32_t n, oy, ox;
+      sai::saiPositionDecode(p, pos[first + r], &n, &oy, &ox);
       float* d = dst + r * kdim;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t iy = oy * g.stride - g.pad + ky;
-        for (int64_t kx = 0; kx < g.kw; ++kx, d += g.C) {
-          const int64_t ix = ox * g.stride - g.pad + kx;
-          if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) {
-            std::memset(d, 0, sizeof(float) * g.C);
+      for (int32_t ky = 0; ky < p.kh; ++ky) {
+        for (int32_t kx = 0; kx < p.kw; ++kx, d += C) {
+          int32_t iy, ix;
+          sai::saiConvTapCoord(p, oy, ox, ky, kx, &iy, &ix);
+          if (iy < 0 || iy >= p.H || ix < 0 || ix >= p.W) {
+            std::memset(d, 0, sizeof(float) * C);
           } else {
-            std::memcpy(d, x + ((n * g.H + iy) * g.W + ix) * g.C, sizeof(float) * g.C);
+            std::memcpy(d, x + ((static_cast<int64_t>(n) * p.H + iy) * p.W + ix) * C, sizeof(float) * C);
           }
         }
       }

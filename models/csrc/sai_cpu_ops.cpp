@@ -207,15 +207,14 @@ constexpr int64_t kTileWeightBytes = 640 << 10;
 // GEMM microkernel against the packed weight `wop` [kh*kw*C][Cb], given its epilogue [and its second
 // GEMM] while it is in cache: no full im2col matrix and no intermediate rows. Large weights: im2col
 // in chunks of up to 32 MB and at::mm.
-at::Tensor rows_conv(const float* x, const sai_cpu::RowConv& g, const sai_cpu::ActiveSet& s, const at::Tensor& wop,
+at::Tensor rows_conv(const float* x, const SaiConvParams& g, const sai_cpu::ActiveSet& s, const at::Tensor& wop,
                      const float* bias, bool relu, const at::Tensor* wc) {
-  const int64_t P = s.count(), kdim = g.kdim(), Cb = wop.size(1), Cout = wc != nullptr ? wc->size(1) : Cb;
+  const int64_t P = s.count(), kdim = g.kdim, Cb = wop.size(1), Cout = wc != nullptr ? wc->size(1) : Cb;
   auto opts = at::TensorOptions().dtype(at::kFloat);
   const bool brgemm = brgemm_usable();
   const bool tile_b = brgemm && kdim * Cb * 4 <= kTileWeightBytes;
   const bool tile_c = tile_b && wc != nullptr && Cb * Cout * 4 <= kTileWeightBytes;
   at::Tensor rows = at::empty({P, tile_c || wc == nullptr ? Cout : Cb}, opts);
-  if (P == 0) return wc != nullptr && !tile_c ? at::empty({0, Cout}, opts) : rows;
   const float* w = wop.data_ptr<float>();
   const float* w2 = tile_c ? wc->data_ptr<float>() : nullptr;
   float* out = rows.data_ptr<float>();
@@ -280,16 +279,24 @@ at::Tensor sparse_block_cpu(const at::Tensor& x_in, const at::Tensor& m1_in, con
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(cl);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  sai_cpu::RowConv ga;
-  ga.N = N, ga.H = H, ga.W = W, ga.C = C, ga.kh = ga.kw = ka, ga.stride = sa, ga.pad = (ka - 1) / 2;
-  ga.Ho = (H + 2 * ga.pad - ka) / sa + 1, ga.Wo = (W + 2 * ga.pad - ka) / sa + 1;
-  check_packed(wa, ga.kdim(), "wa");
+  // the two convs (groups 1, "same" padding, no dilation) as SparseSampleConv parameters
+  auto conv = [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t stride) {
+    SaiConvParams p;
+    p.N = n, p.C = c, p.H = h, p.W = w, p.kh = p.kw = k, p.strideH = p.strideW = stride;
+    p.padTop = p.padLeft = p.padBottom = p.padRight = (k - 1) / 2;
+    return p;
+  };
+  SaiConvParams ga = conv(N, C, H, W, ka, sa);
+  check_packed(wa, ka * ka * C, "wa");
   const int64_t Cm = wa.size(1);
-  sai_cpu::RowConv gb;
-  gb.N = N, gb.H = ga.Ho, gb.W = ga.Wo, gb.C = Cm, gb.kh = gb.kw = kb, gb.stride = sb, gb.pad = (kb - 1) / 2;
-  gb.Ho = (gb.H + 2 * gb.pad - kb) / sb + 1, gb.Wo = (gb.W + 2 * gb.pad - kb) / sb + 1;
-  check_packed(wb, gb.kdim(), "wb");
+  ga.Cout = Cm;
+  SaiConvParams gb = conv(N, Cm, 0, 0, kb, sb);
+  TORCH_CHECK(sai::saiConvFinalize(ga), "sai_cpu::sparse_block: inconsistent conv_a shapes");
+  gb.H = ga.Ho, gb.W = ga.Wo;
+  check_packed(wb, kb * kb * Cm, "wb");
   const int64_t Cb = wb.size(1);
+  gb.Cout = Cb;
+  TORCH_CHECK(sai::saiConvFinalize(gb), "sai_cpu::sparse_block: inconsistent conv_b shapes");
   const bool has_c = wc.has_value() && wc->defined();
   if (has_c) check_packed(*wc, Cb, "wc");
   const int64_t Cout = has_c ? wc->size(1) : Cb;
@@ -300,9 +307,14 @@ at::Tensor sparse_block_cpu(const at::Tensor& x_in, const at::Tensor& m1_in, con
               "sai_cpu::sparse_block: identity must be [N, Cout, Ho, Wo]");
   const at::Tensor m1 = m1_in.to(at::kFloat).contiguous(), m2 = m2_in.to(at::kFloat).contiguous();
   const at::Tensor identity = identity_in.to(at::kFloat).contiguous(cl);
+  // the two Interpolates (sigma set per use): the same validity rules as sai::interpolate
   sai::SaiInterpParams ip;
-  ip.N = N, ip.C = 1, ip.H = 1, ip.W = 1, ip.kernelSize = kernel_size, ip.eps = static_cast<float>(eps);
-  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, "sai_cpu::sparse_block: kernel_size must be odd");
+  ip.N = N, ip.C = Cm, ip.H = ga.Ho, ip.W = ga.Wo, ip.kernelSize = kernel_size, ip.eps = static_cast<float>(eps);
+  for (const double sigma : {sigma1, sigma2}) {
+    ip.sigma = static_cast<float>(sigma);
+    TORCH_CHECK(sai::saiInterpParamsValid(ip), "sai_cpu::sparse_block: kernel_size must be odd and at most ",
+                sai::kSAI_MAX_INTERP_KERNEL, ", sigma finite, eps >= 0");
+  }
   auto opts = x.options();
 
   sai_cpu::ActiveSet s1, s2;
