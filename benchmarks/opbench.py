@@ -330,7 +330,8 @@ def _custom_op_session(path: str, threads: int):
     opts = bench_session_options(threads)
     try:
         opts.register_custom_ops_library(str(lib))
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]), ""
+        model, _, _ = ort_ops.fused_model(path)  # as the runtime does
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]), ""
     except Exception as exc:  # built for another onnxruntime, or a broken file
         return None, f"not loadable: {lib}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
 

@@ -27,6 +27,8 @@ SOURCE = HERE / "csrc" / "sai_cpu_ops.cpp"
 KERNELS_HEADER = HERE / "csrc" / "sai_cpu_kernels.h"
 # The fused NHWC kernels of a whole sparse block (sai::sparse_block, used by sai.models.fuse).
 BLOCKS_HEADER = HERE / "csrc" / "sai_cpu_blocks.h"
+# Their GEMM (packed weights, AVX2 register tiles; shared with the onnxruntime library too).
+GEMM_HEADER = HERE / "csrc" / "sai_cpu_gemm.h"
 LIBRARY = HERE / "_lib" / "libsai_cpu_ops.so"
 # The shared __host__ __device__ index math of the TensorRT plugins (one source for both kernels).
 COMMON_INCLUDE = HERE.parent / "trt_plugins" / "common"
@@ -68,7 +70,7 @@ def build(verbose: bool = True) -> Path:
 def stale() -> bool:
     if not LIBRARY.exists():
         return True
-    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS_HEADER, BLOCKS_HEADER))
+    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS_HEADER, BLOCKS_HEADER, GEMM_HEADER))
     return LIBRARY.stat().st_mtime < newest
 
 
@@ -109,8 +111,8 @@ def load() -> bool:
 
 
 def block_gemm() -> str:
-    """What the fused block kernel's small-weight GEMMs run on: "brgemm" (ATen's microkernel) or "at::mm"
-    (where the microkernel is unavailable); "" when the C++ kernels are not loaded."""
+    """What the fused block kernel's GEMMs (models/csrc/sai_cpu_gemm.h) run on: "avx2+fma 6x16" (register
+    tiles, x86-64 with AVX2/FMA) or "portable C++"; "" when the C++ kernels are not loaded."""
     return str(torch.ops.sai_cpu.block_gemm()) if _state["registered"] else ""
 
 

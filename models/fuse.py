@@ -110,8 +110,10 @@ def nhwc_stem_input(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _pack_weight(w: Tensor) -> Tensor:
-    """[Cout, Cin, kh, kw] -> the GEMM operand [kh*kw*Cin, Cout] in (ky, kx, c) order."""
-    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
+    """A conv weight [Cout, Cin, k, k] as the fused block kernel's packed GEMM operand
+    (``sai_cpu::pack_conv_weight``: a tensor of the weight's shape whose storage holds the packed panels;
+    only ``sai_cpu::sparse_block`` reads it)."""
+    return torch.ops.sai_cpu.pack_conv_weight(w.float().contiguous())
 
 
 def _ones_mask(like: Tensor) -> Tensor:
@@ -195,13 +197,14 @@ class _FusedSparseBase(MaskBookkeeping):
 
         return all(float((m > 0).sum()) < cpu_kernels.DENSE_ABOVE * m.numel() for m in (m1, m2))
 
-    def _packed(self, names: tuple[str, ...]) -> list[Tensor]:
-        """The weights ``names`` packed by _pack_weight, cached until a weight changes."""
+    def _packed(self, names: tuple[str, ...]) -> list[Optional[Tensor]]:
+        """The weights ``names`` packed by _pack_weight (None for an absent one), cached until a weight
+        changes."""
         tensors = [getattr(self, n) for n in names]
-        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+        key = tuple(None if t is None else (t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
         cached = self.__dict__.get("_packed_cache")
         if cached is None or cached[0] != key:
-            cached = (key, [_pack_weight(t.detach()) for t in tensors])
+            cached = (key, [None if t is None else _pack_weight(t.detach()) for t in tensors])
             self.__dict__["_packed_cache"] = cached
         return cached[1]
 
@@ -231,8 +234,8 @@ class FusedSparseBottleneck(_FusedSparseBase):
         nhwc = self._fast_input(x) if self.sampling != "dense" else None
         fast = nhwc is not None
         x = nhwc if fast else x
-        identity = self._identity(x)
         if self.sampling == "dense":
+            identity = self._identity(x)
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias))
             if self.with_dcn:
                 off = F.conv2d(x, self.offset_weight, self.offset_bias, stride=s, padding=1)
@@ -244,10 +247,11 @@ class FusedSparseBottleneck(_FusedSparseBase):
             return F.relu(c + identity)
         m1, m2 = self.masks(x, noise1, noise2)
         if fast and self._sparse_enough(m1, m2):
-            wa, wb, wc = self._packed(("conv1_weight", "conv2_weight", "conv3_weight"))
+            wa, wb, wc, wd = self._packed(("conv1_weight", "conv2_weight", "conv3_weight", "down_weight"))
             return torch.ops.sai_cpu.sparse_block(
-                x, m1, m2, wa, self.conv1_bias, 1, 1, wb, self.conv2_bias, 3, s, True, wc, self.out_bias, identity,
-                self.sigma1, self.sigma2, k, INTERP_EPS)
+                x, m1, m2, wa, self.conv1_bias, 1, wb, self.conv2_bias, s, True, wc, self.out_bias, wd,
+                self.down_bias, self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS)
+        identity = self._identity(x)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, activation="relu")
         a = interpolate(a, m1, self.sigma1, k)
         off = None
@@ -278,8 +282,8 @@ class FusedSparseBasicBlock(_FusedSparseBase):
         nhwc = self._fast_input(x) if self.sampling != "dense" else None
         fast = nhwc is not None
         x = nhwc if fast else x
-        identity = self._identity(x)
         if self.sampling == "dense":
+            identity = self._identity(x)
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias, stride=s, padding=1))
             if self.with_dcn:
                 off = F.conv2d(x, self.offset_weight, self.offset_bias, stride=s, padding=1)
@@ -290,10 +294,11 @@ class FusedSparseBasicBlock(_FusedSparseBase):
             return F.relu(b + identity)
         m1, m2 = self.masks(x, noise1, noise2)
         if fast and self._sparse_enough(m1, m2):
-            wa, wb = self._packed(("conv1_weight", "conv2_weight"))
+            wa, wb, wd = self._packed(("conv1_weight", "conv2_weight", "down_weight"))
             return torch.ops.sai_cpu.sparse_block(
-                x, m1, m2, wa, self.conv1_bias, 3, s, wb, self.conv2_bias, 3, 1, False, None, None, identity,
-                self.sigma1, self.sigma2, k, INTERP_EPS)
+                x, m1, m2, wa, self.conv1_bias, s, wb, self.conv2_bias, 1, False, None, None, wd, self.down_bias,
+                self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS)
+        identity = self._identity(x)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, stride=s, padding=1,
                                activation="relu")
         a = interpolate(a, m1, self.sigma1, k)

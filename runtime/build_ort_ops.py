@@ -40,6 +40,7 @@ ROOT = HERE.parent
 SOURCE = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.cpp"
 LINKER_MAP = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.map"
 KERNELS = ROOT / "models" / "csrc" / "sai_cpu_kernels.h"
+HEADERS = [KERNELS, ROOT / "models" / "csrc" / "sai_cpu_blocks.h", ROOT / "models" / "csrc" / "sai_cpu_gemm.h"]
 INCLUDES = [ROOT / "models" / "csrc", ROOT / "trt_plugins" / "common"]
 LIBRARY = HERE / "lib" / "libsai_ort_ops.so"
 HEADER_CACHE = ROOT / "build" / "ort-headers"
@@ -157,7 +158,7 @@ def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
 def stale() -> bool:
     if not LIBRARY.exists():
         return True
-    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS, LINKER_MAP, *INCLUDES[1].glob("*.h")))
+    newest = max(p.stat().st_mtime for p in (SOURCE, *HEADERS, LINKER_MAP, *INCLUDES[1].glob("*.h")))
     return LIBRARY.stat().st_mtime < newest
 
 

@@ -253,7 +253,7 @@ def cpu_kernels() -> tuple[bool, str]:
         return False, str(exc).splitlines()[0][:160]
     if not ok:
         return False, "not built"
-    return True, f"loaded; fused sparse blocks (float32), small GEMMs on {gemm}"
+    return True, f"loaded; fused sparse blocks (float32), GEMM {gemm}"
 
 
 def ort_custom_ops() -> tuple[bool, str]:

@@ -105,9 +105,10 @@ class OnnxRuntimeEngine(Engine):
         if threads:
             so.intra_op_num_threads = int(threads)
         from sai.runtime import ort_ops  # libsai_ort_ops.so runs the sai nodes where it is built
-        self.custom_ops = ort_ops.register(so, device)
+        self.custom_ops = ort_ops.register(so, device, str(path))
+        model = self.custom_ops.pop("model")  # the model with its sparse blocks fused, or the path
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            self.session = ort.InferenceSession(model, so, providers=providers)
         except Exception as exc:
             raise SaiError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
         self.path, self.device = str(path), device

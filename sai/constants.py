@@ -14,6 +14,8 @@ DOMAIN_VERSION = 1
 SPARSE_SAMPLE_CONV = "SparseSampleConv"
 INTERPOLATE = "Interpolate"
 OP_TYPES = (SPARSE_SAMPLE_CONV, INTERPOLATE)
+# A whole sparse block: an op of libsai_ort_ops.so only, put in by sai.runtime.ort_fuse (never exported)
+SPARSE_BLOCK = "SparseBlock"
 
 # ---- their TensorRT plugins: what the ONNX parser matches a node against ----------------------
 PLUGIN_VERSION = "1"

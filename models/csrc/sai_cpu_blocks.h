@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -38,6 +39,8 @@
 
 #include "interpolateMath.h"
 #include "saiCommon.h"
+#include "sai_cpu_gemm.h"
+#include "sai_cpu_kernels.h"
 #include "sparseSampleConvMath.h"
 
 namespace sai_cpu {
@@ -237,6 +240,214 @@ void interpolate_rows(const Backend& be, int64_t N, int64_t H, int64_t W, int64_
       }
     }
   });
+}
+
+// ---- the whole block on the packed-weight GEMM (sai_cpu_gemm.h) --------------------------------------
+
+// Positions per tile of a fused conv (a multiple of kMR): the tile's im2col rows stay in L2.
+constexpr int64_t kBlockTile = 48;
+
+// C[M][B.N] = A * B (+ bias) (ReLU), split over (row blocks x panel groups) across be's threads: panel
+// groups only where there are too few row blocks to keep every thread busy.
+template <class Backend>
+void parallel_gemm(const Backend& be, int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
+                   const float* bias, bool relu) {
+  if (M <= 0 || B.panels == 0) return;
+  const int64_t rb = (M + kBlockTile - 1) / kBlockTile;
+  const int64_t want = 4 * be.threads();
+  const int64_t groups = std::min<int64_t>(B.panels, std::max<int64_t>(1, (want + rb - 1) / rb));
+  const int64_t per = (B.panels + groups - 1) / groups;
+  be.parallel_for(0, rb * groups, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t r = t / groups, q = t % groups;
+      const int64_t m0 = r * kBlockTile, p0 = q * per, p1 = std::min(B.panels, p0 + per);
+      gemm_packed(std::min(kBlockTile, M - m0), A + m0 * lda, lda, B, p0, p1, C + m0 * ldc, ldc, bias, relu);
+    }
+  });
+}
+
+// The kernels' Backend for work inside one thread of a parallel region.
+struct SerialBackend {
+  template <class F>
+  void parallel_for(int64_t begin, int64_t end, int64_t /*grain*/, const F& f) const {
+    if (begin < end) f(begin, end);
+  }
+  int64_t threads() const { return 1; }
+};
+
+// out[P][Cout] = the conv `g` (finalized, groups 1) of the NHWC map `x` at the active positions of
+// `s`, + bias, ReLU when `relu`; then, when `wc` is given, times wc (the reordered Bottleneck's conv3
+// on the same positions: Cout = wc->N). With enough positions, tiles of kBlockTile positions are
+// im2col'd, multiplied and given their epilogue [and their second GEMM] while in cache, one thread
+// each; with few (the last stages), all positions are im2col'd once and each GEMM is split over the
+// weight's panels as well.
+template <class Backend>
+void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g, const ActiveSet& s, const PackedB& w,
+                      const float* bias, bool relu, const PackedB* wc, float* out) {
+  const int64_t P = s.count(), kdim = g.kdim, Cb = w.N, Cout = wc != nullptr ? wc->N : Cb;
+  if (P == 0) return;
+  const int64_t tiles = (P + kBlockTile - 1) / kBlockTile;
+  if (tiles >= 4 * be.threads()) {
+    be.parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) {
+      static thread_local FloatBuffer cols_buf, mid_buf;
+      float* cols = cols_buf.get(kBlockTile * kdim);
+      float* mid = wc != nullptr ? mid_buf.get(kBlockTile * Cb) : nullptr;
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t first = t * kBlockTile, count = std::min(kBlockTile, P - first);
+        im2col_rows(SerialBackend{}, g, x, s.pos.data(), first, count, cols);
+        if (wc == nullptr) {
+          gemm_packed(count, cols, kdim, w, 0, w.panels, out + first * Cb, Cb, bias, relu);
+        } else {
+          gemm_packed(count, cols, kdim, w, 0, w.panels, mid, Cb, bias, relu);
+          gemm_packed(count, mid, Cb, *wc, 0, wc->panels, out + first * Cout, Cout);
+        }
+      }
+    });
+    return;
+  }
+  static thread_local FloatBuffer cols_buf, mid_buf;
+  float* cols = cols_buf.get(P * kdim);
+  im2col_rows(be, g, x, s.pos.data(), 0, P, cols);
+  if (wc == nullptr) {
+    parallel_gemm(be, P, cols, kdim, w, out, Cb, bias, relu);
+  } else {
+    float* mid = mid_buf.get(P * Cb);
+    parallel_gemm(be, P, cols, kdim, w, mid, Cb, bias, relu);
+    parallel_gemm(be, P, mid, Cb, *wc, out, Cout, nullptr, false);
+  }
+}
+
+// The weights of one block as GEMM operands (pack_conv_weight) and its biases (empty: none).
+struct BlockWeights {
+  PackedB wa, wb, wc, wd;  // wc, wd: K == 0 when the block has no conv3 / no downsample conv
+  std::vector<float> ba, bb, tail_bias, bd;
+  bool has_c() const { return wc.K > 0; }
+  bool has_down() const { return wd.K > 0; }
+};
+
+// A conv weight [Cout][Cin][kh][kw] (row-major) as the GEMM operand [kh*kw*Cin][Cout] in (ky, kx, c)
+// order, the column order of im2col_rows, packed into `out` (into `dst` when given: then
+// PackedB::packed_size(kh*kw*Cin, Cout) floats the caller owns).
+inline void pack_conv_weight(const float* w, int64_t cout, int64_t cin, int64_t kh, int64_t kw, PackedB& out,
+                             float* dst = nullptr) {
+  const int64_t K = kh * kw * cin;
+  std::vector<float> op(static_cast<size_t>(K * cout));
+  for (int64_t o = 0; o < cout; ++o) {
+    for (int64_t c = 0; c < cin; ++c) {
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          op[((ky * kw + kx) * cin + c) * cout + o] = w[((o * cin + c) * kh + ky) * kw + kx];
+        }
+      }
+    }
+  }
+  if (dst != nullptr) {
+    out.pack_into(dst, op.data(), K, cout, cout);
+  } else {
+    out.pack(op.data(), K, cout, cout);
+  }
+}
+
+// The attributes of one block (docs/design.md 3.4): conv_a ka x ka at stride sa on mask m1, conv_b
+// kb x kb at stride sb on mask m2 (ReLU when relu_b), the optional 1x1 conv_c, both Interpolates, the
+// optional 1x1 downsample conv of the identity at down_stride.
+struct BlockSpec {
+  int64_t sa = 1, sb = 1, down_stride = 1, kernel_size = 7;
+  bool relu_b = true;
+  float sigma1 = 1.F, sigma2 = 1.F, eps = 1e-5F;
+};
+
+// The two convs of a block on an N x H x W x C input as SparseSampleConv parameters ("same" padding,
+// groups 1), and the output channels; "" or what is inconsistent.
+struct BlockGeometry {
+  SaiConvParams ga, gb;
+  int64_t Cm = 0, Cout = 0;
+};
+
+inline std::string block_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const BlockSpec& s,
+                                  const BlockWeights& w, int64_t ka, int64_t kb, BlockGeometry& out) {
+  auto conv = [](int64_t n, int64_t c, int64_t h, int64_t wd, int64_t k, int64_t stride, int64_t cout) {
+    SaiConvParams p;
+    p.N = static_cast<int32_t>(n), p.C = static_cast<int32_t>(c), p.H = static_cast<int32_t>(h);
+    p.W = static_cast<int32_t>(wd), p.kh = p.kw = static_cast<int32_t>(k), p.strideH = p.strideW = static_cast<int32_t>(stride);
+    p.padTop = p.padLeft = p.padBottom = p.padRight = static_cast<int32_t>((k - 1) / 2);
+    p.Cout = static_cast<int32_t>(cout);
+    return p;
+  };
+  if (w.wa.K != ka * ka * C) return "conv_a's weight does not take " + std::to_string(C) + " input channels";
+  out.Cm = w.wa.N;
+  out.ga = conv(N, C, H, W, ka, s.sa, out.Cm);
+  if (!sai::saiConvFinalize(out.ga)) return "conv_a does not fit the input";
+  if (w.wb.K != kb * kb * out.Cm) return "conv_b's weight does not take conv_a's " + std::to_string(out.Cm) + " channels";
+  out.gb = conv(N, out.Cm, out.ga.Ho, out.ga.Wo, kb, s.sb, w.wb.N);
+  if (!sai::saiConvFinalize(out.gb)) return "conv_b does not fit conv_a's output";
+  if (w.has_c() && w.wc.K != w.wb.N) return "conv_c's weight does not take conv_b's channels";
+  out.Cout = w.has_c() ? w.wc.N : w.wb.N;
+  if (w.has_down()) {
+    if (w.wd.K != C || w.wd.N != out.Cout) return "the downsample weight must be [Cout, C, 1, 1]";
+    if ((H - 1) / s.down_stride + 1 != out.gb.Ho || (W - 1) / s.down_stride + 1 != out.gb.Wo) {
+      return "the downsample stride does not give the block's output size";
+    }
+  } else if (C != out.Cout || H != out.gb.Ho || W != out.gb.Wo) {
+    return "without a downsample conv the block's output must have the input's shape";
+  }
+  if (!w.ba.empty() && static_cast<int64_t>(w.ba.size()) != out.Cm) return "conv_a's bias size";
+  if (!w.bb.empty() && static_cast<int64_t>(w.bb.size()) != w.wb.N) return "conv_b's bias size";
+  if (!w.tail_bias.empty() && static_cast<int64_t>(w.tail_bias.size()) != out.Cout) return "the tail bias size";
+  if (!w.bd.empty() && static_cast<int64_t>(w.bd.size()) != out.Cout) return "the downsample bias size";
+  return "";
+}
+
+// One sparse residual block, NHWC throughout (docs/design.md 3.4), on geometry `g` (block_geometry):
+//   a   = Interpolate(relu(conv_a(x) + ba) at m1, m1, sigma1)
+//   b   = act_b(conv_b(a) + bb) at m2 [then @ conv_c]
+//   out = relu(Interpolate(b, m2, sigma2) + tail_bias + identity)
+// identity = x, or the 1x1 downsample conv of x (+ bd) at down_stride. x [N][H][W][C], m1 [N][Ha][Wa],
+// m2 and out [N][Ho][Wo](.[Cout]).
+template <class Backend>
+void sparse_block_nhwc(const Backend& be, const BlockGeometry& g, const BlockSpec& s, const BlockWeights& w,
+                       const float* x, const float* m1, const float* m2, float* out) {
+  const SaiConvParams &ga = g.ga, &gb = g.gb;
+  const int64_t N = ga.N, H = ga.H, W = ga.W, C = ga.C, Cm = g.Cm, Cout = g.Cout;
+  const int64_t Ho = gb.Ho, Wo = gb.Wo;
+  static thread_local FloatBuffer id_buf, rows_a_buf, a_buf, rows_b_buf;
+  static thread_local ActiveSet s1, s2;
+  const float* identity = x;
+  if (w.has_down()) {  // one GEMM per output row: its inputs are every down_stride-th position of a row
+    float* id = id_buf.get(N * Ho * Wo * Cout);
+    const int64_t ds = s.down_stride;
+    const float* bd = w.bd.empty() ? nullptr : w.bd.data();
+    be.parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / Ho, yo = r % Ho;
+        gemm_packed(Wo, x + ((n * H + yo * ds) * W) * C, ds * C, w.wd, 0, w.wd.panels, id + r * Wo * Cout, Cout, bd,
+                    false);
+      }
+    });
+    identity = id;
+  }
+  s1.fill(m1, N * ga.Ho * ga.Wo);
+  s2.fill(m2, N * Ho * Wo);
+  sai::SaiInterpParams ip;
+  ip.kernelSize = static_cast<int32_t>(s.kernel_size);
+  ip.sigma = s.sigma1;
+  const std::vector<float> g1 = gaussian_1d(ip);
+  ip.sigma = s.sigma2;
+  const std::vector<float> g2 = gaussian_1d(ip);
+
+  float* rows_a = rows_a_buf.get(std::max<int64_t>(1, s1.count()) * Cm);
+  rows_conv_packed(be, x, ga, s1, w.wa, w.ba.empty() ? nullptr : w.ba.data(), true, nullptr, rows_a);
+  float* a = a_buf.get(N * ga.Ho * ga.Wo * Cm);
+  interpolate_rows(be, N, ga.Ho, ga.Wo, Cm, rows_a, Cm, s1.row_of.data(), m1, g1.data(), s.kernel_size, s.eps,
+                   InterpTail{}, a);
+  float* rows_b = rows_b_buf.get(std::max<int64_t>(1, s2.count()) * Cout);
+  rows_conv_packed(be, a, gb, s2, w.wb, w.bb.empty() ? nullptr : w.bb.data(), s.relu_b, w.has_c() ? &w.wc : nullptr,
+                   rows_b);
+  InterpTail tail;
+  tail.bias = w.tail_bias.empty() ? nullptr : w.tail_bias.data();
+  tail.identity = identity;
+  tail.relu = true;
+  interpolate_rows(be, N, Ho, Wo, Cout, rows_b, Cout, s2.row_of.data(), m2, g2.data(), s.kernel_size, s.eps, tail, out);
 }
 
 }  // namespace sai_cpu

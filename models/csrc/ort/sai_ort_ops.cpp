@@ -36,6 +36,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "sai_cpu_blocks.h"
 #include "sai_cpu_kernels.h"
 
 namespace {
@@ -81,6 +82,8 @@ struct OrtBackend {
       for (int64_t i = 0; i < tasks; ++i) thunk<F>(&c, static_cast<size_t>(i));
     }
   }
+
+  int64_t threads() const { return cores(); }
 
   static int64_t cores() {
     static const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
@@ -648,11 +651,183 @@ struct InterpolateOp : Ort::CustomOpBase<InterpolateOp<T>, InterpolateKernel<T>,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ElemType<T>::value; }
 };
 
+// ---- SparseBlock ----------------------------------------------------------------------------------
+//
+// One whole non-deformable sparse residual block (docs/design.md 3.4), float32, NHWC in and out: the
+// fused kernel of sai_cpu_blocks.h on the GEMM of sai_cpu_gemm.h. Not an op of the exported model:
+// sai.runtime.ort_fuse puts one in for each block's SparseSampleConv/Interpolate chain (+ tail and
+// downsample conv) when this library is registered. Inputs (an empty tensor: absent):
+//   0 X [N,H,W,C]   1 M1 [N,1,Ha,Wa]   2 M2 [N,1,Ho,Wo]
+//   3 WA [Cm,C,ka,ka]  4 BA [Cm]  5 WB [Cb,Cm,kb,kb]  6 BB [Cb]  7 WC [Cout,Cb,1,1]  8 TAIL_BIAS [Cout]
+//   9 WD [Cout,C,1,1]  10 BD [Cout]
+// Attributes: stride_a, stride_b, relu_b, down_stride, sigma1, sigma2, kernel_size, eps.
+// Output: Y [N,Ho,Wo,Cout]. The weights (3..10) must be constant initializers: they are packed once,
+// when the session creates the kernel.
+
+constexpr size_t kBlockInputs = 11;
+const char* const kBlockInputNames[kBlockInputs] = {"X", "M1", "M2", "WA", "BA", "WB", "BB", "WC", "TAIL_BIAS", "WD", "BD"};
+
+struct SparseBlockKernel {
+  std::string node, w;
+  sai_cpu::BlockSpec spec;
+  sai_cpu::BlockWeights weights;
+  int64_t ka = 1, kb = 3, C = 0;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return guarded(w, ORT_RUNTIME_EXCEPTION, [&] { return compute(context); });
+  }
+
+  OrtStatusPtr compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue X = ctx.GetInput(0), M1 = ctx.GetInput(1), M2 = ctx.GetInput(2);
+    const std::vector<int64_t> xs = X.GetTensorTypeAndShapeInfo().GetShape();
+    if (xs.size() != 4 || xs[3] != C) {
+      throw NodeError{w + "X must be NHWC [N,H,W," + std::to_string(C) + "], got " + join(xs)};
+    }
+    for (int64_t v : xs) {
+      if (v > (1LL << 30)) throw NodeError{w + "X is too large: " + join(xs)};
+    }
+    sai_cpu::BlockGeometry g;
+    const std::string why = sai_cpu::block_geometry(xs[0], xs[3], xs[1], xs[2], spec, weights, ka, kb, g);
+    if (!why.empty()) throw NodeError{w + "X " + join(xs) + ": " + why};
+    const std::vector<int64_t> m1s = M1.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> m2s = M2.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> want1{xs[0], 1, g.ga.Ho, g.ga.Wo}, want2{xs[0], 1, g.gb.Ho, g.gb.Wo};
+    if (m1s != want1) throw NodeError{w + "M1 must be " + join(want1) + ", got " + join(m1s)};
+    if (m2s != want2) throw NodeError{w + "M2 must be " + join(want2) + ", got " + join(m2s)};
+    Ort::UnownedValue Y = ctx.GetOutput(0, {xs[0], g.gb.Ho, g.gb.Wo, g.Cout});
+    if (xs[0] == 0 || xs[1] == 0 || xs[2] == 0 || C == 0) return nullptr;
+    OrtBackend be{context};
+    sai_cpu::sparse_block_nhwc(be, g, spec, weights, X.GetTensorData<float>(), M1.GetTensorData<float>(),
+                               M2.GetTensorData<float>(), Y.GetTensorMutableData<float>());
+    return nullptr;
+  }
+};
+
+struct SparseBlockOp : Ort::CustomOpBase<SparseBlockOp, SparseBlockKernel, true> {
+  // The constant input `i` (its shape and data), or a NodeError naming it.
+  static Ort::ConstValue constant(const OrtKernelInfo* info, const std::string& w, size_t i) {
+    int is_constant = 0;
+    const OrtValue* value = nullptr;
+    OrtStatus* st = g_api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &value);
+    if (st != nullptr) g_api->ReleaseStatus(st);
+    if (st != nullptr || !is_constant || value == nullptr) {
+      throw NodeError{w + "input " + std::to_string(i) + " (" + kBlockInputNames[i] +
+                      ") must be a constant initializer"};
+    }
+    return Ort::ConstValue{value};
+  }
+
+  static std::vector<int64_t> shape_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
+
+  // A conv weight input [co, ci, k, k] (k odd; 0 elements: absent when `optional`), packed into `out`;
+  // returns k (0 when absent).
+  static int64_t conv_weight(const OrtKernelInfo* info, const std::string& w, size_t i, bool optional,
+                             sai_cpu::PackedB& out, int64_t* co, int64_t* ci) {
+    Ort::ConstValue v = constant(info, w, i);
+    const std::vector<int64_t> s = shape_of(v);
+    const int64_t count = static_cast<int64_t>(v.GetTensorTypeAndShapeInfo().GetElementCount());
+    if (optional && count == 0) return 0;
+    if (s.size() != 4 || s[2] != s[3] || s[2] % 2 == 0 || s[0] < 1 || s[1] < 1) {
+      throw NodeError{w + "input " + std::to_string(i) + " (" + kBlockInputNames[i] +
+                      ") must be a conv weight [Cout, Cin, k, k] with k odd, got " + join(s)};
+    }
+    sai_cpu::pack_conv_weight(v.GetTensorData<float>(), s[0], s[1], s[2], s[3], out);
+    *co = s[0], *ci = s[1];
+    return s[2];
+  }
+
+  static std::vector<float> vector_input(const OrtKernelInfo* info, const std::string& w, size_t i) {
+    Ort::ConstValue v = constant(info, w, i);
+    const size_t count = v.GetTensorTypeAndShapeInfo().GetElementCount();
+    const float* d = v.GetTensorData<float>();
+    return std::vector<float>(d, d + count);
+  }
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    const std::string node = node_name(info);
+    const std::string w = where("SparseBlock", node);
+    return guarded(w, ORT_FAIL, [&]() -> OrtStatusPtr {
+      if (input_count(info) != kBlockInputs) {
+        throw NodeError{w + "takes " + std::to_string(kBlockInputs) + " inputs (empty tensors for absent ones), got " +
+                        std::to_string(input_count(info))};
+      }
+      auto k = std::make_unique<SparseBlockKernel>();
+      k->node = node, k->w = w;
+      sai_cpu::BlockSpec& s = k->spec;
+      auto positive = [&](const char* name) {
+        const int64_t v = attr_int(info, w, name, 1);
+        if (v < 1) throw NodeError{w + "attribute '" + name + "' must be >= 1, got " + std::to_string(v)};
+        return v;
+      };
+      s.sa = positive("stride_a");
+      s.sb = positive("stride_b");
+      s.down_stride = positive("down_stride");
+      const int64_t relu_b = attr_int(info, w, "relu_b", 1);
+      if (relu_b != 0 && relu_b != 1) throw NodeError{w + "attribute 'relu_b' must be 0 or 1, got " + std::to_string(relu_b)};
+      s.relu_b = relu_b == 1;
+      s.kernel_size = attr_int(info, w, "kernel_size", 7);
+      s.sigma1 = attr_float(info, w, "sigma1", 1.F);
+      s.sigma2 = attr_float(info, w, "sigma2", 1.F);
+      s.eps = attr_float(info, w, "eps", 1e-5F);
+      sai::SaiInterpParams ip;
+      ip.kernelSize = static_cast<int32_t>(s.kernel_size);
+      ip.eps = s.eps;
+      for (const auto& [name, sigma] : {std::pair<const char*, float>{"sigma1", s.sigma1}, {"sigma2", s.sigma2}}) {
+        ip.sigma = sigma;
+        if (!std::isfinite(sigma)) throw NodeError{w + "attribute '" + name + "' must be finite, got " + std::to_string(sigma)};
+        if (!sai::saiInterpParamsValid(ip)) {
+          throw NodeError{w + "attribute 'kernel_size' must be odd, 1.." + std::to_string(sai::kSAI_MAX_INTERP_KERNEL) +
+                          " and 'eps' finite and >= 0, got " + std::to_string(s.kernel_size) + ", " + std::to_string(s.eps)};
+        }
+      }
+      const std::vector<int64_t> xs = static_shape(info, 0);
+      if (!xs.empty() && xs.size() != 4) throw NodeError{w + "input X must be 4-D NHWC, got rank " + std::to_string(xs.size())};
+      sai_cpu::BlockWeights& wt = k->weights;
+      int64_t cm = 0, cin = 0, cb = 0, cm2 = 0, cout = 0, cb2 = 0, cd = 0, cdin = 0;
+      k->ka = conv_weight(info, w, 3, false, wt.wa, &cm, &cin);
+      k->kb = conv_weight(info, w, 5, false, wt.wb, &cb, &cm2);
+      if (cm2 != cm) throw NodeError{w + "WB takes " + std::to_string(cm2) + " channels, WA gives " + std::to_string(cm)};
+      const bool has_c = conv_weight(info, w, 7, true, wt.wc, &cout, &cb2) != 0;
+      if (has_c && (cb2 != cb || wt.wc.K != cb)) {
+        throw NodeError{w + "WC must be [Cout, " + std::to_string(cb) + ", 1, 1]"};
+      }
+      const bool has_d = conv_weight(info, w, 9, true, wt.wd, &cd, &cdin) != 0;
+      if (has_d && (cdin != cin || wt.wd.K != cin)) {
+        throw NodeError{w + "WD must be [Cout, " + std::to_string(cin) + ", 1, 1]"};
+      }
+      wt.ba = vector_input(info, w, 4);
+      wt.bb = vector_input(info, w, 6);
+      wt.tail_bias = vector_input(info, w, 8);
+      wt.bd = vector_input(info, w, 10);
+      k->C = cin;
+      if (!xs.empty() && xs[3] > 0 && xs[3] != cin) {
+        throw NodeError{w + "input X has " + std::to_string(xs[3]) + " channels (NHWC), WA takes " + std::to_string(cin)};
+      }
+      // the shapes that do not depend on H and W: checked on a 1 x 1 view of the block
+      sai_cpu::BlockGeometry g;
+      sai_cpu::BlockSpec one = s;
+      const std::string why = sai_cpu::block_geometry(1, cin, 1, 1, one, wt, k->ka, k->kb, g);
+      if (!why.empty() && why.find("size") == std::string::npos && why.find("shape") == std::string::npos) {
+        throw NodeError{w + why};
+      }
+      *kernel = k.release();
+      return nullptr;
+    });
+  }
+  const char* GetName() const { return "SparseBlock"; }
+  size_t GetInputTypeCount() const { return kBlockInputs; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 // One op per element type (ONNX Runtime picks the one whose type constraints the node meets).
 SparseSampleConvOp<float> g_conv_f32;
 SparseSampleConvOp<Ort::Float16_t> g_conv_f16;
 InterpolateOp<float> g_interp_f32;
 InterpolateOp<Ort::Float16_t> g_interp_f16;
+SparseBlockOp g_block_f32;
 
 }  // namespace
 
@@ -680,7 +855,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   }
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
-  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_conv_f32, &g_conv_f16, &g_interp_f32, &g_interp_f16}) {
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_conv_f32, &g_conv_f16, &g_interp_f32, &g_interp_f16, &g_block_f32}) {
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
   }
   return api->AddCustomOpDomain(options, domain);
