@@ -138,13 +138,14 @@ def test_a_model_without_sparse_blocks_is_unchanged(tmp_path):
 
 # ---- the SparseBlock op's checks ----------------------------------------------------------------
 
-def _block_model(attrs=None, wa_shape=(8, 16, 1, 1), x_channels=16, constant_wa=True, name="blk_3"):
+def _block_model(attrs=None, wa_shape=(8, 16, 1, 1), x_channels=16, constant_wa=True, name="blk_3", ba_size=8,
+                 wc_cout=16):
     """One SparseBlock node: a Bottleneck 16 -> 8 -> 8 -> 16 without downsample on an NHWC input."""
     rng = np.random.default_rng(0)
     inits = {
-        "WA": rng.standard_normal(wa_shape).astype(np.float32), "BA": np.zeros(8, np.float32),
+        "WA": rng.standard_normal(wa_shape).astype(np.float32), "BA": np.zeros(ba_size, np.float32),
         "WB": rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "BB": np.zeros(8, np.float32),
-        "WC": rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "TB": np.zeros(16, np.float32),
+        "WC": rng.standard_normal((wc_cout, 8, 1, 1)).astype(np.float32), "TB": np.zeros(wc_cout, np.float32),
         "E": np.zeros(0, np.float32),
     }
     a = dict(stride_a=1, stride_b=1, relu_b=1, down_stride=1, sigma1=1.0, sigma2=1.0, kernel_size=7, eps=1e-5)
@@ -208,6 +209,8 @@ def test_bad_attributes_fail_at_session_creation_naming_node_and_attribute(attrs
     (dict(wa_shape=(8, 16, 2, 2)), "input 3 (WA) must be a conv weight [Cout, Cin, k, k] with k odd"),
     (dict(wa_shape=(4, 16, 1, 1)), "WB takes 8 channels, WA gives 4"),
     (dict(x_channels=12), "input X has 12 channels (NHWC), WA takes 16"),
+    (dict(ba_size=5), "input 4 (BA) must have 8 values (or none), got 5"),
+    (dict(wc_cout=12), "without WD the identity is X: the block must give X's 16 channels, it gives 12"),
 ])
 def test_bad_inputs_fail_at_session_creation_naming_the_input(kwargs, what):
     with pytest.raises(Exception) as info:

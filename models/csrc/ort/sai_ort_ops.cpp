@@ -804,12 +804,24 @@ struct SparseBlockOp : Ort::CustomOpBase<SparseBlockOp, SparseBlockKernel, true>
       if (!xs.empty() && xs[3] > 0 && xs[3] != cin) {
         throw NodeError{w + "input X has " + std::to_string(xs[3]) + " channels (NHWC), WA takes " + std::to_string(cin)};
       }
-      // the shapes that do not depend on H and W: checked on a 1 x 1 view of the block
-      sai_cpu::BlockGeometry g;
-      sai_cpu::BlockSpec one = s;
-      const std::string why = sai_cpu::block_geometry(1, cin, 1, 1, one, wt, k->ka, k->kb, g);
-      if (!why.empty() && why.find("size") == std::string::npos && why.find("shape") == std::string::npos) {
-        throw NodeError{w + why};
+      // the shapes that do not depend on H and W: biases, and the identity's channels
+      const int64_t block_out = has_c ? cout : cb;
+      if (has_d && cd != block_out) {
+        throw NodeError{w + "WD gives " + std::to_string(cd) + " channels, the block " + std::to_string(block_out)};
+      }
+      if (!has_d && cin != block_out) {
+        throw NodeError{w + "without WD the identity is X: the block must give X's " + std::to_string(cin) +
+                        " channels, it gives " + std::to_string(block_out)};
+      }
+      const std::pair<size_t, int64_t> sizes[] = {{4, cm}, {6, cb}, {8, block_out}, {10, block_out}};
+      const std::vector<float>* vectors[] = {&wt.ba, &wt.bb, &wt.tail_bias, &wt.bd};
+      for (size_t q = 0; q < 4; ++q) {
+        const auto [i, want] = sizes[q];
+        const int64_t got = static_cast<int64_t>(vectors[q]->size());
+        if (got != 0 && got != want) {
+          throw NodeError{w + "input " + std::to_string(i) + " (" + kBlockInputNames[i] + ") must have " +
+                          std::to_string(want) + " values (or none), got " + std::to_string(got)};
+        }
       }
       *kernel = k.release();
       return nullptr;
