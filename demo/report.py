@@ -236,13 +236,17 @@ def sweep_cases(bench_ops: Optional[dict]) -> list[dict]:
     return [c for c in (bench_ops or {}).get("cases", []) if c.get("sparse_ms") is not None and "extra" in c]
 
 
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime+libsai_ort_ops")
+
+
 def best_cases(bench_ops: Optional[dict]) -> dict[str, dict]:
-    """Per runtime (torch; onnxruntime = the portable ONNX), the sweep case (any size, any density) with the best
-    dense/sparse ratio: where sparse wins, if it wins anywhere."""
+    """Per runtime (torch; onnxruntime = the portable ONNX; onnxruntime+libsai_ort_ops = the same file with the
+    library's fused blocks, what sai.runtime runs where it is built), the sweep case (any size, any density) with
+    the best dense/sparse ratio: where sparse wins, if it wins anywhere."""
     best: dict[str, dict] = {}
     for c in sweep_cases(bench_ops):
         backend = c["extra"].get("backend")
-        if backend in ("torch", "onnxruntime") and (backend not in best or c["ratio"] > best[backend]["ratio"]):
+        if backend in RUNTIMES and (backend not in best or c["ratio"] > best[backend]["ratio"]):
             best[backend] = c
     return best
 

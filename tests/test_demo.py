@@ -329,6 +329,19 @@ def test_speed_summary_when_sparse_never_wins():
         in line, line
 
 
+def test_speed_summary_names_the_custom_op_runtime_where_it_ran():
+    from sai.demo.report import speed_summary
+
+    bo = _bench_ops_json()
+    timed = dict(next(c for c in bo["cases"] if c["extra"]["backend"] == "onnxruntime"))
+    timed["extra"] = dict(timed["extra"], backend="onnxruntime+libsai_ort_ops")
+    timed["sparse_ms"], timed["dense_ms"], timed["ratio"] = 40.0, 100.0, 2.5
+    bo["cases"] = bo["cases"] + [timed]
+    line = speed_summary(None, bo)
+    h, w, d = timed["extra"]["height"], timed["extra"]["width"], timed["density"]
+    assert f"sparse 2.50x faster at {h}x{w}, density {d:.2f} (onnxruntime+libsai_ort_ops)" in line, line
+
+
 def test_overlay_marks_sampled_cells():
     import numpy as np
 
