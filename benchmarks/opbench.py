@@ -318,8 +318,8 @@ def bench_onnx_op(repeats: int, size: int = 64, channels: int = 256, densities=(
 
 
 def _custom_op_session(path: str, threads: int):
-    """(session with libsai_ort_ops.so registered, "") or (None, why not): the library is loaded here
-    whether or not ``SAI_ORT_OPS`` switches it on for the runtime."""
+    """(session with libsai_ort_ops.so registered and the model's sparse blocks fused, "") or (None, why not):
+    the library is loaded here whether or not ``SAI_ORT_OPS`` switches it on for the runtime."""
     import onnxruntime as ort
 
     lib, why = ort_ops.built_library()
@@ -340,8 +340,8 @@ def bench_onnx(repeats: int, arch: str = "sparse_resnet101", sizes=((512, 832),)
                threads: int = 0, workdir: Optional[str] = None, *, more_densities=(),
                options: Optional[dict] = None) -> list[Case]:
     """onnxruntime CPU: the portable sparse ONNX vs the dense ResNet's ONNX with the same weights, and the same
-    portable model with libsai_ort_ops.so registered (its C++ kernels run the sai nodes), the three sessions timed
-    in turn. One model (masks calibrated at the first size, exported with dynamic H/W) at every ``(h, w)`` of
+    portable model with libsai_ort_ops.so registered as sai.runtime runs it (its sparse blocks rewritten into
+    fused sai::SparseBlock nodes, the rest on the library's per-op kernels), the three sessions timed in turn. One model (masks calibrated at the first size, exported with dynamic H/W) at every ``(h, w)`` of
     ``sizes``; then recalibrated and exported again for each of ``more_densities``, timed at the largest size
     against the same dense session. Per point a ``portable ...`` and a ``custom-op ...`` case; the latter says
     "not built" (no timings) where the library is absent."""
