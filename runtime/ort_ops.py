@@ -3,8 +3,8 @@
 ``make install`` builds it (``python -m sai.runtime.build_ort_ops``) into ``runtime/lib/`` (inside the
 package, found through the package; no system paths searched). Registered on a session's options,
 its C++ kernels run the model: first every matching sparse block is rewritten into one
-``sai::SparseBlock`` node (``sai.runtime.ort_fuse``: the fused NHWC block kernel PyTorch runs too,
-measured 1.5-1.7x faster than the dense ResNet-101 on onnxruntime at 512x832, docs/benchmarks.md), and
+``sai::SparseBlock`` node (``sai.runtime.ort_fuse``: the fused NHWC block kernel PyTorch runs too; its
+speed: docs/benchmarks.md), and
 the sai nodes left over (deformable blocks, ...) run on the library's ``SparseSampleConv`` and
 ``Interpolate`` kernels: onnxruntime prefers a registered custom op over a model-local function of the
 same domain and op_type, so the same portable ``model.onnx`` runs either way (``tests/test_ort_ops.py``,

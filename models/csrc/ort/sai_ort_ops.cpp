@@ -3,7 +3,8 @@
 // libsai_ort_ops.so: the ONNX Runtime custom-op library of the sai ops (domain "sai", version 1):
 // SparseSampleConv (3, 4 or 5 inputs: X, M, W [, B [, Offset]]; groups, strides, dilations, pads,
 // deformable conv v1, activation) and Interpolate, docs/design.md 3.2 / 3.3, float32 and float16 (fp16
-// storage, fp32 math), CPU execution provider. The kernels are the ones of the PyTorch extension (models/csrc/sai_cpu_kernels.h), run
+// storage, fp32 math), and SparseBlock, a whole sparse block on the fused NHWC kernel of
+// sai_cpu_blocks.h (float32; put in by sai.runtime.ort_fuse, see below), CPU execution provider. The kernels are the ones of the PyTorch extension (models/csrc/sai_cpu_kernels.h), run
 // here on ONNX Runtime's intra-op thread pool with OpenBLAS (PyPI's scipy-openblas32) for the GEMM.
 //
 //   so = onnxruntime.SessionOptions(); so.register_custom_ops_library(path)
