@@ -168,7 +168,8 @@ def convert_to_fp16(model: onnx.ModelProto) -> Fp16Report:
             for i, name in enumerate(node.input):
                 if name == out.name:
                     node.input[i] = inner
-        new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=F32, name=f"cast_fp32/{out.name}"))
+        # named apart from the cast of the same value for an fp32 consumer (the next mask predictor)
+        new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=F32, name=f"cast_fp32/{out.name}:output"))
 
     n_casts = sum(1 for n in new_nodes if n.name.startswith(("cast_fp16/", "cast_fp32/")))
     del g.node[:]

@@ -91,7 +91,7 @@ def mask_logits(x: Tensor, weights: Tensor, biases: Tensor, strides: tuple[int, 
     return out
 
 
-# Eager CPU float32 inference runs each non-deformable sparse block as one fused NHWC C++ op,
+# Eager CPU float32 inference runs each sparse block (deformable ones too) as one fused NHWC C++ op,
 # ``sai_cpu::sparse_block`` (models/csrc/sai_cpu_blocks.h), when the C++ kernels are built: conv
 # outputs stay compacted rows, Interpolate sums only the active neighbours and writes the block tail
 # in the same pass. The same formulas as the per-op path below; False forces the per-op path.
@@ -183,7 +183,7 @@ class _FusedSparseBase(MaskBookkeeping):
         ``sai_cpu::sparse_block`` (see FAST_BLOCKS), else None."""
         from sai.models import cpu_kernels
 
-        if not (FAST_BLOCKS and not self.with_dcn and x.device.type == "cpu" and x.dtype == torch.float32
+        if not (FAST_BLOCKS and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.conv1_weight.dtype == torch.float32 and not x.requires_grad and _recording()
                 and cpu_kernels.active()):
             return None
@@ -200,13 +200,16 @@ class _FusedSparseBase(MaskBookkeeping):
     def _packed(self, names: tuple[str, ...]) -> list[Optional[Tensor]]:
         """The weights ``names`` packed by _pack_weight (None for an absent one), cached until a weight
         changes."""
-        tensors = [getattr(self, n) for n in names]
+        tensors = [getattr(self, n, None) for n in names]
         key = tuple(None if t is None else (t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
         cached = self.__dict__.get("_packed_cache")
         if cached is None or cached[0] != key:
             cached = (key, [None if t is None else _pack_weight(t.detach()) for t in tensors])
             self.__dict__["_packed_cache"] = cached
         return cached[1]
+
+    def _offset_bias(self) -> Optional[Tensor]:
+        return self.offset_bias if self.with_dcn else None
 
     def _identity(self, x: Tensor) -> Tensor:
         if self.down_weight is None:
@@ -247,10 +250,11 @@ class FusedSparseBottleneck(_FusedSparseBase):
             return F.relu(c + identity)
         m1, m2 = self.masks(x, noise1, noise2)
         if fast and self._sparse_enough(m1, m2):
-            wa, wb, wc, wd = self._packed(("conv1_weight", "conv2_weight", "conv3_weight", "down_weight"))
+            wa, wb, wc, wd, wo = self._packed(
+                ("conv1_weight", "conv2_weight", "conv3_weight", "down_weight", "offset_weight"))
             return torch.ops.sai_cpu.sparse_block(
                 x, m1, m2, wa, self.conv1_bias, 1, wb, self.conv2_bias, s, True, wc, self.out_bias, wd,
-                self.down_bias, self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS)
+                self.down_bias, self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS, wo, self._offset_bias(), s)
         identity = self._identity(x)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, activation="relu")
         a = interpolate(a, m1, self.sigma1, k)
@@ -294,10 +298,10 @@ class FusedSparseBasicBlock(_FusedSparseBase):
             return F.relu(b + identity)
         m1, m2 = self.masks(x, noise1, noise2)
         if fast and self._sparse_enough(m1, m2):
-            wa, wb, wd = self._packed(("conv1_weight", "conv2_weight", "down_weight"))
+            wa, wb, wd, wo = self._packed(("conv1_weight", "conv2_weight", "down_weight", "offset_weight"))
             return torch.ops.sai_cpu.sparse_block(
                 x, m1, m2, wa, self.conv1_bias, s, wb, self.conv2_bias, 1, False, None, None, wd, self.down_bias,
-                self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS)
+                self.down_stride, self.sigma1, self.sigma2, k, INTERP_EPS, wo, self._offset_bias(), s)
         identity = self._identity(x)
         a = sparse_sample_conv(x, m1, self.conv1_weight, self.conv1_bias, stride=s, padding=1,
                                activation="relu")

@@ -12,7 +12,8 @@ value leaves the chain of fused blocks (the transposes between two fused blocks 
 The rewrite is of what ``sai convert`` / ``export_onnx`` writes, in memory, when the session is made;
 the model file is not touched. The mask predictors stay as they are (standard ops). A block is left
 as it is (its nodes then run one by one on the library's kernels) unless everything matches exactly:
-float32 constant weights, groups 1, no dilation, "same" padding, no deformable offset, the masks
+float32 constant weights, groups 1, no dilation, "same" padding, a deformable conv_b only with its
+offsets from a SparseSampleConv of the block input at conv_b's mask, the masks
 shared as the block's formulas say (docs/design.md 3.4), every intermediate value used once, and a
 1x1 downsample Conv (or none). The same values either way (tests/test_ort_fuse.py).
 """
@@ -73,12 +74,14 @@ class _Graph:
         return a if rank is None or a.ndim == rank else None
 
 
-def _conv_ok(gr: _Graph, node: onnx.NodeProto) -> Optional[dict]:
-    """A SparseSampleConv the block kernel runs: (kernel k, stride s, activation) or None."""
+def _conv_ok(gr: _Graph, node: onnx.NodeProto, deformable: bool = False) -> Optional[dict]:
+    """A SparseSampleConv the block kernel runs: its kernel k, stride, activation, weight, bias, channels
+    and (``deformable``: allowed) offset input, or None."""
     if node.domain != DOMAIN or node.op_type != SPARSE_SAMPLE_CONV:
         return None
-    if len(node.input) > 4 and node.input[4]:
-        return None  # deformable
+    offset = node.input[4] if len(node.input) > 4 and node.input[4] else None
+    if offset is not None and not deformable:
+        return None
     w = gr.weight(node.input[2], 4)
     if w is None or w.shape[2] != w.shape[3] or w.shape[2] % 2 == 0:
         return None
@@ -95,7 +98,22 @@ def _conv_ok(gr: _Graph, node: onnx.NodeProto) -> Optional[dict]:
     act = a.get("activation", b"none")
     act = act.decode() if isinstance(act, bytes) else act
     return {"k": k, "stride": strides[0], "act": act, "weight": node.input[2], "bias": bias, "cout": w.shape[0],
-            "cin": w.shape[1]}
+            "cin": w.shape[1], "offset": offset, "deform_groups": int(a.get("deform_groups", 1))}
+
+
+def _offset_conv(gr: _Graph, conv_b: dict, x: str, m2: str) -> Optional[dict]:
+    """The SparseSampleConv of x at m2 that makes conv_b's offsets (2 * deform_groups * kb * kb channels, no
+    activation, used only there), or None."""
+    i = gr.made_by(conv_b["offset"], SPARSE_SAMPLE_CONV, DOMAIN)
+    if i is None or gr.sole_use(conv_b["offset"]) is None:
+        return None
+    node = gr.nodes[i]
+    co = _conv_ok(gr, node)
+    if co is None or node.input[0] != x or node.input[1] != m2 or co["act"] != "none":
+        return None
+    if co["cout"] != 2 * conv_b["deform_groups"] * conv_b["k"] ** 2:
+        return None
+    return dict(co, node=i)
 
 
 def _interp_ok(node: onnx.NodeProto) -> Optional[dict]:
@@ -190,21 +208,22 @@ def _match(gr: _Graph, i2: int) -> Optional[dict]:
     jl, last = chain(gr.nodes[i2].input[0], SPARSE_SAMPLE_CONV)
     if last is None or last.input[1] != m2:
         return None
-    cl = _conv_ok(gr, last)
+    cl = _conv_ok(gr, last, deformable=True)  # conv_b of a BasicBlock may be deformable (checked below)
     if cl is None:
         return None
     jb, before = chain(last.input[0], SPARSE_SAMPLE_CONV)
     if before is not None and before.input[1] == m2:  # Bottleneck: conv_b -> conv_c (1x1) on the same mask
-        cb, cc, ib = _conv_ok(gr, before), cl, [jb, jl]
-        if cb is None or cc["k"] != 1 or cc["stride"] != 1 or cc["act"] != "none" or cb["act"] not in ("relu", "none"):
+        cb, cc, ib = _conv_ok(gr, before, deformable=True), cl, [jb, jl]
+        if (cb is None or cc["offset"] is not None or cc["k"] != 1 or cc["stride"] != 1 or cc["act"] != "none"
+                or cb["act"] not in ("relu", "none")):
             return None
         bias_c = gr.weight(cc["bias"]) if cc["bias"] else None
         if bias_c is not None and np.any(bias_c):
             return None  # conv_c's own bias is the tail's (the export passes zeros)
         conv_b_node = before
     else:
-        cb, cc, ib = cl, None, [jl]
-        if cb["act"] not in ("relu", "none"):
+        cb, cc, ib = _conv_ok(gr, last, deformable=True), None, [jl]
+        if cb is None or cb["act"] not in ("relu", "none"):
             return None
         conv_b_node = last
     ji1, interp1_node = chain(conv_b_node.input[0], INTERPOLATE)
@@ -223,6 +242,11 @@ def _match(gr: _Graph, i2: int) -> Optional[dict]:
     if cc is not None and cc["cin"] != cb["cout"]:
         return None
     x = conv_a_node.input[0]
+    off = None
+    if cb["offset"] is not None:
+        off = _offset_conv(gr, cb, x, m2)
+        if off is None:
+            return None
     tail = _tail(gr, gr.nodes[i2].output[0])
     if tail is None:
         return None
@@ -233,9 +257,9 @@ def _match(gr: _Graph, i2: int) -> Optional[dict]:
     down = _downsample(gr, tail["identity"], x, cout, ca["cin"])
     if down is None:
         return None
-    drop = [ja, ji1, *ib, i2, *tail["nodes"]] + ([down["node"]] if down else [])
+    drop = [ja, ji1, *ib, i2, *tail["nodes"]] + ([down["node"]] if down else []) + ([off["node"]] if off else [])
     return {"x": x, "m1": m1, "m2": m2, "a": ca, "b": cb, "c": cc, "interp1": interp1, "interp2": interp2,
-            "tail": tail, "down": down, "drop": drop, "at": max(drop)}
+            "tail": tail, "down": down, "offset": off, "drop": drop, "at": max(drop)}
 
 
 def fuse_sparse_blocks(model: onnx.ModelProto) -> int:
@@ -273,15 +297,17 @@ def fuse_sparse_blocks(model: onnx.ModelProto) -> int:
             if x_nhwc not in made_nhwc:
                 new.append(helper.make_node("Transpose", [x], [x_nhwc], perm=TO_NHWC, name=f"{x_nhwc}/transpose"))
                 made_nhwc.add(x_nhwc)
-        c, down = b["c"], b["down"]
+        c, down, off = b["c"], b["down"], b["offset"] or {}
         inputs = [x_nhwc, b["m1"], b["m2"], b["a"]["weight"], b["a"]["bias"] or EMPTY, b["b"]["weight"],
                   b["b"]["bias"] or EMPTY, c["weight"] if c else EMPTY, tail["bias"] or EMPTY,
-                  down.get("weight") or EMPTY, down.get("bias") or EMPTY]
+                  down.get("weight") or EMPTY, down.get("bias") or EMPTY, off.get("weight") or EMPTY,
+                  off.get("bias") or EMPTY]
         out_nhwc = nhwc_of[tail["out"]]
         new.append(helper.make_node(
             SPARSE_BLOCK, inputs, [out_nhwc], name=f"{tail['out']}/sai_block", domain=DOMAIN,
             stride_a=int(b["a"]["stride"]), stride_b=int(b["b"]["stride"]), relu_b=int(b["b"]["act"] == "relu"),
-            down_stride=int(down.get("stride", 1)), sigma1=b["interp1"]["sigma"], sigma2=b["interp2"]["sigma"],
+            down_stride=int(down.get("stride", 1)), offset_stride=int(off.get("stride", 1)),
+            sigma1=b["interp1"]["sigma"], sigma2=b["interp2"]["sigma"],
             kernel_size=b["interp2"]["k"], eps=b["interp2"]["eps"]))
         new.append(helper.make_node("Transpose", [out_nhwc], [tail["out"]], perm=TO_NCHW,
                                     name=f"{tail['out']}/sai_nchw"))

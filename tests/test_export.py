@@ -417,6 +417,30 @@ def test_fp16(tmp, r18_fpn_dcn_stoch):
     assert max(errs) < 0.05
 
 
+def test_fp16_backbone_whose_stage_outputs_feed_the_next_stage(tmp):
+    """head="none": the stage outputs c2..c4 are graph outputs *and* the next stage's input, whose mask predictor
+    reads them in fp32; the two float32 casts of one value must be two nodes with two names (they had one, and
+    onnxruntime refused the model: "two nodes with same node name (cast_fp32/c2)")."""
+    from sai.exporter import export_onnx
+    from sai.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sparse_resnet18", base_width=8, head="none").eval()
+    paths = {}
+    for prec in ("fp32", "fp16"):
+        paths[prec] = tmp / f"backbone_{prec}.onnx"
+        export_onnx(model, paths[prec], input_shape=(1, 3, 64, 64), precision=prec, check=False)
+    m = onnx.load(str(paths["fp16"]))
+    onnx.checker.check_model(m, full_check=True)
+    names = [n.name for n in m.graph.node if n.name]
+    assert len(names) == len(set(names))
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    o32, o16 = (onnxruntime.InferenceSession(str(paths[p]), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+                for p in ("fp32", "fp16"))
+    assert len(o16) == 4 and all(a.dtype == np.float32 for a in o16)
+    assert max(rel_err(a, b) for a, b in zip(o16, o32, strict=True)) < 0.05
+
+
 def _with_outputs(path: Path, names: list[str]):
     m = onnx.load(str(path))
     for name in names:

@@ -22,14 +22,21 @@ def _kernels():
 EPS = 1e-5
 
 
-def reference_block(x, m1, m2, wa, ba, sa, wb, bb, sb, relu_b, wc, tail_bias, identity, sigma1, sigma2, k):
-    """docs/design.md 3.4 (second form) with the reference ops, in float64."""
-    d = [None if t is None else t.double() for t in (x, m1, m2, wa, ba, wb, bb, wc, tail_bias, identity)]
-    x, m1, m2, wa, ba, wb, bb, wc, tail_bias, identity = d
+def reference_block(x, m1, m2, wa, ba, sa, wb, bb, sb, relu_b, wc, tail_bias, identity, sigma1, sigma2, k,
+                    wo=None, bo=None, so=1):
+    """docs/design.md 3.4 (second form) with the reference ops, in float64; with ``wo`` conv_b is deformable,
+    its offsets the 3x3 conv (``wo``, ``bo``, stride ``so``) of x at m2's positions."""
+    d = [None if t is None else t.double() for t in (x, m1, m2, wa, ba, wb, bb, wc, tail_bias, identity, wo, bo)]
+    x, m1, m2, wa, ba, wb, bb, wc, tail_bias, identity, wo, bo = d
     pa, pb = wa.shape[-1] // 2, wb.shape[-1] // 2
     a = ops.sparse_sample_conv_reference(x, m1, wa, ba, None, [sa] * 2, [pa] * 4, [1, 1], 1, 1, "relu")
     a = ops.interpolate_reference(a, m1, sigma1, k, EPS)
-    b = ops.sparse_sample_conv_reference(a, m2, wb, bb, None, [sb] * 2, [pb] * 4, [1, 1], 1, 1,
+    off = None
+    if wo is not None:
+        po = wo.shape[-1] // 2
+        off = ops.sparse_sample_conv_reference(x, m2, wo, bo, None, [so] * 2, [po] * 4, [1, 1], 1, 1, "none")
+    dg = 1 if wo is None else wo.shape[0] // (2 * wb.shape[-1] ** 2)
+    b = ops.sparse_sample_conv_reference(a, m2, wb, bb, off, [sb] * 2, [pb] * 4, [1, 1], 1, dg,
                                          "relu" if relu_b else "none")
     if wc is not None:
         b = ops.sparse_sample_conv_reference(b, m2, wc, None, None, [1, 1], [0] * 4, [1, 1], 1, 1, "none")
@@ -53,9 +60,11 @@ def _mask(kind, shape, g):
 
 
 def _run(kind, n, cin, h, w, planes, cout, ka, sa, kb, sb, relu_b, with_c, k=7, seed=0, fmt=torch.contiguous_format,
-         down=True):
+         down=True, deform_groups=0):
     """One block through sai_cpu::sparse_block vs reference_block; ``down``: a 1x1 downsample conv (stride
-    sa * sb) makes the identity, else the identity is x itself (cin == the block's output channels)."""
+    sa * sb) makes the identity, else the identity is x itself (cin == the block's output channels);
+    ``deform_groups`` > 0: conv_b is deformable, its offsets (a few pixels, off the grid) from a 3x3 conv
+    of x at stride sa * sb."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, h, w, generator=g).contiguous(memory_format=fmt)
     ho, wo = (h - 1) // sa + 1, (w - 1) // sa + 1
@@ -71,11 +80,16 @@ def _run(kind, n, cin, h, w, planes, cout, ka, sa, kb, sb, relu_b, with_c, k=7, 
     wd = torch.randn(c_out, cin, 1, 1, generator=g) / cin ** 0.5 if down else None
     bd = torch.randn(c_out, generator=g) * 0.1 if down else None
     identity = torch.nn.functional.conv2d(x.double(), wd.double(), bd.double(), stride=ds) if down else x
+    wo = bo = None
+    if deform_groups:
+        wo = torch.randn(2 * deform_groups * kb * kb, cin, 3, 3, generator=g) * (1.5 / (cin * 9) ** 0.5)
+        bo = torch.randn(2 * deform_groups * kb * kb, generator=g) * 0.7
     pack = fuse_mod._pack_weight
     got = torch.ops.sai_cpu.sparse_block(
         x, m1, m2, pack(wa), ba, sa, pack(wb), bb, sb, relu_b, None if wc is None else pack(wc), tail_bias,
-        pack(wd) if down else None, bd, ds, 0.9, 1.3, k, EPS)
-    want = reference_block(x, m1, m2, wa, ba, sa, wb, bb, sb, relu_b, wc, tail_bias, identity, 0.9, 1.3, k)
+        pack(wd) if down else None, bd, ds, 0.9, 1.3, k, EPS, None if wo is None else pack(wo), bo, ds)
+    want = reference_block(x, m1, m2, wa, ba, sa, wb, bb, sb, relu_b, wc, tail_bias, identity, 0.9, 1.3, k,
+                           wo, bo, ds)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
@@ -107,6 +121,16 @@ def test_both_gemm_schedules_match_the_reference(size):
     # few active positions: one im2col and GEMMs split over the weight's panels; many: 48-position tiles
     # with both GEMMs of conv_b/conv_c in cache, one tile per task
     _run("hard", 1, 64, *size, 64, 256, 1, 1, 3, 1, True, True, k=3)
+
+
+@pytest.mark.parametrize("form,deform_groups", [("bottleneck", 1), ("bottleneck", 2), ("basic", 1)])
+def test_deformable_conv_b_matches_the_reference(form, deform_groups):
+    # DCN v1 conv_b: taps sampled bilinearly at offsets from the 3x3 offset conv of x (at the block's
+    # stride) at m2's positions; offsets of a few pixels, many of them off the image
+    if form == "bottleneck":
+        _run("soft", 1, 24, 13, 11, 20, 40, 1, 1, 3, 2, True, True, deform_groups=deform_groups)
+    else:
+        _run("hard", 1, 16, 12, 14, 16, 16, 3, 2, 3, 1, False, False, k=5, deform_groups=deform_groups)
 
 
 def test_nhwc_input_and_kernel_size_one():
@@ -203,12 +227,32 @@ def test_fused_model_uses_the_block_kernel_and_matches_float64(arch, monkeypatch
         torch.testing.assert_close(g, p, rtol=1e-4, atol=2e-4)
 
 
-def test_dense_masks_and_deformable_blocks_keep_the_per_op_path():
+def test_deformable_blocks_take_the_block_kernel_and_match_float64(monkeypatch):
     model = _calibrated("sparse_resnet50", dcn_stages=(0, 1, 1, 1))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # offsets of a few pixels (a trained DCN's scale; zeros would not test the sampling)
+        for _, blk in model.sparse_blocks():
+            if blk.with_dcn:
+                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
+                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
     fused = fuse_for_inference(model)
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(4))
+    fused.reset_densities()
+    rec = _record_masks(fused)
+    got, calls = _fused_calls(fused, x)
+    dens = fused.densities()
+    assert calls == sum(1 for d1, d2 in dens.values() if max(d1, d2) < cpu_kernels.DENSE_ABOVE) >= len(dens) - 2
+    ref = fuse_for_inference(model.double())
+    _replay_masks(ref, rec)
+    with torch.no_grad():
+        want = ref(x.double())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-4)
+
+
+def test_dense_masks_keep_the_per_op_path():
+    model = _calibrated("sparse_resnet50", dcn_stages=(0, 1, 1, 1))
     x = torch.randn(1, 3, 96, 128)
-    _, calls = _fused_calls(fused, x)
-    assert calls == len(fused.layer1)  # stage 1 only: stages 2-4 are deformable
     from sai.benchmarks.opbench import calibrate_mask_bias
 
     calibrate_mask_bias(model, torch.randn(1, 3, 96, 128), 0.95)

@@ -50,6 +50,9 @@ def _model(arch, **options):
             for conv in (blk.conv1_mask, blk.conv2_mask):
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
                 conv.bias.fill_(0.05)
+            if blk.with_dcn:  # offsets of about a pixel (zeros would not test the bilinear sampling)
+                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
+                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
     return model.eval()
 
 
@@ -114,12 +117,14 @@ def test_every_block_fuses_and_matches_the_function_bodies(exported, name):
         _check_against_references(model, path, fused, rng.standard_normal(shape).astype(np.float32))
 
 
-def test_deformable_blocks_are_left_to_the_per_op_kernels(exported):
+def test_deformable_blocks_fuse_with_their_offset_conv(exported):
     model, path = exported["r50dcn"]
     fused = onnx.load(str(path))
-    assert fuse_sparse_blocks(fused) == len(model.layer1)  # stages 2-4 have a deformable conv2
+    assert fuse_sparse_blocks(fused) == sum(1 for _ in model.sparse_blocks())  # stages 2-4: deformable conv2
     ops = _ops(fused)
-    assert ops["SparseSampleConv"] > 0 and ops["Interpolate"] > 0
+    assert ops["SparseSampleConv"] == 0 and ops["Interpolate"] == 0
+    offset_inputs = [n.input[11] for n in fused.graph.node if n.op_type == SPARSE_BLOCK]
+    assert sum(1 for i in offset_inputs if i != "sai_fuse.empty") == sum(1 for _, b in model.sparse_blocks() if b.with_dcn)
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 96)).astype(np.float32)
     _check_against_references(model, path, fused, x)
 
@@ -148,9 +153,10 @@ def _block_model(attrs=None, wa_shape=(8, 16, 1, 1), x_channels=16, constant_wa=
         "WC": rng.standard_normal((wc_cout, 8, 1, 1)).astype(np.float32), "TB": np.zeros(wc_cout, np.float32),
         "E": np.zeros(0, np.float32),
     }
-    a = dict(stride_a=1, stride_b=1, relu_b=1, down_stride=1, sigma1=1.0, sigma2=1.0, kernel_size=7, eps=1e-5)
+    a = dict(stride_a=1, stride_b=1, relu_b=1, down_stride=1, offset_stride=1, sigma1=1.0, sigma2=1.0, kernel_size=7,
+             eps=1e-5)
     a.update(attrs or {})
-    inputs = ["X", "M1", "M2", "WA", "BA", "WB", "BB", "WC", "TB", "E", "E"]
+    inputs = ["X", "M1", "M2", "WA", "BA", "WB", "BB", "WC", "TB", "E", "E", "E", "E"]
     node = helper.make_node(SPARSE_BLOCK, inputs, ["Y"], name=name, domain=DOMAIN, **a)
     graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 6, 7, x_channels]),
                     helper.make_tensor_value_info("M1", TensorProto.FLOAT, [1, 1, 6, 7]),
@@ -262,9 +268,9 @@ def test_runtime_keeps_the_bodies_when_nothing_fuses_unless_asked(tmp_path, monk
     import sai.runtime as rt
     from sai.exporter import export_onnx
 
-    path = tmp_path / "dcn.onnx"
-    export_onnx(_model("sparse_resnet18", base_width=8, head="none", dcn_stages=(1, 1, 1, 1)), path,
-                input_shape=(1, 3, 32, 32), check=False)
+    path = tmp_path / "fp16.onnx"  # fp16 weights: SparseBlock is float32 only
+    export_onnx(_model("sparse_resnet18", base_width=8, head="none"), path, input_shape=(1, 3, 32, 32),
+                precision="fp16", check=False)
     monkeypatch.delenv("SAI_ORT_OPS", raising=False)
     monkeypatch.delenv("SAI_ORT_OPS_LIBRARY", raising=False)
     with rt.load(str(path), backend="onnxruntime", threads=1) as eng:

@@ -95,6 +95,48 @@ void im2col_rows(const Backend& be, const SaiConvParams& p, const float* x, cons
   });
 }
 
+// im2col_rows of a deformable conv (DCN v1, groups 1): tap k of deform group g is sampled bilinearly
+// at its tap coordinate + (dy, dx) = off[r][g*2*K + 2k + {0, 1}] (the ONNX DeformConv / torchvision
+// offset layout, one row of 2*deformGroups*K offsets per position: off + (first + r) * ld_off), with
+// the corners and weights of bilinear_corners (sai::saiBilinear's rules); NHWC, so each corner is a
+// contiguous run of the group's channels.
+template <class Backend>
+void im2col_rows_deform(const Backend& be, const SaiConvParams& p, const float* x, const int64_t* pos, int64_t first,
+                        int64_t count, const float* off, int64_t ld_off, float* dst) {
+  const int64_t C = p.C, K = p.kernelTaps, DG = p.deformGroups, dgc = C / DG, kdim = K * C;
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+  be.parallel_for(0, count, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      int32_t n, oy, ox;
+      sai::saiPositionDecode(p, pos[first + r], &n, &oy, &ox);
+      const float* o = off + (first + r) * ld_off;
+      const float* xn = x + static_cast<int64_t>(n) * HW * C;
+      float* d = dst + r * kdim;
+      for (int32_t ky = 0; ky < p.kh; ++ky) {
+        for (int32_t kx = 0; kx < p.kw; ++kx) {
+          const int64_t k = static_cast<int64_t>(ky) * p.kw + kx;
+          int32_t iy, ix;
+          sai::saiConvTapCoord(p, oy, ox, ky, kx, &iy, &ix);
+          for (int64_t g = 0; g < DG; ++g) {
+            int64_t idx[4];
+            float wts[4];
+            bilinear_corners(p.H, p.W, static_cast<float>(iy) + o[g * 2 * K + 2 * k],
+                             static_cast<float>(ix) + o[g * 2 * K + 2 * k + 1], idx, wts);
+            float* dd = d + k * C + g * dgc;
+            std::fill(dd, dd + dgc, 0.F);
+            for (int q = 0; q < 4; ++q) {
+              if (idx[q] < 0) continue;
+              const float* src = xn + idx[q] * C + g * dgc;
+              const float wq = wts[q];
+              for (int64_t c = 0; c < dgc; ++c) dd[c] += wq * src[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // rows[P][C] += bias; then ReLU when `relu`.
 template <class Backend>
 void rows_bias_act(const Backend& be, float* rows, int64_t P, int64_t C, const float* bias, bool relu) {
@@ -275,16 +317,16 @@ struct SerialBackend {
   int64_t threads() const { return 1; }
 };
 
-// out[P][Cout] = the conv `g` (finalized, groups 1) of the NHWC map `x` at the active positions of
-// `s`, + bias, ReLU when `relu`; then, when `wc` is given, times wc (the reordered Bottleneck's conv3
-// on the same positions: Cout = wc->N). With enough positions, tiles of kBlockTile positions are
-// im2col'd, multiplied and given their epilogue [and their second GEMM] while in cache, one thread
-// each; with few (the last stages), all positions are im2col'd once and each GEMM is split over the
-// weight's panels as well.
-template <class Backend>
-void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g, const ActiveSet& s, const PackedB& w,
-                      const float* bias, bool relu, const PackedB* wc, float* out) {
-  const int64_t P = s.count(), kdim = g.kdim, Cb = w.N, Cout = wc != nullptr ? wc->N : Cb;
+// out[P][Cout] = cols * w (+ bias, ReLU when `relu`), then, when `wc` is given, times wc (the reordered
+// Bottleneck's conv3 on the same positions: Cout = wc->N), where cols [P][kdim] is what
+// im2col(backend, first, count, dst) writes for rows [first, first + count). With enough positions,
+// tiles of kBlockTile positions are im2col'd, multiplied and given their epilogue [and their second
+// GEMM] while in cache, one thread each; with few (the last stages), all positions are im2col'd once
+// and each GEMM is split over the weight's panels as well.
+template <class Backend, class Im2col>
+void rows_gemm(const Backend& be, int64_t P, int64_t kdim, const Im2col& im2col, const PackedB& w, const float* bias,
+               bool relu, const PackedB* wc, float* out) {
+  const int64_t Cb = w.N, Cout = wc != nullptr ? wc->N : Cb;
   if (P == 0) return;
   const int64_t tiles = (P + kBlockTile - 1) / kBlockTile;
   if (tiles >= 4 * be.threads()) {
@@ -294,7 +336,7 @@ void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g,
       float* mid = wc != nullptr ? mid_buf.get(kBlockTile * Cb) : nullptr;
       for (int64_t t = b; t < e; ++t) {
         const int64_t first = t * kBlockTile, count = std::min(kBlockTile, P - first);
-        im2col_rows(SerialBackend{}, g, x, s.pos.data(), first, count, cols);
+        im2col(SerialBackend{}, first, count, cols);
         if (wc == nullptr) {
           gemm_packed(count, cols, kdim, w, 0, w.panels, out + first * Cb, Cb, bias, relu);
         } else {
@@ -307,7 +349,7 @@ void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g,
   }
   static thread_local FloatBuffer cols_buf, mid_buf;
   float* cols = cols_buf.get(P * kdim);
-  im2col_rows(be, g, x, s.pos.data(), 0, P, cols);
+  im2col(be, 0, P, cols);
   if (wc == nullptr) {
     parallel_gemm(be, P, cols, kdim, w, out, Cb, bias, relu);
   } else {
@@ -317,12 +359,27 @@ void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g,
   }
 }
 
+// rows_gemm of the conv `g` (finalized, groups 1, not deformable) of the NHWC map `x` at the active
+// positions of `s`.
+template <class Backend>
+void rows_conv_packed(const Backend& be, const float* x, const SaiConvParams& g, const ActiveSet& s, const PackedB& w,
+                      const float* bias, bool relu, const PackedB* wc, float* out) {
+  rows_gemm(
+      be, s.count(), g.kdim,
+      [&](const auto& bk, int64_t first, int64_t count, float* dst) {
+        im2col_rows(bk, g, x, s.pos.data(), first, count, dst);
+      },
+      w, bias, relu, wc, out);
+}
+
 // The weights of one block as GEMM operands (pack_conv_weight) and its biases (empty: none).
 struct BlockWeights {
-  PackedB wa, wb, wc, wd;  // wc, wd: K == 0 when the block has no conv3 / no downsample conv
-  std::vector<float> ba, bb, tail_bias, bd;
+  PackedB wa, wb, wc, wd, wo;  // wc, wd, wo: K == 0 when the block has no conv3 / downsample / offset conv
+  std::vector<float> ba, bb, tail_bias, bd, bo;
+  int64_t ko = 0;  // the offset conv's kernel size
   bool has_c() const { return wc.K > 0; }
   bool has_down() const { return wd.K > 0; }
+  bool deformable() const { return wo.K > 0; }
 };
 
 // A conv weight [Cout][Cin][kh][kw] (row-major) as the GEMM operand [kh*kw*Cin][Cout] in (ky, kx, c)
@@ -350,9 +407,10 @@ inline void pack_conv_weight(const float* w, int64_t cout, int64_t cin, int64_t 
 
 // The attributes of one block (docs/design.md 3.4): conv_a ka x ka at stride sa on mask m1, conv_b
 // kb x kb at stride sb on mask m2 (ReLU when relu_b), the optional 1x1 conv_c, both Interpolates, the
-// optional 1x1 downsample conv of the identity at down_stride.
+// optional 1x1 downsample conv of the identity at down_stride; a deformable conv_b takes its offsets
+// from the ko x ko offset conv of x at offset_stride ("same" padding) at m2's positions.
 struct BlockSpec {
-  int64_t sa = 1, sb = 1, down_stride = 1, kernel_size = 7;
+  int64_t sa = 1, sb = 1, down_stride = 1, offset_stride = 1, kernel_size = 7;
   bool relu_b = true;
   float sigma1 = 1.F, sigma2 = 1.F, eps = 1e-5F;
 };
@@ -360,7 +418,7 @@ struct BlockSpec {
 // The two convs of a block on an N x H x W x C input as SparseSampleConv parameters ("same" padding,
 // groups 1), and the output channels; "" or what is inconsistent.
 struct BlockGeometry {
-  SaiConvParams ga, gb;
+  SaiConvParams ga, gb, go;  // go: the offset conv (deformable blocks)
   int64_t Cm = 0, Cout = 0;
 };
 
@@ -381,6 +439,19 @@ inline std::string block_geometry(int64_t N, int64_t C, int64_t H, int64_t W, co
   if (w.wb.K != kb * kb * out.Cm) return "conv_b's weight does not take conv_a's " + std::to_string(out.Cm) + " channels";
   out.gb = conv(N, out.Cm, out.ga.Ho, out.ga.Wo, kb, s.sb, w.wb.N);
   if (!sai::saiConvFinalize(out.gb)) return "conv_b does not fit conv_a's output";
+  if (w.deformable()) {
+    const int64_t taps = kb * kb;
+    if (w.ko % 2 == 0 || w.wo.K != w.ko * w.ko * C || w.wo.N % (2 * taps) != 0) {
+      return "the offset conv's weight must be [2 * deform_groups * kb * kb, C, k, k] with k odd";
+    }
+    out.gb.deformGroups = static_cast<int32_t>(w.wo.N / (2 * taps));
+    if (out.Cm % out.gb.deformGroups != 0) return "deform_groups must divide conv_a's channels";
+    out.go = conv(N, C, H, W, w.ko, s.offset_stride, w.wo.N);
+    if (!sai::saiConvFinalize(out.go) || out.go.Ho != out.gb.Ho || out.go.Wo != out.gb.Wo) {
+      return "the offset conv's output grid is not conv_b's";
+    }
+    if (!w.bo.empty() && static_cast<int64_t>(w.bo.size()) != w.wo.N) return "the offset conv's bias size";
+  }
   if (w.has_c() && w.wc.K != w.wb.N) return "conv_c's weight does not take conv_b's channels";
   out.Cout = w.has_c() ? w.wc.N : w.wb.N;
   if (w.has_down()) {
@@ -400,7 +471,7 @@ inline std::string block_geometry(int64_t N, int64_t C, int64_t H, int64_t W, co
 
 // One sparse residual block, NHWC throughout (docs/design.md 3.4), on geometry `g` (block_geometry):
 //   a   = Interpolate(relu(conv_a(x) + ba) at m1, m1, sigma1)
-//   b   = act_b(conv_b(a) + bb) at m2 [then @ conv_c]
+//   b   = act_b(conv_b(a) + bb) at m2 [then @ conv_c]; conv_b deformable when w.deformable()
 //   out = relu(Interpolate(b, m2, sigma2) + tail_bias + identity)
 // identity = x, or the 1x1 downsample conv of x (+ bd) at down_stride. x [N][H][W][C], m1 [N][Ha][Wa],
 // m2 and out [N][Ho][Wo](.[Cout]).
@@ -441,8 +512,21 @@ void sparse_block_nhwc(const Backend& be, const BlockGeometry& g, const BlockSpe
   interpolate_rows(be, N, ga.Ho, ga.Wo, Cm, rows_a, Cm, s1.row_of.data(), m1, g1.data(), s.kernel_size, s.eps,
                    InterpTail{}, a);
   float* rows_b = rows_b_buf.get(std::max<int64_t>(1, s2.count()) * Cout);
-  rows_conv_packed(be, a, gb, s2, w.wb, w.bb.empty() ? nullptr : w.bb.data(), s.relu_b, w.has_c() ? &w.wc : nullptr,
-                   rows_b);
+  const float* bb = w.bb.empty() ? nullptr : w.bb.data();
+  const PackedB* wc = w.has_c() ? &w.wc : nullptr;
+  if (w.deformable()) {  // conv_b's offsets: the offset conv of x at m2's positions, one row each
+    static thread_local FloatBuffer off_buf;
+    float* off = off_buf.get(std::max<int64_t>(1, s2.count()) * w.wo.N);
+    rows_conv_packed(be, x, g.go, s2, w.wo, w.bo.empty() ? nullptr : w.bo.data(), false, nullptr, off);
+    rows_gemm(
+        be, s2.count(), gb.kdim,
+        [&](const auto& bk, int64_t first, int64_t count, float* dst) {
+          im2col_rows_deform(bk, gb, a, s2.pos.data(), first, count, off, w.wo.N, dst);
+        },
+        w.wb, bb, s.relu_b, wc, rows_b);
+  } else {
+    rows_conv_packed(be, a, gb, s2, w.wb, bb, s.relu_b, wc, rows_b);
+  }
   InterpTail tail;
   tail.bias = w.tail_bias.empty() ? nullptr : w.tail_bias.data();
   tail.identity = identity;

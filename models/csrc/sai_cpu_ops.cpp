@@ -182,16 +182,20 @@ std::vector<float> opt_vector(const std::optional<at::Tensor>& t) {
 }
 
 // One sparse residual block, NHWC throughout (docs/design.md 3.4), sai_cpu::sparse_block_nhwc: the
-// weights come from pack_conv_weight (sai.models.fuse packs them once). Returns a channels_last
+// weights come from pack_conv_weight (sai.models.fuse packs them once); with wo, conv_b is deformable
+// (DCN v1) with its offsets from the offset conv wo (+ bo) of x at offset_stride. Returns a channels_last
 // [N, Cout, Ho, Wo] tensor.
 at::Tensor sparse_block_cpu(const at::Tensor& x_in, const at::Tensor& m1_in, const at::Tensor& m2_in,
                             const at::Tensor& wa, const std::optional<at::Tensor>& ba, int64_t sa, const at::Tensor& wb,
                             const std::optional<at::Tensor>& bb, int64_t sb, bool relu_b,
                             const std::optional<at::Tensor>& wc, const std::optional<at::Tensor>& tail_bias,
                             const std::optional<at::Tensor>& wd, const std::optional<at::Tensor>& bd,
-                            int64_t down_stride, double sigma1, double sigma2, int64_t kernel_size, double eps) {
+                            int64_t down_stride, double sigma1, double sigma2, int64_t kernel_size, double eps,
+                            const std::optional<at::Tensor>& wo, const std::optional<at::Tensor>& bo,
+                            int64_t offset_stride) {
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "sai_cpu::sparse_block: x must be float32 [N, C, H, W]");
-  TORCH_CHECK(sa >= 1 && sb >= 1 && down_stride >= 1, "sai_cpu::sparse_block: strides must be >= 1");
+  TORCH_CHECK(sa >= 1 && sb >= 1 && down_stride >= 1 && offset_stride >= 1,
+              "sai_cpu::sparse_block: strides must be >= 1");
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(cl);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -199,9 +203,12 @@ at::Tensor sparse_block_cpu(const at::Tensor& x_in, const at::Tensor& m1_in, con
   const int64_t ka = packed_view(wa, "wa", w.wa), kb = packed_view(wb, "wb", w.wb);
   TORCH_CHECK(packed_view(wc, "wc", w.wc) <= 1 && packed_view(wd, "wd", w.wd) <= 1,
               "sai_cpu::sparse_block: wc and wd must be 1x1 convs");
+  w.ko = packed_view(wo, "wo", w.wo);
   w.ba = opt_vector(ba), w.bb = opt_vector(bb), w.tail_bias = opt_vector(tail_bias), w.bd = opt_vector(bd);
+  w.bo = opt_vector(bo);
   sai_cpu::BlockSpec s;
   s.sa = sa, s.sb = sb, s.down_stride = down_stride, s.relu_b = relu_b, s.kernel_size = kernel_size;
+  s.offset_stride = offset_stride;
   s.sigma1 = static_cast<float>(sigma1), s.sigma2 = static_cast<float>(sigma2), s.eps = static_cast<float>(eps);
   sai::SaiInterpParams ip;
   ip.kernelSize = static_cast<int32_t>(kernel_size), ip.eps = s.eps;
@@ -234,7 +241,7 @@ TORCH_LIBRARY(sai_cpu, m) {
   m.def(
       "sparse_block(Tensor x, Tensor m1, Tensor m2, Tensor wa, Tensor? ba, int sa, Tensor wb, Tensor? bb, int sb, "
       "bool relu_b, Tensor? wc, Tensor? tail_bias, Tensor? wd, Tensor? bd, int down_stride, float sigma1, "
-      "float sigma2, int kernel_size, float eps) -> Tensor");
+      "float sigma2, int kernel_size, float eps, Tensor? wo=None, Tensor? bo=None, int offset_stride=1) -> Tensor");
   m.def("block_gemm() -> str");
 }
 

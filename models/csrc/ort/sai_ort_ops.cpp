@@ -660,13 +660,14 @@ struct InterpolateOp : Ort::CustomOpBase<InterpolateOp<T>, InterpolateKernel<T>,
 // downsample conv) when this library is registered. Inputs (an empty tensor: absent):
 //   0 X [N,H,W,C]   1 M1 [N,1,Ha,Wa]   2 M2 [N,1,Ho,Wo]
 //   3 WA [Cm,C,ka,ka]  4 BA [Cm]  5 WB [Cb,Cm,kb,kb]  6 BB [Cb]  7 WC [Cout,Cb,1,1]  8 TAIL_BIAS [Cout]
-//   9 WD [Cout,C,1,1]  10 BD [Cout]
-// Attributes: stride_a, stride_b, relu_b, down_stride, sigma1, sigma2, kernel_size, eps.
-// Output: Y [N,Ho,Wo,Cout]. The weights (3..10) must be constant initializers: they are packed once,
+//   9 WD [Cout,C,1,1]  10 BD [Cout]  11 WO [2*DG*kb*kb,C,ko,ko]  12 BO [2*DG*kb*kb] (deformable conv_b)
+// Attributes: stride_a, stride_b, relu_b, down_stride, offset_stride, sigma1, sigma2, kernel_size, eps.
+// Output: Y [N,Ho,Wo,Cout]. The weights (3..12) must be constant initializers: they are packed once,
 // when the session creates the kernel.
 
-constexpr size_t kBlockInputs = 11;
-const char* const kBlockInputNames[kBlockInputs] = {"X", "M1", "M2", "WA", "BA", "WB", "BB", "WC", "TAIL_BIAS", "WD", "BD"};
+constexpr size_t kBlockInputs = 13;
+const char* const kBlockInputNames[kBlockInputs] = {"X",  "M1",        "M2", "WA", "BA", "WB", "BB",
+                                                    "WC", "TAIL_BIAS", "WD", "BD", "WO", "BO"};
 
 struct SparseBlockKernel {
   std::string node, w;
@@ -764,6 +765,7 @@ struct SparseBlockOp : Ort::CustomOpBase<SparseBlockOp, SparseBlockKernel, true>
       s.sa = positive("stride_a");
       s.sb = positive("stride_b");
       s.down_stride = positive("down_stride");
+      s.offset_stride = positive("offset_stride");
       const int64_t relu_b = attr_int(info, w, "relu_b", 1);
       if (relu_b != 0 && relu_b != 1) throw NodeError{w + "attribute 'relu_b' must be 0 or 1, got " + std::to_string(relu_b)};
       s.relu_b = relu_b == 1;
@@ -796,6 +798,16 @@ struct SparseBlockOp : Ort::CustomOpBase<SparseBlockOp, SparseBlockKernel, true>
       const bool has_d = conv_weight(info, w, 9, true, wt.wd, &cd, &cdin) != 0;
       if (has_d && (cdin != cin || wt.wd.K != cin)) {
         throw NodeError{w + "WD must be [Cout, " + std::to_string(cin) + ", 1, 1]"};
+      }
+      int64_t co = 0, coin = 0;
+      wt.ko = conv_weight(info, w, 11, true, wt.wo, &co, &coin);
+      if (wt.ko != 0 && (coin != cin || co % (2 * k->kb * k->kb) != 0 || cm % (co / (2 * k->kb * k->kb)) != 0)) {
+        throw NodeError{w + "WO must be [2 * deform_groups * " + std::to_string(k->kb * k->kb) + ", " +
+                        std::to_string(cin) + ", k, k] with deform_groups dividing " + std::to_string(cm)};
+      }
+      wt.bo = vector_input(info, w, 12);
+      if (!wt.bo.empty() && static_cast<int64_t>(wt.bo.size()) != co) {
+        throw NodeError{w + "input 12 (BO) must have " + std::to_string(co) + " values (or none)"};
       }
       wt.ba = vector_input(info, w, 4);
       wt.bb = vector_input(info, w, 6);
