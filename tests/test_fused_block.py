@@ -116,11 +116,12 @@ def test_basic_block_form_matches_the_reference(stride, down):
     _run("hard", 1, 35, 17, 12, 35, 35, 3, stride, 3, 1, False, False, k=5, down=down)
 
 
+@pytest.mark.parametrize("deform_groups", [0, 1], ids=["regular", "deformable"])
 @pytest.mark.parametrize("size", [(6, 7), (48, 40)], ids=["few-positions", "many-positions"])
-def test_both_gemm_schedules_match_the_reference(size):
-    # few active positions: one im2col and GEMMs split over the weight's panels; many: 48-position tiles
-    # with both GEMMs of conv_b/conv_c in cache, one tile per task
-    _run("hard", 1, 64, *size, 64, 256, 1, 1, 3, 1, True, True, k=3)
+def test_both_gemm_schedules_match_the_reference(size, deform_groups):
+    # few active positions: one im2col on the calling thread and GEMMs split over the weight's panels;
+    # many: 48-position tiles, each im2col'd and given both GEMMs of conv_b/conv_c on a pool thread
+    _run("hard", 1, 64, *size, 64, 256, 1, 1, 3, 1, True, True, k=3, deform_groups=deform_groups)
 
 
 @pytest.mark.parametrize("form,deform_groups", [("bottleneck", 1), ("bottleneck", 2), ("basic", 1)])

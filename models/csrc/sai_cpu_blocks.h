@@ -518,10 +518,14 @@ void sparse_block_nhwc(const Backend& be, const BlockGeometry& g, const BlockSpe
     static thread_local FloatBuffer off_buf;
     float* off = off_buf.get(std::max<int64_t>(1, s2.count()) * w.wo.N);
     rows_conv_packed(be, x, g.go, s2, w.wo, w.bo.empty() ? nullptr : w.bo.data(), false, nullptr, off);
+    // the lambda runs on the pool's threads: it must see this thread's positions, not name the
+    // thread_local (which would be the running thread's own)
+    const int64_t* pos2 = s2.pos.data();
+    const int64_t ld_off = w.wo.N;
     rows_gemm(
         be, s2.count(), gb.kdim,
         [&](const auto& bk, int64_t first, int64_t count, float* dst) {
-          im2col_rows_deform(bk, gb, a, s2.pos.data(), first, count, off, w.wo.N, dst);
+          im2col_rows_deform(bk, gb, a, pos2, first, count, off, ld_off, dst);
         },
         w.wb, bb, s.relu_b, wc, rows_b);
   } else {
