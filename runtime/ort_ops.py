@@ -5,7 +5,7 @@ package, found through the package; no system paths searched). Registered on a s
 its C++ kernels run the model: first every matching sparse block is rewritten into one
 ``sai::SparseBlock`` node (``sai.runtime.ort_fuse``: the fused NHWC block kernel PyTorch runs too; its
 speed: docs/benchmarks.md), and
-the sai nodes left over (deformable blocks, ...) run on the library's ``SparseSampleConv`` and
+the sai nodes left over (fp16 models, graphs the rewrite does not match) run on the library's ``SparseSampleConv`` and
 ``Interpolate`` kernels: onnxruntime prefers a registered custom op over a model-local function of the
 same domain and op_type, so the same portable ``model.onnx`` runs either way (``tests/test_ort_ops.py``,
 ``tests/test_ort_fuse.py`` check they agree). Without the library the function bodies run (the portable

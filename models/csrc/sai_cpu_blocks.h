@@ -22,7 +22,8 @@
 // The conv between two sparse convs at the same mask (conv2 -> conv3 of the reordered Bottleneck)
 // is then one GEMM on the rows, with no scatter and gather between them.
 //
-// Float32, groups 1, no deformable offsets (callers fall back to the per-op kernels otherwise).
+// Float32, groups 1; a deformable conv_b (DCN v1) through im2col_rows_deform (callers fall back to the
+// per-op kernels otherwise).
 #ifndef SAI_MODELS_CSRC_SAI_CPU_BLOCKS_H
 #define SAI_MODELS_CSRC_SAI_CPU_BLOCKS_H
 

@@ -6,7 +6,7 @@
 // asks for (see that header); here: argument checks, the ATen thread pool and GEMM (MKL/oneDNN
 // BLAS), channels-last inputs, and the dense fallback for nearly full masks.
 //
-// Also the fused NHWC kernel of a whole non-deformable sparse block, sai_cpu::sparse_block
+// Also the fused NHWC kernel of a whole sparse block (deformable too), sai_cpu::sparse_block
 // (sai_cpu_blocks.h on the packed GEMM of sai_cpu_gemm.h, the kernel libsai_ort_ops.so runs too),
 // which sai.models.fuse calls directly in eager float32 CPU inference.
 //
