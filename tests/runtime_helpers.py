@@ -24,13 +24,24 @@ def tiny_model():
     from sai.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(ARCH, **OPTIONS)
+    return half_sparse(build_model(ARCH, **OPTIONS))
+
+
+def half_sparse(model, offsets: bool = False):
+    """``model`` with its mask predictors set so masks are about half sparse (deterministic); with
+    ``offsets``, deformable blocks' offset convs give offsets of about a pixel (their zero init samples the
+    regular grid, which would leave the bilinear sampling untested). Returns the model."""
+    import torch
+
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for _, blk in model.sparse_blocks():
             for conv in (blk.conv1_mask, blk.conv2_mask):
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
                 conv.bias.fill_(0.05)
+            if offsets and blk.with_dcn:
+                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
+                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
     return model
 
 

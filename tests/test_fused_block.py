@@ -203,16 +203,24 @@ def _replay_masks(model, rec: list) -> None:
         blk.mask_fn = lambda logit, *a: next(it).to(logit.dtype)
 
 
-@pytest.mark.parametrize("arch", ["sparse_resnet50", "sparse_resnet18"])
-def test_fused_model_uses_the_block_kernel_and_matches_float64(arch, monkeypatch):
-    model = _calibrated(arch)
+@pytest.mark.parametrize("arch,options", [("sparse_resnet50", {}), ("sparse_resnet18", {}),
+                                          ("sparse_resnet50", {"dcn_stages": (0, 1, 1, 1)})],
+                         ids=["r50", "r18", "r50-deformable"])
+def test_fused_model_uses_the_block_kernel_and_matches_float64(arch, options, monkeypatch):
+    model = _calibrated(arch, **options)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # offsets of about a pixel (zeros would sample the regular grid)
+        for _, blk in model.sparse_blocks():
+            if blk.with_dcn:
+                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
+                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
     fused = fuse_for_inference(model)
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
     fused.reset_densities()
     rec = _record_masks(fused)
     got, calls = _fused_calls(fused, x)
     dens = fused.densities()
-    # every block whose masks are below DENSE_ABOVE (all but the smallest maps' at this size)
+    # every block whose masks are below DENSE_ABOVE (all but the smallest maps' at this size), deformable too
     want_calls = sum(1 for d1, d2 in dens.values() if max(d1, d2) < cpu_kernels.DENSE_ABOVE)
     assert calls == want_calls and want_calls >= len(dens) - 2
     monkeypatch.setattr(fuse_mod, "FAST_BLOCKS", False)
@@ -226,29 +234,6 @@ def test_fused_model_uses_the_block_kernel_and_matches_float64(arch, monkeypatch
     for g, p, w in zip(got, per_op, want, strict=True):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-4)
         torch.testing.assert_close(g, p, rtol=1e-4, atol=2e-4)
-
-
-def test_deformable_blocks_take_the_block_kernel_and_match_float64(monkeypatch):
-    model = _calibrated("sparse_resnet50", dcn_stages=(0, 1, 1, 1))
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # offsets of a few pixels (a trained DCN's scale; zeros would not test the sampling)
-        for _, blk in model.sparse_blocks():
-            if blk.with_dcn:
-                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
-                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
-    fused = fuse_for_inference(model)
-    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(4))
-    fused.reset_densities()
-    rec = _record_masks(fused)
-    got, calls = _fused_calls(fused, x)
-    dens = fused.densities()
-    assert calls == sum(1 for d1, d2 in dens.values() if max(d1, d2) < cpu_kernels.DENSE_ABOVE) >= len(dens) - 2
-    ref = fuse_for_inference(model.double())
-    _replay_masks(ref, rec)
-    with torch.no_grad():
-        want = ref(x.double())
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-4)
 
 
 def test_dense_masks_keep_the_per_op_path():

@@ -39,21 +39,14 @@ def session(model, library: bool = True, threads: int = 2):
 
 
 def _model(arch, **options):
-    """A sparse model with random mask predictors, about 30-60% of the positions active."""
+    """A sparse model with random mask predictors, about 30-60% of the positions active, and offsets of
+    about a pixel in its deformable blocks."""
+    from runtime_helpers import half_sparse
+
     from sai.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(arch, seed=0, **options)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, blk in model.sparse_blocks():
-            for conv in (blk.conv1_mask, blk.conv2_mask):
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
-                conv.bias.fill_(0.05)
-            if blk.with_dcn:  # offsets of about a pixel (zeros would not test the bilinear sampling)
-                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
-                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
-    return model.eval()
+    return half_sparse(build_model(arch, seed=0, **options), offsets=True).eval()
 
 
 @pytest.fixture(scope="module")

@@ -302,15 +302,11 @@ def exported(tmp_path_factory):
     from sai.exporter import export_onnx
     from sai.models import build_model
 
+    from runtime_helpers import half_sparse
+
     torch.manual_seed(0)
-    model = build_model("sparse_resnet50", base_width=8, num_classes=10, dcn_stages=(0, 1, 1, 1), seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, blk in model.sparse_blocks():
-            for conv in (blk.conv1_mask, blk.conv2_mask):
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
-                conv.bias.fill_(0.05)
-    model.eval()
+    model = half_sparse(build_model("sparse_resnet50", base_width=8, num_classes=10, dcn_stages=(0, 1, 1, 1),
+                                    seed=0)).eval()
     path = tmp_path_factory.mktemp("ortops") / "m.onnx"
     export_onnx(model, path, input_shape=(1, 3, 64, 64))
     return model, path
