@@ -299,10 +299,10 @@ def test_library_exports_only_register_custom_ops():
 def exported(tmp_path_factory):
     """A sparse_resnet50 (bottlenecks: pointwise convs, a deformable conv2 in stage 2..4) at width 8,
     masks about half sparse, as the portable ONNX with sparse bodies."""
+    from runtime_helpers import half_sparse
+
     from sai.exporter import export_onnx
     from sai.models import build_model
-
-    from runtime_helpers import half_sparse
 
     torch.manual_seed(0)
     model = half_sparse(build_model("sparse_resnet50", base_width=8, num_classes=10, dcn_stages=(0, 1, 1, 1),
