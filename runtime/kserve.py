@@ -33,6 +33,7 @@ V2_TO_NP: dict[str, np.dtype] = {
 }
 NP_TO_V2 = {v: k for k, v in V2_TO_NP.items()}
 MAX_ELEMENTS = 1 << 40  # a declared shape beyond this is nonsense whatever the limits (and would overflow int64)
+MAX_RANK = 32  # numpy's limit on dimensions (numpy 1.x); no model here takes more than a handful
 
 
 class HTTPError(Exception):
@@ -108,15 +109,38 @@ class InferRequest:
     binary_output: bool  # the request-level binary_data_output parameter
 
 
+def shape_text(shape: Sequence[int], limit: int = 8) -> str:
+    """``shape`` for a message, short whatever it holds: at most ``limit`` dims, each at most 12 digits (a dim
+    of 400 digits is shown as ``10^399``; formatting it with ``%g`` would overflow a float)."""
+    def dim(d: int) -> str:
+        if abs(d) < 10**12:
+            return str(d)
+        return f"{'-' if d < 0 else ''}~10^{int(math.log10(abs(d)))}"
+
+    dims = [dim(d) for d in list(shape)[:limit]]
+    more = f", ... ({len(shape)} dims)" if len(shape) > limit else ""
+    return "[" + ", ".join(dims) + more + "]"
+
+
+def count_text(n: int) -> str:
+    """An element or byte count for a message: exact below 10^12, else its order of magnitude."""
+    return str(n) if n < 10**12 else f"~10^{int(math.log10(n))}"
+
+
 def declared_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A v2 ``shape``: a list of non-negative ints whose product stays bounded (no overflow, no bools)."""
+    """A v2 ``shape``: a list of at most MAX_RANK non-negative ints whose product stays bounded (no overflow, no
+    bools)."""
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int for d in shape):
         raise HTTPError(400, f"input {name!r}: shape must be a list of integers, got {str(shape)[:100]}")
+    if len(shape) > MAX_RANK:
+        raise HTTPError(400, f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_RANK} are supported "
+                             "(the model's input has far fewer)")
     if any(d < 0 for d in shape):
-        raise HTTPError(400, f"input {name!r}: shape {list(shape)} has a negative dimension")
+        raise HTTPError(400, f"input {name!r}: shape {shape_text(shape)} has a negative dimension")
     n = math.prod(shape)
     if n > MAX_ELEMENTS:
-        raise HTTPError(400, f"input {name!r}: shape {list(shape)[:8]} holds {n:.3g} elements; no model takes that")
+        raise HTTPError(400, f"input {name!r}: shape {shape_text(shape)} holds {count_text(n)} elements; no model "
+                             "takes that")
     return tuple(shape)
 
 
@@ -135,13 +159,16 @@ def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, .
     raw_image = name == engine.primary_input.name and dt == np.uint8 and dt != want
     if dt != want and not raw_image:
         raise HTTPError(400, f"input {name!r} has datatype {datatype}, but the model takes {v2_datatype(want)}")
+    if len(shape) != len(spec.shape):
+        if raw_image:
+            raise HTTPError(400, f"input {name!r}: uint8 images must be a batch [N,C,H,W] or [N,H,W,C], got shape "
+                                 f"{shape_text(shape)}")
+        raise HTTPError(400, f"input {name!r} has shape {shape_text(shape)}, expected {_dims(spec.shape)} (rank "
+                             f"{len(spec.shape)})")
     if raw_image:  # uint8 images, NCHW or NHWC: the engine's preprocessing decides (or refuses, naming why)
         return dt
-    if len(shape) != len(spec.shape):
-        raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)} (rank "
-                             f"{len(spec.shape)})")
     if any(isinstance(w, int) and w != h for w, h in zip(spec.shape, shape, strict=True)):
-        raise HTTPError(400, f"input {name!r} has shape {list(shape)}, expected {_dims(spec.shape)}")
+        raise HTTPError(400, f"input {name!r} has shape {shape_text(shape)}, expected {_dims(spec.shape)}")
     if name == engine.primary_input.name:
         try:
             check_profile(name, shape, engine.min_shape, engine.max_shape)
@@ -153,8 +180,8 @@ def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, .
 def tensor_from_bytes(name: str, dtype: np.dtype, shape: tuple[int, ...], raw) -> np.ndarray:
     want = math.prod(shape) * dtype.itemsize
     if len(raw) != want:
-        raise HTTPError(400, f"input {name!r}: {len(raw)} bytes of data, but shape {list(shape)} x "
-                             f"{NP_TO_V2[dtype]} needs {want}")
+        raise HTTPError(400, f"input {name!r}: {len(raw)} bytes of data, but shape {shape_text(shape)} x "
+                             f"{NP_TO_V2[dtype]} needs {count_text(want)}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -172,7 +199,8 @@ def tensor_from_list(name: str, dtype: np.dtype, shape: tuple[int, ...], data: A
         raise HTTPError(400, f"input {name!r}: data holds {what.get(arr.dtype.kind, arr.dtype.name)}, not "
                              f"{NP_TO_V2[dtype]} values")
     if arr.size != math.prod(shape):
-        raise HTTPError(400, f"input {name!r}: {arr.size} values, but shape {list(shape)} needs {math.prod(shape)}")
+        raise HTTPError(400, f"input {name!r}: {arr.size} values, but shape {shape_text(shape)} needs "
+                             f"{count_text(math.prod(shape))}")
     if dtype.kind in "iu" and arr.size:
         info = np.iinfo(dtype)
         if int(arr.min()) < info.min or int(arr.max()) > info.max:
@@ -251,7 +279,7 @@ def parse_infer_request(doc: Mapping, tail: memoryview, engine: Engine) -> Infer
     missing = [s.name for s in engine.inputs if s.name not in feeds and s.name not in dict(engine.noise_inputs)]
     if missing:
         raise HTTPError(400, f"missing input(s) {', '.join(missing)}")
-    binary_output = _params(doc, "request").get("binary_data_output", False)
+    binary_output = _bool_param(_params(doc, "request"), "binary_data_output", "request")
     outputs = doc.get("outputs")
     requested = None
     if outputs is not None:
@@ -267,8 +295,19 @@ def parse_infer_request(doc: Mapping, tail: memoryview, engine: Engine) -> Infer
             k = p.get("classification", 0)
             if type(k) is not int or k < 0:
                 raise HTTPError(400, f"output {o['name']!r}: classification must be a non-negative integer (top-k)")
-            requested.append((o["name"], None if "binary_data" not in p else bool(p["binary_data"]), k))
+            requested.append((o["name"], _bool_param(p, "binary_data", f"output {o['name']!r}", None), k))
     return InferRequest(rid, feeds, requested, bool(binary_output))
+
+
+def _bool_param(params: Mapping, key: str, what: str, default: Optional[bool] = False) -> Optional[bool]:
+    """A boolean parameter: JSON true/false only (the string "false" is not false)."""
+    if key not in params:
+        return default
+    value = params[key]
+    if type(value) is not bool:
+        raise HTTPError(400, f"{what}: parameter {key} must be true or false (a JSON boolean), got "
+                             f"{json.dumps(value)[:40]}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import math
 import socket
 import threading
@@ -45,6 +46,11 @@ DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8")
 INFER_PATHS = ("/v1/infer", "/infer")
 SERVER_NAME = "sai-serve"
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's nv_inference_request_failure reasons
+MAX_HEADER_BYTES = 64 << 10  # a request head (request line + headers) beyond this gets 431 and the connection closes
+BODY_TIMEOUT_S = 30.0  # a request body must arrive within this (408 otherwise): stalled uploads hold no connection
+DRAIN_TIMEOUT_S = 25.0  # SIGTERM drain bound, below Kubernetes' default 30 s grace period
+
+log = logging.getLogger("sai.serve")
 
 __all__ = ["HTTPError", "InferenceServer", "QueueFull", "serve_forever", "server_info"]
 
@@ -365,11 +371,18 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
         if dtype_h not in DTYPES:
             raise HTTPError(400, f"X-Dtype {dtype_h[:20]!r} is not supported; use one of {', '.join(DTYPES)}")
         dtype = np.dtype(dtype_h)
+        name = headers.get("X-Input", primary.name)
+        spec = engine.input_specs.get(name)
+        if spec is None:
+            raise HTTPError(400, f"unknown input {name[:60]!r} (X-Input); the model takes "
+                                 f"{', '.join(engine.input_specs)}")
+        if len(shape) != len(spec.shape):
+            raise HTTPError(400, f"X-Shape {kserve.shape_text(shape)} has {len(shape)} dimensions; input {name!r} "
+                                 f"has {len(spec.shape)}")
         want = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
         if len(body) != want:
-            raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {list(shape)[:8]} x {dtype.name} needs "
-                                 f"{want:.6g}")
-        name = headers.get("X-Input", primary.name)
+            raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {kserve.shape_text(shape)} x {dtype.name} "
+                                 f"needs {kserve.count_text(want)}")
         if max_batch is not None and name == primary.name and shape[0] > max_batch:
             raise HTTPError(413, f"request batch {shape[0]} exceeds the server's --max-batch {max_batch}; split it")
         return {name: np.frombuffer(body, dtype=dtype).reshape(shape)}
@@ -380,6 +393,8 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
             raise HTTPError(400, f"malformed .npy body: {str(exc)[:200]}") from None
         if not isinstance(arr, np.ndarray):
             raise HTTPError(400, "the .npy body must hold one array")
+        if arr.dtype.byteorder not in "=|":  # a big-endian .npy: the same values in this machine's byte order
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         return {headers.get("X-Input", primary.name): arr}
     raise HTTPError(415, f"unsupported Content-Type {ctype[:60]!r}; use application/json, application/octet-stream "
                          "(with X-Shape/X-Dtype) or application/x-npy")
@@ -470,7 +485,11 @@ class InferenceServer:
                  max_delay_ms: float = 5.0, max_queue: int = 64, max_body_bytes: Optional[int] = None,
                  request_timeout: float = 60.0, grpc_port: Optional[int] = None, model_name: Optional[str] = None,
                  model_version: str = "1", idle_timeout: float = 5.0, backlog: int = 2048,
-                 max_shape: Optional[Sequence[int]] = None):
+                 max_shape: Optional[Sequence[int]] = None, max_header_bytes: int = MAX_HEADER_BYTES,
+                 body_timeout: float = BODY_TIMEOUT_S, drain_timeout: float = DRAIN_TIMEOUT_S):
+        check_port(port, "port")
+        if grpc_port is not None:
+            check_port(grpc_port, "grpc_port")
         if max_shape is not None:
             engine.set_profile(max_shape=max_shape)
         self.engine = engine
@@ -488,6 +507,9 @@ class InferenceServer:
         self.max_body_bytes = int(max_body_bytes) if max_body_bytes else _auto_body_limit(engine, self.max_batch)
         self.request_timeout = float(request_timeout)
         self.idle_timeout = float(idle_timeout)
+        self.max_header_bytes = max(1024, int(max_header_bytes))
+        self.body_timeout = float(body_timeout)
+        self.drain_timeout = float(drain_timeout)
         self.batcher = Batcher(engine, self.metrics, self.max_batch, max_delay_ms, max_queue)
         self.ready = threading.Event()
         self.draining = False
@@ -520,8 +542,10 @@ class InferenceServer:
 
         self.batcher.start()
         config = uvicorn.Config(make_app(self), log_level="warning", access_log=False, lifespan="off",
-                                http=protocol_class(self.idle_timeout), timeout_keep_alive=max(1, round(self.idle_timeout)),
-                                server_header=False, timeout_graceful_shutdown=None)
+                                http=protocol_class(self.idle_timeout, self.max_header_bytes, self._header_refused),
+                                timeout_keep_alive=max(1, round(self.idle_timeout)), server_header=False,
+                                timeout_graceful_shutdown=self.drain_timeout,
+                                h11_max_incomplete_event_size=self.max_header_bytes)
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self.sock]}, name="sai-http",
                                         daemon=True)
@@ -536,30 +560,45 @@ class InferenceServer:
         self.ready.set()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful: readiness turns false and new requests get 503; queued and running ones finish."""
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Graceful: readiness turns false and new requests get 503; queued and running ones finish, within
+        ``timeout`` seconds in all (default ``drain_timeout``; what is left then, e.g. uploads that stall, is cut
+        off). True when everything finished within the bound."""
         if self._stopped.is_set():
-            return
+            return True
+        timeout = self.drain_timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
+
+        def left(floor: float = 0.0) -> float:
+            return max(floor, deadline - time.monotonic())
+
         with self._admit:  # requests that arrived before this are drained too: wait until they are queued
             self.draining = True
             self.ready.clear()
-            self._admit.wait_for(lambda: self._admitted == 0, timeout)
-        self.batcher.drain_and_stop(max(0.0, deadline - time.monotonic()))
-        while self.metrics.inflight and time.monotonic() < deadline:  # responses being written
+            clean = self._admit.wait_for(lambda: self._admitted == 0, left())
+        self.batcher.drain_and_stop(left())
+        clean = clean and not self.batcher.thread.is_alive()
+        while self.metrics.inflight and time.monotonic() < deadline:  # responses being written, bodies being read
             time.sleep(0.01)
+        clean = clean and not self.metrics.inflight
         if self._grpc is not None:
-            self._grpc.stop(grace=max(0.0, deadline - time.monotonic())).wait(timeout)
-        if self._uvicorn is not None:
+            self._grpc.stop(grace=left()).wait(left(0.5))
+        if self._uvicorn is not None:  # its own wait for open requests is bounded by what is left of ours
+            self._uvicorn.config.timeout_graceful_shutdown = left(0.1)
             self._uvicorn.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(left(1.0) + 1.0)
         try:
             self.sock.close()
         except OSError:
             pass
         self.decode_pool.shutdown(wait=False)
         self._stopped.set()
+        return clean
+
+    def _header_refused(self) -> None:
+        """A request head over ``max_header_bytes`` (the protocol answered 431 and closes the connection)."""
+        self.metrics.request("header", 431)
 
     def __enter__(self) -> InferenceServer:
         return self.start()
@@ -613,6 +652,21 @@ class InferenceServer:
         if isinstance(exc, SaiError):
             return HTTPError(500, str(exc))
         return HTTPError(500, f"inference failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def internal_error(exc: BaseException, where: str) -> HTTPError:
+    """An unexpected exception in a handler (a bug): one log line (the traceback at debug level) and a 500 that
+    names it, never a crashed handler."""
+    log.error("sai serve: internal error in %s: %s: %s", where, type(exc).__name__, str(exc)[:200])
+    log.debug("traceback", exc_info=exc)
+    return HTTPError(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def check_port(port: Any, what: str = "port") -> int:
+    """A TCP port number, 0 (any free port) to 65535; SaiError otherwise (the OS would wrap 99999 to 34463)."""
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise SaiError(f"{what} {port!r} is not a TCP port; use 1 to 65535, or 0 for any free port")
+    return port
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -688,7 +742,11 @@ def serve_forever(server: InferenceServer, on_ready=None, install_signals: bool 
         on_ready(server)
     while not stop.wait(0.5):
         pass
-    server.stop()
+    if not server.stop():
+        import sys
+
+        print(f"sai serve: the drain reached its bound of {server.drain_timeout:g} s (--drain-timeout); requests "
+              "still open then were cut off", file=sys.stderr, flush=True)
     return 0
 
 

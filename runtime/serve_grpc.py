@@ -58,6 +58,9 @@ def decode_infer_request(request, engine) -> kserve.InferRequest:
             raise HTTPError(400, f"input {t.name!r} is given twice")
         shape = kserve.declared_shape(t.name, [int(d) for d in t.shape])
         dtype = kserve.check_declared(engine, t.name, t.datatype, shape)
+        if raw and t.contents.ListFields():
+            raise HTTPError(400, f"input {t.name!r} has typed contents and the request has raw_input_contents; "
+                                 "send one or the other")
         if raw:
             feeds[t.name] = kserve.tensor_from_bytes(t.name, dtype, shape, raw[i])
         else:
@@ -160,36 +163,46 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
                 fail(context, exc)
             with server.metrics.lock:
                 server.metrics.inflight += 1
-            status = 200
+            status, error = 200, None
             try:
-                try:
-                    from sai.runtime.serve import check_request
+                resp = self._infer(request)
+            except HTTPError as exc:
+                status, error = exc.status, exc
+            except Exception as exc:  # a bug: INTERNAL naming it (not UNKNOWN), counted as a failure, one log line
+                from sai.runtime.serve import internal_error
 
-                    with server.admitted():
-                        req = decode_infer_request(request, engine)
-                        req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
-                        fut = server.submit(req.feeds)
-                    try:
-                        outs = fut.result(timeout=server.request_timeout)
-                    except TimeoutError:
-                        fut.cancel()
-                        raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
-                    except Exception as exc:
-                        raise server.engine_error(exc) from None
-                    resp = pb.ModelInferResponse(model_name=server.model_name, model_version=server.model_version,
-                                                 id=request.id)
-                    for name, arr, _ in kserve.selected_outputs(outs, req, server.labels):
-                        resp.outputs.add(name=name, datatype=kserve.v2_datatype(arr.dtype), shape=list(arr.shape))
-                        resp.raw_output_contents.append(kserve.bytes_tensor(arr) if arr.dtype == np.dtype(object)
-                                                        else np.ascontiguousarray(arr).tobytes())
-                    return resp
-                except HTTPError as exc:
-                    status = exc.status
-                    fail(context, exc)
+                error = internal_error(exc, "grpc/ModelInfer")
+                status = error.status
             finally:
                 with server.metrics.lock:
                     server.metrics.inflight -= 1
                 server.metrics.inference_request("grpc/ModelInfer", status, time.perf_counter() - t0)
+            if error is not None:
+                fail(context, error)
+            return resp
+
+        def _infer(self, request):
+            """Decode, check, queue and await one ModelInfer request (HTTPError for what goes wrong)."""
+            from sai.runtime.serve import check_request
+
+            with server.admitted():
+                req = decode_infer_request(request, engine)
+                req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
+                fut = server.submit(req.feeds)
+            try:
+                outs = fut.result(timeout=server.request_timeout)
+            except TimeoutError:
+                fut.cancel()
+                raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
+            except Exception as exc:
+                raise server.engine_error(exc) from None
+            resp = pb.ModelInferResponse(model_name=server.model_name, model_version=server.model_version,
+                                         id=request.id)
+            for name, arr, _ in kserve.selected_outputs(outs, req, server.labels):
+                resp.outputs.add(name=name, datatype=kserve.v2_datatype(arr.dtype), shape=list(arr.shape))
+                resp.raw_output_contents.append(kserve.bytes_tensor(arr) if arr.dtype == np.dtype(object)
+                                                else np.ascontiguousarray(arr).tobytes())
+            return resp
 
     limit = max(server.max_body_bytes, 4 << 20)
     workers = max(8, min(64, server.batcher.max_queue + server.max_batch))

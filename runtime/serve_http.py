@@ -8,12 +8,14 @@ worker thread, then queued on the server's batcher; the handler awaits the batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 from typing import Optional
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -29,26 +31,75 @@ from sai.runtime.serve import (
     check_request,
     decode_request,
     decompress,
+    internal_error,
 )
 
 JSON = "application/json"
+CLOSE_AFTER = (408, 411, 413)
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/'\"()]+/)+([^\s/'\"()]+)")  # /a/b/c.onnx -> c.onnx (also in a note)  # the connection is out of step (or stalled): answer and close
 DISCARD_BYTES = 256 << 20
 INLINE_OUTPUT_BYTES = 16 << 10
 
 
-def protocol_class(idle_timeout: float):
-    """uvicorn's httptools protocol (h11 where httptools is missing) that also closes a connection which has
-    not sent a whole request head within ``idle_timeout`` seconds of opening or of its last response (idle
-    clients and slow-header clients hold no thread, and now no socket for long either)."""
+HEADER_431 = json.dumps({"error": "request header fields too large"}).encode()
+LINGER_S = 1.0  # after a 431, input is read and dropped this long before the close (so the client sees the 431)
+
+
+def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_refused=None):
+    """uvicorn's httptools protocol (h11 where httptools is missing: its own head limit applies) that also
+    closes a connection which has not sent a whole request head within ``idle_timeout`` seconds of opening or
+    of its last response (idle clients and slow-header clients hold no thread, and now no socket for long
+    either), and answers a request head over ``max_header_bytes`` with 431 and closes the connection (httptools
+    itself buffers a header of any size)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:  # pragma: no cover
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     class Protocol(Base):
+        _in_head = True  # the next bytes belong to a request head
+        _head_bytes = 0
+        _refused = False
+        _heads = 0  # request heads completed on this connection
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm_idle()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:  # after a 431: dropped until the close
+                return
+            started_in_head, heads = self._in_head, self._heads
+            super().data_received(data)
+            if self._in_head and started_in_head and self._heads == heads:  # a chunk wholly inside one head (a
+                self._head_bytes += len(data)  # lower bound: a chunk that ends a head or a body and starts the
+                #                                next head is not counted)
+                if self._head_bytes > max_header_bytes:
+                    self._refuse_head()
+
+        def _refuse_head(self) -> None:
+            self._refused = True
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: " + str(len(HEADER_431)).encode() + b"\r\n\r\n"
+                                 + HEADER_431)
+            if on_refused is not None:
+                on_refused()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._heads += 1
+            self._head_bytes = 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head = True
+            self._head_bytes = 0
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -81,8 +132,12 @@ def _v1_error(exc: HTTPError, close: bool = False) -> Response:
                     media_type=JSON)
 
 
+CLIENT_GONE = 499  # nginx's "client closed request": counted as a CANCELED failure, never answered or logged
+
+
 async def _read_body(server: InferenceServer, request: Request) -> bytes:
-    """The body within ``server.max_body_bytes``; 411 without a length or chunked framing, 413 above it."""
+    """The body within ``server.max_body_bytes``; 411 without a length or chunked framing, 413 above it, 408 when
+    it has not all arrived within ``server.body_timeout`` seconds, 499 when the client went away."""
     limit = server.max_body_bytes
     length = request.headers.get("content-length")
     chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
@@ -94,23 +149,39 @@ async def _read_body(server: InferenceServer, request: Request) -> bytes:
             await _discard_body(server, request)
         raise HTTPError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    with _body_guard(server):
+        async with asyncio.timeout(server.body_timeout):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
     body = b"".join(chunks)
     return decompress(body, request.headers.get("content-encoding"), limit)
 
 
 async def _discard_body(server: InferenceServer, request: Request) -> None:
     """Read and drop a request's body (up to DISCARD_BYTES, streamed: no memory), so the client reads the answer,
-    not a reset; beyond that the connection is closed after the answer."""
+    not a reset; beyond that the connection is closed after the answer. Bounded by ``server.body_timeout``."""
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max(DISCARD_BYTES, 16 * server.max_body_bytes):
-            break
+    with _body_guard(server):
+        async with asyncio.timeout(server.body_timeout):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > max(DISCARD_BYTES, 16 * server.max_body_bytes):
+                    break
+
+
+@contextlib.contextmanager
+def _body_guard(server: InferenceServer):
+    """A client that disconnects mid-upload (starlette's ClientDisconnect) is a 499, not a logged traceback; a body
+    that does not arrive in time is a 408."""
+    try:
+        yield
+    except ClientDisconnect:
+        raise HTTPError(CLIENT_GONE, "the client disconnected before its request body arrived") from None
+    except TimeoutError:
+        raise HTTPError(408, f"the request body did not arrive within {server.body_timeout:g} s") from None
 
 
 async def _encode(server: InferenceServer, fn, outs, *args):
@@ -149,7 +220,7 @@ def make_app(server: InferenceServer) -> Starlette:
 
     async def v1_model(request: Request) -> Response:
         metrics.request("/v1/model", 200)
-        info = server.engine.describe()
+        info = public_description(server.engine.describe())
         info.update(max_batch=server.max_batch, max_queue=server.batcher.max_queue, model_name=server.model_name,
                     model_version=server.model_version)
         return _json(200, info)
@@ -168,7 +239,7 @@ def make_app(server: InferenceServer) -> Starlette:
                     raise
                 body = await _read_body(server, request)
             except HTTPError as exc:
-                close = exc.status in (411, 413)
+                close = exc.status in CLOSE_AFTER
                 raise
             ctype = request.headers.get("content-type", JSON)
             binary = not ctype.lower().startswith(JSON)
@@ -185,6 +256,8 @@ def make_app(server: InferenceServer) -> Starlette:
             status = 200
         except HTTPError as exc:
             resp, status = _v1_error(exc, close or server.draining), exc.status
+        except Exception as exc:  # a bug: a 500 naming it, counted as a failure, one log line
+            resp, status = _v1_error(internal_error(exc, "/v1/infer"), True), 500
         finally:
             with metrics.lock:
                 metrics.inflight -= 1
@@ -298,8 +371,11 @@ def make_app(server: InferenceServer) -> Starlette:
             status = 200
         except HTTPError as exc:
             resp, status = _v2_error(exc), exc.status
-            if server.draining or status in (411, 413):
+            if server.draining or status in CLOSE_AFTER:
                 resp.headers["Connection"] = "close"
+        except Exception as exc:  # a bug: a 500 naming it, counted as a failure, one log line
+            resp, status = _v2_error(internal_error(exc, "/v2/infer")), 500
+            resp.headers["Connection"] = "close"
         finally:
             with metrics.lock:
                 metrics.inflight -= 1
@@ -328,6 +404,21 @@ def make_app(server: InferenceServer) -> Starlette:
     routes += [Route("/v2/{rest:path}", v2_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
                Route("/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "HEAD"])]
     return Starlette(routes=routes)
+
+
+def public_description(info: dict) -> dict:
+    """``engine.describe()`` for clients: file paths (the model's, a custom-op library's) by their base name
+    only, so /v1/model does not expose the server's file system."""
+    def scrub(v):
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [scrub(x) for x in v]
+        if isinstance(v, str):
+            return _ABS_PATH.sub(r"\1", v)
+        return v
+
+    return scrub(info)
 
 
 def server_stats(server: InferenceServer) -> dict:

@@ -2,13 +2,14 @@
 ``mask.<block>.m{1,2}`` outputs of ``sai.runtime.validate``), the densities go to an observer (the server's
 metrics: ``sai_mask_density{block,mask}``) and the masks never reach a client.
 
-onnxruntime: a copy of the model with the masks as extra outputs (a temporary file); torch: the blocks' masks
-recorded on the way. TensorRT engines cannot add outputs after the build, so they are refused with the reason.
+onnxruntime: a copy of the model with the masks as extra outputs (a temporary file in a folder named
+``sai-serve-masks-<pid>@<host>-*``, so the next start removes those of servers killed with SIGKILL); torch: the
+blocks' masks recorded on the way. TensorRT engines cannot add outputs after the build, so they are refused with the reason.
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -16,9 +17,11 @@ from typing import Any, Optional
 import numpy as np
 
 from sai.errors import SaiError
+from sai.outputs import owned_tempdir
 from sai.runtime.engine import Engine
 from sai.runtime.validate import MASK_PREFIX
 
+TMP_PREFIX = "sai-serve-masks-"
 Observer = Callable[[dict[str, float], int], None]  # (density per mask output, images in the batch)
 
 
@@ -26,8 +29,7 @@ class MaskMetricsEngine:
     """``engine`` with its mask outputs taken off: ``infer`` returns the model's own outputs and reports each
     mask's density (fraction of positions computed, over the batch) to ``observer``."""
 
-    def __init__(self, engine: Any, observer: Optional[Observer] = None,
-                 tmpdir: Optional[tempfile.TemporaryDirectory] = None):
+    def __init__(self, engine: Any, observer: Optional[Observer] = None, tmpdir: Optional[Path] = None):
         self._engine = engine
         self.observer = observer
         self._tmpdir = tmpdir  # the onnxruntime copy's folder, removed on close
@@ -47,7 +49,8 @@ class MaskMetricsEngine:
     def close(self) -> None:
         self._engine.close()
         if self._tmpdir is not None:
-            self._tmpdir.cleanup()
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
     def __enter__(self):
         return self
@@ -73,13 +76,16 @@ def with_mask_outputs(engine: Engine, *, device: Optional[str] = None, threads: 
     from sai.runtime.ort_backend import OnnxRuntimeEngine
     from sai.runtime.validate import onnx_with_masks
 
-    tmp = tempfile.TemporaryDirectory(prefix="sai-serve-masks-")
-    path = Path(tmp.name) / "model_masks.onnx"
-    names = onnx_with_masks(Path(engine.path), path)
-    if not names:
-        tmp.cleanup()
-        raise SaiError(f"--mask-metrics: {engine.path} has no sai SparseSampleConv nodes, so no masks to measure")
-    masked = OnnxRuntimeEngine(str(path), device=device or engine.device, threads=threads, seed=seed)
+    tmp = owned_tempdir(TMP_PREFIX, flag="--mask-metrics")  # removes the folders of dead servers first
+    try:
+        path = tmp / "model_masks.onnx"
+        names = onnx_with_masks(Path(engine.path), path)
+        if not names:
+            raise SaiError(f"--mask-metrics: {engine.path} has no sai SparseSampleConv nodes, so no masks to measure")
+        masked = OnnxRuntimeEngine(str(path), device=device or engine.device, threads=threads, seed=seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     masked.set_profile(engine.min_shape, engine.max_shape)
     for k, v in engine.metadata.items():
         masked.metadata.setdefault(k, v)
