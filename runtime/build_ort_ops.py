@@ -98,7 +98,7 @@ def _npm_headers(dest: Path) -> tuple[Optional[Path], str]:
                 return None, f"{NPM_PACKAGE} has no onnxruntime headers under {NPM_HEADERS}"
             if dest.exists() and not (dest / "SOURCE").is_file():  # the cache is ours: an unmarked one is replaced too
                 shutil.rmtree(dest, ignore_errors=True)
-            publish_dir(staging, dest, "SOURCE", "sai's onnxruntime header fetch")
+            publish_dir(staging, dest, "sai's onnxruntime header fetch", force=True)  # our own cache under build/
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return dest / "include", ""

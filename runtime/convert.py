@@ -1,10 +1,17 @@
 """``convert``: checkpoint -> OUTDIR with model.onnx, model.trt.onnx, manifest.json and (GPU + TensorRT only)
 model.plan. Everything is written into a temporary sibling directory that is renamed into place at the
-end, so OUTDIR is either the old complete result or the new one, never half of each."""
+end, so OUTDIR is either the old complete result or the new one, never half of each.
+
+An existing OUTDIR is replaced only when it is empty or provably an earlier output of ``sai convert``: its
+``.sai-output.json`` (``sai.outputs``) lists every file in it, unchanged, or (outputs of sai versions before
+that marker) it holds only the files convert writes, its manifest.json is convert's and records each of
+them with the size and sha256 it has. Anything else is refused before the checkpoint is read, unless
+``force``."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -13,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sai.errors import SaiError
-from sai.outputs import publish_dir, recover_interrupted, write_atomic
+from sai.outputs import MARKER_MAX_BYTES, publish_dir, recover_interrupted, write_atomic
 from sai.runtime.engine import noise_shape
 from sai.runtime.environment import engine_unavailable_reason, versions
 from sai.runtime.integrity import sha256
@@ -21,6 +28,38 @@ from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAM
 
 Shape = tuple[int, int, int, int]
 MANIFEST_FORMAT = "sai-convert/1"
+WRITTEN = (MANIFEST_NAME, ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME)  # what convert writes (besides its marker)
+MANIFEST_KEYS = ("format", "created", "arch", "checkpoint", "export", "shapes", "engine", "files", "versions")
+
+
+def legacy_output_reason(folder: Path) -> Optional[str]:
+    """None when ``folder`` (which has no output marker) is an OUTDIR of a sai version before the marker:
+    nothing but the files convert writes, a manifest.json of convert's schema, and every other file recorded
+    in it with its size and sha256. Otherwise why not (``sai.outputs.foreign_reason``'s ``legacy`` check)."""
+    present = {}
+    for e in sorted(os.scandir(folder), key=lambda e: e.name):
+        if e.name not in WRITTEN or not e.is_file(follow_symlinks=False):
+            return f"it holds {e.name}, which sai convert does not write"
+        present[e.name] = e
+    if MANIFEST_NAME not in present:
+        return f"it holds {next(iter(present))} but no {MANIFEST_NAME} of sai convert"
+    try:
+        if present[MANIFEST_NAME].stat().st_size > MARKER_MAX_BYTES:
+            raise ValueError
+        manifest = json.loads(Path(present[MANIFEST_NAME].path).read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"its {MANIFEST_NAME} does not parse as a sai convert manifest"
+    if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT
+            or any(k not in manifest for k in MANIFEST_KEYS) or not isinstance(manifest["files"], dict)):
+        return f"its {MANIFEST_NAME} is not a sai convert manifest ({MANIFEST_FORMAT})"
+    for name, e in present.items():
+        if name == MANIFEST_NAME:
+            continue
+        entry = manifest["files"].get(name)
+        if (not isinstance(entry, dict) or entry.get("bytes") != e.stat(follow_symlinks=False).st_size
+                or entry.get("sha256") != sha256(e.path)):
+            return f"{name} is not the file its {MANIFEST_NAME} records (changed since sai convert wrote it)"
+    return None
 
 
 @dataclass
@@ -87,10 +126,13 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             opset: Optional[int] = None, min_shape=None, opt_shape=None, max_shape=None,
             workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
             build_engine: bool = True, progress: Callable[[str], None] = lambda s: None,
-            export_options: Optional[dict] = None) -> ConvertResult:
+            export_options: Optional[dict] = None, force: bool = False,
+            on_published: Optional[Callable[[Path], None]] = None) -> ConvertResult:
     """Export ``checkpoint`` (our format or the official layout; ``arch`` or the checkpoint's own) into
     ``outdir``; see the module docstring. The engine is built only where ``engine_unavailable_reason``
-    is None; otherwise ``engine_skip_reason`` says why."""
+    is None; otherwise ``engine_skip_reason`` says why. ``force``: replace ``outdir`` even when it holds
+    files sai did not write (never one holding the checkpoint or the timing cache). ``on_published(outdir)``
+    runs right after the commit, while signals are still held (``sai.outputs.publish_dir``)."""
     from sai.exporter.export import DEFAULT_OPSET, export_onnx
     from sai.models import detect_layout
     from sai.models.checkpoint import read_checkpoint_file
@@ -103,7 +145,8 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
         raise SaiError(f"checkpoint {ck} does not exist")
     lo, opt, hi = resolve_profile(min_shape, opt_shape, max_shape)
     # the output is checked before the slow work (reading the checkpoint, exporting)
-    outdir = check_output_dir(Path(outdir).resolve(), "-o", marker=MANIFEST_NAME, what="sai convert")
+    outdir = check_output_dir(Path(outdir).resolve(), "-o", what="sai convert", force=force,
+                              legacy=legacy_output_reason, protect=[ck, timing_cache])
     recover_interrupted(outdir)
     loaded = read_checkpoint_file(ck)  # the one read of the file: its sha256, tensors and meta
     info = detect_layout(loaded)
@@ -165,7 +208,8 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             }
             write_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
             watch.check()  # a Ctrl-C whose exception a library swallowed still publishes nothing
-            publish_dir(tmp, outdir, MANIFEST_NAME, "sai convert")
+            publish_dir(tmp, outdir, "sai convert", force=force, legacy=legacy_output_reason,
+                        on_published=on_published)
         except OSError as exc:  # a full disk, a folder that became unwritable, ...
             shutil.rmtree(tmp, ignore_errors=True)
             raise SaiError(os_error_message(exc, outdir)) from None

@@ -6,7 +6,10 @@ uint8 images; the plugin library (with its LD_PRELOAD companion), and a README s
 ModelConfig protobuf (``sai.runtime.triton_config``), parsed back before they are written.
 
 Every setting is checked before anything is written (names, numbers, GPU ids, the ONNX file), and every
-file goes into a temporary sibling of the repository that ``publish_dir`` renames into place.
+file goes into a temporary sibling of the repository that ``publish_dir`` renames into place. An existing
+repository folder is replaced only when it is empty or an earlier output of ``sai export-triton`` (its
+``.sai-output.json`` lists every file in it, unchanged); anything else, repositories of sai versions before
+that marker included, is refused before the OUTDIR is read, unless ``force``.
 ``max_batch=0`` means what it means to Triton: the model does not batch (no ``dynamic_batching``,
 dims include the batch dimension).
 """
@@ -16,13 +19,13 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from sai.errors import SaiError
-from sai.outputs import publish_dir
+from sai.outputs import check_output_dir, owned_tempdir, publish_dir, recover_interrupted
 from sai.runtime.integrity import verify_outdir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
 from sai.runtime.triton_config import check_count as _count
@@ -193,10 +196,12 @@ def _inside(root: Path, *parts: str) -> Path:
 
 def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Optional[int] = None,
                   instances: int = 1, max_queue_delay_us: int = 5000, gpus: Optional[list[int]] = None,
-                  plugin_library: Optional[str] = None, verify: bool = True) -> dict:
+                  plugin_library: Optional[str] = None, verify: bool = True, force: bool = False,
+                  on_published: Optional[Callable[[Path], None]] = None) -> dict:
     """Write the repository into ``repo`` (atomically: a temporary sibling renamed at the end).
     ``max_batch``: None = the engine profile's max batch, 0 = no batching (Triton's meaning), else >= 1.
-    ``verify``: check the OUTDIR's files against its manifest's sha256 first."""
+    ``verify``: check the OUTDIR's files against its manifest's sha256 first. ``force``: replace ``repo``
+    even when it holds files sai did not write. ``on_published``: see ``sai.outputs.publish_dir``."""
     outdir = Path(outdir)
     manifest = read_manifest(outdir)
     if manifest is None or not (outdir / ONNX_NAME).is_file():
@@ -218,6 +223,8 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
         raise SaiError(f"-o {repo} overlaps the OUTDIR {src}; write the repository to a separate folder")
     if repo.exists() and not repo.is_dir():
         raise SaiError(f"-o {repo} exists and is not a directory; choose a new or empty -o directory")
+    repo = check_output_dir(repo, "-o", what="sai export-triton", force=force, protect=[src, plugin_library])
+    recover_interrupted(repo)  # leftovers of a run killed with SIGKILL
     meta = manifest.get("metadata") or {}
     shapes = (manifest.get("shapes") or {}).get("input") or {}
     profile_max = int((shapes.get("max") or [8])[0])
@@ -234,12 +241,7 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
     preferred = sorted({p for p in (2, 4, 8, 16, 32) if p <= mbs} | {mbs}) if mbs > 0 else []
     if plugin_library is not None and not Path(plugin_library).is_file():
         raise SaiError(f"plugin library {plugin_library} does not exist; build it with `make plugins`")
-    try:
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
-    except OSError as exc:
-        raise SaiError(f"cannot write the repository next to {repo}: {exc.strerror or exc}; "
-                       "choose a writable -o folder") from None
+    tmp = owned_tempdir(f".{repo.name}.tmp-", repo.parent)  # SaiError naming the folder if it cannot
     written = {}
     try:
         onnx_name = f"{base}_onnx"
@@ -316,7 +318,7 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
             outdir=outdir, rows="\n".join(rows), channels=channels,
             noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, autoload_name=autoload_name, vc_note=vc_note, plugin_note=plugin_note, onnx_name=onnx_name,
             batching=BATCHING[mbs > 0].format(channels=channels)))
-        publish_dir(tmp, repo, "README.md", "sai export-triton")
+        publish_dir(tmp, repo, "sai export-triton", force=force, on_published=on_published)
     except OSError as exc:  # a full disk, a folder that became unwritable, ...
         shutil.rmtree(tmp, ignore_errors=True)
         where = f" ({exc.filename})" if exc.filename else ""

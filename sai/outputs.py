@@ -4,6 +4,11 @@ nothing behind.
 - ``check_output_file`` / ``check_output_dir``: refuse a path that cannot be written (a folder where a
   file goes, a file where a folder goes, a parent that is a file, a read-only or foreign folder) with a
   message naming the path and the fix, before an export or a validation spends minutes.
+- ``MARKER_NAME`` (``.sai-output.json``): the proof that a folder is an earlier output of a sai command.
+  ``publish_dir`` writes it into every folder it publishes, listing each file (size, sha256) and folder it
+  owns; ``foreign_reason`` accepts an existing folder for replacement only when it is empty or every entry
+  in it is one its marker lists, unchanged (or an older version's output that a verb's ``legacy`` check
+  recognises file by file). Anything else is refused unless the user passes ``--force``.
 - ``write_atomic`` / ``atomic_path``: the one way sai publishes a file: a temporary sibling, flushed to
   the disk (fsync), renamed into place, the folder flushed; on any error (Ctrl-C included) the
   temporary is removed and the old file kept; an OSError (ENOSPC, EACCES, ...) becomes a SaiError
@@ -17,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 import socket
+import stat
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Optional, Union
 
@@ -104,21 +112,190 @@ def check_output_file(path: PathLike, flag: str = "-o", *, create_parent: bool =
     return p
 
 
-def check_output_dir(path: PathLike, flag: str = "-o", *, marker: Optional[str] = None,
-                     what: str = "sai") -> Path:
-    """Check that ``path`` can become an output folder (replaced atomically by a sibling temporary).
+# ----------------------------------------------------------------------------------------------
+# output folders: whose are they?
+# ----------------------------------------------------------------------------------------------
 
-    SaiError when ``path`` is a file, a non-empty folder without ``marker`` (not an earlier output of
-    ``what``), or its parent cannot be created or written. Creates missing parents. Returns it absolute."""
+MARKER_NAME = ".sai-output.json"
+MARKER_FORMAT = "sai-output/1"
+MARKER_MAX_BYTES = 16 << 20
+FORCE_HELP = ("replace the output folder even if it holds files sai did not write: everything in it is deleted "
+              "(symbolic links are removed, never followed). Without --force such a folder is refused")
+Legacy = Callable[[Path], Optional[str]]
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """(relative path with '/', entry) of everything under ``folder``, never following symbolic links."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(folder / rel if rel else folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            r = f"{rel}/{e.name}" if rel else e.name
+            yield r, e
+            if e.is_dir(follow_symlinks=False):
+                stack.append(r)
+
+
+def _sha256(path: PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_marker(folder: PathLike, what: str, names: Optional[list[str]] = None) -> dict:
+    """Write ``folder/.sai-output.json``: the format tag, the command ``what`` and every file (size, sha256)
+    and folder under ``folder`` it owns: all of them, or only ``names`` (top-level entries, for commands
+    that write into a folder holding other files). A symbolic link or special file is never listed."""
+    from sai import __version__
+
+    folder = Path(folder)
+    entries: dict[str, dict] = {}
+    for rel, e in _walk(folder):
+        top = rel.split("/", 1)[0]
+        if rel == MARKER_NAME or (names is not None and top not in names):
+            continue
+        if e.is_dir(follow_symlinks=False):
+            entries[rel] = {"type": "dir"}
+        elif e.is_file(follow_symlinks=False):
+            entries[rel] = {"type": "file", "bytes": e.stat(follow_symlinks=False).st_size,
+                            "sha256": _sha256(e.path)}
+    marker = {"format": MARKER_FORMAT, "command": what, "sai_version": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "entries": entries,
+              "note": "written by sai: the files and folders listed here are sai's output and are replaced by its "
+                      "next run into this folder; anything else here makes sai refuse the folder"}
+    write_atomic(folder / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+    return marker
+
+
+def _read_marker(folder: Path, what: str) -> tuple[Optional[dict], str]:
+    """(the marker's entries, "") when ``folder`` holds a valid marker of ``what``, else (None, why not)."""
+    path = folder / MARKER_NAME
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"its {MARKER_NAME} cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"its {MARKER_NAME} is not a plain file"
+    if st.st_size > MARKER_MAX_BYTES:
+        return None, f"its {MARKER_NAME} is too large to be sai's"
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, f"its {MARKER_NAME} does not parse"
+    if not isinstance(doc, dict) or doc.get("format") != MARKER_FORMAT or not isinstance(doc.get("entries"), dict):
+        return None, f"its {MARKER_NAME} is not a sai output marker ({MARKER_FORMAT})"
+    if doc.get("command") != what:
+        return None, f"its {MARKER_NAME} says it was written by {str(doc.get('command'))[:60]!r}, not {what}"
+    return doc["entries"], ""
+
+
+def _matches(entry: object, e: os.DirEntry) -> Optional[str]:
+    """None when the disk entry ``e`` is what the marker ``entry`` records, else what differs."""
+    if not isinstance(entry, dict):
+        return "is not recorded properly"
+    if e.is_symlink():
+        return "is a symbolic link, which sai never writes"
+    if entry.get("type") == "dir":
+        return None if e.is_dir(follow_symlinks=False) else "is not the folder sai wrote"
+    if entry.get("type") != "file" or not e.is_file(follow_symlinks=False):
+        return "is not the file sai wrote"
+    if e.stat(follow_symlinks=False).st_size != entry.get("bytes"):
+        return "changed since sai wrote it (its size differs)"
+    if _sha256(e.path) != entry.get("sha256"):
+        return "changed since sai wrote it (its sha256 differs)"
+    return None
+
+
+def foreign_reason(folder: PathLike, what: str, legacy: Optional[Legacy] = None) -> Optional[str]:
+    """None when ``folder`` does not exist, is empty or is proven an earlier output of ``what``: its marker
+    lists every entry in it, unchanged (a listed entry that is missing is fine), or, without a marker,
+    ``legacy(folder)`` (an older sai's output recognised file by file) returns None. Otherwise a short
+    reason naming the first entry that is not sai's."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    entries, why = _read_marker(folder, what)
+    if entries is None:
+        if why:
+            return why
+        if legacy is None:
+            return f"it holds no {MARKER_NAME} of {what}"
+        return legacy(folder)
+    for rel, e in _walk(folder):
+        if rel == MARKER_NAME:
+            continue
+        if rel not in entries:
+            return f"it holds {rel!s}, which {what} did not write"
+        diff = _matches(entries[rel], e)
+        if diff:
+            return f"{rel} {diff}"
+    return None
+
+
+def _force_refusal(p: Path, protect: Iterable[PathLike]) -> Optional[str]:
+    """Why even ``--force`` must not replace ``p``, or None."""
+    home = Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    if p == Path(p.anchor) or os.path.ismount(p):
+        return "it is a filesystem root or mount point"
+    if p == home or home.is_relative_to(p):
+        return "it is your home folder or holds it"
+    if p == cwd or cwd.is_relative_to(p):
+        return "it is the current folder or holds it"
+    for q in protect:
+        if q is None:
+            continue
+        q = Path(q).expanduser().resolve()
+        if q == p or q.is_relative_to(p):
+            return f"it holds {q}, an input of this command"
+    return None
+
+
+def refusal_message(p: Path, flag: str, what: str, reason: str) -> str:
+    """The one line for a folder that is not an earlier output of ``what``."""
+    return (f"{flag} {p} is not written by {what} ({reason}); choose a new or empty folder, or pass --force "
+            "to replace the folder and everything in it")
+
+
+def check_output_dir(path: PathLike, flag: str = "-o", *, what: str = "sai", force: bool = False,
+                     legacy: Optional[Legacy] = None, protect: Iterable[PathLike] = (),
+                     check_owner: bool = True) -> Path:
+    """Check that ``path`` can become an output folder of ``what`` (replaced atomically by a sibling
+    temporary), before the slow work.
+
+    SaiError when ``path`` is a file, its parent cannot be created or written, or (``check_owner``) it is a
+    non-empty folder that ``foreign_reason`` does not prove an earlier output of ``what``. With ``force``
+    such a folder is accepted (a line on stderr says what will be deleted), except the filesystem root, a
+    mount point, the home or current folder (or one holding them) and a folder holding one of ``protect``
+    (the command's inputs). Creates missing parents. Returns the path, absolute with links resolved."""
     p = Path(path).expanduser().absolute()
+    if p.is_symlink() and p.is_dir():
+        p = p.resolve()  # the folder the link names is what gets replaced: check that one
     if p.exists() and not p.is_dir():
         raise SaiError(f"{flag} {path} exists and is a file; give a folder path ({what} writes several files)")
-    if p.is_dir() and marker and any(p.iterdir()) and not (p / marker).is_file():
-        raise SaiError(f"{p} exists and is not written by {what}; choose an empty or new {flag} directory")
     _check_parent(p.parent, flag, create=True)
     _probe_writable(p.parent, flag)
     if p.is_dir():  # replacing it: an immutable folder or another user's refuses new files as it refuses renames
         _probe_writable(p, flag)
+    reason = foreign_reason(p, what, legacy) if check_owner else None
+    if reason is not None:
+        if not force:
+            raise SaiError(refusal_message(p, flag, what, reason))
+        stop = _force_refusal(p.resolve(), protect)
+        if stop:
+            raise SaiError(f"{flag} {p}: refused even with --force: {stop}; choose another {flag} folder")
+        n = sum(1 for _ in _walk(p))
+        with contextlib.suppress(Exception):
+            print(f"{what}: --force: {p} will be replaced; the {n} files and folders in it, including ones sai did "
+                  "not write, are deleted", file=sys.stderr, flush=True)
     return p
 
 
@@ -304,15 +481,21 @@ def write_atomic(path: PathLike, data: Union[bytes, str], *, flag: str = "-o") -
 # ----------------------------------------------------------------------------------------------
 
 
-def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
-    """Give the files in ``tmp`` ordinary permissions, flush them to the disk and move ``tmp`` to ``outdir``
-    atomically (the folder version of ``atomic_path``).
+def publish_dir(tmp: Path, outdir: Path, what: str, *, force: bool = False, legacy: Optional[Legacy] = None,
+                on_published: Optional[Callable[[Path], None]] = None, flag: str = "-o") -> None:
+    """Write the output marker of ``what`` into ``tmp`` (``write_marker``: every file and folder in it), give
+    its files ordinary permissions, flush them to the disk and move ``tmp`` to ``outdir`` atomically (the
+    folder version of ``atomic_path``).
 
     mkdtemp/mkstemp create 0700/0600; the results are ordinary files (umask applies). An existing
-    ``outdir`` is replaced only when it is empty or holds ``marker`` (a previous output of ``what``).
-    Ctrl-C or SIGTERM during the renames rolls them back (``tmp`` is left for the caller to remove) and
-    is raised afterwards: an interrupted run publishes nothing.
+    ``outdir`` is replaced only when ``foreign_reason`` proves it empty or an earlier output of ``what``
+    (checked again here: files may have arrived during the slow work), or with ``force``; else SaiError and
+    nothing is touched. Ctrl-C or SIGTERM during the renames rolls them back (``tmp`` is left for the caller
+    to remove) and is raised afterwards: an interrupted run publishes nothing. ``on_published(outdir)`` runs
+    right after a commit that stands, while the signals are still held (a CLI makes them harmless there:
+    the output is complete).
     """
+    write_marker(tmp, what)
     for root, _dirs, files in os.walk(tmp):
         ordinary_permissions(root, 0o777)
         for f in files:
@@ -320,11 +503,12 @@ def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
             fsync_path(os.path.join(root, f))  # on the disk before the rename publishes them
         fsync_path(root)
     try:
+        if outdir.exists() and not force:
+            reason = foreign_reason(outdir, what, legacy)
+            if reason is not None:
+                raise SaiError(refusal_message(outdir, flag, what, reason))
         with deferred_signals() as interrupted:
             if outdir.exists():
-                if any(outdir.iterdir()) and not (outdir / marker).is_file():
-                    raise SaiError(f"{outdir} exists and is not written by {what}; choose an empty or new -o "
-                                   "directory")
                 old = outdir.with_name(f".{outdir.name}.old-{owner_tag()}")
                 os.replace(outdir, old)
                 try:
@@ -341,6 +525,8 @@ def publish_dir(tmp: Path, outdir: Path, marker: str, what: str) -> None:
                 os.replace(tmp, outdir)
                 if interrupted:
                     os.replace(outdir, tmp)
+            if not interrupted and on_published is not None:
+                on_published(outdir)
         fsync_path(outdir.parent)
     except OSError as exc:
         raise SaiError(os_error_message(exc, outdir, "cannot replace")) from None
@@ -379,22 +565,29 @@ def deferred_signals() -> Iterator[list[int]]:
         yield got
         return
     old = {}
+
+    def hold(signum, frame):
+        got.append(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, OSError):
-            old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+            old[sig] = signal.signal(sig, hold)
     try:
         yield got
     finally:
-        _restore_handlers(old)
+        _restore_handlers(old, hold)
     _raise_interrupt(got)
 
 
-def _restore_handlers(old: dict) -> None:
+def _restore_handlers(old: dict, installed: Optional[Callable] = None) -> None:
+    """Put back the handlers in ``old``; a signal whose handler is no longer ``installed`` (someone set another
+    inside the block, e.g. ``signals_harmless`` after a publish) keeps that one."""
     import signal
 
     for sig, handler in old.items():
         with contextlib.suppress(ValueError, OSError, TypeError):
-            signal.signal(sig, handler)
+            if installed is None or signal.getsignal(sig) is installed:
+                signal.signal(sig, handler)
 
 
 def _raise_interrupt(signals: list[int]) -> None:
@@ -446,4 +639,53 @@ def interrupt_watch() -> Iterator[InterruptWatch]:
     try:
         yield watch
     finally:
-        _restore_handlers(old)
+        _restore_handlers(old, recorder)
+
+
+def main_program_is_sai() -> bool:
+    """True when this process runs the sai CLI as its program (the console script or ``python -m sai``, whose
+    ``__main__`` holds ``sai.cli.main.main``), not when a test or another program calls it in-process."""
+    from sai.cli import main as cli
+
+    return getattr(sys.modules.get("__main__"), "main", None) is cli.main
+
+
+class AfterPublish:
+    """A CLI verb's ``on_published`` for ``publish_dir``: once the output stands, SIGINT and SIGTERM are
+    ignored (SIG_IGN) so that a Ctrl-C in the rest of the run (printing, the interpreter's teardown of
+    torch and onnxruntime, about 2 s) cannot turn a complete output into exit 130/143. Where the sai CLI is
+    the process's program SIG_IGN stays for its last moments; an in-process caller gets its handlers back
+    when the ``after_publish`` block ends. ``published``: the folders committed."""
+
+    def __init__(self) -> None:
+        self.published: list[Path] = []
+        self._old: dict = {}
+
+    def __call__(self, path: Path) -> None:
+        import signal
+
+        self.published.append(Path(path))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, signal.SIG_IGN)
+
+    def note(self, verb: str) -> str:
+        """The line for a signal that came after the commit."""
+        return (f"sai {verb}: interrupted after {self.published[-1]} was published; the output is complete "
+                "(exit 0)")
+
+
+@contextlib.contextmanager
+def after_publish() -> Iterator[AfterPublish]:
+    """``AfterPublish`` for one verb run; see there."""
+    import signal
+    import threading
+
+    done = AfterPublish()
+    if threading.current_thread() is threading.main_thread():
+        done._old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield done
+    finally:
+        if not (done.published and main_program_is_sai()):
+            _restore_handlers(done._old)

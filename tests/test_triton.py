@@ -83,7 +83,8 @@ def test_without_plan_writes_onnx_model_and_says_so(tmp_path_factory, tmp_path, 
     rc = main(["export-triton", str(src), "-o", str(tmp_path / "repo"), "--max-batch", "4", "--max-delay-ms", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and "tensorrt model skipped: no model.plan" in out and "plugin library not found" in out
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["README.md", "sparse_resnet18_onnx"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [".sai-output.json", "README.md",
+                                                                     "sparse_resnet18_onnx"]
     cfg = parse(tmp_path / "repo/sparse_resnet18_onnx/config.pbtxt")
     assert cfg.max_batch_size == 4 and cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sai.cli.options import add_export_args, add_quiet
+from sai.cli.options import add_export_args, add_force, add_quiet
 from sai.errors import SaiError
 
 
@@ -20,17 +20,29 @@ def _size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sai.outputs import after_publish
     from sai.runtime.convert import convert
 
     def progress(msg: str) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    res = convert(args.checkpoint, args.arch, args.output, sampling=args.sampling, precision=args.precision,
-                  opset=args.opset, min_shape=args.min_shape, opt_shape=args.opt_shape, max_shape=args.max_shape,
-                  workspace=args.workspace, timing_cache=args.timing_cache,
-                  version_compatible=args.version_compatible, build_engine=not args.no_engine,
-                  progress=progress)
+    with after_publish() as done:  # once OUTDIR is published, a Ctrl-C/SIGTERM no longer makes the run fail
+        try:
+            res = convert(args.checkpoint, args.arch, args.output, sampling=args.sampling, precision=args.precision,
+                          opset=args.opset, min_shape=args.min_shape, opt_shape=args.opt_shape,
+                          max_shape=args.max_shape, workspace=args.workspace, timing_cache=args.timing_cache,
+                          version_compatible=args.version_compatible, build_engine=not args.no_engine,
+                          progress=progress, force=args.force, on_published=done)
+        except KeyboardInterrupt:
+            if not done.published:
+                raise
+            print(done.note("convert"), file=sys.stderr, flush=True)
+            return 0
+        return _report(res, args)
+
+
+def _report(res, args: argparse.Namespace) -> int:
     files = ", ".join(res.manifest["files"])
     print(f"wrote {res.outdir}: {files}, manifest.json")
     if not res.engine_built:
@@ -45,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="checkpoint -> ONNX (portable + TensorRT target), manifest, TensorRT engine")
     p.add_argument("checkpoint", help="checkpoint (.pth, ours or the official SAI-Det layout)")
     p.add_argument("--arch", help="e.g. sparse_resnet50 (default: what the checkpoint holds; checked against it)")
-    p.add_argument("-o", "--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output directory: new, empty or an earlier sai convert output (replaced atomically)")
     add_export_args(p, sampling_help="sampling mode to export (default: the checkpoint's, else deterministic: "
                     "noise-free); manifest.json records the mode under export.sampling_note")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
@@ -58,5 +71,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="build a version-compatible engine with the plugin library serialized into it")
     p.add_argument("--no-engine", action="store_true", help="write the ONNX files and manifest only")
     p.add_argument("--require-engine", action="store_true", help="exit non-zero when no engine could be built")
+    add_force(p)
     add_quiet(p)
     p.set_defaults(func=run)

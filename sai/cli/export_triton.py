@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from sai.cli.options import add_no_verify
+from sai.cli.options import add_force, add_no_verify
 
 
 def run(args: argparse.Namespace) -> int:
+    from sai.outputs import after_publish
     from sai.runtime.triton import export_triton, parse_delay_ms, parse_gpus
 
-    res = export_triton(args.outdir, args.output, name=args.name, max_batch=args.max_batch, instances=args.instances,
-                        max_queue_delay_us=parse_delay_ms(args.max_delay_ms), gpus=parse_gpus(args.gpus),
-                        verify=not args.no_verify)
+    with after_publish() as done:  # once the repository is published, a Ctrl-C/SIGTERM no longer fails the run
+        try:
+            res = export_triton(args.outdir, args.output, name=args.name, max_batch=args.max_batch,
+                                instances=args.instances, max_queue_delay_us=parse_delay_ms(args.max_delay_ms),
+                                gpus=parse_gpus(args.gpus), verify=not args.no_verify, force=args.force,
+                                on_published=done)
+        except KeyboardInterrupt:
+            if not done.published:
+                raise
+            print(done.note("export-triton"), file=sys.stderr, flush=True)
+            return 0
+        return _report(res)
+
+
+def _report(res: dict) -> int:
     for model, platform in res["models"].items():
         print(f"wrote {res['repo']}/{model} ({platform})")
     if res["skipped"]:
@@ -25,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT plan + onnxruntime models)")
     p.add_argument("outdir", help="a sai convert OUTDIR")
-    p.add_argument("-o", "--output", required=True, help="repository directory (replaced atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="repository directory: new, empty or an earlier sai export-triton output (replaced "
+                        "atomically)")
     p.add_argument("--name", help="model name prefix (default: the arch); models are NAME_trt and NAME_onnx; "
                                   "letters, digits, _ - . only")
     p.add_argument("--max-batch", type=int, help="max_batch_size >= 1 (default: the engine profile's max batch); "
@@ -34,4 +50,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay, >= 0")
     p.add_argument("--gpus", help="comma list of GPU ids, e.g. 0,1, for the instance groups (default 0 for TensorRT)")
     add_no_verify(p)
+    add_force(p)
     p.set_defaults(func=run)

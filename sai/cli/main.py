@@ -89,7 +89,8 @@ def _sigterm_as_interrupt():
         yield
     finally:
         with contextlib.suppress(ValueError, OSError, TypeError):
-            signal.signal(signal.SIGTERM, old)
+            if signal.getsignal(signal.SIGTERM) is handler:  # a verb that set another (SIG_IGN once its output
+                signal.signal(signal.SIGTERM, old)  # was published: sai.outputs.after_publish) keeps it
 
 
 def main(argv: list[str] | None = None) -> int:

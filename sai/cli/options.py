@@ -49,6 +49,18 @@ def add_export_args(p: argparse.ArgumentParser, *, sampling_help: str, precision
     p.add_argument("--precision", choices=list(PRECISIONS), default=precision_default)
 
 
+def add_force(p: argparse.ArgumentParser, *, flag: str = "-o") -> None:
+    """``--force``: replace an output folder that holds files sai did not write (``sai.outputs``)."""
+    from sai.outputs import MARKER_NAME
+
+    p.add_argument("--force", action="store_true",
+                   help=f"replace the {flag} folder even if it holds files sai did not write: the folder and "
+                        "EVERYTHING in it are deleted (symbolic links are removed, not followed; never the root, "
+                        "your home or current folder, or one holding an input). Without it, an existing folder "
+                        f"is replaced only when empty or an earlier output of this command (its {MARKER_NAME} "
+                        "lists every file in it, unchanged); anything else is refused before any work")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -65,5 +77,5 @@ def image_shape(args: argparse.Namespace, engine) -> list[int]:
     return [args.batch, int(example[1]), *dims] if len(dims) == 2 else list(dims)
 
 
-__all__ = ["OFFICIAL_NOTE", "add_backend_args", "add_export_args", "add_image_shape_args", "add_no_verify",
-           "add_quiet", "add_threads_seed", "image_shape"]
+__all__ = ["OFFICIAL_NOTE", "add_backend_args", "add_export_args", "add_force", "add_image_shape_args",
+           "add_no_verify", "add_quiet", "add_threads_seed", "image_shape"]
