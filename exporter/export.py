@@ -337,11 +337,74 @@ def _check(model: onnx.ModelProto) -> None:
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
 
 
+def _model_tensors(model: onnx.ModelProto):
+    """``(name, TensorProto)`` of every weight a model carries: initializers and Constant values of the graph and
+    its subgraphs (the local functions hold op constants such as ``-inf`` for "no activation", not weights)."""
+    def nodes_of(nodes, where):
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield f"{where}{node.output[0] if node.output else node.name} ({node.op_type}.{attr.name})", attr.t
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graph_of(attr.g, where)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        yield from graph_of(g, where)
+
+    def graph_of(g, where=""):
+        for init in g.initializer:
+            yield f"{where}{init.name}", init
+        for sparse in g.sparse_initializer:
+            yield f"{where}{sparse.values.name}", sparse.values
+        yield from nodes_of(g.node, where)
+
+    yield from graph_of(model.graph)
+
+
+def nonfinite_weights(model: onnx.ModelProto, limit: int = 3) -> list[str]:
+    """Up to ``limit`` descriptions (``name (n NaN, m inf of k values)``) of a model's float weights that hold
+    NaN or inf; empty when every weight is finite."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    bad = []
+    for name, tensor in _model_tensors(model):
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            arr = numpy_helper.to_array(tensor)
+        except Exception:  # external data that is not loaded: not ours to judge here
+            continue
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(arr.size - finite.sum()) - n_nan
+            what = ", ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p)
+            bad.append(f"{name} ({what} of {arr.size} values)")
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+def check_finite_weights(model: onnx.ModelProto, what: str = "the exported model") -> None:
+    """SaiError naming the weights of ``model`` that hold NaN or inf: no such model is ever written."""
+    bad = nonfinite_weights(model)
+    if bad:
+        raise SaiError(f"{what} would hold non-finite weights: {'; '.join(bad)}{' ...' if len(bad) == 3 else ''}; "
+                       "nothing was written: the checkpoint's values (or their BatchNorm folding) are out of range, "
+                       "use an earlier checkpoint")
+
+
 def save_atomic(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     """Serialize to a temporary file next to ``path`` and rename it; no half-written file on error
-    (a full disk or an unwritable folder is a SaiError naming ``path``)."""
+    (a full disk or an unwritable folder is a SaiError naming ``path``), and no model with a NaN or inf
+    weight (``check_finite_weights``: SaiError, nothing written)."""
     from sai.outputs import write_atomic
 
+    check_finite_weights(model, f"model {Path(path).name}")
     return write_atomic(Path(path), model.SerializeToString())
 
 

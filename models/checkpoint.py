@@ -225,6 +225,25 @@ def check_finite(sd: Mapping[str, Tensor], source: str = "the checkpoint") -> No
                        "it comes from a diverged training run or a damaged file: use an earlier checkpoint")
 
 
+def check_bn_variances(sd: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
+    """SaiError naming the first BatchNorm ``running_var`` tensors with negative values: a variance is never
+    negative, and folding one into its conv (``fuse_for_inference``) gives NaN weights."""
+    bad = []
+    for k, v in sd.items():
+        if k.endswith("running_var") and isinstance(v, Tensor) and v.is_floating_point() and v.numel():
+            neg = v < 0
+            if bool(neg.any()):
+                c = int(torch.nonzero(neg.flatten())[0])
+                bad.append(f"{k} ({int(neg.sum())} of {v.numel()} negative, e.g. channel {c}: "
+                           f"{float(v.flatten()[c]):.6g})")
+                if len(bad) == 3:
+                    break
+    if bad:
+        raise SaiError(f"{source} holds invalid BatchNorm statistics: {'; '.join(bad)}{' ...' if len(bad) == 3 else ''}"
+                       "; a variance is never negative, so the file is damaged or was edited: use an earlier "
+                       "checkpoint or recompute the statistics")
+
+
 def _strip_module(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         return {k[len("module."):]: v for k, v in sd.items()}
@@ -360,17 +379,22 @@ def _describe(report: LoadReport, limit: Optional[int] = None) -> str:
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: StateDictLike, strict: bool = True,
-                    weights_only: bool = True) -> LoadReport:
+                    weights_only: bool = True, *, check_stats: bool = True) -> LoadReport:
     """Load our checkpoints or the official SAI-Det layout into ``model`` (strict by default).
 
     A strict load raises SaiError naming every missing key, unexpected key and shape mismatch
-    (with both shapes). ``strict=False`` loads what matches and returns the report.
+    (with both shapes). ``strict=False`` loads what matches and returns the report. Weights holding NaN or
+    inf are refused, and so are negative BatchNorm variances unless ``check_stats`` is False
+    (``init_from_dense``: training re-estimates them).
     """
     if getattr(model, "fused", False):
         raise SaiError("load checkpoints into the unfused model, then call fuse_for_inference")
     sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
-    check_finite(sd, "the given state dict" if type(path_or_state_dict) is not LoadedCheckpoint
-                 and isinstance(path_or_state_dict, Mapping) else f"checkpoint {describe_source(path_or_state_dict)}")
+    source = ("the given state dict" if type(path_or_state_dict) is not LoadedCheckpoint
+              and isinstance(path_or_state_dict, Mapping) else f"checkpoint {describe_source(path_or_state_dict)}")
+    check_finite(sd, source)
+    if check_stats:
+        check_bn_variances(sd, source)
     layout, sd, ignored = to_model_keys(sd)
     if meta.get("format") == FORMAT:
         layout = "sai"
@@ -408,7 +432,7 @@ def init_from_dense(model: nn.Module, path_or_state_dict: StateDictLike, weights
     """
     sd, meta = read_checkpoint(path_or_state_dict, weights_only=weights_only)
     layout, sd, ignored = to_model_keys(sd)
-    report = load_checkpoint(model, sd, strict=False)
+    report = load_checkpoint(model, sd, strict=False, check_stats=False)
     report.layout = "dense-init:" + layout
     report.ignored = ignored
     report.meta = meta

@@ -40,25 +40,67 @@ from sai.models.blocks import (
 from sai.models.ops import interpolate, sparse_sample_conv
 
 
-def fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Fold an eval-mode BatchNorm into the preceding conv (computed in float64)."""
+def _nonfinite(t: Tensor) -> str:
+    """"" when ``t`` is all finite, else e.g. "2 NaN, 1 inf of 64 values"."""
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return ""
+    n_nan = int(torch.isnan(t).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    parts = [p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p]
+    return f"{', '.join(parts)} of {t.numel()} values"
+
+
+def check_bn_stats(bn: nn.BatchNorm2d, name: str = "") -> None:
+    """SaiError naming ``name`` (the BatchNorm's state_dict prefix) when its parameters or statistics are not
+    finite or ``running_var + eps <= 0`` somewhere: folding it would write NaN/inf weights (docs/design.md 3.4)."""
+    label = name or "a BatchNorm layer"
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(bn, attr, None)
+        if t is not None and (what := _nonfinite(t.detach())):
+            raise SaiError(f"BatchNorm {label}: {name + '.' if name else ''}{attr} holds {what}; the checkpoint comes "
+                           "from a diverged run or a damaged file: use an earlier checkpoint")
+    if bn.running_var is None:
+        raise SaiError(f"BatchNorm {label} keeps no running statistics (track_running_stats=False), so it cannot "
+                       "be folded for inference; build it with track_running_stats=True and load trained statistics")
+    var = bn.running_var.detach().double() + float(bn.eps)
+    bad = torch.nonzero(var <= 0).flatten()
+    if bad.numel():
+        c = int(bad[0])
+        raise SaiError(f"BatchNorm {label}: {name + '.' if name else ''}running_var + eps <= 0 at {bad.numel()} "
+                       f"channel(s) (channel {c}: running_var {float(bn.running_var[c]):.6g}, eps {bn.eps:g}); a "
+                       "variance is never negative, so the statistics are corrupt: use an earlier checkpoint or "
+                       "recompute them (a forward pass over training data in train mode)")
+
+
+def fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d, name: str = "") -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding conv (computed in float64). SaiError naming ``name`` (the
+    BatchNorm's state_dict prefix) on invalid statistics or a result that is not finite in the weight's dtype."""
+    check_bn_stats(bn, name)
     w = weight.detach().double()
     scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
     b = -bn.running_mean.detach().double() if bias is None else bias.detach().double() - bn.running_mean.double()
     b = b * scale + bn.bias.detach().double()
     w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-    return w.to(weight.dtype), b.to(weight.dtype)
+    w, b = w.to(weight.dtype), b.to(weight.dtype)
+    for what, t in (("weight", w), ("bias", b)):
+        if bad := _nonfinite(t):
+            raise SaiError(f"folding BatchNorm {name or '(unnamed)'} into its conv gives a {what} with {bad} in "
+                           f"{weight.dtype} (the conv's weights or weight / sqrt(running_var + eps) overflow); the "
+                           "checkpoint's values are out of range: use an earlier checkpoint")
+    return w, b
 
 
 def _param(t: Optional[Tensor]) -> Optional[nn.Parameter]:
     return None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False)
 
 
-def _fold_downsample(down: Optional[nn.Module]) -> tuple[Optional[nn.Parameter], Optional[nn.Parameter], int]:
+def _fold_downsample(down: Optional[nn.Module], name: str = "") -> tuple[Optional[nn.Parameter],
+                                                                        Optional[nn.Parameter], int]:
     if down is None:
         return None, None, 1
     conv, bn = down[0], down[1]
-    w, b = fold_bn(conv.weight, conv.bias, bn)
+    w, b = fold_bn(conv.weight, conv.bias, bn, f"{name}.downsample.1" if name else "downsample.1")
     return _param(w), _param(b), conv.stride[0]
 
 
@@ -133,7 +175,7 @@ class _FusedSparseBase(MaskBookkeeping):
     fused = True
     mask_fn: Optional[Callable[[Tensor, float, Optional[Tensor], int], Tensor]] = None
 
-    def _copy_attrs(self, blk: nn.Module) -> None:
+    def _copy_attrs(self, blk: nn.Module, name: str = "") -> None:
         self.inplanes, self.planes, self.stride = blk.inplanes, blk.planes, blk.stride
         self.with_dcn = blk.with_dcn
         self.mask_strides = blk.mask_strides
@@ -152,7 +194,7 @@ class _FusedSparseBase(MaskBookkeeping):
         if self.with_dcn:
             self.offset_weight = _param(blk.conv2_offset.weight)
             self.offset_bias = _param(blk.conv2_offset.bias)
-        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample)
+        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample, name)
         self.record_stats = blk.record_stats
         self._init_bookkeeping()
 
@@ -222,12 +264,12 @@ class FusedSparseBottleneck(_FusedSparseBase):
 
     expansion = 4
 
-    def __init__(self, blk: SparseBottleneck):
+    def __init__(self, blk: SparseBottleneck, name: str = ""):
         super().__init__()
-        self._copy_attrs(blk)
-        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
-        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
-        w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3)
+        self._copy_attrs(blk, name)
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1, _key(name, "bn1"))
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2, _key(name, "bn2"))
+        w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3, _key(name, "bn3"))
         self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
         self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
         self.conv3_weight, self.out_bias = _param(w3), _param(b3)
@@ -273,11 +315,11 @@ class FusedSparseBasicBlock(_FusedSparseBase):
 
     expansion = 1
 
-    def __init__(self, blk: SparseBasicBlock):
+    def __init__(self, blk: SparseBasicBlock, name: str = ""):
         super().__init__()
-        self._copy_attrs(blk)
-        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
-        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
+        self._copy_attrs(blk, name)
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1, _key(name, "bn1"))
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2, _key(name, "bn2"))
         self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
         self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
 
@@ -321,24 +363,24 @@ class FusedDenseBlock(nn.Module):
     sparse = False
     fused = True
 
-    def __init__(self, blk: nn.Module):
+    def __init__(self, blk: nn.Module, name: str = ""):
         super().__init__()
         self.kind = "bottleneck" if isinstance(blk, Bottleneck) else "basic"
         self.expansion = blk.expansion
         self.inplanes, self.planes, self.stride, self.with_dcn = blk.inplanes, blk.planes, blk.stride, blk.with_dcn
         self.offset_from = blk.offset_from
-        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1)
-        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2)
+        w1, b1 = fold_bn(blk.conv1.weight, None, blk.bn1, _key(name, "bn1"))
+        w2, b2 = fold_bn(blk.conv2.weight, None, blk.bn2, _key(name, "bn2"))
         self.conv1_weight, self.conv1_bias = _param(w1), _param(b1)
         self.conv2_weight, self.conv2_bias = _param(w2), _param(b2)
         if self.kind == "bottleneck":
-            w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3)
+            w3, b3 = fold_bn(blk.conv3.weight, None, blk.bn3, _key(name, "bn3"))
             self.conv3_weight, self.conv3_bias = _param(w3), _param(b3)
         if self.with_dcn:
             self.offset_weight = _param(blk.conv2_offset.weight)
             self.offset_bias = _param(blk.conv2_offset.bias)
             self.offset_stride = blk.conv2_offset.stride[0]
-        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample)
+        self.down_weight, self.down_bias, self.down_stride = _fold_downsample(blk.downsample, name)
 
     def forward(self, x: Tensor, *unused) -> Tensor:
         s = self.stride
@@ -359,15 +401,20 @@ class FusedDenseBlock(nn.Module):
         return F.relu(b + identity)
 
 
-def fuse_block(blk: nn.Module) -> nn.Module:
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def fuse_block(blk: nn.Module, name: str = "") -> nn.Module:
+    """The fused form of one block; ``name`` (its state_dict prefix, e.g. ``layer2.0``) names it in errors."""
     if getattr(blk, "fused", False):
         return blk
     if isinstance(blk, SparseBottleneck):
-        return FusedSparseBottleneck(blk)
+        return FusedSparseBottleneck(blk, name)
     if isinstance(blk, SparseBasicBlock):
-        return FusedSparseBasicBlock(blk)
+        return FusedSparseBasicBlock(blk, name)
     if isinstance(blk, (Bottleneck, BasicBlock)):
-        return FusedDenseBlock(blk)
+        return FusedDenseBlock(blk, name)
     raise SaiError(f"cannot fuse block of type {type(blk).__name__}")
 
 
@@ -400,6 +447,14 @@ def cast_for_inference(fused: nn.Module, precision: str) -> nn.Module:
     return fused
 
 
+def check_finite_state(model: nn.Module) -> None:
+    """SaiError naming the state_dict keys of ``model`` that hold NaN or inf (conv weights, BN parameters and
+    statistics, mask predictors, heads): folded or not, they would be written into every exported model."""
+    from sai.models.checkpoint import check_finite
+
+    check_finite(model.state_dict(), f"the {getattr(model, 'arch', type(model).__name__)} model")
+
+
 @torch.no_grad()
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with BN folded, the conv3 reorder, float sigmas.
@@ -412,11 +467,13 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, SaiResNet):
         raise SaiError(f"fuse_for_inference needs a model from sai.models.build_model, got {type(model).__name__}")
+    if not getattr(model, "fused", False):
+        check_finite_state(model)
     fused = copy.deepcopy(model).eval()
     for _, blk in fused.sparse_blocks():  # observers belong to the original model's blocks, not to the copy
         blk.clear_mask_observers()
     if not fused.fused:
-        w, b = fold_bn(fused.conv1.weight, None, fused.bn1)
+        w, b = fold_bn(fused.conv1.weight, None, fused.bn1, "bn1")
         conv = fused.conv1  # the fused stem keeps the model's dtype and device (e.g. float64)
         stem = nn.Conv2d(conv.in_channels, w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
                          bias=True, dtype=w.dtype, device=w.device)
@@ -427,7 +484,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         for i in range(1, 5):
             layer = getattr(fused, f"layer{i}")
             for j in range(len(layer)):
-                layer[j] = fuse_block(layer[j])
+                layer[j] = fuse_block(layer[j], f"layer{i}.{j}")
         fused.fused = True
     for p in fused.parameters():
         p.requires_grad_(False)

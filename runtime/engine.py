@@ -58,6 +58,68 @@ def check_profile(name: str, shape: Sequence[int], min_shape: Optional[Sequence[
                                    "with a wider --min-shape/--max-shape)", too_large=over)
 
 
+def value_dtype(value: Any) -> Optional[np.dtype]:
+    """The dtype of an array-like as given (None for lists and the like)."""
+    dt = getattr(value, "dtype", None)
+    try:
+        return None if dt is None else np.dtype(dt)
+    except TypeError:
+        return None
+
+
+def nonfinite_message(name: str, count: int, size: int, first: Optional[Sequence[int]] = None,
+                      cast: bool = False) -> str:
+    """The InputError text for an input holding NaN or infinity (the same words on every backend)."""
+    where = f", first at index {list(first)}" if first is not None else ""
+    beyond = " (or values beyond the model's dtype)" if cast else ""
+    return (f"input {name!r} contains NaN or infinity{beyond}: {count} of {size} values{where}; no backend gives a "
+            "meaningful answer for them: replace them (e.g. numpy.nan_to_num) or leave that image out")
+
+
+def check_finite_input(name: str, arr: np.ndarray, cast: bool = False) -> None:
+    """InputError when the float array ``arr`` holds NaN or +-inf: every backend refuses such inputs alike (the
+    sai kernels would read a NaN mask logit as "not sampled" and answer confidently, the function bodies
+    propagate NaN). One float64 sum first (it cannot overflow for float16/float32 data), the full scan only
+    when the sum is not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
+            return
+    bad = ~np.isfinite(arr)
+    count = int(bad.sum())
+    if count:
+        first = np.unravel_index(int(np.argmax(bad.reshape(-1))), arr.shape)
+        raise InputError(nonfinite_message(name, count, arr.size, [int(i) for i in first], cast))
+
+
+def _check_finite_device(name: str, dev: DeviceArray) -> None:
+    """``check_finite_input`` for a CUDA input, counted on its GPU (after its producer's stream) with torch, or
+    cupy where torch has no CUDA; unchecked where neither can (a GPU engine's host inputs always are)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        gpu = torch.device("cuda", dev.device_id)
+        stream = torch.cuda.current_stream(gpu)
+        if dev.stream is not None:
+            stream.wait_stream(torch.cuda.ExternalStream(int(dev.stream), device=gpu))
+        t = torch.as_tensor(dev, device=gpu)
+        count = int((~torch.isfinite(t)).sum())  # synchronises the current stream
+        size = t.numel()
+    else:
+        try:
+            import cupy
+        except ImportError:
+            return
+        with cupy.cuda.Device(dev.device_id):
+            if dev.stream is not None:
+                cupy.cuda.ExternalStream(int(dev.stream)).synchronize()
+            a = cupy.asarray(dev)
+            count, size = int((~cupy.isfinite(a)).sum()), int(a.size)
+    if count:
+        raise InputError(nonfinite_message(name, count, size))
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output: ``shape`` holds ints for fixed dims and names (``"batch"``) for dynamic ones."""
@@ -324,12 +386,16 @@ class Engine:
             if arr.dtype.kind != want.kind or arr.dtype.kind not in "fiu" or not np.can_cast(arr.dtype, want,
                                                                                              "same_kind"):
                 raise InputError(self.dtype_error(spec, arr.dtype))
-            arr = arr.astype(want)
+            with np.errstate(over="ignore"):  # values beyond ``want`` become inf, refused below
+                arr = arr.astype(want)
         if arr.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, arr.shape, strict=False)):
             raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {list(spec.shape)}")
         if 0 in arr.shape:
             raise InputError(f"input {spec.name!r} has an empty dimension: shape {list(arr.shape)}")
-        return np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.kind == "f":
+            check_finite_input(spec.name, arr, cast=value_dtype(value) != arr.dtype)
+        return arr
 
     def _check_device(self, spec: TensorSpec, dev: DeviceArray) -> DeviceArray:
         """A CUDA input: bound as it is, so dtype and shape must be the model's; only GPU engines take one."""
@@ -348,6 +414,8 @@ class Engine:
         if not dev.is_c_contiguous:
             raise InputError(f"device input {spec.name!r} is not C-contiguous; pass a contiguous copy "
                              "(.contiguous() / cupy.ascontiguousarray)")
+        if np.dtype(dev.dtype).kind == "f":
+            _check_finite_device(spec.name, dev)
         return dev
 
     def dtype_error(self, spec: TensorSpec, given: np.dtype) -> str:
@@ -380,7 +448,12 @@ class Engine:
         if self._closed:
             raise SaiError(f"{self.backend} engine is closed; load the model again (sai.runtime.load) to infer")
         checked = self.check_feeds(feeds, layout=layout, color=color)
-        return self._run_device(checked) if device_outputs else self._run(checked)
+        if device_outputs:
+            return self._run_device(checked)
+        # C-contiguous host outputs on every backend: a fused block's NHWC result reaches torch's outputs as a
+        # channels_last view, and consumers that reinterpret buffers (Polygraphy's comparator, tobytes
+        # servers) need row-major data
+        return {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in self._run(checked).items()}
 
     def infer_async(self, feeds: Feeds, **options) -> Future:
         """``infer`` on the engine's worker threads (``options`` as ``infer``'s); a Future of the output dict."""

@@ -179,9 +179,10 @@ class TorchEngine(Engine):
         noise = [self._tensor(feeds[n]) for n, _ in self.noise_inputs]
         outs = self._call_model(x, noise)
         names = self._output_names(len(outs), getattr(self.model, "head", None))
+        # row-major (a fused block's NHWC output is a channels_last view of the NCHW tensor)
         if device_outputs:
-            return {n: t.detach().float() for n, t in zip(names, outs, strict=True)}
-        return {n: t.detach().float().cpu().numpy() for n, t in zip(names, outs, strict=True)}
+            return {n: t.detach().float().contiguous() for n, t in zip(names, outs, strict=True)}
+        return {n: t.detach().float().contiguous().cpu().numpy() for n, t in zip(names, outs, strict=True)}
 
     def _run_device(self, feeds):
         if not self.device.startswith("cuda"):

@@ -30,17 +30,33 @@ MASK_PREFIX = "mask."
 # ----------------------------------------------------------------------------------------------
 
 
-def onnx_with_masks(src: Path, dest: Path) -> list[str]:
-    """Copy ``src`` to ``dest`` with one extra output per sampling mask: ``mask.<block>.m1`` (the mask of
-    the block's first SparseSampleConv) and ``mask.<block>.m2`` (its second). Returns the names."""
+def load_checked_onnx(src: Path):
+    """The ONNX model at ``src``; SaiError when it is unreadable or any weight holds NaN or inf (such a model
+    gives garbage on every backend, and the backends may agree on it, so validate refuses it outright)."""
     import onnx
-    from onnx import TensorProto, helper
+
+    from sai.exporter.export import nonfinite_weights
 
     try:
         model = onnx.load(str(src))
     except Exception as exc:  # protobuf DecodeError on a truncated file, OSError, ...
         detail = " ".join(str(exc).split())[:160]
         raise SaiError(f"{src} is not a readable ONNX model ({type(exc).__name__}: {detail}); re-run sai convert") from None
+    bad = nonfinite_weights(model)
+    if bad:
+        raise SaiError(f"{src} holds non-finite weights: {'; '.join(bad)}{' ...' if len(bad) == 3 else ''}; its "
+                       "outputs are garbage: convert the checkpoint again with this sai (which refuses such weights) "
+                       "or use an earlier checkpoint")
+    return model
+
+
+def onnx_with_masks(src: Path, dest: Path) -> list[str]:
+    """Copy ``src`` to ``dest`` with one extra output per sampling mask: ``mask.<block>.m1`` (the mask of
+    the block's first SparseSampleConv) and ``mask.<block>.m2`` (its second). Returns the names."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = load_checked_onnx(src)
     per_block: dict[str, list[str]] = OrderedDict()
     for node in model.graph.node:
         if node.domain == DOMAIN and node.op_type == SPARSE_SAMPLE_CONV and "/" in node.name:
@@ -118,6 +134,7 @@ def make_runner(engine: Engine, name: str):
             super().__init__(name=name)
             self.engine = engine
             self.masks: list[dict[str, np.ndarray]] = []
+            self.nonfinite: list[dict[str, tuple[int, int]]] = []  # per iteration: output -> (NaN/inf values, size)
 
         def activate_impl(self):
             pass
@@ -136,7 +153,10 @@ def make_runner(engine: Engine, name: str):
             out = engine.infer(dict(feed_dict))
             self.inference_time = time.perf_counter() - t
             self.masks.append({k: v for k, v in out.items() if k.startswith(MASK_PREFIX)})
-            return OrderedDict((k, v) for k, v in out.items() if not k.startswith(MASK_PREFIX))
+            outs = OrderedDict((k, v) for k, v in out.items() if not k.startswith(MASK_PREFIX))
+            self.nonfinite.append({k: (int(v.size - np.isfinite(v).sum()), int(v.size)) for k, v in outs.items()
+                                   if v.dtype.kind == "f" and not np.isfinite(v).all()})
+            return outs
 
     return EngineRunner()
 
@@ -154,6 +174,7 @@ class Report:
     rtol: dict[str, float]
     outputs: list[dict] = field(default_factory=list)
     masks: list[dict] = field(default_factory=list)
+    nonfinite: list[dict] = field(default_factory=list)  # outputs holding NaN/inf: each one fails the validation
     mask_threshold: float = 0.999
     passed: bool = False
     densities: dict = field(default_factory=dict)  # see sampling_densities / exported_densities
@@ -168,6 +189,9 @@ class Report:
             lines.append(f"  {mark} {o['pair']} iter {o['iteration']} {o['output']}: max abs {o['max_abs']:.3g} "
                          f"max rel {o['max_rel']:.3g} mean abs {o['mean_abs']:.3g} (atol {o['atol']:g}, "
                          f"rtol {o['rtol']:g})")
+        for o in self.nonfinite:
+            lines.append(f"  FAIL {o['backend']} iter {o['iteration']} {o['output']}: {o['count']} of {o['size']} "
+                         "values are NaN or inf (non-finite weights or an overflow in the model)")
         if self.masks:
             worst = min(self.masks, key=lambda m: m["agreement"])
             bad = [m for m in self.masks if not m["passed"]]
@@ -325,8 +349,13 @@ def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: di
                     agree = 1.0 - differ / max(a.size, 1)
                 report.masks.append({"pair": f"{ref.name} vs {other.name}", "iteration": it, "mask": name,
                                      "agreement": agree, "disagree": differ, "passed": agree >= mask_threshold})
+    for runner in runners:
+        for it, counts in enumerate(runner.nonfinite):
+            for out_name, (count, size) in counts.items():
+                report.nonfinite.append({"backend": runner.name, "iteration": it, "output": out_name, "count": count,
+                                         "size": size})
     report.densities = _densities(engines, runners, feeds_list, density_seed)
-    outputs_ok = bool(report.outputs) and all(o["passed"] for o in report.outputs)
+    outputs_ok = bool(report.outputs) and all(o["passed"] for o in report.outputs) and not report.nonfinite
     report.passed = bool(acc) and outputs_ok and all(m["passed"] for m in report.masks)
     return report
 
@@ -384,6 +413,7 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
                     onnx_with_masks(onnx_file, tmp / "model.masks.onnx")
                     engine = rt.load(tmp / "model.masks.onnx", backend="onnxruntime", threads=threads, verify=False)
             else:
+                load_checked_onnx(onnx_file)
                 engine = rt.load(onnx_file, backend="onnxruntime", threads=threads, verify=False)
             if engine.metadata.get("sampling") and sampling is None:
                 sampling = engine.metadata["sampling"]
