@@ -5,7 +5,7 @@
 and writes ``sm_<cc>/<spec>.{cubin,ptx,json}`` (the JSON: entry name, warps, stages, shared bytes,
 scratch sizes, the exact parameter list with the two trailing hidden scratch pointers, constexprs,
 grid rule), then ``sai_kernels_embedded.cpp`` (the cubins as byte arrays + metadata table) and
-``sai_kernels_generated.h`` (one typed launch function per specialization) for the hand-written
+``sai_kernels_generated.h`` (one typed argument struct and launch per kernel) for the hand-written
 driver-API launcher in ``kernels/launcher/``. With ``--cxx`` it compiles the C++ with g++ against
 the CUDA headers (compile only, no GPU, no libcuda link). Tile configs come from ``configs/``.
 """
@@ -243,18 +243,106 @@ def tensor_core_summary(out: Path, metas: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _param_cpp(p: dict) -> str:
-    return ("CUdeviceptr " if p["type"].startswith("*") else _CPP[p["type"]] + " ") + p["name"]
+# Typed launch code: one argument struct per kernel family (every argument some build of that
+# Triton kernel takes at run time or compiles in as a semantic constant), one pack function per
+# distinct build signature (the build's checks as integer compares), and the image table.
+_TILE_KEYS = {"BM", "BN", "BK", "BP", "BC", "BLOCK"}
+
+
+def _family_struct(kernel: str) -> str:
+    """``sparse_conv_kernel`` -> ``SparseConvKernelArgs``."""
+    return "".join(w[:1].upper() + w[1:] for w in kernel.split("_")) + "Args"
+
+
+def _semantic_constants(metas: list[dict]) -> dict[str, set[str]]:
+    """Per spec, the compiled-in integer/bool constants a caller must pass: not the tile configs
+    (known tile names and whatever differs between the images of one spec), never strings."""
+    by_spec: dict[str, list[dict]] = {}
+    for m in metas:
+        by_spec.setdefault(m["spec"], []).append(m)
+    tiles = set(_TILE_KEYS)
+    for t in TACTICS.values():
+        tiles |= set(t or {})
+    out = {}
+    for spec, ms in by_spec.items():
+        keys = set(ms[0]["constexprs"])
+        varying = {k for k in keys if len({repr(m["constexprs"].get(k)) for m in ms}) > 1}
+        out[spec] = {k for k in keys - tiles - varying - {"num_warps", "num_stages"}
+                     if isinstance(ms[0]["constexprs"][k], (bool, int))}
+    return out
+
+
+def _families(metas: list[dict], consts: dict[str, set[str]]) -> dict[str, dict]:
+    """kernel -> {"id", "struct", "module", "fields": {name: "ptr" | "int" | "float"} in argument order}."""
+    fams: dict[str, dict] = {}
+    for m in sorted(metas, key=lambda m: (m["kernel"], m["spec"])):
+        f = fams.setdefault(m["kernel"], {"id": 0, "struct": _family_struct(m["kernel"]), "module": m["module"],
+                                          "fields": {}, "order": []})
+        for p in m["params"]:
+            kind = "ptr" if p["type"].startswith("*") else ("float" if p["type"] == "fp32" else "int")
+            f["fields"].setdefault(p["name"], kind)
+        for k in consts[m["spec"]]:
+            f["fields"].setdefault(k, "int")
+    for i, name in enumerate(sorted(fams)):
+        fams[name]["id"] = i + 1
+    return fams
+
+
+def _field_order(metas: list[dict], fam: dict, kernel: str) -> list[str]:
+    """The fields in the kernel's argument order (parameters and constants interleaved as declared)."""
+    order: list[str] = []
+    for m in metas:
+        if m["kernel"] != kernel:
+            continue
+        # params keep the declaration order; constants sit where the kernel declares them (their
+        # order in the metadata's constexprs follows the spec, so place them after the params)
+        for p in m["params"]:
+            if p["name"] not in order:
+                order.append(p["name"])
+    order += sorted(k for k in fam["fields"] if k not in order)
+    return order
+
+
+def _pack_body(m: dict, consts: set[str]) -> list[str]:
+    """The statements of one build's pack function: constants, then each parameter in order."""
+    lines = []
+    for k in sorted(consts):
+        v = int(m["constexprs"][k])
+        lines.append(f'    if (a.{k} != {v}LL) return packFail(e, "{k}", a.{k} == kUnsetInt ? PackError::kUnset '
+                     f': PackError::kConstant, a.{k}, {v}LL);')
+    div = set(m["divisible"])
+    for i, p in enumerate(m["params"]):
+        n, t = p["name"], p["type"]
+        if t.startswith("*"):
+            lines.append(f'    if (a.{n} == kUnsetPointer) return packFail(e, "{n}", PackError::kUnset, 0);')
+            if n in div:
+                lines.append(f'    if (a.{n} % 16 != 0) return packFail(e, "{n}", PackError::kAlignment, '
+                             f'static_cast<long long>(a.{n}));')
+            lines.append(f"    s[{i}].pointer = a.{n};")
+        elif t == "fp32":
+            lines.append(f'    if (a.{n} != a.{n}) return packFail(e, "{n}", PackError::kUnset, 0);')
+            lines.append(f"    s[{i}].f32 = a.{n};")
+        elif t == "i32":
+            lines.append(f'    if (a.{n} < INT32_MIN || a.{n} > INT32_MAX) return packFail(e, "{n}", '
+                         f'a.{n} == kUnsetInt ? PackError::kUnset : PackError::kInt32, a.{n});')
+            if n in div:
+                lines.append(f'    if (a.{n} % 16 != 0) return packFail(e, "{n}", PackError::kMultiple16, a.{n});')
+            lines.append(f"    s[{i}].i32 = static_cast<int32_t>(a.{n});")
+        else:
+            raise ValueError(f"{m['spec']}: parameter type {t} of {n} has no C++ launch slot")
+    return lines
 
 
 def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
     """``sai_kernels_embedded.cpp`` (the cubins, pulled in by the assembler's ``.incbin`` from
-    ``sm_<cc>/``, + the image table) and ``sai_kernels_generated.h`` (typed launchers, tactic 1)."""
+    ``sm_<cc>/``, + the image table with each build's pack function) and ``sai_kernels_generated.h``
+    (one typed argument struct per kernel family and its ``launch`` overload on a ResolvedKernel)."""
     metas = sorted(metas, key=lambda m: (m["spec"], m["cc"], m["tactic"]))
+    consts = _semantic_constants(metas)
+    fams = _families(metas, consts)
     body = ["// Generated by python -m sai.kernels.aot: do not edit, do not commit.",
             "// The cubins are read by the assembler (.incbin) from the files beside this one.",
-            '#include "sai_kernels_generated.h"', "", "#include <cstddef>", ""]
-    rows = []
+            '#include "sai_kernels_generated.h"', "", "#include <cstddef>", "#include <cstdint>", ""]
     for m in metas:
         stem = image_stem(m["spec"], m["tactic"])
         sym = f"sai_cubin_{stem}_sm{m['cc']}"
@@ -263,14 +351,6 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         body += [f'asm(".section .rodata.sai_cubins,\\"a\\",@progbits\\n.balign 16\\n.globl {sym}\\n'
                  f'.hidden {sym}\\n{sym}:\\n.incbin \\"{path}\\"\\n.byte 0\\n.previous");',
                  f'extern "C" const unsigned char {sym}[{size + 1}];']
-        plist = ",".join(f"{p['name']}:{p['type']}" for p in m["params"])
-        const = ",".join(f"{k}={v}" for k, v in m["constexprs"].items())
-        c = m["constexprs"]
-        rows_, cols_ = c.get("BM", c.get("BP", c.get("BLOCK", 1))), c.get("BN", c.get("BC", 1))
-        rows.append(f'    {{"{m["spec"]}", {m["cc"]}, {m["tactic"]}, {sym}, {size}, "{m["entry"]}", {m["num_warps"]}, '
-                    f'{m["shared"]}, {m["global_scratch_size"]}, {m["global_scratch_align"]}, '
-                    f'{m["profile_scratch_size"]}, {m["profile_scratch_align"]}, {len(m["params"])}, "{plist}", '
-                    f'"{const}", "{",".join(m["divisible"])}", {rows_}, {cols_}}},')
     # what the library carries, readable from the file without loading it (sai doctor)
     specs: dict[str, dict] = {}
     for m in metas:
@@ -285,28 +365,59 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
     manifest = manifest.replace("\\", "\\\\").replace('"', '\\"')
     body += ["", "// sai doctor reads this section: which specs, archs and tactics the library carries",
              '__attribute__((used, section(".sai_kernels"))) const char kSaiKernelsManifest[] =',
-             f'    "{manifest}";',
-             "", "namespace sai {", "namespace kernels {", "namespace {",
-             "const KernelImage kImages[] = {", *rows, "};", "}  // namespace", "",
-             "const KernelImage* embeddedImages(size_t* count) {",
-             "    *count = sizeof(kImages) / sizeof(kImages[0]);", "    return kImages;", "}", ""]
-    header = ["// Generated by python -m sai.kernels.aot: do not edit, do not commit.", "#pragma once",
-              '#include "sai_kernel_launcher.h"', "", "namespace sai {", "namespace kernels {", ""]
-    seen = {}
+             f'    "{manifest}";', "", "namespace sai {", "namespace kernels {", "namespace {", ""]
+    # one pack function per distinct build signature (the archs of a spec usually share one)
+    packs: dict[str, str] = {}
+    rows = []
     for m in metas:
-        seen.setdefault(m["spec"], m)
-    for spec, m in seen.items():
-        args = ", ".join(_param_cpp(p) for p in m["params"])
-        tiles = ("BM", "BN", "BK", "BP", "BC")
-        const = ", ".join(f"{k}={v}" for k, v in m["constexprs"].items() if k not in tiles)
-        proto = f"CUresult launch_{spec}(CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ, {args})"
-        header += [f"// {spec}: {const}; tiles per arch: findImage(spec, cc)->tileRows / tileCols",
-                   f"// grid {m['grid']}", proto + ";", ""]
-        ptrs = ", ".join(f"&{p['name']}" for p in m["params"])
-        body += [proto + " {", f"    void* args[] = {{{ptrs}}};",
-                 f'    return launch("{spec}", stream, gridX, gridY, gridZ, args, {len(m["params"])});', "}", ""]
+        if len(m["params"]) > 62:
+            raise ValueError(f"{m['spec']}: {len(m['params'])} parameters, the launcher holds 62 (kMaxLaunchParams)")
+        fam = fams[m["kernel"]]
+        lines = _pack_body(m, consts[m["spec"]])
+        key = fam["struct"] + "\n" + "\n".join(lines)
+        if key not in packs:
+            fn = f"pack{len(packs)}"
+            packs[key] = fn
+            body += [f"// {m['spec']} (and every build with the same parameters, constants and assumptions)",
+                     f"bool {fn}(const void* args, LaunchSlot* s, PackError* e) {{",
+                     f"    const auto& a = *static_cast<const {fam['struct']}*>(args);", *lines,
+                     "    return true;", "}", ""]
+        plist = ",".join(f"{p['name']}:{p['type']}" for p in m["params"])
+        const = ",".join(f"{k}={v}" for k, v in m["constexprs"].items())
+        c = m["constexprs"]
+        rows_, cols_ = c.get("BM", c.get("BP", c.get("BLOCK", 1))), c.get("BN", c.get("BC", 1))
+        stem = image_stem(m["spec"], m["tactic"])
+        sym = f"sai_cubin_{stem}_sm{m['cc']}"
+        size = (out / f"sm_{m['cc']}" / f"{stem}.cubin").stat().st_size
+        rows.append(f'    {{"{m["spec"]}", {m["cc"]}, {m["tactic"]}, {sym}, {size}, "{m["entry"]}", {m["num_warps"]}, '
+                    f'{m["shared"]}, {m["global_scratch_size"]}, {m["global_scratch_align"]}, '
+                    f'{m["profile_scratch_size"]}, {m["profile_scratch_align"]}, {len(m["params"])}, "{plist}", '
+                    f'"{const}", "{",".join(m["divisible"])}", {rows_}, {cols_}, {fam["struct"]}::kFamily, '
+                    f'{packs[key]}}},')
+    body += ["const KernelImage kImages[] = {", *rows, "};", "}  // namespace", "",
+             "const KernelImage* embeddedImages(size_t* count) {",
+             "    *count = sizeof(kImages) / sizeof(kImages[0]);", "    return kImages;", "}", "",
+             "}  // namespace kernels", "}  // namespace sai", ""]
+    header = ["// Generated by python -m sai.kernels.aot: do not edit, do not commit.",
+              "// Typed launches of the embedded builds: one argument struct per Triton kernel (every argument",
+              "// some build takes at run time, and the constants a build compiles in, which a launch checks),",
+              "// unset fields refused. Resolve an image once per context (resolveKernel), then launch(k, ...).",
+              "#pragma once", '#include "sai_kernel_launcher.h"', "", "#include <cstdint>", "",
+              "namespace sai {", "namespace kernels {", ""]
+    ctype = {"ptr": "CUdeviceptr", "int": "int64_t", "float": "float"}
+    unset = {"ptr": "kUnsetPointer", "int": "kUnsetInt", "float": "kUnsetFloat"}
+    for kernel, fam in sorted(fams.items(), key=lambda kv: kv[1]["id"]):
+        specs_of = sorted({m["spec"] for m in metas if m["kernel"] == kernel})
+        header += [f"// {fam['module']}.{kernel}: builds {', '.join(specs_of)}",
+                   f"struct {fam['struct']} {{", f"    static constexpr int kFamily = {fam['id']};"]
+        header += [f"    {ctype[fam['fields'][n]]} {n} = {unset[fam['fields'][n]]};"
+                   for n in _field_order(metas, fam, kernel)]
+        header += ["};", "inline CUresult launch(const ResolvedKernel& k, CUstream stream, unsigned gridX, "
+                   "unsigned gridY, unsigned gridZ,", f"                       const {fam['struct']}& args, "
+                   "CUdeviceptr globalScratch = 0) {",
+                   f"    return launchResolved(k, stream, gridX, gridY, gridZ, {fam['struct']}::kFamily, &args, "
+                   "globalScratch);", "}", ""]
     header += ["}  // namespace kernels", "}  // namespace sai", ""]
-    body += ["}  // namespace kernels", "}  // namespace sai", ""]
     from sai.outputs import write_atomic
 
     paths = [out / "sai_kernels_embedded.cpp", out / "sai_kernels_generated.h"]

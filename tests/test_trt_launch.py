@@ -1,14 +1,19 @@
 """The TensorRT plugins' launch code on the embedded Triton kernels, replayed on the CPU.
 
-``trt_plugins/tests/launch_recorder.cpp`` links the plugins' launchers (sparseSampleConvLaunch,
-interpolateLaunch: build choice, workspace layout, weight packing, strides, grids, zero bias,
+``trt_plugins/tests/launch_recorder.cpp`` links the plugins' launchers (SparseSampleConvRunner,
+InterpolateRunner: build choice, workspace layout, weight packing, strides, grids, zero bias,
 padding channels) with the kernels' C++ launcher and the embedded cubins of ``make kernels``, and
-runs them against a recording CUDA driver: every memset and kernel launch they issue comes out as
-JSON, pointers as offsets into a virtual arena. This test lays the inputs out in a host arena in
-the layout TensorRT would hand over (NCHW, NHWC, NHWC8, NHWC16; padding channels and every
+runs them, as consecutive enqueues of one plugin, against a recording CUDA driver: every device
+allocation, memset, stream wait and kernel launch they issue comes out as JSON, pointers as offsets
+into a virtual arena, with what the host did per enqueue (heap allocations, image scans, module
+cache lookups, driver lookups, build choices, weight packs). This test lays the inputs out in a host
+arena in the layout TensorRT would hand over (NCHW, NHWC, NHWC8, NHWC16; padding channels and every
 unwritten byte poisoned with NaN), replays the operations in order with the Triton interpreter
 running the very kernel source each cubin was compiled from (with the constants recorded in its
-metadata), and compares the output with the PyTorch reference of sai.models.ops in float64.
+metadata), and compares the output of the first and of a later enqueue (the output poisoned between
+them) with the PyTorch reference of sai.models.ops in float64. The steady-state enqueue must issue
+one memset and two kernels per op (plus the padding-channel fill of a vectorised output whose C is
+not a multiple of its vector) and do no heap allocation, image scan, lock or build choice.
 
 Without a GPU this is as close to `enqueue` as it gets: what it cannot see is the GPU itself
 (`make gpu-check` and a TensorRT engine on a GPU machine do).
@@ -48,14 +53,16 @@ VECTOR = {"NCHW": 1, "NHWC": 1, "NHWC8": 8, "NHWC16": 16}
 
 
 def _kernels_dir(tmp_root: Path) -> Path:
-    """build/kernels when `make kernels` built every spec for sm_80, else a fresh sm_80-only build."""
+    """SAI_KERNELS_DIR or build/kernels when `make kernels` built every spec for sm_80 there, else a
+    fresh sm_80-only build."""
     from sai.kernels import aot
 
-    built = ROOT / "build" / "kernels"
     want = {aot.image_stem(n, t) for n, _, t in aot._expand_specs(list(aot.SPECS))}
-    have = {p.stem for p in (built / f"sm_{CC}").glob("*.json")}
-    if (built / "sai_kernels_embedded.cpp").is_file() and want <= have:
-        return built
+    for built in ([Path(os.environ["SAI_KERNELS_DIR"])] if os.environ.get("SAI_KERNELS_DIR") else []) + [
+            ROOT / "build" / "kernels"]:
+        have = {p.stem for p in (built / f"sm_{CC}").glob("*.json")}
+        if (built / "sai_kernels_embedded.cpp").is_file() and want <= have:
+            return built
     out = tmp_root / "kernels"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "sai.kernels.aot", "--out", str(out), "--arch",
@@ -143,9 +150,11 @@ def from_layout(raw: torch.Tensor, shape, layout: str) -> tuple[torch.Tensor, to
     return t[..., :c].permute(0, 3, 1, 2), (t[..., c:] if cp > c else None)
 
 
-def replay(rec: dict, arena: Arena, kernels_dir: Path) -> list[dict]:
+def replay(ops: list[dict], arena: Arena, kernels_dir: Path) -> list[dict]:
     launches = []
-    for op in rec["ops"]:
+    for op in ops:
+        if op["op"] in ("alloc", "sync"):  # device memory is arena bytes already; streams are in order here
+            continue
         if op["op"] == "memset":
             arena.buf[op["dst"]:op["dst"] + op["bytes"]] = op["value"]
         elif op["op"] == "memset2d":
@@ -178,7 +187,7 @@ def replay(rec: dict, arena: Arena, kernels_dir: Path) -> list[dict]:
 
 
 def record(recorder, **case) -> dict:
-    args = [f"{k}={v}" for k, v in case.items()]
+    args = [f"{k}={v}" for k, v in case.items() if v is not None]
     proc = subprocess.run([str(recorder["exe"]), *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
@@ -211,6 +220,13 @@ CONV = [
     # aligned shapes, but X starts 2 bytes past a 16-byte boundary (inside a concatenation): the any build
     dict(type="fp16", mtype="fp32", xl="NHWC8", ml="NCHW", n=1, cin=16, cout=32, h=6, w=7, k=3, s=1,
          pads=(1, 1, 1, 1), d=1, g=1, act=1, bias=True, dg=0, tactic=2, shift=2, build="sparse_conv_fp16_any_relu"),
+    # both enqueues inside a CUDA-graph capture: no allocation, no wait, the weights packed in the workspace
+    dict(type="fp16", mtype="fp16", xl="NHWC16", ml="NCHW", n=1, cin=16, cout=16, h=5, w=6, k=3, s=1,
+         pads=(1, 1, 1, 1), d=1, g=1, act=0, bias=False, dg=0, tactic=1, capture=1, build="sparse_conv_fp16_k3"),
+    # the second enqueue reads W from another address: packed again into the runner's buffer
+    dict(type="bf16", mtype="fp32", xl="NHWC8", ml="NCHW", n=1, cin=16, cout=16, h=5, w=5, k=1, s=1,
+         pads=(0, 0, 0, 0), d=1, g=1, act=1, bias=False, dg=0, tactic=2, weight2=True,
+         build="sparse_conv_bf16_k1_relu"),
     dict(type="fp32", mtype="fp32", xl="NCHW", ml="NCHW", n=1, cin=5, cout=7, h=7, w=6, k=3, s=1, pads=(1, 1, 1, 1),
          d=1, g=1, act=0, bias=True, dg=0, tactic=0, shift=4, build="sparse_conv_fp32_any"),
 ]
@@ -221,7 +237,8 @@ def _soft_mask(shape, gen):
     return torch.where(r < 0.4, 0.0, torch.where(r > 0.8, 1.0, r))
 
 
-@pytest.mark.parametrize("case", CONV, ids=[c["build"] + "-" + c["xl"] for c in CONV])
+@pytest.mark.parametrize("case", CONV, ids=[c["build"] + "-" + c["xl"] + ("-capture" if c.get("capture") else "")
+                                            + ("-weight2" if c.get("weight2") else "") for c in CONV])
 def test_conv_launch_replayed_matches_the_reference(recorder, case):
     dt = DTYPES[case["type"]]
     gen = torch.Generator().manual_seed(3)
@@ -240,35 +257,46 @@ def test_conv_launch_replayed_matches_the_reference(recorder, case):
     off = {"x": arena.put(to_layout(x, case["xl"]), shift), "mask": arena.put(to_layout(mask, case["ml"])),
            "weight": arena.put(weight), "bias": arena.put(bias) if bias is not None else -1,
            "offset": arena.put(to_layout(offset, case["xl"])) if offset is not None else -1}
-    v = VECTOR[case["xl"]]
-    y_bytes = n * ho * wo * ((cout + v - 1) // v * v) * x.element_size()
+    weight2 = None
+    if case.get("weight2"):  # the second enqueue reads another W (another address): packed again
+        weight2 = (torch.randn(cout, cin // g, k, k, generator=gen) / math.sqrt(cin * k * k)).to(dt)
+        off["weight2"] = arena.put(weight2)
+    y_bytes = n * ho * wo * ((cout + (v := VECTOR[case["xl"]]) - 1) // v * v) * x.element_size()
     off["y"] = arena.reserve(y_bytes, shift)
     off["ws"] = arena.reserve(0)
     rec = record(recorder, op="conv", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
                  N=n, C=cin, H=h, W=w, Cout=cout, kh=k, kw=k, sh=case["s"], sw=case["s"], pt=pt, pl=pl, pb=pb, pr=pr,
                  dh=case["d"], dw=case["d"], groups=g, dg=max(case["dg"], 1), act=case["act"],
-                 tactic=case["tactic"], **off)
+                 tactic=case["tactic"], runs=2, capture=case.get("capture"), **off)
     assert rec["result"] == 0, rec["error"]
-    arena.materialize(rec["workspace"])
-    launches = replay(rec, arena, recorder["kernels"])
-    specs = [op["spec"] for op in launches]
-    assert specs == [f"mask_partition_{case['mtype']}_gt0", "copy4d_b32" if dt == torch.float32 else "copy4d_b16",
-                     case["build"]]
-    # the tactic asked for; the any builds have one tile config, which every tactic falls back to
-    assert launches[-1]["tactic"] == (1 if "any" in case["build"] else (case["tactic"] or 1))
-
-    got, pad = from_layout(arena.view(off["y"], dt), (n, cout, ho, wo), case["xl"])
+    arena.materialize(rec["workspace"] + rec["device_bytes"])
     ref = sparse_sample_conv_reference(
         x.double(), mask.double(), weight.double(), None if bias is None else bias.double(),
         None if offset is None else offset.double(), [case["s"]] * 2, [pt, pl, pb, pr], [case["d"]] * 2, g,
         max(case["dg"], 1), "relu" if case["act"] else "none")
-    assert torch.isfinite(got.float()).all(), "an output element was never written"
-    assert bool((got[(mask == 0).expand_as(got)] == 0).all()), "outputs where M == 0 must be exactly 0"
-    scale = max(ref.abs().max().item(), 1e-30)
-    err = (got.double() - ref).abs().max().item() / scale
-    assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
-    if pad is not None:
-        assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"
+    pack = "copy4d_b32" if dt == torch.float32 else "copy4d_b16"
+    for run, want_weight in zip(rec["runs"], (weight, weight if weight2 is None else weight2), strict=True):
+        launches = replay(run["ops"], arena, recorder["kernels"])
+        # the weights are packed by the first enqueue only (a capture, or another W, packs again)
+        packed = run is rec["runs"][0] or case.get("capture") or weight2 is not None
+        assert [op["spec"] for op in launches] == [pack] * bool(packed) + [
+            f"mask_partition_{case['mtype']}_gt0", case["build"]]
+        # the tactic asked for; the any builds have one tile config, which every tactic falls back to
+        assert launches[-1]["tactic"] == (1 if "any" in case["build"] else (case["tactic"] or 1))
+        if want_weight is not weight:
+            ref = sparse_sample_conv_reference(
+                x.double(), mask.double(), want_weight.double(), None if bias is None else bias.double(),
+                None if offset is None else offset.double(), [case["s"]] * 2, [pt, pl, pb, pr], [case["d"]] * 2, g,
+                max(case["dg"], 1), "relu" if case["act"] else "none")
+        got, pad = from_layout(arena.view(off["y"], dt), (n, cout, ho, wo), case["xl"])
+        assert torch.isfinite(got.float()).all(), "an output element was never written"
+        assert bool((got[(mask == 0).expand_as(got)] == 0).all()), "outputs where M == 0 must be exactly 0"
+        scale = max(ref.abs().max().item(), 1e-30)
+        err = (got.double() - ref).abs().max().item() / scale
+        assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
+        if pad is not None:
+            assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"
+        arena.buf[off["y"]:off["y"] + y_bytes] = 0xFF  # the next enqueue must write every output again
 
 
 def test_conv_launch_refuses_a_short_workspace_and_unknown_tactics(recorder):
@@ -319,16 +347,87 @@ def test_interpolate_launch_replayed_matches_the_reference(recorder, case):
     off["y"] = arena.reserve(n * h * w * ((c + v - 1) // v * v) * feature.element_size(), shift)
     off["ws"] = arena.reserve(0)
     rec = record(recorder, op="interp", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
-                 N=n, C=c, H=h, W=w, k=case["k"], sigma=case["sigma"], eps=1e-5, tactic=0, **off)
+                 N=n, C=c, H=h, W=w, k=case["k"], sigma=case["sigma"], eps=1e-5, tactic=0, runs=2, **off)
     assert rec["result"] == 0, rec["error"]
-    arena.materialize(rec["workspace"])
-    launches = replay(rec, arena, recorder["kernels"])
-    assert [op["spec"] for op in launches] == [f"mask_partition_{case['mtype']}_lt1", case["build"]]
-    got, pad = from_layout(arena.view(off["y"], dt), (n, c, h, w), case["xl"])
+    arena.materialize(rec["workspace"] + rec["device_bytes"])
     ref = interpolate_reference(feature.double(), mask.double(), case["sigma"], case["k"], 1e-5)
-    assert torch.isfinite(got.float()).all(), "an output element was never written"
-    scale = max(ref.abs().max().item(), 1e-30)
-    err = (got.double() - ref).abs().max().item() / scale
-    assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
-    if pad is not None:
-        assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"
+    y_bytes = n * h * w * ((c + v - 1) // v * v) * feature.element_size()
+    for run in rec["runs"]:
+        launches = replay(run["ops"], arena, recorder["kernels"])
+        assert [op["spec"] for op in launches] == [f"mask_partition_{case['mtype']}_lt1", case["build"]]
+        got, pad = from_layout(arena.view(off["y"], dt), (n, c, h, w), case["xl"])
+        assert torch.isfinite(got.float()).all(), "an output element was never written"
+        scale = max(ref.abs().max().item(), 1e-30)
+        err = (got.double() - ref).abs().max().item() / scale
+        assert err <= 2 * EPS[dt], f"max error {err:.3g} of the largest output"
+        if pad is not None:
+            assert bool((pad == 0).all()), "the padding channels of a vectorised output must be 0"
+        arena.buf[off["y"]:off["y"] + y_bytes] = 0xFF  # the next enqueue must write every output again
+
+
+# ---- the work of one enqueue --------------------------------------------------------------------
+
+
+def _conv_args(case: dict) -> dict:
+    """The recorder's arguments for a conv case at fixed arena offsets (for the counts: no replay)."""
+    n, cin, cout, h, w, k, g = (case[key] for key in ("n", "cin", "cout", "h", "w", "k", "g"))
+    pt, pl, pb, pr = case["pads"]
+    shift = case.get("shift", 0)
+    return dict(op="conv", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"], N=n, C=cin,
+                H=h, W=w, Cout=cout, kh=k, kw=k, sh=case["s"], sw=case["s"], pt=pt, pl=pl, pb=pb, pr=pr,
+                dh=case["d"], dw=case["d"], groups=g, dg=max(case["dg"], 1), act=case["act"], tactic=case["tactic"],
+                x=shift, mask=1 << 20, weight=2 << 20, bias=(3 << 20) if case["bias"] else -1,
+                offset=(4 << 20) if case["dg"] else -1, y=(5 << 20) + shift, ws=6 << 20)
+
+
+def _padded(c: int, layout: str) -> bool:
+    return c % VECTOR[layout] != 0
+
+
+# what docs/design.md section 6 and the launch headers promise, per enqueue after the first
+STEADY = {"launches": 2, "syncs": 0, "mallocs": 0, "device_allocs": 0, "image_scans": 0, "module_lookups": 0,
+          "driver_lookups": 0, "prepares": 0, "packs": 0}
+
+
+@pytest.mark.parametrize("case", [c for c in CONV if not c.get("capture") and not c.get("weight2")],
+                         ids=[c["build"] + "-" + c["xl"] for c in CONV if not c.get("capture") and not c.get("weight2")])
+def test_conv_enqueue_work(recorder, case):
+    rec = record(recorder, **_conv_args(case), runs=3)
+    assert rec["result"] == 0, rec["error"]
+    first, *later = rec["runs"]
+    # the first enqueue chooses and resolves the builds, allocates and packs the weights once and waits
+    assert first["prepares"] == 1 and first["packs"] == 1 and first["device_allocs"] == 1 and first["syncs"] == 1
+    assert first["launches"] == 3  # copy4d, mask_partition, the conv
+    pad = _padded(case["cout"], case["xl"])
+    for run in later:
+        # memset of the counts + mask_partition + the conv (+ the padding channels' fill): nothing else,
+        # and no host work beyond filling the arguments
+        assert {k: run[k] for k in STEADY} == STEADY, run
+        assert run["memsets"] == 1 + pad
+        assert len(run["ops"]) == 3 + pad
+
+
+@pytest.mark.parametrize("case", INTERP, ids=[c["build"] + "-" + c["xl"] for c in INTERP])
+def test_interpolate_enqueue_work(recorder, case):
+    rec = record(recorder, op="interp", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
+                 N=case["n"], C=case["c"], H=case["h"], W=case["w"], k=case["k"], sigma=case["sigma"], eps=1e-5,
+                 tactic=0, runs=3, x=case.get("shift", 0), mask=1 << 20, y=(2 << 20) + case.get("shift", 0),
+                 ws=3 << 20)
+    assert rec["result"] == 0, rec["error"]
+    first, *later = rec["runs"]
+    assert first["prepares"] == 1 and first["device_allocs"] == 0 and first["syncs"] == 0
+    pad = _padded(case["c"], case["xl"])
+    for run in later:
+        assert {k: run[k] for k in STEADY} == STEADY, run
+        assert run["memsets"] == 1 + pad and len(run["ops"]) == 3 + pad
+
+
+def test_conv_pack_every_launch_mode(recorder):
+    # packEveryLaunch (a W that may change between enqueues): packed into the workspace every time,
+    # no device allocation, no wait, still no host allocation or build choice after the first
+    rec = record(recorder, **_conv_args(CONV[0]), every=1, runs=3)
+    assert rec["result"] == 0, rec["error"]
+    assert [r["packs"] for r in rec["runs"]] == [1, 1, 1] and rec["device_bytes"] == 0
+    assert [r["syncs"] for r in rec["runs"]] == [0, 0, 0]
+    for run in rec["runs"][1:]:
+        assert run["launches"] == 3 and run["mallocs"] == 0 and run["prepares"] == 0 and run["image_scans"] == 0

@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -10,7 +11,6 @@
 #include <mutex>
 #include <string>
 #include <utility>
-#include <vector>
 
 namespace sai {
 namespace kernels {
@@ -21,13 +21,21 @@ struct Loaded {
     CUfunction function = nullptr;
 };
 
-std::mutex gMutex;
+std::mutex gMutex;                                                    // the module cache
 std::map<std::pair<CUcontext, const KernelImage*>, Loaded> gCache;  // per context and image
-const DriverApi* gInstalled = nullptr;                                // setDriverApi
+std::atomic<const DriverApi*> gInstalled{nullptr};                  // setDriverApi
+std::atomic<uint64_t> gGeneration{1};
 DriverApi gLibcuda{};
-bool gLibcudaTried = false;
+std::once_flag gLibcudaOnce;
 bool gLibcudaOk = false;
 thread_local std::string tLastError;
+
+struct Counters {
+    std::atomic<uint64_t> imageScans{0}, moduleLookups{0}, driverLookups{0}, launches{0}, refused{0},
+        deviceAllocs{0};
+} gStats;
+
+void count(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
 // sm_80 cubins run on sm_86 / sm_89; Triton builds sm_90, sm_100 and sm_120 as the arch-specific
 // sm_90a / sm_100a / sm_120a, which run on their own arch only.
@@ -37,14 +45,15 @@ bool forwardCompatibleWithinMajor(int major) { return major == 8; }
 // were compiled against, as cudart does; plain dlsym of the base names is the fallback.
 using GetProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
 
+// `symbol`: the exported name of that ABI version for dlsym, where it differs from the base name.
 template <typename F>
-bool resolve(void* lib, GetProcAddress getProc, const char* name, F* out) {
+bool resolve(void* lib, GetProcAddress getProc, const char* name, F* out, const char* symbol = nullptr) {
     void* fn = nullptr;
     if (getProc != nullptr) {
         CUdriverProcAddressQueryResult status{};
         if (getProc(name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS) fn = nullptr;
     }
-    if (fn == nullptr) fn = dlsym(lib, name);
+    if (fn == nullptr) fn = dlsym(lib, symbol != nullptr ? symbol : name);
     *out = reinterpret_cast<F>(fn);
     return fn != nullptr;
 }
@@ -65,7 +74,13 @@ bool loadLibcuda() {
         && resolve(lib, getProc, "cuFuncSetAttribute", &d.funcSetAttribute)
         && resolve(lib, getProc, "cuLaunchKernel", &d.launchKernel)
         && resolve(lib, getProc, "cuMemsetD8Async", &d.memsetD8Async)
-        && resolve(lib, getProc, "cuMemsetD2D8Async", &d.memsetD2D8Async);
+        && resolve(lib, getProc, "cuMemsetD2D8Async", &d.memsetD2D8Async)
+        && resolve(lib, getProc, "cuMemAlloc", &d.memAlloc, "cuMemAlloc_v2")
+        && resolve(lib, getProc, "cuMemFree", &d.memFree, "cuMemFree_v2")
+        && resolve(lib, getProc, "cuStreamSynchronize", &d.streamSynchronize)
+        && resolve(lib, getProc, "cuStreamIsCapturing", &d.streamIsCapturing)
+        && resolve(lib, getProc, "cuCtxPushCurrent", &d.ctxPushCurrent, "cuCtxPushCurrent_v2")
+        && resolve(lib, getProc, "cuCtxPopCurrent", &d.ctxPopCurrent, "cuCtxPopCurrent_v2");
     if (!ok || init(0) != CUDA_SUCCESS) return false;  // the library stays loaded (cheap, and safe)
     gLibcuda = d;
     return true;
@@ -105,51 +120,60 @@ CUresult load(const DriverApi* d, const KernelImage* img, CUdevice dev, Loaded* 
     return r;
 }
 
-// Launch of an image already chosen for the current device (`ctx`, `dev`).
-CUresult launchImage(const DriverApi* d, CUcontext ctx, CUdevice dev, const KernelImage* img, CUstream stream,
-                     unsigned gridX, unsigned gridY, unsigned gridZ, void** args, int numArgs,
-                     CUdeviceptr globalScratch) {
-    if (numArgs != img->numParams) return CUDA_ERROR_INVALID_VALUE;
-    if (img->globalScratchSize > 0 && globalScratch == 0) return CUDA_ERROR_INVALID_VALUE;
+// The driver and the current context's device.
+struct Device {
+    const DriverApi* api = nullptr;
+    CUcontext ctx = nullptr;
+    CUdevice dev = 0;
+    int cc = 0;
+};
+
+CUresult currentDevice(Device* out) {
+    CUresult r = driverApi(&out->api);
+    return r != CUDA_SUCCESS ? r : capability(out->api, &out->ctx, &out->dev, &out->cc);
+}
+
+// The module of `img` in `dv`'s context, loaded on first use there.
+CUresult resolveIn(const Device& dv, const KernelImage* img, ResolvedKernel* out) {
     if (img->profileScratchSize > 0) return CUDA_ERROR_NOT_SUPPORTED;  // instrumented build: not for hosts
+    uint64_t const gen = gGeneration.load(std::memory_order_acquire);
     CUfunction fn = nullptr;
     {
+        count(gStats.moduleLookups);
         std::lock_guard<std::mutex> lock(gMutex);
-        auto key = std::make_pair(ctx, img);
+        auto key = std::make_pair(dv.ctx, img);
         auto it = gCache.find(key);
         if (it == gCache.end()) {
             Loaded loaded;
-            CUresult r = load(d, img, dev, &loaded);
+            CUresult r = load(dv.api, img, dv.dev, &loaded);
             if (r != CUDA_SUCCESS) return r;
             it = gCache.emplace(key, loaded).first;
         }
         fn = it->second.function;
     }
-    CUdeviceptr scratch = img->globalScratchSize > 0 ? globalScratch : 0;
-    CUdeviceptr profile = 0;  // profile scratch: only for Triton's instrumentation, never enabled here
-    std::vector<void*> params(args, args + numArgs);
-    params.push_back(&scratch);
-    params.push_back(&profile);
-    return d->launchKernel(fn, gridX, gridY, gridZ, 32u * static_cast<unsigned>(img->numWarps), 1, 1,
-                           static_cast<unsigned>(img->sharedBytes), stream, params.data(), nullptr);
+    out->image = img;
+    out->api = dv.api;
+    out->context = dv.ctx;
+    out->function = fn;
+    out->threads = 32u * static_cast<unsigned>(img->numWarps);
+    out->sharedBytes = static_cast<unsigned>(img->sharedBytes);
+    out->generation = gen;
+    return CUDA_SUCCESS;
 }
 
-// Finds `key` among the comma-separated items of `list`: an item "key=value" (`sep` '=': the value
-// goes to *value) or the item "key" itself (`sep` 0).
-bool findItem(const char* list, const std::string& key, char sep, std::string* value) {
-    std::string s(list);
-    size_t pos = 0;
-    while (pos <= s.size()) {
-        size_t end = s.find(',', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string item = s.substr(pos, end - pos);
-        pos = end + 1;
-        size_t const cut = sep != 0 ? item.find(sep) : item.size();
-        if (cut == std::string::npos || item.compare(0, cut, key) != 0 || cut != key.size()) continue;
-        if (value != nullptr) *value = sep != 0 ? item.substr(cut + 1) : std::string();
-        return true;
-    }
-    return false;
+// cuLaunchKernel with `params` (numParams user slots already written) and the hidden ones appended.
+CUresult launchSlots(const ResolvedKernel& k, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
+                     LaunchSlot* slots, CUdeviceptr globalScratch) {
+    const KernelImage* img = k.image;
+    if (img->globalScratchSize > 0 && globalScratch == 0) return CUDA_ERROR_INVALID_VALUE;
+    int const n = img->numParams;
+    slots[n].pointer = img->globalScratchSize > 0 ? globalScratch : 0;
+    slots[n + 1].pointer = 0;  // profile scratch: only for Triton's instrumentation, never enabled here
+    void* params[kMaxLaunchParams + 2];
+    for (int i = 0; i < n + 2; ++i) params[i] = &slots[i];
+    count(gStats.launches);
+    return k.api->launchKernel(k.function, gridX, gridY, gridZ, k.threads, 1, 1, k.sharedBytes, stream, params,
+                               nullptr);
 }
 
 CUresult fail(std::string msg) {
@@ -160,6 +184,7 @@ CUresult fail(std::string msg) {
 }  // namespace
 
 const KernelImage* findImage(const char* spec, int cc, int tactic) {
+    count(gStats.imageScans);
     size_t count = 0;
     const KernelImage* images = embeddedImages(&count);
     const KernelImage* best = nullptr;
@@ -178,39 +203,25 @@ const KernelImage* findImage(const char* spec, int cc, int tactic) {
 }
 
 CUresult driverApi(const DriverApi** api) {
-    std::lock_guard<std::mutex> lock(gMutex);
-    if (gInstalled != nullptr) {
-        *api = gInstalled;
+    count(gStats.driverLookups);
+    const DriverApi* installed = gInstalled.load(std::memory_order_acquire);
+    if (installed != nullptr) {
+        *api = installed;
         return CUDA_SUCCESS;
     }
-    if (!gLibcudaTried) {
-        gLibcudaTried = true;
-        gLibcudaOk = loadLibcuda();
-    }
+    std::call_once(gLibcudaOnce, [] { gLibcudaOk = loadLibcuda(); });
     *api = gLibcudaOk ? &gLibcuda : nullptr;
     return gLibcudaOk ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
 }
 
-namespace {
-// The driver and the current context's device, for a launch.
-struct Device {
-    const DriverApi* api = nullptr;
-    CUcontext ctx = nullptr;
-    CUdevice dev = 0;
-    int cc = 0;
-};
-
-CUresult currentDevice(Device* out) {
-    CUresult r = driverApi(&out->api);
-    return r != CUDA_SUCCESS ? r : capability(out->api, &out->ctx, &out->dev, &out->cc);
-}
-}  // namespace
-
 void setDriverApi(const DriverApi* api) {
     std::lock_guard<std::mutex> lock(gMutex);
-    gInstalled = api;
+    gInstalled.store(api, std::memory_order_release);
     gCache.clear();
+    gGeneration.fetch_add(1, std::memory_order_acq_rel);
 }
+
+uint64_t generation() { return gGeneration.load(std::memory_order_acquire); }
 
 CUresult currentCapability(int* cc) {
     Device dv;
@@ -234,6 +245,65 @@ CUresult memset2DAsync(CUdeviceptr dst, size_t pitch, unsigned char value, size_
     return r != CUDA_SUCCESS ? r : d->memsetD2D8Async(dst, pitch, value, widthBytes, height, stream);
 }
 
+CUresult allocDevice(size_t bytes, DeviceBuffer* out) {
+    const DriverApi* d = nullptr;
+    CUresult r = driverApi(&d);
+    if (r != CUDA_SUCCESS) return r;
+    CUcontext ctx = nullptr;
+    if ((r = d->ctxGetCurrent(&ctx)) != CUDA_SUCCESS) return r;
+    if (ctx == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+    CUdeviceptr p = 0;
+    count(gStats.deviceAllocs);
+    if ((r = d->memAlloc(&p, bytes > 0 ? bytes : 1)) != CUDA_SUCCESS) return r;
+    out->pointer = p;
+    out->bytes = bytes;
+    out->context = ctx;
+    return CUDA_SUCCESS;
+}
+
+void freeDevice(DeviceBuffer* buffer) {
+    if (buffer->pointer == 0) return;
+    const DriverApi* d = nullptr;
+    if (driverApi(&d) == CUDA_SUCCESS && d->ctxPushCurrent(buffer->context) == CUDA_SUCCESS) {
+        d->memFree(buffer->pointer);  // a context already destroyed took its memory with it
+        CUcontext popped = nullptr;
+        d->ctxPopCurrent(&popped);
+    }
+    *buffer = DeviceBuffer{};
+}
+
+CUresult resolveKernel(const KernelImage* img, ResolvedKernel* out) {
+    if (img == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    Device dv;
+    CUresult r = currentDevice(&dv);
+    return r != CUDA_SUCCESS ? r : resolveIn(dv, img, out);
+}
+
+CUresult launchResolved(const ResolvedKernel& k, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
+                        int family, const void* args, CUdeviceptr globalScratch) {
+    const KernelImage* img = k.image;
+    if (img == nullptr || k.function == nullptr || k.generation != generation()) {
+        return fail(std::string("kernel not resolved in this context (or unloaded since): resolve it again"));
+    }
+    if (img->family != family || img->pack == nullptr || img->numParams > kMaxLaunchParams) {
+        return fail(std::string(img->spec) + ": the arguments are not of this kernel's family");
+    }
+    LaunchSlot slots[kMaxLaunchParams + 2];
+    PackError e;
+    if (!img->pack(args, slots, &e)) {
+        count(gStats.refused);
+        std::string const v = std::to_string(e.value);
+        std::string const what = e.reason == PackError::kUnset ? " was not set"
+            : e.reason == PackError::kConstant ? " is compiled in as " + std::to_string(e.expect) + ", called with " + v
+            : e.reason == PackError::kAlignment ? " is not 16-byte aligned, which this build assumes"
+            : e.reason == PackError::kMultiple16 ? " = " + v + " is not a multiple of 16, which this build assumes"
+                                                 : " = " + v + " does not fit in int32";
+        return fail(std::string(img->spec) + ": " + e.name + what);
+    }
+    if (gridX == 0 || gridY == 0 || gridZ == 0) return CUDA_SUCCESS;  // nothing to do
+    return launchSlots(k, stream, gridX, gridY, gridZ, slots, globalScratch);
+}
+
 CUresult launch(const char* spec, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ, void** args,
                 int numArgs, CUdeviceptr globalScratch) {
     if (gridX == 0 || gridY == 0 || gridZ == 0) return CUDA_SUCCESS;  // nothing to do
@@ -242,87 +312,18 @@ CUresult launch(const char* spec, CUstream stream, unsigned gridX, unsigned grid
     if (r != CUDA_SUCCESS) return r;
     const KernelImage* img = findImage(spec, dv.cc);
     if (img == nullptr) return CUDA_ERROR_NO_BINARY_FOR_GPU;
-    return launchImage(dv.api, dv.ctx, dv.dev, img, stream, gridX, gridY, gridZ, args, numArgs, globalScratch);
-}
-
-CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
-                     const Arg* args, int numArgs, CUdeviceptr globalScratch) {
-    tLastError.clear();
-    if (img == nullptr) return fail("no kernel image");
-    std::string const spec = img->spec;
-    // the compiled-in constants must equal what the caller would have passed
-    std::vector<bool> used(static_cast<size_t>(numArgs), false);
-    for (int i = 0; i < numArgs; ++i) {
-        std::string value;
-        if (!findItem(img->constexprs, args[i].name, '=', &value)) continue;
-        used[static_cast<size_t>(i)] = true;
-        long long expect = 0;
-        if (value == "True") expect = 1;
-        else if (value == "False") expect = 0;
-        else {
-            char* end = nullptr;
-            expect = std::strtoll(value.c_str(), &end, 10);
-            if (end == value.c_str() || *end != '\0')
-                return fail(spec + ": " + args[i].name + " is compiled in as " + value + ", not a number");
-        }
-        if (args[i].kind != Arg::Kind::kInt || args[i].integer != expect)
-            return fail(spec + ": compiled with " + args[i].name + "=" + value + ", called with " +
-                        std::to_string(args[i].kind == Arg::Kind::kInt ? args[i].integer : -1));
-    }
-    // the parameters, in the image's order
-    std::vector<CUdeviceptr> ptrs(static_cast<size_t>(img->numParams));
-    std::vector<int32_t> ints(static_cast<size_t>(img->numParams));
-    std::vector<float> reals(static_cast<size_t>(img->numParams));
-    std::vector<void*> slots(static_cast<size_t>(img->numParams));
-    std::string plist = img->params;
-    size_t pos = 0;
-    for (int k = 0; k < img->numParams; ++k) {
-        size_t end = plist.find(',', pos);
-        if (end == std::string::npos) end = plist.size();
-        std::string item = plist.substr(pos, end - pos);
-        pos = end + 1;
-        size_t colon = item.find(':');
-        std::string name = item.substr(0, colon), type = item.substr(colon + 1);
-        int found = -1;
-        for (int i = 0; i < numArgs; ++i)
-            if (name == args[i].name) found = i;
-        if (found < 0) return fail(spec + ": parameter " + name + " not given");
-        used[static_cast<size_t>(found)] = true;
-        const Arg& a = args[found];
-        size_t const u = static_cast<size_t>(k);
-        bool const div16 = img->divisible != nullptr && findItem(img->divisible, name, 0, nullptr);
-        if (type[0] == '*') {
-            if (a.kind != Arg::Kind::kPointer) return fail(spec + ": " + name + " must be a pointer");
-            if (div16 && a.pointer % 16 != 0)
-                return fail(spec + ": " + name + " is not 16-byte aligned, which this build assumes");
-            ptrs[u] = a.pointer;
-            slots[u] = &ptrs[u];
-        } else if (type == "i32") {
-            if (a.kind != Arg::Kind::kInt) return fail(spec + ": " + name + " must be an integer");
-            if (a.integer < INT32_MIN || a.integer > INT32_MAX)
-                return fail(spec + ": " + name + " = " + std::to_string(a.integer) + " does not fit in int32");
-            if (div16 && a.integer % 16 != 0)
-                return fail(spec + ": " + name + " = " + std::to_string(a.integer) +
-                            " is not a multiple of 16, which this build assumes");
-            ints[u] = static_cast<int32_t>(a.integer);
-            slots[u] = &ints[u];
-        } else if (type == "fp32") {
-            if (a.kind != Arg::Kind::kFloat) return fail(spec + ": " + name + " must be a float");
-            reals[u] = a.real;
-            slots[u] = &reals[u];
-        } else {
-            return fail(spec + ": parameter type " + type + " of " + name + " is not supported");
-        }
-    }
-    for (int i = 0; i < numArgs; ++i)
-        if (!used[static_cast<size_t>(i)])
-            return fail(spec + ": " + args[i].name + " is neither a parameter nor a constant of this build");
-    if (gridX == 0 || gridY == 0 || gridZ == 0) return CUDA_SUCCESS;
-    Device dv;
-    CUresult r = currentDevice(&dv);
-    if (r != CUDA_SUCCESS) return r;
-    return launchImage(dv.api, dv.ctx, dv.dev, img, stream, gridX, gridY, gridZ, slots.data(), img->numParams,
-                       globalScratch);
+    if (numArgs != img->numParams || numArgs > kMaxLaunchParams) return CUDA_ERROR_INVALID_VALUE;
+    ResolvedKernel k;
+    if ((r = resolveIn(dv, img, &k)) != CUDA_SUCCESS) return r;
+    if (img->globalScratchSize > 0 && globalScratch == 0) return CUDA_ERROR_INVALID_VALUE;
+    void* params[kMaxLaunchParams + 2];
+    for (int i = 0; i < numArgs; ++i) params[i] = args[i];
+    CUdeviceptr scratch = img->globalScratchSize > 0 ? globalScratch : 0, profile = 0;
+    params[numArgs] = &scratch;
+    params[numArgs + 1] = &profile;
+    count(gStats.launches);
+    return dv.api->launchKernel(k.function, gridX, gridY, gridZ, k.threads, 1, 1, k.sharedBytes, stream, params,
+                                nullptr);
 }
 
 const char* lastError() { return tLastError.c_str(); }
@@ -331,6 +332,7 @@ void unloadContext(CUcontext ctx) {
     const DriverApi* d = nullptr;
     if (driverApi(&d) != CUDA_SUCCESS) return;
     std::lock_guard<std::mutex> lock(gMutex);
+    gGeneration.fetch_add(1, std::memory_order_acq_rel);
     for (auto it = gCache.begin(); it != gCache.end();) {
         if (it->first.first == ctx) {
             d->moduleUnload(it->second.module);
@@ -339,6 +341,12 @@ void unloadContext(CUcontext ctx) {
             ++it;
         }
     }
+}
+
+LauncherStats launcherStats() {
+    auto v = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+    return LauncherStats{v(gStats.imageScans), v(gStats.moduleLookups), v(gStats.driverLookups),
+                         v(gStats.launches), v(gStats.refused), v(gStats.deviceAllocs)};
 }
 
 }  // namespace kernels

@@ -7,6 +7,16 @@
 // hidden pointers (global scratch, profile scratch). The launch functions append both: null when
 // the metadata's sizes are 0 (every sai kernel today), the caller's scratch buffer otherwise.
 //
+// Two ways to launch:
+//   - the hot path (the plugins' enqueue): an image chosen once (findImage) and resolved once per
+//     CUDA context (resolveKernel: module, function, block size, shared memory) into a
+//     ResolvedKernel, then launched with the typed argument struct of its kernel family
+//     (sai_kernels_generated.h: one struct per Triton kernel, one `launch` overload each). The
+//     image's generated pack function checks the arguments against the build (compiled-in
+//     constants, 16-divisibility it assumes, int32 range, every argument set) with integer compares
+//     and writes the parameter slots: no string, no allocation, no lock, no image scan;
+//   - by name (launch(spec, ...)): image scan + module cache on every call, for tools and tests.
+//
 // The driver is never linked: its entry points are resolved from libcuda.so.1 at the first call
 // (dlopen + cuGetProcAddress), so a library built on this launcher loads, registers and answers
 // queries on machines without a driver; the first launch there returns CUDA_ERROR_NOT_INITIALIZED.
@@ -19,6 +29,41 @@
 
 namespace sai {
 namespace kernels {
+
+// ---- typed arguments (used by the generated pack functions) -----------------------------------
+
+// Parameters of one launch (the kernel's, then the two hidden scratch pointers).
+constexpr int kMaxLaunchParams = 62;
+union LaunchSlot {
+    CUdeviceptr pointer;
+    int32_t i32;
+    float f32;
+};
+
+// An argument left unset in a typed argument struct (its default): a launch refuses it.
+constexpr int64_t kUnsetInt = INT64_MIN;
+constexpr CUdeviceptr kUnsetPointer = ~static_cast<CUdeviceptr>(0);
+constexpr float kUnsetFloat = __builtin_nanf("");
+
+// Why a pack function refused the arguments (static strings only: nothing allocated).
+struct PackError {
+    enum Reason { kNone = 0, kUnset, kConstant, kAlignment, kMultiple16, kInt32 };
+    const char* name = nullptr;  // the argument
+    Reason reason = kNone;
+    long long value = 0;
+    long long expect = 0;
+};
+
+// Generated per build: checks `args` (the family's struct) and writes the image's parameter slots.
+using PackFn = bool (*)(const void* args, LaunchSlot* slots, PackError* err);
+
+inline bool packFail(PackError* e, const char* name, PackError::Reason reason, long long value, long long expect = 0) {
+    e->name = name;
+    e->reason = reason;
+    e->value = value;
+    e->expect = expect;
+    return false;
+}
 
 struct KernelImage {
     const char* spec;             // specialization name, e.g. "sparse_conv_fp16_k3_relu"
@@ -41,6 +86,8 @@ struct KernelImage {
     int tileRows;                 // positions per program along grid x (BM / BP / BLOCK): tiles are
     int tileCols;                 // per arch, so grids come from the image; channels per program
                                   // along grid y (BN / BC; 1 for the mask partition)
+    int family;                   // the kernel family (sai_kernels_generated.h: its argument struct)
+    PackFn pack;                  // typed arguments -> parameter slots, with this build's checks
 };
 
 // The table of the generated sai_kernels_embedded.cpp.
@@ -50,6 +97,7 @@ const KernelImage* embeddedImages(size_t* count);
 // config) that runs on a device of compute capability `cc`: the exact arch, else for sm_8x the
 // newest sm_8x below it (sm_80 cubins run on sm_86 / sm_89); the sm_90a / sm_100a / sm_120a cubins
 // Triton builds (arch-specific features) run only on their own arch. nullptr when there is none.
+// Scans the table (string compares): call it when choosing a configuration, not per launch.
 const KernelImage* findImage(const char* spec, int cc, int tactic = 1);
 
 // ---- the driver ------------------------------------------------------------------------------
@@ -69,14 +117,25 @@ struct DriverApi {
                              CUstream, void**, void**);
     CUresult (*memsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
     CUresult (*memsetD2D8Async)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+    CUresult (*memAlloc)(CUdeviceptr*, size_t);
+    CUresult (*memFree)(CUdeviceptr);
+    CUresult (*streamSynchronize)(CUstream);
+    CUresult (*streamIsCapturing)(CUstream, CUstreamCaptureStatus*);
+    CUresult (*ctxPushCurrent)(CUcontext);
+    CUresult (*ctxPopCurrent)(CUcontext*);
 };
 
 // The resolved driver (libcuda.so.1, or what setDriverApi installed). CUDA_ERROR_NOT_INITIALIZED
-// (and *api = nullptr) when no driver can be loaded or it lacks an entry point.
+// (and *api = nullptr) when no driver can be loaded or it lacks an entry point. Lock-free once
+// libcuda.so.1 has been tried.
 CUresult driverApi(const DriverApi** api);
 
-// Replaces the driver (tests); nullptr goes back to libcuda.so.1. Drops the module cache.
+// Replaces the driver (tests); nullptr goes back to libcuda.so.1. Drops the module cache and
+// invalidates every ResolvedKernel (generation()).
 void setDriverApi(const DriverApi* api);
+
+// Bumped whenever resolved kernels may be stale (setDriverApi, unloadContext).
+uint64_t generation();
 
 // Compute capability (major*10 + minor) of the current context's device.
 CUresult currentCapability(int* cc);
@@ -86,46 +145,70 @@ CUresult memsetAsync(CUdeviceptr dst, unsigned char value, size_t bytes, CUstrea
 CUresult memset2DAsync(CUdeviceptr dst, size_t pitch, unsigned char value, size_t widthBytes, size_t height,
                        CUstream stream);
 
+// Device memory that outlives a launch (the plugins' packed weights), in the current context.
+struct DeviceBuffer {
+    CUdeviceptr pointer = 0;
+    size_t bytes = 0;
+    CUcontext context = nullptr;
+};
+CUresult allocDevice(size_t bytes, DeviceBuffer* out);
+// Frees it in its own context (pushed for the call); a no-op for an empty buffer.
+void freeDevice(DeviceBuffer* buffer);
+
 // ---- launching -------------------------------------------------------------------------------
 
-// Launches `spec` (tactic 1) on the device of the current context: loads the image on first use in
-// this context (cached per context; thread safe), opts in to large shared memory when needed, and
-// calls cuLaunchKernel with block = 32 * numWarps and the hidden scratch pointers appended to
-// `args` (`numArgs` must equal the image's numParams). `globalScratch` is needed only when the
+// An image loaded in one CUDA context: what a launch needs, resolved once.
+struct ResolvedKernel {
+    const KernelImage* image = nullptr;
+    const DriverApi* api = nullptr;
+    CUcontext context = nullptr;
+    CUfunction function = nullptr;
+    unsigned threads = 0;
+    unsigned sharedBytes = 0;
+    uint64_t generation = 0;  // generation() when resolved
+};
+
+// Resolves `img` in the current context: loads its module on first use in this context (cached
+// per context; thread safe: takes the cache's lock) and opts in to large shared memory when needed.
+CUresult resolveKernel(const KernelImage* img, ResolvedKernel* out);
+
+// Whether `k` is still valid for a launch in `ctx` (resolved there, nothing unloaded since).
+inline bool resolvedFor(const ResolvedKernel& k, CUcontext ctx) {
+    return k.function != nullptr && k.context == ctx && k.generation == generation();
+}
+
+// Launches `k` with the typed arguments `args` of kernel family `family` (use the typed overloads
+// of sai_kernels_generated.h). The image's pack function checks them; on a refusal the launch
+// returns CUDA_ERROR_INVALID_VALUE and lastError() says which argument and why (the only path that
+// formats text). `globalScratch` as for launch().
+CUresult launchResolved(const ResolvedKernel& k, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
+                        int family, const void* args, CUdeviceptr globalScratch = 0);
+
+// Launches `spec` (tactic 1) on the device of the current context: scans the table, resolves the
+// image in this context and calls cuLaunchKernel with block = 32 * numWarps and the hidden scratch
+// pointers appended to `args` (`numArgs` must equal the image's numParams, in its order). For tools
+// and tests: the plugins launch through ResolvedKernel. `globalScratch` is needed only when the
 // image's globalScratchSize > 0 (gridX*gridY*gridZ * globalScratchSize bytes); otherwise pass 0.
 CUresult launch(const char* spec, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
                 void** args, int numArgs, CUdeviceptr globalScratch = 0);
 
-// One argument by name, for launchNamed: a pointer, an integer or a float.
-struct Arg {
-    enum class Kind { kPointer, kInt, kFloat };
-    const char* name;
-    Kind kind;
-    CUdeviceptr pointer;
-    int64_t integer;
-    float real;
-    static Arg ptr(const char* n, const void* p) {
-        return Arg{n, Kind::kPointer, static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p)), 0, 0.F};
-    }
-    static Arg i(const char* n, int64_t v) { return Arg{n, Kind::kInt, 0, v, 0.F}; }
-    static Arg f(const char* n, float v) { return Arg{n, Kind::kFloat, 0, 0, v}; }
-};
-
-// Launches `img` with its parameters taken by name from `args`, in the image's order. Checks
-// before launching, so a mismatch between the host code and a build of the kernels is an error,
-// never a wrong launch: every parameter given with the right kind, integers within int32, the
-// parameters the build assumes 16-divisible (`divisible`) divisible, and every argument that the
-// image compiled in as a constant (e.g. "sxc=1", "KH=3") equal to that constant; an argument the
-// image knows by neither role is an error too. On CUDA_ERROR_INVALID_VALUE, lastError() says which
-// check failed.
-CUresult launchNamed(const KernelImage* img, CUstream stream, unsigned gridX, unsigned gridY, unsigned gridZ,
-                     const Arg* args, int numArgs, CUdeviceptr globalScratch = 0);
-
-// The message of the last failed check of launchNamed in this thread ("" when none).
+// The message of the last refused launch in this thread ("" when none).
 const char* lastError();
 
 // Unloads every module loaded in `ctx` (call before destroying a context you created).
 void unloadContext(CUcontext ctx);
+
+// ---- what the launcher did (tests count the work on the launch path) ---------------------------
+
+struct LauncherStats {
+    uint64_t imageScans;      // findImage calls (string compares over the table)
+    uint64_t moduleLookups;   // module cache lookups (under its lock): resolveKernel, launch(spec)
+    uint64_t driverLookups;   // driverApi calls
+    uint64_t launches;        // kernel launches
+    uint64_t refused;         // launches a pack function refused
+    uint64_t deviceAllocs;    // allocDevice calls
+};
+LauncherStats launcherStats();
 
 }  // namespace kernels
 }  // namespace sai

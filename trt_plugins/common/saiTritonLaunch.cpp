@@ -79,32 +79,83 @@ SaiKernelCaps saiTritonCaps(int32_t nbTactics, int32_t const* ids, char const* c
     return c;
 }
 
-cudaError_t saiPartition(void const* mask, SaiTensorLayout const& maskLayout, int64_t positions, int32_t H,
-    int32_t W, char const* mode, void* idx, void* count, cudaStream_t cudaStream)
+cudaError_t saiResolve(std::string const& spec, int32_t tactic, kernels::ResolvedKernel* out)
 {
-    std::string const spec = std::string("mask_partition_") + saiTypeTag(maskLayout.type) + "_" + mode;
     cudaError_t err = cudaSuccess;
-    kernels::KernelImage const* img = saiImage(spec, 1, &err);
+    kernels::KernelImage const* img = saiImage(spec, tactic, &err);
     if (img == nullptr)
     {
         return err;
     }
-    auto const stream = reinterpret_cast<CUstream>(cudaStream);
-    CUresult r = kernels::memsetAsync(static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(count)), 0, 8, stream);
+    CUresult const r = kernels::resolveKernel(img, out);
+    return r == CUDA_SUCCESS ? cudaSuccess : saiLaunchError(r, "loading " + spec);
+}
+
+cudaError_t saiCurrentContext(SaiLaunchContext& c, bool* changed)
+{
+    uint64_t const gen = kernels::generation();
+    *changed = false;
+    if (c.api == nullptr || c.generation != gen)
+    {
+        CUresult const r = kernels::driverApi(&c.api);
+        if (r != CUDA_SUCCESS)
+        {
+            return saiLaunchError(r, "no CUDA driver");
+        }
+        c.generation = gen;
+        *changed = true;
+    }
+    CUcontext ctx = nullptr;
+    CUresult const r = c.api->ctxGetCurrent(&ctx);
+    if (r != CUDA_SUCCESS || ctx == nullptr)
+    {
+        return saiLaunchError(r != CUDA_SUCCESS ? r : CUDA_ERROR_INVALID_CONTEXT, "no current CUDA context");
+    }
+    *changed = *changed || ctx != c.ctx;
+    c.ctx = ctx;
+    return cudaSuccess;
+}
+
+cudaError_t saiPartitionPrepare(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W,
+    char const* mode, SaiPartitionPlan* plan)
+{
+    std::string const spec = std::string("mask_partition_") + saiTypeTag(maskLayout.type) + "_" + mode;
+    cudaError_t const err = saiResolve(spec, 1, &plan->kernel);
+    if (err != cudaSuccess)
+    {
+        return err;
+    }
+    kernels::MaskPartitionKernelArgs& a = plan->args;
+    a = kernels::MaskPartitionKernelArgs{};
+    a.P = positions;
+    a.H = H;
+    a.W = W;
+    a.smn = maskLayout.strides.n;
+    a.smh = maskLayout.strides.h;
+    a.smw = maskLayout.strides.w;
+    a.MODE_LT1 = std::string(mode) == "lt1" ? 1 : 0;
+    plan->grid = saiGridDim(positions, plan->kernel.image->tileRows);
+    return cudaSuccess;
+}
+
+cudaError_t saiPartitionRun(
+    kernels::DriverApi const* api, SaiPartitionPlan& plan, void const* mask, void* idx, void* count, CUstream stream)
+{
+    CUresult r = api->memsetD8Async(saiDevPtr(count), 0, 8, stream);
     if (r != CUDA_SUCCESS)
     {
         return saiLaunchError(r, "zeroing the partition counts");
     }
-    using kernels::Arg;
-    Arg const args[] = {Arg::ptr("m_ptr", mask), Arg::ptr("idx_ptr", idx), Arg::ptr("cnt_ptr", count),
-        Arg::i("P", positions), Arg::i("H", H), Arg::i("W", W), Arg::i("smn", maskLayout.strides.n),
-        Arg::i("smh", maskLayout.strides.h), Arg::i("smw", maskLayout.strides.w)};
-    r = kernels::launchNamed(
-        img, stream, saiGridDim(positions, img->tileRows), 1, 1, args, static_cast<int>(sizeof(args) / sizeof(args[0])));
-    return r == CUDA_SUCCESS ? cudaSuccess : saiLaunchError(r, spec + ": " + kernels::lastError());
+    plan.args.m_ptr = saiDevPtr(mask);
+    plan.args.idx_ptr = saiDevPtr(idx);
+    plan.args.cnt_ptr = saiDevPtr(count);
+    r = kernels::launch(plan.kernel, stream, plan.grid, 1, 1, plan.args);
+    return r == CUDA_SUCCESS ? cudaSuccess
+                             : saiLaunchError(r, std::string(plan.kernel.image->spec) + ": " + kernels::lastError());
 }
 
-cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, cudaStream_t stream)
+cudaError_t saiZeroPadChannels(
+    kernels::DriverApi const* api, SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, CUstream stream)
 {
     int64_t const v = saiLayoutVector(l.layout);
     int64_t const padded = (C + v - 1) / v * v;
@@ -113,9 +164,9 @@ cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, 
         return cudaSuccess;
     }
     size_t const es = saiDataTypeSize(l.type);
-    auto const dst = static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(data)) + static_cast<CUdeviceptr>(C * es);
-    CUresult const r = kernels::memset2DAsync(dst, static_cast<size_t>(padded) * es, 0,
-        static_cast<size_t>(padded - C) * es, static_cast<size_t>(positions), reinterpret_cast<CUstream>(stream));
+    CUdeviceptr const dst = saiDevPtr(data) + static_cast<CUdeviceptr>(C * es);
+    CUresult const r = api->memsetD2D8Async(dst, static_cast<size_t>(padded) * es, 0,
+        static_cast<size_t>(padded - C) * es, static_cast<size_t>(positions), stream);
     return r == CUDA_SUCCESS ? cudaSuccess : saiLaunchError(r, "zeroing the padding channels");
 }
 

@@ -13,7 +13,16 @@
  *                           channels and position strides; saiAligned16(ptr): its start); else the
  *                           "any" builds run
  *   saiImage(spec, tactic)  the image for the current device, or an error naming what is missing
+ *   saiResolve(spec, ...)   that image resolved in the current context (kernel handle, block, shared memory)
+ *   SaiLaunchContext        the driver and context a runner's resolved kernels belong to (one atomic
+ *                           load + cuCtxGetCurrent per run says whether they still hold)
+ *   SaiPartitionPlan        the mask partition (memset of the counts + mask_partition) resolved once
  *   saiZeroPadChannels(...) writes 0 to the padding channels of an NHWC8 / NHWC16 output
+ *
+ * The runners of both ops (SparseSampleConvRunner, InterpolateRunner) choose and resolve their
+ * builds once per configuration and CUDA context (prepare: spec names, image scan, module cache);
+ * a run then only fills the typed arguments (sai_kernels_generated.h) with the buffers' addresses
+ * and launches: no allocation, no string, no lock, no image scan.
  */
 #ifndef SAI_TRT_PLUGINS_COMMON_SAI_TRITON_LAUNCH_H
 #define SAI_TRT_PLUGINS_COMMON_SAI_TRITON_LAUNCH_H
@@ -21,6 +30,7 @@
 #include "saiDataType.h"
 #include "saiKernelCaps.h"
 #include "sai_kernel_launcher.h"
+#include "sai_kernels_generated.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -84,18 +94,52 @@ inline bool saiAligned16(void const* p)
 //! The image of `spec` (tactic, falling back to 1) for the current device; nullptr + the error set.
 kernels::KernelImage const* saiImage(std::string const& spec, int32_t tactic, cudaError_t* err);
 
+//! `spec` (tactic, falling back to 1) for the current device, resolved in the current context.
+cudaError_t saiResolve(std::string const& spec, int32_t tactic, kernels::ResolvedKernel* out);
+
+//! The driver and CUDA context of a runner's resolved kernels.
+struct SaiLaunchContext
+{
+    kernels::DriverApi const* api{nullptr};
+    CUcontext ctx{nullptr};
+    uint64_t generation{0};
+};
+
+//! Refreshes `c` for this run: the driver (looked up only when none is held or the launcher's
+//! generation moved) and the current context; *changed when the resolved kernels must be resolved again.
+cudaError_t saiCurrentContext(SaiLaunchContext& c, bool* changed);
+
+//! The mask partition of one configuration: mask_partition_<mask type>_<mode> resolved, its
+//! arguments set but for the buffers, its grid.
+struct SaiPartitionPlan
+{
+    kernels::ResolvedKernel kernel;
+    kernels::MaskPartitionKernelArgs args;
+    unsigned grid{0};
+};
+
+//! Resolves the partition ("gt0": M > 0 first, for the conv; "lt1": M < 1 first, for Interpolate)
+//! over the N*H*W positions of a mask in `maskLayout`.
+cudaError_t saiPartitionPrepare(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W,
+    char const* mode, SaiPartitionPlan* plan);
+
+//! Zeros the counts (int32 [2]) and launches the partition of `mask` into `idx` / `count`.
+cudaError_t saiPartitionRun(kernels::DriverApi const* api, SaiPartitionPlan& plan, void const* mask, void* idx,
+    void* count, CUstream stream);
+
 //! Zeros the channels [C, Cpadded) of every position of an NHWC8 / NHWC16 tensor of `positions`
 //! positions (nothing for other layouts or when C is a multiple of the vector).
-cudaError_t saiZeroPadChannels(SaiTensorLayout const& l, void* data, int64_t C, int64_t positions, cudaStream_t stream);
+cudaError_t saiZeroPadChannels(kernels::DriverApi const* api, SaiTensorLayout const& l, void* data, int64_t C,
+    int64_t positions, CUstream stream);
+
+inline CUdeviceptr saiDevPtr(void const* p)
+{
+    return static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
+}
 
 //! What both ops' Triton builds take: FP32 kLINEAR/kHWC, FP16 and BF16 in every channel-last layout
 //! and kLINEAR, an FP32 mask beside FP16/BF16; tactics `ids` with `names` (best first).
 SaiKernelCaps saiTritonCaps(int32_t nbTactics, int32_t const* ids, char const* const* names);
-
-//! Zeros the counts and launches mask_partition_<mask type>_<mode> ("gt0": M > 0 first, for the conv;
-//! "lt1": M < 1 first, for Interpolate) over the N*H*W positions of `mask` into `idx` / `count`.
-cudaError_t saiPartition(void const* mask, SaiTensorLayout const& maskLayout, int64_t positions, int32_t H,
-    int32_t W, char const* mode, void* idx, void* count, cudaStream_t stream);
 
 //! ceil(a / b) for the grids, as unsigned.
 inline unsigned saiGridDim(int64_t a, int64_t b)

@@ -226,7 +226,7 @@ int32_t InterpolatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
         return -1;
     }
     SaiDataType const t = l.feature.type;
-    cudaError_t const err = interpolateLaunch(
+    cudaError_t const err = mRunner->run(
         p, t, l, mTactic, inputs[0], inputs[1], outputs[0], workspace, interpolateWorkspaceSize(p, t), stream);
     if (err != cudaSuccess)
     {

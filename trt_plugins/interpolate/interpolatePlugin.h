@@ -14,6 +14,7 @@
 #include "saiPluginBase.h"
 #include "saiPluginCommon.h"
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,9 @@ private:
     //! Layouts/types/strides of F, M and the output for the kernels; false (and logs) if unsupported.
     bool layoutsOf(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
         SaiInterpLayouts& l) const noexcept;
+
+    //! The launch state: builds resolved per configuration and context.
+    std::unique_ptr<InterpolateRunner> mRunner{std::make_unique<InterpolateRunner>()};
 };
 
 class InterpolatePluginCreator : public SaiPluginCreatorBase<InterpolatePlugin, InterpolatePluginCreator>

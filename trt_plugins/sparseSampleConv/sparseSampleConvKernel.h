@@ -6,16 +6,22 @@
  * the plugin glue calls these, and they build and are tested (a recording driver replays every
  * launch under the Triton interpreter, tests/test_trt_launch.py) without TensorRT or a GPU.
  *
- * Pipeline of sparseSampleConvLaunch (all on `stream`, no host synchronisation, CUDA-graph safe):
+ * SparseSampleConvRunner holds the launch state of one node (one plugin instance). Its first run in a
+ * CUDA context, and the first after a configuration change (shapes, types, layouts, tactic, the
+ * alignment that picks the build), chooses the builds and resolves them (prepare); every run then
+ * issues, on `stream` (no host synchronisation, CUDA-graph safe):
  *   1. zero the device-side counts; mask_partition_<mask type>_gt0: the output positions with
  *      mask > 0 first, then the others, and their count on the device
- *   2. copy4d: the weights packed to [g, tap, Cin/g, Cout/g] in the workspace (weights are plugin
- *      inputs, so this runs in every enqueue); a zero bias when the node has none
- *   3. sparse_conv_<type>_<k3|k1|any>[_deform][_relu]: the implicit GEMM over the active positions
+ *   2. sparse_conv_<type>_<k3|k1|any>[_deform][_relu]: the implicit GEMM over the active positions
  *      (tensor cores for FP16/BF16), bias and activation in the epilogue, every output position
  *      written once (0 where mask <= 0); "fast" builds where the channels are innermost and
  *      16-divisible, "any" builds (run-time strides and kernel size) for NCHW and the rest
- *   4. zeros in the padding channels of an NHWC8 / NHWC16 output
+ *   3. zeros in the padding channels of an NHWC8 / NHWC16 output whose C is not a multiple of 8/16
+ * The weights: W [Cout, Cin/g, kh, kw] packed to [g, tap, Cin/g, Cout/g] (copy4d) and, for a node
+ * without bias, a zero bias, once per W address and context into device memory the runner owns
+ * (the first run allocates it, packs on `stream` and waits for it: run one enqueue before capturing
+ * a CUDA graph; a first run inside a capture packs into the workspace instead, as every run does
+ * with packEveryLaunch). W must therefore be a constant of the engine, as every model sai exports has.
  * A failed launch returns its cudaError_t; saiLastLaunchError() says what failed.
  */
 #ifndef SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_KERNEL_H
@@ -54,9 +60,32 @@ SaiKernelCaps const& sparseSampleConvKernelCaps();
 //! Device workspace bytes for these (finalized) params; pass the largest dims at build time.
 size_t sparseSampleConvWorkspaceSize(SaiConvParams const& p, SaiDataType type);
 
-//! Runs docs/design.md 3.2 on the device. `p` must be finalized (saiConvFinalize).
-cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& buffers,
-    void* workspace, size_t workspaceSize, cudaStream_t stream);
+//! The launch state of one SparseSampleConv node; see the top of this file. Not thread safe:
+//! TensorRT never runs one plugin instance's enqueue concurrently.
+class SparseSampleConvRunner
+{
+public:
+    //! `packEveryLaunch`: pack W into the workspace in every run (for a W that changes between runs).
+    explicit SparseSampleConvRunner(bool packEveryLaunch = false);
+    ~SparseSampleConvRunner();
+    SparseSampleConvRunner(SparseSampleConvRunner const&) = delete;
+    SparseSampleConvRunner& operator=(SparseSampleConvRunner const&) = delete;
+
+    //! Runs docs/design.md 3.2 on the device. `p` must be finalized (saiConvFinalize). A failed
+    //! run returns its cudaError_t; saiLastLaunchError() says what failed.
+    cudaError_t run(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& buffers, void* workspace,
+        size_t workspaceSize, cudaStream_t stream) noexcept;
+
+    //! How many runs chose and resolved the builds (spec names, image scan, module cache).
+    int64_t prepares() const noexcept;
+    //! How many runs packed the weights (every run with packEveryLaunch).
+    int64_t packs() const noexcept;
+
+    struct State;
+
+private:
+    State* mState;
+};
 
 } // namespace sai
 

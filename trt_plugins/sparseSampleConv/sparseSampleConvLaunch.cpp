@@ -9,14 +9,14 @@
 
 #include "saiTritonLaunch.h"
 
+#include <array>
+#include <exception>
 #include <string>
 
 namespace sai
 {
 namespace
 {
-using kernels::Arg;
-
 struct ConvWorkspace
 {
     void* idx;    //!< int32 [P]: the partition of the output positions, active first
@@ -40,49 +40,223 @@ ConvWorkspace convWorkspace(SaiConvParams const& p, SaiDataType type, void* base
     return w;
 }
 
-//! The name of the build that runs this call ("fast" where the layouts and sizes allow it).
-std::string convSpec(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b)
+//! Whether this call fits the "fast" builds (the layouts, sizes and buffer addresses allow it).
+bool convFast(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b)
 {
     bool const deform = b.offset != nullptr;
-    bool const relu = p.activation == kSAI_ACT_RELU;
     bool const square = p.kh == p.kw && (p.kh == 3 || (p.kh == 1 && !deform));
-    bool const fast = type != SaiDataType::kFLOAT && square && p.cinPerGroup % 16 == 0 && p.coutPerGroup % 16 == 0
+    return type != SaiDataType::kFLOAT && square && p.cinPerGroup % 16 == 0 && p.coutPerGroup % 16 == 0
         && saiAligned16(b.xLayout, p.C) && saiAligned16(b.yLayout, p.Cout) && saiAligned16(b.x) && saiAligned16(b.y)
         && (!deform || b.offsetLayout.strides.c == 1);
+}
+
+//! The name of the build that runs this configuration.
+std::string convSpec(SaiConvParams const& p, SaiDataType type, bool deform, bool fast)
+{
     std::string spec = std::string("sparse_conv_") + saiTypeTag(type);
     spec += fast ? "_k" + std::to_string(p.kh) : std::string("_any");
     spec += deform ? "_deform" : "";
-    spec += relu ? "_relu" : "";
+    spec += p.activation == kSAI_ACT_RELU ? "_relu" : "";
     return spec;
 }
 
-CUdeviceptr devptr(void const* p)
+//! Everything that decides the builds and their arguments (but the buffers' addresses).
+constexpr size_t kKeyLen = 48;
+using ConvKey = std::array<int64_t, kKeyLen>;
+
+void putLayout(int64_t*& k, SaiTensorLayout const& l)
 {
-    return static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
+    *k++ = static_cast<int64_t>(l.layout);
+    *k++ = static_cast<int64_t>(l.type);
+    *k++ = l.strides.n;
+    *k++ = l.strides.c;
+    *k++ = l.strides.h;
+    *k++ = l.strides.w;
 }
 
-//! W [Cout, Cin/g, kh, kw] -> [g, tap, Cin/g, Cout/g] with the strided copy kernel.
-cudaError_t packWeight(SaiConvParams const& p, SaiDataType type, void const* weight, void* packed, CUstream stream)
+ConvKey convKey(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b, bool fast)
 {
-    int64_t const g = p.groups, cog = p.coutPerGroup, cig = p.cinPerGroup, taps = p.kh * p.kw;
-    int64_t const total = g * cog * cig * taps;
-    std::string const spec = saiDataTypeSize(type) == 2 ? "copy4d_b16" : "copy4d_b32";
-    cudaError_t err = cudaSuccess;
-    kernels::KernelImage const* img = saiImage(spec, 1, &err);
-    if (img == nullptr)
+    ConvKey key{};
+    int64_t* k = key.data();
+    for (int64_t v : {p.N, p.C, p.H, p.W, p.Cout, p.kh, p.kw, p.strideH, p.strideW, p.padTop, p.padLeft, p.padBottom,
+             p.padRight, p.dilationH, p.dilationW, p.groups, p.deformGroups, p.activation, p.Ho, p.Wo})
     {
-        return err;
+        *k++ = v;
     }
-    Arg const args[] = {Arg::ptr("src_ptr", weight), Arg::ptr("dst_ptr", packed), Arg::i("TOTAL", total),
-        Arg::i("D1", cog), Arg::i("D2", cig), Arg::i("D3", taps), Arg::i("ss0", cog * cig * taps),
-        Arg::i("ss1", cig * taps), Arg::i("ss2", taps), Arg::i("ss3", 1), Arg::i("sd0", taps * cig * cog),
-        Arg::i("sd1", 1), Arg::i("sd2", cog), Arg::i("sd3", cig * cog)};
-    CUresult const r = kernels::launchNamed(
-        img, stream, saiGridDim(total, img->tileRows), 1, 1, args, static_cast<int>(sizeof(args) / sizeof(args[0])));
-    return r == CUDA_SUCCESS ? cudaSuccess : saiLaunchError(r, spec + ": " + kernels::lastError());
+    *k++ = static_cast<int64_t>(type);
+    *k++ = b.tactic;
+    *k++ = b.offset != nullptr ? 1 : 0;
+    *k++ = fast ? 1 : 0;
+    putLayout(k, b.xLayout);
+    putLayout(k, b.maskLayout);
+    putLayout(k, b.offset != nullptr ? b.offsetLayout : SaiTensorLayout{});
+    putLayout(k, b.yLayout);
+    return key;
+}
+
+//! What the packed weights depend on, and the W they were packed from.
+using WeightKey = std::array<int64_t, 8>;
+
+WeightKey weightKey(SaiConvParams const& p, SaiDataType type, void const* weight, bool zeroBias)
+{
+    return {p.Cout, p.cinPerGroup, p.kh, p.kw, p.groups, static_cast<int64_t>(type),
+        static_cast<int64_t>(reinterpret_cast<uintptr_t>(weight)), zeroBias ? 1 : 0};
 }
 
 } // namespace
+
+struct SparseSampleConvRunner::State
+{
+    bool packEveryLaunch{false};
+    SaiLaunchContext lc;
+    bool prepared{false};
+    ConvKey key{};
+    int64_t prepares{0};
+    int64_t packs{0};
+    SaiPartitionPlan partition;
+    kernels::ResolvedKernel conv;
+    kernels::SparseConvKernelArgs convArgs;
+    unsigned convGridX{0};
+    unsigned convGridY{0};
+    kernels::ResolvedKernel pack;
+    kernels::Copy4dKernelArgs packArgs;
+    unsigned packGrid{0};
+    kernels::DeviceBuffer weights; //!< packed W, then Cout zeros (the bias of a node without one)
+    bool weightsReady{false};
+    WeightKey packedKey{};
+};
+
+namespace
+{
+//! Chooses and resolves the builds of one configuration, their arguments but for the buffers.
+cudaError_t prepare(SparseSampleConvRunner::State& s, SaiConvParams const& p, SaiDataType type,
+    SaiConvBuffers const& b, bool fast, ConvKey const& key)
+{
+    s.prepared = false;
+    ++s.prepares;
+    int64_t const positions = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
+    cudaError_t err = saiPartitionPrepare(b.maskLayout, positions, p.Ho, p.Wo, "gt0", &s.partition);
+    if (err != cudaSuccess)
+    {
+        return err;
+    }
+    bool const deform = b.offset != nullptr;
+    if ((err = saiResolve(convSpec(p, type, deform, fast), b.tactic, &s.conv)) != cudaSuccess)
+    {
+        return err;
+    }
+    SaiStrides const xs = b.xLayout.strides, ys = b.yLayout.strides;
+    SaiStrides const os = deform ? b.offsetLayout.strides : SaiStrides{};
+    kernels::SparseConvKernelArgs& a = s.convArgs;
+    a = kernels::SparseConvKernelArgs{};
+    a.P = positions;
+    a.H = p.H;
+    a.W = p.W;
+    a.Ho = p.Ho;
+    a.Wo = p.Wo;
+    a.CIN_G = p.cinPerGroup;
+    a.COUT_G = p.coutPerGroup;
+    a.CIN_DG = p.C / (p.deformGroups > 0 ? p.deformGroups : 1);
+    a.sxn = xs.n;
+    a.sxc = xs.c;
+    a.sxh = xs.h;
+    a.sxw = xs.w;
+    a.son = os.n;
+    a.soc = os.c;
+    a.soh = os.h;
+    a.sow = os.w;
+    a.syn = ys.n;
+    a.syc = ys.c;
+    a.syh = ys.h;
+    a.syw = ys.w;
+    a.STRIDE_H = p.strideH;
+    a.STRIDE_W = p.strideW;
+    a.PAD_T = p.padTop;
+    a.PAD_L = p.padLeft;
+    a.DIL_H = p.dilationH;
+    a.DIL_W = p.dilationW;
+    a.KH = p.kh;
+    a.KW = p.kw;
+    a.HAS_BIAS = 1;
+    a.DEFORM = deform ? 1 : 0;
+    a.RELU = p.activation == kSAI_ACT_RELU ? 1 : 0;
+    a.UPCAST_DOT = 0;
+    s.convGridX = saiGridDim(positions, s.conv.image->tileRows);
+    s.convGridY = static_cast<unsigned>(p.groups) * saiGridDim(p.coutPerGroup, s.conv.image->tileCols);
+
+    // W [Cout, Cin/g, kh, kw] viewed as [g, Cout/g, Cin/g, tap] -> [g, tap, Cin/g, Cout/g]
+    if ((err = saiResolve(saiDataTypeSize(type) == 2 ? "copy4d_b16" : "copy4d_b32", 1, &s.pack)) != cudaSuccess)
+    {
+        return err;
+    }
+    int64_t const g = p.groups, cog = p.coutPerGroup, cig = p.cinPerGroup, taps = p.kh * p.kw;
+    kernels::Copy4dKernelArgs& c = s.packArgs;
+    c = kernels::Copy4dKernelArgs{};
+    c.TOTAL = g * cog * cig * taps;
+    c.D1 = cog;
+    c.D2 = cig;
+    c.D3 = taps;
+    c.ss0 = cog * cig * taps;
+    c.ss1 = cig * taps;
+    c.ss2 = taps;
+    c.ss3 = 1;
+    c.sd0 = taps * cig * cog;
+    c.sd1 = 1;
+    c.sd2 = cog;
+    c.sd3 = cig * cog;
+    s.packGrid = saiGridDim(c.TOTAL, s.pack.image->tileRows);
+    s.key = key;
+    s.prepared = true;
+    return cudaSuccess;
+}
+
+//! Packs W into `packed` (and zeros `zeroBias`, when not 0) on `stream`.
+cudaError_t packWeights(SparseSampleConvRunner::State& s, void const* weight, CUdeviceptr packed, CUdeviceptr zeroBias,
+    size_t biasBytes, CUstream stream)
+{
+    ++s.packs;
+    s.packArgs.src_ptr = saiDevPtr(weight);
+    s.packArgs.dst_ptr = packed;
+    CUresult r = kernels::launch(s.pack, stream, s.packGrid, 1, 1, s.packArgs);
+    if (r != CUDA_SUCCESS)
+    {
+        return saiLaunchError(r, std::string(s.pack.image->spec) + ": " + kernels::lastError());
+    }
+    if (zeroBias != 0 && (r = s.lc.api->memsetD8Async(zeroBias, 0, biasBytes, stream)) != CUDA_SUCCESS)
+    {
+        return saiLaunchError(r, "zeroing the bias");
+    }
+    return cudaSuccess;
+}
+
+size_t roundUp256(size_t n)
+{
+    return (n + 255) / 256 * 256;
+}
+
+} // namespace
+
+SparseSampleConvRunner::SparseSampleConvRunner(bool packEveryLaunch)
+    : mState(new State)
+{
+    mState->packEveryLaunch = packEveryLaunch;
+}
+
+SparseSampleConvRunner::~SparseSampleConvRunner()
+{
+    kernels::freeDevice(&mState->weights);
+    delete mState;
+}
+
+int64_t SparseSampleConvRunner::prepares() const noexcept
+{
+    return mState->prepares;
+}
+
+int64_t SparseSampleConvRunner::packs() const noexcept
+{
+    return mState->packs;
+}
 
 SaiKernelCaps const& sparseSampleConvKernelCaps()
 {
@@ -99,98 +273,148 @@ size_t sparseSampleConvWorkspaceSize(SaiConvParams const& p, SaiDataType type)
     return convWorkspace(p, type, nullptr).total;
 }
 
-cudaError_t sparseSampleConvLaunch(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b, void* workspace,
-    size_t workspaceSize, cudaStream_t cudaStream)
+cudaError_t SparseSampleConvRunner::run(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b,
+    void* workspace, size_t workspaceSize, cudaStream_t cudaStream) noexcept
 {
-    saiClearLaunchError();
-    SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
-    for (SaiTensorLayout const* l : {&b.xLayout, &b.yLayout})
+    try
     {
-        if (l->type != type || !saiCapsLayout(caps, type, l->layout))
+        saiClearLaunchError();
+        SaiKernelCaps const& caps = sparseSampleConvKernelCaps();
+        for (SaiTensorLayout const* l : {&b.xLayout, &b.yLayout})
         {
-            return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "X/Y layout or type not supported");
+            if (l->type != type || !saiCapsLayout(caps, type, l->layout))
+            {
+                return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "X/Y layout or type not supported");
+            }
         }
-    }
-    if (b.maskLayout.type != type && !(caps.fp32Mask && b.maskLayout.type == SaiDataType::kFLOAT))
-    {
-        return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "mask type not supported");
-    }
-    if (b.offset != nullptr && b.offsetLayout.type != type)
-    {
-        return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "offset type differs from X");
-    }
-    if (b.tactic != 0 && !saiCapsTactic(caps, b.tactic))
-    {
-        return saiLaunchError(CUDA_ERROR_INVALID_VALUE, "unknown tactic " + std::to_string(b.tactic));
-    }
-    ConvWorkspace const ws = convWorkspace(p, type, workspace);
-    if (workspace == nullptr || workspaceSize < ws.total)
-    {
-        return saiLaunchError(CUDA_ERROR_INVALID_VALUE,
-            "workspace of " + std::to_string(workspaceSize) + " bytes, " + std::to_string(ws.total) + " needed");
-    }
-    auto const stream = reinterpret_cast<CUstream>(cudaStream);
-    int64_t const positions = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
-    size_t const es = saiDataTypeSize(type);
-    if (positions == 0)
-    {
-        return cudaSuccess;
-    }
-
-    // 1. the partition of the output positions: mask > 0 first, the count on the device
-    cudaError_t err = saiPartition(b.mask, b.maskLayout, positions, p.Ho, p.Wo, "gt0", ws.idx, ws.count, cudaStream);
-    if (err != cudaSuccess)
-    {
-        return err;
-    }
-
-    // 2. the weights in the kernel's order, a zero bias where the node has none
-    if ((err = packWeight(p, type, b.weight, ws.weight, stream)) != cudaSuccess)
-    {
-        return err;
-    }
-    void const* bias = b.bias;
-    CUresult r = CUDA_SUCCESS;
-    if (bias == nullptr)
-    {
-        if ((r = kernels::memsetAsync(devptr(ws.bias), 0, static_cast<size_t>(p.Cout) * es, stream)) != CUDA_SUCCESS)
+        if (b.maskLayout.type != type && !(caps.fp32Mask && b.maskLayout.type == SaiDataType::kFLOAT))
         {
-            return saiLaunchError(r, "zeroing the bias");
+            return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "mask type not supported");
         }
-        bias = ws.bias;
-    }
+        if (b.offset != nullptr && b.offsetLayout.type != type)
+        {
+            return saiLaunchError(CUDA_ERROR_NOT_SUPPORTED, "offset type differs from X");
+        }
+        if (b.tactic != 0 && !saiCapsTactic(caps, b.tactic))
+        {
+            return saiLaunchError(CUDA_ERROR_INVALID_VALUE, "unknown tactic " + std::to_string(b.tactic));
+        }
+        ConvWorkspace const ws = convWorkspace(p, type, workspace);
+        if (workspace == nullptr || workspaceSize < ws.total)
+        {
+            return saiLaunchError(CUDA_ERROR_INVALID_VALUE,
+                "workspace of " + std::to_string(workspaceSize) + " bytes, " + std::to_string(ws.total) + " needed");
+        }
+        int64_t const positions = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
+        if (positions == 0)
+        {
+            return cudaSuccess;
+        }
+        State& s = *mState;
+        auto const stream = reinterpret_cast<CUstream>(cudaStream);
+        bool changed = false;
+        cudaError_t err = saiCurrentContext(s.lc, &changed);
+        if (err != cudaSuccess)
+        {
+            return err;
+        }
+        bool const fast = convFast(p, type, b);
+        ConvKey const key = convKey(p, type, b, fast);
+        if (changed || !s.prepared || key != s.key)
+        {
+            if ((err = prepare(s, p, type, b, fast, key)) != cudaSuccess)
+            {
+                return err;
+            }
+        }
 
-    // 3. the implicit GEMM over the active positions; every output position written once
-    std::string const spec = convSpec(p, type, b);
-    kernels::KernelImage const* img = saiImage(spec, b.tactic, &err);
-    if (img == nullptr)
-    {
-        return err;
-    }
-    bool const deform = b.offset != nullptr;
-    SaiStrides const xs = b.xLayout.strides, ys = b.yLayout.strides;
-    SaiStrides const os = deform ? b.offsetLayout.strides : SaiStrides{};
-    Arg const args[] = {Arg::ptr("x_ptr", b.x), Arg::ptr("w_ptr", ws.weight), Arg::ptr("b_ptr", bias),
-        Arg::ptr("off_ptr", deform ? b.offset : b.x), Arg::ptr("idx_ptr", ws.idx), Arg::ptr("cnt_ptr", ws.count),
-        Arg::ptr("y_ptr", b.y), Arg::i("P", positions), Arg::i("H", p.H), Arg::i("W", p.W), Arg::i("Ho", p.Ho),
-        Arg::i("Wo", p.Wo), Arg::i("CIN_G", p.cinPerGroup), Arg::i("COUT_G", p.coutPerGroup),
-        Arg::i("CIN_DG", p.C / (p.deformGroups > 0 ? p.deformGroups : 1)), Arg::i("sxn", xs.n), Arg::i("sxc", xs.c),
-        Arg::i("sxh", xs.h), Arg::i("sxw", xs.w), Arg::i("son", os.n), Arg::i("soc", os.c), Arg::i("soh", os.h),
-        Arg::i("sow", os.w), Arg::i("syn", ys.n), Arg::i("syc", ys.c), Arg::i("syh", ys.h), Arg::i("syw", ys.w),
-        Arg::i("STRIDE_H", p.strideH), Arg::i("STRIDE_W", p.strideW), Arg::i("PAD_T", p.padTop),
-        Arg::i("PAD_L", p.padLeft), Arg::i("DIL_H", p.dilationH), Arg::i("DIL_W", p.dilationW), Arg::i("KH", p.kh),
-        Arg::i("KW", p.kw), Arg::i("HAS_BIAS", 1), Arg::i("DEFORM", deform ? 1 : 0),
-        Arg::i("RELU", p.activation == kSAI_ACT_RELU ? 1 : 0), Arg::i("UPCAST_DOT", 0)};
-    unsigned const gridY = static_cast<unsigned>(p.groups) * saiGridDim(p.coutPerGroup, img->tileCols);
-    r = kernels::launchNamed(img, stream, saiGridDim(positions, img->tileRows), gridY, 1, args,
-        static_cast<int>(sizeof(args) / sizeof(args[0])));
-    if (r != CUDA_SUCCESS)
-    {
-        return saiLaunchError(r, spec + ": " + kernels::lastError());
-    }
+        // 1. the weights in the kernel's order, a zero bias where the node has none: once per W
+        //    address and context, or into the workspace (packEveryLaunch, a first run in a capture)
+        size_t const es = saiDataTypeSize(type);
+        size_t const wBytes = roundUp256(static_cast<size_t>(p.Cout) * p.cinPerGroup * p.kh * p.kw * es);
+        size_t const biasBytes = static_cast<size_t>(p.Cout) * es;
+        bool const zeroBias = b.bias == nullptr;
+        WeightKey const wkey = weightKey(p, type, b.weight, zeroBias);
+        bool inWorkspace = s.packEveryLaunch;
+        if (!inWorkspace && !(s.weightsReady && wkey == s.packedKey && s.weights.context == s.lc.ctx))
+        {
+            CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+            CUresult r = s.lc.api->streamIsCapturing(stream, &capture);
+            if (r != CUDA_SUCCESS)
+            {
+                return saiLaunchError(r, "querying the stream's capture status");
+            }
+            if (capture != CU_STREAM_CAPTURE_STATUS_NONE)
+            {
+                inWorkspace = true; // no allocation or wait inside a capture: this run packs as it goes
+            }
+            else
+            {
+                s.weightsReady = false;
+                size_t const need = wBytes + biasBytes;
+                if (s.weights.pointer == 0 || s.weights.bytes < need || s.weights.context != s.lc.ctx)
+                {
+                    kernels::freeDevice(&s.weights);
+                    if ((r = kernels::allocDevice(need, &s.weights)) != CUDA_SUCCESS)
+                    {
+                        return saiLaunchError(r, "allocating the packed weights");
+                    }
+                }
+                CUdeviceptr const zb = zeroBias ? s.weights.pointer + wBytes : 0;
+                if ((err = packWeights(s, b.weight, s.weights.pointer, zb, biasBytes, stream)) != cudaSuccess)
+                {
+                    return err;
+                }
+                // later runs may come on other streams: the packing is complete before any of them reads it
+                if ((r = s.lc.api->streamSynchronize(stream)) != CUDA_SUCCESS)
+                {
+                    return saiLaunchError(r, "waiting for the weight packing");
+                }
+                s.packedKey = wkey;
+                s.weightsReady = true;
+            }
+        }
+        CUdeviceptr weights = s.weights.pointer;
+        CUdeviceptr bias = zeroBias ? s.weights.pointer + wBytes : saiDevPtr(b.bias);
+        if (inWorkspace)
+        {
+            CUdeviceptr const zb = zeroBias ? saiDevPtr(ws.bias) : 0;
+            if ((err = packWeights(s, b.weight, saiDevPtr(ws.weight), zb, biasBytes, stream)) != cudaSuccess)
+            {
+                return err;
+            }
+            weights = saiDevPtr(ws.weight);
+            bias = zeroBias ? zb : bias;
+        }
 
-    // 4. zeros in the padding channels of a vectorised output
-    return saiZeroPadChannels(b.yLayout, b.y, p.Cout, positions, cudaStream);
+        // 2. the partition of the output positions: mask > 0 first, the count on the device
+        if ((err = saiPartitionRun(s.lc.api, s.partition, b.mask, ws.idx, ws.count, stream)) != cudaSuccess)
+        {
+            return err;
+        }
+
+        // 3. the implicit GEMM over the active positions; every output position written once
+        kernels::SparseConvKernelArgs& a = s.convArgs;
+        a.x_ptr = saiDevPtr(b.x);
+        a.w_ptr = weights;
+        a.b_ptr = bias;
+        a.off_ptr = saiDevPtr(b.offset != nullptr ? b.offset : b.x);
+        a.idx_ptr = saiDevPtr(ws.idx);
+        a.cnt_ptr = saiDevPtr(ws.count);
+        a.y_ptr = saiDevPtr(b.y);
+        CUresult const r = kernels::launch(s.conv, stream, s.convGridX, s.convGridY, 1, a);
+        if (r != CUDA_SUCCESS)
+        {
+            return saiLaunchError(r, std::string(s.conv.image->spec) + ": " + kernels::lastError());
+        }
+
+        // 4. zeros in the padding channels of a vectorised output
+        return saiZeroPadChannels(s.lc.api, b.yLayout, b.y, p.Cout, positions, stream);
+    }
+    catch (std::exception const& e)
+    {
+        return saiLaunchError(CUDA_ERROR_UNKNOWN, std::string("SparseSampleConv launch: ") + e.what());
+    }
 }
 
 } // namespace sai

@@ -390,7 +390,7 @@ int32_t SparseSampleConvPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
     b.y = outputs[0];
     SaiDataType const t = b.xLayout.type;
     size_t const ws = sparseSampleConvWorkspaceSize(p, t);
-    cudaError_t const err = sparseSampleConvLaunch(p, t, b, workspace, ws, stream);
+    cudaError_t const err = mRunner->run(p, t, b, workspace, ws, stream);
     if (err != cudaSuccess)
     {
         logError("enqueue failed with CUDA error " + std::to_string(static_cast<int32_t>(err)) + ": "

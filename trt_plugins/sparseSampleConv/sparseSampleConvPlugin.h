@@ -14,6 +14,7 @@
 #include "sparseSampleConvKernel.h"
 #include "sparseSampleConvMath.h"
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -85,6 +86,8 @@ private:
         SaiConvBuffers& b) const noexcept;
 
     int32_t mNbInputs{3};
+    //! The launch state: builds resolved per configuration and context, the weights packed once.
+    std::unique_ptr<SparseSampleConvRunner> mRunner{std::make_unique<SparseSampleConvRunner>()};
 };
 
 class SparseSampleConvPluginCreator : public SaiPluginCreatorBase<SparseSampleConvPlugin, SparseSampleConvPluginCreator>

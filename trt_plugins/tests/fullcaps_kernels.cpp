@@ -49,10 +49,34 @@ size_t sparseSampleConvWorkspaceSize(SaiConvParams const& p, SaiDataType /*type*
     return static_cast<size_t>(p.N) * p.Ho * p.Wo * 4 + 256;
 }
 
-cudaError_t sparseSampleConvLaunch(
-    SaiConvParams const& /*p*/, SaiDataType /*type*/, SaiConvBuffers const& /*b*/, void*, size_t, cudaStream_t)
+struct SparseSampleConvRunner::State
+{
+};
+
+SparseSampleConvRunner::SparseSampleConvRunner(bool /*packEveryLaunch*/)
+    : mState(new State)
+{
+}
+
+SparseSampleConvRunner::~SparseSampleConvRunner()
+{
+    delete mState;
+}
+
+cudaError_t SparseSampleConvRunner::run(SaiConvParams const& /*p*/, SaiDataType /*type*/,
+    SaiConvBuffers const& /*b*/, void*, size_t, cudaStream_t) noexcept
 {
     return cudaErrorNotSupported;
+}
+
+int64_t SparseSampleConvRunner::prepares() const noexcept
+{
+    return 0;
+}
+
+int64_t SparseSampleConvRunner::packs() const noexcept
+{
+    return 0;
 }
 
 size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType /*type*/)
@@ -60,10 +84,29 @@ size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType /*type*/)
     return static_cast<size_t>(p.N) * p.H * p.W * 8 + 256;
 }
 
-cudaError_t interpolateLaunch(SaiInterpParams const& /*p*/, SaiDataType /*type*/, SaiInterpLayouts const& /*l*/,
-    int32_t /*tactic*/, void const*, void const*, void*, void*, size_t, cudaStream_t)
+struct InterpolateRunner::State
+{
+};
+
+InterpolateRunner::InterpolateRunner()
+    : mState(new State)
+{
+}
+
+InterpolateRunner::~InterpolateRunner()
+{
+    delete mState;
+}
+
+cudaError_t InterpolateRunner::run(SaiInterpParams const& /*p*/, SaiDataType /*type*/, SaiInterpLayouts const& /*l*/,
+    int32_t /*tactic*/, void const*, void const*, void*, void*, size_t, cudaStream_t) noexcept
 {
     return cudaErrorNotSupported;
+}
+
+int64_t InterpolateRunner::prepares() const noexcept
+{
+    return 0;
 }
 
 char const* saiLastLaunchError()

@@ -1,11 +1,13 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * launch_capi.cpp: a C ABI over the plugins' launchers (sparseSampleConvLaunch, interpolateLaunch)
+ * launch_capi.cpp: a C ABI over the plugins' launchers (SparseSampleConvRunner, InterpolateRunner)
  * for `make gpu-check` (kernels/gpu_check.py, section plugin_kernels): built there with g++ against
  * the CUDA headers and the embedded Triton cubins, loaded with ctypes, called on torch CUDA tensors,
  * so that the exact code a TensorRT engine's enqueue runs is checked and timed on a GPU without
- * TensorRT. Every function returns the cudaError_t of the launch; sai_launch_error() says why.
+ * TensorRT. One runner per distinct parameter vector, kept for the process, as a plugin instance
+ * keeps its own: repeated calls time the steady-state enqueue (builds resolved, weights packed once
+ * per W address). Every function returns the cudaError_t of the launch; sai_launch_error() says why.
  *
  * Conv params (int64[24]): N C H W Cout kh kw strideH strideW padTop padLeft padBottom padRight
  *   dilationH dilationW groups deformGroups activation type maskType xLayout maskLayout tactic
@@ -17,8 +19,29 @@
 #include "saiTritonLaunch.h"
 #include "sparseSampleConvKernel.h"
 
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
 namespace
 {
+std::mutex gRunnersMutex;
+std::map<std::vector<int64_t>, std::unique_ptr<sai::SparseSampleConvRunner>> gConvRunners;
+std::map<std::vector<int64_t>, std::unique_ptr<sai::InterpolateRunner>> gInterpRunners;
+
+template <typename Runner>
+Runner& runnerFor(std::map<std::vector<int64_t>, std::unique_ptr<Runner>>& runners, int64_t const* v, size_t n)
+{
+    std::vector<int64_t> key(v, v + n);
+    auto it = runners.find(key);
+    if (it == runners.end())
+    {
+        it = runners.emplace(key, std::make_unique<Runner>()).first;
+    }
+    return *it->second;
+}
+
 bool convParams(int64_t const* v, sai::SaiConvParams& p)
 {
     p.N = static_cast<int32_t>(v[0]);
@@ -87,7 +110,9 @@ extern "C"
         b.offsetLayout = sai::saiTensorLayout(layout(v[20]), t, 2 * p.deformGroups * p.kh * p.kw, p.Ho, p.Wo);
         b.maskLayout = sai::saiTensorLayout(layout(v[21]), type(v[19]), 1, p.Ho, p.Wo);
         b.tactic = static_cast<int32_t>(v[22]);
-        return static_cast<int>(sai::sparseSampleConvLaunch(p, t, b, ws, wsSize, static_cast<cudaStream_t>(stream)));
+        std::lock_guard<std::mutex> lock(gRunnersMutex);
+        return static_cast<int>(
+            runnerFor(gConvRunners, v, 24).run(p, t, b, ws, wsSize, static_cast<cudaStream_t>(stream)));
     }
 
     __attribute__((visibility("default"))) size_t sai_interp_workspace(int64_t const* v)
@@ -116,7 +141,8 @@ extern "C"
         l.feature = sai::saiTensorLayout(layout(v[7]), t, p.C, p.H, p.W);
         l.out = l.feature;
         l.mask = sai::saiTensorLayout(layout(v[8]), type(v[6]), 1, p.H, p.W);
-        return static_cast<int>(
-            sai::interpolateLaunch(p, t, l, 0, feature, mask, out, ws, wsSize, static_cast<cudaStream_t>(stream)));
+        std::lock_guard<std::mutex> lock(gRunnersMutex);
+        return static_cast<int>(runnerFor(gInterpRunners, v, 9)
+                                    .run(p, t, l, 0, feature, mask, out, ws, wsSize, static_cast<cudaStream_t>(stream)));
     }
 }

@@ -1,16 +1,20 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * launch_recorder.cpp: runs sparseSampleConvLaunch / interpolateLaunch (the plugins' launch code on
- * the embedded Triton cubins) against a recording CUDA driver instead of a GPU, and prints every
- * stream operation they issue as JSON: memsets, and kernel launches with the spec, tactic, grid and
- * each parameter by name (pointers as offsets into a virtual arena). tests/test_trt_launch.py
+ * launch_recorder.cpp: runs SparseSampleConvRunner / InterpolateRunner (the plugins' launch code on
+ * the embedded Triton cubins) against a recording CUDA driver instead of a GPU, `runs` times in a row
+ * (as consecutive enqueues of one plugin), and prints every operation they issue as JSON: device
+ * allocations, memsets, stream waits, and kernel launches with the spec, tactic, grid and each
+ * parameter by name (pointers as offsets into a virtual arena). Per run it also counts what the host
+ * did: launches, memsets, heap allocations (malloc, counted while the runner runs, the recording
+ * driver's own work excluded), device allocations, image scans, module-cache lookups (the lock),
+ * driver lookups, prepares (build choice: spec strings) and weight packs. tests/test_trt_launch.py
  * replays the operations on a host arena with the Triton interpreter and compares the result with
  * the PyTorch reference, so that the host code (build choice, workspace layout, weight packing,
  * strides, grids, zero bias, padding channels) is checked end to end without a GPU.
  *
  *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
- *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=...
+ *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...]
  */
 #include "interpolateKernel.h"
 #include "saiTritonLaunch.h"
@@ -21,6 +25,63 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <vector>
+
+// ---- heap allocations, counted while a runner runs (glibc: the executable's malloc interposes) ----
+extern "C"
+{
+    void* __libc_malloc(size_t);
+    void* __libc_calloc(size_t, size_t);
+    void* __libc_realloc(void*, size_t);
+    void __libc_free(void*);
+}
+
+namespace
+{
+bool gCounting = false;
+long gMallocs = 0;
+
+//! The recording driver's own work (building JSON text) is not the runner's.
+struct Uncounted
+{
+    bool saved;
+    Uncounted()
+        : saved(gCounting)
+    {
+        gCounting = false;
+    }
+    ~Uncounted()
+    {
+        gCounting = saved;
+    }
+};
+} // namespace
+
+extern "C"
+{
+    void* malloc(size_t n)
+    {
+        if (gCounting)
+            ++gMallocs;
+        return __libc_malloc(n);
+    }
+    void* calloc(size_t n, size_t m)
+    {
+        if (gCounting)
+            ++gMallocs;
+        return __libc_calloc(n, m);
+    }
+    void* realloc(void* p, size_t n)
+    {
+        if (gCounting)
+            ++gMallocs;
+        return __libc_realloc(p, n);
+    }
+    void free(void* p)
+    {
+        __libc_free(p);
+    }
+}
 
 namespace
 {
@@ -28,7 +89,12 @@ using sai::kernels::KernelImage;
 
 constexpr uint64_t kArena = 0x100000000ULL; // where the virtual arena starts
 int gCc = 80;
+bool gCapturing = false;
+uint64_t gDeviceNext = 0; // the next device allocation (arena offset), past the workspace
+uint64_t gDeviceBytes = 0;
 std::string gOps;
+long gMemsets = 0;
+long gSyncs = 0;
 
 void op(std::string const& text)
 {
@@ -97,6 +163,7 @@ KernelImage const* imageOf(CUfunction f)
 CUresult launchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned, unsigned, unsigned,
     CUstream, void** params, void**)
 {
+    Uncounted guard;
     KernelImage const* img = imageOf(f);
     if (img == nullptr)
         return CUDA_ERROR_INVALID_HANDLE;
@@ -135,18 +202,57 @@ CUresult launchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsig
 }
 CUresult memsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream)
 {
+    Uncounted guard;
+    ++gMemsets;
     op("{\"op\": \"memset\", \"dst\": " + addr(dst) + ", \"value\": " + std::to_string(v) + ", \"bytes\": "
         + std::to_string(n) + "}");
     return CUDA_SUCCESS;
 }
 CUresult memsetD2D8Async(CUdeviceptr dst, size_t pitch, unsigned char v, size_t w, size_t h, CUstream)
 {
+    Uncounted guard;
+    ++gMemsets;
     op("{\"op\": \"memset2d\", \"dst\": " + addr(dst) + ", \"pitch\": " + std::to_string(pitch) + ", \"value\": "
         + std::to_string(v) + ", \"width\": " + std::to_string(w) + ", \"height\": " + std::to_string(h) + "}");
     return CUDA_SUCCESS;
 }
+CUresult memAlloc(CUdeviceptr* p, size_t n)
+{
+    Uncounted guard;
+    *p = kArena + gDeviceNext;
+    op("{\"op\": \"alloc\", \"dst\": " + std::to_string(gDeviceNext) + ", \"bytes\": " + std::to_string(n) + "}");
+    gDeviceNext += (n + 255) / 256 * 256;
+    gDeviceBytes += (n + 255) / 256 * 256;
+    return CUDA_SUCCESS;
+}
+CUresult memFree(CUdeviceptr)
+{
+    return CUDA_SUCCESS;
+}
+CUresult streamSynchronize(CUstream)
+{
+    Uncounted guard;
+    ++gSyncs;
+    op("{\"op\": \"sync\"}");
+    return CUDA_SUCCESS;
+}
+CUresult streamIsCapturing(CUstream, CUstreamCaptureStatus* s)
+{
+    *s = gCapturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
+CUresult ctxPushCurrent(CUcontext)
+{
+    return CUDA_SUCCESS;
+}
+CUresult ctxPopCurrent(CUcontext* c)
+{
+    *c = reinterpret_cast<CUcontext>(0x1);
+    return CUDA_SUCCESS;
+}
 sai::kernels::DriverApi const kRecorder = {ctxGetCurrent, ctxGetDevice, deviceGetAttribute, moduleLoadData,
-    moduleUnload, moduleGetFunction, funcGetAttribute, funcSetAttribute, launchKernel, memsetD8Async, memsetD2D8Async};
+    moduleUnload, moduleGetFunction, funcGetAttribute, funcSetAttribute, launchKernel, memsetD8Async, memsetD2D8Async,
+    memAlloc, memFree, streamSynchronize, streamIsCapturing, ctxPushCurrent, ctxPopCurrent};
 
 std::map<std::string, std::string> gArgs;
 
@@ -181,6 +287,26 @@ sai::SaiLayout layout(std::string const& s)
 }
 } // namespace
 
+//! One run's counts (launcher statistics are process-wide: the difference over the run).
+struct RunCounts
+{
+    sai::kernels::LauncherStats before{};
+    long mallocs{0}, memsets{0}, syncs{0};
+    int64_t prepares{0}, packs{0};
+};
+
+std::string countsJson(RunCounts const& c, sai::kernels::LauncherStats const& after, int64_t prepares, int64_t packs)
+{
+    return "\"launches\": " + std::to_string(after.launches - c.before.launches) + ", \"memsets\": "
+        + std::to_string(gMemsets - c.memsets) + ", \"syncs\": " + std::to_string(gSyncs - c.syncs)
+        + ", \"mallocs\": " + std::to_string(gMallocs - c.mallocs)
+        + ", \"device_allocs\": " + std::to_string(after.deviceAllocs - c.before.deviceAllocs)
+        + ", \"image_scans\": " + std::to_string(after.imageScans - c.before.imageScans)
+        + ", \"module_lookups\": " + std::to_string(after.moduleLookups - c.before.moduleLookups)
+        + ", \"driver_lookups\": " + std::to_string(after.driverLookups - c.before.driverLookups)
+        + ", \"prepares\": " + std::to_string(prepares - c.prepares) + ", \"packs\": " + std::to_string(packs - c.packs);
+}
+
 int main(int argc, char** argv)
 {
     for (int i = 1; i < argc; ++i)
@@ -190,11 +316,27 @@ int main(int argc, char** argv)
             gArgs[std::string(argv[i], static_cast<size_t>(eq - argv[i]))] = eq + 1;
     }
     gCc = static_cast<int>(num("cc"));
+    int const runs = gArgs.count("runs") ? static_cast<int>(num("runs")) : 1;
+    gCapturing = gArgs.count("capture") && num("capture") != 0;
     sai::kernels::setDriverApi(&kRecorder);
     sai::SaiDataType const t = dtype(str("type"));
     sai::SaiDataType const mt = dtype(str("mtype"));
     size_t ws = 0;
     cudaError_t err = cudaSuccess;
+    std::vector<std::string> runJson;
+    auto measure = [&](auto&& body, int64_t const& prepares, int64_t const& packs) {
+        RunCounts c;
+        c.before = sai::kernels::launcherStats();
+        c.mallocs = gMallocs;
+        c.memsets = gMemsets;
+        c.syncs = gSyncs;
+        c.prepares = prepares;
+        c.packs = packs;
+        gCounting = true;
+        err = body();
+        gCounting = false;
+        return c;
+    };
     if (str("op") == "conv")
     {
         sai::SaiConvParams p;
@@ -234,7 +376,21 @@ int main(int argc, char** argv)
         b.offsetLayout = sai::saiTensorLayout(layout(str("xl")), t, 2 * p.deformGroups * p.kh * p.kw, p.Ho, p.Wo);
         b.tactic = static_cast<int32_t>(num("tactic"));
         ws = sai::sparseSampleConvWorkspaceSize(p, t);
-        err = sai::sparseSampleConvLaunch(p, t, b, at("ws"), ws, nullptr);
+        gDeviceNext = static_cast<uint64_t>(num("ws") < 0 ? 0 : num("ws")) + (ws + 255) / 256 * 256;
+        sai::SparseSampleConvRunner runner(gArgs.count("every") && num("every") != 0);
+        for (int i = 0; i < runs && err == cudaSuccess; ++i)
+        {
+            size_t const opsBefore = gOps.size();
+            int64_t prepares = runner.prepares(), packs = runner.packs();
+            if (i == 1 && gArgs.count("weight2"))
+                b.weight = at("weight2"); // the second enqueue reads W from another address: packed again
+            RunCounts c = measure([&] { return runner.run(p, t, b, at("ws"), ws, nullptr); }, prepares, packs);
+            std::string ops = gOps.substr(opsBefore);
+            if (ops.rfind(",\n  ", 0) == 0)
+                ops = ops.substr(4);
+            runJson.push_back("{" + countsJson(c, sai::kernels::launcherStats(), runner.prepares(), runner.packs())
+                + ", \"ops\": [\n  " + ops + "]}");
+        }
     }
     else
     {
@@ -251,14 +407,33 @@ int main(int argc, char** argv)
         l.out = l.feature;
         l.mask = sai::saiTensorLayout(layout(str("ml")), mt, 1, p.H, p.W);
         ws = sai::interpolateWorkspaceSize(p, t);
-        err = sai::interpolateLaunch(p, t, l, static_cast<int32_t>(num("tactic")), at("x"), at("mask"), at("y"),
-            at("ws"), ws, nullptr);
+        int32_t const tactic = static_cast<int32_t>(num("tactic"));
+        sai::InterpolateRunner runner;
+        int64_t const noPacks = 0;
+        for (int i = 0; i < runs && err == cudaSuccess; ++i)
+        {
+            size_t const opsBefore = gOps.size();
+            int64_t prepares = runner.prepares();
+            RunCounts c = measure(
+                [&] { return runner.run(p, t, l, tactic, at("x"), at("mask"), at("y"), at("ws"), ws, nullptr); },
+                prepares, noPacks);
+            std::string ops = gOps.substr(opsBefore);
+            if (ops.rfind(",\n  ", 0) == 0)
+                ops = ops.substr(4);
+            runJson.push_back("{" + countsJson(c, sai::kernels::launcherStats(), runner.prepares(), noPacks)
+                + ", \"ops\": [\n  " + ops + "]}");
+        }
     }
     std::string msg = sai::saiLastLaunchError();
     for (char& c : msg)
         if (c == '"' || c == '\\')
             c = '\'';
-    std::printf("{\"workspace\": %zu, \"result\": %d, \"error\": \"%s\", \"ops\": [\n  %s]}\n", ws,
-        static_cast<int>(err), msg.c_str(), gOps.c_str());
+    std::string all;
+    for (std::string const& r : runJson)
+        all += (all.empty() ? "" : ",\n ") + r;
+    std::printf("{\"workspace\": %zu, \"device_bytes\": %llu, \"result\": %d, \"error\": \"%s\", \"ops\": [\n  %s],\n"
+                " \"runs\": [%s]}\n",
+        ws, static_cast<unsigned long long>(gDeviceBytes), static_cast<int>(err), msg.c_str(), gOps.c_str(),
+        all.c_str());
     return 0;
 }

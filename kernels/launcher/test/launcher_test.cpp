@@ -1,8 +1,10 @@
 // CPU test of sai_kernel_launcher.cpp: the CUDA driver API is replaced by fakes defined here (no GPU,
 // no libcuda; installed with setDriverApi), and so is the generated image table. Checks image
 // selection per compute capability and tactic, the per-context module cache, the large shared-memory
-// opt-in, the launch parameters (the two hidden scratch pointers appended as null), the checks of
-// launchNamed and the memsets. Built and run by tests/test_kernels.py.
+// opt-in, the launch parameters (the two hidden scratch pointers appended as null), resolved kernels
+// launched with typed arguments (a hand-written family struct and pack function standing for the
+// generated ones: every check refuses, nothing is scanned, looked up or locked per launch, a stale
+// resolution is refused), device buffers and the memsets. Built and run by tests/test_kernels.py.
 #include "sai_kernel_launcher.h"
 
 #include <cstdio>
@@ -71,22 +73,66 @@ CUresult cuMemsetD2D8Async(CUdeviceptr dst, size_t pitch, unsigned char v, size_
     gMemsets = {dst, pitch, v, w, h};
     return CUDA_SUCCESS;
 }
+int gAllocs = 0, gFrees = 0;
+CUcontext gPushed = nullptr;
+CUresult cuMemAlloc(CUdeviceptr* p, size_t) { ++gAllocs; *p = 0x7000; return CUDA_SUCCESS; }
+CUresult cuMemFree(CUdeviceptr p) { if (p == 0x7000) ++gFrees; return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
+CUresult cuStreamIsCapturing(CUstream, CUstreamCaptureStatus* s) { *s = CU_STREAM_CAPTURE_STATUS_NONE; return CUDA_SUCCESS; }
+CUresult cuCtxPushCurrent(CUcontext c) { gPushed = c; return CUDA_SUCCESS; }
+CUresult cuCtxPopCurrent(CUcontext* c) { *c = gPushed; return CUDA_SUCCESS; }
 const sai::kernels::DriverApi kDriver = {cuCtxGetCurrent, cuCtxGetDevice, cuDeviceGetAttribute, cuModuleLoadData,
                                          cuModuleUnload, cuModuleGetFunction, cuFuncGetAttribute, cuFuncSetAttribute,
-                                         cuLaunchKernel, cuMemsetD8Async, cuMemsetD2D8Async};
+                                         cuLaunchKernel, cuMemsetD8Async, cuMemsetD2D8Async, cuMemAlloc, cuMemFree,
+                                         cuStreamSynchronize, cuStreamIsCapturing, cuCtxPushCurrent, cuCtxPopCurrent};
 }  // namespace fake
 using fake::gMemsets;
 
 namespace sai {
 namespace kernels {
+// What aot.py generates for a kernel k(x, n, KH: constexpr, RELU: constexpr, BM: constexpr)
+struct KArgs {
+    static constexpr int kFamily = 7;
+    CUdeviceptr x = kUnsetPointer;
+    int64_t n = kUnsetInt;
+    int64_t KH = kUnsetInt;
+    int64_t RELU = kUnsetInt;
+};
 namespace {
+// sm_80 tactic 1: KH=3 and RELU compiled in, x assumed 16-byte aligned
+bool packK80(const void* args, LaunchSlot* s, PackError* e) {
+    const auto& a = *static_cast<const KArgs*>(args);
+    if (a.KH != 3LL) return packFail(e, "KH", a.KH == kUnsetInt ? PackError::kUnset : PackError::kConstant, a.KH, 3);
+    if (a.RELU != 1LL) return packFail(e, "RELU", a.RELU == kUnsetInt ? PackError::kUnset : PackError::kConstant, a.RELU, 1);
+    if (a.x == kUnsetPointer) return packFail(e, "x", PackError::kUnset, 0);
+    if (a.x % 16 != 0) return packFail(e, "x", PackError::kAlignment, static_cast<long long>(a.x));
+    s[0].pointer = a.x;
+    if (a.n < INT32_MIN || a.n > INT32_MAX) return packFail(e, "n", a.n == kUnsetInt ? PackError::kUnset : PackError::kInt32, a.n);
+    s[1].i32 = static_cast<int32_t>(a.n);
+    return true;
+}
+// sm_80 tactic 2: n assumed 16-divisible as well
+bool packK80t2(const void* args, LaunchSlot* s, PackError* e) {
+    const auto& a = *static_cast<const KArgs*>(args);
+    if (a.n % 16 != 0) return packFail(e, "n", PackError::kMultiple16, a.n);
+    return packK80(args, s, e);
+}
+// sm_90 / sm_120: nothing assumed, nothing compiled in
+bool packKAny(const void* args, LaunchSlot* s, PackError* e) {
+    const auto& a = *static_cast<const KArgs*>(args);
+    if (a.x == kUnsetPointer) return packFail(e, "x", PackError::kUnset, 0);
+    s[0].pointer = a.x;
+    if (a.n < INT32_MIN || a.n > INT32_MAX) return packFail(e, "n", a.n == kUnsetInt ? PackError::kUnset : PackError::kInt32, a.n);
+    s[1].i32 = static_cast<int32_t>(a.n);
+    return true;
+}
 const unsigned char kBytes[4] = {1, 2, 3, 4};
 const KernelImage kImages[] = {
-    {"k", 80, 1, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=64", "x", 64, 32},
-    {"k", 80, 2, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=32", "x,n", 32, 32},
-    {"k", 90, 1, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", "", 128, 64},
-    {"k", 120, 1, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", "", 64, 32},
-    {"scratchy", 80, 1, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", "", 1, 1},
+    {"k", 80, 1, kBytes, 4, "entry", 4, 64 * 1024, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=64", "x", 64, 32, 7, packK80},
+    {"k", 80, 2, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "KH=3,RELU=True,BM=32", "x,n", 32, 32, 7, packK80t2},
+    {"k", 90, 1, kBytes, 4, "entry", 8, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=128", "", 128, 64, 7, packKAny},
+    {"k", 120, 1, kBytes, 4, "entry", 4, 1000, 0, 1, 0, 1, 2, "x:*fp16,n:i32", "BM=64", "", 64, 32, 7, packKAny},
+    {"scratchy", 80, 1, kBytes, 4, "entry", 4, 1000, 256, 16, 0, 1, 2, "x:*fp16,n:i32", "", "", 1, 1, 7, packKAny},
 };
 }  // namespace
 const KernelImage* embeddedImages(size_t* count) {
@@ -136,35 +182,74 @@ int main() {
     CHECK(launch("k", nullptr, 1, 1, 1, args, 2) == CUDA_ERROR_NO_BINARY_FOR_GPU);
     unloadContext(reinterpret_cast<CUcontext>(0x2));
     CHECK(gUnloads == 2);  // k and scratchy were loaded in context 0x2
+    CHECK(launch("k", nullptr, 1, 1, 1, args, 2, 0) == CUDA_ERROR_NO_BINARY_FOR_GPU);  // still sm_100
 
-    // launchNamed: parameters by name in the image's order, constants checked, nothing unknown
+    // resolved once, launched with typed arguments: the build's checks, no scan, no lookup, no lock
     gCc = 80;
+    gCtx = reinterpret_cast<CUcontext>(0x1);
     const KernelImage* img = findImage("k", 80);
+    ResolvedKernel k;
+    CHECK(resolveKernel(img, &k) == CUDA_SUCCESS && k.function != nullptr && k.threads == 128);
+    CHECK(resolvedFor(k, gCtx) && !resolvedFor(k, reinterpret_cast<CUcontext>(0x2)));
     alignas(16) static char buf[64];
-    Arg ok[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("KH", 3), Arg::i("RELU", 1)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, ok, 4) == CUDA_SUCCESS && lastError()[0] == 0);
+    KArgs a;
+    a.x = reinterpret_cast<uintptr_t>(buf);
+    a.n = 9;
+    a.KH = 3;
+    a.RELU = 1;
+    LauncherStats const before = launcherStats();
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &a) == CUDA_SUCCESS && lastError()[0] == 0);
     CHECK(gParamValues[0] == reinterpret_cast<uintptr_t>(buf) && gParamValues[1] == 9);
-    Arg wrongConst[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("KH", 1)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, wrongConst, 3) == CUDA_ERROR_INVALID_VALUE);
-    CHECK(std::strstr(lastError(), "compiled with KH=3, called with 1") != nullptr);
-    Arg missing[] = {Arg::ptr("x", buf)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, missing, 1) == CUDA_ERROR_INVALID_VALUE);
-    CHECK(std::strstr(lastError(), "parameter n not given") != nullptr);
-    Arg unknown[] = {Arg::i("n", 9), Arg::ptr("x", buf), Arg::i("sxc", 1)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, unknown, 3) == CUDA_ERROR_INVALID_VALUE);
-    CHECK(std::strstr(lastError(), "sxc is neither") != nullptr);
-    Arg misaligned[] = {Arg::i("n", 9), Arg::ptr("x", buf + 2)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, misaligned, 2) == CUDA_ERROR_INVALID_VALUE);  // x assumed aligned
+    CHECK(gParamValues[2] == 0 && gParamValues[3] == 0);
+    LauncherStats const after = launcherStats();
+    CHECK(after.launches == before.launches + 1 && after.imageScans == before.imageScans);
+    CHECK(after.moduleLookups == before.moduleLookups && after.driverLookups == before.driverLookups);
+    KArgs wrongConst = a;
+    wrongConst.KH = 1;
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &wrongConst) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "KH is compiled in as 3, called with 1") != nullptr);
+    KArgs unset = a;
+    unset.n = kUnsetInt;
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &unset) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "n was not set") != nullptr);
+    KArgs misaligned = a;
+    misaligned.x += 2;
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &misaligned) == CUDA_ERROR_INVALID_VALUE);
     CHECK(std::strstr(lastError(), "x is not 16-byte aligned, which this build assumes") != nullptr);
-    CHECK(launchNamed(findImage("k", 90), nullptr, 1, 1, 1, misaligned, 2) == CUDA_SUCCESS);  // assumes nothing
-    Arg odd[] = {Arg::i("n", 9), Arg::ptr("x", buf)};
-    CHECK(launchNamed(findImage("k", 80, 2), nullptr, 1, 1, 1, odd, 2) == CUDA_ERROR_INVALID_VALUE);  // n % 16
+    ResolvedKernel k90;
+    gCc = 90;
+    CHECK(resolveKernel(findImage("k", 90), &k90) == CUDA_SUCCESS);
+    CHECK(launchResolved(k90, nullptr, 1, 1, 1, KArgs::kFamily, &misaligned) == CUDA_SUCCESS);  // assumes nothing
+    gCc = 80;
+    ResolvedKernel k2;
+    CHECK(resolveKernel(findImage("k", 80, 2), &k2) == CUDA_SUCCESS);
+    CHECK(launchResolved(k2, nullptr, 1, 1, 1, KArgs::kFamily, &a) == CUDA_ERROR_INVALID_VALUE);  // n % 16
     CHECK(std::strstr(lastError(), "n = 9 is not a multiple of 16") != nullptr);
-    Arg kind[] = {Arg::ptr("n", buf), Arg::ptr("x", buf)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, kind, 2) == CUDA_ERROR_INVALID_VALUE);
-    Arg big[] = {Arg::i("n", 1LL << 33), Arg::ptr("x", buf)};
-    CHECK(launchNamed(img, nullptr, 1, 1, 1, big, 2) == CUDA_ERROR_INVALID_VALUE);
+    KArgs big = a;
+    big.n = 1LL << 33;
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &big) == CUDA_ERROR_INVALID_VALUE);
     CHECK(std::strstr(lastError(), "does not fit in int32") != nullptr);
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily + 1, &a) == CUDA_ERROR_INVALID_VALUE);  // other family
+    CHECK(std::strstr(lastError(), "not of this kernel's family") != nullptr);
+    CHECK(launcherStats().refused == before.refused + 5);
+    // unloading the context invalidates what was resolved in it: refused until resolved again
+    int const loads = gLoads;
+    unloadContext(gCtx);
+    CHECK(!resolvedFor(k, gCtx));
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &a) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(std::strstr(lastError(), "not resolved") != nullptr);
+    CHECK(resolveKernel(img, &k) == CUDA_SUCCESS && gLoads == loads + 1);
+    CHECK(launchResolved(k, nullptr, 1, 1, 1, KArgs::kFamily, &a) == CUDA_SUCCESS);
+
+    // device buffers: allocated in the current context, freed in theirs
+    DeviceBuffer dbuf;
+    CHECK(allocDevice(256, &dbuf) == CUDA_SUCCESS && dbuf.pointer == 0x7000 && dbuf.context == gCtx);
+    gCtx = reinterpret_cast<CUcontext>(0x3);
+    freeDevice(&dbuf);
+    CHECK(fake::gFrees == 1 && fake::gPushed == reinterpret_cast<CUcontext>(0x1) && dbuf.pointer == 0);
+    freeDevice(&dbuf);
+    CHECK(fake::gFrees == 1);  // an empty buffer: nothing to free
+    gCtx = reinterpret_cast<CUcontext>(0x1);
 
     // memsets go to the driver as given; empty ones never reach it
     CHECK(memsetAsync(0x1000, 0, 64, nullptr) == CUDA_SUCCESS && gMemsets.size() == 3 && gMemsets[2] == 64);
