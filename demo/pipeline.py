@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,8 +25,10 @@ from typing import Optional
 from sai.errors import SaiError
 
 
-def _run_step(title: str, argv: list[str], logdir: Path, capture_stdout: bool = False) -> dict:
-    """Run ``sai <argv>`` in a subprocess; stream its output (indented) and keep it in ``logdir``."""
+def _run_step(title: str, argv: list[str], logdir: Path, capture_stdout: bool = False,
+              cwd: Optional[Path] = None) -> dict:
+    """Run ``sai <argv>`` in a subprocess (in ``cwd``: the demo's output folder being written, so the commands
+    shown name its files as ``model``, ``validate.json``); stream its output (indented), keep it in ``logdir``."""
     shown = "sai " + " ".join(argv)
     print(f"\n==> {title}\n$ {shown}", flush=True)
     logdir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +37,7 @@ def _run_step(title: str, argv: list[str], logdir: Path, capture_stdout: bool = 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "sai", *argv], stdout=subprocess.PIPE,
-                                stderr=None if capture_stdout else subprocess.STDOUT, text=True, env=env)
+                                stderr=None if capture_stdout else subprocess.STDOUT, text=True, env=env, cwd=cwd)
         out_lines = []
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -71,6 +74,43 @@ def _validate_summary(path: Path, step: dict) -> dict:
     return out
 
 
+DEMO_DIRS = {"logs": r"(convert|validate|bench|bench-ops)\.log", "img": r"img\d+_[A-Za-z0-9_]+\.png",
+             "plots": r"[A-Za-z0-9_]+\.png"}
+DEMO_FILES = ("validate.json", "bench_ops.json", "report.html", "report.json")
+REPORT_KEYS = ("accuracy", "mean_density", "densities", "flops", "steps")
+
+
+def legacy_output_reason(folder: Path) -> Optional[str]:
+    """None when ``folder`` (without an output marker) is the output of a sai demo before the marker: only the
+    entries the demo writes (its logs, overlays and plots by their name patterns, a sai convert OUTDIR in
+    ``model/``), with a report.json of the demo's. Otherwise why not (``sai.outputs.foreign_reason``)."""
+    import re
+
+    from sai.outputs import foreign_reason
+    from sai.runtime.convert import legacy_output_reason as convert_reason
+
+    for e in sorted(os.scandir(folder), key=lambda e: e.name):
+        if e.name in DEMO_FILES and e.is_file(follow_symlinks=False):
+            continue
+        if e.name not in (*DEMO_DIRS, "model") or not e.is_dir(follow_symlinks=False):
+            return f"it holds {e.name}, which sai demo does not write"
+        if e.name == "model":
+            why = foreign_reason(Path(e.path), "sai convert", convert_reason)
+            if why:
+                return f"model/: {why}"
+            continue
+        for f in os.scandir(e.path):
+            if not (re.fullmatch(DEMO_DIRS[e.name], f.name) and f.is_file(follow_symlinks=False)):
+                return f"it holds {e.name}/{f.name}, which sai demo does not write"
+    try:
+        report = json.loads((folder / "report.json").read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "it has no report.json of sai demo"
+    if not isinstance(report, dict) or any(k not in report for k in REPORT_KEYS):
+        return "its report.json is not sai demo's"
+    return None
+
+
 def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]], dict]] = None) -> int:
     """``sai demo``: every step, then the report; 0 when all steps succeeded. ``stamp(threads)``: the environment
     probe for the report (``sai.benchmarks.environment.stamp``, passed in by the CLI)."""
@@ -78,36 +118,53 @@ def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]],
     # spinning threads take the cores from the model timed next (on 2 shared cores torch ran several
     # times slower); a value already set wins, and the report's environment stamp shows it
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from sai.demo.report import write_report
     from sai.models.train_demo import DEFAULT_OUT, SPARSE_FILE
+    from sai.outputs import check_output_dir, owned_tempdir, publish_dir, recover_interrupted
 
-    zoo = Path(args.zoo or DEFAULT_OUT)
+    zoo = Path(args.zoo or DEFAULT_OUT).resolve()
     ck = zoo / SPARSE_FILE
     if not ck.is_file():
         raise SaiError(f"demo checkpoint {ck} not found (train it with: sai train-demo --out {zoo})")
     meta = json.loads((zoo / "metrics.json").read_text())
     h, w = meta["input"]["height"], meta["input"]["width"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # OUT is new, empty or an earlier `sai demo` output (else refused now, unless --force); everything is
+    # written into a temporary sibling that replaces it at the end, so it never holds half of two runs
+    force = bool(getattr(args, "force", False))
+    final = check_output_dir(args.out, "--out", what="sai demo", force=force, legacy=legacy_output_reason,
+                             protect=[zoo])
+    recover_interrupted(final)
+    out = owned_tempdir(f".{final.name}.tmp-", final.parent, flag="--out")
+    try:
+        code = _steps(args, out, final, zoo, ck, h, w, stamp)
+        publish_dir(out, final, "sai demo", force=force, legacy=legacy_output_reason, flag="--out")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # gone already once published
+    return code
+
+
+def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path, h: int, w: int,
+           stamp: Optional[Callable[[Optional[int]], dict]]) -> int:
+    """The pipeline, written into ``out`` (the temporary that becomes ``final``); 0 when every step passed."""
+    from sai.demo.report import write_report
+
     logs = out / "logs"
-    model_dir = out / "model"
+    model_dir = Path("model")  # the steps run in ``out``
     t0 = time.perf_counter()
     steps = []
     threads = ["--threads", str(args.threads)] if args.threads and args.threads > 0 else []
 
     s = _run_step("1/5 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
                   ["convert", str(ck), "-o", str(model_dir), "--opt-shape", f"1,3,{h},{w}",
-                   "--min-shape", f"1,3,{h},{w}", "--max-shape", f"{max(8, args.batch)},3,{h},{w}"], logs)
+                   "--min-shape", f"1,3,{h},{w}", "--max-shape", f"{max(8, args.batch)},3,{h},{w}"], logs, cwd=out)
     steps.append(s)
     converted = s["rc"] == 0
 
     validate = None
     if converted:
-        vjson = out / "validate.json"
         s = _run_step("2/5 validate: PyTorch vs onnxruntime on identical inputs (Polygraphy)",
-                      ["validate", str(model_dir), "--report", str(vjson), *threads], logs)
+                      ["validate", str(model_dir), "--report", "validate.json", *threads], logs, cwd=out)
         steps.append(s)
-        validate = _validate_summary(vjson, s)
+        validate = _validate_summary(out / "validate.json", s)
 
     benches = []
     if converted:
@@ -119,7 +176,7 @@ def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]],
         for title, head in runs:
             s = _run_step(title, [*head, "--compare-dense", "--json", "--batch", str(args.batch),
                                   "--iterations", str(args.iterations), "--warmup", "3", *threads],
-                          logs, capture_stdout=True)
+                          logs, capture_stdout=True, cwd=out)
             steps.append(s)
             if s["rc"] != 0:
                 continue
@@ -139,13 +196,12 @@ def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]],
     bench_ops = None
     if args.sweep_sizes:
         sweep_json = out / "bench_ops.json"
-        sweep_json.unlink(missing_ok=True)
         s = _run_step("4/5 bench-ops: where sparse wins (a full-width model at larger inputs and several densities, "
                       "torch and onnxruntime)",
                       ["bench-ops", "--sections", "model,onnx-model", "--model-arch", args.sweep_arch,
                        "--sizes", args.sweep_sizes, "--density", str(args.sweep_density),
                        "--densities", args.sweep_densities, "--repeats", str(args.sweep_repeats),
-                       "--threads", str(args.sweep_threads), "--json", str(sweep_json)], logs)
+                       "--threads", str(args.sweep_threads), "--json", sweep_json.name], logs, cwd=out)
         steps.append(s)
         if s["rc"] == 0 and sweep_json.is_file():
             bench_ops = json.loads(sweep_json.read_text())
@@ -153,14 +209,14 @@ def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]],
     print("\n==> 5/5 report: accuracy, densities, FLOPs, speed, parity, plots, mask overlays", flush=True)
     t = time.perf_counter()
     ctx = write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
-                       validate=validate, onnx_path=model_dir / "model.onnx" if converted else None,
+                       validate=validate, onnx_path=out / model_dir / "model.onnx" if converted else None,
                        bench_ops=bench_ops, threads=args.threads or None,
                        environment=stamp(args.threads or None) if stamp else None,
                        progress=lambda m: print("    " + m, flush=True))
     steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
     rep = json.loads((out / "report.json").read_text())
     acc = rep["accuracy"]
-    print(f"\nsai demo: done in {time.perf_counter() - t0:.0f} s -> {out / 'report.html'}")
+    print(f"\nsai demo: done in {time.perf_counter() - t0:.0f} s -> {final / 'report.html'}")
     print(f"  accuracy sparse {acc['sparse']:.4f} vs dense {acc.get('dense', float('nan')):.4f} on {acc['n']} "
           f"held-out images; mean density {rep['mean_density']:.3f}; MACs ratio "
           f"{rep['flops']['kernel']['ratio']:.3f}")

@@ -525,7 +525,7 @@ def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_ima
     summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps",
                                    "bench_ops", "environment", "plots", "speed_summary")}
     write_atomic(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
-    progress(f"report: wrote {out / 'report.html'}")
+    progress("report: wrote report.html and report.json")
     return ctx
 
 

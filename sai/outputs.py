@@ -240,6 +240,34 @@ def foreign_reason(folder: PathLike, what: str, legacy: Optional[Legacy] = None)
     return None
 
 
+def names_reason(folder: PathLike, what: str, names: Iterable[str], legacy: Optional[Legacy] = None
+                 ) -> Optional[str]:
+    """For a command that writes a few files of fixed ``names`` (and its marker) into a folder that may hold
+    others (they are never touched): None when every one of ``names`` present in ``folder`` is a file its
+    marker of ``what`` lists, unchanged (or, without a marker, ``legacy(folder)`` is None) and any marker there
+    is ``what``'s; else why not."""
+    folder = Path(folder)
+    present = [n for n in names if os.path.lexists(folder / n)]
+    entries, why = _read_marker(folder, what)
+    if why:  # a marker that is not ``what``'s: it is not ours to overwrite either
+        return why
+    if not present:
+        return None
+    if entries is None:
+        if legacy is None:
+            return f"it holds {present[0]} and no {MARKER_NAME} of {what}"
+        return legacy(folder)
+    for n in present:
+        if n not in entries:
+            return f"it holds {n}, which {what} did not write"
+        with os.scandir(folder) as it:
+            e = next(x for x in it if x.name == n)
+        diff = _matches(entries[n], e)
+        if diff:
+            return f"{n} {diff}"
+    return None
+
+
 def _force_refusal(p: Path, protect: Iterable[PathLike]) -> Optional[str]:
     """Why even ``--force`` must not replace ``p``, or None."""
     home = Path.home().resolve()
@@ -525,9 +553,10 @@ def publish_dir(tmp: Path, outdir: Path, what: str, *, force: bool = False, lega
                 os.replace(tmp, outdir)
                 if interrupted:
                     os.replace(outdir, tmp)
-            if not interrupted and on_published is not None:
-                on_published(outdir)
-        fsync_path(outdir.parent)
+            if not interrupted:
+                fsync_path(outdir.parent)
+                if on_published is not None:
+                    on_published(outdir)
     except OSError as exc:
         raise SaiError(os_error_message(exc, outdir, "cannot replace")) from None
 

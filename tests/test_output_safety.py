@@ -383,3 +383,159 @@ def test_signal_in_teardown_after_publish_exits_0(converted, tmp_path, sig):
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, (proc.returncode, err)
     assert foreign_reason(out, "sai convert") is None and leftovers(tmp_path) == []
+
+
+# ---- sai demo --out and sai train-demo --out --------------------------------------------------------
+
+
+@pytest.fixture
+def fast_demo(monkeypatch):
+    """sai demo's steps and report replaced by a few files (the folder handling is what is tested); returns
+    the list of steps run."""
+    import sai.demo.pipeline as pipeline
+    import sai.demo.report as report
+
+    calls = []
+
+    def step(title, argv, logdir, capture_stdout=False, cwd=None):
+        calls.append(argv)
+        logdir.mkdir(parents=True, exist_ok=True)
+        (logdir / f"{argv[0]}.log").write_text("log")
+        return {"command": "sai " + " ".join(argv), "status": "failed (exit 1)", "rc": 1, "seconds": 0.0,
+                "stdout": ""}
+
+    def write_report(out, zoo, **kw):
+        (out / "img").mkdir(parents=True, exist_ok=True)
+        (out / "img" / "img0_input.png").write_bytes(b"png")
+        (out / "report.html").write_text("<html></html>")
+        (out / "report.json").write_text(json.dumps({"accuracy": {"sparse": 1.0, "dense": 1.0, "n": 1},
+                                                     "mean_density": 0.5, "densities": {}, "steps": [],
+                                                     "flops": {"kernel": {"ratio": 0.5}}}))
+        return {"speed_summary": ""}
+
+    monkeypatch.setattr(pipeline, "_run_step", step)
+    monkeypatch.setattr(report, "write_report", write_report)
+    return calls
+
+
+def _demo(capsys, out, *extra) -> tuple[int, str]:
+    rc = main(["demo", "--out", str(out), "--sweep-sizes", "", "--no-torch-bench", *extra])
+    return rc, capsys.readouterr().err
+
+
+def test_demo_out_refuses_a_foreign_folder_before_any_step(fast_demo, tmp_path, capsys):
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "report.html").write_text("my own report")
+    (out / "logs").mkdir()
+    (out / "logs" / "mine.txt").write_text("mine")
+    before = snapshot(out)
+    rc, err = _demo(capsys, out)
+    assert snapshot(out) == before and fast_demo == [] and leftovers(tmp_path) == []
+    assert_refused(rc, err)
+    rc, err = _demo(capsys, out, "--force")
+    assert rc == 1 and "--force" in err  # 1: the stubbed steps "failed"; the report is published anyway
+    assert (out / "report.html").read_text() == "<html></html>" and not (out / "logs" / "mine.txt").exists()
+    assert foreign_reason(out, "sai demo") is None and leftovers(tmp_path) == []
+
+
+def test_demo_out_replaces_its_own_and_old_outputs(fast_demo, converted, tmp_path, capsys):
+    from sai.demo.pipeline import legacy_output_reason
+
+    out = tmp_path / "demo_out"
+    assert _demo(capsys, out)[0] == 1 and foreign_reason(out, "sai demo") is None
+    assert fast_demo[0][:1] == ["convert"] and fast_demo[0][fast_demo[0].index("-o") + 1] == "model"
+    assert _demo(capsys, out)[0] == 1 and foreign_reason(out, "sai demo") is None  # its own: replaced
+    # a demo_out of a sai before the marker (make demo ran before): recognised entry by entry
+    def make_old(d: Path) -> Path:
+        shutil.copytree(out, d)
+        (d / MARKER_NAME).unlink()
+        shutil.copytree(converted, d / "model")
+        (d / "model" / MARKER_NAME).unlink()
+        return d
+
+    old = make_old(tmp_path / "old_out")
+    assert legacy_output_reason(old) is None
+    assert _demo(capsys, old)[0] == 1 and foreign_reason(old, "sai demo") is None
+    for i, change in enumerate((lambda d: (d / "img" / "holiday.jpg").write_bytes(b"jpg"),
+                                lambda d: (d / "model" / "notes.txt").write_text("x"),
+                                lambda d: (d / "report.json").write_text("{}"))):
+        d = make_old(tmp_path / f"old{i}")
+        change(d)
+        before = snapshot(d)
+        rc, err = _demo(capsys, d)
+        assert snapshot(d) == before
+        assert_refused(rc, err)
+
+
+@pytest.fixture
+def fast_train(monkeypatch):
+    """train-demo's training replaced by writing its four files (the folder handling is what is tested)."""
+    import sai.models.train_demo as td
+    from sai.outputs import write_atomic
+
+    calls = []
+
+    def train(out, cfg, progress=None):
+        calls.append(out)
+        metrics = {"accuracy": {"sparse": 0.9, "dense": 0.95, "gap_points": 5.0}, "mean_density": 0.4,
+                   "flops": {"kernel": {"ratio": 0.5}}, "config": {},
+                   "files": {"sparse": td.SPARSE_FILE, "dense": td.DENSE_FILE, "log": "train_log.jsonl"}}
+        for name in (td.SPARSE_FILE, td.DENSE_FILE, "train_log.jsonl"):
+            write_atomic(out / name, f"new {name}")
+        write_atomic(out / "metrics.json", json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(td, "train_demo", train)
+    return calls
+
+
+def _train(capsys, out, *extra) -> tuple[int, str]:
+    rc = main(["train-demo", "--out", str(out), "-q", *extra])
+    return rc, capsys.readouterr().err
+
+
+def test_train_demo_out_overwrites_only_its_own_files(fast_train, tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "other.pth").write_bytes(b"my checkpoint")
+    assert _train(capsys, out)[0] == 0  # files of other names are never touched
+    assert (out / "notes.txt").read_text() == "mine" and (out / "other.pth").read_bytes() == b"my checkpoint"
+    marker = json.loads((out / MARKER_NAME).read_text())
+    assert marker["command"] == "sai train-demo"
+    assert sorted(marker["entries"]) == ["metrics.json", "resnet18.pth", "sparse_resnet18.pth", "train_log.jsonl"]
+    assert _train(capsys, out)[0] == 0 and len(fast_train) == 2  # its own earlier result
+    (out / "resnet18.pth").write_bytes(b"the user's own resnet18")  # now the user's
+    before = snapshot(out)
+    rc, err = _train(capsys, out)
+    assert snapshot(out) == before and len(fast_train) == 2
+    assert rc == 2 and "resnet18.pth changed since sai wrote it" in err and "--force" in err, err
+    assert _train(capsys, out, "--force")[0] == 0
+    assert (out / "resnet18.pth").read_text() == "new resnet18.pth" and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("case", ["user-metrics", "user-checkpoint", "bad-marker", "other-marker"])
+def test_train_demo_out_refuses_files_it_did_not_write(fast_train, tmp_path, capsys, case):
+    out = tmp_path / "models"
+    out.mkdir()
+    if case == "user-metrics":
+        (out / "metrics.json").write_text('{"loss": 0.1}')
+    elif case == "user-checkpoint":
+        (out / "resnet18.pth").write_bytes(b"torchvision weights")
+    elif case == "bad-marker":
+        (out / MARKER_NAME).write_text("{not json")
+    else:
+        write_marker(out, "sai demo")
+    before = snapshot(out)
+    rc, err = _train(capsys, out)
+    assert snapshot(out) == before and fast_train == []
+    assert rc == 2 and err.count("\n") == 1 and "--force" in err, err
+
+
+def test_train_demo_accepts_the_shipped_zoo_layout(fast_train, tmp_path, capsys):
+    """The shipped models/zoo/sai_demo_r18 (written before the marker) is a train-demo result."""
+    out = tmp_path / "zoo"
+    shutil.copytree(CKPT.parent, out)
+    assert not (out / MARKER_NAME).exists()
+    assert _train(capsys, out)[0] == 0 and len(fast_train) == 1

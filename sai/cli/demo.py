@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from sai.cli.options import add_force
+
 SWEEP_SIZES = "128x128,256x256,384x384"
 
 
@@ -18,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="convert, validate, bench the shipped demo model and write demo_out/report.html")
     p.add_argument("--zoo", help="demo model directory (default: the package's models/zoo/sai_demo_r18)")
-    p.add_argument("-o", "--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("-o", "--out", default="demo_out",
+                   help="output directory (default demo_out): new, empty or an earlier sai demo output, replaced "
+                        "at the end")
     p.add_argument("--eval-size", type=int, help="held-out images to evaluate (default: as many as at training)")
     p.add_argument("--images", type=int, default=10,
                    help="test images to draw the mask overlays for, the first of each class (default 10: all)")
@@ -29,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "0 = the runtime's default)")
     p.add_argument("--no-torch-bench", action="store_true",
                    help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
+    add_force(p, flag="--out")
     g = p.add_argument_group("the bench-ops sweep (where sparse wins; 1-1.5 minutes on 2 threads)")
     g.add_argument("--sweep-arch", default="sparse_resnet18", help="full-width model of the sweep")
     g.add_argument("--sweep-sizes", default=SWEEP_SIZES,

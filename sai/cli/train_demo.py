@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Optional
 
 from sai.cli.options import add_quiet
 
@@ -21,14 +23,48 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    from sai.outputs import check_output_dir
+    from sai.errors import SaiError
+    from sai.outputs import check_output_dir, names_reason, write_marker
 
-    out = check_output_dir(args.out or DEFAULT_OUT, "--out", what="sai train-demo")  # before minutes of training
+    # before minutes of training: the folder can be written, and the files of the names train-demo writes
+    # there are its own earlier ones (other files in it are never touched)
+    out = check_output_dir(args.out or DEFAULT_OUT, "--out", what="sai train-demo", check_owner=False)
+    names = written_names()
+    reason = names_reason(out, "sai train-demo", names, legacy=legacy_output_reason)
+    if reason is not None and not args.force:
+        raise SaiError(f"--out {out} is not written by sai train-demo ({reason}); choose another folder, or pass "
+                       f"--force to overwrite {', '.join(names)} there")
     metrics = train_demo(out, cfg, progress=progress)
+    write_marker(out, "sai train-demo", names=[n for n in names if (out / n).is_file()])
     acc = metrics["accuracy"]
     print(f"sparse {acc['sparse']:.4f} vs dense {acc['dense']:.4f} (gap {acc['gap_points']:.2f} points), "
           f"mean density {metrics['mean_density']:.3f}, MACs ratio {metrics['flops']['kernel']['ratio']:.3f}")
     return 0
+
+
+def written_names() -> list[str]:
+    """The files train-demo writes into its --out folder."""
+    from sai.models.train_demo import DENSE_FILE, SPARSE_FILE
+
+    return [SPARSE_FILE, DENSE_FILE, "metrics.json", "train_log.jsonl"]
+
+
+def legacy_output_reason(folder: Path) -> Optional[str]:
+    """None when ``folder`` (without an output marker) holds a train-demo result of a sai version before the
+    marker (the shipped models/zoo/sai_demo_r18 is one): its metrics.json is train-demo's and names the files."""
+    import json
+
+    from sai.models.train_demo import DENSE_FILE, SPARSE_FILE
+
+    try:
+        metrics = json.loads((Path(folder) / "metrics.json").read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "it has no metrics.json of sai train-demo"
+    files = metrics.get("files") if isinstance(metrics, dict) else None
+    if (not isinstance(files, dict) or files.get("sparse") != SPARSE_FILE or files.get("dense") != DENSE_FILE
+            or any(k not in metrics for k in ("accuracy", "config", "flops"))):
+        return "its metrics.json is not sai train-demo's"
+    return None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,5 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3)")
     p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite sparse_resnet18.pth, resnet18.pth, metrics.json, train_log.jsonl and "
+                        ".sai-output.json in the --out folder even if sai did not write them (other files there are "
+                        "never touched). Without it, "
+                        "files of those names are overwritten only when they are an earlier sai train-demo result "
+                        "(listed unchanged in the folder's .sai-output.json)")
     add_quiet(p)
     p.set_defaults(func=run)
