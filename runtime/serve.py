@@ -384,7 +384,8 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
             raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {kserve.shape_text(shape)} x {dtype.name} "
                                  f"needs {kserve.count_text(want)}")
         if max_batch is not None and name == primary.name and shape[0] > max_batch:
-            raise HTTPError(413, f"request batch {shape[0]} exceeds the server's --max-batch {max_batch}; split it")
+            raise HTTPError(413, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
+                                 f"{max_batch}; split it")
         return {name: np.frombuffer(body, dtype=dtype).reshape(shape)}
     if ctype in ("application/x-npy", "application/npy"):
         try:
@@ -413,7 +414,8 @@ def check_declared_v1(headers, engine: Engine, max_batch: int) -> None:
                                                                                           strict=True)):
         return  # the decoder names the rank/dim fault
     if shape[0] > max_batch:
-        raise HTTPError(413, f"request batch {shape[0]} exceeds the server's --max-batch {max_batch}; split it")
+        raise HTTPError(413, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
+                             f"{max_batch}; split it")
     if headers.get("X-Dtype", "float32") == np.dtype(engine.primary_input.dtype).name:
         try:
             check_profile(engine.primary_input.name, shape, engine.min_shape, engine.max_shape)
@@ -510,6 +512,9 @@ class InferenceServer:
         self.max_header_bytes = max(1024, int(max_header_bytes))
         self.body_timeout = float(body_timeout)
         self.drain_timeout = float(drain_timeout)
+        self.loop: Optional[asyncio.AbstractEventLoop] = None  # the HTTP loop (set by the first body read)
+        self.body_reads: set = set()  # the asyncio.Timeout of every body being read (loop thread only)
+        self.body_cutoff: Optional[float] = None  # loop time by which body reads end once the drain began
         self.batcher = Batcher(engine, self.metrics, self.max_batch, max_delay_ms, max_queue)
         self.ready = threading.Event()
         self.draining = False
@@ -576,6 +581,7 @@ class InferenceServer:
             self.draining = True
             self.ready.clear()
             clean = self._admit.wait_for(lambda: self._admitted == 0, left())
+        self._cut_body_reads(left() - min(1.0, 0.25 * timeout))
         self.batcher.drain_and_stop(left())
         clean = clean and not self.batcher.thread.is_alive()
         while self.metrics.inflight and time.monotonic() < deadline:  # responses being written, bodies being read
@@ -595,6 +601,21 @@ class InferenceServer:
         self.decode_pool.shutdown(wait=False)
         self._stopped.set()
         return clean
+
+    def _cut_body_reads(self, seconds: float) -> None:
+        """Bodies still being read ``seconds`` from now get a 503 then (uploads that stall cannot hold the drain)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def cut():
+            self.body_cutoff = loop.time() + max(0.0, seconds)
+            for deadline in list(self.body_reads):
+                if deadline.when() is None or deadline.when() > self.body_cutoff:
+                    deadline.reschedule(self.body_cutoff)
+
+        with contextlib.suppress(RuntimeError):  # the loop has just closed
+            loop.call_soon_threadsafe(cut)
 
     def _header_refused(self) -> None:
         """A request head over ``max_header_bytes`` (the protocol answered 431 and closes the connection)."""
@@ -702,6 +723,8 @@ def decompress(body: bytes, encoding: Optional[str], limit: int) -> bytes:
         raise HTTPError(400, f"the {enc} body does not decompress: {exc}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise HTTPError(413, f"the decompressed body exceeds the limit of {limit} bytes")
+    if not d.eof:
+        raise HTTPError(400, f"the {enc} body is truncated (its stream does not end); send the whole stream")
     return out
 
 

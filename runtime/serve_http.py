@@ -94,7 +94,17 @@ def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_ref
             self._in_head = False
             self._heads += 1
             self._head_bytes = 0
-            super().on_headers_complete()
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size <= max_header_bytes:
+                super().on_headers_complete()
+                return
+            if on_refused is not None:  # a head that arrived whole: answered 431 (by the app below) and closed
+                on_refused()
+            app, self.app = self.app, _refuse_431
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -113,6 +123,14 @@ def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_ref
                 self.transport.close()
 
     return Protocol
+
+
+async def _refuse_431(scope, receive, send) -> None:
+    """The ASGI app a request whose head is over the limit gets instead of the server's."""
+    await send({"type": "http.response.start", "status": 431, "headers": [
+        (b"content-type", b"application/json"), (b"connection", b"close"),
+        (b"content-length", str(len(HEADER_431)).encode())]})
+    await send({"type": "http.response.body", "body": HEADER_431})
 
 
 def _json(status: int, doc, headers: Optional[dict] = None) -> Response:
@@ -149,13 +167,12 @@ async def _read_body(server: InferenceServer, request: Request) -> bytes:
             await _discard_body(server, request)
         raise HTTPError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, total = [], 0
-    with _body_guard(server):
-        async with asyncio.timeout(server.body_timeout):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
+    async with _body_deadline(server):
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
     body = b"".join(chunks)
     return decompress(body, request.headers.get("content-encoding"), limit)
 
@@ -164,23 +181,36 @@ async def _discard_body(server: InferenceServer, request: Request) -> None:
     """Read and drop a request's body (up to DISCARD_BYTES, streamed: no memory), so the client reads the answer,
     not a reset; beyond that the connection is closed after the answer. Bounded by ``server.body_timeout``."""
     total = 0
-    with _body_guard(server):
-        async with asyncio.timeout(server.body_timeout):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > max(DISCARD_BYTES, 16 * server.max_body_bytes):
-                    break
+    async with _body_deadline(server):
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max(DISCARD_BYTES, 16 * server.max_body_bytes):
+                break
 
 
-@contextlib.contextmanager
-def _body_guard(server: InferenceServer):
-    """A client that disconnects mid-upload (starlette's ClientDisconnect) is a 499, not a logged traceback; a body
-    that does not arrive in time is a 408."""
+@contextlib.asynccontextmanager
+async def _body_deadline(server: InferenceServer):
+    """The time a body may take: ``server.body_timeout`` (408 after it), cut short by a drain (``stop`` moves every
+    pending deadline to just before its own bound: 503, and the drain ends in time). A client that disconnects
+    mid-upload (starlette's ClientDisconnect) is a 499: counted, never a logged traceback."""
+    loop = asyncio.get_running_loop()
+    server.loop = loop
+    when = loop.time() + server.body_timeout
+    if server.body_cutoff is not None:
+        when = min(when, server.body_cutoff)
     try:
-        yield
+        async with asyncio.timeout_at(when) as deadline:
+            server.body_reads.add(deadline)
+            try:
+                yield
+            finally:
+                server.body_reads.discard(deadline)
     except ClientDisconnect:
         raise HTTPError(CLIENT_GONE, "the client disconnected before its request body arrived") from None
     except TimeoutError:
+        if server.draining:
+            raise HTTPError(503, "server is shutting down; the request body did not arrive before the drain "
+                                 "ended; retry") from None
         raise HTTPError(408, f"the request body did not arrive within {server.body_timeout:g} s") from None
 
 
@@ -198,7 +228,7 @@ async def _in_thread(server: InferenceServer, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(server.decode_pool, fn, *args)
 
 
-def make_app(server: InferenceServer) -> Starlette:
+def make_app(server: InferenceServer):
     metrics = server.metrics
 
     def ready() -> bool:
@@ -403,7 +433,21 @@ def make_app(server: InferenceServer) -> Starlette:
                    Route(base + "/infer", v2_infer, methods=["POST"])]
     routes += [Route("/v2/{rest:path}", v2_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
                Route("/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "HEAD"])]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+
+    async def asgi(scope, receive, send) -> None:
+        try:
+            await app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not server.draining:
+                raise
+            # cut off at the end of the drain bound (stop() says so once): a 503 where no answer began, no traceback
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"connection", b"close"), (b"retry-after", b"1")]})
+                await send({"type": "http.response.body", "body": kserve.error_body("server is shutting down")})
+
+    return asgi
 
 
 def public_description(info: dict) -> dict:
