@@ -60,8 +60,10 @@ def built():
         pytest.skip("no TensorRT headers: set TENSORRT_ROOT or TRT_INCLUDE_DIR to build and test the plugin glue")
     if shutil.which("cmake") is None or nvcc() is None:
         pytest.skip("cmake and nvcc are needed to build the plugin library")
+    # SAI_KERNELS_DIR: a `make kernels` output elsewhere than build/kernels (CMake's variable of that name)
+    kdir = [f"-DSAI_KERNELS_DIR={os.environ['SAI_KERNELS_DIR']}"] if os.environ.get("SAI_KERNELS_DIR") else []
     cfg = run(["cmake", "-S", SRC, "-B", BUILD, f"-DTRT_INCLUDE_DIR={inc}", f"-DCMAKE_CUDA_COMPILER={nvcc()}",
-               "-DCMAKE_CUDA_ARCHITECTURES=75-real"])
+               "-DCMAKE_CUDA_ARCHITECTURES=75-real", *kdir])
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     assert "SKIPPED" not in cfg.stdout + cfg.stderr
     # rebuild the glue from scratch so that its warnings are seen every time
@@ -160,8 +162,9 @@ def test_cmake_skips_glue_loudly_without_headers(tmp_path):
     if any((Path(p) / "NvInferRuntime.h").is_file() for p in SYSTEM_HEADER_DIRS):
         pytest.skip("TensorRT headers are installed system-wide here")
     env = {k: v for k, v in os.environ.items() if k not in ("TENSORRT_ROOT", "TRT_INCLUDE_DIR")}
+    kdir = [f"-DSAI_KERNELS_DIR={os.environ['SAI_KERNELS_DIR']}"] if os.environ.get("SAI_KERNELS_DIR") else []
     cfg = run(["cmake", "-S", SRC, "-B", tmp_path / "b", f"-DCMAKE_CUDA_COMPILER={nvcc()}",
-               "-DCMAKE_CUDA_ARCHITECTURES=75-real"], env=env)
+               "-DCMAKE_CUDA_ARCHITECTURES=75-real", *kdir], env=env)
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     out = cfg.stdout + cfg.stderr
     assert "TensorRT headers NOT FOUND" in out and "SKIPPED" in out
