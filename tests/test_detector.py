@@ -1,0 +1,664 @@
+"""The whole SAI-Det detector (sai.models.detector) against an independent float64 reference written here
+from the official code's semantics (mmdetection v0.6: AnchorGenerator, delta2bbox, the +1 NMS of its CUDA
+kernel, SingleRoIExtractor.map_roi_levels, the non-aligned RoIAlign kernel, SharedFCBBoxHead,
+get_det_bboxes + multiclass_nms), compared per stage on identical inputs, and end to end.
+
+The checkpoints are random-initialised official-layout ResNet-101 detectors (DCN in stages 2-4) whose heads
+are scaled so that small images give dozens of detections; images are small so the tests take seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_checkpoint import official_keys
+
+from sai.errors import SaiError
+from sai.models.detector import SaiDetector, load_detector, preprocess
+from sai.models.detector_presets import PRESETS, parse_config_text, preset, read_config_file
+
+SCALE = (192, 120)  # (long, short) test scale: keeps R101 fast; the pipeline is the official one otherwise
+STRIDES = (4, 8, 16, 32, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference (float64, plain loops), from the official code
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_anchors(stride, feat_h, feat_w, scales=(8,), ratios=(0.5, 1.0, 2.0)):
+    """AnchorGenerator: base anchors from float32 torch.Tensor math, rounded; shifted row by row."""
+    base = []
+    for r in ratios:  # scale_major: ratio outer, scale inner
+        for s in scales:
+            h_ratio = np.sqrt(np.float32(r))
+            w_ratio = np.float32(1) / h_ratio
+            ws = np.float32(stride) * w_ratio * np.float32(s)
+            hs = np.float32(stride) * h_ratio * np.float32(s)
+            ctr = np.float32(0.5 * (stride - 1))
+            half = np.float32(0.5)
+            base.append([np.round(ctr - half * (ws - 1)), np.round(ctr - half * (hs - 1)),
+                         np.round(ctr + half * (ws - 1)), np.round(ctr + half * (hs - 1))])
+    out = []
+    for y in range(feat_h):
+        for x in range(feat_w):
+            for b in base:
+                out.append([b[0] + x * stride, b[1] + y * stride, b[2] + x * stride, b[3] + y * stride])
+    return np.array(out, dtype=np.float64)
+
+
+def ref_delta2bbox(rois, deltas, means, stds, max_shape):
+    out = np.zeros_like(deltas)
+    max_ratio = abs(math.log(16 / 1000))
+    for i in range(rois.shape[0]):
+        px, py = (rois[i, 0] + rois[i, 2]) * 0.5, (rois[i, 1] + rois[i, 3]) * 0.5
+        pw, ph = rois[i, 2] - rois[i, 0] + 1.0, rois[i, 3] - rois[i, 1] + 1.0
+        for k in range(deltas.shape[1] // 4):
+            dx, dy, dw, dh = (deltas[i, 4 * k + j] * stds[j] + means[j] for j in range(4))
+            dw, dh = min(max(dw, -max_ratio), max_ratio), min(max(dh, -max_ratio), max_ratio)
+            gw, gh = pw * math.exp(dw), ph * math.exp(dh)
+            gx, gy = px + pw * dx, py + ph * dy
+            box = [gx - gw * 0.5 + 0.5, gy - gh * 0.5 + 0.5, gx + gw * 0.5 - 0.5, gy + gh * 0.5 - 0.5]
+            if max_shape is not None:
+                lim = [max_shape[1] - 1, max_shape[0] - 1] * 2
+                box = [min(max(v, 0.0), m) for v, m in zip(box, lim, strict=True)]
+            out[i, 4 * k:4 * k + 4] = box
+    return out
+
+
+def ref_nms(boxes, scores, thr):
+    """Sort by score; keep a box unless its +1 IoU with a kept box is > thr. Kept indices in score order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1
+            ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1
+            inter = max(iw, 0.0) * max(ih, 0.0)
+            a = (boxes[i, 2] - boxes[i, 0] + 1) * (boxes[i, 3] - boxes[i, 1] + 1)
+            b = (boxes[j, 2] - boxes[j, 0] + 1) * (boxes[j, 3] - boxes[j, 1] + 1)
+            if inter / (a + b - inter) > thr:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+def ref_proposals(cls_scores, bbox_preds, img_shape, nms_pre=1000, nms_post=1000, max_num=1000, thr=0.7):
+    """RPNHead.get_bboxes_single for one image: cls [A, H, W], reg [4A, H, W] per level (float64)."""
+    levels = []
+    for lvl, (cs, bp) in enumerate(zip(cls_scores, bbox_preds, strict=True)):
+        a, h, w = cs.shape
+        anchors = ref_anchors(STRIDES[lvl], h, w)
+        scores = 1 / (1 + np.exp(-cs.transpose(1, 2, 0).reshape(-1)))
+        deltas = bp.transpose(1, 2, 0).reshape(-1, 4)
+        if scores.shape[0] > nms_pre:
+            idx = np.argsort(-scores, kind="stable")[:nms_pre]
+            scores, deltas, anchors = scores[idx], deltas[idx], anchors[idx]
+        boxes = ref_delta2bbox(anchors, deltas, [0] * 4, [1] * 4, img_shape)
+        keep = ref_nms(boxes, scores, thr)[:nms_post]
+        levels.append(np.concatenate([boxes[keep], scores[keep, None]], axis=1))
+    props = np.concatenate(levels)
+    idx = np.argsort(-props[:, 4], kind="stable")[:min(max_num, props.shape[0])]
+    return props[idx]
+
+
+def ref_level(box, finest=56, n=4):
+    scale = math.sqrt((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
+    return int(min(max(math.floor(math.log2(scale / finest + 1e-6)), 0), n - 1))
+
+
+def ref_bilinear(fmap, y, x):
+    """The CUDA kernel's bilinear_interpolate (fmap [C, H, W])."""
+    _, height, width = fmap.shape
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return np.zeros(fmap.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * fmap[:, y_low, x_low] + hy * lx * fmap[:, y_low, x_high]
+            + ly * hx * fmap[:, y_high, x_low] + ly * lx * fmap[:, y_high, x_high])
+
+
+def ref_roi_align(fmap, box, scale, out=7, n=2):
+    x0, y0 = box[0] * scale, box[1] * scale
+    x1, y1 = (box[2] + 1) * scale, (box[3] + 1) * scale
+    bw, bh = max(x1 - x0, 0.0) / out, max(y1 - y0, 0.0) / out
+    res = np.zeros((fmap.shape[0], out, out))
+    for ph in range(out):
+        for pw in range(out):
+            acc = np.zeros(fmap.shape[0])
+            for iy in range(n):
+                y = y0 + ph * bh + (iy + 0.5) * bh / n
+                for ix in range(n):
+                    x = x0 + pw * bw + (ix + 0.5) * bw / n
+                    acc += ref_bilinear(fmap, y, x)
+            res[:, ph, pw] = acc / (n * n)
+    return res
+
+
+def ref_roi_features(feats, boxes):
+    """SingleRoIExtractor: each box from the level it maps to (feats: 4 maps [C, H, W], float64)."""
+    out = np.zeros((len(boxes), feats[0].shape[0], 7, 7))
+    for i, b in enumerate(boxes):
+        lvl = ref_level(b)
+        out[i] = ref_roi_align(feats[lvl], b, 1.0 / STRIDES[lvl])
+    return out
+
+
+def ref_head(roi_feats, sd):
+    """SharedFCBBoxHead in float64: flatten, fc + ReLU twice, fc_cls, fc_reg."""
+    x = roi_feats.reshape(roi_feats.shape[0], -1)
+    for i in range(2):
+        x = np.maximum(x @ sd[f"bbox_head.shared_fcs.{i}.weight"].T + sd[f"bbox_head.shared_fcs.{i}.bias"], 0)
+    return x @ sd["bbox_head.fc_cls.weight"].T + sd["bbox_head.fc_cls.bias"], \
+        x @ sd["bbox_head.fc_reg.weight"].T + sd["bbox_head.fc_reg.bias"]
+
+
+def ref_detections(boxes, cls, reg, img_shape, scale_factor, score_thr=0.05, thr=0.5, max_num=100):
+    """get_det_bboxes(rescale=True) + multiclass_nms: softmax, per-class delta2bbox, / scale_factor,
+    per class score > thr and +1 NMS, top max_num by score. Returns dets [k, 5], labels [k] (0-based)."""
+    e = np.exp(cls - cls.max(axis=1, keepdims=True))
+    scores = e / e.sum(axis=1, keepdims=True)
+    bboxes = ref_delta2bbox(boxes, reg, [0] * 4, [0.1, 0.1, 0.2, 0.2], img_shape) / scale_factor
+    dets, labels = [], []
+    for c in range(1, scores.shape[1]):
+        idx = np.nonzero(scores[:, c] > score_thr)[0]
+        if idx.size == 0:
+            continue
+        b, s = bboxes[idx, 4 * c:4 * c + 4], scores[idx, c]
+        for k in ref_nms(b, s, thr):
+            dets.append([*b[k], s[k]])
+            labels.append(c - 1)
+    if not dets:
+        return np.zeros((0, 5)), np.zeros(0, dtype=np.int64)
+    dets, labels = np.array(dets), np.array(labels)
+    order = np.argsort(-dets[:, 4], kind="stable")[:max_num]
+    return dets[order], labels[order]
+
+
+def ref_rpn_head(feats, sd):
+    """RPN head convs in float64 (the conv arithmetic itself by torch's float64 conv2d)."""
+    t = {k: torch.as_tensor(v) for k, v in sd.items() if k.startswith("rpn_head.")}
+    cls, reg = [], []
+    for f in feats:
+        x = F.relu(F.conv2d(torch.as_tensor(f)[None], t["rpn_head.rpn_conv.weight"], t["rpn_head.rpn_conv.bias"],
+                            padding=1))
+        cls.append(F.conv2d(x, t["rpn_head.rpn_cls.weight"], t["rpn_head.rpn_cls.bias"])[0].numpy())
+        reg.append(F.conv2d(x, t["rpn_head.rpn_reg.weight"], t["rpn_head.rpn_reg.bias"])[0].numpy())
+    return cls, reg
+
+
+def ref_detect_from_feats(feats, sd, img_shape, scale_factor):
+    """The whole head path in float64 from one image's FPN levels (numpy [C, H, W] each)."""
+    cls, reg = ref_rpn_head(feats, sd)
+    props = ref_proposals(cls, reg, img_shape)
+    rf = ref_roi_features(feats[:4], props[:, :4])
+    c, r = ref_head(rf, sd)
+    return ref_detections(props[:, :4], c, r, img_shape, scale_factor)
+
+
+def iou(a, b):
+    """IoU in v0.6's convention (a box covers x1..x2 inclusive: width x2 - x1 + 1)."""
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]) + 1, 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]) + 1, 0.0)
+    inter = iw * ih
+    return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter)
+
+
+def assert_same_detections(dets, labels, ref_dets, ref_labels, box_tol=1e-2, score_tol=1e-4):
+    """Same count; every reference detection matched one to one by label, IoU >= 0.999, boxes within
+    box_tol px and scores within score_tol."""
+    dets, labels = np.asarray(dets, np.float64), np.asarray(labels)
+    assert len(dets) == len(ref_dets), f"{len(dets)} detections vs the reference's {len(ref_dets)}"
+    used = set()
+    for rd, rl in zip(ref_dets, ref_labels, strict=True):
+        cands = [j for j in range(len(dets)) if j not in used and labels[j] == rl
+                 and iou(dets[j], rd) >= 0.999 and np.abs(dets[j, :4] - rd[:4]).max() <= box_tol
+                 and abs(dets[j, 4] - rd[4]) <= score_tol]
+        assert cands, f"reference detection {rd.round(3).tolist()} (label {rl}) has no match"
+        used.add(cands[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures: random official-layout R101 detectors
+# ----------------------------------------------------------------------------------------------
+
+HEAD_KEYS = {  # the official head layout (RPNHead, SharedFCBBoxHead of the configs), written from the code
+    "rpn_head.rpn_conv.weight": (256, 256, 3, 3), "rpn_head.rpn_conv.bias": (256,),
+    "rpn_head.rpn_cls.weight": (3, 256, 1, 1), "rpn_head.rpn_cls.bias": (3,),
+    "rpn_head.rpn_reg.weight": (12, 256, 1, 1), "rpn_head.rpn_reg.bias": (12,),
+    "bbox_head.shared_fcs.0.weight": (1024, 256 * 49), "bbox_head.shared_fcs.0.bias": (1024,),
+    "bbox_head.shared_fcs.1.weight": (1024, 1024), "bbox_head.shared_fcs.1.bias": (1024,),
+    "bbox_head.fc_cls.weight": (81, 1024), "bbox_head.fc_cls.bias": (81,),
+    "bbox_head.fc_reg.weight": (324, 1024), "bbox_head.fc_reg.bias": (324,),
+}
+SPARSE_ONLY = ("_mask.", "_sigma", "_gumbel.")
+
+
+def layout(sparse: bool) -> dict:
+    keys = {k: v for k, v in official_keys().items() if sparse or not any(t in k for t in SPARSE_ONLY)}
+    keys.update(HEAD_KEYS)
+    return keys
+
+
+def make_checkpoint(name: str, seed: int = 0) -> dict:
+    """An official-layout checkpoint: a randomly initialised detector whose heads are scaled (from its own
+    outputs on a random image) so that RPN logits spread over a few units and the box head gives dozens of
+    detections."""
+    torch.manual_seed(seed)
+    det = SaiDetector(preset(name).with_scale(SCALE))
+    img = torch.randint(0, 256, (72, 120, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    with torch.no_grad():
+        meta = preprocess(img, det.config)[0]
+        feats = det.extract_feat(meta["img"][None])
+        cls, _ = det.rpn_head(feats)
+        det.rpn_head.rpn_cls.weight.mul_(2.0 / float(torch.cat([c.flatten() for c in cls]).std()))
+        fcs = det.bbox_head
+        x = torch.randn(64, 256 * 49) * float(feats[0].std())
+        for fc in fcs.shared_fcs:
+            x = F.relu(fc(x))
+        fcs.fc_cls.weight.mul_(2.5 / float(fcs.fc_cls(x).std()))
+        fcs.fc_reg.weight.mul_(0.5 / float(fcs.fc_reg(x).std()))
+    sd = {k: v.clone() for k, v in det.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {"state_dict": sd, "meta": {"mmdet_version": "0.6.0"}}
+
+
+@pytest.fixture(scope="module")
+def dense_ckpt():
+    return make_checkpoint("resnet_101_faster_rcnn_res500")
+
+
+@pytest.fixture(scope="module")
+def dense_det(dense_ckpt):
+    return load_detector(preset("resnet_101_faster_rcnn_res500").with_scale(SCALE), dense_ckpt)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.RandomState(3).randint(0, 256, (72, 120, 3)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stages(dense_det, image):
+    """One forward's intermediate results (float32 model) for the per-stage comparisons."""
+    meta = preprocess(image, dense_det.config)[0]
+    with torch.no_grad():
+        feats = dense_det.extract_feat(meta["img"][None])
+        cls, reg = dense_det.rpn_head(feats)
+        props = dense_det.proposals(cls, reg, 0, meta["img_shape"])
+        rf = dense_det.roi_features(feats[:4], 0, props[:, :4])
+        c, r = dense_det.bbox_head(rf)
+        dets, labels = dense_det.detections(props[:, :4], c, r, meta["img_shape"], meta["scale_factor"])
+    return dict(meta=meta, feats=feats, cls=cls, reg=reg, props=props, rf=rf, c=c, r=r, dets=dets, labels=labels)
+
+
+def f64(t):
+    return t.detach().double().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# layout, presets, configs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet_101_faster_rcnn_res800", "sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1"])
+def test_state_dict_is_the_official_layout(name):
+    det = SaiDetector(name)
+    own = {k: tuple(v.shape) for k, v in det.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert own == layout(name.startswith("sparse"))
+
+
+def test_presets_are_the_official_configs():
+    assert sorted(PRESETS) == sorted(
+        [f"resnet_101_faster_rcnn_res{r}" for r in (500, 600, 800, 1000)]
+        + [f"sparse_resnet_101_faster_rcnn_sparse_loss_weight_{w}" for w in ("0_02", "0_05", "0_1", "0_2")])
+    scales = {500: (833, 500), 600: (1000, 600), 800: (1333, 800), 1000: (1667, 1000)}
+    for r, s in scales.items():
+        c = preset(f"resnet_101_faster_rcnn_res{r}")
+        assert (c.img_scale, c.sparse, c.dcn_stages) == (s, False, (False, True, True, True))
+    for w, v in (("0_02", 0.02), ("0_05", 0.05), ("0_1", 0.1), ("0_2", 0.2)):
+        c = preset(f"sparse_resnet_101_faster_rcnn_sparse_loss_weight_{w}")
+        assert (c.img_scale, c.sparse, c.backbone_options["sparse_loss_weight"]) == ((1667, 1000), True, v)
+    c = preset("resnet_101_faster_rcnn_res800")
+    assert (c.nms_pre, c.nms_post, c.max_num, c.rpn_nms_thr, c.nms_across_levels) == (1000, 1000, 1000, 0.7, False)
+    assert (c.score_thr, c.nms_thr, c.max_per_img, c.roi_out_size, c.roi_sample_num) == (0.05, 0.5, 100, 7, 2)
+    assert (c.num_classes, c.bbox_stds, c.mean, c.std) == (81, (0.1, 0.1, 0.2, 0.2), (123.675, 116.28, 103.53),
+                                                             (58.395, 57.12, 57.375))
+
+
+# A config in the official files' form (written here: names, f-strings, dict(...), 1.0 / 9.0).
+CONFIG = """
+res = (1333, 800)
+name = 'sparse_0_05'
+work_dir = f'work_dirs/{name}' + '/'
+model = dict(
+    type='FasterRCNN',
+    backbone=dict(type='SparseResNet', depth=101, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=0,
+                  style='pytorch', dcn=dict(modulated=False, deformable_groups=1, fallback_on_stride=False),
+                  stage_with_dcn=(False, True, True, True), gumbel_cfg=dict(max_T=1., decay_alpha=0.99998),
+                  gaussian_kernel=7, grid_prior_interval=11, sparse_loss_weight=0.05),
+    neck=dict(type='FPN', in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
+    rpn_head=dict(type='RPNHead', in_channels=256, feat_channels=256, anchor_scales=[8],
+                  anchor_ratios=[0.5, 1.0, 2.0], anchor_strides=[4, 8, 16, 32, 64],
+                  target_means=[.0, .0, .0, .0], target_stds=[1.0, 1.0, 1.0, 1.0],
+                  loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+                  loss_bbox=dict(type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0)),
+    bbox_roi_extractor=dict(type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', out_size=7, sample_num=2),
+                            out_channels=256, featmap_strides=[4, 8, 16, 32]),
+    bbox_head=dict(type='SharedFCBBoxHead', num_fcs=2, in_channels=256, fc_out_channels=1024, roi_feat_size=7,
+                   num_classes=81, target_means=[0., 0., 0., 0.], target_stds=[0.1, 0.1, 0.2, 0.2],
+                   reg_class_agnostic=False,
+                   loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))
+test_cfg = dict(
+    rpn=dict(nms_across_levels=False, nms_pre=1000, nms_post=1000, max_num=1000, nms_thr=0.7, min_bbox_size=0),
+    rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_thr=0.5), max_per_img=100))
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+data = dict(test=dict(type='CocoDataset', img_scale=res, img_norm_cfg=img_norm_cfg, size_divisor=32,
+                      flip_ratio=0, test_mode=True))
+"""
+
+
+def test_config_file_is_read_as_literals(tmp_path):
+    path = tmp_path / "sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_05.py"
+    path.write_text(CONFIG)
+    cfg = read_config_file(path)
+    want = preset("sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_05").with_scale((1333, 800))
+    assert cfg == want
+    assert parse_config_text(CONFIG)["work_dir"] == "work_dirs/sparse_0_05/"
+
+
+@pytest.mark.parametrize("code", [
+    "import os\n",
+    "x = __import__('os').system('touch {marker}')\n",
+    "x = open('{marker}', 'w')\n",
+    "x = [i for i in range(3)]\n",
+    "x = dict(**y)\n",
+    "def f():\n    pass\n",
+])
+def test_config_with_code_is_refused_and_not_run(tmp_path, code):
+    marker = tmp_path / "ran"
+    path = tmp_path / "cfg.py"
+    path.write_text(CONFIG + code.format(marker=marker))
+    with pytest.raises(SaiError) as err:
+        read_config_file(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "without running" in msg
+    assert not marker.exists()
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(SaiError, match="unknown detector preset 'faster_rcnn_r50'.*resnet_101_faster_rcnn_res500"):
+        SaiDetector("faster_rcnn_r50")
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def test_strict_load_names_every_bad_key(dense_ckpt):
+    sd = dict(dense_ckpt["state_dict"])
+    del sd["rpn_head.rpn_reg.bias"]
+    del sd["backbone.layer3.7.bn2.running_var"]
+    sd["bbox_head.fc_mask.weight"] = torch.zeros(3)
+    sd["bbox_head.fc_cls.weight"] = torch.zeros(91, 1024)
+    cfg = preset("resnet_101_faster_rcnn_res500")
+    with pytest.raises(SaiError) as err:
+        load_detector(cfg, {"state_dict": sd})
+    msg = str(err.value)
+    assert "\n" not in msg
+    for k in ("rpn_head.rpn_reg.bias", "backbone.layer3.7.bn2.running_var", "bbox_head.fc_mask.weight",
+              "bbox_head.fc_cls.weight: checkpoint [91, 1024] vs model [81, 1024]"):
+        assert k in msg
+    # a sparse checkpoint into a dense preset: every mask key is named unexpected
+    with pytest.raises(SaiError, match="unexpected key.*conv1_mask"):
+        load_detector(cfg, make_sparse_layout_state(sd))
+
+
+def make_sparse_layout_state(dense_sd):
+    sd = dict(dense_sd)
+    sd["backbone.layer1.0.conv1_mask.weight"] = torch.zeros(1, 64, 3, 3)
+    return sd
+
+
+def test_checkpoint_without_heads_is_refused(dense_ckpt, tmp_path):
+    sd = {k: v for k, v in dense_ckpt["state_dict"].items() if not k.startswith(("rpn_head.", "bbox_head."))}
+    path = tmp_path / "backbone_only.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(SaiError) as err:
+        load_detector("resnet_101_faster_rcnn_res500", str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and "no detector heads" in msg and "backbone_only.pth" in msg
+
+
+def test_load_roundtrip_is_exact(dense_ckpt, dense_det):
+    own = dense_det.state_dict()
+    for k, v in dense_ckpt["state_dict"].items():
+        assert torch.equal(own[k], v), k
+
+
+# ----------------------------------------------------------------------------------------------
+# per stage, identical inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_anchors_match_the_reference(dense_det):
+    for lvl, s in enumerate(STRIDES):
+        got = dense_det.anchors(lvl, 3, 5).numpy()
+        np.testing.assert_array_equal(got, ref_anchors(s, 3, 5))
+    # the well-known v0.6 base anchors of stride 4 (ratios 0.5, 1, 2, scale 8)
+    np.testing.assert_array_equal(dense_det.anchors(0, 1, 1).numpy(),
+                                  [[-21, -9, 24, 12], [-14, -14, 17, 17], [-9, -21, 12, 24]])
+
+
+@pytest.mark.parametrize("scale", [(200, 150), (100, 45)])  # up and down
+def test_preprocess_matches_the_official_pipeline(image, scale):
+    cfg = preset("resnet_101_faster_rcnn_res800").with_scale(scale)
+    meta = preprocess(image, cfg)[0]
+    h, w = image.shape[:2]
+    s = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    nh, nw = int(h * s + 0.5), int(w * s + 0.5)
+    assert meta["img_shape"] == (nh, nw) and meta["scale_factor"] == s
+    assert meta["img"].shape == (3, -(-nh // 32) * 32, -(-nw // 32) * 32)
+    # bilinear with half-pixel centres (cv2.INTER_LINEAR), rounded to uint8, written with loops
+    src = image.astype(np.float64)
+    ys, xs = [(i + 0.5) * h / nh - 0.5 for i in range(nh)], [(j + 0.5) * w / nw - 0.5 for j in range(nw)]
+    rows = np.zeros((nh, nw, 3))
+    for i, y in enumerate(ys):
+        y = max(y, 0.0)
+        y0 = min(int(y), h - 1)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j, x in enumerate(xs):
+            x = max(x, 0.0)
+            x0 = min(int(x), w - 1)
+            x1, fx = min(x0 + 1, w - 1), x - x0
+            rows[i, j] = ((1 - fy) * ((1 - fx) * src[y0, x0] + fx * src[y0, x1])
+                          + fy * ((1 - fx) * src[y1, x0] + fx * src[y1, x1]))
+    resized = np.clip(np.floor(rows + 0.5), 0, 255)
+    want = (resized - np.array(cfg.mean)) / np.array(cfg.std)
+    got = meta["img"].numpy().transpose(1, 2, 0)
+    # within one grey level of the exact float resize (rounding ties), zero padding beyond img_shape
+    assert np.abs(got[:nh, :nw] - want).max() <= 1.0 / 57.0 + 1e-4
+    assert np.mean(np.abs(got[:nh, :nw] - want) > 1e-4) < 0.01
+    assert not got[nh:].any() and not got[:, nw:].any()
+
+
+def test_proposals_match_the_reference(stages):
+    m = stages
+    cls = [f64(c[0]) for c in m["cls"]]
+    reg = [f64(r[0]) for r in m["reg"]]
+    ref = ref_proposals(cls, reg, m["meta"]["img_shape"])
+    got = f64(m["props"])
+    assert got.shape == ref.shape and len(ref) >= 300
+    np.testing.assert_allclose(got[:, :4], ref[:, :4], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(got[:, 4], ref[:, 4], atol=1e-6, rtol=0)
+
+
+def test_roi_features_match_the_reference(stages):
+    m = stages
+    props = f64(m["props"])[:, :4]
+    feats = [f64(f[0]) for f in m["feats"][:4]]
+    levels = [ref_level(b) for b in props]
+    assert len(set(levels)) >= 2, "the test image should map RoIs to several levels"
+    sel = np.random.RandomState(0).choice(len(props), 120, replace=False)
+    ref = ref_roi_features(feats, props[sel])
+    got = f64(m["rf"])[sel]
+    scale = max(np.abs(f).max() for f in feats)
+    np.testing.assert_allclose(got, ref, atol=2e-6 * scale, rtol=0)
+
+
+def test_small_and_odd_rois_match_the_reference():
+    """RoIs under 4 px, of zero or negative size, and crossing or beyond the map's borders."""
+    from sai.models.detector import map_roi_levels, roi_align_v06
+
+    g = torch.Generator().manual_seed(5)
+    fmap = torch.randn(8, 9, 13, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[3.0, 4.0, 5.5, 6.0], [10.2, 11.7, 10.2, 11.7], [0.0, 0.0, 1.0, 1.0],
+                          [20.0, 10.0, 18.0, 9.0], [-6.0, -5.0, 3.0, 2.0], [44.0, 30.0, 60.0, 40.0],
+                          [49.0, 33.0, 52.0, 36.0], [51.9, 35.9, 80.0, 70.0], [1.0, 2.0, 52.0, 35.0]],
+                         dtype=torch.float64)
+    for scale in (0.25, 0.5):
+        got = roi_align_v06(fmap, boxes, scale).numpy()
+        for i, b in enumerate(boxes.numpy()):
+            np.testing.assert_allclose(got[i], ref_roi_align(fmap.numpy(), b, scale), atol=1e-12, rtol=0)
+    tiny = torch.tensor([[0.0, 0.0, 2.0, 1.0], [5, 5, 5 + 111, 5 + 111], [0, 0, 111.0, 111.0], [0, 0, 900.0, 900]])
+    assert map_roi_levels(tiny, 4).tolist() == [ref_level(b) for b in tiny.numpy()] == [0, 1, 1, 3]
+
+
+def test_nms_plus_one_matches_the_reference():
+    from sai.models.detector import nms_v06
+
+    rs = np.random.RandomState(1)
+    xy = rs.uniform(0, 60, (300, 2))
+    boxes = np.concatenate([xy, xy + rs.uniform(0, 25, (300, 2))], 1)
+    boxes[:20, 2:] = boxes[:20, :2]  # zero-size boxes: area 1 under the +1 rule
+    scores = rs.uniform(0, 1, 300)
+    for thr in (0.3, 0.5, 0.7):
+        got = nms_v06(torch.tensor(boxes), torch.tensor(scores), thr).tolist()
+        assert got == ref_nms(boxes, scores, thr)
+    # the +1: [0, 0, 1, 1] and [1, 1, 2, 2] overlap by 1 px of 4 each: IoU 1/7 (0 without the +1)
+    two = torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2]])
+    assert nms_v06(two, torch.tensor([0.9, 0.8]), 0.1).tolist() == [0]
+    assert nms_v06(two, torch.tensor([0.9, 0.8]), 0.15).tolist() == [0, 1]
+
+
+def test_detections_match_the_reference(stages, dense_ckpt):
+    m = stages
+    sd = {k: f64(v) for k, v in dense_ckpt["state_dict"].items() if k.startswith("bbox_head.")}
+    c, r = ref_head(f64(m["rf"]), sd)
+    np.testing.assert_allclose(f64(m["c"]), c, atol=1e-4 * np.abs(c).max(), rtol=0)
+    ref_dets, ref_labels = ref_detections(f64(m["props"])[:, :4], c, r, m["meta"]["img_shape"],
+                                          m["meta"]["scale_factor"])
+    assert len(ref_dets) >= 24, "the scaled heads should give dozens of detections"
+    assert_same_detections(f64(m["dets"]), m["labels"].numpy(), ref_dets, ref_labels)
+
+
+def test_end_to_end_matches_the_reference(dense_det, dense_ckpt, stages, image):
+    """detect() on the raw image against the float64 reference run from the same FPN levels."""
+    out = dense_det.detect(image)
+    n = int(out["num_dets"][0])
+    m = stages
+    sd = {k: f64(v) for k, v in dense_ckpt["state_dict"].items()}
+    ref_dets, ref_labels = ref_detect_from_feats([f64(f[0]) for f in m["feats"]], sd, m["meta"]["img_shape"],
+                                                 m["meta"]["scale_factor"])
+    assert_same_detections(f64(out["dets"][0, :n]), out["labels"][0, :n].numpy(), ref_dets, ref_labels)
+    assert (out["labels"][0, n:] == -1).all() and not out["dets"][0, n:].any()
+    scores = out["dets"][0, :n, 4]
+    assert (scores[:-1] >= scores[1:]).all()
+    # boxes lie in the original image
+    d = out["dets"][0, :n]
+    assert (d[:, :4] >= 0).all() and (d[:, 2] <= image.shape[1]).all() and (d[:, 3] <= image.shape[0]).all()
+
+
+def test_batch_of_two_sizes_and_layouts(dense_det, dense_ckpt, image):
+    """A list of two images of different sizes: each gets the reference's detections of its own run;
+    NHWC and NCHW batches give the same result."""
+    other = np.random.RandomState(9).randint(0, 256, (100, 64, 3)).astype(np.uint8)
+    out = dense_det.detect([image, other])
+    sd = {k: f64(v) for k, v in dense_ckpt["state_dict"].items()}
+    for i, img in enumerate((image, other)):
+        meta = preprocess(img, dense_det.config)[0]
+        with torch.no_grad():
+            feats = dense_det.extract_feat(meta["img"][None])
+        ref = ref_detect_from_feats([f64(f[0]) for f in feats], sd, meta["img_shape"], meta["scale_factor"])
+        n = int(out["num_dets"][i])
+        assert_same_detections(f64(out["dets"][i, :n]), out["labels"][i, :n].numpy(), *ref)
+    nhwc = np.stack([other, other[::-1].copy()])
+    a = dense_det.detect(nhwc)
+    b = dense_det.detect(torch.from_numpy(nhwc).permute(0, 3, 1, 2).contiguous())
+    for k in ("dets", "labels", "num_dets"):
+        assert torch.equal(a[k], b[k])
+
+
+def test_zero_detections(dense_ckpt, image):
+    sd = dict(dense_ckpt["state_dict"])
+    bias = torch.zeros(81)
+    bias[0] = 100.0  # every RoI is background
+    sd["bbox_head.fc_cls.bias"] = bias
+    det = load_detector(preset("resnet_101_faster_rcnn_res500").with_scale(SCALE), {"state_dict": sd})
+    out = det.detect(image)
+    assert out["num_dets"].tolist() == [0]
+    assert out["dets"].shape == (1, 100, 5) and not out["dets"].any() and (out["labels"] == -1).all()
+
+
+def test_sparse_detector_runs_and_is_finite():
+    """A sparse preset end to end (random official-layout weights), on extreme but finite images."""
+    name = "sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1"
+    det = load_detector(preset(name).with_scale(SCALE), make_checkpoint(name, seed=1))
+    imgs = [np.zeros((40, 70, 3), np.uint8), np.full((40, 70, 3), 255, np.uint8),
+            np.random.RandomState(2).randint(0, 256, (40, 70, 3)).astype(np.uint8)]
+    out = det.detect(np.stack(imgs))
+    assert torch.isfinite(out["dets"]).all()
+    assert out["dets"].shape == (3, 100, 5) and int(out["num_dets"].max()) > 0
+
+
+def test_no_nan_in_dets_for_extreme_finite_images(dense_det):
+    imgs = [np.zeros((50, 50, 3), np.uint8), np.full((1, 200, 3), 255, np.uint8),
+            np.random.RandomState(4).uniform(0, 255, (33, 17, 3)).astype(np.float32)]
+    out = dense_det.detect(imgs)
+    assert torch.isfinite(out["dets"]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line naming the problem and the fix
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("images, layout, match", [
+    (np.zeros((2, 1, 20, 30, 3), np.uint8), None, "rank 4"),
+    (np.zeros((20,), np.uint8), None, "rank 4"),
+    (np.zeros((20, 30, 3), np.int64), None, "dtype int64"),
+    (np.zeros((20, 30, 3), bool), None, "dtype bool"),
+    (np.zeros((20, 30, 4), np.uint8), None, "3 channels"),
+    (np.zeros((1, 20, 30, 1), np.uint8), None, "3 channels"),
+    (np.zeros((3, 20, 3), np.uint8), None, "layout='NHWC'"),
+    (np.zeros((0, 30, 3), np.uint8), None, "zero size"),
+    (np.zeros((0, 20, 30, 3), np.uint8), None, "no images"),
+    (np.full((20, 30, 3), np.nan, np.float32), None, "NaN"),
+    ([], None, "no images"),
+    ("image.jpg", None, "numpy arrays or torch tensors"),
+    (np.zeros((20, 30, 3), np.uint8), "HWC", "layout must be"),
+    (np.zeros((1, 20, 30, 3), np.uint8), "NCHW", "3 channels"),
+])
+def test_bad_images_get_one_line(dense_det, images, layout, match):
+    with pytest.raises(SaiError, match=match) as err:
+        dense_det.detect(images, layout=layout)
+    assert "\n" not in str(err.value)
