@@ -4,7 +4,8 @@
 ``[D0, D1, D2, D3]`` index space with independent element strides on both sides, moving each element
 as an integer of its size (bit-exact for float32, float16 and bfloat16 alike, NaN payloads kept).
 The plugins use it to pack the weights ``W [Cout, Cin/g, kh, kw]`` to the ``[g, tap, Cin/g, Cout/g]``
-order of ``sparse_conv_kernel`` in every enqueue (weights are plugin inputs there, not constants):
+order of ``sparse_conv_kernel`` at the first enqueue of each plugin instance in a CUDA context (weights
+are plugin inputs there, engine constants in every model sai exports; later enqueues reuse the copy):
 view W as ``[g, Cout/g, Cin/g, tap]`` with strides ``(Cout/g*Cin/g*T, Cin/g*T, T, 1)`` and write it
 with strides ``(T*Cin/g*Cout/g, 1, Cout/g, Cin/g*Cout/g)``. In Python, ``pack_weight`` does the same
 with torch; ``copy4d`` here runs the kernel (tests, and any caller that wants the device copy).
