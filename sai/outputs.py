@@ -311,15 +311,16 @@ def check_output_dir(path: PathLike, flag: str = "-o", *, what: str = "sai", for
         raise SaiError(f"{flag} {path} exists and is a file; give a folder path ({what} writes several files)")
     _check_parent(p.parent, flag, create=True)
     _probe_writable(p.parent, flag)
-    if p.is_dir():  # replacing it: an immutable folder or another user's refuses new files as it refuses renames
-        _probe_writable(p, flag)
-    reason = foreign_reason(p, what, legacy) if check_owner else None
+    reason = foreign_reason(p, what, legacy) if check_owner else None  # before anything is created inside it
     if reason is not None:
         if not force:
             raise SaiError(refusal_message(p, flag, what, reason))
         stop = _force_refusal(p.resolve(), protect)
         if stop:
             raise SaiError(f"{flag} {p}: refused even with --force: {stop}; choose another {flag} folder")
+    if p.is_dir():  # replacing it: an immutable folder or another user's refuses new files as it refuses renames
+        _probe_writable(p, flag)
+    if reason is not None:
         n = sum(1 for _ in _walk(p))
         with contextlib.suppress(Exception):
             print(f"{what}: --force: {p} will be replaced; the {n} files and folders in it, including ones sai did "

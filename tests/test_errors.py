@@ -251,6 +251,7 @@ def test_read_only_output_folder(tmp_path, capsys, stub_export):
         assert "Permission denied" in _err(capsys)
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "manifest.json").write_text("{}")
+        outputs.write_marker(tmp_path / "mine", "sai convert")
         (tmp_path / "mine").chmod(0o500)  # an earlier result that is not writable any more
         assert main(["convert", str(tiny_checkpoint(tmp_path)), "-o", str(tmp_path / "mine")]) == 2
         assert "Permission denied" in _err(capsys)
