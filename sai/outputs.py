@@ -675,9 +675,8 @@ def interrupt_watch() -> Iterator[InterruptWatch]:
 def main_program_is_sai() -> bool:
     """True when this process runs the sai CLI as its program (the console script or ``python -m sai``, whose
     ``__main__`` holds ``sai.cli.main.main``), not when a test or another program calls it in-process."""
-    from sai.cli import main as cli
-
-    return getattr(sys.modules.get("__main__"), "main", None) is cli.main
+    entry = getattr(sys.modules.get("__main__"), "main", None)
+    return getattr(entry, "__module__", None) == "sai.cli.main" and getattr(entry, "__name__", None) == "main"
 
 
 class AfterPublish:
