@@ -170,6 +170,7 @@ async def _read_body(server: InferenceServer, request: Request) -> bytes:
     async with _body_deadline(server):
         async for chunk in request.stream():
             total += len(chunk)
+            server.body_bytes += len(chunk)
             if total > limit:
                 raise HTTPError(413, f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
@@ -205,6 +206,8 @@ async def _body_deadline(server: InferenceServer):
                 yield
             finally:
                 server.body_reads.discard(deadline)
+                if not server.body_reads:
+                    server.bodies_done()
     except ClientDisconnect:
         raise HTTPError(CLIENT_GONE, "the client disconnected before its request body arrived") from None
     except TimeoutError:
