@@ -54,8 +54,11 @@ _DEFAULTS = {
     "sparse_block_interp": {"TH": 8, "TW": 8, "BC": 64, "BKD": 32, "num_warps": 8, "num_stages": 1},
 }
 _INTERP_DEFAULTS = {
-    "sparse_block_masks": {"BLOCK": 256, "BC": 16, "num_warps": 1, "num_stages": 1},
-    "sparse_block_interp": {"TH": 8, "TW": 16, "BC": 16, "BKD": 16, "num_warps": 1, "num_stages": 1},
+    "sparse_block_masks": {"BLOCK": 512, "BC": 64, "num_warps": 1, "num_stages": 1},
+    "sparse_block_interp": {"TH": 8, "TW": 16, "BC": 64, "BKD": 64, "num_warps": 1, "num_stages": 1},
+    # the interpreter's cost is per program and per op: large conv tiles (configs' "sparse_sample_conv"
+    # entries serve the GPU)
+    "sparse_block_conv": {"BM": 128, "BN": 64, "BK": 64, "num_warps": 1, "num_stages": 1},
 }
 
 
@@ -181,6 +184,8 @@ def interp_sep_kernel(
     prog = pid.to(tl.int64) * tl.num_programs(1) + pid_c
     fimg = f_ptr + n * sfn
     mimg = m_ptr + n * smn
+    # 2-D offsets are a 1-D pointer per position plus one channel vector (few 2-D integer ops)
+    fch = (ch * sfc)[None, :]
 
     # horizontal pass: num_h = sum_j g[j] M F and den_h = sum_j g[j] M on rows y0 - R .. y0 + TH + R - 1
     qh = tl.arange(0, HRP * TW)
@@ -196,12 +201,12 @@ def interp_sep_kernel(
         mq = tl.load(mimg + yh * smh + qx * smw, mask=ok, other=0.0).to(tl.float32)
         wq = gj * mq
         den += wq
-        fq = tl.load(fimg + (yh * sfh + qx * sfw)[:, None] + ch[None, :] * sfc,
+        fq = tl.load((fimg + yh * sfh + qx * sfw)[:, None] + fch,
                      mask=(ok & (mq > 0.0))[:, None] & cmask[None, :], other=0.0)
         num += wq[:, None] * fq.to(tl.float32)
     tbase = t_ptr + prog * (HRP * TW * BC)
     dbase = td_ptr + prog * (HRP * TW)
-    tl.store(tbase + qh[:, None] * BC + tl.arange(0, BC)[None, :], num)
+    tl.store((tbase + qh * BC)[:, None] + tl.arange(0, BC)[None, :], num)
     tl.store(dbase + qh, den)
     tl.debug_barrier()  # the vertical pass reads what other threads of this program wrote
 
@@ -212,13 +217,14 @@ def interp_sep_kernel(
     ok = (yy < H) & (xx < W)
     num = tl.full([TH * TW, BC], 0.0, tl.float32)
     den = tl.full([TH * TW], 0.0, tl.float32)
+    tq = (tbase + q * BC)[:, None] + tl.arange(0, BC)[None, :]
     for i in tl.static_range(KS):
         gi = tl.exp(-HALF_S2 * ((i - R) * (i - R)))
-        num += gi * tl.load(tbase + (q + i * TW)[:, None] * BC + tl.arange(0, BC)[None, :])
+        num += gi * tl.load(tq + i * (TW * BC))
         den += gi * tl.load(dbase + q + i * TW)
     m = tl.load(mimg + yy * smh + xx * smw, mask=ok, other=0.0).to(tl.float32)
     omask = ok[:, None] & cmask[None, :]
-    f = tl.load(fimg + (yy * sfh + xx * sfw)[:, None] + ch[None, :] * sfc,
+    f = tl.load((fimg + yy * sfh + xx * sfw)[:, None] + fch,
                 mask=omask & (m > 0.0)[:, None], other=0.0).to(tl.float32)
     out = m[:, None] * f + ((1.0 - m) / (NORM * den + EPS))[:, None] * (NORM * num)
     if FUSED:
@@ -230,8 +236,8 @@ def interp_sep_kernel(
             for k0 in range(0, CIN, BKD):
                 ci = k0 + tl.arange(0, BKD)
                 kmask = ci < CIN
-                a = tl.load(xrow[:, None] + ci[None, :] * sdc, mask=ok[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(wd_ptr + ci[:, None] * C + ch[None, :], mask=kmask[:, None] & cmask[None, :],
+                a = tl.load(xrow[:, None] + (ci * sdc)[None, :], mask=ok[:, None] & kmask[None, :], other=0.0)
+                b = tl.load((wd_ptr + ci * C)[:, None] + ch[None, :], mask=kmask[:, None] & cmask[None, :],
                             other=0.0)
                 if UPCAST_DOT:  # the interpreter's dot cannot multiply bfloat16
                     iacc = tl.dot(a.to(tl.float32), b.to(tl.float32), iacc, input_precision="ieee")
@@ -239,10 +245,10 @@ def interp_sep_kernel(
                     iacc = tl.dot(a, b, iacc, input_precision=PRECISION)
             ident = iacc + tl.load(bd_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, :]
         else:
-            ident = tl.load(id_ptr + n * sin_ + (yy * sih + xx * siw)[:, None] + ch[None, :] * sic,
+            ident = tl.load((id_ptr + n * sin_ + yy * sih + xx * siw)[:, None] + (ch * sic)[None, :],
                             mask=omask, other=0.0).to(tl.float32)
         out = tl.maximum(out + ident, 0.0)
-    tl.store(y_ptr + n * syn + (yy * syh + xx * syw)[:, None] + ch[None, :] * syc,
+    tl.store((y_ptr + n * syn + yy * syh + xx * syw)[:, None] + (ch * syc)[None, :],
              out.to(y_ptr.dtype.element_ty), mask=omask)
 
 
@@ -312,7 +318,7 @@ def block_masks(x: Tensor, mask_weight: Tensor, mask_bias: Tensor, strides: tupl
     cnt = torch.empty(4, dtype=torch.int32, device=dev)
     wm, bm = _cached(cache, "masks", (mask_weight, mask_bias), lambda: _pack_masks(mask_weight, mask_bias))
     cfg = _cfg("sparse_block_masks", dev)
-    blk = cfg["BLOCK"]
+    blk = min(cfg["BLOCK"], max(64, triton.next_power_of_2(max(p1, p2))))  # small maps: one small program
     nb1, nb2 = triton.cdiv(p1, blk), triton.cdiv(p2, blk)
     stoch = noise1 is not None
     if stoch:
@@ -330,7 +336,8 @@ def block_masks(x: Tensor, mask_weight: Tensor, mask_bias: Tensor, strides: tupl
             n, c, h, w, h1, w1, h2, w2, s1, s2, nb1, nb1 + nb2,
             *x.stride(), *st1, *st2,
             float(temperature) + DELTA, max(int(grid_interval), 1),
-            STOCH=stoch, HAS_GRID=grid_interval > 0, BLOCK=blk, BC=cfg["BC"], **_opts(dev, cfg),
+            STOCH=stoch, HAS_GRID=grid_interval > 0, BLOCK=blk, BC=min(cfg["BC"], max(16, triton.next_power_of_2(c))),
+            **_opts(dev, cfg),
         )
     m1 = mbuf[:p1].view(n, 1, h1, w1)
     m2 = mbuf[p1:].view(n, 1, h2, w2)
@@ -351,8 +358,13 @@ def conv_at(x: Tensor, weight: Tensor, bias: Optional[Tensor], idx: Tensor, cnt:
     if y.numel() == 0:
         return y
     wp = _pack_conv(weight) if packed is None else packed
-    cfg = configs.lookup("sparse_sample_conv", configs.arch_name(dev), dtype=str(x.dtype).replace("torch.", ""),
-                         k=kh, deform=offset is not None)
+    arch = configs.arch_name(dev)
+    feats = {"dtype": str(x.dtype).replace("torch.", ""), "k": kh, "deform": offset is not None}
+    try:
+        cfg = configs.lookup("sparse_block_conv", arch, **feats)
+    except KeyError:
+        cfg = (dict(_INTERP_DEFAULTS["sparse_block_conv"]) if arch == "interpreter"
+               else configs.lookup("sparse_sample_conv", arch, **feats))
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
     off = offset if offset is not None else x
     so = offset.stride() if offset is not None else (0, 0, 0, 0)
@@ -382,7 +394,11 @@ def interpolate_tail(feature: Tensor, mask: Tensor, sigma: float, kernel_size: i
     if y.numel() == 0:
         return y
     cfg = _cfg("sparse_block_interp", dev, k=kernel_size, down=down_weight is not None)
-    th, tw, bc, bkd = cfg["TH"], cfg["TW"], cfg["BC"], cfg["BKD"]
+    # tiles no larger than the map (the last stages' maps are small), at least 16 positions (tl.dot's M)
+    tw = min(cfg["TW"], triton.next_power_of_2(w))
+    th = max(min(cfg["TH"], triton.next_power_of_2(h)), 16 // tw)
+    bc = min(cfg["BC"], max(16, triton.next_power_of_2(c)))
+    bkd = cfg["BKD"]
     nty, ntx = triton.cdiv(h, th), triton.cdiv(w, tw)
     grid = (n * nty * ntx, triton.cdiv(c, bc))
     hrp = triton.next_power_of_2(th + kernel_size - 1)

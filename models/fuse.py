@@ -18,6 +18,8 @@ The fused BasicBlock keeps bn2's bias inside conv2 (its 3x3 conv does not commut
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from collections.abc import Callable
 from typing import Optional
 
@@ -140,6 +142,23 @@ def mask_logits(x: Tensor, weights: Tensor, biases: Tensor, strides: tuple[int, 
 FAST_BLOCKS = True
 INTERP_EPS = 1e-5  # the eps of every Interpolate of the fused blocks (the ops' default)
 
+# On CUDA tensors each sparse block runs as ``sai.kernels.sparse_block.sparse_block`` (the Triton block:
+# masks, convs at the masks' positions and separable Interpolates in 6-7 launches, CUDA-graph capturable
+# once a first forward has packed the weights). ``SAI_KERNELS_ON_CPU=1`` with ``TRITON_INTERPRET=1`` runs
+# that same code path on CPU tensors under the Triton interpreter (tests, launch counts). A block the
+# GPU path cannot take runs the per-op path, and the reason is logged once.
+_log = logging.getLogger(__name__)
+_fallbacks_logged: set = set()
+
+
+def kernels_on_cpu() -> bool:
+    """True when the CUDA code path runs on CPU tensors (``SAI_KERNELS_ON_CPU=1`` and ``TRITON_INTERPRET=1``)."""
+    return os.environ.get("SAI_KERNELS_ON_CPU") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _gpu_device(x: Tensor) -> bool:
+    return x.device.type == "cuda" or (x.device.type == "cpu" and kernels_on_cpu())
+
 
 def nhwc_stem_input(model: nn.Module, x: Tensor) -> Tensor:
     """The input of a fused sparse model as channels_last when its first sparse block runs the fused NHWC
@@ -220,11 +239,75 @@ class _FusedSparseBase(MaskBookkeeping):
         self._observe(m1, m2)
         return m1, m2
 
+    def _gpu_refusal(self, x: Tensor) -> Optional[str]:
+        """Why the GPU block (``sai.kernels.sparse_block``) cannot take ``x`` on this block, or None."""
+        if os.environ.get("SAI_TRITON_KERNELS", "1") == "0":
+            return "SAI_TRITON_KERNELS=0 disables the Triton kernels"
+        try:
+            import sai.kernels.sparse_block  # noqa: F401
+        except ImportError as e:
+            return f"the Triton kernels cannot be imported ({e}): install triton"
+        if x.dim() != 4 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"the input is {x.dtype} {list(x.shape)}; the kernels take 4-D float32, float16 or bfloat16"
+        for name in ("conv1_weight", "conv2_weight", "conv3_weight", "down_weight", "offset_weight"):
+            w = getattr(self, name, None)
+            if w is not None and w.dtype != x.dtype:
+                return f"{name} is {w.dtype} but the input is {x.dtype}: cast the model (cast_for_inference)"
+        if x.requires_grad or (torch.is_grad_enabled() and self.conv1_weight.requires_grad):
+            return "autograd is recording (the kernels have no backward)"
+        if self.mask_fn is not None:
+            return "a substitute mask_fn is set"
+        return None
+
+    def _gpu_input(self, x: Tensor) -> Optional[Tensor]:
+        """``x`` as NHWC when this call runs the GPU block (CUDA tensors, or CPU tensors under
+        ``kernels_on_cpu()``), else None; a refusal is logged once per reason."""
+        if not (FAST_BLOCKS and _gpu_device(x) and _recording()):
+            return None
+        why = self._gpu_refusal(x)
+        if why is not None:
+            if why not in _fallbacks_logged:
+                _fallbacks_logged.add(why)
+                _log.warning("sai: sparse blocks run the per-op path on %s: %s", x.device.type, why)
+            return None
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _gpu_forward(self, x: Tensor, noise1: Optional[Tensor], noise2: Optional[Tensor], args: tuple) -> Tensor:
+        """The block as ``sai.kernels.sparse_block.sparse_block``; ``args`` its conv arguments (wa .. ds)."""
+        from sai.kernels.sparse_block import new_workspace, sparse_block
+
+        n, _, h, w = x.shape
+        if self.sampling == "stochastic":
+            src = self.noise_source or NoiseSource(None)
+            shapes = [(n, 2, (h - 1) // s + 1, (w - 1) // s + 1) for s in self.mask_strides]
+            noise1 = src.uniform(shapes[0], self.mask1_weight) if noise1 is None else noise1
+            noise2 = src.uniform(shapes[1], self.mask1_weight) if noise2 is None else noise2
+        else:
+            noise1 = noise2 = None
+        state = self.__dict__.setdefault("_gpu_state", {"cache": {}})
+        tensors = (self.mask1_weight, self.mask2_weight, self.mask1_bias, self.mask2_bias)
+        key = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+        if state.get("mask_key") != key:  # both mask predictors stacked, kept while the weights are
+            state["mask_key"] = key
+            state["masks"] = (torch.cat(tensors[:2]), torch.cat(tensors[2:]))
+        ws = state.get(x.device)
+        if ws is None:
+            ws = state[x.device] = new_workspace(x.device)
+        wo, bo = (self.offset_weight, self.offset_bias) if self.with_dcn else (None, None)
+        out, m1, m2 = sparse_block(
+            x, *state["masks"], self.mask_strides, self.T_eval, self.grid_prior_interval, noise1, noise2, *args,
+            self.sigma1, self.sigma2, self.gaussian_kernel, INTERP_EPS, wo, bo, self.stride,
+            workspace=ws, cache=state["cache"])
+        self._observe(m1, m2)
+        return out
+
     def _fast_input(self, x: Tensor) -> Optional[Tensor]:
-        """``x`` as NHWC (a no-op after the first fused block) when this call can run as one
-        ``sai_cpu::sparse_block`` (see FAST_BLOCKS), else None."""
+        """``x`` as NHWC (a no-op after the first fused block) when this call can run as one fused block:
+        the GPU block (``_gpu_input``) or ``sai_cpu::sparse_block`` (see FAST_BLOCKS), else None."""
         from sai.models import cpu_kernels
 
+        if _gpu_device(x):
+            return self._gpu_input(x)
         if not (FAST_BLOCKS and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.conv1_weight.dtype == torch.float32 and not x.requires_grad and _recording()
                 and cpu_kernels.active()):
@@ -279,6 +362,10 @@ class FusedSparseBottleneck(_FusedSparseBase):
         nhwc = self._fast_input(x) if self.sampling != "dense" else None
         fast = nhwc is not None
         x = nhwc if fast else x
+        if fast and _gpu_device(x):
+            return self._gpu_forward(x, noise1, noise2, (
+                self.conv1_weight, self.conv1_bias, 1, self.conv2_weight, self.conv2_bias, s, True,
+                self.conv3_weight, self.out_bias, self.down_weight, self.down_bias, self.down_stride))
         if self.sampling == "dense":
             identity = self._identity(x)
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias))
@@ -328,6 +415,10 @@ class FusedSparseBasicBlock(_FusedSparseBase):
         nhwc = self._fast_input(x) if self.sampling != "dense" else None
         fast = nhwc is not None
         x = nhwc if fast else x
+        if fast and _gpu_device(x):
+            return self._gpu_forward(x, noise1, noise2, (
+                self.conv1_weight, self.conv1_bias, s, self.conv2_weight, self.conv2_bias, 1, False,
+                None, None, self.down_weight, self.down_bias, self.down_stride))
         if self.sampling == "dense":
             identity = self._identity(x)
             a = F.relu(F.conv2d(x, self.conv1_weight, self.conv1_bias, stride=s, padding=1))
