@@ -284,6 +284,9 @@ def _force_refusal(p: Path, protect: Iterable[PathLike]) -> Optional[str]:
         q = Path(q).expanduser().resolve()
         if q == p or q.is_relative_to(p):
             return f"it holds {q}, an input of this command"
+    for rel, e in _walk(p):
+        if e.is_dir(follow_symlinks=False) and os.path.ismount(e.path):
+            return f"{rel} inside it is a mount point (another filesystem)"
     return None
 
 
