@@ -431,3 +431,27 @@ def test_conv_pack_every_launch_mode(recorder):
     assert [r["syncs"] for r in rec["runs"]] == [0, 0, 0]
     for run in rec["runs"][1:]:
         assert run["launches"] == 3 and run["mallocs"] == 0 and run["prepares"] == 0 and run["image_scans"] == 0
+
+
+def test_a_shape_change_refills_the_arguments_only(recorder):
+    # dynamic shapes: another batch in the next enqueue keeps the builds and the packed weights; the
+    # grids and sizes follow the new shape, with no string work, lookup or allocation
+    rec = record(recorder, **_conv_args(CONV[0]), runs=3, N2=5)
+    assert rec["result"] == 0, rec["error"]
+    second = rec["runs"][1]
+    assert {k: second[k] for k in STEADY} == STEADY, second
+    from sai.kernels import aot
+
+    for op in second["ops"][1:]:  # the partition and the conv: P and the grid of the new batch
+        meta = json.loads((recorder["kernels"] / f"sm_{op['cc']}" / f"{aot.image_stem(op['spec'], op['tactic'])}.json")
+                          .read_text())
+        rows = meta["constexprs"].get("BM", meta["constexprs"].get("BLOCK"))
+        assert op["args"]["P"] == 5 * 7 * 9 and op["grid"][0] == -(-5 * 7 * 9 // rows), op
+    case = INTERP[0]
+    rec = record(recorder, op="interp", cc=CC, type=case["type"], mtype=case["mtype"], xl=case["xl"], ml=case["ml"],
+                 N=case["n"], C=case["c"], H=case["h"], W=case["w"], k=case["k"], sigma=case["sigma"], eps=1e-5,
+                 tactic=0, runs=2, N2=3, x=0, mask=1 << 20, y=2 << 20, ws=3 << 20)
+    assert rec["result"] == 0, rec["error"]
+    second = rec["runs"][1]
+    assert {k: second[k] for k in STEADY} == STEADY, second
+    assert second["ops"][-1]["args"]["P"] == 3 * case["h"] * case["w"]

@@ -116,15 +116,14 @@ cudaError_t saiCurrentContext(SaiLaunchContext& c, bool* changed)
     return cudaSuccess;
 }
 
-cudaError_t saiPartitionPrepare(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W,
-    char const* mode, SaiPartitionPlan* plan)
+cudaError_t saiPartitionResolve(SaiDataType maskType, char const* mode, SaiPartitionPlan* plan)
 {
-    std::string const spec = std::string("mask_partition_") + saiTypeTag(maskLayout.type) + "_" + mode;
-    cudaError_t const err = saiResolve(spec, 1, &plan->kernel);
-    if (err != cudaSuccess)
-    {
-        return err;
-    }
+    return saiResolve(std::string("mask_partition_") + saiTypeTag(maskType) + "_" + mode, 1, &plan->kernel);
+}
+
+void saiPartitionArgs(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W, bool lt1,
+    SaiPartitionPlan* plan)
+{
     kernels::MaskPartitionKernelArgs& a = plan->args;
     a = kernels::MaskPartitionKernelArgs{};
     a.P = positions;
@@ -133,9 +132,8 @@ cudaError_t saiPartitionPrepare(SaiTensorLayout const& maskLayout, int64_t posit
     a.smn = maskLayout.strides.n;
     a.smh = maskLayout.strides.h;
     a.smw = maskLayout.strides.w;
-    a.MODE_LT1 = std::string(mode) == "lt1" ? 1 : 0;
+    a.MODE_LT1 = lt1 ? 1 : 0;
     plan->grid = saiGridDim(positions, plan->kernel.image->tileRows);
-    return cudaSuccess;
 }
 
 cudaError_t saiPartitionRun(

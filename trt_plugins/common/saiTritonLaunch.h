@@ -118,10 +118,14 @@ struct SaiPartitionPlan
     unsigned grid{0};
 };
 
-//! Resolves the partition ("gt0": M > 0 first, for the conv; "lt1": M < 1 first, for Interpolate)
-//! over the N*H*W positions of a mask in `maskLayout`.
-cudaError_t saiPartitionPrepare(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W,
-    char const* mode, SaiPartitionPlan* plan);
+//! Resolves the partition of a mask of type `maskType` ("gt0": M > 0 first, for the conv; "lt1":
+//! M < 1 first, for Interpolate) in the current context.
+cudaError_t saiPartitionResolve(SaiDataType maskType, char const* mode, SaiPartitionPlan* plan);
+
+//! Sets its arguments (but the buffers) and grid for the N*H*W positions of a mask in `maskLayout`
+//! (integers only: a shape change costs no string work or lookup).
+void saiPartitionArgs(SaiTensorLayout const& maskLayout, int64_t positions, int32_t H, int32_t W, bool lt1,
+    SaiPartitionPlan* plan);
 
 //! Zeros the counts (int32 [2]) and launches the partition of `mask` into `idx` / `count`.
 cudaError_t saiPartitionRun(kernels::DriverApi const* api, SaiPartitionPlan& plan, void const* mask, void* idx,

@@ -5,8 +5,9 @@
  * of time by `make kernels`, embedded in the library). No TensorRT types.
  *
  * InterpolateRunner holds the launch state of one node (one plugin instance): the builds chosen
- * and resolved once per configuration and CUDA context; every run then issues, on `stream` (no
- * host synchronisation, CUDA-graph safe):
+ * and resolved once per CUDA context and build choice (types, tactic, alignment), the integer
+ * arguments refilled when shapes or strides change; every run then issues, on `stream` (no host
+ * synchronisation, CUDA-graph safe):
  *   1. zero the device-side counts; mask_partition_<mask type>_lt1: the positions with M < 1 first
  *   2. interpolate_<type>_m<mask type>[_any]: out = M*F + (1-M) * num / den where M < 1 (num and
  *      den = conv(M, K) + eps accumulated in fp32, K evaluated in fp32), M*F elsewhere; "fast"

@@ -68,6 +68,8 @@ InterpKey interpKey(SaiInterpParams const& p, SaiDataType type, SaiInterpLayouts
 struct InterpolateRunner::State
 {
     SaiLaunchContext lc;
+    bool resolved{false};
+    std::array<int64_t, 4> builds{};
     bool prepared{false};
     InterpKey key{};
     int64_t prepares{0};
@@ -108,14 +110,15 @@ size_t interpolateWorkspaceSize(SaiInterpParams const& p, SaiDataType /*type*/)
 
 namespace
 {
-//! Chooses and resolves the builds of one configuration, their arguments but for the buffers.
-cudaError_t prepare(InterpolateRunner::State& s, SaiInterpParams const& p, SaiDataType type,
-    SaiInterpLayouts const& l, int32_t tactic, bool fast, InterpKey const& key)
+//! Chooses the builds of one configuration and resolves them in the current context (string
+//! work, image scan, module cache): once per build key and context.
+cudaError_t resolveBuilds(InterpolateRunner::State& s, SaiDataType type, SaiInterpLayouts const& l, int32_t tactic,
+    bool fast, std::array<int64_t, 4> const& builds)
 {
+    s.resolved = false;
     s.prepared = false;
     ++s.prepares;
-    int64_t const positions = static_cast<int64_t>(p.N) * p.H * p.W;
-    cudaError_t err = saiPartitionPrepare(l.mask, positions, p.H, p.W, "lt1", &s.partition);
+    cudaError_t err = saiPartitionResolve(l.mask.type, "lt1", &s.partition);
     if (err != cudaSuccess)
     {
         return err;
@@ -126,6 +129,16 @@ cudaError_t prepare(InterpolateRunner::State& s, SaiInterpParams const& p, SaiDa
     {
         return err;
     }
+    s.builds = builds;
+    s.resolved = true;
+    return cudaSuccess;
+}
+
+//! The arguments (but the buffers) and grids of one configuration: integers only.
+void setArgs(InterpolateRunner::State& s, SaiInterpParams const& p, SaiInterpLayouts const& l, InterpKey const& key)
+{
+    int64_t const positions = static_cast<int64_t>(p.N) * p.H * p.W;
+    saiPartitionArgs(l.mask, positions, p.H, p.W, true, &s.partition);
     float const s2 = p.sigma * p.sigma;
     constexpr float kTwoPi = 6.283185307179586F;
     SaiStrides const fs = l.feature.strides, ms = l.mask.strides, os = l.out.strides;
@@ -159,7 +172,6 @@ cudaError_t prepare(InterpolateRunner::State& s, SaiInterpParams const& p, SaiDa
     s.gridY = saiGridDim(p.C, s.interp.image->tileCols);
     s.key = key;
     s.prepared = true;
-    return cudaSuccess;
 }
 } // namespace
 
@@ -211,13 +223,19 @@ cudaError_t InterpolateRunner::run(SaiInterpParams const& p, SaiDataType type, S
         }
         bool const fast = type != SaiDataType::kFLOAT && saiAligned16(l.feature, p.C) && saiAligned16(l.out, p.C)
             && saiAligned16(feature) && saiAligned16(out);
-        InterpKey const key = interpKey(p, type, l, tactic, fast);
-        if (changed || !s.prepared || key != s.key)
+        std::array<int64_t, 4> const builds = {
+            static_cast<int64_t>(type), static_cast<int64_t>(l.mask.type), fast ? 1 : 0, tactic};
+        if (changed || !s.resolved || builds != s.builds)
         {
-            if ((err = prepare(s, p, type, l, tactic, fast, key)) != cudaSuccess)
+            if ((err = resolveBuilds(s, type, l, tactic, fast, builds)) != cudaSuccess)
             {
                 return err;
             }
+        }
+        InterpKey const key = interpKey(p, type, l, tactic, fast);
+        if (!s.prepared || key != s.key)
+        {
+            setArgs(s, p, l, key);
         }
 
         // 1. the positions with M < 1 first (they need the stencil), the count on the device

@@ -7,9 +7,10 @@
  * launch under the Triton interpreter, tests/test_trt_launch.py) without TensorRT or a GPU.
  *
  * SparseSampleConvRunner holds the launch state of one node (one plugin instance). Its first run in a
- * CUDA context, and the first after a configuration change (shapes, types, layouts, tactic, the
- * alignment that picks the build), chooses the builds and resolves them (prepare); every run then
- * issues, on `stream` (no host synchronisation, CUDA-graph safe):
+ * CUDA context, and the first after a change of what picks the builds (types, tactic, the layouts'
+ * and addresses' alignment, kernel size, activation), chooses the builds and resolves them (spec
+ * names, image scan, module cache); other changes (shapes, strides) only refill the integer
+ * arguments. Every run then issues, on `stream` (no host synchronisation, CUDA-graph safe):
  *   1. zero the device-side counts; mask_partition_<mask type>_gt0: the output positions with
  *      mask > 0 first, then the others, and their count on the device
  *   2. sparse_conv_<type>_<k3|k1|any>[_deform][_relu]: the implicit GEMM over the active positions

@@ -21,8 +21,8 @@ struct ConvWorkspace
 {
     void* idx;    //!< int32 [P]: the partition of the output positions, active first
     void* count;  //!< int32 [2]: active, inactive
-    void* weight; //!< [g, tap, Cin/g, Cout/g], the type of X
-    void* bias;   //!< [Cout] zeros, the type of X (the builds always read a bias)
+    void* weight; //!< [g, tap, Cin/g, Cout/g], the type of X (packEveryLaunch, a first run in a capture)
+    void* bias;   //!< [Cout] zeros, the type of X (the builds always read a bias), as `weight`
     size_t total;
 };
 
@@ -94,6 +94,15 @@ ConvKey convKey(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& 
     return key;
 }
 
+//! What decides the builds (spec names, tactic): resolved again only when it changes.
+using BuildKey = std::array<int64_t, 7>;
+
+BuildKey buildKey(SaiConvParams const& p, SaiDataType type, SaiConvBuffers const& b, bool fast)
+{
+    return {static_cast<int64_t>(type), static_cast<int64_t>(b.maskLayout.type), fast ? 1 : 0,
+        b.offset != nullptr ? 1 : 0, p.activation, p.kh, b.tactic};
+}
+
 //! What the packed weights depend on, and the W they were packed from.
 using WeightKey = std::array<int64_t, 8>;
 
@@ -109,6 +118,8 @@ struct SparseSampleConvRunner::State
 {
     bool packEveryLaunch{false};
     SaiLaunchContext lc;
+    bool resolved{false};
+    BuildKey builds{};
     bool prepared{false};
     ConvKey key{};
     int64_t prepares{0};
@@ -128,23 +139,39 @@ struct SparseSampleConvRunner::State
 
 namespace
 {
-//! Chooses and resolves the builds of one configuration, their arguments but for the buffers.
-cudaError_t prepare(SparseSampleConvRunner::State& s, SaiConvParams const& p, SaiDataType type,
-    SaiConvBuffers const& b, bool fast, ConvKey const& key)
+//! Chooses the builds of one configuration and resolves them in the current context (string
+//! work, image scan, module cache): once per build key and context.
+cudaError_t resolveBuilds(SparseSampleConvRunner::State& s, SaiConvParams const& p, SaiDataType type,
+    SaiConvBuffers const& b, bool fast, BuildKey const& builds)
 {
+    s.resolved = false;
     s.prepared = false;
     ++s.prepares;
-    int64_t const positions = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
-    cudaError_t err = saiPartitionPrepare(b.maskLayout, positions, p.Ho, p.Wo, "gt0", &s.partition);
+    cudaError_t err = saiPartitionResolve(b.maskLayout.type, "gt0", &s.partition);
     if (err != cudaSuccess)
     {
         return err;
     }
-    bool const deform = b.offset != nullptr;
-    if ((err = saiResolve(convSpec(p, type, deform, fast), b.tactic, &s.conv)) != cudaSuccess)
+    if ((err = saiResolve(convSpec(p, type, b.offset != nullptr, fast), b.tactic, &s.conv)) != cudaSuccess)
     {
         return err;
     }
+    // W [Cout, Cin/g, kh, kw] viewed as [g, Cout/g, Cin/g, tap] -> [g, tap, Cin/g, Cout/g]
+    if ((err = saiResolve(saiDataTypeSize(type) == 2 ? "copy4d_b16" : "copy4d_b32", 1, &s.pack)) != cudaSuccess)
+    {
+        return err;
+    }
+    s.builds = builds;
+    s.resolved = true;
+    return cudaSuccess;
+}
+
+//! The arguments (but the buffers) and grids of one configuration: integers only.
+void setArgs(SparseSampleConvRunner::State& s, SaiConvParams const& p, SaiConvBuffers const& b, ConvKey const& key)
+{
+    int64_t const positions = static_cast<int64_t>(p.N) * p.Ho * p.Wo;
+    saiPartitionArgs(b.maskLayout, positions, p.Ho, p.Wo, false, &s.partition);
+    bool const deform = b.offset != nullptr;
     SaiStrides const xs = b.xLayout.strides, ys = b.yLayout.strides;
     SaiStrides const os = deform ? b.offsetLayout.strides : SaiStrides{};
     kernels::SparseConvKernelArgs& a = s.convArgs;
@@ -183,12 +210,6 @@ cudaError_t prepare(SparseSampleConvRunner::State& s, SaiConvParams const& p, Sa
     a.UPCAST_DOT = 0;
     s.convGridX = saiGridDim(positions, s.conv.image->tileRows);
     s.convGridY = static_cast<unsigned>(p.groups) * saiGridDim(p.coutPerGroup, s.conv.image->tileCols);
-
-    // W [Cout, Cin/g, kh, kw] viewed as [g, Cout/g, Cin/g, tap] -> [g, tap, Cin/g, Cout/g]
-    if ((err = saiResolve(saiDataTypeSize(type) == 2 ? "copy4d_b16" : "copy4d_b32", 1, &s.pack)) != cudaSuccess)
-    {
-        return err;
-    }
     int64_t const g = p.groups, cog = p.coutPerGroup, cig = p.cinPerGroup, taps = p.kh * p.kw;
     kernels::Copy4dKernelArgs& c = s.packArgs;
     c = kernels::Copy4dKernelArgs{};
@@ -207,7 +228,6 @@ cudaError_t prepare(SparseSampleConvRunner::State& s, SaiConvParams const& p, Sa
     s.packGrid = saiGridDim(c.TOTAL, s.pack.image->tileRows);
     s.key = key;
     s.prepared = true;
-    return cudaSuccess;
 }
 
 //! Packs W into `packed` (and zeros `zeroBias`, when not 0) on `stream`.
@@ -319,13 +339,18 @@ cudaError_t SparseSampleConvRunner::run(SaiConvParams const& p, SaiDataType type
             return err;
         }
         bool const fast = convFast(p, type, b);
-        ConvKey const key = convKey(p, type, b, fast);
-        if (changed || !s.prepared || key != s.key)
+        BuildKey const builds = buildKey(p, type, b, fast);
+        if (changed || !s.resolved || builds != s.builds)
         {
-            if ((err = prepare(s, p, type, b, fast, key)) != cudaSuccess)
+            if ((err = resolveBuilds(s, p, type, b, fast, builds)) != cudaSuccess)
             {
                 return err;
             }
+        }
+        ConvKey const key = convKey(p, type, b, fast);
+        if (!s.prepared || key != s.key)
+        {
+            setArgs(s, p, b, key);
         }
 
         // 1. the weights in the kernel's order, a zero bias where the node has none: once per W

@@ -14,7 +14,7 @@
  * strides, grids, zero bias, padding channels) is checked end to end without a GPU.
  *
  *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
- *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...]
+ *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...] [N2=...]
  */
 #include "interpolateKernel.h"
 #include "saiTritonLaunch.h"
@@ -376,6 +376,13 @@ int main(int argc, char** argv)
         b.offsetLayout = sai::saiTensorLayout(layout(str("xl")), t, 2 * p.deformGroups * p.kh * p.kw, p.Ho, p.Wo);
         b.tactic = static_cast<int32_t>(num("tactic"));
         ws = sai::sparseSampleConvWorkspaceSize(p, t);
+        if (gArgs.count("N2") && num("N2") > p.N)
+        {
+            sai::SaiConvParams big = p; // the workspace of the profile's largest batch
+            big.N = static_cast<int32_t>(num("N2"));
+            sai::saiConvFinalize(big);
+            ws = sai::sparseSampleConvWorkspaceSize(big, t);
+        }
         gDeviceNext = static_cast<uint64_t>(num("ws") < 0 ? 0 : num("ws")) + (ws + 255) / 256 * 256;
         sai::SparseSampleConvRunner runner(gArgs.count("every") && num("every") != 0);
         for (int i = 0; i < runs && err == cudaSuccess; ++i)
@@ -384,6 +391,11 @@ int main(int argc, char** argv)
             int64_t prepares = runner.prepares(), packs = runner.packs();
             if (i == 1 && gArgs.count("weight2"))
                 b.weight = at("weight2"); // the second enqueue reads W from another address: packed again
+            if (i == 1 && gArgs.count("N2"))
+            {
+                p.N = static_cast<int32_t>(num("N2")); // the second enqueue has another batch (dynamic shapes)
+                sai::saiConvFinalize(p);
+            }
             RunCounts c = measure([&] { return runner.run(p, t, b, at("ws"), ws, nullptr); }, prepares, packs);
             std::string ops = gOps.substr(opsBefore);
             if (ops.rfind(",\n  ", 0) == 0)
@@ -407,6 +419,12 @@ int main(int argc, char** argv)
         l.out = l.feature;
         l.mask = sai::saiTensorLayout(layout(str("ml")), mt, 1, p.H, p.W);
         ws = sai::interpolateWorkspaceSize(p, t);
+        if (gArgs.count("N2") && num("N2") > p.N)
+        {
+            sai::SaiInterpParams big = p; // the workspace of the profile's largest batch
+            big.N = static_cast<int32_t>(num("N2"));
+            ws = sai::interpolateWorkspaceSize(big, t);
+        }
         int32_t const tactic = static_cast<int32_t>(num("tactic"));
         sai::InterpolateRunner runner;
         int64_t const noPacks = 0;
@@ -414,6 +432,8 @@ int main(int argc, char** argv)
         {
             size_t const opsBefore = gOps.size();
             int64_t prepares = runner.prepares();
+            if (i == 1 && gArgs.count("N2"))
+                p.N = static_cast<int32_t>(num("N2")); // the second enqueue has another batch (dynamic shapes)
             RunCounts c = measure(
                 [&] { return runner.run(p, t, l, tactic, at("x"), at("mask"), at("y"), at("ws"), ws, nullptr); },
                 prepares, noPacks);
