@@ -46,6 +46,31 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
             "min_ms": float(a.min()), "max_ms": float(a.max())}
 
 
+def bench_feeds(engine: Engine, shape: Sequence[int], seed: int = 0) -> dict:
+    """``engine.example_feeds(shape)`` after the checks that need no data, so a bad ``--batch``/``--shape`` is
+    refused at once instead of after allocating and running it: the engine's batch range and shape profile
+    (InputError/ProfileError), then the memory the inputs alone take (SaiError past half of what is available)."""
+    from sai.exporter.export import available_memory
+    from sai.runtime.engine import InputError, noise_shape
+
+    shape = [int(v) for v in shape]
+    n = shape[0]
+    if n < engine.min_batch or (engine.max_batch is not None and n > engine.max_batch):
+        hi = engine.max_batch if engine.max_batch is not None else "any"
+        raise InputError(f"batch size {n} is outside the engine's profile [{engine.min_batch}, {hi}]; pass a "
+                         "--batch within it")
+    engine.check_profile(shape)
+    itemsize = np.dtype(engine.primary_input.dtype).itemsize
+    need = int(np.prod(shape, dtype=np.int64)) * itemsize
+    need += sum(int(np.prod(noise_shape(shape, s), dtype=np.int64)) * 4 for _, s in engine.noise_inputs)
+    have = available_memory()
+    if have is not None and 2 * need > have:
+        raise SaiError(f"input shape {shape} takes {need / 1e9:.1f} GB for the inputs alone (before any "
+                       f"activation), more than half of the {have / 1e9:.1f} GB available; bench a smaller --batch "
+                       "or --shape")
+    return engine.example_feeds(shape, seed=seed)
+
+
 def bench(engine: Engine, feeds: dict, *, iterations: int = 50, warmup: int = 5, label: str = "") -> BenchResult:
     """Time ``engine.infer(feeds)``: ``warmup`` untimed runs then ``iterations`` timed ones (noise, if any,
     is drawn per run as in serving)."""

@@ -58,6 +58,15 @@ def check_profile(name: str, shape: Sequence[int], min_shape: Optional[Sequence[
                                    "with a wider --min-shape/--max-shape)", too_large=over)
 
 
+def dtype_label(dt: np.dtype) -> str:
+    """A dtype's name, with its byte order where that is not this machine's (``float32 (big-endian)``), so two
+    dtypes that differ only in byte order never read alike in a message."""
+    dt = np.dtype(dt)
+    if dt.byteorder in "<>":  # numpy writes "=" for the native order
+        return f"{dt.name} ({'big' if dt.byteorder == '>' else 'little'}-endian)"
+    return dt.name
+
+
 def value_dtype(value: Any) -> Optional[np.dtype]:
     """The dtype of an array-like as given (None for lists and the like)."""
     dt = getattr(value, "dtype", None)
@@ -405,8 +414,8 @@ class Engine:
         if dev.dtype != np.dtype(spec.dtype):
             if dev.dtype == np.uint8 and spec.name == self.primary_input.name:
                 raise InputError(self.dtype_error(spec, dev.dtype))
-            raise InputError(f"device input {spec.name!r} has dtype {dev.dtype.name}, expected "
-                             f"{np.dtype(spec.dtype).name} (device inputs are bound as they are, without casts)")
+            raise InputError(f"device input {spec.name!r} has dtype {dtype_label(dev.dtype)}, expected "
+                             f"{dtype_label(spec.dtype)} (device inputs are bound as they are, without casts)")
         if dev.ndim != len(spec.shape) or not all(_dim_ok(w, h) for w, h in zip(spec.shape, dev.shape, strict=False)):
             raise InputError(f"input {spec.name!r} has shape {list(dev.shape)}, expected {list(spec.shape)}")
         if 0 in dev.shape:
@@ -422,7 +431,10 @@ class Engine:
         """The message for an input of a dtype the model does not take: what was given, what is expected, the fix
         (for the image input: how to normalise raw pixels, from the model's ``input_norm`` metadata)."""
         want, given = np.dtype(spec.dtype), np.dtype(given)
-        msg = f"input {spec.name!r} has dtype {given.name}, but the model takes {want.name}"
+        msg = f"input {spec.name!r} has dtype {dtype_label(given)}, but the model takes {dtype_label(want)}"
+        if given.newbyteorder("=") == want.newbyteorder("="):  # host arrays are converted; this is a bound one
+            return (f"{msg} in this machine's byte order; convert it first (e.g. numpy: "
+                    f"arr.astype(arr.dtype.newbyteorder('=')))")
         if spec.name in {n for n, _ in self.noise_inputs}:
             return f"{msg}; pass uniform [0, 1) noise as {want.name}, or leave it out to have it drawn from the seed"
         if want.kind != "f":

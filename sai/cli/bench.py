@@ -37,7 +37,7 @@ def _checkpoint_for(args, engine):
 
 def run(args: argparse.Namespace) -> int:
     import sai.runtime as rt
-    from sai.runtime.bench import bench, dense_twin_engine
+    from sai.runtime.bench import bench, bench_feeds, dense_twin_engine
 
     options = {}
     if args.precision or args.cuda_graphs:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with engine:
         shape = image_shape(args, engine)
-        feeds = engine.example_feeds(shape)
+        feeds = bench_feeds(engine, shape)  # the profile and the memory first: nothing allocated when refused
         label = str(engine.metadata.get("arch", "model"))
         results.append(bench(engine, feeds, iterations=args.iterations, warmup=args.warmup, label=label))
         if not args.json:
