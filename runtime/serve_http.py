@@ -53,8 +53,10 @@ def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_ref
     itself buffers a header of any size)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+        counted = True
     except ImportError:  # pragma: no cover
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+        counted = False  # h11 has no head callbacks; uvicorn's h11_max_incomplete_event_size bounds the head
 
     class Protocol(Base):
         _in_head = True  # the next bytes belong to a request head
@@ -71,7 +73,7 @@ def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_ref
                 return
             started_in_head, heads = self._in_head, self._heads
             super().data_received(data)
-            if self._in_head and started_in_head and self._heads == heads:  # a chunk wholly inside one head (a
+            if counted and self._in_head and started_in_head and self._heads == heads:  # a chunk wholly inside one head (a
                 self._head_bytes += len(data)  # lower bound: a chunk that ends a head or a body and starts the
                 #                                next head is not counted)
                 if self._head_bytes > max_header_bytes:
@@ -79,11 +81,14 @@ def protocol_class(idle_timeout: float, max_header_bytes: int = 64 << 10, on_ref
 
         def _refuse_head(self) -> None:
             self._refused = True
+            if on_refused is not None:
+                on_refused()
+            if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request still answers:
+                self.transport.close()  # no 431 in the middle of its response
+                return
             self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                                  b"connection: close\r\ncontent-length: " + str(len(HEADER_431)).encode() + b"\r\n\r\n"
                                  + HEADER_431)
-            if on_refused is not None:
-                on_refused()
             self.loop.call_later(LINGER_S, self.transport.close)
 
         def on_message_begin(self) -> None:
