@@ -8,7 +8,8 @@
  * output count and data types, supportsFormatCombination for FP32/FP16 linear, getOutputShapes
  * through a fake IExprBuilder implemented here (constant folding, symbolic dims), configurePlugin /
  * onShapeChange shape checks, getWorkspaceSize, serialization round trip (getFieldsToSerialize ->
- * createPlugin(kRUNTIME)), clone / attachToContext, and the error paths for bad fields and shapes
+ * createPlugin(kRUNTIME)), clone / attachToContext, enqueue without a CUDA driver (a clean logged
+ * error in every enqueue, plugin and clone), and the error paths for bad fields and shapes
  * (the logger receives a message naming the problem, nullptr / -1 is returned).
  * Formats: every combination supportsFormatCombination accepts, enumerated the way TensorRT queries
  * them, must be the expected set (TensorRT's format definitions x what the kernels take), and each
@@ -738,6 +739,54 @@ void checkCommon(IPluginCreatorV3One* creator, Fields& fields, char const* name,
     check(a.ok() && fieldsText(a.runtime->getFieldsToSerialize()) == text, tag + "attachToContext returns a copy");
 }
 
+//! enqueue through the glue where no CUDA driver is installed (this harness's machines): a clean
+//! error naming why, in every enqueue, from the plugin and from its clone (each has its own launch
+//! state). Skipped where libcuda.so.1 loads: the buffers here are host memory.
+void checkEnqueueWithoutDriver(IPluginCreatorV3One* creator, Fields& fields, char const* name, int32_t nbInputs,
+    std::vector<DynamicPluginTensorDesc> (*descs)(DataType), RecordingLogger& log)
+{
+    std::string const tag = std::string(name) + ": ";
+    if (void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL))
+    {
+        dlclose(cuda);
+        std::printf("skip %senqueue without a driver (a CUDA driver is installed here)\n", tag.c_str());
+        return;
+    }
+    PluginHandle h(creator->createPlugin("node0", fields.get(), TensorRTPhase::kRUNTIME));
+    check(h.ok(), tag + "createPlugin(kRUNTIME) for enqueue");
+    if (!h.ok())
+    {
+        return;
+    }
+    std::vector<DynamicPluginTensorDesc> io = descs(DataType::kHALF);
+    std::vector<PluginTensorDesc> rt;
+    for (auto const& d : io)
+    {
+        rt.push_back(d.desc);
+    }
+    check(h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0, tag + "onShapeChange before enqueue");
+    size_t const ws = h.build->getWorkspaceSize(io.data(), nbInputs, &io[nbInputs], 1);
+    std::vector<unsigned char> host((ws + 4096) * 2); // never touched: the launch stops at the missing driver
+    std::vector<void const*> ins(static_cast<size_t>(nbInputs), host.data());
+    void* outs[1] = {host.data()};
+    PluginHandle c(h.plugin->clone());
+    char const* const why = gFullCaps ? "stand-in kernels" : "no CUDA driver";
+    for (int32_t i = 0; i < 2; ++i)
+    {
+        for (PluginHandle* p : {&h, &c})
+        {
+            log.clear();
+            int32_t const rc = p->ok()
+                ? p->runtime->enqueue(rt.data(), &rt[nbInputs], ins.data(), outs, host.data() + host.size() / 2, nullptr)
+                : 0;
+            check(rc != 0 && log.saw("enqueue failed") && log.saw(why),
+                tag + "enqueue " + std::to_string(i + 1) + (p == &c ? " (clone)" : "") + " fails cleanly: "
+                    + (log.errors.empty() ? std::string("(no error logged)") : log.errors.back()));
+        }
+    }
+    log.clear();
+}
+
 // ---------------------------------------------------------------------------------- SparseSampleConv
 
 std::vector<DynamicPluginTensorDesc> sscDescs(DataType t)
@@ -777,6 +826,7 @@ void testSparseSampleConv(IPluginCreatorV3One* creator, RecordingLogger& log)
 
     Fields good = sscFields();
     checkCommon(creator, good, "SparseSampleConv", 5, &sscDescs);
+    checkEnqueueWithoutDriver(creator, good, "SparseSampleConv", 5, &sscDescs, log);
     checkFormats(creator, good, "SparseSampleConv",
         {Role::kACT, Role::kMASK, Role::kDENSE, Role::kDENSE, Role::kFOLLOW, Role::kFOLLOW},
         {"X", "M", "W", "B", "Offset", "Y"}, &sscDescs, log);
@@ -975,6 +1025,7 @@ void testInterpolate(IPluginCreatorV3One* creator, RecordingLogger& log)
     Fields good;
     good.i("kernel_size", {5}).f("sigma", 1.37F).f("eps", 1e-4F).s("plugin_version", "1").s("plugin_namespace", "sai");
     checkCommon(creator, good, "Interpolate", 2, &interpDescs);
+    checkEnqueueWithoutDriver(creator, good, "Interpolate", 2, &interpDescs, log);
     checkFormats(creator, good, "Interpolate", {Role::kACT, Role::kMASK, Role::kFOLLOW}, {"F", "M", "Y"}, &interpDescs, log);
     {
         Fields other;
