@@ -281,8 +281,13 @@ def _families(metas: list[dict], consts: dict[str, set[str]]) -> dict[str, dict]
         for p in m["params"]:
             kind = "ptr" if p["type"].startswith("*") else ("float" if p["type"] == "fp32" else "int")
             f["fields"].setdefault(p["name"], kind)
-        for k in consts[m["spec"]]:
-            f["fields"].setdefault(k, "int")
+    # a constant is a field where it tells the family's builds apart (or is a parameter elsewhere):
+    # one every build compiles in alike (HAS_BIAS, UPCAST_DOT, ...) is no choice a host can get wrong
+    for kernel, f in fams.items():
+        ms = [m for m in metas if m["kernel"] == kernel]
+        for k in sorted(set().union(*(consts[m["spec"]] for m in ms))):
+            if k in f["fields"] or len({repr(m["constexprs"].get(k)) for m in ms}) > 1:
+                f["fields"].setdefault(k, "int")
     for i, name in enumerate(sorted(fams)):
         fams[name]["id"] = i + 1
     return fams
@@ -373,7 +378,7 @@ def generate_cpp(out: Path, metas: list[dict]) -> list[Path]:
         if len(m["params"]) > 62:
             raise ValueError(f"{m['spec']}: {len(m['params'])} parameters, the launcher holds 62 (kMaxLaunchParams)")
         fam = fams[m["kernel"]]
-        lines = _pack_body(m, consts[m["spec"]])
+        lines = _pack_body(m, consts[m["spec"]] & set(fam["fields"]))
         key = fam["struct"] + "\n" + "\n".join(lines)
         if key not in packs:
             fn = f"pack{len(packs)}"

@@ -167,7 +167,6 @@ void setArgs(InterpolateRunner::State& s, SaiInterpParams const& p, SaiInterpLay
     a.NORM = s2 / kTwoPi;
     a.EPS = p.eps;
     a.KS = p.kernelSize;
-    a.FUSED = 0;
     s.gridX = saiGridDim(positions, s.interp.image->tileRows);
     s.gridY = saiGridDim(p.C, s.interp.image->tileCols);
     s.key = key;

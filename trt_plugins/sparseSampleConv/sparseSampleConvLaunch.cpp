@@ -204,10 +204,8 @@ void setArgs(SparseSampleConvRunner::State& s, SaiConvParams const& p, SaiConvBu
     a.DIL_W = p.dilationW;
     a.KH = p.kh;
     a.KW = p.kw;
-    a.HAS_BIAS = 1;
-    a.DEFORM = deform ? 1 : 0;
+    a.DEFORM = deform ? 1 : 0; // checked against the build (HAS_BIAS and UPCAST_DOT are the same in all)
     a.RELU = p.activation == kSAI_ACT_RELU ? 1 : 0;
-    a.UPCAST_DOT = 0;
     s.convGridX = saiGridDim(positions, s.conv.image->tileRows);
     s.convGridY = static_cast<unsigned>(p.groups) * saiGridDim(p.coutPerGroup, s.conv.image->tileCols);
     int64_t const g = p.groups, cog = p.coutPerGroup, cig = p.cinPerGroup, taps = p.kh * p.kw;
