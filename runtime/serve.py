@@ -586,7 +586,7 @@ class InferenceServer:
             self.draining = True
             self.ready.clear()
             clean = self._admit.wait_for(lambda: self._admitted == 0, left())
-        self._cut_body_reads(left() - min(1.0, 0.25 * timeout))
+        self._cut_body_reads(left() - min(2.0, 0.25 * timeout))  # the rest: answers, close, process exit
         self.batcher.drain_and_stop(left())
         clean = clean and not self.batcher.thread.is_alive()
         while self.metrics.inflight and time.monotonic() < deadline:  # responses being written, bodies being read
