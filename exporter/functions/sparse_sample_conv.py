@@ -123,6 +123,20 @@ def _tap_offsets(khw, dil):
     return ty, tx
 
 
+@script(HELPERS, default_opset=op)
+def _checked_mask(M, nhw_p, khw, dil, strides):
+    """``M`` as ``[N, 1, Ho, Wo]`` of this convolution (docs/design.md 3.2: ``Ho = (Hp - dh*(kh-1) - 1) / sh + 1``
+    from the padded input ``nhw_p`` = (N, Hp, Wp), all four pads counted): a Reshape that fails, naming both
+    shapes, for a mask of another size, as the custom-op library and the plugins refuse it (one rule; the
+    bodies took the output size from ``M`` and so ignored bottom/right pads)."""
+    one1 = op.Constant(value_ints=[1])
+    hw_p = op.Slice(nhw_p, one1, op.Constant(value_ints=[3]))
+    eff = op.Add(op.Mul(op.Sub(khw, one1), dil), one1)
+    out = op.Add(op.Div(op.Sub(hw_p, eff), strides), one1)
+    want = op.Concat(op.Slice(nhw_p, op.Constant(value_ints=[0]), one1), one1, out, axis=0)
+    return op.Reshape(M, want)
+
+
 # --------------------------------------------------------------------------------- the bodies
 
 
@@ -157,12 +171,9 @@ def _sparse(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0,
     # shapes. N from M, not X: a Shape consumer of X would stop onnxruntime from folding X's layout
     # Transpose into a neighbouring Conv's NCHWc reorder
     wshape = op.Shape(W)
-    mshape = op.Shape(M)
-    n1 = op.Slice(mshape, ax0, one1)
     cout1 = op.Slice(wshape, ax0, one1)
     cg1 = op.Gather(wshape, op.Constant(value_ints=[1]), axis=0)
     khw = op.Gather(wshape, ax_hw, axis=0)
-    howo = op.Gather(mshape, ax_hw, axis=0)
     coutg1 = op.Div(cout1, g1)
     # input: pad H/W, NHWC, channels split by group (8-value pads, no Pad ``axes``: onnxruntime
     # 1.31's transpose optimizer mis-handles ``axes`` when it pushes the neighbouring Transposes
@@ -176,7 +187,11 @@ def _sparse(X, M, W, B, strides: list[int] = [1, 1], pads: list[int] = [0, 0, 0,
     xnhwc = op.Transpose(xp, perm=[0, 2, 3, 1])
     xpshape = op.Gather(op.Shape(xp), op.Constant(value_ints=[0, 2, 3]), axis=0)
     xg = op.Reshape(xnhwc, op.Concat(xpshape, g1, cg1, axis=0))  # [N, Hp, Wp, g, Cg]
-    keep, pos = _active_positions(M)
+    Mc = _checked_mask(M, xpshape, khw, op.Constant(value_ints=dilations), op.Constant(value_ints=strides))
+    mshape = op.Shape(Mc)
+    n1 = op.Slice(mshape, ax0, one1)
+    howo = op.Gather(mshape, ax_hw, axis=0)
+    keep, pos = _active_positions(Mc)
     # indices [g, K, T, 4] = (n, iy, ix, group) -> gathered [g, K, T, Cg] -> [g, K, T*Cg]
     base = op.Mul(pos, op.Concat(one1, op.Constant(value_ints=strides), axis=0))
     ty, tx = _tap_offsets(khw, op.Constant(value_ints=dilations))
@@ -257,7 +272,6 @@ def _deform_sparse(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[i
     # shapes
     xshape = op.Shape(X)
     wshape = op.Shape(W)
-    mshape = op.Shape(M)
     n1 = op.Slice(xshape, ax0, one1)
     cin = op.Gather(xshape, c1, axis=0)
     h = op.Gather(xshape, op.Constant(value_int=2), axis=0)
@@ -266,14 +280,21 @@ def _deform_sparse(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[i
     cg1 = op.Gather(wshape, op.Constant(value_ints=[1]), axis=0)
     ax_hw = op.Constant(value_ints=[2, 3])
     khw = op.Gather(wshape, ax_hw, axis=0)
-    howo = op.Gather(mshape, ax_hw, axis=0)
     coutg1 = op.Div(cout1, g1)
     cdg1 = op.Unsqueeze(op.Div(cin, dg), ax0)
     t1d = op.ReduceProd(khw, keepdims=1)  # [T], T = kh*kw
-    keep, pos = _active_positions(M)
+    two1 = op.Constant(value_ints=[2])
+    four1 = op.Constant(value_ints=[4])
+    hw_p = op.Add(op.Gather(xshape, ax_hw, axis=0),
+                  op.Add(op.Slice(pads_t, ax0, two1), op.Slice(pads_t, two1, four1)))
+    Mc = _checked_mask(M, op.Concat(n1, hw_p, axis=0), khw, op.Constant(value_ints=dilations), strides_t)
+    howo = op.Gather(op.Shape(Mc), ax_hw, axis=0)
+    # Offset [N, 2*dg*T, Ho, Wo] likewise (a Reshape that fails for another size)
+    offc = op.Reshape(Offset, op.Concat(n1, op.Mul(op.Mul(dg1, t1d), two1), howo, axis=0))
+    keep, pos = _active_positions(Mc)
     kshape = op.Shape(pos, start=0, end=1)
     # offsets at the active positions: [K, 2*dg*T] -> [K, dg, T, 2] -> [K, T, dg, 2]
-    offk = op.GatherND(op.Transpose(Offset, perm=[0, 2, 3, 1]), pos)
+    offk = op.GatherND(op.Transpose(offc, perm=[0, 2, 3, 1]), pos)
     off4 = op.Reshape(offk, op.Concat(kshape, dg1, t1d, op.Constant(value_ints=[2]), axis=0), allowzero=1)
     offt = op.Transpose(off4, perm=[0, 2, 1, 3])
     off_y = op.Gather(offt, c0, axis=3)  # [K, T, dg]
@@ -310,7 +331,6 @@ def _deform_sparse(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[i
     # weighted sum over the 4 corners as a batched [1, 4] x [4, Cdg] MatMul (measured faster in
     # onnxruntime 1.31 than Mul + ReduceSum, or than 4 Gathers + Mul + Sum)
     corners = op.Gather(xrows, cidx, axis=0)  # [K, T, dg, 2, 2, Cdg]
-    four1 = op.Constant(value_ints=[4])
     corners5 = op.Reshape(corners, op.Concat(kshape, t1d, dg1, four1, cdg1, axis=0), allowzero=1)
     cw5 = op.Reshape(cw, op.Concat(kshape, t1d, dg1, one1, four1, axis=0), allowzero=1)
     samp = op.Squeeze(op.MatMul(cw5, corners5), ax3)  # [K, T, dg, Cdg]
@@ -325,7 +345,7 @@ def _deform_sparse(X, M, W, B, Offset, strides: list[int] = [1, 1], pads: list[i
 
 
 _HELPERS = (_is_relu, _activation_and_mask, _active_positions, _rows_to_output, _grouped_rows,
-            _tap_offsets, _corners)
+            _tap_offsets, _corners, _checked_mask)
 
 
 def dense_function(opset: int) -> FunctionProto:
