@@ -412,6 +412,37 @@ def header_flood(port: int, connections: int, mib: int) -> dict:
     return {"replies": replies}
 
 
+def disconnect_flood(port: int, clients: int) -> dict:
+    """``clients`` uploads that send their head and 1 KiB of a 100 KB body, then close, all at once; /healthz
+    polled meanwhile (its slowest answer)."""
+    socks = []
+    for _ in range(clients):
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n" + b" " * 1024)
+        socks.append(s)
+    worst = [0.0]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            t = time.perf_counter()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.request("GET", "/healthz")
+            c.getresponse().read()
+            c.close()
+            worst[0] = max(worst[0], time.perf_counter() - t)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    for s in socks:
+        s.close()
+    time.sleep(2)
+    done.set()
+    poller.join(60)
+    return {"clients": clients, "healthz_worst_s": worst[0]}
+
+
 def stalled_bodies(port: int, connections: int, declared: int, path: str = "/v1/infer") -> list[socket.socket]:
     """Open ``connections`` uploads that declare ``declared`` bytes, send half and stall."""
     socks = []
@@ -524,6 +555,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["rss_after_mutations_mib"] = _rss_mib(proc.pid)
         report["still_serving"] = send_http("127.0.0.1", port, path, good)[0] == 200
 
+        report["disconnects"] = disconnect_flood(port, 2000)
         flood = header_flood(port, 4, args.flood_mib)
         time.sleep(2)
         report["header_flood"] = {"connections": 4, "mib_each": args.flood_mib, **flood,
@@ -590,6 +622,9 @@ def _print(r: dict) -> None:
           f"{100 * r['rss_growth']:+.1f}% since the start")
     print(f"  SIGTERM with {d['stalled_clients']} stalled uploads: exit {d['exit_status']} after "
           f"{d['sigterm_to_exit_s']:.1f} s (--drain-timeout {d['drain_timeout_s']:g})")
+    dc = r["disconnects"]
+    print(f"  {dc['clients']} clients closing mid-upload at once: /healthz answered in {dc['healthz_worst_s']:.3f} s "
+          "at worst meanwhile")
     print(f"  server log: {r['server_log_lines']} lines, {r['server_log_tracebacks']} tracebacks")
     if "default_drain" in r:
         d = r["default_drain"]
