@@ -455,3 +455,21 @@ def test_a_shape_change_refills_the_arguments_only(recorder):
     second = rec["runs"][1]
     assert {k: second[k] for k in STEADY} == STEADY, second
     assert second["ops"][-1]["args"]["P"] == 3 * case["h"] * case["w"]
+
+
+def test_generated_typed_launches_refuse_what_the_build_cannot_take(recorder):
+    # the pack functions aot.py generates for the real images (the plugins' only way to launch)
+    proc = subprocess.run([str(recorder["exe"]), "op=typed", f"cc={CC}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout)
+    ok = {"valid", "kh_any", "x_misaligned_any"}  # the any build takes any kernel size and alignment
+    assert {k for k, v in got.items() if v["result"] == 0} == ok, got
+    expect = {"relu_mismatch": "RELU is compiled in as 1, called with 0",
+              "kh_mismatch": "KH is compiled in as 3, called with 1",
+              "x_misaligned": "x_ptr is not 16-byte aligned, which this build assumes",
+              "cin_not_16": "CIN_G = 24 is not a multiple of 16, which this build assumes",
+              "p_overflow": f"P = {1 << 40} does not fit in int32",
+              "y_unset": "y_ptr was not set", "deform_unset": "DEFORM was not set",
+              "other_family": "the arguments are not of this kernel's family"}
+    for name, text in expect.items():
+        assert text in got[name]["error"] and got[name]["error"].startswith("sparse_conv_fp16_k3_relu"), got[name]

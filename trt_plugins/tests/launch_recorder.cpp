@@ -307,6 +307,79 @@ std::string countsJson(RunCounts const& c, sai::kernels::LauncherStats const& af
         + ", \"prepares\": " + std::to_string(prepares - c.prepares) + ", \"packs\": " + std::to_string(packs - c.packs);
 }
 
+//! op=typed: the generated typed launches of the real builds refuse what the build cannot take.
+int typedChecks()
+{
+    using namespace sai::kernels;
+    std::string out;
+    auto one = [&](char const* name, ResolvedKernel const& k, auto const& args) {
+        CUresult const r = launch(k, nullptr, 1, 1, 1, args);
+        std::string msg = r == CUDA_SUCCESS ? "" : lastError();
+        for (char& c : msg)
+            if (c == '"' || c == '\\')
+                c = '\'';
+        out += (out.empty() ? "" : ",\n  ") + ("\"" + std::string(name) + "\": {\"result\": ") + std::to_string(r)
+            + ", \"error\": \"" + msg + "\"}";
+    };
+    ResolvedKernel fast, any, part;
+    if (resolveKernel(findImage("sparse_conv_fp16_k3_relu", gCc), &fast) != CUDA_SUCCESS
+        || resolveKernel(findImage("sparse_conv_fp16_any_relu", gCc), &any) != CUDA_SUCCESS
+        || resolveKernel(findImage("mask_partition_fp16_gt0", gCc), &part) != CUDA_SUCCESS)
+    {
+        std::printf("{\"error\": \"images missing\"}\n");
+        return 2;
+    }
+    SparseConvKernelArgs a;
+    a.x_ptr = kArena;
+    a.w_ptr = kArena + 4096;
+    a.b_ptr = kArena + 8192;
+    a.off_ptr = kArena;
+    a.idx_ptr = kArena + 12288;
+    a.cnt_ptr = kArena + 16384;
+    a.y_ptr = kArena + 20480;
+    a.P = 64;
+    a.H = a.W = a.Ho = a.Wo = 8;
+    a.CIN_G = a.COUT_G = a.CIN_DG = 16;
+    a.sxn = a.syn = 1024;
+    a.sxh = a.syh = 128;
+    a.sxw = a.syw = 16;
+    a.sxc = a.syc = 1;
+    a.son = a.soc = a.soh = a.sow = 0;
+    a.STRIDE_H = a.STRIDE_W = a.DIL_H = a.DIL_W = 1;
+    a.PAD_T = a.PAD_L = 1;
+    a.KH = a.KW = 3;
+    a.DEFORM = 0;
+    a.RELU = 1;
+    one("valid", fast, a);
+    SparseConvKernelArgs b = a;
+    b.RELU = 0;
+    one("relu_mismatch", fast, b);
+    b = a;
+    b.KH = 1;
+    one("kh_mismatch", fast, b);
+    one("kh_any", any, b);
+    b = a;
+    b.x_ptr += 2;
+    one("x_misaligned", fast, b);
+    one("x_misaligned_any", any, b);
+    b = a;
+    b.CIN_G = 24;
+    one("cin_not_16", fast, b);
+    b = a;
+    b.P = 1LL << 40;
+    one("p_overflow", fast, b);
+    b = a;
+    b.y_ptr = kUnsetPointer;
+    one("y_unset", fast, b);
+    b = a;
+    b.DEFORM = kUnsetInt;
+    one("deform_unset", fast, b);
+    MaskPartitionKernelArgs m;
+    one("other_family", fast, m);
+    std::printf("{\n  %s}\n", out.c_str());
+    return 0;
+}
+
 int main(int argc, char** argv)
 {
     for (int i = 1; i < argc; ++i)
@@ -316,6 +389,11 @@ int main(int argc, char** argv)
             gArgs[std::string(argv[i], static_cast<size_t>(eq - argv[i]))] = eq + 1;
     }
     gCc = static_cast<int>(num("cc"));
+    if (str("op") == "typed")
+    {
+        sai::kernels::setDriverApi(&kRecorder);
+        return typedChecks();
+    }
     int const runs = gArgs.count("runs") ? static_cast<int>(num("runs")) : 1;
     gCapturing = gArgs.count("capture") && num("capture") != 0;
     sai::kernels::setDriverApi(&kRecorder);
