@@ -473,3 +473,19 @@ def test_generated_typed_launches_refuse_what_the_build_cannot_take(recorder):
               "other_family": "the arguments are not of this kernel's family"}
     for name, text in expect.items():
         assert text in got[name]["error"] and got[name]["error"].startswith("sparse_conv_fp16_k3_relu"), got[name]
+
+
+@pytest.mark.parametrize("share", [0, 1])
+def test_execution_contexts_share_the_packed_weights(recorder, share):
+    # the instances of one engine's execution contexts (attachToContext) share one packed copy per W:
+    # only the first packs, allocates and waits; unshared runners (build phase) pack their own
+    rec = record(recorder, **_conv_args(CONV[0]), runs=2, share=share, clones=2)
+    assert rec["result"] == 0, rec["error"]
+    first, second, *clones = rec["runs"]
+    assert first["packs"] == 1 and first["device_allocs"] == 1 and second["packs"] == 0
+    for clone in clones:
+        assert clone["prepares"] == 1  # its own build choice and resolution
+        assert (clone["packs"], clone["device_allocs"], clone["syncs"]) == ((0, 0, 0) if share else (1, 1, 1)), clone
+        assert [op.get("spec") for op in clone["ops"] if op["op"] == "launch"][-1] == CONV[0]["build"]
+        conv = clone["ops"][-1]
+        assert conv["args"]["w_ptr"] == (first["ops"][0]["dst"] if share else clone["ops"][0]["dst"])

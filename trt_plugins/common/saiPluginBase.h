@@ -7,7 +7,8 @@
  * attributes for the timing cache. The base gives
  *   - the three capability interfaces, name / version / namespace, one output;
  *   - clone() and attachToContext(): a copy of the attributes and the tactic set by setTactic
- *     (and whatever Self::copyStateFrom copies, e.g. the input count);
+ *     (and whatever Self::copyStateFrom copies, e.g. the input count; attachToContext's copy then
+ *     gets Self::onAttached, e.g. weights shared by the execution contexts of an engine);
  *   - tactics from the kernels' caps (Self::kernelCaps()): getNbTactics / getValidTactics, setTactic
  *     rejecting values outside that list (0 = the default);
  *   - getTimingCacheID / getMetadataString: "sai.<name>.<version>:<attributes>:tactics,<id>=<name>...".
@@ -132,9 +133,15 @@ public:
     }
 
     // IPluginV3OneRuntime: the parts that do not depend on the op
+    //! A copy for one execution context (Self::onAttached: what only such copies do).
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept override
     {
-        return clone();
+        nvinfer1::IPluginV3* p = clone();
+        if (p != nullptr)
+        {
+            static_cast<Self*>(p)->onAttached();
+        }
+        return p;
     }
     int32_t setTactic(int32_t tactic) noexcept override
     {
@@ -155,6 +162,8 @@ public:
 protected:
     //! What a clone copies beyond the attributes and the tactic (nothing by default).
     void copyStateFrom(Self const& /*other*/) noexcept {}
+    //! Called on the copy attachToContext returns (an execution context's instance; nothing by default).
+    void onAttached() noexcept {}
 
     static void logError(std::string const& msg) noexcept
     {

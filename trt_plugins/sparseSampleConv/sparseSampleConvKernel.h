@@ -22,7 +22,9 @@
  * without bias, a zero bias, once per W address and context into device memory the runner owns
  * (the first run allocates it, packs on `stream` and waits for it: run one enqueue before capturing
  * a CUDA graph; a first run inside a capture packs into the workspace instead, as every run does
- * with packEveryLaunch). W must therefore be a constant of the engine, as every model sai exports has.
+ * with packEveryLaunch); runners made with shareWeights (the plugin instances of an engine's
+ * execution contexts) share one copy per W. W must therefore be a constant of the engine, as every
+ * model sai exports has.
  * A failed launch returns its cudaError_t; saiLastLaunchError() says what failed.
  */
 #ifndef SAI_TRT_PLUGINS_SPARSE_SAMPLE_CONV_KERNEL_H
@@ -67,7 +69,9 @@ class SparseSampleConvRunner
 {
 public:
     //! `packEveryLaunch`: pack W into the workspace in every run (for a W that changes between runs).
-    explicit SparseSampleConvRunner(bool packEveryLaunch = false);
+    //! `shareWeights`: share the packed copy with the other sharing runners of the same W address in
+    //! the same context (the instances of one engine's execution contexts, which never outlive it).
+    explicit SparseSampleConvRunner(bool packEveryLaunch = false, bool shareWeights = false);
     ~SparseSampleConvRunner();
     SparseSampleConvRunner(SparseSampleConvRunner const&) = delete;
     SparseSampleConvRunner& operator=(SparseSampleConvRunner const&) = delete;

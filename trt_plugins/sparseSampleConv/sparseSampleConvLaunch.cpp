@@ -11,7 +11,11 @@
 
 #include <array>
 #include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 
 namespace sai
 {
@@ -112,11 +116,30 @@ WeightKey weightKey(SaiConvParams const& p, SaiDataType type, void const* weight
         static_cast<int64_t>(reinterpret_cast<uintptr_t>(weight)), zeroBias ? 1 : 0};
 }
 
+//! Packed weights (and zero bias) in device memory, shared by the sharing runners of one W in one
+//! context: the execution contexts of an engine share its constants, so their plugin instances
+//! (attachToContext) share one copy, packed by the first and freed with the last. Only those: a W
+//! address is an identity only while the engine that owns it lives, which its execution contexts'
+//! instances never outlive (a build-phase instance might, and a later engine could reuse the address).
+struct PackedWeights
+{
+    kernels::DeviceBuffer buffer;
+};
+using PackedKey = std::pair<CUcontext, WeightKey>;
+std::mutex gPackedMutex;
+
+std::map<PackedKey, std::weak_ptr<PackedWeights>>& packedRegistry()
+{
+    static auto* registry = new std::map<PackedKey, std::weak_ptr<PackedWeights>>(); // never destroyed
+    return *registry;
+}
+
 } // namespace
 
 struct SparseSampleConvRunner::State
 {
     bool packEveryLaunch{false};
+    bool shareWeights{false};
     SaiLaunchContext lc;
     bool resolved{false};
     BuildKey builds{};
@@ -132,9 +155,8 @@ struct SparseSampleConvRunner::State
     kernels::ResolvedKernel pack;
     kernels::Copy4dKernelArgs packArgs;
     unsigned packGrid{0};
-    kernels::DeviceBuffer weights; //!< packed W, then Cout zeros (the bias of a node without one)
-    bool weightsReady{false};
-    WeightKey packedKey{};
+    std::shared_ptr<PackedWeights> packed; //!< packed W, then Cout zeros (the bias of a node without one)
+    PackedKey packedKey{};
 };
 
 namespace
@@ -252,18 +274,72 @@ size_t roundUp256(size_t n)
     return (n + 255) / 256 * 256;
 }
 
+//! The packed weights of `key` (W at its address in the current context): the ones another runner
+//! made, else allocated, packed on `stream` and waited for here. Under the registry's lock: runners
+//! of one W never pack it twice, nor read it half packed.
+cudaError_t acquirePacked(SparseSampleConvRunner::State& s, PackedKey const& key, void const* weight, size_t wBytes,
+    size_t biasBytes, bool zeroBias, CUstream stream, std::shared_ptr<PackedWeights>* out)
+{
+    std::lock_guard<std::mutex> lock(gPackedMutex);
+    auto& registry = packedRegistry();
+    auto it = s.shareWeights ? registry.find(key) : registry.end();
+    if (it != registry.end())
+    {
+        if ((*out = it->second.lock()) != nullptr)
+        {
+            return cudaSuccess;
+        }
+    }
+    kernels::DeviceBuffer buffer;
+    CUresult r = kernels::allocDevice(wBytes + biasBytes, &buffer);
+    if (r != CUDA_SUCCESS)
+    {
+        return saiLaunchError(r, "allocating the packed weights");
+    }
+    CUdeviceptr const zb = zeroBias ? buffer.pointer + wBytes : 0;
+    cudaError_t err = packWeights(s, weight, buffer.pointer, zb, biasBytes, stream);
+    // later runs may come on other streams: the packing is complete before any of them reads it
+    if (err == cudaSuccess && (r = s.lc.api->streamSynchronize(stream)) != CUDA_SUCCESS)
+    {
+        err = saiLaunchError(r, "waiting for the weight packing");
+    }
+    if (err != cudaSuccess)
+    {
+        kernels::freeDevice(&buffer);
+        return err;
+    }
+    // the deleter takes the lock: the last reference is never dropped while it is held
+    std::shared_ptr<PackedWeights> packed(new PackedWeights{buffer}, [key](PackedWeights* pw) {
+        kernels::freeDevice(&pw->buffer);
+        delete pw;
+        std::lock_guard<std::mutex> guard(gPackedMutex);
+        auto& reg = packedRegistry();
+        auto found = reg.find(key);
+        if (found != reg.end() && found->second.expired())
+        {
+            reg.erase(found);
+        }
+    });
+    if (s.shareWeights)
+    {
+        registry[key] = packed;
+    }
+    *out = std::move(packed);
+    return cudaSuccess;
+}
+
 } // namespace
 
-SparseSampleConvRunner::SparseSampleConvRunner(bool packEveryLaunch)
+SparseSampleConvRunner::SparseSampleConvRunner(bool packEveryLaunch, bool shareWeights)
     : mState(new State)
 {
     mState->packEveryLaunch = packEveryLaunch;
+    mState->shareWeights = shareWeights;
 }
 
 SparseSampleConvRunner::~SparseSampleConvRunner()
 {
-    kernels::freeDevice(&mState->weights);
-    delete mState;
+    delete mState; // the last runner of a W frees its packed copy
 }
 
 int64_t SparseSampleConvRunner::prepares() const noexcept
@@ -357,9 +433,9 @@ cudaError_t SparseSampleConvRunner::run(SaiConvParams const& p, SaiDataType type
         size_t const wBytes = roundUp256(static_cast<size_t>(p.Cout) * p.cinPerGroup * p.kh * p.kw * es);
         size_t const biasBytes = static_cast<size_t>(p.Cout) * es;
         bool const zeroBias = b.bias == nullptr;
-        WeightKey const wkey = weightKey(p, type, b.weight, zeroBias);
+        PackedKey const pkey{s.lc.ctx, weightKey(p, type, b.weight, zeroBias)};
         bool inWorkspace = s.packEveryLaunch;
-        if (!inWorkspace && !(s.weightsReady && wkey == s.packedKey && s.weights.context == s.lc.ctx))
+        if (!inWorkspace && !(s.packed != nullptr && pkey == s.packedKey))
         {
             CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
             CUresult r = s.lc.api->streamIsCapturing(stream, &capture);
@@ -373,32 +449,19 @@ cudaError_t SparseSampleConvRunner::run(SaiConvParams const& p, SaiDataType type
             }
             else
             {
-                s.weightsReady = false;
-                size_t const need = wBytes + biasBytes;
-                if (s.weights.pointer == 0 || s.weights.bytes < need || s.weights.context != s.lc.ctx)
-                {
-                    kernels::freeDevice(&s.weights);
-                    if ((r = kernels::allocDevice(need, &s.weights)) != CUDA_SUCCESS)
-                    {
-                        return saiLaunchError(r, "allocating the packed weights");
-                    }
-                }
-                CUdeviceptr const zb = zeroBias ? s.weights.pointer + wBytes : 0;
-                if ((err = packWeights(s, b.weight, s.weights.pointer, zb, biasBytes, stream)) != cudaSuccess)
+                std::shared_ptr<PackedWeights> packed;
+                s.packed.reset(); // released outside the registry's lock (its deleter takes it)
+                err = acquirePacked(s, pkey, b.weight, wBytes, biasBytes, zeroBias, stream, &packed);
+                if (err != cudaSuccess)
                 {
                     return err;
                 }
-                // later runs may come on other streams: the packing is complete before any of them reads it
-                if ((r = s.lc.api->streamSynchronize(stream)) != CUDA_SUCCESS)
-                {
-                    return saiLaunchError(r, "waiting for the weight packing");
-                }
-                s.packedKey = wkey;
-                s.weightsReady = true;
+                s.packed = std::move(packed);
+                s.packedKey = pkey;
             }
         }
-        CUdeviceptr weights = s.weights.pointer;
-        CUdeviceptr bias = zeroBias ? s.weights.pointer + wBytes : saiDevPtr(b.bias);
+        CUdeviceptr weights = s.packed != nullptr ? s.packed->buffer.pointer : 0;
+        CUdeviceptr bias = zeroBias ? weights + wBytes : saiDevPtr(b.bias);
         if (inWorkspace)
         {
             CUdeviceptr const zb = zeroBias ? saiDevPtr(ws.bias) : 0;

@@ -14,6 +14,7 @@
 #include "sparseSampleConvKernel.h"
 #include "sparseSampleConvMath.h"
 
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,18 @@ public:
     void copyStateFrom(SparseSampleConvPlugin const& other) noexcept
     {
         mNbInputs = other.mNbInputs;
+    }
+    //! An execution context's instance shares its packed weights with the engine's other contexts.
+    void onAttached() noexcept
+    {
+        try
+        {
+            mRunner = std::make_unique<SparseSampleConvRunner>(false, true);
+        }
+        catch (std::exception const&)
+        {
+            // keeps its own runner: a private copy of the packed weights
+        }
     }
     //! Fills conv params from X [N,C,H,W] and W [Cout,C/g,kh,kw] dims; false (and logs) if invalid.
     bool makeParams(nvinfer1::Dims const& x, nvinfer1::Dims const& w, SaiConvParams& p) const noexcept;

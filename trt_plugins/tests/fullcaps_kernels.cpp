@@ -53,7 +53,7 @@ struct SparseSampleConvRunner::State
 {
 };
 
-SparseSampleConvRunner::SparseSampleConvRunner(bool /*packEveryLaunch*/)
+SparseSampleConvRunner::SparseSampleConvRunner(bool /*packEveryLaunch*/, bool /*shareWeights*/)
     : mState(new State)
 {
 }

@@ -14,7 +14,7 @@
  * strides, grids, zero bias, padding channels) is checked end to end without a GPU.
  *
  *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
- *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...] [N2=...]
+ *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...] [N2=...] [share=1] [clones=K]
  */
 #include "interpolateKernel.h"
 #include "saiTritonLaunch.h"
@@ -462,7 +462,8 @@ int main(int argc, char** argv)
             ws = sai::sparseSampleConvWorkspaceSize(big, t);
         }
         gDeviceNext = static_cast<uint64_t>(num("ws") < 0 ? 0 : num("ws")) + (ws + 255) / 256 * 256;
-        sai::SparseSampleConvRunner runner(gArgs.count("every") && num("every") != 0);
+        bool const share = gArgs.count("share") && num("share") != 0;
+        sai::SparseSampleConvRunner runner(gArgs.count("every") && num("every") != 0, share);
         for (int i = 0; i < runs && err == cudaSuccess; ++i)
         {
             size_t const opsBefore = gOps.size();
@@ -480,6 +481,18 @@ int main(int argc, char** argv)
                 ops = ops.substr(4);
             runJson.push_back("{" + countsJson(c, sai::kernels::launcherStats(), runner.prepares(), runner.packs())
                 + ", \"ops\": [\n  " + ops + "]}");
+        }
+        // clones=K: K more runners (other execution contexts' instances of the node) run once each
+        for (int i = 0; gArgs.count("clones") && i < num("clones") && err == cudaSuccess; ++i)
+        {
+            sai::SparseSampleConvRunner other(false, share);
+            size_t const opsBefore = gOps.size();
+            RunCounts c = measure([&] { return other.run(p, t, b, at("ws"), ws, nullptr); }, 0, 0);
+            std::string ops = gOps.substr(opsBefore);
+            if (ops.rfind(",\n  ", 0) == 0)
+                ops = ops.substr(4);
+            runJson.push_back("{\"clone\": true, " + countsJson(c, sai::kernels::launcherStats(), other.prepares(),
+                other.packs()) + ", \"ops\": [\n  " + ops + "]}");
         }
     }
     else
