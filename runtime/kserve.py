@@ -62,38 +62,66 @@ def _dims(shape: Sequence) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
+def accepted_dims(engine: Engine, spec) -> list[int]:
+    """The shape a client may send for ``spec``: the model's fixed dims, and for the image input also every dim
+    the engine profile pins (its min equals its max); -1 where a range is accepted (see ``profile_parameters``)."""
+    dims = _dims(spec.shape)
+    if spec.name == engine.primary_input.name and engine.min_shape is not None and engine.max_shape is not None \
+            and len(engine.min_shape) == len(dims) == len(engine.max_shape):
+        dims = [lo if d == -1 and lo == hi else d for d, lo, hi in zip(dims, engine.min_shape, engine.max_shape,
+                                                                      strict=True)]
+    return dims
+
+
+def profile_parameters(engine: Engine) -> dict[str, str]:
+    """The image input's accepted range, ``N,C,H,W`` strings (``sai_min_shape`` / ``sai_max_shape``; absent
+    where the engine has no bound): what ``/v2/models/{m}/config``'s ``parameters`` carry, so a client can learn
+    which shapes the server takes before it sends one (400 below the minimum, 413 above the maximum)."""
+    out = {"sai_profile_input": engine.primary_input.name}
+    for key, shape in (("sai_min_shape", engine.min_shape), ("sai_max_shape", engine.max_shape)):
+        if shape is not None:
+            out[key] = ",".join(str(int(d)) for d in shape)
+    return out
+
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan",
+             # not "pytorch_libtorch": that is Triton's TorchScript backend, and this is an eager nn.Module
+             "torch": "pytorch_eager"}
+
+
 def model_metadata(engine: Engine, name: str, version: str) -> dict:
     """``GET /v2/models/{name}``: the image input (noise inputs of stochastic models are optional and drawn
-    from the server's seed when left out, so they are not listed) and every output."""
+    from the server's seed when left out, so they are not listed) and every output; shapes as accepted
+    (``accepted_dims``)."""
     noise = {n for n, _ in engine.noise_inputs}
     return {
         "name": name, "versions": [version], "platform": _platform(engine),
-        "inputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": _dims(s.shape)}
+        "inputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": accepted_dims(engine, s)}
                    for s in engine.inputs if s.name not in noise],
         "outputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": _dims(s.shape)} for s in engine.outputs],
     }
 
 
 def _platform(engine: Engine) -> str:
-    return {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "torch": "pytorch_libtorch"}.get(
-        engine.backend, engine.backend)
+    return PLATFORMS.get(engine.backend, engine.backend)
 
 
 def model_config(engine: Engine, name: str, max_batch: int) -> dict:
     """``GET /v2/models/{name}/config`` in Triton's model-config JSON (what perf_analyzer reads): dims without
-    the batch dimension, ``max_batch_size`` of the server's batcher."""
+    the batch dimension (as accepted), ``max_batch_size`` of the server's batcher, and the profile's range in
+    ``parameters`` (``profile_parameters``, Triton's ``{"key": {"string_value": ...}}`` form)."""
     noise = {n for n, _ in engine.noise_inputs}
 
-    def tensor(s):
-        dt = "TYPE_" + {"FP16": "FP16", "FP32": "FP32", "FP64": "FP64"}.get(v2_datatype(s.dtype), v2_datatype(s.dtype))
-        out = {"name": s.name, "data_type": dt, "dims": _dims(s.shape[1:])}
+    def tensor(s, dims):
+        out = {"name": s.name, "data_type": "TYPE_" + v2_datatype(s.dtype), "dims": dims[1:]}
         if s.name in noise:
             out["optional"] = True
         return out
 
     return {"name": name, "platform": _platform(engine), "backend": engine.backend, "max_batch_size": max_batch,
-            "input": [tensor(s) for s in engine.inputs], "output": [tensor(s) for s in engine.outputs],
-            "dynamic_batching": {}}
+            "input": [tensor(s, accepted_dims(engine, s)) for s in engine.inputs],
+            "output": [tensor(s, _dims(s.shape)) for s in engine.outputs], "dynamic_batching": {},
+            "parameters": {k: {"string_value": v} for k, v in profile_parameters(engine).items()}}
 
 
 # ----------------------------------------------------------------------------------------------

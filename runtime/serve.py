@@ -6,13 +6,13 @@ of 2048, and a parser that answers malformed framing (``Content-Length: -1``) wi
 request head over ``max_header_bytes`` gets 431 (never buffered), a body must arrive within ``body_timeout``
 (408), a client gone mid-upload is a counted 499 (no traceback), and ``stop`` ends within ``drain_timeout``
 (stalled uploads get 503 just before it). gRPC is grpcio's
-server with the ``GRPCInferenceService`` of ``sai.runtime.serve_grpc``. Both feed one ``Batcher``: a bounded
+server with the ``GRPCInferenceService`` of ``sai.runtime.serve_grpc`` (ModelStreamInfer included). Both feed one ``Batcher``: a bounded
 queue (503 / UNAVAILABLE when full) and one thread that takes up to ``max_batch`` images (waiting at most
 ``max_delay_ms`` after the first), concatenates same-shaped requests along the batch axis, runs the engine
 once and splits the outputs.
 
 Endpoints: ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/{name}[/versions/{v}]`` (metadata),
-``.../ready``, ``.../config``, ``.../stats``, ``POST .../infer`` (JSON tensors or the binary tensor data
+``.../ready``, ``.../config``, ``.../stats`` (and ``/v2/models/stats``), ``POST .../infer`` (JSON tensors or the binary tensor data
 extension); ``POST /v1/infer`` (JSON, raw ``application/octet-stream`` with ``X-Shape``/``X-Dtype``, or
 ``application/x-npy``), ``GET /v1/model``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text 0.0.4,
 Triton's ``nv_inference_*`` names with ``model``/``version`` labels beside the ``sai_*`` ones).
@@ -117,6 +117,9 @@ class Metrics:
         self.inflight = 0
         self.nv = {name: 0.0 for name, _ in TRITON_COUNTERS}
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
+        self.success_us = self.fail_us = 0.0  # the statistics extension's success / fail durations
+        self.last_inference_ms = 0  # wall-clock time of the last finished inference request (ms since the epoch)
+        self.batch_stats: dict[int, list[float]] = {}  # images -> [executions, input s, infer s, output s]
         self.mask_density: dict[str, list[float]] = {}  # "<block>.m1" -> [sum over images, images]
 
     def masks(self, densities: dict[str, float], n_images: int) -> None:
@@ -140,10 +143,13 @@ class Metrics:
             key = (path, status)
             self.requests[key] = self.requests.get(key, 0) + 1
             self.nv["nv_inference_request_duration_us"] += seconds * 1e6
+            self.last_inference_ms = int(time.time() * 1e3)
             if status == 200:
                 self.latency.observe(seconds)
                 self.nv["nv_inference_request_success"] += 1
+                self.success_us += seconds * 1e6
             else:
+                self.fail_us += seconds * 1e6
                 reason = "REJECTED" if status == 503 else "BACKEND" if status == 500 else \
                     "CANCELED" if status == 499 else "OTHER"
                 self.failures[reason] += 1
@@ -161,6 +167,36 @@ class Metrics:
             self.nv["nv_inference_compute_input_duration_us"] += input_s * 1e6 * k
             self.nv["nv_inference_compute_infer_duration_us"] += seconds * 1e6 * k  # Triton: per request
             self.nv["nv_inference_compute_output_duration_us"] += output_s * 1e6 * k
+            acc = self.batch_stats.setdefault(int(n_images), [0, 0.0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += input_s
+            acc[2] += seconds
+            acc[3] += output_s
+
+    def statistics(self) -> dict:
+        """The model's statistics in the v2 statistics extension's layout (Triton's ``ModelStatistics``): counts
+        and cumulative nanoseconds. ``success`` / ``fail``: requests that ended with / without an answer (any
+        protocol; a refused request counts as a failure, as in ``nv_inference_request_failure``); ``queue`` and
+        ``compute_*``: per successful request; ``batch_stats``: per engine run, by its number of images."""
+        with self.lock:
+            nv, n_fail = dict(self.nv), sum(self.failures.values())
+            success_us, fail_us, last = self.success_us, self.fail_us, self.last_inference_ms
+            batches = {n: list(v) for n, v in self.batch_stats.items()}
+
+        def d(count, us):
+            return {"count": int(count), "ns": int(round(us * 1e3))}
+
+        n_ok = nv["nv_inference_request_success"]
+        return {"name": self.model, "version": self.version, "last_inference": last,
+                "inference_count": int(nv["nv_inference_count"]), "execution_count": int(nv["nv_inference_exec_count"]),
+                "inference_stats": {"success": d(n_ok, success_us), "fail": d(n_fail, fail_us),
+                                    "queue": d(n_ok, nv["nv_inference_queue_duration_us"]),
+                                    "compute_input": d(n_ok, nv["nv_inference_compute_input_duration_us"]),
+                                    "compute_infer": d(n_ok, nv["nv_inference_compute_infer_duration_us"]),
+                                    "compute_output": d(n_ok, nv["nv_inference_compute_output_duration_us"]),
+                                    "cache_hit": d(0, 0), "cache_miss": d(0, 0)},
+                "batch_stats": [{"batch_size": n, "compute_input": d(c, i * 1e6), "compute_infer": d(c, f * 1e6),
+                                 "compute_output": d(c, o * 1e6)} for n, (c, i, f, o) in sorted(batches.items())]}
 
     def render(self) -> str:
         with self.lock:

@@ -141,29 +141,57 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
                                     max_batch_size=cfg["max_batch_size"],
                                     input=[tensor(t, mc.ModelInput) for t in cfg["input"]],
                                     output=[tensor(t, mc.ModelOutput) for t in cfg["output"]],
-                                    dynamic_batching=mc.ModelDynamicBatching())
+                                    dynamic_batching=mc.ModelDynamicBatching(),
+                                    parameters={k: mc.ModelParameter(string_value=v["string_value"])
+                                                for k, v in cfg["parameters"].items()})
             return pb.ModelConfigResponse(config=config)
 
         def ModelStatistics(self, request, context):
-            from sai.runtime.serve_http import server_stats
-
-            if request.name:
+            if request.name or request.version:  # no name: every model's (this server has one)
                 self._check(request, context)
-            st = server_stats(server)
-            inf = {k: pb.StatisticDuration(**v) for k, v in st["inference_stats"].items()}
+            st = server.metrics.statistics()
+            dur = pb.StatisticDuration
+
+            def durations(d: dict) -> dict:
+                return {k: dur(**v) for k, v in d.items() if k != "batch_size"}
+
+            server.metrics.request("grpc/ModelStatistics", 200)
             return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
-                name=st["name"], version=st["version"], inference_count=st["inference_count"],
-                execution_count=st["execution_count"], inference_stats=pb.InferStatistics(**inf))])
+                name=st["name"], version=st["version"], last_inference=st["last_inference"],
+                inference_count=st["inference_count"], execution_count=st["execution_count"],
+                inference_stats=pb.InferStatistics(**durations(st["inference_stats"])),
+                batch_stats=[pb.InferBatchStatistics(batch_size=b["batch_size"], **durations(b))
+                             for b in st["batch_stats"]])])
 
         def ModelInfer(self, request, context):
+            resp, error = self._answer(request, "grpc/ModelInfer")
+            if error is not None:
+                fail(context, error)
+            return resp
+
+        def ModelStreamInfer(self, request_iterator, context):
+            """Each request of the stream is answered in order on the stream: its ``infer_response``, or its
+            error as ``error_message`` (the stream goes on). One request at a time per stream: batching across
+            clients still applies; a client wanting several in flight opens several streams or uses ModelInfer."""
+            for request in request_iterator:
+                resp, error = self._answer(request, "grpc/ModelStreamInfer")
+                if error is not None:
+                    yield pb.ModelStreamInferResponse(error_message=str(error))
+                else:
+                    yield pb.ModelStreamInferResponse(infer_response=resp)
+
+        def _answer(self, request, where: str):
+            """``(ModelInferResponse, None)`` or ``(None, HTTPError)`` for one inference request, counted in the
+            metrics under ``where`` (an unknown model or version is answered but not counted as an inference)."""
             t0 = time.perf_counter()
             try:
                 server.check_model(request.model_name, request.model_version)
             except HTTPError as exc:
-                fail(context, exc)
+                server.metrics.request(where, exc.status)
+                return None, exc
             with server.metrics.lock:
                 server.metrics.inflight += 1
-            status, error = 200, None
+            status, resp, error = 200, None, None
             try:
                 resp = self._infer(request)
             except HTTPError as exc:
@@ -171,15 +199,13 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
             except Exception as exc:  # a bug: INTERNAL naming it (not UNKNOWN), counted as a failure, one log line
                 from sai.runtime.serve import internal_error
 
-                error = internal_error(exc, "grpc/ModelInfer")
+                error = internal_error(exc, where)
                 status = error.status
             finally:
                 with server.metrics.lock:
                     server.metrics.inflight -= 1
-                server.metrics.inference_request("grpc/ModelInfer", status, time.perf_counter() - t0)
-            if error is not None:
-                fail(context, error)
-            return resp
+                server.metrics.inference_request(where, status, time.perf_counter() - t0)
+            return resp, error
 
         def _infer(self, request):
             """Decode, check, queue and await one ModelInfer request (HTTPError for what goes wrong)."""

@@ -380,7 +380,11 @@ def make_app(server: InferenceServer):
         except HTTPError as exc:
             return _v2_error(exc)
         metrics.request("/v2/models/stats", 200)
-        return _json(200, {"model_stats": [server_stats(server)]})
+        return _json(200, {"model_stats": [metrics.statistics()]})
+
+    async def v2_all_stats(request: Request) -> Response:  # every model's (this server has one)
+        metrics.request("/v2/models/stats", 200)
+        return _json(200, {"model_stats": [metrics.statistics()]})
 
     async def v2_infer(request: Request) -> Response:
         t0 = time.perf_counter()
@@ -433,6 +437,7 @@ def make_app(server: InferenceServer):
         *[Route(p, v1_infer, methods=["POST"]) for p in INFER_PATHS],
         Route("/v2", v2_server, methods=["GET"]),
         Route("/v2/health/live", v2_live, methods=["GET"]), Route("/v2/health/ready", v2_ready, methods=["GET"]),
+        Route("/v2/models/stats", v2_all_stats, methods=["GET"]),  # before /v2/models/{name}
     ]
     for base in (model, version):
         routes += [Route(base, v2_model, methods=["GET"]), Route(base + "/ready", v2_model_ready, methods=["GET"]),
@@ -472,21 +477,3 @@ def public_description(info: dict) -> dict:
 
     return scrub(info)
 
-
-def server_stats(server: InferenceServer) -> dict:
-    """The model's statistics in the v2 statistics extension's layout (counts and cumulative nanoseconds)."""
-    m = server.metrics
-    with m.lock:
-        nv, failures = dict(m.nv), sum(m.failures.values())
-
-    def d(count, us):
-        return {"count": int(count), "ns": int(us * 1e3)}
-
-    n_ok = nv["nv_inference_request_success"]
-    return {"name": server.model_name, "version": server.model_version,
-            "inference_count": int(nv["nv_inference_count"]), "execution_count": int(nv["nv_inference_exec_count"]),
-            "inference_stats": {"success": d(n_ok, nv["nv_inference_request_duration_us"]),
-                                "fail": d(failures, 0), "queue": d(n_ok, nv["nv_inference_queue_duration_us"]),
-                                "compute_input": d(n_ok, nv["nv_inference_compute_input_duration_us"]),
-                                "compute_infer": d(n_ok, nv["nv_inference_compute_infer_duration_us"]),
-                                "compute_output": d(n_ok, nv["nv_inference_compute_output_duration_us"])}}
