@@ -500,6 +500,24 @@ def _mapped_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return _strip_module(sd)
 
 
+def _check_heads(checkpoint, src: Optional[str] = None) -> None:
+    """SaiError unless the checkpoint holds the detector heads and the backbone in the official layout."""
+    from sai.models.checkpoint import LoadedCheckpoint, describe_source, read_checkpoint
+
+    if src is None:
+        src = describe_source(checkpoint) if isinstance(checkpoint, (str, os.PathLike, LoadedCheckpoint)) else \
+            "the given state dict"
+    sd = _mapped_state(read_checkpoint(checkpoint)[0])
+    if not any(k.startswith(HEAD_PREFIXES) for k in sd):
+        raise SaiError(f"{src} has no detector heads (no rpn_head.* / bbox_head.* keys): it holds a backbone"
+                       f"{' and neck' if any(k.startswith('neck.') for k in sd) else ''} only, which gives "
+                       "features, not boxes; give the full official SAI-Det detector checkpoint, or use "
+                       "sai.models.model_from_checkpoint for FPN features")
+    if not any(k.startswith("backbone.") for k in sd):
+        raise SaiError(f"{src} is not in the official detector layout (no backbone.* keys); give the mmdetection "
+                       "checkpoint of an official SAI-Det config")
+
+
 def load_detector_state(det: SaiDetector, checkpoint, strict: bool = True):
     """Load the full official layout into ``det``; a strict load names every missing, unexpected and
     mis-shaped key. Returns a ``LoadReport``."""
@@ -516,14 +534,7 @@ def load_detector_state(det: SaiDetector, checkpoint, strict: bool = True):
     src = describe_source(checkpoint) if isinstance(checkpoint, (str, os.PathLike, LoadedCheckpoint)) else \
         "the given state dict"
     sd = _mapped_state(sd)
-    if not any(k.startswith(HEAD_PREFIXES) for k in sd):
-        raise SaiError(f"{src} has no detector heads (no rpn_head.* / bbox_head.* keys): it holds a backbone"
-                       f"{' and neck' if any(k.startswith('neck.') for k in sd) else ''} only, which gives "
-                       "features, not boxes; give the full official SAI-Det detector checkpoint, or use "
-                       "sai.models.model_from_checkpoint for FPN features")
-    if not any(k.startswith("backbone.") for k in sd):
-        raise SaiError(f"{src} is not in the official detector layout (no backbone.* keys); give the mmdetection "
-                       "checkpoint of an official SAI-Det config")
+    _check_heads({"state_dict": sd}, src)
     check_finite(sd, src)
     own = det.state_dict()
     report = LoadReport(layout="official-detector", meta=meta)
@@ -556,7 +567,14 @@ def load_detector(config: Union[str, os.PathLike, DetectorConfig], checkpoint=No
     """Build the detector of a preset name, an official config file or a ``DetectorConfig`` and load an
     official checkpoint (a path, a read checkpoint or a state dict) strictly. Without a checkpoint the
     detector keeps its random initialisation."""
-    det = SaiDetector(config, **backbone_overrides)
+    cfg = resolve(config)  # a bad preset name or config file fails before the checkpoint is read
+    if checkpoint is not None:
+        from sai.models.checkpoint import read_checkpoint_file
+
+        if isinstance(checkpoint, (str, os.PathLike)):  # read once; heads are checked before building
+            checkpoint = read_checkpoint_file(checkpoint)
+        _check_heads(checkpoint)
+    det = SaiDetector(cfg, **backbone_overrides)
     if checkpoint is not None:
         load_detector_state(det, checkpoint, strict=strict)
     return det.eval()
