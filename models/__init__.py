@@ -9,6 +9,9 @@ from sai.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from sai.models.detector import SaiDetector, load_detector
+from sai.models.detector_presets import PRESETS as DETECTOR_PRESETS
+from sai.models.detector_presets import DetectorConfig
 from sai.models.flops import kernel_flops, official_flops, official_input_size
 from sai.models.fuse import cast_for_inference, fuse_for_inference
 from sai.models.network import (
@@ -50,9 +53,12 @@ _register_gpu_kernels()
 __all__ = [
     "ARCHS",
     "DEFAULT_OPTIONS",
+    "DETECTOR_PRESETS",
+    "DetectorConfig",
     "HEADS",
     "LoadReport",
     "SAMPLING_MODES",
+    "SaiDetector",
     "SaiResNet",
     "build_model",
     "dense_twin",
@@ -63,6 +69,7 @@ __all__ = [
     "interpolate",
     "iter_sparse_blocks",
     "kernel_flops",
+    "load_detector",
     "load_checkpoint",
     "model_from_checkpoint",
     "noise_shapes",
