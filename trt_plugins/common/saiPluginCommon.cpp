@@ -298,6 +298,36 @@ std::string saiLayoutText(char const* tensor, PluginTensorDesc const& d, SaiTens
     return s.str();
 }
 
+uint64_t saiShapeKey(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs,
+    int32_t tactic) noexcept
+{
+    uint64_t h = 1469598103934665603ULL; // FNV-1a
+    auto mix = [&h](int64_t v) {
+        for (int32_t i = 0; i < 8; ++i)
+        {
+            h = (h ^ static_cast<uint64_t>((v >> (8 * i)) & 0xFF)) * 1099511628211ULL;
+        }
+    };
+    for (int32_t side = 0; side < 2; ++side)
+    {
+        PluginTensorDesc const* d = side == 0 ? in : out;
+        int32_t const n = side == 0 ? nbInputs : nbOutputs;
+        mix(n);
+        for (int32_t i = 0; i < n; ++i)
+        {
+            mix(static_cast<int64_t>(d[i].type));
+            mix(static_cast<int64_t>(d[i].format));
+            mix(d[i].dims.nbDims);
+            for (int32_t k = 0; k < d[i].dims.nbDims; ++k)
+            {
+                mix(d[i].dims.d[k]);
+            }
+        }
+    }
+    mix(tactic);
+    return h;
+}
+
 int32_t saiValidTactics(SaiKernelCaps const& caps, int32_t* tactics, int32_t nbTactics)
 {
     if (tactics == nullptr || nbTactics < 0 || nbTactics > caps.nbTactics)

@@ -108,6 +108,12 @@ bool saiMaskFormatOk(
 bool saiTensorLayoutOf(nvinfer1::PluginTensorDesc const& d, SaiTensorLayout& out);
 //! "X FP16 kHWC8 [1,6,5,7] strides n=280 c=1 h=56 w=8" (the verbose log of onShapeChange).
 std::string saiLayoutText(char const* tensor, nvinfer1::PluginTensorDesc const& d, SaiTensorLayout const& l);
+
+//! A hash of the I/O dims, types and formats and the tactic: onShapeChange runs inside every enqueue
+//! after a setTensorAddress (a server's every request), so the plugins log their layouts only when
+//! this changes, and build no text otherwise.
+uint64_t saiShapeKey(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+    int32_t nbOutputs, int32_t tactic) noexcept;
 //! getNbTactics / getValidTactics from the kernels' tactic list.
 int32_t saiValidTactics(SaiKernelCaps const& caps, int32_t* tactics, int32_t nbTactics);
 

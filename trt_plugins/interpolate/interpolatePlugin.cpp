@@ -195,6 +195,12 @@ int32_t InterpolatePlugin::onShapeChange(
     {
         return -1;
     }
+    uint64_t const key = saiShapeKey(in, nbInputs, out, nbOutputs, mTactic);
+    if (key == mLoggedShapes)
+    {
+        return 0; // logged already: no text built on this path (it runs inside enqueue)
+    }
+    mLoggedShapes = key;
     saiLog(ILogger::Severity::kVERBOSE,
         std::string(kNAME) + " plugin: " + saiLayoutText("F", in[0], l.feature) + "; " + saiLayoutText("M", in[1], l.mask)
             + "; " + saiLayoutText("Y", out[0], l.out) + "; tactic " + std::to_string(mTactic));

@@ -73,6 +73,7 @@ private:
     bool layoutsOf(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out,
         SaiInterpLayouts& l) const noexcept;
 
+    uint64_t mLoggedShapes{0}; //!< saiShapeKey of the layouts onShapeChange logged last
     //! The launch state: builds resolved per configuration and context.
     std::unique_ptr<InterpolateRunner> mRunner{std::make_unique<InterpolateRunner>()};
 };

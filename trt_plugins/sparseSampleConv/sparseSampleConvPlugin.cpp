@@ -344,6 +344,12 @@ int32_t SparseSampleConvPlugin::onShapeChange(
     {
         return -1;
     }
+    uint64_t const key = saiShapeKey(in, nbInputs, out, nbOutputs, mTactic);
+    if (key == mLoggedShapes)
+    {
+        return 0; // logged already: no text built on this path (it runs inside enqueue)
+    }
+    mLoggedShapes = key;
     saiLog(ILogger::Severity::kVERBOSE,
         std::string(kNAME) + " plugin: " + saiLayoutText("X", in[kX], b.xLayout) + "; "
             + saiLayoutText("M", in[kMASK], b.maskLayout) + "; "

@@ -99,6 +99,7 @@ private:
         SaiConvBuffers& b) const noexcept;
 
     int32_t mNbInputs{3};
+    uint64_t mLoggedShapes{0}; //!< saiShapeKey of the layouts onShapeChange logged last
     //! The launch state: builds resolved per configuration and context, the weights packed once.
     std::unique_ptr<SparseSampleConvRunner> mRunner{std::make_unique<SparseSampleConvRunner>()};
 };

@@ -764,7 +764,24 @@ void checkEnqueueWithoutDriver(IPluginCreatorV3One* creator, Fields& fields, cha
     {
         rt.push_back(d.desc);
     }
-    check(h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0, tag + "onShapeChange before enqueue");
+    log.clear();
+    check(h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0 && log.sawVerbose(" plugin: "),
+        tag + "onShapeChange before enqueue logs the layouts");
+    // TensorRT calls it inside every enqueue after a setTensorAddress: the same shapes log nothing again
+    log.clear();
+    check(h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0 && log.verbose.empty()
+            && log.errors.empty(),
+        tag + "onShapeChange with unchanged shapes builds and logs no text");
+    rt[0].dims.d[0] += 1;
+    rt[1].dims.d[0] += 1;
+    rt[nbInputs].dims.d[0] += 1;
+    if (nbInputs > 4)
+    {
+        rt[4].dims.d[0] += 1;
+    }
+    log.clear();
+    check(h.runtime->onShapeChange(rt.data(), nbInputs, &rt[nbInputs], 1) == 0 && log.sawVerbose(" plugin: "),
+        tag + "onShapeChange with another batch logs the layouts again");
     size_t const ws = h.build->getWorkspaceSize(io.data(), nbInputs, &io[nbInputs], 1);
     std::vector<unsigned char> host((ws + 4096) * 2); // never touched: the launch stops at the missing driver
     std::vector<void const*> ins(static_cast<size_t>(nbInputs), host.data());
