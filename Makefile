@@ -15,7 +15,7 @@ help:
 	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~3 min)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
-	@echo "make cuda-check check every kernel cubin for all target GPUs; PTX and host code with CUDA 12 too"
+	@echo "make cuda-check check every kernel cubin for all target GPUs (arch, spills, occupancy, SASS loops -> build/cuda-check/kernels.json); PTX and host code with CUDA 12 too"
 	@echo "make kernels   Triton kernels -> cubins/PTX for sm_75..sm_120 + embedded C++ (build/kernels, no GPU)"
 	@echo "make gpu-check the one prepared GPU run: parity, timings vs cuDNN, autotune (build/gpu-check)"
 

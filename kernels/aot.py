@@ -30,8 +30,9 @@ LAUNCHER_DIR = HERE / "launcher"
 # rest when the engine is built). Names are stable: the plugins' launch code looks them up.
 #
 # - "fast" builds (fp16/bf16): channels innermost (NHWC, NHWC8, NHWC16: channel stride 1 compiled
-#   in), 16-divisible channel counts and position strides (vectorised loads), 1x1 and 3x3 with the
-#   taps unrolled; two tile configs each (the plugins' tactics);
+#   in), 16-divisible channel counts and position strides (vectorised loads), 1x1 and 3x3 (KH, KW
+#   compiled in as constants of the one pipelined K loop over taps x channel blocks, which stays a
+#   loop: the taps are not unrolled); two tile configs each (the plugins' tactics);
 # - "any" builds (fp32, fp16, bf16): every stride and the kernel size at run time, no divisibility
 #   assumed except 16-byte aligned pointers: NCHW (TensorRT's kLINEAR), odd channel counts, any
 #   kh x kw. fp32 multiplies in IEEE fp32 (exact), never TF32.
@@ -62,7 +63,7 @@ def _conv(dtype: str, k: int | None, deform: bool, relu: bool) -> dict:
     return {
         "module": "sai.kernels.sparse_sample_conv", "kernel": "sparse_conv_kernel", "cfg_kernel": "sparse_sample_conv",
         "dtype": dtype, "constexprs": const,
-        "features": dict(dtype=dtype, k=k if fast else 3, deform=deform),
+        "features": dict(dtype=dtype, k=k if fast else 3, deform=deform, build="fast" if fast else "any"),
         "divisible": _CONV_DIV if fast else _CONV_OURS,
         "tactics": [1, 2] if fast and not deform else [1],
         "grid": _CONV_GRID,

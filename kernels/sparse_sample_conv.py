@@ -1,8 +1,9 @@
 """SparseSampleConv (docs/design.md 3.2) as a Triton implicit GEMM over the active positions.
 
 Rows of the GEMM are the active output positions (``compact.partition``: M > 0 first, then the
-rest), columns the output channels of one group, and the K loop runs over taps x blocks of input
-channels. A tiles are gathered straight from the input through its strides (NHWC is the fast
+rest), columns the output channels of one group, and one software-pipelined K loop runs over taps x
+blocks of input channels (the pipeline drains once per tile, not after every tap; tiles come from
+``configs/`` by the rows N*Ho*Wo and the output channels). A tiles are gathered straight from the input through its strides (NHWC is the fast
 layout: the channels of one position are contiguous), zero outside the image, or bilinearly sampled
 for the deformable variant (v1, zero outside); B tiles come from the weights packed once to
 ``[group, tap, Cin/group, Cout/group]``. ``tl.dot`` accumulates in fp32 (tensor cores for
@@ -41,8 +42,12 @@ def sparse_conv_kernel(
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    # KH and KW are run-time values here (the tap loop is a loop either way); the ahead-of-time
-    # builds pin them (1x1, 3x3) where that unrolls the taps and keep one any-size build beside.
+    # One K loop over taps x channel blocks (kk -> tap = kk // nkb, c0 = (kk % nkb) * BK), not a tap
+    # loop around a channel loop: the software pipeliner then overlaps the loads of the next tap with
+    # the MMAs of this one and drains once per tile instead of after every tap (a nested loop waits
+    # for every wgmma / cp.async and syncs the CTA at each inner exit; make cuda-check fails on that).
+    # KH and KW are run-time values here and in the "any" AOT builds, constants in the fast builds
+    # (1x1, 3x3); either way the taps are not unrolled: the loop stays one loop.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     nblk = (COUT_G + BN - 1) // BN
@@ -63,53 +68,72 @@ def sparse_conv_kernel(
     acc = tl.full([BM, BN], 0.0, tl.float32)
     if pid_m * BM < count:  # tiles wholly past the active count only write zeros
         xrow = x_ptr + n * sxn
-        for tap in range(KH * KW):
-            ky = tap // KW
-            kx = tap % KW
-            iy = oy * STRIDE_H - PAD_T + ky * DIL_H
-            ix = ox * STRIDE_W - PAD_L + kx * DIL_W
-            wtap = w_ptr + ((g * KH * KW + tap) * CIN_G).to(tl.int64) * COUT_G
-            inb = act & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-            for c0 in range(0, CIN_G, BK):
-                ci = c0 + tl.arange(0, BK)
-                kmask = ci < CIN_G
-                cg = g * CIN_G + ci
-                if DEFORM:
-                    # offset channel (dg*KH*KW + tap)*2 + {0: dy, 1: dx}; dg of each input channel
-                    och = ((cg // CIN_DG) * (KH * KW) + tap) * 2
-                    obase = off_ptr + n * son + oy * soh + ox * sow
-                    omask = act[:, None] & kmask[None, :]
-                    dy = tl.load(obase[:, None] + och[None, :] * soc, mask=omask, other=0.0).to(tl.float32)
-                    dx = tl.load(obase[:, None] + (och + 1)[None, :] * soc, mask=omask, other=0.0).to(tl.float32)
-                    py = iy.to(tl.float32)[:, None] + dy
-                    px = ix.to(tl.float32)[:, None] + dx
-                    inside = omask & (py > -1.0) & (py < H) & (px > -1.0) & (px < W)
-                    y0f = tl.floor(py)
-                    x0f = tl.floor(px)
-                    ly = py - y0f
-                    lx = px - x0f
-                    y0 = y0f.to(tl.int32)
-                    x0 = x0f.to(tl.int32)
-                    cptr = xrow[:, None] + cg[None, :] * sxc
-                    val = tl.full([BM, BK], 0.0, tl.float32)
-                    for corner in tl.static_range(4):
-                        yc = y0 + corner // 2
-                        xc = x0 + corner % 2
-                        wy = ly if corner // 2 == 1 else 1.0 - ly
-                        wx = lx if corner % 2 == 1 else 1.0 - lx
-                        ok = inside & (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
-                        v = tl.load(cptr + yc * sxh + xc * sxw, mask=ok, other=0.0).to(tl.float32)
-                        val += v * (wy * wx)
-                    a = val.to(x_ptr.dtype.element_ty)
-                else:
-                    aptr = xrow[:, None] + (iy * sxh + ix * sxw)[:, None] + cg[None, :] * sxc
-                    a = tl.load(aptr, mask=inb[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(wtap + ci[:, None] * COUT_G + co[None, :],
-                            mask=kmask[:, None] & cmask[None, :], other=0.0)
-                if UPCAST_DOT:  # the interpreter's dot cannot multiply bfloat16 (stored as uint16)
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        iy0 = oy * STRIDE_H - PAD_T  # the tap (0, 0) of each row; tap (ky, kx) adds (ky*DIL_H, kx*DIL_W)
+        ix0 = ox * STRIDE_W - PAD_L
+        if not DEFORM:
+            xbase = xrow + iy0 * sxh + ix0 * sxw
+        hu = H.to(tl.uint32)  # 0 <= iy < H as one unsigned compare
+        wu = W.to(tl.uint32)
+        wgrp = w_ptr + (g * KH * KW * CIN_G).to(tl.int64) * COUT_G
+        # (tap, ky, kx, c0) walk the flat K index as loop-carried counters: no division per step
+        tap = 0
+        ky = 0
+        kx = 0
+        c0 = 0
+        for _kk in range(0, KH * KW * ((CIN_G + BK - 1) // BK)):
+            dy = ky * DIL_H
+            dx = kx * DIL_W
+            iy = iy0 + dy
+            ix = ix0 + dx
+            ci = c0 + tl.arange(0, BK)
+            kmask = ci < CIN_G
+            cg = g * CIN_G + ci
+            if DEFORM:
+                # offset channel (dg*KH*KW + tap)*2 + {0: dy, 1: dx}; dg of each input channel
+                och = ((cg // CIN_DG) * (KH * KW) + tap) * 2
+                obase = off_ptr + n * son + oy * soh + ox * sow
+                omask = act[:, None] & kmask[None, :]
+                ody = tl.load(obase[:, None] + och[None, :] * soc, mask=omask, other=0.0).to(tl.float32)
+                odx = tl.load(obase[:, None] + (och + 1)[None, :] * soc, mask=omask, other=0.0).to(tl.float32)
+                py = iy.to(tl.float32)[:, None] + ody
+                px = ix.to(tl.float32)[:, None] + odx
+                inside = omask & (py > -1.0) & (py < H) & (px > -1.0) & (px < W)
+                y0f = tl.floor(py)
+                x0f = tl.floor(px)
+                ly = py - y0f
+                lx = px - x0f
+                y0 = y0f.to(tl.int32)
+                x0 = x0f.to(tl.int32)
+                cptr = xrow[:, None] + cg[None, :] * sxc
+                val = tl.full([BM, BK], 0.0, tl.float32)
+                for corner in tl.static_range(4):
+                    yc = y0 + corner // 2
+                    xc = x0 + corner % 2
+                    wy = ly if corner // 2 == 1 else 1.0 - ly
+                    wx = lx if corner % 2 == 1 else 1.0 - lx
+                    ok = inside & (yc >= 0) & (yc < H) & (xc >= 0) & (xc < W)
+                    v = tl.load(cptr + yc * sxh + xc * sxw, mask=ok, other=0.0).to(tl.float32)
+                    val += v * (wy * wx)
+                a = val.to(x_ptr.dtype.element_ty)
+            else:
+                inb = act & (iy.to(tl.uint32) < hu) & (ix.to(tl.uint32) < wu)
+                aptr = xbase[:, None] + (dy * sxh + dx * sxw) + cg[None, :] * sxc
+                a = tl.load(aptr, mask=inb[:, None] & kmask[None, :], other=0.0)
+            wtap = wgrp + (tap * CIN_G).to(tl.int64) * COUT_G
+            b = tl.load(wtap + ci[:, None] * COUT_G + co[None, :],
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            if UPCAST_DOT:  # the interpreter's dot cannot multiply bfloat16 (stored as uint16)
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            c0 += BK
+            next_tap = c0 >= CIN_G
+            c0 = tl.where(next_tap, 0, c0)
+            tap = tl.where(next_tap, tap + 1, tap)
+            kx = tl.where(next_tap, kx + 1, kx)
+            next_row = kx >= KW
+            kx = tl.where(next_row, 0, kx)
+            ky = tl.where(next_row, ky + 1, ky)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + g * COUT_G + co, mask=cmask, other=0.0).to(tl.float32)
@@ -211,7 +235,7 @@ def sparse_sample_conv_attrs(x, mask, weight, bias, offset, stride, pads, dilati
     wp = pack_weight(weight, groups)
     arch = configs.arch_name(dev)
     dt = str(x.dtype).replace("torch.", "")
-    cfg = configs.lookup("sparse_sample_conv", arch, dtype=dt, k=kh, deform=offset is not None)
+    cfg = configs.lookup("sparse_sample_conv", arch, dtype=dt, k=kh, deform=offset is not None, P=p, cout=cout_g)
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
     grid = (triton.cdiv(p, bm), groups * triton.cdiv(cout_g, bn))
     off = offset if offset is not None else x  # never read without DEFORM
