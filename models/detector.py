@@ -365,6 +365,21 @@ class SaiDetector(nn.Module):
         self._base = [base_anchors(s, cfg.anchor_scales, cfg.anchor_ratios) for s in cfg.anchor_strides]
         self.eval()
 
+    @property
+    def fused(self) -> bool:
+        return bool(getattr(self.backbone, "fused", False))
+
+    def fuse_for_inference(self) -> SaiDetector:
+        """Fuse the backbone in place (``sai.models.fuse_for_inference``: BN folded, the fused sparse
+        block kernels on the CPU); the heads are unchanged. Load checkpoints before fusing."""
+        from sai.models.fuse import fuse_for_inference
+
+        if not self.fused:
+            self.backbone = fuse_for_inference(self.backbone)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
     # -- stages --------------------------------------------------------------------------------
     def extract_feat(self, x: Tensor, *noise: Tensor) -> tuple[Tensor, ...]:
         """The FPN levels P2..P6 of a normalised, padded batch ``[N, 3, H, W]``."""
@@ -530,6 +545,8 @@ def load_detector_state(det: SaiDetector, checkpoint, strict: bool = True):
         read_checkpoint,
     )
 
+    if det.fused:
+        raise SaiError("load checkpoints into the unfused detector, then call fuse_for_inference()")
     sd, meta = read_checkpoint(checkpoint)
     src = describe_source(checkpoint) if isinstance(checkpoint, (str, os.PathLike, LoadedCheckpoint)) else \
         "the given state dict"
@@ -563,10 +580,10 @@ def load_detector_state(det: SaiDetector, checkpoint, strict: bool = True):
 
 
 def load_detector(config: Union[str, os.PathLike, DetectorConfig], checkpoint=None, strict: bool = True,
-                  **backbone_overrides) -> SaiDetector:
+                  fuse: bool = False, **backbone_overrides) -> SaiDetector:
     """Build the detector of a preset name, an official config file or a ``DetectorConfig`` and load an
     official checkpoint (a path, a read checkpoint or a state dict) strictly. Without a checkpoint the
-    detector keeps its random initialisation."""
+    detector keeps its random initialisation. ``fuse=True``: ``fuse_for_inference()`` after the load."""
     cfg = resolve(config)  # a bad preset name or config file fails before the checkpoint is read
     if checkpoint is not None:
         from sai.models.checkpoint import read_checkpoint_file
@@ -577,4 +594,4 @@ def load_detector(config: Union[str, os.PathLike, DetectorConfig], checkpoint=No
     det = SaiDetector(cfg, **backbone_overrides)
     if checkpoint is not None:
         load_detector_state(det, checkpoint, strict=strict)
-    return det.eval()
+    return det.fuse_for_inference() if fuse else det.eval()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from test_checkpoint import official_keys
 
 from sai.errors import SaiError
-from sai.models.detector import SaiDetector, load_detector, preprocess
+from sai.models.detector import SaiDetector, load_detector, load_detector_state, preprocess
 from sai.models.detector_presets import PRESETS, parse_config_text, preset, read_config_file
 
 SCALE = (192, 120)  # (long, short) test scale: keeps R101 fast; the pipeline is the official one otherwise
@@ -613,6 +613,24 @@ def test_layouts_give_the_same_input(dense_det, image, other):
                    (np.ascontiguousarray(pair.transpose(0, 3, 1, 2)), "NCHW"), (pair.astype(np.float32), None)):
         got = preprocess(x, cfg, lay)
         assert len(got) == 2 and all(torch.equal(g["img"], r) for g, r in zip(got, ref, strict=True))
+
+
+def test_fused_detector_gives_the_same_detections(dense_ckpt, image, other):
+    """BN folded and the fused block kernels: the same detections as the unfused detector."""
+    cfg = preset("sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1").with_scale((64, 40))
+    ckpt = make_checkpoint(cfg.name, seed=2, scale=(64, 40))
+    det = load_detector(cfg, ckpt)
+    a = det.detect([image, other])
+    det.fuse_for_inference()
+    assert det.fused
+    with pytest.raises(SaiError, match="unfused detector"):
+        load_detector_state(det, ckpt)
+    b = det.detect([image, other])
+    assert int(a["num_dets"].min()) > 0
+    for i in range(2):
+        n = int(a["num_dets"][i])
+        assert_same_detections(f64(b["dets"][i, :int(b["num_dets"][i])]), b["labels"][i, :int(b["num_dets"][i])],
+                               f64(a["dets"][i, :n]), a["labels"][i, :n].numpy(), box_tol=2e-2, score_tol=2e-4)
 
 
 def test_zero_detections(dense_det, image):
