@@ -595,3 +595,53 @@ def load_detector(config: Union[str, os.PathLike, DetectorConfig], checkpoint=No
     if checkpoint is not None:
         load_detector_state(det, checkpoint, strict=strict)
     return det.fuse_for_inference() if fuse else det.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs
+# ----------------------------------------------------------------------------------------------
+
+
+def detector_flops(config: Union[str, os.PathLike, DetectorConfig], input_hw: Optional[tuple[int, int]] = None,
+                   densities=None, num_rois: Optional[int] = None) -> dict:
+    """Multiply-accumulates of the whole detector for a padded input ``input_hw`` (default: a landscape
+    image at the config's scale, padded to 32), itemised: ``backbone`` (``kernel_flops``, at
+    ``densities`` for a sparse backbone), ``neck`` (FPN), ``rpn`` (3x3 conv + both 1x1 on P2..P6),
+    ``roi_head`` (RoIAlign's 4 taps per sample and channel, the FCs) for ``num_rois`` RoIs (default
+    ``max_num``, the most the RPN gives), ``total`` and ``dense_parts`` (neck + RPN + RoI head: what no
+    mask makes cheaper, so the detector's saving is bounded by their share)."""
+    from sai.models.flops import kernel_flops
+    from sai.models.ops import conv_output_size
+
+    cfg = resolve(config)
+    if input_hw is None:
+        d = cfg.size_divisor
+        input_hw = (-(-min(cfg.img_scale) // d) * d, -(-max(cfg.img_scale) // d) * d)
+    h, w = (int(v) for v in input_hw)
+    if h <= 0 or w <= 0:
+        raise SaiError(f"input_hw must be two positive ints, got {input_hw!r}")
+    k = kernel_flops(cfg.arch, (h, w), densities, cfg.dcn_stages, head="fpn",
+                     fpn_out_channels=cfg.fpn_out_channels,
+                     gaussian_kernel=cfg.backbone_options.get("gaussian_kernel", 7))
+    # level sizes: the stem (7x7 s2, 3x3 s2 pool), then strides 1, 2, 2, 2; P6 = max_pool(P5, 1, stride 2)
+    fh, fw = conv_output_size(h, 7, 2, 3, 3, 1), conv_output_size(w, 7, 2, 3, 3, 1)
+    fh, fw = conv_output_size(fh, 3, 2, 1, 1, 1), conv_output_size(fw, 3, 2, 1, 1, 1)
+    sizes = []
+    for s in (1, 2, 2, 2):
+        fh, fw = conv_output_size(fh, 3, s, 1, 1, 1), conv_output_size(fw, 3, s, 1, 1, 1)
+        sizes.append((fh, fw))
+    sizes.append(((sizes[-1][0] - 1) // 2 + 1, (sizes[-1][1] - 1) // 2 + 1))
+    c, f = cfg.fpn_out_channels, cfg.feat_channels
+    a = len(cfg.anchor_scales) * len(cfg.anchor_ratios)
+    rpn = float(sum(hh * ww * (9 * c * f + f * a * 5) for hh, ww in sizes))
+    r = cfg.max_num if num_rois is None else int(num_rois)
+    s2 = cfg.roi_out_size ** 2
+    dims = [c * s2] + [cfg.fc_out_channels] * cfg.num_fcs
+    fcs = sum(dims[i] * dims[i + 1] for i in range(cfg.num_fcs))
+    reg = 4 if cfg.reg_class_agnostic else 4 * cfg.num_classes
+    roi = float(r * (4 * c * s2 * cfg.roi_sample_num ** 2 + fcs + dims[-1] * (cfg.num_classes + reg)))
+    out = {"backbone": k["backbone"], "neck": k["head"], "rpn": rpn, "roi_head": roi, "num_rois": r,
+           "input_hw": (h, w)}
+    out["dense_parts"] = out["neck"] + rpn + roi
+    out["total"] = out["backbone"] + out["dense_parts"]
+    return out

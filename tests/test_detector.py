@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from test_checkpoint import official_keys
 
 from sai.errors import SaiError
-from sai.models.detector import SaiDetector, load_detector, load_detector_state, preprocess
+from sai.models.detector import SaiDetector, detector_flops, load_detector, load_detector_state, preprocess
 from sai.models.detector_presets import PRESETS, parse_config_text, preset, read_config_file
 
 SCALE = (192, 120)  # (long, short) test scale: keeps R101 fast; the pipeline is the official one otherwise
@@ -631,6 +631,41 @@ def test_fused_detector_gives_the_same_detections(dense_ckpt, image, other):
         n = int(a["num_dets"][i])
         assert_same_detections(f64(b["dets"][i, :int(b["num_dets"][i])]), b["labels"][i, :int(b["num_dets"][i])],
                                f64(a["dets"][i, :n]), a["labels"][i, :n].numpy(), box_tol=2e-2, score_tol=2e-4)
+
+
+def test_detector_flops_count_what_runs(dense_det, image):
+    """detector_flops' neck, RPN and RoI head against MACs counted by hooks on every conv and linear layer
+    during a forward (bias adds not counted), with the RoIs that forward made."""
+    counts = {"neck": 0, "rpn_head": 0, "bbox_head": 0}
+    rois = []
+
+    def hook(part):
+        def fn(mod, inp, out):
+            if isinstance(mod, torch.nn.Conv2d):
+                counts[part] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            else:
+                counts[part] += out.numel() * mod.in_features
+                if mod is dense_det.bbox_head.fc_cls:
+                    rois.append(out.shape[0])
+        return fn
+
+    handles = [m.register_forward_hook(hook(part)) for part in counts
+               for m in getattr(dense_det, part).modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        meta = preprocess(image, dense_det.config.with_scale((64, 40)))[0]
+        dense_det(meta["img"][None], [meta["img_shape"]], [meta["scale_factor"]])
+    finally:
+        for h in handles:
+            h.remove()
+    fl = detector_flops(dense_det.config, tuple(meta["img"].shape[1:]), num_rois=rois[0])
+    assert fl["neck"] == counts["neck"] and fl["rpn"] == counts["rpn_head"]
+    assert fl["roi_head"] == counts["bbox_head"] + rois[0] * 4 * 256 * 49 * 4  # + RoIAlign's bilinear taps
+    assert fl["total"] == fl["backbone"] + fl["neck"] + fl["rpn"] + fl["roi_head"]
+    # the default input: a landscape image at the scale, padded; sparse densities lower only the backbone
+    sp = "sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1"
+    dense, half = detector_flops(sp), detector_flops(sp, densities=0.3)
+    assert dense["input_hw"] == (1024, 1696) and half["backbone"] < dense["backbone"]
+    assert half["dense_parts"] == dense["dense_parts"]
 
 
 def test_zero_detections(dense_det, image):
