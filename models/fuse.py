@@ -247,8 +247,8 @@ class _FusedSparseBase(MaskBookkeeping):
             import sai.kernels.sparse_block  # noqa: F401
         except ImportError as e:
             return f"the Triton kernels cannot be imported ({e}): install triton"
-        if x.dim() != 4 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            return f"the input is {x.dtype} {list(x.shape)}; the kernels take 4-D float32, float16 or bfloat16"
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"the input is {x.dtype}; the kernels take float32, float16 or bfloat16"
         for name in ("conv1_weight", "conv2_weight", "conv3_weight", "down_weight", "offset_weight"):
             w = getattr(self, name, None)
             if w is not None and w.dtype != x.dtype:
