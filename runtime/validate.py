@@ -418,6 +418,8 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
             if engine.metadata.get("sampling") and sampling is None:
                 sampling = engine.metadata["sampling"]
         elif b == "tensorrt":
+            if onnx_file.is_file() and "onnxruntime" not in wanted:  # the engine's weights came from it
+                load_checked_onnx(onnx_file)
             engine = rt.load(outdir, backend="tensorrt", verify=False)
         else:
             raise SaiError(f"unknown backend {b!r}; use torch, onnxruntime, tensorrt")
