@@ -230,7 +230,7 @@ def print_table(rows: list[dict], archs: set[int]) -> None:
     for cc in sorted({r["cc"] for r in rows}):
         rs = [r for r in rows if r["cc"] == cc and "error" not in r]
         tc = [r for r in rs if r["tensor_cores"]]
-        print(f"cuda-check: sm_{cc}: {len(rs)} images, {len(tc)} on tensor cores, max {max(r['regs'] for r in rs)} "
+        print(f"cuda-check: sm_{cc}: {len(rs)} images, {len(tc)} on tensor cores, max {max((r['regs'] for r in rs), default=0)} "
               f"registers, spills in {sum(1 for r in tc if r['stack'] or r['local'])} tensor-core / "
               f"{sum(1 for r in rs if not r['tensor_cores'] and (r['stack'] or r['local']))} other builds, "
               f"nested drains in {sum(1 for r in rs if r['nested_drains'])}")

@@ -284,10 +284,32 @@ def resident_ctas(cc: int, regs: int, num_warps: int, shared_bytes: int) -> dict
             "launchable": shared_bytes <= lim["smem_cta"]}
 
 
+def nvdisasm_dir(cuobjdump: str) -> str | None:
+    """A folder holding nvdisasm, which ``cuobjdump -sass`` runs: beside cuobjdump, on PATH, the CUDA
+    toolkit's, or the one the Triton wheel ships (PyPI's nvidia-cuda-cuobjdump has none)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    cands = [os.environ.get("NVDISASM_PATH", ""), str(Path(cuobjdump).parent), os.path.dirname(shutil.which("nvdisasm") or ""),
+             "/usr/local/cuda/bin"]
+    try:
+        import triton
+
+        cands.append(str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin"))
+    except ImportError:
+        pass
+    return next((c for c in cands if c and (Path(c) / "nvdisasm").is_file()), None)
+
+
 def analyze_cubin(cuobjdump: str, cubin: str, cc: int, num_warps: int, dynamic_shared: int) -> dict:
     """Everything above for one cubin (its one kernel, or the largest if there are several)."""
+    import os
+
     res = resource_usage(subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True).stdout)
-    sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True)
+    nvd = nvdisasm_dir(cuobjdump)
+    env = dict(os.environ, NVDISASM_PATH=nvd) if nvd else None
+    sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, env=env)
     if sass.returncode != 0:
         raise RuntimeError(f"cuobjdump -sass {cubin}: {sass.stderr.strip()[:300]}")
     funcs = parse_sass(sass.stdout)
