@@ -726,3 +726,68 @@ def test_bad_images_get_one_line(dense_det, images, layout, match):
     with pytest.raises(SaiError, match=match) as err:
         dense_det.detect(images, layout=layout)
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# groundwork for the portable export: v0.6's +1 conventions through standard ONNX ops (onnxruntime)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ort_run(node, inputs, outputs, feeds, opset=16):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import helper
+
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                              [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_onnx_nms_on_boxes_shifted_by_one_is_v06_nms():
+    """NonMaxSuppression on (x1, y1, x2 + 1, y2 + 1) keeps what v0.6's +1 NMS keeps."""
+    from onnx import TensorProto, helper
+
+    from sai.models.detector import nms_v06
+
+    rs = np.random.RandomState(7)
+    xy = rs.uniform(0, 60, (400, 2))
+    boxes = np.concatenate([xy, xy + rs.uniform(0, 20, (400, 2))], 1).astype(np.float32)
+    boxes[:30, 2:] = boxes[:30, :2]
+    scores = rs.uniform(0, 1, 400).astype(np.float32)
+    shifted = boxes.copy()
+    shifted[:, 2:] += 1
+    corners = shifted[:, [1, 0, 3, 2]][None]  # ONNX's [y1, x1, y2, x2]
+    for thr in (0.3, 0.5, 0.7):
+        node = helper.make_node("NonMaxSuppression", ["b", "s", "k", "t"], ["i"])
+        inputs = [("b", TensorProto.FLOAT, [1, 400, 4]), ("s", TensorProto.FLOAT, [1, 1, 400]),
+                  ("k", TensorProto.INT64, [1]), ("t", TensorProto.FLOAT, [1])]
+        (sel,) = _ort_run(node, inputs, [("i", TensorProto.INT64, ["k", 3])],
+                          {"b": corners, "s": scores[None, None], "k": np.array([400], np.int64),
+                           "t": np.array([thr], np.float32)})
+        assert sel[:, 2].tolist() == nms_v06(torch.from_numpy(boxes), torch.from_numpy(scores), thr).tolist()
+
+
+def test_onnx_roialign_is_v06_only_for_rois_of_a_cell_or_more():
+    """RoiAlign (output_half_pixel, sampling_ratio 2) on (x1, y1, x2 + 1, y2 + 1) equals v0.6's RoIAlign
+    where the RoI spans at least one feature cell; smaller RoIs differ (ONNX clamps the size at 1, v0.6 at
+    0), so a portable export needs its own RoIAlign for them (e.g. a level-0 RoI under 4 px)."""
+    from onnx import TensorProto, helper
+
+    g = torch.Generator().manual_seed(8)
+    fmap = torch.randn(1, 4, 12, 15, generator=g)
+    big = torch.tensor([[3.0, 4.0, 30.5, 20.0], [0, 0, 59, 47], [10.3, 2.2, 40.9, 44.4], [50, 40, 70, 60]])
+    small = torch.tensor([[3.0, 4.0, 4.5, 5.0], [20.2, 11.7, 20.2, 11.7]])
+    rois = torch.cat([big, small])
+    shifted = rois.clone()
+    shifted[:, 2:] += 1
+    node = helper.make_node("RoiAlign", ["x", "r", "i"], ["y"], mode="avg", output_height=7, output_width=7,
+                            sampling_ratio=2, spatial_scale=0.25, coordinate_transformation_mode="output_half_pixel")
+    inputs = [("x", TensorProto.FLOAT, [1, 4, 12, 15]), ("r", TensorProto.FLOAT, [6, 4]), ("i", TensorProto.INT64, [6])]
+    (y,) = _ort_run(node, inputs, [("y", TensorProto.FLOAT, [6, 4, 7, 7])],
+                    {"x": fmap.numpy(), "r": shifted.numpy(), "i": np.zeros(6, np.int64)})
+    ref = np.stack([ref_roi_align(fmap[0].double().numpy(), b, 0.25) for b in rois.double().numpy()])
+    np.testing.assert_allclose(y[:4], ref[:4], atol=1e-5, rtol=0)
+    assert np.abs(y[4:] - ref[4:]).max() > 1e-2
