@@ -2,8 +2,11 @@
 nothing behind.
 
 - ``check_output_file`` / ``check_output_dir``: refuse a path that cannot be written (a folder where a
-  file goes, a file where a folder goes, a parent that is a file, a read-only or foreign folder) with a
-  message naming the path and the fix, before an export or a validation spends minutes.
+  file goes, a file where a folder goes, a parent that is a file, a read-only or foreign folder, a file sai
+  did not write) with a message naming the path and the fix, before an export or a validation spends minutes.
+- ``file_owner_reason``: the proof that an existing file is an earlier single-file output of sai (an ONNX
+  whose producer is sai-deploy with sai's metadata, a JSON carrying ``json_tag(kind)``); anything else is
+  overwritten only with ``--force``.
 - ``MARKER_NAME`` (``.sai-output.json``): the proof that a folder is an earlier output of a sai command.
   ``publish_dir`` writes it into every folder it publishes, listing each file (size, sha256) and folder it
   owns; ``foreign_reason`` accepts an existing folder for replacement only when it is empty or every entry
@@ -97,19 +100,208 @@ def _check_parent(parent: Path, flag: str, create: bool) -> None:
         raise SaiError(os_error_message(exc, parent, f"{flag}: cannot create the folder")) from None
 
 
-def check_output_file(path: PathLike, flag: str = "-o", *, create_parent: bool = False) -> Path:
+def check_output_file(path: PathLike, flag: str = "-o", *, create_parent: bool = False,
+                      kind: Optional[str] = None, force: bool = False) -> Path:
     """Check that a file can be written at ``path`` (atomically: a temporary beside it, then a rename).
 
     SaiError when ``path`` is a folder, its parent is missing (unless ``create_parent``) or a file, or
-    the parent does not accept new files. Returns the path (absolute)."""
+    the parent does not accept new files. With ``kind`` (what the command writes there: ``ONNX_KIND`` or a
+    JSON kind, see ``file_owner_reason``) an existing entry at ``path`` is overwritten only when it is
+    provably an earlier output of that kind, or with ``force`` (a line on stderr says so); else SaiError
+    naming ``--force`` and another path. Returns the path (absolute)."""
     p = Path(path).expanduser().absolute()
     if p.is_dir():
         raise SaiError(f"{flag} {path} is a folder; give a file path (e.g. {Path(path) / 'model.onnx'})")
     if p.name in ("", ".", ".."):
         raise SaiError(f"{flag} {path} is not a file name; give a file path")
     _check_parent(p.parent, flag, create_parent)
+    if kind is not None and os.path.lexists(p):
+        reason = file_owner_reason(p, kind)
+        if reason is not None:
+            if not force:
+                raise SaiError(file_refusal_message(p, flag, kind, reason))
+            with contextlib.suppress(Exception):
+                print(f"{flag} --force: {p} will be overwritten ({reason})", file=sys.stderr, flush=True)
     _probe_writable(p.parent, flag)
     return p
+
+
+# ----------------------------------------------------------------------------------------------
+# output files: whose are they?
+# ----------------------------------------------------------------------------------------------
+#
+# The rule for a single-file output (``sai export -o``, ``validate --report``, ``bench-ops --json``): an existing
+# file at the path is overwritten only when its own content proves that sai wrote it as that kind of output:
+#
+# - ``ONNX_KIND``: an ONNX ModelProto whose ``producer_name`` is ``sai-deploy`` and whose ``metadata_props``
+#   hold ``sai.producer`` (a JSON object naming the sai version), read from the file's top-level protobuf
+#   fields (the graph is skipped, not parsed);
+# - any other kind ``K`` (JSON outputs): a JSON object whose ``"sai_output"`` is ``"K/<version>"``
+#   (``json_tag(K)`` is what the writer puts in).
+#
+# A symbolic link, a special file, an empty file and a file that a folder output's ``.sai-output.json``
+# lists (a convert OUTDIR's model.onnx: overwriting it would corrupt that output) are never sai's to
+# overwrite. Anything else is refused before the work unless the user passes ``--force``.
+
+ONNX_KIND = "onnx"
+ONNX_PRODUCER = "sai-deploy"  # ModelProto.producer_name of every model sai writes
+FILE_TAG = "sai_output"
+FILE_TAG_VERSION = 1
+FILE_MAX_BYTES = 64 << 20  # a JSON output of sai is far smaller; a bigger file is not read to find out
+_ONNX_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}  # ModelProto: wire types
+_ONNX_MAX_FIELDS = 1 << 16
+
+
+def json_tag(kind: str) -> dict:
+    """The top-level entry a JSON output of ``kind`` carries so that a later run can prove it is sai's."""
+    return {FILE_TAG: f"{kind}/{FILE_TAG_VERSION}"}
+
+
+def _varint(f) -> Optional[int]:
+    shift = value = 0
+    while shift < 64:
+        b = f.read(1)
+        if not b:
+            return None
+        value |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return value
+        shift += 7
+    return None
+
+
+def onnx_header(path: PathLike) -> Optional[dict]:
+    """``{"producer_name", "metadata"}`` of an ONNX file, from its top-level protobuf fields (the graph,
+    functions and other large fields are skipped by their length, never parsed); None when the bytes are
+    not a ModelProto (an unknown field, a wrong wire type, a length past the end, no ir_version)."""
+    out: dict = {"producer_name": None, "metadata": {}}
+    seen_ir = False
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            for _ in range(_ONNX_MAX_FIELDS):
+                key = _varint(f)
+                if key is None:
+                    return out if seen_ir and f.tell() == size else None
+                field, wire = key >> 3, key & 7
+                if _ONNX_FIELDS.get(field) != wire:
+                    return None
+                value = _varint(f)
+                if value is None:
+                    return None
+                if wire == 0:
+                    seen_ir = seen_ir or field == 1
+                    continue
+                if value > size - f.tell():
+                    return None
+                if field == 2:
+                    out["producer_name"] = f.read(value).decode("utf-8")
+                elif field == 14:
+                    entry = _string_pairs(f.read(value))
+                    if entry is None:
+                        return None
+                    out["metadata"][entry[0]] = entry[1]
+                else:
+                    f.seek(value, os.SEEK_CUR)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None  # more top-level fields than any model has
+
+
+def _string_pairs(data: bytes) -> Optional[tuple[str, str]]:
+    """(key, value) of a serialized StringStringEntryProto, or None."""
+    import io
+
+    f, got = io.BytesIO(data), {1: "", 2: ""}
+    while f.tell() < len(data):
+        key = _varint(f)
+        if key is None or key & 7 != 2 or key >> 3 not in got:
+            return None
+        n = _varint(f)
+        if n is None or n > len(data) - f.tell():
+            return None
+        got[key >> 3] = f.read(n).decode("utf-8")
+    return got[1], got[2]
+
+
+def _sai_onnx_reason(path: Path) -> Optional[str]:
+    head = onnx_header(path)
+    if head is None:
+        return "it is not an ONNX model"
+    if head["producer_name"] != ONNX_PRODUCER:
+        return f"it is an ONNX model of {str(head['producer_name'] or 'an unnamed producer')[:40]!r}, not of sai"
+    try:
+        producer = json.loads(head["metadata"].get("sai.producer", ""))
+    except ValueError:
+        producer = None
+    if not isinstance(producer, dict) or "sai" not in producer:
+        return "it is an ONNX model without sai's metadata (sai.producer)"
+    return None
+
+
+def _sai_json_reason(path: Path, kind: str) -> Optional[str]:
+    if os.path.getsize(path) > FILE_MAX_BYTES:
+        return "it is too large to be sai's"
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "it is not a JSON file"
+    tag = doc.get(FILE_TAG) if isinstance(doc, dict) else None
+    if not isinstance(tag, str) or tag.rpartition("/")[0] != kind:
+        return f"it is not a {kind} JSON of sai (no \"{FILE_TAG}\": \"{kind}/...\" in it)"
+    return None
+
+
+def _listed_by_marker(p: Path) -> Optional[str]:
+    """The command whose output folder (an ancestor of ``p`` with a marker) lists ``p``, or None."""
+    for folder in p.parents:
+        marker = folder / MARKER_NAME
+        try:
+            st = os.lstat(marker)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MARKER_MAX_BYTES:
+            continue
+        try:
+            doc = json.loads(marker.read_bytes())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if (isinstance(doc, dict) and doc.get("format") == MARKER_FORMAT and isinstance(doc.get("entries"), dict)
+                and p.relative_to(folder).as_posix() in doc["entries"]):
+            return f"{str(doc.get('command'))[:40]} output in {folder}"
+    return None
+
+
+def file_owner_reason(path: PathLike, kind: str) -> Optional[str]:
+    """None when nothing is at ``path`` or it is provably an earlier sai output of ``kind`` (the rule above);
+    otherwise a short reason why it is not sai's to overwrite."""
+    p = Path(path).expanduser().absolute()
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link, which sai never writes"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_size == 0:
+        return "it is an empty file, which sai never writes"
+    owner = _listed_by_marker(p)
+    if owner is not None:
+        return f"it is part of the {owner} (its {MARKER_NAME} lists it)"
+    try:
+        return _sai_onnx_reason(p) if kind == ONNX_KIND else _sai_json_reason(p, kind)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+
+
+def file_refusal_message(p: Path, flag: str, kind: str, reason: str) -> str:
+    """The one line for an existing file that is not an earlier sai output of ``kind``."""
+    what = "ONNX model written by sai" if kind == ONNX_KIND else f"{kind} output of sai"
+    return (f"{flag} {p} exists and is not an earlier {what} ({reason}); choose another path, or pass --force "
+            "to overwrite it")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,12 +651,15 @@ def ordinary_permissions(path: PathLike, mode: int = 0o666) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, flag: str = "-o") -> Iterator[Path]:
+def atomic_path(path: PathLike, *, flag: str = "-o", kind: Optional[str] = None, force: bool = False
+                ) -> Iterator[Path]:
     """A temporary file beside ``path`` for a writer that needs a file name (``torch.save``, a compiler's
     ``-o``, a log written for minutes). When the block ends normally the temporary is flushed to the disk
     (fsync), given ordinary permissions and renamed over ``path``, and the folder is flushed too. When the
     block raises anything, KeyboardInterrupt included, the temporary is removed and the old ``path`` is
-    untouched. An OSError becomes a SaiError naming ``path``; temporaries of killed writers are removed."""
+    untouched. An OSError becomes a SaiError naming ``path``; temporaries of killed writers are removed.
+    ``kind``: right before the rename, a file that appeared at ``path`` meanwhile and is not an earlier output of
+    that kind (``file_owner_reason``) is refused as ``check_output_file`` refuses it (unless ``force``)."""
     path = Path(path)
     if path.is_dir():
         raise SaiError(f"{flag} {path} is a folder; give a file path")
@@ -482,6 +677,9 @@ def atomic_path(path: PathLike, *, flag: str = "-o") -> Iterator[Path]:
         yield tmp
         fsync_path(tmp)
         ordinary_permissions(tmp)
+        reason = file_owner_reason(path, kind) if kind is not None and not force else None
+        if reason is not None:
+            raise SaiError(file_refusal_message(path.absolute(), flag, kind, reason))
         os.replace(tmp, path)
         fsync_path(path.parent)
     except OSError as exc:
@@ -494,12 +692,13 @@ def atomic_path(path: PathLike, *, flag: str = "-o") -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: PathLike, data: Union[bytes, str], *, flag: str = "-o") -> Path:
-    """Write ``data`` (str: UTF-8) to ``path`` through ``atomic_path``: all of it on the disk under the
-    final name, or nothing and the old file untouched."""
+def write_atomic(path: PathLike, data: Union[bytes, str], *, flag: str = "-o", kind: Optional[str] = None,
+                 force: bool = False) -> Path:
+    """Write ``data`` (str: UTF-8) to ``path`` through ``atomic_path`` (``kind``, ``force``: see there): all of
+    it on the disk under the final name, or nothing and the old file untouched."""
     if isinstance(data, str):
         data = data.encode()
-    with atomic_path(path, flag=flag) as tmp:
+    with atomic_path(path, flag=flag, kind=kind, force=force) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             _write_all(fd, data)

@@ -7,10 +7,13 @@ import os
 import shlex
 from pathlib import Path
 
+from sai.cli.options import add_file_force
+
 # "onnx" is both onnx sections: the single-op cases and the whole model
 SECTIONS = ("op", "block", "model", "onnx-op", "onnx-model")
 ALIASES = {"onnx": ("onnx-op", "onnx-model")}
 DEFAULT_SIZES = "256x416,512x832,800x1333"
+JSON_KIND = "sai-bench-ops"  # the "sai_output" tag of --json files (sai.outputs.json_tag)
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -77,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
     sections = _sections(args.sections)
     sizes = _sizes(args.sizes)
+    if args.json:  # before minutes of timing: a folder, a missing parent, a file sai did not write
+        from sai.outputs import check_output_file
+
+        check_output_file(args.json, "--json", kind=JSON_KIND, force=args.force)
     sweep = _densities(args.densities) if args.densities else []
     if not 0 < args.density <= 1:
         raise SaiError(f"--density {args.density}: must be in (0, 1]")
@@ -110,15 +117,16 @@ def run(args: argparse.Namespace) -> int:
         cases += opbench.bench_onnx(reps, arch, sizes, args.density, threads, more_densities=sweep, options=options)
     print(opbench.format_table(cases, threads))
     if args.json:
-        from sai.outputs import write_atomic
+        from sai.outputs import json_tag, write_atomic
 
         path = Path(args.json)
         command = _command(args)
         write_atomic(path, opbench.to_json(cases, threads, backend, command=command, environment=env,
                                            environment_line=environment.one_line(env), arch=arch,
                                            sizes=[list(hw) for hw in sizes], density=args.density,
-                                           densities=sorted({args.density, *sweep}), options=options),
-                     flag="--json")
+                                           densities=sorted({args.density, *sweep}), options=options,
+                                           **json_tag(JSON_KIND)),
+                     flag="--json", kind=JSON_KIND, force=args.force)
         print(f"wrote {path}")
     return 0
 
@@ -139,5 +147,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density", type=float, default=0.3, help="target mask density of the model sections")
     p.add_argument("--densities", default="",
                    help="comma list: also time the model sections at these densities, at the largest size")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (with the environment)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (with the environment); an existing "
+                                                  "file there is replaced only when it is an earlier bench-ops JSON")
+    add_file_force(p, flag="--json", kind=JSON_KIND)
     p.set_defaults(func=run)

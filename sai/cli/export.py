@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from sai.cli.options import add_export_args
+from sai.cli.options import add_export_args, add_file_force
 from sai.constants import BODIES, HEADS, TARGETS
+from sai.outputs import ONNX_KIND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the model's noise generator (stochastic mode in PyTorch)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX checker / shape inference")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .onnx path (written atomically); an existing file there is replaced only when it is "
+                        "an ONNX model sai wrote (else --force)")
+    add_file_force(p, flag="-o", kind=ONNX_KIND)
     p.set_defaults(func=run)
 
 
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from sai.exporter import export_onnx
     from sai.outputs import check_output_file
 
-    check_output_file(args.output)  # before reading the checkpoint and exporting
+    # before reading the checkpoint and exporting: a folder, a missing parent, a file sai did not write
+    check_output_file(args.output, "-o", kind=ONNX_KIND, force=args.force)
     arch = args.arch
     if arch is None:
         if args.checkpoint is None:

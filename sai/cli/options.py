@@ -61,6 +61,15 @@ def add_force(p: argparse.ArgumentParser, *, flag: str = "-o") -> None:
                         "lists every file in it, unchanged); anything else is refused before any work")
 
 
+def add_file_force(p: argparse.ArgumentParser, *, flag: str, kind: str) -> None:
+    """``--force``: overwrite the ``flag`` file even when sai did not write it (``sai.outputs.file_owner_reason``)."""
+    what = "an ONNX model written by sai" if kind == "onnx" else f"a {kind} JSON written by sai (its \"sai_output\" entry)"
+    p.add_argument("--force", action="store_true",
+                   help=f"overwrite an existing {flag} file even if sai did not write it. Without it, an existing file "
+                        f"there is overwritten only when it is {what} and no sai output folder lists it; anything "
+                        "else (your file, a symbolic link) is refused before any work")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -77,5 +86,5 @@ def image_shape(args: argparse.Namespace, engine) -> list[int]:
     return [args.batch, int(example[1]), *dims] if len(dims) == 2 else list(dims)
 
 
-__all__ = ["OFFICIAL_NOTE", "add_backend_args", "add_export_args", "add_force", "add_image_shape_args",
+__all__ = ["OFFICIAL_NOTE", "add_backend_args", "add_export_args", "add_file_force", "add_force", "add_image_shape_args",
            "add_no_verify", "add_quiet", "add_threads_seed", "image_shape"]

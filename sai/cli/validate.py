@@ -7,12 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from sai.cli.options import add_image_shape_args, add_no_verify, add_threads_seed, image_shape
+from sai.cli.options import add_file_force, add_image_shape_args, add_no_verify, add_threads_seed, image_shape
+
+REPORT_KIND = "sai-validate-report"  # the "sai_output" tag of --report files (sai.outputs.json_tag)
 
 
 def run(args: argparse.Namespace) -> int:
     from sai.errors import SaiError
-    from sai.outputs import check_output_file, write_atomic
+    from sai.outputs import check_output_file, json_tag, write_atomic
     from sai.runtime.validate import load_backends, parse_tolerances, validate
 
     atol = parse_tolerances(args.atol, 1e-4, "--atol")
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.mask_agreement <= 1.0:
         raise SaiError(f"--mask-agreement is a fraction in [0, 1], got {args.mask_agreement}")
     if args.report:  # before the slow work, so the report cannot be lost at the end
-        check_output_file(args.report, "--report", create_parent=True)
+        check_output_file(args.report, "--report", create_parent=True, kind=REPORT_KIND, force=args.force)
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
                                      threads=args.threads, verify=not args.no_verify)
     for line in skipped:
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
             e.close()
     print(report.text())
     if args.report:
-        write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2) + "\n", flag="--report")
+        write_atomic(Path(args.report), json.dumps({**json_tag(REPORT_KIND), **report.to_dict()}, indent=2) + "\n",
+                     flag="--report", kind=REPORT_KIND, force=args.force)
         print(f"report written to {args.report}")
     return 0 if report.passed else 1
 
@@ -63,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_image_shape_args(p, batch=2, shape_help="H,W or N,C,H,W (default: the export's example size at --batch)")
     p.add_argument("--iterations", type=int, default=2, help="input sets to compare")
     add_threads_seed(p, threads_help=None, seed_help=None)
-    p.add_argument("--report", help="write the full report as JSON")
+    p.add_argument("--report", help="write the full report as JSON (an existing file there is replaced only when it "
+                                    "is an earlier validate report)")
+    add_file_force(p, flag="--report", kind=REPORT_KIND)
     add_no_verify(p)
     p.set_defaults(func=run)
