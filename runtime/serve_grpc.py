@@ -1,8 +1,9 @@
 """The gRPC front end of `sai serve`: KServe v2's ``inference.GRPCInferenceService`` on grpcio.
 
 The message classes and the service stubs are the ones ``tritonclient[grpc]`` generates from the protocol's
-public ``grpc_service.proto`` (``pip install sai-deploy[grpc]``); the servicer shares the HTTP front end's
-checks (``sai.runtime.kserve``) and batcher. Request faults map to gRPC codes: 400 -> INVALID_ARGUMENT,
+public ``grpc_service.proto`` (``pip install sai-deploy[grpc]``); the servicer calls the ``DataPlane``
+(``sai.runtime.serve_dataplane``: checks, batcher, metrics) as the HTTP front end does, and never imports it.
+Request faults map to gRPC codes: 400 -> INVALID_ARGUMENT,
 404 -> NOT_FOUND, 413 -> INVALID_ARGUMENT (the message names the limit), 503 -> UNAVAILABLE,
 504 -> DEADLINE_EXCEEDED, 500 -> INTERNAL.
 """
@@ -11,16 +12,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sai.lazy import lazy_import
 from sai.runtime import kserve
 from sai.runtime.kserve import HTTPError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sai.runtime.serve import InferenceServer
+from sai.runtime.serve_dataplane import DataPlane, internal_error
 
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                   "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -87,42 +85,39 @@ def decode_infer_request(request, engine) -> kserve.InferRequest:
     return kserve.InferRequest(request.id or None, feeds, requested, True)
 
 
-def make_grpc_server(server: InferenceServer, host: str, port: int):
-    """``(grpc.Server not yet started, bound port)`` serving ``server``'s model."""
+def make_grpc_server(plane: DataPlane, host: str, port: int):
+    """``(grpc.Server not yet started, bound port)`` serving ``plane``'s model."""
     grpc, pb, pb_grpc, mc = _modules()
-    engine = server.engine
+    engine = plane.engine
 
     def fail(context, exc: HTTPError):
         context.abort(_code(grpc, exc.status), str(exc))
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         def ServerLive(self, request, context):
-            server.metrics.request("grpc/ServerLive", 200)
+            plane.metrics.request("grpc/ServerLive", 200)
             return pb.ServerLiveResponse(live=True)
 
         def ServerReady(self, request, context):
-            server.metrics.request("grpc/ServerReady", 200)
-            return pb.ServerReadyResponse(ready=server.ready.is_set() and not server.draining)
+            plane.metrics.request("grpc/ServerReady", 200)
+            return pb.ServerReadyResponse(ready=plane.is_ready())
 
         def ServerMetadata(self, request, context):
-            from sai import __version__
-
-            return pb.ServerMetadataResponse(name="sai-serve", version=__version__,
-                                             extensions=list(kserve.PROTOCOL_EXTENSIONS))
+            return pb.ServerMetadataResponse(**plane.server_metadata())
 
         def _check(self, request, context):
             try:
-                server.check_model(request.name, request.version)
+                plane.check_model(request.name, request.version)
             except HTTPError as exc:
                 fail(context, exc)
 
         def ModelReady(self, request, context):
             self._check(request, context)
-            return pb.ModelReadyResponse(ready=server.ready.is_set() and not server.draining)
+            return pb.ModelReadyResponse(ready=plane.is_ready())
 
         def ModelMetadata(self, request, context):
             self._check(request, context)
-            meta = kserve.model_metadata(engine, server.model_name, server.model_version)
+            meta = plane.metadata()
             tm = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -131,7 +126,7 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
 
         def ModelConfig(self, request, context):
             self._check(request, context)
-            cfg = kserve.model_config(engine, server.model_name, server.max_batch)
+            cfg = plane.config()
 
             def tensor(t, cls):
                 kw = {"optional": True} if t.get("optional") and cls is mc.ModelInput else {}
@@ -149,13 +144,13 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
         def ModelStatistics(self, request, context):
             if request.name or request.version:  # no name: every model's (this server has one)
                 self._check(request, context)
-            st = server.metrics.statistics()
+            st = plane.statistics()
             dur = pb.StatisticDuration
 
             def durations(d: dict) -> dict:
                 return {k: dur(**v) for k, v in d.items() if k != "batch_size"}
 
-            server.metrics.request("grpc/ModelStatistics", 200)
+            plane.metrics.request("grpc/ModelStatistics", 200)
             return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
                 name=st["name"], version=st["version"], last_inference=st["last_inference"],
                 inference_count=st["inference_count"], execution_count=st["execution_count"],
@@ -185,53 +180,39 @@ def make_grpc_server(server: InferenceServer, host: str, port: int):
             metrics under ``where`` (an unknown model or version is answered but not counted as an inference)."""
             t0 = time.perf_counter()
             try:
-                server.check_model(request.model_name, request.model_version)
+                plane.check_model(request.model_name, request.model_version)
             except HTTPError as exc:
-                server.metrics.request(where, exc.status)
+                plane.metrics.request(where, exc.status)
                 return None, exc
-            with server.metrics.lock:
-                server.metrics.inflight += 1
             status, resp, error = 200, None, None
             try:
-                resp = self._infer(request)
+                with plane.inflight():
+                    resp = self._infer(request)
             except HTTPError as exc:
                 status, error = exc.status, exc
             except Exception as exc:  # a bug: INTERNAL naming it (not UNKNOWN), counted as a failure, one log line
-                from sai.runtime.serve import internal_error
-
                 error = internal_error(exc, where)
                 status = error.status
-            finally:
-                with server.metrics.lock:
-                    server.metrics.inflight -= 1
-                server.metrics.inference_request(where, status, time.perf_counter() - t0)
+            plane.metrics.inference_request(where, status, time.perf_counter() - t0)
             return resp, error
 
         def _infer(self, request):
             """Decode, check, queue and await one ModelInfer request (HTTPError for what goes wrong)."""
-            from sai.runtime.serve import check_request
-
-            with server.admitted():
+            with plane.admitted():
                 req = decode_infer_request(request, engine)
-                req.feeds = check_request(req.feeds, engine, server.max_batch, strict_dtype=False)
-                fut = server.submit(req.feeds)
-            try:
-                outs = fut.result(timeout=server.request_timeout)
-            except TimeoutError:
-                fut.cancel()
-                raise HTTPError(504, f"inference did not finish within {server.request_timeout:g} s") from None
-            except Exception as exc:
-                raise server.engine_error(exc) from None
-            resp = pb.ModelInferResponse(model_name=server.model_name, model_version=server.model_version,
+                req.feeds = plane.check(req.feeds)
+                fut = plane.submit(req.feeds)
+            outs = plane.result(fut)
+            resp = pb.ModelInferResponse(model_name=plane.model_name, model_version=plane.model_version,
                                          id=request.id)
-            for name, arr, _ in kserve.selected_outputs(outs, req, server.labels):
+            for name, arr, _ in kserve.selected_outputs(outs, req, plane.labels):
                 resp.outputs.add(name=name, datatype=kserve.v2_datatype(arr.dtype), shape=list(arr.shape))
                 resp.raw_output_contents.append(kserve.bytes_tensor(arr) if arr.dtype == np.dtype(object)
                                                 else np.ascontiguousarray(arr).tobytes())
             return resp
 
-    limit = max(server.max_body_bytes, 4 << 20)
-    workers = max(8, min(64, server.batcher.max_queue + server.max_batch))
+    limit = max(plane.max_body_bytes, 4 << 20)
+    workers = max(8, min(64, plane.batcher.max_queue + plane.max_batch))
     grpc_server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="sai-grpc"),
                               maximum_concurrent_rpcs=4 * workers,
                               options=[("grpc.max_receive_message_length", limit),

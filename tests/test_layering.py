@@ -141,3 +141,56 @@ def test_the_checker_flags_a_runtime_module_importing_the_cli(tmp_path):
 def test_the_torch_backend_takes_its_names_from_the_models_not_the_exporter():
     path = ROOT / "runtime" / "torch_backend.py"
     assert not [t for _, t in sai_imports("sai.runtime.torch_backend", path) if t.startswith("sai.exporter")]
+
+
+# sai serve (docs/design.md, "sai serve"): one data plane, thin front ends that import it and never each other
+SERVE_DATA_PLANE = "sai.runtime.serve_dataplane"
+SERVE_FRONT_ENDS = ("sai.runtime.serve_http", "sai.runtime.serve_grpc")
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module ``path`` imports and every ``module.name`` it takes from one (``from a import b`` -> a, a.b)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def serve_violations(module: str, path: Path) -> list[str]:
+    """A serve module's imports against the rule: a front end imports no other front end nor the server module
+    built on them, nothing private from another serve module; the data plane imports no front end."""
+    names = imported_names(path)
+    if module in SERVE_FRONT_ENDS:
+        banned = [m for m in (*SERVE_FRONT_ENDS, "sai.runtime.serve") if m != module]
+    elif module == SERVE_DATA_PLANE:
+        banned = [*SERVE_FRONT_ENDS, "sai.runtime.serve"]
+    else:
+        banned = []
+    bad = [n for n in names for b in banned if n == b or n.startswith(b + ".")]
+    bad += [n for n in names if n.startswith("sai.runtime.serve") and n.rsplit(".", 1)[1].startswith("_")]
+    return sorted(set(bad))
+
+
+def test_serve_front_ends_import_the_data_plane_and_not_each_other():
+    paths = dict(modules())
+    for module in SERVE_FRONT_ENDS:
+        assert SERVE_DATA_PLANE in imported_names(paths[module]), module
+    bad = {m: serve_violations(m, paths[m]) for m in (*SERVE_FRONT_ENDS, SERVE_DATA_PLANE)}
+    assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize("module, source", [
+    ("sai.runtime.serve_http", "from sai.runtime.serve_grpc import make_grpc_server\n"),
+    ("sai.runtime.serve_http", "def f():\n    from sai.runtime import serve_grpc\n"),
+    ("sai.runtime.serve_grpc", "from sai.runtime.serve_http import make_app\n"),
+    ("sai.runtime.serve_grpc", "from sai.runtime.serve import InferenceServer\n"),
+    ("sai.runtime.serve_grpc", "from sai.runtime.serve_dataplane import _settle\n"),
+    ("sai.runtime.serve_dataplane", "import sai.runtime.serve_http\n"),
+])
+def test_the_serve_checker_flags_a_front_end_importing_another(tmp_path, module, source):
+    path = tmp_path / "mod.py"
+    path.write_text(source)
+    assert serve_violations(module, path)

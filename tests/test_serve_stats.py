@@ -92,6 +92,30 @@ def _check_stats(st: dict, images: list[int], failures: int) -> None:
     assert int(st["last_inference"]) > 0
 
 
+def _check_metrics(srv, images: list[int], failures: int) -> None:
+    """/metrics, read by a Prometheus text parser, holds the same counts under Triton's and sai's names."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{srv.url}/metrics", timeout=TIMEOUT) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            samples.setdefault(smp.name, []).append((smp.labels, smp.value))
+    one = {"model": MODEL, "version": "1"}
+    assert samples["nv_inference_request_success"] == [(one, len(images))]
+    assert samples["nv_inference_count"] == [(one, sum(images))]
+    assert samples["nv_inference_exec_count"] == [(one, len(images))]
+    assert sum(v for _, v in samples["nv_inference_request_failure"]) == failures
+    assert samples["sai_batch_size_count"] == [({}, len(images))]
+    assert samples["sai_batch_size_sum"] == [({}, sum(images))]
+    assert ({"path": "/v2/infer", "status": "200"}, 3) in \
+        samples["sai_requests_total"]  # the three HTTP requests (the fourth is gRPC)
+
+
 def test_statistics_over_http_and_grpc_count_what_was_sent(server, reference):
     http, grpc = _http(server), _grpc(server)
     try:
@@ -117,6 +141,7 @@ def test_statistics_over_http_and_grpc_count_what_was_sent(server, reference):
                    grpc.get_inference_statistics(as_json=True)["model_stats"][0],
                    grpc.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]):
             _check_stats(st, images, failures=2)
+        _check_metrics(server, images, failures=2)
         for call in (lambda: http.get_inference_statistics("nope"), lambda: grpc.get_inference_statistics("nope"),
                      lambda: http.get_inference_statistics(MODEL, "7")):
             with pytest.raises(InferenceServerException, match="unknown"):

@@ -574,7 +574,7 @@ def test_mask_density_per_block_in_metrics(outdir):
             outs = ref.infer(x)
     for name in names:
         block, mask = name[len("mask."):].rsplit(".", 1)
-        lab = f'{{model="{MODEL}",block="{block}",mask="{mask}"}}'
+        lab = f'{{block="{block}",mask="{mask}",model="{MODEL}"}}'  # labels in name order (prometheus_client)
         assert m[f"sai_mask_density_count{lab}"] == 2
         assert abs(m[f"sai_mask_density_sum{lab}"] / 2 - float((outs[name] > 0).mean())) < 1e-6
 
