@@ -2,19 +2,23 @@
 the right types) and the sha256 of every file it lists, checked before anything is loaded from the folder.
 
 A folder whose files changed since `sai convert` (flipped bytes, another model dropped in, a zeroed or
-missing hash) is refused with a message naming the file; ``--no-verify`` / ``verify=False`` skips the
-hashes (never the manifest's shape).
+missing hash) is refused with a message naming the file, and so is a folder holding anything its manifest does
+not list (besides manifest.json and sai's output marker ``.sai-output.json``): a file or folder that sai convert
+did not write is never loaded beside its output. ``--no-verify`` / ``verify=False`` skips these checks (never
+the manifest's shape).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
 from sai.errors import SaiError
+from sai.outputs import MARKER_NAME
 
 MANIFEST_NAME = "manifest.json"
 CHUNK = 1 << 20  # hash in 1 MiB chunks: engines and big ONNX files never sit in memory whole
@@ -23,7 +27,8 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 # top-level field -> expected JSON type (checked where present; absent fields are the readers' business)
 FIELDS: dict[str, type] = {"format": str, "created": str, "arch": str, "checkpoint": dict, "export": dict,
-                           "shapes": dict, "engine": dict, "files": dict, "versions": dict, "metadata": dict}
+                           "shapes": dict, "engine": dict, "files": dict, "versions": dict, "metadata": dict,
+                           "fused": dict}
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "a boolean", type(None): "null"}
 
@@ -91,9 +96,19 @@ def _check_hash(file: Path, recorded: Any, what: str, manifest_path: Path, diges
                        f"sai convert); re-run sai convert, {SKIP}")
 
 
+def unlisted_entries(outdir, manifest: dict) -> list[str]:
+    """Names of the entries of ``outdir`` that are neither listed in ``manifest["files"]`` nor the manifest or
+    sai's output marker (sorted)."""
+    files = manifest.get("files") or {}
+    with os.scandir(outdir) as it:
+        names = sorted(e.name for e in it)
+    return [n for n in names if n not in (MANIFEST_NAME, MARKER_NAME) and n not in files]
+
+
 def verify_outdir(outdir, manifest: dict, uses: Iterable[str] = ()) -> None:
-    """Check every file ``manifest`` lists against its size and sha256, and that each name in ``uses`` (the
-    files about to be read) is listed. SaiError naming the first file that fails."""
+    """Check every file ``manifest`` lists against its size and sha256, that each name in ``uses`` (the
+    files about to be read) is listed, and that ``outdir`` holds nothing else (``unlisted_entries``: only
+    manifest.json and ``.sai-output.json`` besides). SaiError naming the first file that fails."""
     outdir = Path(outdir)
     mpath = outdir / MANIFEST_NAME
     files = manifest.get("files")
@@ -104,6 +119,10 @@ def verify_outdir(outdir, manifest: dict, uses: Iterable[str] = ()) -> None:
         if name not in files:
             raise SaiError(f"{outdir / name} is not listed in {mpath} (not written by sai convert); remove it or "
                            f"re-run sai convert, {SKIP}")
+    for name in unlisted_entries(outdir, manifest):
+        what = "folder" if (outdir / name).is_dir() and not (outdir / name).is_symlink() else "file"
+        raise SaiError(f"{outdir / name} is not listed in {mpath} (a {what} sai convert did not write, in its "
+                       f"output folder); move it out of {outdir} or re-run sai convert, {SKIP}")
     for name, entry in files.items():
         file = outdir / name
         if Path(name).name != name or name in ("", ".", ".."):
