@@ -151,7 +151,7 @@ def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
            f"-I{include}", f"-I{blas['include']}"]
     cmd += [f"-I{d}" for d in INCLUDES]
     cmd += [str(SOURCE), "-o", str(output), f"-Wl,--version-script={LINKER_MAP}",
-            f"-L{blas['lib']}", f"-l{blas['name']}", f"-Wl,-rpath,{blas['lib']}", "-Wl,--no-undefined", "-lpthread"]
+            f"-L{blas['lib']}", f"-l{blas['name']}", f"-Wl,-rpath,$ORIGIN:{blas['lib']}", "-Wl,--no-undefined", "-lpthread"]  # $ORIGIN: a copy finds the BLAS beside it
     return cmd
 
 
