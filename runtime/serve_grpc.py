@@ -10,6 +10,8 @@ Request faults map to gRPC codes: 400 -> INVALID_ARGUMENT,
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -165,11 +167,24 @@ def make_grpc_server(plane: DataPlane, host: str, port: int):
             return resp
 
         def ModelStreamInfer(self, request_iterator, context):
-            """Each request of the stream is answered in order on the stream: its ``infer_response``, or its
-            error as ``error_message`` (the stream goes on). One request at a time per stream: batching across
-            clients still applies; a client wanting several in flight opens several streams or uses ModelInfer."""
-            for request in request_iterator:
-                resp, error = self._answer(request, "grpc/ModelStreamInfer")
+            """Each request of the stream is answered on the stream, in the order sent: its ``infer_response``, or
+            its error as ``error_message`` (the stream goes on). A reader thread takes requests as they come and
+            runs them on the stream pool, so a stream's requests in flight are batched together as separate
+            clients' are."""
+            answers: queue.Queue = queue.Queue()
+
+            def read():
+                try:
+                    for request in request_iterator:
+                        answers.put(stream_pool.submit(self._answer, request, "grpc/ModelStreamInfer"))
+                except Exception:  # the client cancelled or went away: no more requests
+                    pass
+                finally:
+                    answers.put(None)
+
+            threading.Thread(target=read, name="sai-grpc-stream", daemon=True).start()
+            for fut in iter(answers.get, None):
+                resp, error = fut.result()
                 if error is not None:
                     yield pb.ModelStreamInferResponse(error_message=str(error))
                 else:
@@ -213,6 +228,7 @@ def make_grpc_server(plane: DataPlane, host: str, port: int):
 
     limit = max(plane.max_body_bytes, 4 << 20)
     workers = max(8, min(64, plane.batcher.max_queue + plane.max_batch))
+    stream_pool = ThreadPoolExecutor(workers, thread_name_prefix="sai-grpc-stream")  # streams' requests
     grpc_server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="sai-grpc"),
                               maximum_concurrent_rpcs=4 * workers,
                               options=[("grpc.max_receive_message_length", limit),

@@ -431,38 +431,28 @@ def make_app(front: HttpFrontEnd):
             metrics.request(path, 404)
             raise
 
-    async def v2_model(request: Request) -> Response:
-        try:
-            _model(request, "/v2/models")
-        except HTTPError as exc:
-            return _v2_error(exc)
-        metrics.request("/v2/models", 200)
-        return _json(200, plane.metadata())
+    def model_route(path: str, answer):
+        """A GET of one model's resource: 404 (counted under ``path``) for an unknown model or version, else
+        ``answer()`` -> ``(status, document)``."""
+        async def handler(request: Request) -> Response:
+            try:
+                _model(request, path)
+            except HTTPError as exc:
+                return _v2_error(exc)
+            status, doc = answer()
+            metrics.request(path, status)
+            return _json(status, doc)
 
-    async def v2_model_ready(request: Request) -> Response:
-        try:
-            _model(request, "/v2/models/ready")
-        except HTTPError as exc:
-            return _v2_error(exc)
+        return handler
+
+    v2_model = model_route("/v2/models", lambda: (200, plane.metadata()))
+    def model_ready():
         ok = ready()
-        metrics.request("/v2/models/ready", 200 if ok else 400)
-        return _json(200 if ok else 400, {"name": plane.model_name, "ready": ok})
+        return 200 if ok else 400, {"name": plane.model_name, "ready": ok}
 
-    async def v2_model_config(request: Request) -> Response:
-        try:
-            _model(request, "/v2/models/config")
-        except HTTPError as exc:
-            return _v2_error(exc)
-        metrics.request("/v2/models/config", 200)
-        return _json(200, plane.config())
-
-    async def v2_model_stats(request: Request) -> Response:
-        try:
-            _model(request, "/v2/models/stats")
-        except HTTPError as exc:
-            return _v2_error(exc)
-        metrics.request("/v2/models/stats", 200)
-        return _json(200, {"model_stats": [plane.statistics()]})
+    v2_model_ready = model_route("/v2/models/ready", model_ready)
+    v2_model_config = model_route("/v2/models/config", lambda: (200, plane.config()))
+    v2_model_stats = model_route("/v2/models/stats", lambda: (200, {"model_stats": [plane.statistics()]}))
 
     async def v2_all_stats(request: Request) -> Response:  # every model's (this server has one)
         metrics.request("/v2/models/stats", 200)

@@ -223,3 +223,29 @@ def test_platform_names(outdir):
                 assert cfg["platform"] == platform and cfg["backend"] == backend
             finally:
                 c.close()
+
+
+def test_grpc_stream_requests_in_flight_are_batched_together(outdir, reference):
+    """Four 1-image requests sent on one stream before any answer: with a batch window far longer than sending
+    takes, the batcher sees them all at once (one engine run of 4 images); answered one by one, each would wait
+    out the window alone and run alone."""
+    results: queue.Queue = queue.Queue()
+    xs = [_x(1, seed=20 + i) for i in range(4)]
+    with rt.load(outdir, backend="onnxruntime", threads=1) as engine, \
+            InferenceServer(engine, "127.0.0.1", 0, max_batch=4, max_delay_ms=20_000, grpc_port=0) as srv:
+        c = _grpc(srv)
+        try:
+            c.start_stream(callback=lambda result, error: results.put((result, error)))
+            for i, x in enumerate(xs):
+                c.async_stream_infer(MODEL, [_grpc_input(x)], request_id=f"b{i}")
+            got = [results.get(timeout=TIMEOUT) for _ in xs]
+            c.stop_stream()
+            st = c.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+        finally:
+            c.close()
+    assert [e for _, e in got] == [None] * 4
+    assert [r.get_response().id for r, _ in got] == ["b0", "b1", "b2", "b3"]
+    for (r, _), x in zip(got, xs, strict=True):
+        np.testing.assert_allclose(r.as_numpy("logits"), reference.infer(x)["logits"], rtol=1e-5, atol=1e-5)
+    assert int(st["inference_count"]) == 4 and int(st["execution_count"]) == 1
+    assert [(int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in st["batch_stats"]] == [(4, 1)]
