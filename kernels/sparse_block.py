@@ -43,15 +43,14 @@ from sai.kernels._jit import check_device, interpreting, kernel
 from sai.kernels.sparse_sample_conv import fp32_precision, sparse_conv_kernel
 
 DELTA = 1e-8  # docs/design.md 3.1's d
-MASK_BLOCK = 128
 # Builtins of triton.language only (no @triton.jit helpers such as tl.sum / tl.sigmoid), as in
 # compact.py: one process can then run the interpreted and the compiled forms.
 _sum = tl.standard._sum_combine
 
 # Tile defaults where configs/<arch>.json has no entry ("sparse_block_masks" / "sparse_block_interp").
 _DEFAULTS = {
-    "sparse_block_masks": {"BLOCK": MASK_BLOCK, "BC": 32, "num_warps": 4, "num_stages": 1},
-    "sparse_block_interp": {"TH": 8, "TW": 8, "BC": 64, "BKD": 32, "num_warps": 8, "num_stages": 1},
+    "sparse_block_masks": {"BLOCK": 128, "BC": 16, "num_warps": 8, "num_stages": 1},  # no spills (sm_80/90)
+    "sparse_block_interp": {"TH": 8, "TW": 8, "BC": 128, "BKD": 32, "num_warps": 8, "num_stages": 1},
 }
 _INTERP_DEFAULTS = {
     "sparse_block_masks": {"BLOCK": 512, "BC": 64, "num_warps": 1, "num_stages": 1},
@@ -165,11 +164,14 @@ def interp_sep_kernel(
     HALF_S2, NORM, EPS,
     KS: tl.constexpr, TH: tl.constexpr, HRP: tl.constexpr, TW: tl.constexpr, BC: tl.constexpr,
     BKD: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, DOWN: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, EVEN_C: tl.constexpr, F_ZERO: tl.constexpr,
 ):
     # One program: image n, output rows [y0, y0 + TH), columns [x0, x0 + TW), channels [c0, c0 + BC).
     # Positions are flat within the tile (q = row * TW + col; TW a power of two, so // and % are shifts,
     # computed once). HRP >= TH + KS - 1 rows (a power of two) hold the horizontal pass with its halo.
+    # EVEN_C: C % BC == 0 (no channel masks). F_ZERO: F is exactly 0 where M == 0 (a SparseSampleConv's
+    # output, as inside the block), so F is read without the per-element M > 0 predicate; otherwise F is
+    # read only where M > 0 (design.md 3.3: its other values must not matter, NaN included).
     R: tl.constexpr = (KS - 1) // 2
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -180,7 +182,7 @@ def interp_sep_kernel(
     y0 = ty * TH
     x0 = tx * TW
     ch = pid_c * BC + tl.arange(0, BC)
-    cmask = ch < C
+    cmask = (ch < C) | EVEN_C
     prog = pid.to(tl.int64) * tl.num_programs(1) + pid_c
     fimg = f_ptr + n * sfn
     mimg = m_ptr + n * smn
@@ -201,8 +203,8 @@ def interp_sep_kernel(
         mq = tl.load(mimg + yh * smh + qx * smw, mask=ok, other=0.0).to(tl.float32)
         wq = gj * mq
         den += wq
-        fq = tl.load((fimg + yh * sfh + qx * sfw)[:, None] + fch,
-                     mask=(ok & (mq > 0.0))[:, None] & cmask[None, :], other=0.0)
+        fok = ok if F_ZERO else ok & (mq > 0.0)
+        fq = tl.load((fimg + yh * sfh + qx * sfw)[:, None] + fch, mask=fok[:, None] & cmask[None, :], other=0.0)
         num += wq[:, None] * fq.to(tl.float32)
     tbase = t_ptr + prog * (HRP * TW * BC)
     dbase = td_ptr + prog * (HRP * TW)
@@ -224,8 +226,9 @@ def interp_sep_kernel(
         den += gi * tl.load(dbase + q + i * TW)
     m = tl.load(mimg + yy * smh + xx * smw, mask=ok, other=0.0).to(tl.float32)
     omask = ok[:, None] & cmask[None, :]
-    f = tl.load((fimg + yy * sfh + xx * sfw)[:, None] + fch,
-                mask=omask & (m > 0.0)[:, None], other=0.0).to(tl.float32)
+    fok = ok if F_ZERO else ok & (m > 0.0)
+    f = tl.load((fimg + yy * sfh + xx * sfw)[:, None] + fch, mask=fok[:, None] & cmask[None, :],
+                other=0.0).to(tl.float32)
     out = m[:, None] * f + ((1.0 - m) / (NORM * den + EPS))[:, None] * (NORM * num)
     if FUSED:
         if HAS_BIAS:
@@ -384,10 +387,11 @@ def conv_at(x: Tensor, weight: Tensor, bias: Optional[Tensor], idx: Tensor, cnt:
 def interpolate_tail(feature: Tensor, mask: Tensor, sigma: float, kernel_size: int, eps: float,
                      fused: bool = False, bias: Optional[Tensor] = None, identity: Optional[Tensor] = None,
                      down_weight: Optional[Tensor] = None, down_bias: Optional[Tensor] = None,
-                     down_stride: int = 1, down_packed: Optional[Tensor] = None) -> Tensor:
+                     down_stride: int = 1, down_packed: Optional[Tensor] = None, f_zero: bool = False) -> Tensor:
     """Interpolate (design.md 3.3) as two separable passes in one launch; with ``fused``,
     ``relu(. + bias + identity)`` where the identity is ``identity`` or the 1x1 downsample conv
-    (``down_weight``, ``down_bias``, ``down_stride``) of ``identity``. NHWC out, dtype of ``feature``."""
+    (``down_weight``, ``down_bias``, ``down_stride``) of ``identity``. NHWC out, dtype of ``feature``.
+    ``f_zero``: ``feature`` is exactly 0 where ``mask`` is (a SparseSampleConv output): fewer predicates."""
     dev = feature.device
     n, c, h, w = feature.shape
     y = torch.empty((n, c, h, w), dtype=feature.dtype, device=dev, memory_format=torch.channels_last)
@@ -418,7 +422,8 @@ def interpolate_tail(feature: Tensor, mask: Tensor, sigma: float, kernel_size: i
         s2 / 2.0, s2 / (2.0 * math.pi), float(eps),
         KS=int(kernel_size), TH=th, HRP=hrp, TW=tw, BC=bc, BKD=bkd, FUSED=fused, HAS_BIAS=bias is not None, DOWN=down,
         PRECISION=fp32_precision() if feature.dtype == torch.float32 else "ieee",
-        UPCAST_DOT=interpreting() and feature.dtype == torch.bfloat16, **_opts(dev, cfg),
+        UPCAST_DOT=interpreting() and feature.dtype == torch.bfloat16, EVEN_C=c % bc == 0, F_ZERO=bool(f_zero),
+        **_opts(dev, cfg),
     )
     return y
 
@@ -465,7 +470,7 @@ def sparse_block(
     h2, w2 = m2.shape[2], m2.shape[3]
     ka = wa.shape[-1]
     a = conv_at(x, wa, ba, idx1, cnt1, h1, w1, sa, ka // 2, True, packed=pk("wa", wa))
-    a = interpolate_tail(a, m1, sigma1, kernel_size, eps)
+    a = interpolate_tail(a, m1, sigma1, kernel_size, eps, f_zero=True)
     off = None
     if wo is not None:
         off = conv_at(x, wo, bo, idx2, cnt2, h2, w2, so, 1, False, packed=pk("wo", wo))
@@ -473,5 +478,5 @@ def sparse_block(
     if wc is not None:
         b = conv_at(b, wc, None, idx2, cnt2, h2, w2, 1, 0, False, packed=pk("wc", wc))
     out = interpolate_tail(b, m2, sigma2, kernel_size, eps, fused=True, bias=tail_bias, identity=x,
-                           down_weight=wd, down_bias=bd, down_stride=ds, down_packed=pk("wd", wd))
+                           down_weight=wd, down_bias=bd, down_stride=ds, down_packed=pk("wd", wd), f_zero=True)
     return out, m1, m2
