@@ -247,12 +247,18 @@ def _count_outputs(out) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_specs, opset: int, verbose: bool):
+def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_specs, opset: int, verbose: bool,
+                 target: str = "portable"):
     import torch
 
     from sai.compat import skip_noop_onnx_decomposition
+    from sai.exporter import trt_blocks
     from sai.exporter.maskop import mask_as_one_node
     from sai.exporter.translation import translation_table
+
+    blocks = trt_blocks.blocks_as_plugin_nodes(model) if target == "tensorrt" and trt_blocks.enabled() else \
+        contextlib.nullcontext()
+    table = {**translation_table(), **trt_blocks.translations()}
 
     x_dims: dict[int, str] = {}
     if "batch" in dyn:
@@ -276,7 +282,7 @@ def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_s
     old_level = logger.level
     try:
         with quiet, warnings.catch_warnings(), torch.no_grad(), mask_as_one_node(model), \
-                skip_noop_onnx_decomposition():
+                skip_noop_onnx_decomposition(), blocks:
             warnings.simplefilter("ignore")
             if not verbose:
                 logger.setLevel(logging.ERROR)
@@ -284,7 +290,7 @@ def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_s
                 model,
                 tuple(args),
                 dynamo=True,
-                custom_translation_table=translation_table(),
+                custom_translation_table=table,
                 input_names=input_names,
                 output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
@@ -416,6 +422,10 @@ def finalize(
     ``portable``: custom nodes + local functions of ``body``; ``tensorrt``: custom nodes, no
     functions; ``onnx-native``: the ``body`` functions inlined (standard ops only, no ``sai`` node).
     """
+    if target == "tensorrt":
+        from sai.exporter.trt_blocks import fill_absent_inputs
+
+        fill_absent_inputs(model)
     blocks = graph.fix_custom_nodes(model)
     graph.strip_torch_metadata(model)
     sparse_bodies = target in ("portable", "onnx-native") and body == "sparse"
@@ -522,7 +532,7 @@ def export_onnx(
 
     out_names = output_names(_count_outputs(out), head_name)
 
-    proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose)
+    proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose, target)
     blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset, body=body)
     counts = graph.op_counts(proto)
     if target == "onnx-native":

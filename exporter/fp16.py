@@ -24,7 +24,9 @@ from sai.exporter.functions import DOMAIN
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
 # (op_type, input index) slots whose float tensors must stay float32 whatever the data type is.
-_FP32_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
+_FP32_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1),
+               # sai::SparseBlock: the mask predictors' weights and biases, the noise (trt_blocks.py)
+               ("SparseBlock", 1), ("SparseBlock", 2), ("SparseBlock", 13), ("SparseBlock", 14)}
 
 
 @dataclass
