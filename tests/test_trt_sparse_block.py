@@ -194,3 +194,21 @@ def test_off_by_default_keeps_the_per_op_nodes(tmp_path, monkeypatch):
     export_onnx("sparse_resnet18", path, input_shape=(1, 3, 64, 64), base_width=8, target="tensorrt")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "sai"}
     assert ops == {"SparseSampleConv", "Interpolate"}
+
+
+def test_plugin_name_and_the_builds_tiles_match():
+    """The creator's name is sai.constants' op name; the workspace plan's tiles (sparseBlockKernel.h) are
+    those the AOT builds of the separable Interpolate compile in (kernels/aot.py SPECS)."""
+    from sai import constants
+    from sai.kernels import aot
+
+    header = (PLUGINS / "sparseBlock" / "sparseBlockKernel.h").read_text()
+    plugin = (PLUGINS / "sparseBlock" / "sparseBlockPlugin.h").read_text()
+    assert re.search(r'\bkName\s*=\s*"([^"]*)"', plugin).group(1) == constants.SPARSE_BLOCK
+    consts = {k: int(v) for k, v in re.findall(r"constexpr int32_t kSAI_BLOCK_(\w+) = (\d+);", header)}
+    spec = aot.SPECS.get("block_interp_fp16")
+    if spec is None:
+        pytest.skip("kernels/aot.py has no block_interp specs")
+    c = spec["constexprs"]
+    assert (consts["KERNEL_SIZE"], consts["TH"], consts["TW"], consts["HRP"], consts["BC"]) == (
+        c["KS"], c["TH"], c["TW"], c["HRP"], c["BC"])
