@@ -9,7 +9,8 @@ must stay one flat list of standard ops (the onnx-native target inlines it into 
 
 from __future__ import annotations
 
-from onnx import FunctionProto, NodeProto, helper
+import numpy as np
+from onnx import FunctionProto, NodeProto, helper, numpy_helper
 from onnxscript import values
 
 from sai.constants import DOMAIN, DOMAIN_VERSION
@@ -41,6 +42,31 @@ def _inline(fn: FunctionProto, helpers: dict[str, FunctionProto], calls: list[in
     return out
 
 
+_LITERALS = {  # Constant's literal attributes -> the dtype of the tensor that replaces them
+    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64,
+}
+
+
+def typed_constants(nodes: list[NodeProto]) -> None:
+    """Rewrite every ``Constant(value_float|value_floats|value_int|value_ints=literal)`` as
+    ``Constant(value=<float32|int64 tensor>)`` in place, same value and dtype (0-d for the scalars).
+
+    Tools that rebuild a graph (onnx-graphsurgeon: ``polygraphy surgeon sanitize``) re-emit a literal
+    ``value_float`` as a double tensor, which breaks every float32 op it feeds; a typed tensor keeps
+    its dtype through them. Attribute references (``value_float=sigma`` read from the calling node)
+    carry no literal and are left as they are."""
+    for n in nodes:
+        if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1:
+            continue
+        a = n.attribute[0]
+        if a.ref_attr_name or a.name not in _LITERALS:
+            continue
+        value = helper.get_attribute_value(a)
+        t = numpy_helper.from_array(np.asarray(value, dtype=_LITERALS[a.name]), name="")
+        del n.attribute[:]
+        n.attribute.append(helper.make_attribute("value", t))
+
+
 def function_proto(body, helpers, opset: int, *, name: str, overload: str = "",
                    doc: str = "") -> FunctionProto:
     """``body`` (an ``@script`` function of ``SAI``) as the FunctionProto ``name``/``overload`` with
@@ -54,6 +80,7 @@ def function_proto(body, helpers, opset: int, *, name: str, overload: str = "",
         raise AssertionError(f"{name}: a value is assigned twice after inlining the helpers")
     if any(n.domain not in ("", "ai.onnx") for n in nodes):
         raise AssertionError(f"{name}: a call to an undeclared helper is left in the body")
+    typed_constants(nodes)
     for i, n in enumerate(nodes):
         n.name = f"n{i}"
     return helper.make_function(
