@@ -121,6 +121,41 @@ def _build_specs() -> dict[str, dict]:
         specs[f"{base}_any"] = _interp(dt, mdt, False)
     specs["copy4d_b16"] = _copy(16)
     specs["copy4d_b32"] = _copy(32)
+    specs.update(_block_specs())
+    return specs
+
+
+def _block_specs() -> dict[str, dict]:
+    """The fused sparse block's own kernels (sai.kernels.sparse_block): the mask kernel and the separable
+    Interpolate (plain, and the tail with bias + identity or the downsample GEMM), NHWC (channel strides 1),
+    7x7 Gaussian, fp32 masks; the tiles of sparse_block._DEFAULTS. The convs are the conv builds above."""
+    specs: dict[str, dict] = {}
+    # NHWC with 16-divisible channel counts (as the fast conv builds): vectorised channel loads
+    div = ["f_ptr", "y_ptr", "t_ptr", "td_ptr", "C", "sfn", "sfh", "sfw", "syn", "syh", "syw"]
+    tail_div = ["id_ptr", "xd_ptr", "wd_ptr", "CIN", "sin_", "sih", "siw", "sdn", "sdh", "sdw"]
+    for dt in ("float16", "bfloat16", "float32"):
+        s = _SHORT[dt]
+        specs[f"block_masks_{s}"] = {
+            "module": "sai.kernels.sparse_block", "kernel": "block_masks_kernel", "cfg_kernel": None, "dtype": dt,
+            "constexprs": {"HAS_GRID": True, "BLOCK": 128, "BC": 16, "sxc": 1}, "features": {}, "divisible": [],
+            "types": {"wm_ptr": "*fp32", "bm_ptr": "*fp32", "u1_ptr": "*fp32", "u2_ptr": "*fp32", "m_ptr": "*fp32",
+                      "acc_ptr": "*i32", "TD": "fp32"},
+            "grid": "(cdiv(N*H1*W1, 128) + cdiv(N*H2*W2, 128), 1, 1); acc_ptr: 8 int32 zeroed once, left zeroed",
+            "variants": {"det": {"STOCH": False}, "stoch": {"STOCH": True}}, "num_warps": 8,
+        }
+        for name, const in (("interp", dict(FUSED=False, HAS_BIAS=False, DOWN=False, BC=64 if s == "fp32" else 128)),
+                            ("tail", dict(FUSED=True, HAS_BIAS=True, DOWN=False, sic=1, BC=64)),
+                            ("tail_down", dict(FUSED=True, HAS_BIAS=True, DOWN=True, sdc=1, BC=64))):
+            specs[f"block_{name}_{s}"] = {
+                "module": "sai.kernels.sparse_block", "kernel": "interp_sep_kernel", "cfg_kernel": None, "dtype": dt,
+                "constexprs": {"KS": 7, "TH": 8, "HRP": 16, "TW": 8, "BKD": 32, **const, "sfc": 1, "syc": 1,
+                               "PRECISION": "ieee", "UPCAST_DOT": False, "F_ZERO": True},
+                "features": {}, "divisible": div + (tail_div if const["FUSED"] else []),
+                "types": {"m_ptr": "*fp32", "t_ptr": "*fp32", "td_ptr": "*fp32"},
+                "grid": f"(N * cdiv(H, 8) * cdiv(W, 8), cdiv(C, {const['BC']}), 1); t_ptr/td_ptr: per-program "
+                        "fp32 scratch; C % 16 == 0 (even: C % BC == 0)",
+                "variants": {"even": {"EVEN_C": True}, "c16": {"EVEN_C": False}}, "num_warps": 8,
+            }
     return specs
 
 
@@ -159,6 +194,8 @@ def _signature(jit, spec: dict, const: dict) -> dict[str, str]:
     for arg in jit.arg_names:
         if arg in const:
             sig[arg] = "constexpr"
+        elif arg in spec.get("types", {}):
+            sig[arg] = spec["types"][arg]
         elif arg in ("idx_ptr", "cnt_ptr"):
             sig[arg] = "*i32"
         elif arg == "m_ptr":  # the mask may be fp32 beside fp16/bf16 data (the plugins accept both)
@@ -191,7 +228,7 @@ def compile_one(name: str, spec: dict, cc: int, out: Path, tactic: int = 1) -> d
     elif spec["cfg_kernel"]:
         cfg = configs.lookup(spec["cfg_kernel"], f"sm_{cc}", **spec["features"])
     else:
-        cfg = {"num_warps": 4, "num_stages": 1}
+        cfg = {"num_warps": spec.get("num_warps", 4), "num_stages": 1}
     tiles = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
     const = {**spec["constexprs"], **tiles}
     sig = _signature(jit, spec, const)

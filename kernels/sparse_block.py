@@ -51,10 +51,12 @@ _sum = tl.standard._sum_combine
 _DEFAULTS = {
     "sparse_block_masks": {"BLOCK": 128, "BC": 16, "num_warps": 8, "num_stages": 1},  # no spills (sm_80/90)
     "sparse_block_interp": {"TH": 8, "TW": 8, "BC": 128, "BKD": 32, "num_warps": 8, "num_stages": 1},
+    "sparse_block_tail": {"TH": 8, "TW": 8, "BC": 64, "BKD": 32, "num_warps": 8, "num_stages": 1},
 }
 _INTERP_DEFAULTS = {
     "sparse_block_masks": {"BLOCK": 512, "BC": 64, "num_warps": 1, "num_stages": 1},
     "sparse_block_interp": {"TH": 8, "TW": 16, "BC": 64, "BKD": 64, "num_warps": 1, "num_stages": 1},
+    "sparse_block_tail": {"TH": 8, "TW": 16, "BC": 64, "BKD": 64, "num_warps": 1, "num_stages": 1},
     # the interpreter's cost is per program and per op: large conv tiles (configs' "sparse_sample_conv"
     # entries serve the GPU)
     "sparse_block_conv": {"BM": 128, "BN": 64, "BK": 64, "num_warps": 1, "num_stages": 1},
@@ -397,11 +399,14 @@ def interpolate_tail(feature: Tensor, mask: Tensor, sigma: float, kernel_size: i
     y = torch.empty((n, c, h, w), dtype=feature.dtype, device=dev, memory_format=torch.channels_last)
     if y.numel() == 0:
         return y
-    cfg = _cfg("sparse_block_interp", dev, k=kernel_size, down=down_weight is not None)
+    cfg = _cfg("sparse_block_tail" if fused else "sparse_block_interp", dev, k=kernel_size,
+               down=down_weight is not None)
     # tiles no larger than the map (the last stages' maps are small), at least 16 positions (tl.dot's M)
     tw = min(cfg["TW"], triton.next_power_of_2(w))
     th = max(min(cfg["TH"], triton.next_power_of_2(h)), 16 // tw)
     bc = min(cfg["BC"], max(16, triton.next_power_of_2(c)))
+    if dev.type == "cuda" and feature.element_size() == 4:
+        bc = min(bc, 64)  # fp32 F tiles of 128 channels spill (sm_90)
     bkd = cfg["BKD"]
     nty, ntx = triton.cdiv(h, th), triton.cdiv(w, tw)
     grid = (n * nty * ntx, triton.cdiv(c, bc))
