@@ -1,6 +1,14 @@
-"""``convert``: checkpoint -> OUTDIR with model.onnx, model.trt.onnx, manifest.json and (GPU + TensorRT only)
-model.plan. Everything is written into a temporary sibling directory that is renamed into place at the
-end, so OUTDIR is either the old complete result or the new one, never half of each.
+"""``convert``: checkpoint -> OUTDIR with model.onnx, model.trt.onnx, model.cpu-fused.onnx (when a sparse block
+fuses), manifest.json and (GPU + TensorRT only) model.plan. Everything is written into a temporary sibling
+directory that is renamed into place at the end, so OUTDIR is either the old complete result or the new one,
+never half of each.
+
+model.cpu-fused.onnx is model.onnx with every matching sparse block rewritten into one ``sai::SparseBlock`` node
+(``sai.runtime.ort_fuse``): the CPU speed of libsai_ort_ops.so on disk, for plain onnxruntime
+(``SessionOptions.register_custom_ops_library``) and Triton's onnxruntime backend (``sai export-triton``). Its
+SparseBlock nodes carry no function body, so it runs only with that library; model.onnx stays the portable
+model. The manifest's ``fused`` entry records the file, the blocks, the library it needs and the sha256 of the
+model.onnx it was made from (``sai.runtime`` loads it as is only while they match).
 
 An existing OUTDIR is replaced only when it is empty or provably an earlier output of ``sai convert``: its
 ``.sai-output.json`` (``sai.outputs``) lists every file in it, unchanged, or (outputs of sai versions before
@@ -24,11 +32,11 @@ from sai.outputs import MARKER_MAX_BYTES, publish_dir, recover_interrupted, writ
 from sai.runtime.engine import noise_shape
 from sai.runtime.environment import engine_unavailable_reason, versions
 from sai.runtime.integrity import sha256
-from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAME
+from sai.runtime.loader import FUSED_ONNX_NAME, MANIFEST_NAME, ONNX_NAME, PLAN_NAME, TRT_ONNX_NAME
 
 Shape = tuple[int, int, int, int]
 MANIFEST_FORMAT = "sai-convert/1"
-WRITTEN = (MANIFEST_NAME, ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME)  # what convert writes (besides its marker)
+WRITTEN = (MANIFEST_NAME, ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME, PLAN_NAME)  # what convert writes (+ its marker)
 MANIFEST_KEYS = ("format", "created", "arch", "checkpoint", "export", "shapes", "engine", "files", "versions")
 
 
@@ -122,6 +130,35 @@ def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
     save_atomic(model, dest)
 
 
+def write_fused_onnx(portable: Path, dest: Path) -> dict:
+    """model.cpu-fused.onnx: ``portable`` with its matching sparse blocks fused into ``sai::SparseBlock`` nodes
+    (``sai.runtime.ort_fuse``), its metadata saying so (``sai.target = onnxruntime-sai-ops``, ``sai.fused_blocks``,
+    ``sai.custom_op_library``). Written only when at least one block fuses. Returns the manifest's ``fused`` entry:
+    ``{"file", "blocks", "library", "from", "from_sha256"}``, or ``{"file": None, "blocks": 0, "reason"}``."""
+    import onnx
+
+    from sai.exporter import metadata
+    from sai.exporter.export import save_atomic
+    from sai.runtime.ort_fuse import fuse_sparse_blocks
+    from sai.runtime.ort_ops import FUSED_KEY, LIBRARY_KEY, LIBRARY_NAME, TARGET
+
+    model = onnx.load(str(portable))
+    n = fuse_sparse_blocks(model)
+    if n == 0:
+        return {"file": None, "blocks": 0, "reason": "no sparse block matched the fused kernel (e.g. fp16 weights, "
+                "a layout ort_fuse does not fuse)"}
+    if model.ByteSize() >= 2**31:
+        return {"file": None, "blocks": 0, "reason": "the fused model would be 2 GB or more (protobuf's limit)"}
+    meta = metadata.read_metadata(model)
+    meta.update({"target": TARGET, FUSED_KEY: n, LIBRARY_KEY: LIBRARY_NAME})
+    metadata.write_metadata(model, meta)
+    save_atomic(model, dest)
+    return {"file": dest.name, "blocks": n, "library": LIBRARY_NAME, "from": portable.name,
+            "from_sha256": sha256(portable),
+            "note": f"{dest.name} runs only with {LIBRARY_NAME} registered (SessionOptions.register_custom_ops_library "
+                    f"or Triton's model_operations); {portable.name} is the portable model"}
+
+
 def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] = None, precision: str = "fp32",
             opset: Optional[int] = None, min_shape=None, opt_shape=None, max_shape=None,
             workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
@@ -137,6 +174,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     from sai.models import detect_layout
     from sai.models.checkpoint import read_checkpoint_file
     from sai.outputs import check_output_dir, interrupt_watch, os_error_message, owned_tempdir
+    from sai.runtime.ort_ops import LIBRARY_NAME
 
     ck = Path(checkpoint)
     if ck.is_dir():
@@ -164,8 +202,10 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                               precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
                               **(export_options or {}))
             seconds["export"] = time.perf_counter() - t
-            progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser)")
+            progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser) and "
+                     f"{FUSED_ONNX_NAME} (sparse blocks fused for {LIBRARY_NAME})")
             write_tensorrt_onnx(tmp / ONNX_NAME, tmp / TRT_ONNX_NAME)
+            fused = write_fused_onnx(tmp / ONNX_NAME, tmp / FUSED_ONNX_NAME)
             reason = engine_unavailable_reason() if build_engine else "engine build disabled"
             built = False
             engine_info: dict[str, Any] = {}
@@ -183,7 +223,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                 progress(f"[3/4] engine skipped: {reason}")
             progress(f"[4/4] writing {MANIFEST_NAME}")
             files = {}
-            for name in (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME):
+            for name in (ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME, PLAN_NAME):
                 p = tmp / name
                 if p.is_file():
                     files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
@@ -203,6 +243,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                            "version_compatible": version_compatible,
                            "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
                 "files": files,
+                "fused": fused,
                 "versions": versions(),
                 "metadata": res.metadata,
             }

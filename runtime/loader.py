@@ -14,7 +14,8 @@ from sai.runtime.environment import tensorrt_usable
 from sai.runtime.integrity import MANIFEST_NAME, check_manifest, verify_checkpoint, verify_outdir
 
 ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME = "model.onnx", "model.trt.onnx", "model.plan"
-OUTDIR_FILES = (ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME)  # what sai convert writes (and lists in the manifest)
+FUSED_ONNX_NAME = "model.cpu-fused.onnx"  # model.onnx with sai::SparseBlock nodes (needs libsai_ort_ops.so)
+OUTDIR_FILES = (ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME, PLAN_NAME)  # what sai convert writes (and lists)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -127,9 +128,36 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
     (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``)."""
     r = resolve(path, backend, verify=verify)
     engine = _load(r, device, seed=seed, threads=threads, sampling=sampling, **options)
-    prof = ((r.manifest or {}).get("shapes") or {}).get(engine.primary_input.name) or {}
-    engine.set_profile(prof.get("min"), prof.get("max"))  # the converted profile, enforced on every backend
+    if r.backend == "tensorrt" or device == "tensorrt":  # an engine is built for its profile; nothing else is
+        prof = ((r.manifest or {}).get("shapes") or {}).get(engine.primary_input.name) or {}
+        engine.set_profile(prof.get("min"), prof.get("max"))
     return engine
+
+
+def _restore_metadata(engine: Engine, r: Resolved) -> None:
+    """An ONNX file that lost its ``sai.*`` metadata_props (``polygraphy surgeon sanitize`` drops them all) takes
+    them from the manifest beside it (the same values); without one, a warning says what is missing and how to
+    restore it."""
+    if engine.metadata:
+        return
+    meta = (r.manifest or {}).get("metadata") or {}
+    if not meta:
+        import warnings
+
+        warnings.warn(f"{r.file} carries no sai metadata (input_norm, noise inputs, classes; tools such as "
+                      "polygraphy surgeon sanitize drop metadata_props): uint8 images are refused and noise is not "
+                      "drawn; copy its sai convert manifest.json beside it (README: Models that lost their "
+                      "metadata)", stacklevel=3)
+        return
+    restore_metadata(engine, meta)
+
+
+def restore_metadata(engine: Engine, meta: dict) -> None:
+    """Give an engine whose model lost its metadata the manifest's ``metadata`` (the same values convert wrote
+    into metadata_props): input_norm, classes, noise inputs, ..."""
+    engine.metadata.update(meta)
+    names = {s.name for s in engine.inputs}
+    engine.noise_inputs = [(str(n), int(s)) for n, s in meta.get("noise_inputs", []) if n in names]
 
 
 def _load(r: Resolved, device, *, seed, threads, sampling, **options) -> Engine:
@@ -140,7 +168,9 @@ def _load(r: Resolved, device, *, seed, threads, sampling, **options) -> Engine:
         ort_file = r.file
         if device == "tensorrt" and (r.file.parent / TRT_ONNX_NAME).is_file():
             ort_file = r.file.parent / TRT_ONNX_NAME  # custom nodes map to the plugins in the TRT EP
-        return OnnxRuntimeEngine(str(ort_file), device=device, threads=threads, seed=seed, **options)
+        engine = OnnxRuntimeEngine(str(ort_file), device=device, threads=threads, seed=seed, **options)
+        _restore_metadata(engine, r)
+        return engine
     if r.backend == "torch":
         from sai.runtime.torch_backend import TorchEngine
 

@@ -15,6 +15,12 @@ On by default where built, for models in which at least one block is fused (the 
 were not faster than the function bodies, docs/benchmarks.md). ``SAI_ORT_OPS=1`` registers it for any
 model; ``SAI_ORT_OPS=0`` keeps it off; ``$SAI_ORT_OPS_LIBRARY`` names another build. The kernels are
 CPU kernels: sessions on the CUDA or TensorRT execution provider keep the bodies.
+
+The fused model on disk: ``sai convert`` writes ``model.cpu-fused.onnx`` (the same rewrite, done once; its
+metadata carries ``sai.fused_blocks`` and ``sai.custom_op_library``). A session of an OUTDIR's model.onnx loads
+that file as is, without rewriting anything, while the manifest records it as made from the model.onnx it
+lists (``on_disk_fused``); a session of the fused file itself needs the library (a CPU session with it
+registered), else a SaiError says to build it or load model.onnx.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from sai.lazy import lazy_import
 LIBRARY_NAME = "libsai_ort_ops.so"
 ENV_LIBRARY = "SAI_ORT_OPS_LIBRARY"
 ENV_SWITCH = "SAI_ORT_OPS"
+# metadata of a fused model file (``sai.`` + key): how many SparseBlock nodes, which library runs them
+FUSED_KEY, LIBRARY_KEY, TARGET = "fused_blocks", "custom_op_library", "onnxruntime-sai-ops"
 
 log = logging.getLogger("sai.runtime.onnxruntime")
 ONNXRUNTIME = lazy_import("onnxruntime", purpose=f"load {LIBRARY_NAME}")
@@ -78,24 +86,88 @@ def _ensure_handler() -> None:
         pkg.propagate = False
 
 
+def fused_blocks_of(path) -> int:
+    """``sai.fused_blocks`` of an ONNX file's metadata (a fused model file sai wrote), 0 for any other file;
+    read from the file's top-level fields, the graph is not parsed."""
+    from sai.outputs import onnx_header
+
+    head = onnx_header(path) if path is not None and os.path.isfile(path) else None
+    value = (head or {}).get("metadata", {}).get(f"sai.{FUSED_KEY}", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def on_disk_fused(model_path) -> Optional[tuple[Path, int]]:
+    """(path, blocks) of the fused CPU model that sai convert wrote beside ``model_path`` (an OUTDIR's
+    model.onnx): its manifest lists the file and records it as made from the model.onnx whose sha256 the
+    manifest lists now (a model.onnx replaced since, and recorded so, is fused in memory instead). Else None."""
+    from sai.errors import SaiError
+    from sai.runtime.loader import read_manifest
+
+    p = Path(model_path)
+    try:
+        manifest = read_manifest(p.parent)
+    except SaiError:
+        return None
+    fused = (manifest or {}).get("fused") or {}
+    files = (manifest or {}).get("files") or {}
+    name = fused.get("file")
+    if (not isinstance(name, str) or Path(name).name != name or fused.get("from") != p.name or name not in files
+            or not isinstance(files.get(p.name), dict) or files[p.name].get("sha256") != fused.get("from_sha256")):
+        return None
+    path = p.parent / name
+    blocks = fused_blocks_of(path)
+    return (path, blocks) if blocks > 0 else None
+
+
 def register(session_options: Any, device: str = "cpu", model_path: Optional[str] = None) -> dict:
     """Register the library on ``session_options`` where it applies and log one line saying which
     kernels run the sai nodes. With ``model_path``, the model's sparse blocks are fused first
     (``fused_model``); a model with none fused keeps the function bodies unless the library was asked for
-    (module docstring). Returns what ``Engine.describe()`` reports as ``custom_ops``:
-    ``{"library": path or None, "kernels": "libsai_ort_ops" | "function bodies", "note": ...,
-    "fused_blocks": n, "model": what to give InferenceSession (the fused bytes, or model_path)}``."""
+    (module docstring); a fused model that sai convert wrote (``model_path`` itself, or beside an OUTDIR's
+    model.onnx: ``on_disk_fused``) is given to the session as is. Returns what ``Engine.describe()`` reports as
+    ``custom_ops``: ``{"library": path or None, "kernels": "libsai_ort_ops" | "function bodies", "note": ...,
+    "fused_blocks": n, "model": what to give InferenceSession (a path, or the fused bytes)}`` (plus
+    ``"fused_file"`` for a fused model from the disk)."""
+    from sai.errors import SaiError
+
     _ensure_handler()
     bodies = {"library": None, "kernels": "function bodies", "fused_blocks": 0, "model": model_path}
+    itself = fused_blocks_of(model_path)  # model_path is a fused model file: it cannot run on the bodies
+
+    def needs(why: str) -> SaiError:
+        return SaiError(f"{model_path} is sai's fused CPU model ({itself} sai::SparseBlock nodes, no function bodies): "
+                        f"it runs only on the CPU with {LIBRARY_NAME} registered, but here: {why}; build the library "
+                        "(python -m sai.runtime.build_ort_ops) or load the portable model.onnx beside it")
+
     if device != "cpu":
+        if itself:
+            raise needs(f"this session is on {device}")
         note = (f"device {device}: the sai nodes run as the model's function bodies "
                 f"({LIBRARY_NAME} has CPU kernels only)")
         return dict(bodies, note=note)
     path, why = find_library()
     if path is None:
+        if itself:
+            raise needs(why)
         note = f"{why}; the sai nodes run as the model's function bodies (portable path)"
         log.info("onnxruntime: %s", note)
         return dict(bodies, note=note)
+    disk = (Path(model_path), itself) if itself else (on_disk_fused(model_path) if model_path is not None else None)
+    if disk is not None:
+        try:
+            session_options.register_custom_ops_library(str(path))
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if itself:
+                raise needs(f"{path} could not be registered ({first})") from None
+            note = f"{path} could not be registered ({first}); the sai nodes run as the function bodies"
+            log.info("onnxruntime: %s", note)
+            return dict(bodies, note=note)
+        note = (f"the sai nodes run on the C++ kernels of {path} ({disk[1]} sparse block(s) fused by sai convert: "
+                f"{disk[0].name}, loaded as is)")
+        log.info("onnxruntime: %s", note)
+        return {"library": str(path), "kernels": "libsai_ort_ops", "note": note, "fused_blocks": disk[1],
+                "model": str(disk[0]), "fused_file": str(disk[0])}
     model, fused, why_not = (model_path, 0, "") if model_path is None else fused_model(model_path)
     if model_path is not None and fused == 0 and not _asked_for():
         note = (f"{why_not}: the sai nodes run as the model's function bodies (portable path; "
@@ -134,6 +206,62 @@ def fused_model(path: str) -> tuple[Any, int, str]:
     if model.ByteSize() >= 2**31:
         return str(path), 0, "the model is 2 GB or more (protobuf's limit for one in-memory model)"
     return model.SerializeToString(), n, ""
+
+
+def _elf_dynamic(path: Path) -> tuple[list[str], list[str]]:
+    """(DT_NEEDED names, DT_RUNPATH/DT_RPATH entries) of a 64-bit little-endian ELF shared library, read from
+    its program headers; ([], []) for anything else."""
+    import struct
+
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return [], []
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, _paddr, filesz, _memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:
+            loads.append((vaddr, offset, filesz))
+        elif p_type == 2:
+            dynamic = (offset, filesz)
+    if dynamic is None:
+        return [], []
+    entries = []
+    for k in range(dynamic[1] // 16):
+        tag, val = struct.unpack_from("<qQ", data, dynamic[0] + 16 * k)
+        if tag == 0:
+            break
+        entries.append((tag, val))
+    strtab = next((v for t, v in entries if t == 5), None)
+    base = next((off + strtab - va for va, off, size in loads if strtab is not None and va <= strtab < va + size), None)
+    if base is None:
+        return [], []
+
+    def text(at: int) -> str:
+        return data[base + at:data.index(b"\0", base + at)].decode("utf-8", "replace")
+
+    needed = [text(v) for t, v in entries if t == 1]
+    paths = [d for t, v in entries if t in (15, 29) for d in text(v).split(":") if d]
+    return needed, paths
+
+
+def library_bundle(path) -> tuple[list[Path], bool]:
+    """What a copy of the library needs beside it to load on another machine: the library and the libraries it
+    links that its runpath finds outside the system folders (libscipy_openblas.so), and whether its runpath
+    holds ``$ORIGIN`` (a copy then finds them beside it; an older build needs ``LD_LIBRARY_PATH``)."""
+    needed, runpath = _elf_dynamic(Path(path))
+    files = [Path(path)]
+    for name in needed:
+        for d in runpath:
+            if "$ORIGIN" in d or "${ORIGIN}" in d:
+                continue
+            cand = Path(d) / name
+            if cand.is_file():
+                files.append(cand.resolve())
+                break
+    return files, any("ORIGIN" in d for d in runpath)
 
 
 def status() -> tuple[bool, str]:

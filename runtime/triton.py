@@ -1,9 +1,16 @@
 """A Triton model repository from a `sai convert` OUTDIR: a TensorRT plan model (when model.plan
-exists) and an onnxruntime model for the portable ONNX, each with dynamic batching, instance groups,
+exists) and an onnxruntime model, each with dynamic batching, instance groups,
 a warmup request, the class names as a labels file and the sai metadata as parameters; where the model
 records its checkpoint's preprocessing, a python-backend preprocessing model and an ensemble that take
 uint8 images; the plugin library (with its LD_PRELOAD companion), and a README saying how Triton loads it. The configs are Triton's
 ModelConfig protobuf (``sai.runtime.triton_config``), parsed back before they are written.
+
+The onnxruntime model is the fused CPU model (``model.cpu-fused.onnx`` of the OUTDIR, or fused here for an OUTDIR
+of an older sai) where libsai_ort_ops.so is built: the library and the BLAS it links are copied into the model's
+folder and named in its config's ``model_operations { op_library_filename }`` by absolute path (Triton's
+onnxruntime backend hands that string to onnxruntime's RegisterCustomOpsLibrary as is), under
+``repository_path`` (default: where the repository is written). Without the library, with ``portable`` or on
+GPU instances, it is the portable model.onnx (function bodies, no library).
 
 Every setting is checked before anything is written (names, numbers, GPU ids, the ONNX file), and every
 file goes into a temporary sibling of the repository that ``publish_dir`` renames into place. An existing
@@ -19,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,7 @@ from sai.errors import SaiError
 from sai.outputs import check_output_dir, owned_tempdir, publish_dir, recover_interrupted
 from sai.runtime.integrity import verify_outdir
 from sai.runtime.loader import MANIFEST_NAME, ONNX_NAME, PLAN_NAME, read_manifest
+from sai.runtime.ort_ops import LIBRARY_NAME
 from sai.runtime.triton_config import check_count as _count
 
 TRITON_DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32",
@@ -128,8 +137,9 @@ Written by `sai export-triton` from `{outdir}`.
 {noise_note}{images_note}
 ## Starting Triton
 
-The onnxruntime model needs nothing else: the sai custom ops carry ONNX model-local functions that
-ONNX Runtime inlines. The TensorRT model needs the sai plugin library (`plugins/{plugin_name}`),
+{onnx_note}
+
+The TensorRT model needs the sai plugin library (`plugins/{plugin_name}`),
 built for the container's TensorRT major version (`sai doctor` shows which). Either the TensorRT
 backend loads it (it dlopens the library after loading TensorRT; the library then registers its
 plugins itself):
@@ -197,11 +207,15 @@ def _inside(root: Path, *parts: str) -> Path:
 def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Optional[int] = None,
                   instances: int = 1, max_queue_delay_us: int = 5000, gpus: Optional[list[int]] = None,
                   plugin_library: Optional[str] = None, verify: bool = True, force: bool = False,
-                  on_published: Optional[Callable[[Path], None]] = None) -> dict:
+                  on_published: Optional[Callable[[Path], None]] = None, portable: bool = False,
+                  repository_path: Optional[str] = None, ort_ops_library: Optional[str] = None) -> dict:
     """Write the repository into ``repo`` (atomically: a temporary sibling renamed at the end).
     ``max_batch``: None = the engine profile's max batch, 0 = no batching (Triton's meaning), else >= 1.
     ``verify``: check the OUTDIR's files against its manifest's sha256 first. ``force``: replace ``repo``
-    even when it holds files sai did not write. ``on_published``: see ``sai.outputs.publish_dir``."""
+    even when it holds files sai did not write. ``on_published``: see ``sai.outputs.publish_dir``.
+    ``portable``: ship the portable model.onnx even where libsai_ort_ops.so is built; ``repository_path``: the
+    repository's absolute path as Triton will see it (default: ``repo``); ``ort_ops_library``: the library to
+    ship (default: ``sai.runtime.ort_ops.find_library``). See the module docstring."""
     outdir = Path(outdir)
     manifest = read_manifest(outdir)
     if manifest is None or not (outdir / ONNX_NAME).is_file():
@@ -241,20 +255,23 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
     preferred = sorted({p for p in (2, 4, 8, 16, 32) if p <= mbs} | {mbs}) if mbs > 0 else []
     if plugin_library is not None and not Path(plugin_library).is_file():
         raise SaiError(f"plugin library {plugin_library} does not exist; build it with `make plugins`")
+    ort_lib, ort_note = _ort_ops_choice(portable, gpus, ort_ops_library)
+    served = _served_path(repository_path, repo)
     tmp = owned_tempdir(f".{repo.name}.tmp-", repo.parent)  # SaiError naming the folder if it cannot
     written = {}
     try:
         onnx_name = f"{base}_onnx"
         _inside(tmp, onnx_name, "1").mkdir(parents=True)
-        shutil.copy2(outdir / ONNX_NAME, _inside(tmp, onnx_name, "1", "model.onnx"))
+        ort = _write_onnx_model(outdir, _inside(tmp, onnx_name), ort_lib, ort_note, f"{served}/{onnx_name}")
         _inside(tmp, onnx_name, "config.pbtxt").write_text(model_config(
             onnx_name, "onnxruntime_onnx", inputs, outputs, max_batch_size=mbs, kind="KIND_CPU" if not gpus else
             "KIND_GPU", instances=instances, max_queue_delay_us=max_queue_delay_us, preferred=preferred, gpus=gpus,
-            **extras))
+            op_libraries=[ort["op_library_filename"]] if ort["op_library_filename"] else [], **extras))
         if labels:
             _inside(tmp, onnx_name, tc.LABELS_FILE).write_text(labels)
         written[onnx_name] = "onnxruntime_onnx"
-        rows = [f"| `{onnx_name}` | onnxruntime_onnx | `{onnx_name}/1/model.onnx` |"]
+        what = f" (fused CPU model, {ort['fused_blocks']} sai::SparseBlock nodes)" if ort["fused_blocks"] else ""
+        rows = [f"| `{onnx_name}` | onnxruntime_onnx | `{onnx_name}/1/model.onnx`{what} |"]
         trt_name = f"{base}_trt"
         skipped = None
         if plan.is_file():
@@ -316,7 +333,8 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
         _inside(tmp, "README.md").write_text(README.format(
             arch=manifest.get("arch"), sampling=meta.get("sampling"), precision=meta.get("precision"),
             outdir=outdir, rows="\n".join(rows), channels=channels,
-            noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, autoload_name=autoload_name, vc_note=vc_note, plugin_note=plugin_note, onnx_name=onnx_name,
+            noise_note=noise_note, images_note=images_note, plugin_name=plugin_name, autoload_name=autoload_name,
+            vc_note=vc_note, plugin_note=plugin_note, onnx_name=onnx_name, onnx_note=ort["readme"],
             batching=BATCHING[mbs > 0].format(channels=channels)))
         publish_dir(tmp, repo, "sai export-triton", force=force, on_published=on_published)
     except OSError as exc:  # a full disk, a folder that became unwritable, ...
@@ -327,4 +345,83 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"repo": str(repo), "models": written, "skipped": skipped, "plugin_library": plugin_library}
+    return {"repo": str(repo), "models": written, "skipped": skipped, "plugin_library": plugin_library,
+            "ort_ops": {k: ort[k] for k in ("op_library_filename", "fused_blocks", "note")}}
+
+
+def _ort_ops_choice(portable: bool, gpus: Optional[list[int]], library: Optional[str]) -> tuple[Optional[Path], str]:
+    """(the custom-op library to ship, "") or (None, why the portable model.onnx is shipped)."""
+    from sai.runtime import ort_ops
+
+    if portable:
+        return None, "--portable-onnx"
+    if gpus:
+        return None, f"--gpus: GPU instances, where {LIBRARY_NAME} (CPU kernels) does not apply"
+    if library is not None:
+        if not Path(library).is_file():
+            raise SaiError(f"custom-op library {library} does not exist; build it with "
+                           "python -m sai.runtime.build_ort_ops")
+        return Path(library), ""
+    path, why = ort_ops.find_library()
+    return (path, "") if path is not None else (None, why)
+
+
+def _served_path(repository_path: Optional[str], repo: Path) -> str:
+    """The repository's absolute path on the Triton host (``--repository-path``, default ``repo``)."""
+    if repository_path is None:
+        return str(repo)
+    text = str(repository_path)
+    if not text.startswith("/") or any(ord(c) < 32 for c in text) or "/../" in f"{text}/":
+        raise SaiError(f"--repository-path {text!r} must be an absolute path (where Triton sees the repository, "
+                       "e.g. /models)")
+    return text.rstrip("/") or "/"
+
+
+def _write_onnx_model(outdir: Path, model_dir: Path, library: Optional[Path], why_not: str, served_dir: str) -> dict:
+    """``model_dir/1/model.onnx``: the fused CPU model with ``library`` (and the libraries it links from outside
+    the system) beside it in ``model_dir``, or the portable model. Returns the op library path to name in the
+    config (or None), the blocks fused, a note and the README paragraph."""
+    from sai.runtime import ort_ops
+    from sai.runtime.convert import write_fused_onnx
+
+    dest = model_dir / "1" / "model.onnx"
+    portable = ("The onnxruntime model needs nothing else: the sai custom ops carry ONNX model-local functions that "
+                "ONNX Runtime inlines (the portable model.onnx{why}; about as fast as the dense ResNet there).")
+    fused_blocks = 0
+    if library is not None:
+        disk = ort_ops.on_disk_fused(outdir / ONNX_NAME)
+        if disk is not None:
+            shutil.copy2(disk[0], dest)
+            fused_blocks = disk[1]
+        else:  # an OUTDIR of a sai before model.cpu-fused.onnx (or one whose model.onnx changed): fuse it here
+            made = write_fused_onnx(outdir / ONNX_NAME, dest)
+            fused_blocks, why_not = made["blocks"], made.get("reason", "")
+    if not fused_blocks:
+        shutil.copy2(outdir / ONNX_NAME, dest)
+        note = f"portable model.onnx ({why_not})" if why_not else "portable model.onnx"
+        return {"op_library_filename": None, "fused_blocks": 0, "note": note,
+                "readme": textwrap.fill(portable.format(why=f": {why_not}" if why_not else ""), 110,
+                                        break_on_hyphens=False, break_long_words=False)}
+    files, origin = ort_ops.library_bundle(library)
+    shutil.copy2(files[0], model_dir / LIBRARY_NAME)
+    for f in files[1:]:
+        shutil.copy2(f, model_dir / f.name)
+    op_path = f"{served_dir}/{LIBRARY_NAME}"
+    beside = ", ".join(f"`{f.name}`" for f in files[1:])
+    text = (f"The onnxruntime model is sai's fused CPU model ({fused_blocks} sparse blocks as `sai::SparseBlock` "
+            f"nodes, which have no function body): its config.pbtxt names `{LIBRARY_NAME}` in `model_operations` by "
+            f"the absolute path `{op_path}`, which Triton's onnxruntime backend registers as is, so the repository "
+            "must be at that path where Triton runs (`sai export-triton --repository-path /models` writes it for a "
+            f"container that mounts it at /models). The library is in the model's folder"
+            + (f", with {beside} that it links" if beside else "")
+            + "; it was compiled for the CPU of the machine that built it (`-march=native`) against the onnxruntime "
+            "C API of sai's onnxruntime, so Triton's onnxruntime must be at least as new. `--portable-onnx` writes the "
+            "portable model instead (function bodies, no library, slower).")
+    if not origin and beside:
+        text += (f"\n\nThis build of `{LIBRARY_NAME}` finds {beside} only at the path it was built with: start Triton "
+                 f"with `LD_LIBRARY_PATH=<this repository>/{model_dir.name}`, or rebuild the library "
+                 "(`python -m sai.runtime.build_ort_ops --force`) so that it looks beside itself.")
+    text = "\n\n".join(textwrap.fill(par, 110, break_on_hyphens=False, break_long_words=False)
+                         for par in text.split("\n\n"))
+    return {"op_library_filename": op_path, "fused_blocks": fused_blocks,
+            "note": f"fused CPU model ({fused_blocks} blocks) with {op_path}", "readme": text}

@@ -76,11 +76,14 @@ def inference_config(name: str, platform: str, inputs: Sequence[Tensor], outputs
                      preferred: Sequence[int], gpus: Optional[Sequence[int]] = None,
                      warmup_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                      labels_file: Optional[str] = None, label_output: str = "logits",
-                     parameters: Optional[Mapping[str, Any]] = None, backend: Optional[str] = None):
+                     parameters: Optional[Mapping[str, Any]] = None, backend: Optional[str] = None,
+                     op_libraries: Sequence[str] = ()):
     """A ``ModelConfig`` for one model. ``max_batch_size=0`` is Triton's no batching (dims then include the
     batch dim, no ``dynamic_batching``); ``warmup_shapes``: name -> full dims (without batch) of one
     random-data warmup request; ``labels_file`` goes on ``label_output``; ``parameters`` become strings
-    (non-strings as JSON)."""
+    (non-strings as JSON); ``op_libraries``: custom-op libraries the backend registers before it loads the
+    model (``model_operations { op_library_filename }``; Triton's onnxruntime backend passes each to
+    onnxruntime's RegisterCustomOpsLibrary as is, so give absolute paths as the server sees them)."""
     m = pb()
     cfg = m.ModelConfig()
     cfg.name = _check_text(name, "model name")
@@ -119,6 +122,8 @@ def inference_config(name: str, platform: str, inputs: Sequence[Tensor], outputs
     for key, value in (parameters or {}).items():
         cfg.parameters[_check_text(str(key), "parameter name")].string_value = (
             value if isinstance(value, str) else json.dumps(value, separators=(",", ":")))
+    for lib in op_libraries:
+        cfg.model_operations.op_library_filename.append(_check_text(str(lib), "op library path"))
     return cfg
 
 

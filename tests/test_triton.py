@@ -54,15 +54,19 @@ def test_repository_configs_valid_against_triton_schema(outdir_with_plan, tmp_pa
     for cfg in (onnx_cfg, trt_cfg):
         assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 5000
         assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
-    sess = ort.InferenceSession(str(repo / "sparse_resnet18_onnx/1/model.onnx"), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    for op_library in onnx_cfg.model_operations.op_library_filename:  # the fused model: as Triton's backend does
+        so.register_custom_ops_library(op_library)
+    sess = ort.InferenceSession(str(repo / "sparse_resnet18_onnx/1/model.onnx"), so, providers=["CPUExecutionProvider"])
     for cfg in (onnx_cfg, trt_cfg):
         for spec, cfg_io in ((sess.get_inputs(), cfg.input), (sess.get_outputs(), cfg.output)):
             assert [i.name for i in spec] == [c.name for c in cfg_io]
             for i, c in zip(spec, cfg_io, strict=True):
                 assert c.data_type == model_config_pb2.TYPE_FP32 and i.type == "tensor(float)"
                 assert list(c.dims) == [d if isinstance(d, int) else -1 for d in i.shape[1:]]
-    data = (repo / "sparse_resnet18_onnx/1/model.onnx").read_bytes()
-    assert hashlib.sha256(data).hexdigest() == manifest["files"]["model.onnx"]["sha256"]
+    data = (repo / "sparse_resnet18_onnx/1/model.onnx").read_bytes()  # the fused CPU model where the library is built
+    shipped = "model.cpu-fused.onnx" if onnx_cfg.model_operations.op_library_filename else "model.onnx"
+    assert hashlib.sha256(data).hexdigest() == manifest["files"][shipped]["sha256"]
     assert (repo / "sparse_resnet18_trt/1/model.plan").read_bytes() == (outdir_with_plan / "model.plan").read_bytes()
     assert (repo / "plugins/libsai_trt_plugins.so").read_bytes() == lib.read_bytes()
     readme = (repo / "README.md").read_text()

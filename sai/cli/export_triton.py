@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
             res = export_triton(args.outdir, args.output, name=args.name, max_batch=args.max_batch,
                                 instances=args.instances, max_queue_delay_us=parse_delay_ms(args.max_delay_ms),
                                 gpus=parse_gpus(args.gpus), verify=not args.no_verify, force=args.force,
-                                on_published=done)
+                                on_published=done, portable=args.portable_onnx,
+                                repository_path=args.repository_path)
         except KeyboardInterrupt:
             if not done.published:
                 raise
@@ -33,6 +34,8 @@ def _report(res: dict) -> int:
         print(f"tensorrt model skipped: {res['skipped']}")
     if not res["plugin_library"]:
         print("plugin library not found (make plugins); plugins/ not written - see the repository README")
+    ort = res.get("ort_ops") or {}
+    print(f"onnxruntime model: {ort.get('note', 'portable model.onnx')}")
     return 0
 
 
@@ -49,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=int, default=1, help="instances per model, >= 1 (TensorRT: at least 2)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching max queue delay, >= 0")
     p.add_argument("--gpus", help="comma list of GPU ids, e.g. 0,1, for the instance groups (default 0 for TensorRT)")
+    p.add_argument("--portable-onnx", action="store_true",
+                   help="ship the portable model.onnx (function bodies, no custom-op library) as the onnxruntime model "
+                        "even where libsai_ort_ops.so is built (default: the fused CPU model with the library)")
+    p.add_argument("--repository-path", metavar="PATH",
+                   help="the repository's absolute path where Triton runs (e.g. /models in a container); config.pbtxt "
+                        "names the custom-op library under it (default: the -o folder)")
     add_no_verify(p)
     add_force(p)
     p.set_defaults(func=run)
