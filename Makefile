@@ -78,7 +78,7 @@ kernels: install
 # python (torch + triton there); GPU_CHECK_ARGS e.g. --write-configs --budget-s 300.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PY) kernels/gpu_check.py --out $${OUT:-build/gpu-check} $(GPU_CHECK_ARGS)
+	$(GPU_PY) benchmarks/gpu_check.py --out $${OUT:-build/gpu-check} $(GPU_CHECK_ARGS)
 
 # ---- TensorRT plugins (trt_plugins/, CMake inside) ---------------------------------------------
 # CUDA tools from PyPI for cuda-check (the CUDA 13 toolkit comes with the machine): CUDA 12.9's

@@ -1,6 +1,6 @@
 """The one prepared GPU run (``make gpu-check``, docs/design.md 6): everything a lent GPU machine should tell us.
 
-``python -m sai.kernels.gpu_check --out build/gpu-check`` (or ``python kernels/gpu_check.py`` in a
+``python -m sai.benchmarks.gpu_check --out build/gpu-check`` (or ``python benchmarks/gpu_check.py`` in a
 checkout that is not installed, e.g. on a GPU machine without network) writes ``gpu-check.json`` (rewritten after
 every section, so a run cut short still reports what it reached) with:
 
@@ -51,41 +51,24 @@ import time
 import traceback
 from pathlib import Path
 
-# pyproject.toml's package-dir: how the repository's folders become subpackages of `sai`
-_PACKAGE_DIRS = {"sai.kernels": "kernels", "sai.models": "models", "sai.exporter": "exporter", "sai.runtime": "runtime",
-                 "sai.benchmarks": "benchmarks"}
-_EAGER = ("sai.kernels", "sai.models")  # what the sections need on a bare GPU machine
-
-
-class _CheckoutFinder:
-    """Finds ``sai.<package>`` in the checkout's folders (pyproject.toml's package-dir) at import time."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def find_spec(self, name, path=None, target=None):
-        folder = _PACKAGE_DIRS.get(name)
-        if folder is None:
-            return None
-        return importlib.util.spec_from_file_location(name, self.root / folder / "__init__.py",
-                                                      submodule_search_locations=[str(self.root / folder)])
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def bootstrap_from_checkout() -> None:
-    """Run from a checkout without installing (a GPU machine with no network: ``python kernels/gpu_check.py``):
-    map the folders onto ``sai.*`` as pyproject.toml's package-dir does.
+    """Run from a checkout without installing (a GPU machine with no network: ``python benchmarks/gpu_check.py``).
 
-    A finder resolves each package when something first imports it, and only ``sai.kernels`` and
-    ``sai.models`` (python, torch, triton, numpy) are imported here, so a bare GPU machine without
-    onnx, onnxscript, onnxruntime or polygraphy runs every section that does not need them."""
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
-    import sai  # noqa: F401  (the top-level package is the checkout's sai/ folder)
+    pyproject.toml installs each top-level folder X as ``sai.X`` (tests/test_layout.py checks that the names
+    agree), so adding the checkout's root to the ``sai`` package's search path resolves ``sai.kernels``,
+    ``sai.models``, ... from their folders with no map of its own. Packages resolve on first import, and the
+    sections import only ``sai.kernels`` and ``sai.models`` (python, torch, triton, numpy) up front, so a bare
+    GPU machine without onnx, onnxscript, onnxruntime or polygraphy runs every section that does not need them."""
+    if sys.path and Path(sys.path[0]).resolve() == _ROOT / "benchmarks":
+        sys.path.pop(0)  # the script's folder: its modules are sai.benchmarks.*, never top-level names
+    sys.path.insert(0, str(_ROOT))
+    import sai  # the top-level package is the checkout's sai/ folder
 
-    if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _CheckoutFinder(root))
-    for name in _EAGER:
-        importlib.import_module(name)
+    if str(_ROOT) not in sai.__path__:
+        sai.__path__.append(str(_ROOT))
 
 
 def _now() -> float:
@@ -587,7 +570,6 @@ def fused_section(dev, tiny: bool) -> dict:
 
 # ---- plugin_kernels: the TensorRT plugins' launch code on the device, without TensorRT -------------
 
-_ROOT = Path(__file__).resolve().parent.parent
 _LAYOUT_IDS = {"NCHW": 0, "NHWC": 1, "NHWC8": 2, "NHWC16": 3}
 _TYPE_IDS = {"fp32": 0, "fp16": 1, "bf16": 2}
 
@@ -608,10 +590,9 @@ def build_launch_library(out: Path, cc: int, jobs: int) -> Path:
         kdir = out / "kernels"
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        code = ("import sys; sys.argv[0] = 'aot'; sys.path.insert(0, sys.argv[1]); import gpu_check; "
-                "gpu_check.bootstrap_from_checkout(); from sai.kernels import aot; "
-                "sys.exit(aot.main(sys.argv[2:]))")
-        proc = subprocess.run([sys.executable, "-c", code, str(_ROOT / "kernels"), "--out", str(kdir), "--arch",
+        code = ("import sys; sys.argv[0] = 'aot'; sys.path.insert(0, sys.argv[1]); import sai; "
+                "sai.__path__.append(sys.argv[1]); from sai.kernels import aot; sys.exit(aot.main(sys.argv[2:]))")
+        proc = subprocess.run([sys.executable, "-c", code, str(_ROOT), "--out", str(kdir), "--arch",
                                str(cc), "--jobs", str(jobs)], env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode:
             raise RuntimeError(f"AOT build for sm_{cc} failed: {proc.stderr[-2000:]}")
@@ -1025,7 +1006,7 @@ def autotune_section(dev, tiny: bool, out: Path, write_configs: bool, deadline: 
 
     # the new table: winners first, then the arch's (or default) entries for everything not tuned
     base = configs._load(arch) or configs._load("default")
-    table = {"_comment": f"autotuned by python -m sai.kernels.gpu_check on {arch} ({time.strftime('%Y-%m-%d')}); "
+    table = {"_comment": f"autotuned by python -m sai.benchmarks.gpu_check on {arch} ({time.strftime('%Y-%m-%d')}); "
                          "entries without 'measured' are the untuned defaults"}
     for kernel in ("sparse_sample_conv", "interpolate"):
         table[kernel] = winners.get(kernel, []) + list(base.get(kernel, []))
@@ -1046,7 +1027,7 @@ def autotune_section(dev, tiny: bool, out: Path, write_configs: bool, deadline: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sai.kernels.gpu_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sai.benchmarks.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("build/gpu-check"))
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (the default without a GPU)")
     ap.add_argument("--sections", default="env,parity,plugin_kernels,ops,block,model,fused,engine,autotune")

@@ -185,7 +185,7 @@ def calibrate_mask_bias(model: nn.Module, x: torch.Tensor, density: float) -> No
 
 
 def dense_twin(sparse_model: nn.Module, arch: Optional[str] = None, **options) -> nn.Module:
-    """``sai.models.dense_twin`` with the old signature (kernels/gpu_check.py passes the dense arch, which
+    """``sai.models.dense_twin`` with the old signature (benchmarks/gpu_check.py passes the dense arch, which
     the model decides: a different one is refused)."""
     from sai.models import dense_twin as models_dense_twin
 

@@ -5,7 +5,6 @@
   in the test suite), any memory format in, logical NCHW in channels_last memory out.
 - ``interpolate_add_relu(...)``: Interpolate with the fused bottleneck tail of docs/design.md 3.4.
 - ``python -m sai.kernels.aot``: cubins/PTX for every target arch + embedded C++ (``make kernels``).
-- ``python -m sai.kernels.gpu_check``: the one prepared GPU run (``make gpu-check``).
 - ``sai.kernels.torch_ops.register()``: the kernels as the CUDA implementation of the ``sai::`` ops.
 
 The public functions share their names with the modules that hold them (one module per op, found

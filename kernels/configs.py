@@ -1,4 +1,4 @@
-"""Tile configurations as data: ``configs/<arch>.json``, written by ``sai.kernels.gpu_check`` (its autotune section).
+"""Tile configurations as data: ``configs/<arch>.json``, written by ``sai.benchmarks.gpu_check`` (its autotune section).
 
 A file maps a kernel name to a list of entries ``{"match": {...}, "config": {...}}``; the first entry
 whose ``match`` fields all hold for the call's features wins (an empty match is the default). A field

@@ -400,7 +400,7 @@ def test_gpu_check_runs_end_to_end_under_the_interpreter(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(bare), *filter(None, [os.environ.get("PYTHONPATH")])]))
     probe = subprocess.run([sys.executable, "-c", "import onnx"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'onnx'" in probe.stderr  # the blocker works
-    script = Path(__file__).resolve().parent.parent / "kernels" / "gpu_check.py"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(script), "--out", str(out), "--tiny"],
                           capture_output=True, text=True, timeout=600, env=env)

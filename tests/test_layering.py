@@ -13,11 +13,12 @@ import ast
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-# source folder -> the subpackage of ``sai`` it installs as (pyproject.toml package-dir)
-FOLDERS = {"sai": "sai", "runtime": "sai.runtime", "exporter": "sai.exporter", "models": "sai.models",
-           "kernels": "sai.kernels", "benchmarks": "sai.benchmarks", "demo": "sai.demo"}
+# source folder -> the subpackage of ``sai`` it installs as: pyproject.toml's package-dir, the one map
+FOLDERS = {folder: package for package, folder in
+           tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()}
 BASE = "base"  # sai/*.py: errors, outputs (file io), compat, lazy, shapes, constants
 APPS = {"cli", "benchmarks", "demo"}
 ALLOWED = {
@@ -29,11 +30,6 @@ ALLOWED = {
     "models": {"models", "kernels", BASE},
     "kernels": {"kernels", "models", BASE},
     BASE: {BASE},
-}
-# modules that are scripts driving the whole stack rather than library code, with the reason
-EXEMPT = {
-    # the prepared GPU-machine check (make gpu-check): it runs the op benchmarks on the lent GPU
-    "sai.kernels.gpu_check": {"benchmarks", "runtime"},
 }
 
 
@@ -98,7 +94,7 @@ def violations() -> list[str]:
                 theirs = layer_of(target)
             except ValueError:
                 continue
-            if theirs in ALLOWED[own] or theirs in EXEMPT.get(module, ()):
+            if theirs in ALLOWED[own]:
                 continue
             bad.append(f"{path.relative_to(ROOT)}:{line}: {module} ({own}) imports {target} ({theirs})")
     return bad
@@ -194,3 +190,120 @@ def test_the_serve_checker_flags_a_front_end_importing_another(tmp_path, module,
     path = tmp_path / "mod.py"
     path.write_text(source)
     assert serve_violations(module, path)
+
+
+# ---- import cycles (issue 28): none between modules at import time; the lazy ones on a shrinking list ------------
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    return ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+
+
+def _statements(body: list, lazy: bool):
+    """The statements of ``body`` that run when the module is imported (``if``/``try`` branches, not
+    ``if TYPE_CHECKING:``); with ``lazy`` also those inside functions and classes."""
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _statements(node.orelse, lazy)
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            for field in ("body", "orelse", "finalbody"):
+                yield from _statements(getattr(node, field, []), lazy)
+            for handler in getattr(node, "handlers", []):
+                yield from _statements(handler.body, lazy)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if lazy:
+                yield from _statements(node.body, lazy)
+        else:
+            yield node
+
+
+def import_edges(module: str, path: Path, known: set[str], lazy: bool = False) -> set[str]:
+    """The project modules ``module`` imports (``from a import b`` -> ``a.b`` where that is a module, else ``a``).
+    A package that holds ``module`` is left out: Python has already begun importing it, so that is no cycle."""
+    out = set()
+    for node in _statements(ast.parse(path.read_text(), filename=str(path)).body, lazy):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, path, node)
+            subs = {f"{target}.{a.name}" for a in node.names} & known
+            out |= subs if len(subs) == len(node.names) else subs | {target}
+    return {t for t in out if t in known and t != module and not module.startswith(t + ".")}
+
+
+def import_graph(lazy: bool = False) -> dict[str, set[str]]:
+    paths = dict(modules())
+    return {m: import_edges(m, p, set(paths), lazy) for m, p in paths.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """Every elementary cycle of ``graph``, each as a tuple starting at its smallest module."""
+    found = set()
+    for start in sorted(graph):  # cycles through ``start`` whose other modules sort after it
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    found.add(tuple(trail))
+                elif nxt > start and nxt not in trail:
+                    stack.append((nxt, [*trail, nxt]))
+    return found
+
+
+# Cycles closed only by imports inside functions (they import, but only when called). Each is a debt of issue
+# 28; the list only shrinks: a new cycle fails the test below, and so does an entry that no longer exists.
+KNOWN_LAZY_CYCLES: set[tuple[str, ...]] = {
+    ("sai.exporter.functions", "sai.exporter.graph"),  # attach_functions fills biases, sets overloads
+    ("sai.kernels.sparse_sample_conv", "sai.models.ops", "sai.kernels.torch_ops"),  # argument checks in models.ops
+    ("sai.kernels.torch_ops", "sai.models.ops"),
+    ("sai.models.checkpoint", "sai.models.network", "sai.models.fuse"),
+    ("sai.models.fuse", "sai.models.network"),
+    ("sai.runtime.environment", "sai.runtime.ort_ops", "sai.runtime.loader"),
+    ("sai.runtime.loader", "sai.runtime.ort_backend", "sai.runtime.ort_ops"),
+}
+
+
+def test_no_import_cycle_at_import_time():
+    found = cycles(import_graph())
+    assert not found, "import cycles between modules (top-level imports):\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_no_new_import_cycle_through_lazy_imports():
+    found = cycles(import_graph(lazy=True))
+    new = sorted(found - KNOWN_LAZY_CYCLES)
+    assert not new, "new import cycles (break them or import from a neutral module):\n" + "\n".join(
+        " -> ".join(c) for c in new)
+    gone = sorted(KNOWN_LAZY_CYCLES - found)
+    assert not gone, f"these cycles are gone: remove them from KNOWN_LAZY_CYCLES: {gone}"
+
+
+@pytest.mark.parametrize("files, cyclic", [
+    ({"a.py": "from sai.x import b\n", "b.py": "import sai.x.a\n"}, True),
+    ({"a.py": "from . import b\n", "b.py": "def f():\n    from sai.x.a import g\n"}, False),
+    ({"a.py": "from sai.x import b\n", "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+      "    from sai.x import a\n"}, False),
+    ({"__init__.py": "from sai.x.a import f\n", "a.py": "from sai.x import b\n", "b.py": ""}, False),
+    ({"__init__.py": "from sai.x.a import f\n", "a.py": "", "b.py": "from sai.x import f\n",
+      "c.py": "try:\n    import sai.x.b\nexcept ImportError:\n    pass\n"}, False),
+    ({"__init__.py": "from sai.x.b import f\n", "a.py": "", "b.py": "from sai.x import a\nimport sai.x\n"}, False),
+    ({"a.py": "try:\n    from sai.x.b import f\nexcept ImportError:\n    pass\n", "b.py": "import sai.x.a\n"}, True),
+])
+def test_the_cycle_finder_sees_top_level_cycles_only(tmp_path, files, cyclic):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    names = {"sai.x" if n == "__init__.py" else "sai.x." + n[:-3]: tmp_path / n for n in files}
+    graph = {m: import_edges(m, p, set(names)) for m, p in names.items()}
+    assert bool(cycles(graph)) == cyclic, graph
+
+
+def test_the_cycle_finder_sees_lazy_cycles_when_asked(tmp_path):
+    (tmp_path / "a.py").write_text("import sai.x.b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from sai.x.a import g\n")
+    names = {"sai.x.a": tmp_path / "a.py", "sai.x.b": tmp_path / "b.py"}
+    graph = {m: import_edges(m, p, set(names), lazy=True) for m, p in names.items()}
+    assert cycles(graph) == {("sai.x.a", "sai.x.b")}

@@ -2,7 +2,7 @@
  * SPDX-License-Identifier: Apache-2.0
  *
  * launch_capi.cpp: a C ABI over the plugins' launchers (SparseSampleConvRunner, InterpolateRunner)
- * for `make gpu-check` (kernels/gpu_check.py, section plugin_kernels): built there with g++ against
+ * for `make gpu-check` (benchmarks/gpu_check.py, section plugin_kernels): built there with g++ against
  * the CUDA headers and the embedded Triton cubins, loaded with ctypes, called on torch CUDA tensors,
  * so that the exact code a TensorRT engine's enqueue runs is checked and timed on a GPU without
  * TensorRT. One runner per distinct parameter vector, kept for the process, as a plugin instance
