@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -178,6 +178,7 @@ class Report:
     mask_threshold: float = 0.999
     passed: bool = False
     densities: dict = field(default_factory=dict)  # see sampling_densities / exported_densities
+    warnings: list[str] = field(default_factory=list)  # e.g. dense masks (``dense_mask_warning``)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -201,6 +202,7 @@ class Report:
                 lines.append(f"  FAIL {m['pair']} iter {m['iteration']} {m['mask']}: {m['agreement']:.4f} of positions "
                              f"agree on M > 0 ({m['disagree']} differ)")
         lines += densities_text(self.densities)
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines.append("validate: PASSED" if self.passed else "validate: FAILED")
         return "\n".join(lines)
 
@@ -226,6 +228,25 @@ def densities_text(dens: dict) -> list[str]:
     if dens.get("note"):
         lines.append(f"  note: {dens['note']}")
     return lines
+
+
+DENSE = 0.99  # a mean density (d1 and d2) at or above this: (about) every position is computed
+
+
+def dense_mask_warning(dens: dict) -> Optional[str]:
+    """A warning when the mean densities (d1 and d2) are about 1.0: the model computes every position, so it runs
+    no faster than dense and agreement says nothing about the sparse path. Judged on the exported model's masks
+    (the mode that runs) where they were recorded, else on every torch sampling mode. None when fewer positions
+    are sampled or nothing was measured."""
+    modes = {k: v["mean"] for k, v in dens.items() if isinstance(v, dict) and "mean" in v}
+    if "exported" in modes:
+        modes = {"exported": modes["exported"]}
+    if not modes or any(min(m) < DENSE for m in modes.values()):
+        return None
+    vals = "; ".join(f"{k} {m[0]:.4f}/{m[1]:.4f}" for k, m in modes.items())
+    return (f"the masks are dense (mean densities {vals}): every position is computed, so the sparse saving will "
+            "not show and the sparse path is not exercised; is the checkpoint trained (a random-initialised one "
+            "samples everything)? Validate a trained checkpoint, or give real inputs (--images / --load-inputs)")
 
 
 def _mean_pairs(blocks: dict) -> list[float]:
@@ -355,6 +376,9 @@ def validate(engines: dict[str, Engine], feeds_list: Sequence[dict], *, atol: di
                 report.nonfinite.append({"backend": runner.name, "iteration": it, "output": out_name, "count": count,
                                          "size": size})
     report.densities = _densities(engines, runners, feeds_list, density_seed)
+    dense = dense_mask_warning(report.densities)
+    if dense:
+        report.warnings.append(dense)
     outputs_ok = bool(report.outputs) and all(o["passed"] for o in report.outputs) and not report.nonfinite
     report.passed = bool(acc) and outputs_ok and all(m["passed"] for m in report.masks)
     return report
@@ -407,9 +431,13 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
                 raise SaiError(f"no ONNX model at {onnx_file}")
             if masks:  # a copy with the masks as outputs; onnxruntime reads it at load, so it goes right after
+                import warnings
+
                 from sai.outputs import tempdir
 
-                with tempdir("sai-validate-") as tmp:
+                with tempdir("sai-validate-") as tmp, warnings.catch_warnings():
+                    if (manifest or {}).get("metadata"):  # lost metadata is restored from it below
+                        warnings.simplefilter("ignore")
                     onnx_with_masks(onnx_file, tmp / "model.masks.onnx")
                     engine = rt.load(tmp / "model.masks.onnx", backend="onnxruntime", threads=threads, verify=False)
             else:
@@ -424,8 +452,89 @@ def load_backends(model, backends: Sequence[str], *, checkpoint=None, masks: boo
         else:
             raise SaiError(f"unknown backend {b!r}; use torch, onnxruntime, tensorrt")
         engines[b] = engine
-    example = ((manifest or {}).get("metadata") or {}).get("example_input_shape")
+    meta = (manifest or {}).get("metadata") or {}
+    ort = engines.get("onnxruntime")
+    if ort is not None and not ort.metadata and meta:  # a sanitized ONNX (metadata_props dropped): the manifest's
+        from sai.runtime.loader import restore_metadata
+
+        restore_metadata(ort, meta)
+    example = meta.get("example_input_shape")
     for engine in engines.values():  # one input size for every backend (torch has no export metadata)
         if example and not engine.metadata.get("example_input_shape"):
             engine.metadata["example_input_shape"] = example
     return engines, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# real inputs: Polygraphy's input JSON, image folders
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_input_feeds(path, engine: Engine) -> list[dict]:
+    """The feeds of a Polygraphy input file (``polygraphy run --save-inputs`` / ``--load-inputs``: a JSON list
+    of {name: array}), read with Polygraphy's own loader; every name must be a model input. Noise inputs the file
+    leaves out are drawn by the caller (``Engine.noise_for``)."""
+    from polygraphy.json import load_json
+
+    p = Path(path)
+    if not p.is_file():
+        raise SaiError(f"--load-inputs {p} does not exist; give a file written by polygraphy run --save-inputs")
+    try:
+        data = load_json(str(p), description="input data")
+    except Exception as exc:  # polygraphy raises its own PolygraphyException and json/KeyError for bad files
+        raise SaiError(f"--load-inputs {p} is not a Polygraphy input file ({type(exc).__name__}: "
+                       f"{str(exc)[:200]}); write one with polygraphy run --save-inputs") from None
+    if isinstance(data, Mapping):
+        data = [data]
+    names = {s.name for s in engine.inputs}
+    feeds = []
+    for i, item in enumerate(data if isinstance(data, Sequence) else []):
+        if not isinstance(item, Mapping) or not item:
+            raise SaiError(f"--load-inputs {p}: entry {i} is not a {{name: array}} feed dict")
+        unknown = sorted(set(item) - names)
+        if unknown:
+            raise SaiError(f"--load-inputs {p}: entry {i} names {unknown}, which the model does not take "
+                           f"(its inputs: {sorted(names)})")
+        feeds.append({str(k): np.asarray(v) for k, v in item.items()})
+    if not feeds:
+        raise SaiError(f"--load-inputs {p} holds no feeds; it must be a JSON list of {{name: array}} dicts")
+    return feeds
+
+
+def load_image_batches(folder, engine: Engine, shape: Sequence[int]) -> list[dict]:
+    """The PNG/JPEG files of ``folder`` (sorted by name) as feeds of the image input: each image RGB, resized
+    to ``shape``'s H x W (bilinear) and normalised as the model's ``input_norm`` says (``sai.runtime.
+    preprocess``), in batches of ``shape[0]`` (the last one may be smaller)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from sai.runtime.preprocess import preprocess, usable_norm, why_not_applied
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise SaiError(f"--images {d} is not a folder; give a folder of .png/.jpg files")
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SaiError(f"--images {d} holds no .png/.jpg/.jpeg files")
+    norm = usable_norm(engine.metadata.get("input_norm"))
+    if norm is None:
+        raise SaiError(f"--images cannot be normalised for this model ({why_not_applied(engine.metadata.get('input_norm'))}); "
+                       "pass normalised float inputs with --load-inputs")
+    n, c, h, w = (int(v) for v in shape)
+    if c != 3:
+        raise SaiError(f"--images gives RGB images, but the model takes {c} channels")
+    pixels = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                pixels.append(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise SaiError(f"--images: cannot read {f} ({str(exc)[:120]}); remove it or fix it") from None
+    name = engine.primary_input.name
+    batches = []
+    for i in range(0, len(pixels), n):
+        nhwc = np.stack(pixels[i:i + n])
+        x = preprocess(nhwc, norm, c, layout="NHWC")
+        batches.append({name: np.ascontiguousarray(x, dtype=np.float32)})
+    return batches

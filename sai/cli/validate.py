@@ -15,7 +15,13 @@ REPORT_KIND = "sai-validate-report"  # the "sai_output" tag of --report files (s
 def run(args: argparse.Namespace) -> int:
     from sai.errors import SaiError
     from sai.outputs import check_output_file, json_tag, write_atomic
-    from sai.runtime.validate import load_backends, parse_tolerances, validate
+    from sai.runtime.validate import (
+        load_backends,
+        load_image_batches,
+        load_input_feeds,
+        parse_tolerances,
+        validate,
+    )
 
     atol = parse_tolerances(args.atol, 1e-4, "--atol")
     rtol = parse_tolerances(args.rtol, 1e-3, "--rtol")
@@ -27,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
             raise SaiError(f"{flag} must be at least 1, got {value}")
     if not 0.0 <= args.mask_agreement <= 1.0:
         raise SaiError(f"--mask-agreement is a fraction in [0, 1], got {args.mask_agreement}")
+    if args.load_inputs and args.images:
+        raise SaiError("give --load-inputs or --images, not both")
     if args.report:  # before the slow work, so the report cannot be lost at the end
         check_output_file(args.report, "--report", create_parent=True, kind=REPORT_KIND, force=args.force)
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
@@ -36,11 +44,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         first = next(iter(engines.values()))
         shape = image_shape(args, first)
-        feeds = []
-        for it in range(args.iterations):
-            f = first.example_feeds(shape, seed=args.seed + it)
-            f.update(first.noise_for(shape))  # identical noise for every backend
-            feeds.append(f)
+        if args.load_inputs:
+            feeds = load_input_feeds(args.load_inputs, first)
+        elif args.images:
+            feeds = load_image_batches(args.images, first, shape)
+        else:
+            feeds = [first.example_feeds(shape, seed=args.seed + it) for it in range(args.iterations)]
+        for f in feeds:  # identical noise for every backend (a --load-inputs file may carry its own)
+            image = f.get(first.primary_input.name)
+            if image is not None:
+                f.update({k: v for k, v in first.noise_for(image.shape).items() if k not in f})
         report = validate(engines, feeds, atol=atol, rtol=rtol, mask_threshold=args.mask_agreement)
     finally:
         for e in engines.values():
@@ -64,7 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="minimum fraction of positions whose sampling decision (M > 0) agrees (default 0.999)")
     p.add_argument("--no-masks", action="store_true", help="compare the outputs only")
     add_image_shape_args(p, batch=2, shape_help="H,W or N,C,H,W (default: the export's example size at --batch)")
-    p.add_argument("--iterations", type=int, default=2, help="input sets to compare")
+    p.add_argument("--iterations", type=int, default=2,
+                   help="random input sets to compare (default 2; not used with --load-inputs / --images)")
+    p.add_argument("--load-inputs", metavar="FILE",
+                   help="compare on the feeds of a Polygraphy input file (JSON list of {name: array}, as written by "
+                        "polygraphy run --save-inputs and read by its --load-inputs) instead of random inputs")
+    p.add_argument("--images", metavar="DIR",
+                   help="compare on the .png/.jpg images of DIR: RGB, resized to --shape (default the export's "
+                        "example size), normalised as the model's input_norm says, in batches of --batch")
     add_threads_seed(p, threads_help=None, seed_help=None)
     p.add_argument("--report", help="write the full report as JSON (an existing file there is replaced only when it "
                                     "is an earlier validate report)")
