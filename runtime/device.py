@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sai.errors import SaiError
+from sai.errors import InputError, SaiError
 from sai.lazy import lazy_import
 
 # DLPack device types (dlpack.h)
@@ -38,13 +38,7 @@ KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
 CUDA_DEVICE_TYPES = (KDL_CUDA, KDL_CUDA_MANAGED)
 # DLPack dtype codes -> numpy kind
 _DL_KINDS = {0: "i", 1: "u", 2: "f", 6: "b"}
-LEGACY_STREAM, PER_THREAD_STREAM = 1, 2  # cudaStreamLegacy, cudaStreamPerThread
-
-
-def _input_error(msg: str):
-    from sai.runtime.engine import InputError
-
-    return InputError(msg)
+LEGACY_STREAM = 1  # cudaStreamLegacy
 
 
 @dataclass
@@ -104,15 +98,15 @@ def from_cuda_array_interface(value: Any, cai: dict) -> DeviceArray:
         dtype = np.dtype(cai["typestr"])
         ptr, readonly = cai["data"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise _input_error(f"malformed __cuda_array_interface__ ({exc}); expected shape, typestr, data") from None
+        raise InputError(f"malformed __cuda_array_interface__ ({exc}); expected shape, typestr, data") from None
     if cai.get("mask") is not None:
-        raise _input_error("masked __cuda_array_interface__ arrays are not supported")
+        raise InputError("masked __cuda_array_interface__ arrays are not supported")
     strides = cai.get("strides")
     elems = None
     if strides is not None:
         strides = tuple(int(s) for s in strides)
         if len(strides) != len(shape) or any(s % dtype.itemsize for s in strides):
-            raise _input_error(f"__cuda_array_interface__ strides {strides} do not fit shape {shape} of {dtype}")
+            raise InputError(f"__cuda_array_interface__ strides {strides} do not fit shape {shape} of {dtype}")
         elems = tuple(s // dtype.itemsize for s in strides)
         if _contiguous(shape, elems):
             elems = None
@@ -183,7 +177,7 @@ def parse_dlpack(capsule: Any) -> tuple[int, tuple[int, ...], np.dtype, tuple[in
     """``(ptr, shape, dtype, element strides, device_type, device_id, owner)`` of a ``dltensor`` capsule,
     which is consumed (renamed ``used_dltensor``; ``owner`` calls its deleter when released)."""
     if not _api.PyCapsule_IsValid(capsule, b"dltensor"):
-        raise _input_error("__dlpack__ did not return an unused 'dltensor' capsule")
+        raise InputError("__dlpack__ did not return an unused 'dltensor' capsule")
     managed = ctypes.cast(_api.PyCapsule_GetPointer(capsule, b"dltensor"), ctypes.POINTER(_DLManagedTensor))
     _api.PyCapsule_SetName(capsule, b"used_dltensor")
     owner = DLPackOwner(capsule, managed)
@@ -191,7 +185,7 @@ def parse_dlpack(capsule: Any) -> tuple[int, tuple[int, ...], np.dtype, tuple[in
     kind = _DL_KINDS.get(int(t.dtype.code))
     if kind is None or t.dtype.lanes != 1 or t.dtype.bits % 8:
         owner.release()
-        raise _input_error(f"DLPack dtype (code {t.dtype.code}, {t.dtype.bits} bits, {t.dtype.lanes} lanes) is not "
+        raise InputError(f"DLPack dtype (code {t.dtype.code}, {t.dtype.bits} bits, {t.dtype.lanes} lanes) is not "
                            "supported (bfloat16, complex and vector types are not)")
     dtype = np.dtype(f"{'?' if kind == 'b' else kind + str(t.dtype.bits // 8)}")
     shape = tuple(int(t.shape[i]) for i in range(t.ndim))
@@ -221,11 +215,11 @@ def from_dlpack(value: Any, stream: Optional[int] = None) -> DeviceArray:
         except TypeError:  # a producer without the stream keyword
             capsule = value.__dlpack__()
     except Exception as exc:  # e.g. torch: tensors that require grad
-        raise _input_error(f"cannot take the CUDA tensor through DLPack: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(f"cannot take the CUDA tensor through DLPack: {str(exc).splitlines()[0][:200]}") from None
     ptr, shape, dtype, strides, dev_type, dev_id, owner = parse_dlpack(capsule)
     if dev_type not in CUDA_DEVICE_TYPES:
         owner.release()
-        raise _input_error(f"DLPack device type {dev_type} is not a CUDA device")
+        raise InputError(f"DLPack device type {dev_type} is not a CUDA device")
     return DeviceArray(ptr, shape, dtype, None if _contiguous(shape, strides) else strides, dev_id,
                        stream, owner=(value, owner))
 
@@ -251,7 +245,7 @@ def as_device_array(value: Any, stream: Optional[int] = None) -> Optional[Device
     if isinstance(cai, dict):
         return from_cuda_array_interface(value, cai)
     if dev is not None and dev[0] == KDL_CUDA_HOST:
-        raise _input_error("pinned-host (kDLCUDAHost) DLPack tensors are not supported; pass a numpy array or "
+        raise InputError("pinned-host (kDLCUDAHost) DLPack tensors are not supported; pass a numpy array or "
                            "a CUDA tensor")
     return None
 

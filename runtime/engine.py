@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from sai.errors import SaiError
+from sai.errors import InputError, SaiError
 from sai.runtime.device import LEGACY_STREAM, DeviceArray, as_device_array, as_host_array
 from sai.runtime.labels import Prediction, topk
 from sai.runtime.preprocess import preprocess as _preprocess
@@ -27,10 +27,6 @@ from sai.runtime.preprocess import usable_norm, why_not_applied
 
 Dim = Union[int, str]
 Feeds = Union[np.ndarray, Mapping[str, Any]]
-
-
-class InputError(SaiError):
-    """A request's tensors do not fit the model (name, rank, shape, dtype). Servers answer 4xx."""
 
 
 class ProfileError(InputError):

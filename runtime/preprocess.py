@@ -27,21 +27,13 @@ from typing import Any, Optional
 import numpy as np
 
 try:
-    from sai.errors import SaiError
+    from sai.errors import InputError, SaiError
 except ImportError:  # inside a Triton python-backend model (see the module docstring)
-    SaiError = ValueError  # type: ignore[misc,assignment]
+    SaiError = InputError = ValueError  # type: ignore[misc,assignment]
 
 TRUSTED_SOURCES = ("checkpoint", "mmdetection config", "given")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
-
-
-def _input_error(msg: str) -> Exception:
-    try:
-        from sai.runtime.engine import InputError
-    except ImportError:  # inside a Triton python-backend model
-        return ValueError(msg)
-    return InputError(msg)
 
 
 def usable_norm(norm: Any) -> Optional[dict]:
@@ -82,14 +74,14 @@ def image_layout(shape: tuple[int, ...], channels: int, layout: Optional[str] = 
             raise SaiError(f"layout must be NCHW or NHWC, got {layout!r}")
     if len(shape) != 4:
         hint = " (add a batch axis: images[None])" if len(shape) == 3 else ""
-        raise _input_error(f"uint8 images must be a batch [N,C,H,W] or [N,H,W,C], got shape {list(shape)}{hint}")
+        raise InputError(f"uint8 images must be a batch [N,C,H,W] or [N,H,W,C], got shape {list(shape)}{hint}")
     fits = [lay for lay, dim in (("NCHW", 1), ("NHWC", 3)) if shape[dim] == channels]
     if layout is not None:
         if layout not in fits:
-            raise _input_error(f"uint8 images of shape {list(shape)} are not {layout} with {channels} channels")
+            raise InputError(f"uint8 images of shape {list(shape)} are not {layout} with {channels} channels")
         return layout
     if not fits:
-        raise _input_error(f"uint8 images of shape {list(shape)} have {channels} channels neither at dim 1 (NCHW) "
+        raise InputError(f"uint8 images of shape {list(shape)} have {channels} channels neither at dim 1 (NCHW) "
                          "nor at dim 3 (NHWC), as the model takes")
     return recorded if len(fits) == 2 and recorded in fits else fits[0]
 
@@ -100,7 +92,7 @@ def preprocess(images: Any, norm: Mapping[str, Any], channels: int, *, layout: O
     float32 NCHW input, normalised as ``norm`` says. ``table``: a cached ``pixel_table``."""
     x = np.asarray(images)
     if x.dtype != np.uint8:
-        raise _input_error(f"images must be uint8 to be normalised, got {x.dtype.name}")
+        raise InputError(f"images must be uint8 to be normalised, got {x.dtype.name}")
     lay = image_layout(x.shape, channels, layout, str(norm.get("layout", "NCHW")))
     if color is not None:
         color = str(color).upper()
@@ -125,7 +117,7 @@ def preprocess_torch(images, norm: Mapping[str, Any], channels: int, *, layout: 
 
     x = images
     if x.dtype != torch.uint8:
-        raise _input_error(f"images must be uint8 to be normalised, got {x.dtype}")
+        raise InputError(f"images must be uint8 to be normalised, got {x.dtype}")
     lay = image_layout(tuple(x.shape), channels, layout, str(norm.get("layout", "NCHW")))
     if color is not None and str(color).upper() not in COLORS:
         raise SaiError(f"color must be RGB or BGR, got {color!r}")

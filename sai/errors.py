@@ -15,6 +15,10 @@ class SaiError(Exception):
     """A user-facing error. The CLI prints its message on one line and exits non-zero."""
 
 
+class InputError(SaiError):
+    """A request's tensors do not fit the model (name, rank, shape, dtype). Servers answer 4xx."""
+
+
 class MissingDependencyError(SaiError):
     """An optional dependency (tensorrt, cuda-python, ...) is needed for this path."""
 
