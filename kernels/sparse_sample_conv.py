@@ -16,6 +16,7 @@ write zeros), so there is no im2col buffer, no memset and no host synchronisatio
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -164,17 +165,21 @@ def fp32_precision(value: Optional[str] = None) -> str:
 
 
 def pack_weight(weight: Tensor, groups: int) -> Tensor:
-    """``[Cout, Cin/g, kh, kw]`` -> contiguous ``[g, kh*kw, Cin/g, Cout/g]``, cached per weight version."""
+    """``[Cout, Cin/g, kh, kw]`` -> contiguous ``[g, kh*kw, Cin/g, Cout/g]``, cached per weight version.
+
+    An entry lives only as long as the weight tensor it was packed from (a weakref finalizer drops it):
+    a freed weight's address reused by a new tensor of the same shape must never hit the old packing."""
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype, weight.device, groups)
     hit = _packed.get(key)
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0]() is not None:
+        return hit[1]
     cout, cin_g, kh, kw = weight.shape
     packed = (weight.detach().reshape(groups, cout // groups, cin_g, kh * kw)
               .permute(0, 3, 2, 1).contiguous())
     if len(_packed) > 256:
         _packed.clear()
-    _packed[key] = packed
+    _packed[key] = (weakref.ref(weight), packed)
+    weakref.finalize(weight, _packed.pop, key, None)
     return packed
 
 

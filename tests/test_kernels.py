@@ -190,6 +190,26 @@ def test_weights_are_packed_once():
     assert pack_weight(weight, 2) is not first
 
 
+def test_packed_weights_die_with_their_weight():
+    """A freed weight's address reused by a new tensor of the same shape must not hit the old packing
+    (it returned stale packed weights): the cache entry goes with the tensor it was packed from."""
+    import gc
+    import importlib
+
+    ssc = importlib.import_module("sai.kernels.sparse_sample_conv")  # the module (the package rebinds the name)
+
+    weight = torch.randn(12, 3, 3, 3)
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype, weight.device, 2)
+    ssc.pack_weight(weight, 2)
+    assert key in ssc._packed
+    del weight
+    gc.collect()
+    assert key not in ssc._packed
+    other = torch.randn(12, 3, 3, 3)  # same shape: the allocator may hand out the same address
+    ref = other.reshape(2, 6, 3, 9).permute(0, 3, 2, 1)
+    torch.testing.assert_close(ssc.pack_weight(other, 2), ref, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # mask compaction
 # ----------------------------------------------------------------------------------------------
