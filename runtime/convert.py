@@ -237,7 +237,9 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                 "checkpoint": {"path": str(ck.resolve()), "sha256": loaded.sha256, "layout": info.get("layout")},
                 "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
                            "precision": precision, "opset": res.opset,
-                           "input_names": res.input_names, "output_names": res.output_names},
+                           "input_names": res.input_names, "output_names": res.output_names,
+                           # a profile asked for binds every backend; the default one only TensorRT engines
+                           "profile_given": any(v is not None for v in (min_shape, opt_shape, max_shape))},
                 "shapes": shapes,
                 "engine": {"built": built, "skip_reason": reason or "", "workspace": workspace,
                            "version_compatible": version_compatible,

@@ -128,7 +128,9 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
     (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``)."""
     r = resolve(path, backend, verify=verify)
     engine = _load(r, device, seed=seed, threads=threads, sampling=sampling, **options)
-    if r.backend == "tensorrt" or device == "tensorrt":  # an engine is built for its profile; nothing else is
+    # A TensorRT engine is built for its profile; onnxruntime and torch take any size unless convert was given one
+    given = bool(((r.manifest or {}).get("export") or {}).get("profile_given"))
+    if r.backend == "tensorrt" or device == "tensorrt" or given:
         prof = ((r.manifest or {}).get("shapes") or {}).get(engine.primary_input.name) or {}
         engine.set_profile(prof.get("min"), prof.get("max"))
     return engine

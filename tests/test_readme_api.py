@@ -74,8 +74,13 @@ def test_python_api_snippet_runs_as_written(work):
         exec(compile(code, "README.md (Python API)", "exec"), scope)
     finally:
         os.chdir(cwd)
+    import json
+
+    manifest = json.loads((work / "out" / "manifest.json").read_text())
+    assert manifest["export"]["profile_given"] is False  # the default profile binds only TensorRT engines
+    assert manifest["shapes"]["input"]["min"] == [1, 3, 224, 224]
     images = scope["images"]
-    assert images.dtype == np.uint8 and images.shape == (2, 3, 64, 64)  # below the default 224 profile
+    assert images.dtype == np.uint8 and images.shape == (2, 3, 64, 64)  # below that profile: onnxruntime runs it
     ref = _reference(work, images)
     np.testing.assert_allclose(scope["y"], ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scope["y2"], ref, rtol=1e-4, atol=1e-4)
