@@ -42,23 +42,19 @@ def one_node_mask(logit: Tensor, temperature: float, noise_u: Optional[Tensor], 
 
 @contextlib.contextmanager
 def mask_as_one_node(model: nn.Module) -> Iterator[None]:
-    """While active, the fused sparse blocks of ``model`` compute their masks through ``sampling_mask``
-    (their ``mask_fn``); each block's previous ``mask_fn`` comes back on exit."""
+    """While active, the fused sparse blocks of ``model`` compute their masks through ``sampling_mask``.
+
+    Through the blocks' public hook only (``mask_fn``, documented in ``sai.models.fuse``: set, then set back to
+    what it was, also when the export fails); no function of torch or sai is replaced."""
     blocks = [m for m in model.modules() if getattr(m, "fused", False) and getattr(m, "sparse", False)]
-    saved = [(blk, blk.__dict__.get("mask_fn", _ABSENT)) for blk in blocks]
+    saved = [(blk, blk.mask_fn) for blk in blocks]
     for blk in blocks:
         blk.mask_fn = one_node_mask
     try:
         yield
     finally:
         for blk, fn in saved:
-            if fn is _ABSENT:
-                del blk.mask_fn  # back to the class default
-            else:
-                blk.mask_fn = fn
-
-
-_ABSENT = object()
+            blk.mask_fn = fn
 
 
 def translate_sampling_mask(logit, noise, temperature, grid_interval):

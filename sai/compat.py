@@ -8,6 +8,10 @@ an installed version no longer has the private attribute, and checks that both p
 - ``skip_noop_onnx_decomposition``: torch's dynamo ONNX exporter
   (``torch.onnx._internal.exporter._fx_passes.decompose_with_registry`` and ``_decomp``).
   Fallback: the exporter's own decomposition re-trace (identical graph, ~40% more export time).
+  The only way with torch 2.13 (the pinned version): ``torch.onnx.export(dynamo=True)`` has no public option
+  to skip ``run_decompositions``, so the hook is swapped for the export only and put back.
+  ``tests/test_compat.py::test_the_decomposition_hook_is_still_needed`` fails once a torch stops
+  re-tracing such graphs by itself: then this entry goes.
 - ``is_batchnorm``: ``torch.nn.modules.batchnorm._BatchNorm``, the base of every BatchNorm class.
   Fallback: the public classes ``BatchNorm1d/2d/3d``, ``SyncBatchNorm`` and the lazy ones.
 """

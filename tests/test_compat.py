@@ -99,3 +99,47 @@ def test_is_batchnorm_private_and_public_agree():
     for m in mods:
         assert compat.is_batchnorm(m) == compat.is_batchnorm(m, private=False), type(m).__name__
     assert [compat.is_batchnorm(m) for m in mods] == [True] * 5 + [False] * 4
+
+
+def test_the_decomposition_hook_is_still_needed(monkeypatch):
+    """The reason for the private hook in this torch (sai/compat.py, pinned torch 2.13): torch.onnx.export re-traces
+    (``ExportedProgram.run_decompositions``) even a graph it would leave unchanged. This fails when a torch no longer
+    does (then drop ``skip_noop_onnx_decomposition`` and its PRIVATE_APIS entries) or when the hook stops skipping."""
+    calls = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = (torch.randn(1, 3, 8, 8),)
+    torch.onnx.export(model, x, dynamo=True, optimize=False, verbose=False)
+    plain = len(calls)
+    assert plain > 0, (f"torch {torch.__version__} no longer re-traces a graph with nothing to decompose: "
+                       "sai.compat.skip_noop_onnx_decomposition is not needed any more; remove it")
+    calls.clear()
+    with compat.skip_noop_onnx_decomposition() as active:
+        torch.onnx.export(model, x, dynamo=True, optimize=False, verbose=False)
+    assert active and len(calls) < plain, "the hook no longer skips the re-trace"
+
+
+def test_export_sets_the_fused_blocks_mask_hook_and_sets_it_back():
+    """sai.exporter.maskop goes through the fused blocks' public ``mask_fn`` hook: the one-node mask while the
+    block is active, each block's own value afterwards, also when the export inside fails."""
+    from sai.exporter.maskop import mask_as_one_node, one_node_mask
+    from sai.models import build_model, fuse_for_inference
+
+    model = fuse_for_inference(build_model("sparse_resnet18", base_width=4, num_classes=3).eval())
+    blocks = [m for m in model.modules() if getattr(m, "fused", False) and getattr(m, "sparse", False)]
+    assert len(blocks) == 8
+
+    def own(logit, temperature, noise_u, grid_interval):
+        raise AssertionError("not called here")
+
+    blocks[0].mask_fn = own
+    with pytest.raises(RuntimeError, match="export failed"), mask_as_one_node(model):
+        assert all(b.mask_fn is one_node_mask for b in blocks)
+        raise RuntimeError("export failed")
+    assert blocks[0].mask_fn is own and all(b.mask_fn is None for b in blocks[1:])
