@@ -229,3 +229,9 @@ def test_export_triton_fuses_an_outdir_without_the_fused_file(copy, tmp_path, ca
     assert _ops(model)["sai::SparseBlock"] == 8
     x = _inputs()[0]
     np.testing.assert_allclose(_with_library(model, LIB, x), _portable(copy / "model.onnx", x), atol=2e-4, rtol=1e-4)
+
+
+def test_info_names_the_fused_model(out, capsys):
+    assert main(["info", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fused cpu"))
+    assert FUSED in line and f"{_ops(out / FUSED)['sai::SparseBlock']} sai::SparseBlock nodes" in line

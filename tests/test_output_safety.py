@@ -211,7 +211,8 @@ def test_convert_never_touches_a_foreign_folder(fast_export, tmp_path, capsys, s
     rc, _, err = run_cli(capsys, "convert", CKPT, "-o", folder, "-q", "--force", *SHAPE)
     assert rc == 0, err
     assert "--force" in err and "deleted" in err
-    assert sorted(p.name for p in folder.iterdir()) == [MARKER_NAME, "manifest.json", "model.onnx", "model.trt.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER_NAME, "manifest.json", "model.cpu-fused.onnx",
+                                                        "model.onnx", "model.trt.onnx"]
     assert foreign_reason(folder, "sai convert") is None
     assert snapshot(outside) == before_out and leftovers(tmp_path) == []
 
@@ -243,7 +244,7 @@ def test_second_convert_replaces_its_own_output(fast_export, tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["shapes"]["input"]["opt"] == [2, 3, 64, 64]
     marker = json.loads((out / MARKER_NAME).read_text())
     assert marker["format"] == "sai-output/1" and marker["command"] == "sai convert"
-    assert sorted(marker["entries"]) == ["manifest.json", "model.onnx", "model.trt.onnx"]
+    assert sorted(marker["entries"]) == ["manifest.json", "model.cpu-fused.onnx", "model.onnx", "model.trt.onnx"]
     # the user edits a file sai wrote, or drops one in: no longer provably sai's, so refused
     (out / "notes.txt").write_text("my notes")
     before = snapshot(out)

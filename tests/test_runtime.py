@@ -61,8 +61,8 @@ def test_convert_outdir_files_manifest_and_skip_line(outdir, tmp_path_factory):
     lines = [ln for ln in info["stdout"].splitlines() if ln.startswith("engine skipped")]
     assert len(lines) == 1 and "model.plan not written" in lines[0]
     assert "[1/4]" in info["stderr"] and "[4/4]" in info["stderr"]
-    assert sorted(p.name for p in outdir.iterdir()) == [".sai-output.json", "manifest.json", "model.onnx",
-                                                        "model.trt.onnx"]
+    assert sorted(p.name for p in outdir.iterdir()) == [".sai-output.json", "manifest.json", "model.cpu-fused.onnx",
+                                                        "model.onnx", "model.trt.onnx"]
     man = json.loads((outdir / "manifest.json").read_text())
     for name, entry in man["files"].items():
         data = (outdir / name).read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from sai.cli.options import add_no_verify
 
@@ -96,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_verify:  # an OUTDIR, or a model file inside one: its files must match the manifest
         verify_model_path(args.model)
     info = describe(os.path.join(args.model, ONNX_NAME) if os.path.isdir(args.model) else args.model)
+    if os.path.isdir(args.model):  # the fused CPU model sai convert wrote beside model.onnx, if any
+        from sai.runtime.loader import read_manifest
+
+        fused = (read_manifest(Path(args.model)) or {}).get("fused") or {}
+        info["fused_cpu_model"] = fused if fused.get("file") else None
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -122,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     print("sparse ops  " + ", ".join(f"{k} x{v}" for k, v in info["sparse_ops"].items())
           + f"  ({info['nodes']} nodes)")
     print("functions   " + (", ".join(info["local_functions"]) or "none (custom nodes need the sai plugins)"))
+    fused = info.get("fused_cpu_model")
+    if fused:
+        print(f"fused cpu   {fused['file']}: {fused.get('blocks')} sai::SparseBlock nodes, runs only with "
+              f"{fused.get('library')} registered")
     print(f"blocks      {len(info['blocks'])}")
     for name, c in info["blocks"].items():
         print(f"  {name:<12} " + ", ".join(f"{k} x{v}" for k, v in c.items()))
