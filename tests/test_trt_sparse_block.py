@@ -48,14 +48,20 @@ def test_glue_harness(tmp_path):
         pytest.skip("no TensorRT headers: set TENSORRT_ROOT or TRT_INCLUDE_DIR to build and test the plugin glue")
     if shutil.which("g++") is None:
         pytest.skip("needs g++")
+    from test_trt_launch import _kernels_dir
+
     from sai.kernels import aot
 
+    kdir = _kernels_dir(tmp_path)  # the launch code includes the generated typed launchers
     exe = tmp_path / "sparse_block_harness"
     srcs = [PLUGINS / "tests" / "sparse_block_harness.cpp", PLUGINS / "sparseBlock" / "sparseBlockPlugin.cpp",
-            PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp", PLUGINS / "common" / "saiPluginCommon.cpp"]
+            PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp", PLUGINS / "common" / "saiPluginCommon.cpp",
+            PLUGINS / "common" / "saiTritonLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
+            kdir / "sai_kernels_embedded.cpp"]
     cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations",
            "-isystem", str(inc), "-isystem", str(aot.cuda_include_dir()), f"-I{PLUGINS / 'common'}",
-           f"-I{PLUGINS / 'sparseBlock'}", *map(str, srcs), "-o", str(exe)]
+           f"-I{PLUGINS / 'sparseBlock'}", f"-I{aot.LAUNCHER_DIR}", f"-I{kdir}", *map(str, srcs), "-o", str(exe),
+           "-ldl"]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)

@@ -8,21 +8,27 @@
  * SaiBlockParams holds one node's geometry and attributes; saiBlockFinalize derives the map sizes and
  * checks what the kernels are built for; sparseBlockWorkspaceSize is the device workspace one run
  * carves (256-byte aligned pieces, in this order):
- *   masks   fp32 [P1 + P2]        m1 then m2 (P1 = N*H1*W1, P2 = N*H2*W2)
- *   idx     int32 [P1 + P2]       the two partitions (active positions first)
- *   cnt     int32 [4]             the published counts
+ *   m1, m2  fp32 [P1], [P2]       the masks (P1 = N*H1*W1, P2 = N*H2*W2)
+ *   idx1/2  int32 [P1], [P2]      the two partitions (active positions first)
+ *   cnt     int32                 the published counts: m1's at +0, m2's at +32 (each 16-byte aligned,
+ *                                 as the conv builds assume of cnt_ptr)
  *   a       X's type [P1 * Cm]    conv1 (NHWC), then Interpolate(a, m1) in a second buffer
  *   ai      X's type [P1 * Cm]
  *   off     X's type [P2 * 18]    the offsets of a deformable conv2 (DCN only)
  *   b       X's type [P2 * Cb]    conv2 (conv3's input in a Bottleneck)
  *   c       X's type [P2 * Cout]  conv3 (Bottleneck only)
  *   scratch fp32                  the separable Interpolate's per-program rows (the larger of its two
- *                                 launches): nprog * HRP * TW * (BC + 1)
+ *                                 launches, each with its build's BC): nprog * HRP * TW * (BC + 1)
  *
- * The launch sequence SparseBlockRunner is to issue (the one of sai.kernels.sparse_block.sparse_block):
- *   block_masks, conv1 (sparse_conv k1|k3 relu), block_interp, [conv offsets (k3)], conv2 (k3 [deform]
- *   [relu]), [conv3 (k1)], block_tail | block_tail_down: 6 launches per Bottleneck, 7 with DCN,
- *   BasicBlock 5 / 6; the mask kernel's counters (int32 [8]) persist in device memory the runner owns.
+ * SparseBlockRunner::run issues the launch sequence of sai.kernels.sparse_block.sparse_block, with the
+ * mask kernel launched once per mask (block_masks_kernel with NB1 = NPROG for m1, NB1 = 0 and
+ * H1 = W1 = 0 for m2: each partition and count then starts on a 16-byte boundary, which the conv builds
+ * assume of idx_ptr / cnt_ptr; one launch would put m2's at idx + 4 * P1 and cnt + 8):
+ *   block_masks (m1), block_masks (m2), conv1 (sparse_conv k1|k3 relu), block_interp, [conv offsets
+ *   (any build: 18 channels)], conv2 (k3 [deform] [relu]), [conv3 (k1)], block_tail | block_tail_down:
+ *   7 launches per Bottleneck, 8 with DCN, BasicBlock 6 / 7. The weights are packed (copy4d) once per
+ * W addresses and CUDA context into a device buffer the runner owns, which also holds the mask kernel's
+ * persistent counters (int32 [8], zeroed once; the kernel leaves them zero) and the zero biases.
  */
 #ifndef SAI_TRT_PLUGINS_SPARSE_BLOCK_KERNEL_H
 #define SAI_TRT_PLUGINS_SPARSE_BLOCK_KERNEL_H
@@ -44,6 +50,8 @@ constexpr int32_t kSAI_BLOCK_TH = 8;
 constexpr int32_t kSAI_BLOCK_TW = 8;
 constexpr int32_t kSAI_BLOCK_HRP = 16;
 constexpr int32_t kSAI_BLOCK_BC = 128;
+//! BC of the fp32 block_interp builds and of every block_tail / block_tail_down build.
+constexpr int32_t kSAI_BLOCK_BC_SMALL = 64;
 //! A deformable conv2: one offset group, 2 * 3 * 3 offset channels.
 constexpr int32_t kSAI_BLOCK_OFFSET_CHANNELS = 18;
 
@@ -117,8 +125,19 @@ public:
     SparseBlockRunner& operator=(SparseBlockRunner const&) = delete;
 
     //! Runs the block on `stream`. A failed run returns its cudaError_t; saiLastLaunchError() says why.
+    //! The first run (and one after a W address or the context changed) allocates, packs the weights and
+    //! waits for them: it must not be inside a CUDA graph capture (it refuses there).
     cudaError_t run(SaiBlockParams const& p, SaiDataType type, SaiBlockBuffers const& buffers, void* workspace,
         size_t workspaceSize, cudaStream_t stream) noexcept;
+
+    //! How often builds were chosen and resolved (spec strings, image scan) and weights packed.
+    int64_t prepares() const noexcept;
+    int64_t packs() const noexcept;
+
+    struct State;
+
+private:
+    State* mState;
 };
 
 } // namespace sai

@@ -15,10 +15,14 @@
  *
  *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
  *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...] [N2=...] [share=1] [clones=K]
+ *   launch_recorder op=block ... (built with -DSAI_RECORD_BLOCK and sparseBlockLaunch.cpp: SparseBlockRunner)
  */
 #include "interpolateKernel.h"
 #include "saiTritonLaunch.h"
 #include "sparseSampleConvKernel.h"
+#ifdef SAI_RECORD_BLOCK // op=block (tests/test_trt_sparse_block_launch.py): SparseBlockRunner as well
+#include "sparseBlockKernel.h"
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -415,6 +419,75 @@ int main(int argc, char** argv)
         gCounting = false;
         return c;
     };
+#ifdef SAI_RECORD_BLOCK
+    if (str("op") == "block")
+    {
+        sai::SaiBlockParams p;
+        p.N = static_cast<int32_t>(num("N"));
+        p.C = static_cast<int32_t>(num("C"));
+        p.H = static_cast<int32_t>(num("H"));
+        p.W = static_cast<int32_t>(num("W"));
+        p.Cm = static_cast<int32_t>(num("Cm"));
+        p.ka = static_cast<int32_t>(num("ka"));
+        p.Cb = static_cast<int32_t>(num("Cb"));
+        p.Cout = static_cast<int32_t>(num("Cout"));
+        p.hasConv3 = num("wc") >= 0;
+        p.hasDown = num("wd") >= 0;
+        p.deform = num("wo") >= 0;
+        p.stochastic = num("u1") >= 0;
+        p.reluB = num("reluB") != 0;
+        p.strideA = static_cast<int32_t>(num("sa"));
+        p.strideB = static_cast<int32_t>(num("sb"));
+        p.downStride = p.strideA * p.strideB;
+        p.offsetStride = p.downStride;
+        p.maskStride1 = p.strideA;
+        p.maskStride2 = p.downStride;
+        p.gridInterval = static_cast<int32_t>(num("grid"));
+        p.sigma1 = std::strtof(str("sigma1").c_str(), nullptr);
+        p.sigma2 = std::strtof(str("sigma2").c_str(), nullptr);
+        p.eps = std::strtof(str("eps").c_str(), nullptr);
+        p.temperature = std::strtof(str("temp").c_str(), nullptr);
+        if (char const* why = sai::saiBlockFinalize(p))
+        {
+            std::printf("{\"error\": \"%s\"}\n", why);
+            return 2;
+        }
+        sai::SaiBlockBuffers b;
+        b.x = at("x");
+        b.maskWeight = at("mw");
+        b.maskBias = at("mb");
+        b.wa = at("wa");
+        b.ba = at("ba");
+        b.wb = at("wb");
+        b.bb = at("bb");
+        b.wc = at("wc");
+        b.tailBias = at("tb");
+        b.wd = at("wd");
+        b.bd = at("bd");
+        b.wo = at("wo");
+        b.bo = at("bo");
+        b.noise1 = at("u1");
+        b.noise2 = at("u2");
+        b.y = at("y");
+        b.xLayout = sai::saiTensorLayout(layout(str("xl")), t, p.C, p.H, p.W);
+        b.yLayout = sai::saiTensorLayout(layout(str("xl")), t, p.Cout, p.H2, p.W2);
+        ws = sai::sparseBlockWorkspaceSize(p, t);
+        gDeviceNext = static_cast<uint64_t>(num("ws") < 0 ? 0 : num("ws")) + (ws + 255) / 256 * 256;
+        sai::SparseBlockRunner runner;
+        for (int i = 0; i < runs && err == cudaSuccess; ++i)
+        {
+            size_t const opsBefore = gOps.size();
+            int64_t prepares = runner.prepares(), packs = runner.packs();
+            RunCounts c = measure([&] { return runner.run(p, t, b, at("ws"), ws, nullptr); }, prepares, packs);
+            std::string ops = gOps.substr(opsBefore);
+            if (ops.rfind(",\n  ", 0) == 0)
+                ops = ops.substr(4);
+            runJson.push_back("{" + countsJson(c, sai::kernels::launcherStats(), runner.prepares(), runner.packs())
+                + ", \"ops\": [\n  " + ops + "]}");
+        }
+    }
+    else
+#endif
     if (str("op") == "conv")
     {
         sai::SaiConvParams p;
