@@ -9,7 +9,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sai.constants import DOMAIN, DOMAIN_VERSION, INTERPOLATE, PLUGIN_ATTRIBUTES, SPARSE_SAMPLE_CONV
+from sai.constants import (
+    DEFAULT_OPSET,
+    DOMAIN,
+    DOMAIN_VERSION,
+    INTERPOLATE,
+    PLUGIN_ATTRIBUTES,
+    SPARSE_SAMPLE_CONV,
+)
 from sai.exporter.functions import attach_functions
 
 IR_VERSION = 10  # onnxruntime 1.31 reads up to 13; function overloads need 10
@@ -32,7 +39,7 @@ def sparse_sample_conv_model(
     group: int = 1,
     activation: str = "none",
     body: str = "sparse",
-    opset: int = 21,
+    opset: int = DEFAULT_OPSET,
 ) -> onnx.ModelProto:
     """``Y = SparseSampleConv(X, M, W [, B])`` with dynamic N/H/W and the local functions of ``body``."""
     cout, cin_g = int(weight.shape[0]), int(weight.shape[1])
@@ -65,7 +72,7 @@ def deform_sparse_sample_conv_model(
     activation: str = "none",
     body: str = "sparse",
     deform_body: Optional[str] = None,
-    opset: int = 21,
+    opset: int = DEFAULT_OPSET,
 ) -> onnx.ModelProto:
     """``Y = SparseSampleConv(X, M, W, B, Offset)`` (deformable, overload ``deform``) with dynamic N/H/W,
     ``Offset`` a graph input and the local functions of ``body`` / ``deform_body`` (``all_functions``).
@@ -89,7 +96,7 @@ def deform_sparse_sample_conv_model(
 
 def interpolate_model(
     channels: int, sigma: float, *, kernel_size: int = 7, eps: float = 1e-5, body: str = "sparse",
-    opset: int = 21,
+    opset: int = DEFAULT_OPSET,
 ) -> onnx.ModelProto:
     """``Y = Interpolate(F, M)`` with dynamic N/H/W and the local function of ``body``."""
     f = helper.make_tensor_value_info("F", TensorProto.FLOAT, ["N", channels, "H", "W"])
@@ -105,7 +112,7 @@ def interpolate_model(
 
 
 def conv_mul_model(weight: np.ndarray, bias: Optional[np.ndarray] = None, *, pads=(1, 1, 1, 1),
-                   activation: str = "relu", opset: int = 21) -> onnx.ModelProto:
+                   activation: str = "relu", opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The dense baseline: ``Conv`` (+ ``Relu``) then ``Mul`` by ``Cast(M > 0)``."""
     cout, cin = int(weight.shape[0]), int(weight.shape[1])
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin, "H", "W"])

@@ -12,8 +12,6 @@ from typing import Any
 
 from sai.errors import SaiError
 
-DECIDED = ("head", "num_classes", "dcn_stages", "base_width")
-
 
 def _describe(src) -> str:
     from sai.models.checkpoint import describe_source

@@ -21,13 +21,12 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from sai.constants import PLUGIN_ATTRIBUTES, PRECISIONS, TARGETS
+from sai.constants import DEFAULT_OPSET, PLUGIN_ATTRIBUTES, PRECISIONS, TARGETS
 from sai.errors import SaiError, first_line
 from sai.exporter import functions, graph, metadata
 from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 from sai.shapes import parse_shape
 
-DEFAULT_OPSET = 21
 MAX_OPSET = 23  # newest opset onnxruntime 1.31 and the dynamo exporter both handle
 DYNAMIC_AXES = ("batch", "hw")
 FOLD_SIZE_LIMIT = 1 << 20  # elements

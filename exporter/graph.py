@@ -11,7 +11,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sai.exporter.functions import DEFORM_OVERLOAD, DOMAIN, INTERP, OP_TYPES, POINTWISE_OVERLOAD, SSC
+from sai.constants import DEFORM_OVERLOAD, DOMAIN, OP_TYPES, POINTWISE_OVERLOAD
+from sai.constants import INTERPOLATE as INTERP
+from sai.constants import SPARSE_SAMPLE_CONV as SSC
 
 _BLOCK_RE = re.compile(r"(^|\.)layer\d+\.\d+$")
 _SHORT = {SSC: "ssc", INTERP: "interp"}
@@ -56,17 +58,7 @@ def fix_custom_nodes(model: onnx.ModelProto) -> OrderedDict[str, dict[str, int]]
     for node in custom_nodes(model):
         if node.op_type == SSC:
             if len(node.input) > 3 and node.input[3] == "":
-                w = inits.get(node.input[2])
-                if w is None:
-                    raise RuntimeError(f"{node.name}: weight {node.input[2]} is not an initializer")
-                cout = int(w.dims[0])
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
-                name = f"{node.input[2]}.zero_bias"
-                if name not in inits:
-                    t = numpy_helper.from_array(np.zeros([cout], dtype=dtype), name)
-                    graph.initializer.append(t)
-                    inits[name] = t
-                node.input[3] = name
+                node.input[3] = _zero_bias(graph, inits, node)
             node.overload = DEFORM_OVERLOAD if len(node.input) == 5 else ""
         if any(i == "" for i in node.input):
             raise RuntimeError(f"custom node {node.name} has an empty input name: {list(node.input)}")
@@ -82,22 +74,26 @@ def fix_custom_nodes(model: onnx.ModelProto) -> OrderedDict[str, dict[str, int]]
     return blocks
 
 
+def _zero_bias(graph: onnx.GraphProto, inits: dict, node: onnx.NodeProto) -> str:
+    """The name of a zero bias [Cout] in the weight's dtype for SparseSampleConv ``node`` (one per weight,
+    added to ``graph`` and ``inits`` the first time)."""
+    w = inits.get(node.input[2])
+    if w is None:
+        raise RuntimeError(f"{node.name}: weight {node.input[2]} is not an initializer")
+    name = f"{node.input[2]}.zero_bias"
+    if name not in inits:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
+        inits[name] = numpy_helper.from_array(np.zeros([int(w.dims[0])], dtype=dtype), name)
+        graph.initializer.append(inits[name])
+    return name
+
+
 def fill_missing_bias(model: onnx.ModelProto) -> None:
     """Give 3-input SparseSampleConv nodes a zero bias (the sparse bodies add B to their rows)."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
     for node in custom_nodes(model):
-        if node.op_type != SSC or len(node.input) != 3:
-            continue
-        w = inits.get(node.input[2])
-        if w is None:
-            raise RuntimeError(f"{node.name}: weight {node.input[2]} is not an initializer")
-        name = f"{node.input[2]}.zero_bias"
-        if name not in inits:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
-            inits[name] = numpy_helper.from_array(np.zeros([int(w.dims[0])], dtype=dtype), name)
-            graph.initializer.append(inits[name])
-        node.input.append(name)
+        if node.op_type == SSC and len(node.input) == 3:
+            node.input.append(_zero_bias(model.graph, inits, node))
 
 
 def _is_pointwise(node: onnx.NodeProto) -> bool:
@@ -141,27 +137,6 @@ def ensure_opset_import(model: onnx.ModelProto, domain: str, version: int) -> No
             imp.version = version
             return
     model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-
-
-def rename_value(model: onnx.ModelProto, old: str, new: str) -> None:
-    """Rename a graph value everywhere (inputs, outputs, node inputs/outputs, value_info)."""
-    if old == new:
-        return
-    g = model.graph
-    for coll in (g.input, g.output, g.value_info):
-        for vi in coll:
-            if vi.name == old:
-                vi.name = new
-    for t in g.initializer:
-        if t.name == old:
-            t.name = new
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
 
 
 def split_mask_convs(model: onnx.ModelProto, matmul: bool = False) -> int:

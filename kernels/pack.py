@@ -8,16 +8,13 @@ order of ``sparse_conv_kernel`` at the first enqueue of each plugin instance in 
 are plugin inputs there, engine constants in every model sai exports; later enqueues reuse the copy):
 view W as ``[g, Cout/g, Cin/g, tap]`` with strides ``(Cout/g*Cin/g*T, Cin/g*T, T, 1)`` and write it
 with strides ``(T*Cin/g*Cout/g, 1, Cout/g, Cin/g*Cout/g)``. In Python, ``pack_weight`` does the same
-with torch; ``copy4d`` here runs the kernel (tests, and any caller that wants the device copy).
+with torch; tests/test_trt_launch.py replays the plugins' recorded ``copy4d_b16/b32`` launches of this kernel.
 """
 
 from __future__ import annotations
 
-import torch
-import triton
 import triton.language as tl
 
-from sai.errors import SaiError
 from sai.kernels._jit import kernel
 
 BLOCK = 1024
@@ -41,21 +38,3 @@ def copy4d_kernel(
     v = tl.load(src_ptr + i0 * ss0 + i1 * ss1 + i2 * ss2 + i3 * ss3, mask=valid)
     tl.store(dst_ptr + i0 * sd0 + i1 * sd1 + i2 * sd2 + i3 * sd3, v, mask=valid)
 
-
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def copy4d(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``dst.copy_(src)`` for 4-D tensors of one shape and element size, any strides, on the device."""
-    if src.dim() != 4 or dst.dim() != 4 or tuple(src.shape) != tuple(dst.shape):
-        raise SaiError(f"copy4d: src and dst must be 4-D of one shape, got {list(src.shape)} and {list(dst.shape)}")
-    if src.element_size() != dst.element_size() or src.element_size() not in _BITS:
-        raise SaiError(f"copy4d: element sizes must match (1, 2, 4 or 8 bytes), got {src.dtype} and {dst.dtype}")
-    total = src.numel()
-    if total == 0:
-        return dst
-    bits = _BITS[src.element_size()]
-    d0, d1, d2, d3 = src.shape
-    copy4d_kernel.on(src.device)[(triton.cdiv(total, BLOCK),)](
-        src.view(bits), dst.view(bits), total, d1, d2, d3, *src.stride(), *dst.stride(), BLOCK=BLOCK)
-    return dst

@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from sai.constants import TORCH_PRECISIONS
 from sai.errors import SaiError
 from sai.lazy import lazy_import
 from sai.runtime.device import DeviceArray
@@ -70,8 +71,9 @@ class TorchEngine(Engine):
             raise SaiError("torch has no CUDA device here; use --device cpu (this torch build is CPU-only)")
         if threads:
             torch.set_num_threads(int(threads))
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise SaiError(f"torch precision must be fp32, fp16 or bf16, got {precision!r}")
+        if precision not in TORCH_PRECISIONS:
+            raise SaiError(f"torch precision must be {', '.join(TORCH_PRECISIONS[:-1])} or {TORCH_PRECISIONS[-1]}, "
+                           f"got {precision!r}")
         if cuda_graphs and not str(device).startswith("cuda"):
             raise SaiError("CUDA graphs need --device cuda (they capture GPU work)")
         model = model.eval()

@@ -14,6 +14,9 @@ DOMAIN_VERSION = 1
 SPARSE_SAMPLE_CONV = "SparseSampleConv"
 INTERPOLATE = "Interpolate"
 OP_TYPES = (SPARSE_SAMPLE_CONV, INTERPOLATE)
+# SparseSampleConv's function overloads (a node picks its body by ``overload``; "" is the plain body)
+DEFORM_OVERLOAD = "deform"
+POINTWISE_OVERLOAD = "pointwise"  # sparse body only: 1x1 kernel, zero pads, one group
 # A whole sparse block: an op of libsai_ort_ops.so only, put in by sai.runtime.ort_fuse (never exported)
 SPARSE_BLOCK = "SparseBlock"
 
@@ -39,9 +42,10 @@ TARGETS = ("portable", "tensorrt", "onnx-native")
 BODIES = ("sparse", "dense")
 DCN_OFFSET_FROM = ("input", "conv1")  # what a DCN offset conv reads: the block input (SAI-Det) or conv1's output
 FLOPS_INPUT_RULES = ("auto", "detection", "classification")  # the official calculator's input size rule
+DEFAULT_OPSET = 21  # the ONNX opset sai exports by default (MIN_OPSET of sai.exporter.functions .. MAX_OPSET)
 
 __all__ = [
-    "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "KERNELS_MANIFEST_MARKER", "OP_TYPES", "ORT_DEVICES",
-    "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PRECISIONS", "SAMPLING_MODES", "TORCH_PRECISIONS",
+    "BACKENDS", "BODIES", "DCN_OFFSET_FROM", "DEFAULT_OPSET", "DEFORM_OVERLOAD", "DOMAIN", "FLOPS_INPUT_RULES", "DOMAIN_VERSION", "HEADS", "INTERPOLATE", "KERNELS_MANIFEST_MARKER", "OP_TYPES", "ORT_DEVICES",
+    "PLUGIN_ATTRIBUTES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "POINTWISE_OVERLOAD", "PRECISIONS", "SAMPLING_MODES", "TORCH_PRECISIONS",
     "SPARSE_SAMPLE_CONV", "TARGETS", "TORCH_DEVICES",
 ]

@@ -36,10 +36,9 @@ OP_TYPES = (SSC, INTERP)
 from sai.constants import BODIES  # noqa: E402  (one list of the bodies, the CLI's choices)
 
 DEFORM_BODIES = ("dense", "sparse")  # the deformable overload's body, chosen apart from ``body``
-DEFAULT_DEFORM_BODY = {"dense": "dense", "sparse": "sparse"}
 
 __all__ = [
-    "BODIES", "DEFAULT_DEFORM_BODY", "DEFORM_BODIES", "DEFORM_OVERLOAD", "DOMAIN", "DOMAIN_VERSION",
+    "BODIES", "DEFORM_BODIES", "DEFORM_OVERLOAD", "DOMAIN", "DOMAIN_VERSION",
     "INTERP", "MIN_OPSET", "OP_TYPES", "POINTWISE_OVERLOAD", "SSC", "all_functions", "attach_functions",
     "inline_functions", "interpolate", "sparse_sample_conv", "strip_functions",
 ]
@@ -53,14 +52,14 @@ def all_functions(opset: int, body: str = "dense", channels: bool = True,
     ``sparse``: SparseSampleConv gathers only the rows with M > 0 (``sparse_sample_conv.
     sparse_function``); Interpolate as a depthwise Conv when the nodes carry ``channels``
     (``channels=False``: separable 1-channel convs). ``deform_body`` (``DEFORM_BODIES``; default
-    ``DEFAULT_DEFORM_BODY[body]``, i.e. the same kind as ``body``) picks the deformable overload:
+    the same kind as ``body``) picks the deformable overload:
     ``dense`` DeformConv then mask, or ``sparse`` (bilinear corner gathers + MatMul at M > 0; faster
     than DeformConv below about half density: docs/benchmarks.md has the measured numbers). So the
     sparse body is the deformable default of ``body="sparse"``.
     """
     if body not in BODIES:
         raise ValueError(f"body must be one of {BODIES}, got {body!r}")
-    deform_body = DEFAULT_DEFORM_BODY[body] if deform_body is None else deform_body
+    deform_body = body if deform_body is None else deform_body
     if deform_body not in DEFORM_BODIES:
         raise ValueError(f"deform_body must be one of {DEFORM_BODIES}, got {deform_body!r}")
     ssc = sparse_sample_conv

@@ -37,13 +37,17 @@ from onnx import FunctionProto, TensorProto
 from onnxscript import opset19 as op
 from onnxscript import script
 
-from sai.constants import PLUGIN_NAMESPACE, PLUGIN_VERSION, SPARSE_SAMPLE_CONV
+from sai.constants import (
+    DEFORM_OVERLOAD,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    POINTWISE_OVERLOAD,
+    SPARSE_SAMPLE_CONV,
+)
 
 from ._script import HELPERS, SAI, function_proto
 
 NAME = SPARSE_SAMPLE_CONV
-DEFORM_OVERLOAD = "deform"
-POINTWISE_OVERLOAD = "pointwise"  # sparse body only: 1x1 kernel, zero pads, one group
 
 # ---------------------------------------------------------------------------- shared fragments
 
