@@ -55,7 +55,8 @@ def test_glue_harness(tmp_path):
     kdir = _kernels_dir(tmp_path)  # the launch code includes the generated typed launchers
     exe = tmp_path / "sparse_block_harness"
     srcs = [PLUGINS / "tests" / "sparse_block_harness.cpp", PLUGINS / "sparseBlock" / "sparseBlockPlugin.cpp",
-            PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp", PLUGINS / "common" / "saiPluginCommon.cpp",
+            PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp", PLUGINS / "sparseBlock" / "sparseBlockRunner.cpp",
+            PLUGINS / "common" / "saiPluginCommon.cpp",
             PLUGINS / "common" / "saiTritonLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
             kdir / "sai_kernels_embedded.cpp"]
     cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations",

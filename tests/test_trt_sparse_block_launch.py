@@ -39,6 +39,7 @@ def block_recorder(tmp_path_factory):
     srcs = [PLUGINS / "tests" / "launch_recorder.cpp", PLUGINS / "common" / "saiTritonLaunch.cpp",
             PLUGINS / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
             PLUGINS / "interpolate" / "interpolateLaunch.cpp", PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp",
+            PLUGINS / "sparseBlock" / "sparseBlockRunner.cpp",
             aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp", kdir / "sai_kernels_embedded.cpp"]
     incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", PLUGINS / "sparseSampleConv",
             PLUGINS / "interpolate", PLUGINS / "sparseBlock"]

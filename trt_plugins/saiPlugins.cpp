@@ -27,6 +27,7 @@
  */
 #include "interpolatePlugin.h"
 #include "saiPluginCommon.h"
+#include "sparseBlockPlugin.h"
 #include "sparseSampleConvPlugin.h"
 
 #include "NvInferRuntime.h"
@@ -55,7 +56,9 @@ IPluginCreatorInterface* const* saiCreators(int32_t& nbCreators)
 {
     static sai::plugin::SparseSampleConvPluginCreator sparseSampleConvCreator;
     static sai::plugin::InterpolatePluginCreator interpolateCreator;
-    static IPluginCreatorInterface* const creators[] = {&sparseSampleConvCreator, &interpolateCreator};
+    static sai::plugin::SparseBlockPluginCreator sparseBlockCreator;
+    static IPluginCreatorInterface* const creators[] = {&sparseSampleConvCreator, &interpolateCreator,
+        &sparseBlockCreator};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

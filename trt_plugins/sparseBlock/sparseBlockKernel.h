@@ -93,6 +93,28 @@ SaiKernelCaps const& sparseBlockKernelCaps();
 //! Device workspace bytes of one run for (finalized) `p` with activations of type `t` (see above).
 size_t sparseBlockWorkspaceSize(SaiBlockParams const& p, SaiDataType t);
 
+//! The pieces of one run's workspace (the plan above), carved from `base` (nullptr: sizing only).
+struct SaiBlockWorkspace
+{
+    void* m1;
+    void* m2;
+    void* idx1;
+    void* idx2;
+    char* cnt; //!< m1's counts at +0, m2's at +32 (the m2 mask launch writes its 4 counts from +24)
+    void* a;
+    void* ai;
+    void* off;
+    void* b;
+    void* c;
+    float* scratch;
+    int64_t scratchFloats;
+    size_t total;
+};
+SaiBlockWorkspace saiBlockWorkspace(SaiBlockParams const& p, SaiDataType t, void* base);
+
+//! BC (channels a program) of the block_interp build of type `t`.
+int64_t saiBlockInterpBc(SaiDataType t);
+
 struct SaiBlockBuffers
 {
     void const* x{nullptr};

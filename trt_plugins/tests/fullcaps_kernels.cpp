@@ -8,6 +8,7 @@
  * the real library carries. No GPU code: enqueue through this library returns an error.
  */
 #include "interpolateKernel.h"
+#include "sparseBlockKernel.h"
 #include "sparseSampleConvKernel.h"
 
 namespace sai
@@ -105,6 +106,37 @@ cudaError_t InterpolateRunner::run(SaiInterpParams const& /*p*/, SaiDataType /*t
 }
 
 int64_t InterpolateRunner::prepares() const noexcept
+{
+    return 0;
+}
+
+// SparseBlock keeps its real formats and plan (sparseBlockLaunch.cpp); its runner launches nothing here
+struct SparseBlockRunner::State
+{
+};
+
+SparseBlockRunner::SparseBlockRunner()
+    : mState(new State)
+{
+}
+
+SparseBlockRunner::~SparseBlockRunner()
+{
+    delete mState;
+}
+
+cudaError_t SparseBlockRunner::run(SaiBlockParams const& /*p*/, SaiDataType /*type*/, SaiBlockBuffers const& /*b*/,
+    void* /*workspace*/, size_t /*workspaceSize*/, cudaStream_t /*stream*/) noexcept
+{
+    return cudaErrorNotSupported;
+}
+
+int64_t SparseBlockRunner::prepares() const noexcept
+{
+    return 0;
+}
+
+int64_t SparseBlockRunner::packs() const noexcept
 {
     return 0;
 }

@@ -1151,7 +1151,7 @@ int main(int argc, char** argv)
     setLoggerFinder(&finder);
     int32_t n = -1;
     IPluginCreatorInterface* const* creators = getCreators(n);
-    check(creators != nullptr && n == 2, "getCreators returns 2 creators");
+    check(creators != nullptr && n == 3, "getCreators returns 3 creators");
     bool allV3 = creators != nullptr;
     for (int32_t k = 0; allV3 && k < n; ++k)
     {
@@ -1162,6 +1162,8 @@ int main(int argc, char** argv)
     {
         testSparseSampleConv(findCreator(creators, n, "SparseSampleConv"), finder.logger);
         testInterpolate(findCreator(creators, n, "Interpolate"), finder.logger);
+        // SparseBlock's fields and shapes: tests/test_trt_sparse_block.py (sparse_block_harness.cpp)
+        check(findCreator(creators, n, "SparseBlock") != nullptr, "the SparseBlock creator is registered");
     }
     std::printf("%d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
