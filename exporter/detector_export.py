@@ -39,10 +39,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sai.constants import DEFAULT_OPSET
 from sai.errors import SaiError, first_line
 from sai.exporter import metadata
 from sai.exporter.export import (
-    DEFAULT_OPSET,
     _check,
     _check_opset,
     _noise,
