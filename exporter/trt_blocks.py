@@ -6,14 +6,15 @@ traces as one custom op ``sai_export::sparse_block`` whose translation writes th
 X (NCHW in the file; the plugin takes it channels-last), both mask predictors (fp32), the block's
 folded weights and biases, and the noise inputs of stochastic sampling. Its eager body is the block's
 own forward, so the traced output shape and values are the block's. A block the plugin cannot take
-(deform groups > 1, a Gaussian other than 7x7, no grid prior, channel counts off 8, a shape the kernels
+(deform groups > 1, a Gaussian other than 7x7, no grid prior, channel counts off 16, a shape the kernels
 are not built for) keeps the per-op nodes (SparseSampleConv / Interpolate plugins), with one log line
 naming why. After export, ``fill_absent_inputs`` gives every absent input a ``[0]`` initializer of the
 node's weight type (the plugin's convention, as the onnxruntime op's).
 
-Off by default (``enabled``: ``SAI_TRT_SPARSE_BLOCK=1`` turns it on) while the plugin's launch sequence is
-not built into libsai_trt_plugins.so and its creator not registered (trt_plugins/sparseBlock/README.md,
-Known issues): an engine of a file with SparseBlock nodes could not be built before that.
+Off by default (``enabled``: ``SAI_TRT_SPARSE_BLOCK=1`` turns it on). The plugin is registered in
+libsai_trt_plugins.so and its launch sequence (sparseBlockRunner.cpp) is checked against the float64
+block by tests/test_trt_sparse_block_launch.py; turning it on by default waits for the per-op node
+counts of the tensorrt target's tests (trt_plugins/sparseBlock/README.md, Known issues).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def _spec(blk: nn.Module) -> tuple[Optional[dict], str]:
         return None, f"its offset conv gives {wo.shape[0]} channels; the plugin takes one offset group (18)"
     if wd is None and (s != 1 or cout != c):
         return None, "its identity is x but the block changes the size or the channels"
-    if any(v % 8 for v in (c, cm, cb, cout)):
-        return None, f"channels {c}/{cm}/{cb}/{cout} are not multiples of 8 (the plugin's fp16 formats)"
+    if any(v % 16 for v in (c, cm, cb, cout)):
+        return None, f"channels {c}/{cm}/{cb}/{cout} are not multiples of 16 (the plugin's block builds)"
     zeros = torch.zeros(0, dtype=wa.dtype)
     spec = {
         "tensors": [torch.cat([blk.mask1_weight, blk.mask2_weight]).float(),

@@ -10,8 +10,8 @@
   through the float64 formulas of docs/design.md 3.1-3.4 (written out here), give the PyTorch block's
   output; fp16 files keep the masks' inputs in fp32.
 
-Not here yet: the plugin's enqueue (the launch sequence on the AOT cubins, recorded and replayed under
-the interpreter) is not built; see trt_plugins/sparseBlock/README.md, Known issues.
+The plugin's enqueue (the launch sequence on the AOT cubins, recorded and replayed under the
+interpreter): tests/test_trt_sparse_block_launch.py.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _export(tmp_path, monkeypatch, arch, dcn, precision="fp32"):
     from sai.exporter.export import export_onnx, prepare_model
 
     monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "1")
-    model, _ = prepare_model(arch, base_width=8, dcn_stages=dcn, seed=3)
+    model, _ = prepare_model(arch, base_width=16, dcn_stages=dcn, seed=3)  # 16-divisible channels
     path = tmp_path / f"{arch}_{precision}.onnx"
     export_onnx(model, path, input_shape=(2, 3, 64, 48), target="tensorrt", precision=precision)
     import onnx

@@ -224,12 +224,17 @@ def test_block_enqueue_work(block_recorder, case):
         assert run["launches"] == case["launches"] <= 8 and len(run["ops"]) == case["launches"], run
 
 
-def test_block_refuses_unaligned_channels_and_a_short_workspace(block_recorder):
+def test_block_refuses_unaligned_inputs_channels_off_16_and_a_short_workspace(block_recorder):
     base = dict(op="block", cc=CC, type="fp16", mtype="fp32", xl="NHWC8", N=1, C=16, H=5, W=5, Cm=16, ka=1, Cb=16,
                 Cout=16, reluB=1, sa=1, sb=1, grid=2, sigma1=1.0, sigma2=1.0, eps=1e-5, temp=1.0, x=0, mw=1 << 16,
                 mb=2 << 16, wa=3 << 16, ba=4 << 16, wb=5 << 16, bb=6 << 16, wc=7 << 16, tb=-1, wd=-1, bd=-1, wo=-1,
                 bo=-1, u1=-1, u2=-1, y=8 << 16)
     rec = record(block_recorder, **base, ws=-1)
     assert rec["result"] != 0 and "workspace" in rec["error"] and rec["ops"] == []
-    rec = record(block_recorder, **{**base, "Cm": 24}, ws=1 << 20)
-    assert rec["result"] != 0 and "16-divisible channel counts" in rec["error"] and rec["ops"] == []
+    # X starting 2 bytes past a 16-byte boundary (inside a concatenation): the builds cannot take it
+    rec = record(block_recorder, **{**base, "x": 2}, ws=1 << 20)
+    assert rec["result"] != 0 and "16-byte aligned X/Y" in rec["error"] and rec["ops"] == []
+    # channel counts off 16: refused by saiBlockFinalize (the plugin's configure), before any run
+    args = [f"{k}={v}" for k, v in {**base, "Cm": 24, "ws": 1 << 20}.items()]
+    proc = subprocess.run([str(block_recorder["exe"]), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "multiples of 16" in proc.stdout, proc.stdout + proc.stderr

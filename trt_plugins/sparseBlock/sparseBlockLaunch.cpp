@@ -71,6 +71,11 @@ char const* saiBlockFinalize(SaiBlockParams& p)
     {
         return "the channel counts must be >= 1 and the sizes >= 0";
     }
+    if (p.C % 16 != 0 || p.Cm % 16 != 0 || p.Cb % 16 != 0 || p.Cout % 16 != 0)
+    {
+        return "the channel counts must be multiples of 16 (the block builds' vector loads): export this block "
+               "with the per-op plugins";
+    }
     if (p.ka != 1 && p.ka != 3)
     {
         return "conv1 (WA) must be 1x1 or 3x3";
