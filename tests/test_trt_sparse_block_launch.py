@@ -1,7 +1,7 @@
 """The SparseBlock plugin's launch sequence (SparseBlockRunner::run) replayed on the CPU.
 
 ``trt_plugins/tests/launch_recorder.cpp`` built with ``-DSAI_RECORD_BLOCK`` runs SparseBlockRunner
-(trt_plugins/sparseBlock/sparseBlockLaunch.cpp) on the embedded sm_80 cubins against the recording CUDA
+(trt_plugins/sparseBlock/sparseBlockRunner.cpp) on the embedded sm_80 cubins against the recording CUDA
 driver, as consecutive enqueues of one plugin; tests/test_trt_launch.py's replay runs every recorded
 memset and launch with the Triton interpreter on the very kernel source each cubin was built from. The
 block output (and the two masks in the workspace) are compared with the float64 formulas of

@@ -15,7 +15,7 @@
  *
  *   launch_recorder op=conv cc=80 type=fp16 mtype=fp32 xl=NHWC8 ml=NCHW N=1 C=16 H=9 W=9 Cout=32 \
  *       kh=3 kw=3 ... x=0 mask=4096 weight=... bias=-1 offset=-1 y=... ws=... [runs=2] [capture=1] [every=1] [weight2=...] [N2=...] [share=1] [clones=K]
- *   launch_recorder op=block ... (built with -DSAI_RECORD_BLOCK and sparseBlockLaunch.cpp: SparseBlockRunner)
+ *   launch_recorder op=block ... (built with -DSAI_RECORD_BLOCK, sparseBlockLaunch.cpp and sparseBlockRunner.cpp)
  */
 #include "interpolateKernel.h"
 #include "saiTritonLaunch.h"
