@@ -343,13 +343,15 @@ def _check(model: onnx.ModelProto) -> None:
 
 
 def _model_tensors(model: onnx.ModelProto):
-    """``(name, TensorProto)`` of every weight a model carries: initializers and Constant values of the graph and
-    its subgraphs (the local functions hold op constants such as ``-inf`` for "no activation", not weights)."""
+    """``(name, TensorProto, is_node_constant)`` of every weight a model carries: initializers and Constant values
+    of the graph and its subgraphs (the local functions hold op constants such as ``-inf`` for "no activation",
+    not weights; a target that inlines them puts those scalars into the graph as Constant nodes)."""
     def nodes_of(nodes, where):
         for node in nodes:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.TENSOR:
-                    yield f"{where}{node.output[0] if node.output else node.name} ({node.op_type}.{attr.name})", attr.t
+                    yield (f"{where}{node.output[0] if node.output else node.name} ({node.op_type}.{attr.name})",
+                           attr.t, True)
                 elif attr.type == onnx.AttributeProto.GRAPH:
                     yield from graph_of(attr.g, where)
                 elif attr.type == onnx.AttributeProto.GRAPHS:
@@ -358,9 +360,9 @@ def _model_tensors(model: onnx.ModelProto):
 
     def graph_of(g, where=""):
         for init in g.initializer:
-            yield f"{where}{init.name}", init
+            yield f"{where}{init.name}", init, False
         for sparse in g.sparse_initializer:
-            yield f"{where}{sparse.values.name}", sparse.values
+            yield f"{where}{sparse.values.name}", sparse.values, False
         yield from nodes_of(g.node, where)
 
     yield from graph_of(model.graph)
@@ -368,12 +370,13 @@ def _model_tensors(model: onnx.ModelProto):
 
 def nonfinite_weights(model: onnx.ModelProto, limit: int = 3) -> list[str]:
     """Up to ``limit`` descriptions (``name (n NaN, m inf of k values)``) of a model's float weights that hold
-    NaN or inf; empty when every weight is finite."""
+    NaN or inf; empty when every weight is finite. A one-value Constant node holding +-inf is an op constant
+    (an inlined function body's "no clamp" bound), not a weight: only NaN counts there."""
     import numpy as np
     from onnx import numpy_helper
 
     bad = []
-    for name, tensor in _model_tensors(model):
+    for name, tensor, node_constant in _model_tensors(model):
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         try:
@@ -381,6 +384,8 @@ def nonfinite_weights(model: onnx.ModelProto, limit: int = 3) -> list[str]:
         except Exception:  # external data that is not loaded: not ours to judge here
             continue
         finite = np.isfinite(arr)
+        if node_constant and arr.size == 1 and not np.isnan(arr).any():
+            continue
         if not finite.all():
             n_nan = int(np.isnan(arr).sum())
             n_inf = int(arr.size - finite.sum()) - n_nan

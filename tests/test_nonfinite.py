@@ -165,6 +165,29 @@ def test_onnx_writer_refuses_nonfinite_initializers(seed, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("value, size, refused", [(-np.inf, 1, False), (np.inf, 1, False), (np.nan, 1, True),
+                                                  (-np.inf, 3, True)])
+def test_onnx_writer_constant_nodes(value, size, refused, tmp_path):
+    """A one-value Constant node holding +-inf is an op constant (the onnx-native target inlines the function
+    bodies' "no clamp" bounds), not a weight; NaN, or inf in a larger Constant, is refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = np.full((size,), value, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c, "c")),
+         helper.make_node("Max", ["x", "c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, size])])
+    model = helper.make_model(graph)
+    if refused:
+        with pytest.raises(SaiError, match="non-finite"):
+            save_atomic(model, tmp_path / "m.onnx")
+        assert list(tmp_path.iterdir()) == []
+    else:
+        save_atomic(model, tmp_path / "m.onnx")
+        assert (tmp_path / "m.onnx").is_file()
+
 @pytest.fixture(scope="module")
 def poisoned_outdirs(outdir, tmp_path_factory):
     """Copies of the tiny OUTDIR, each with NaN/inf at random places of one random float initializer
