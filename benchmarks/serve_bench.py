@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 
+from sai.benchmarks.procs import free_port, rss_mib
+
 KINDS_NEW = ("v2_http_json", "v2_http_binary", "v2_grpc", "v1_raw", "v1_json")
 KINDS_OLD = ("v1_raw", "v1_json")
 
@@ -40,25 +42,11 @@ old.serve_forever(srv, on_ready=lambda s: print(f"listening on {s.url}", flush=T
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class ServerProcess:
@@ -74,7 +62,7 @@ class ServerProcess:
         self.grpc_port = grpc_port
 
     def rss(self) -> float:
-        return _rss_mib(self.proc.pid)
+        return rss_mib(self.proc.pid)
 
     def cpu(self) -> float:
         return _cpu_s(self.proc.pid)
@@ -269,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report: dict = {"shape": list(shape), "clients": args.clients}
     n_base = args.baseline_requests or max(args.clients, args.requests // 2)
 
-    grpc_port = _free_port()
+    grpc_port = free_port()
     servers = {"new": ServerProcess([sys.executable, "-m", "sai", "serve", args.model, "--backend", args.backend,
                                      "--port", "0", "--grpc-port", str(grpc_port), "--threads", str(args.threads),
                                      "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "256"], grpc_port)}

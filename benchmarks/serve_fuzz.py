@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sai.benchmarks.procs import free_port, reap, rss_mib
+
 V2_TYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
             "BYTES")
 JUNK = "@#`~\x01"  # a character that makes a JSON document invalid wherever it is inserted (or, inside a
@@ -365,20 +367,6 @@ def send_grpc(stub, pb, case: GrpcCase, timeout: float = 60) -> str:
 # ---- the soak against a server process ----------------------------------------------------------------------
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def header_flood(port: int, connections: int, mib: int) -> dict:
     """``connections`` clients each sending ``mib`` MiB of request headers (in parallel); what they got back."""
     replies: list[str] = []
@@ -480,11 +468,7 @@ def drain_with_defaults(model: str, stalled: int = 50) -> dict:
             s.close()
         return {"stalled_clients": stalled, "sigterm_to_exit_s": seconds, "exit_status": rc, "replies": replies}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -507,7 +491,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from sai.shapes import parse_shape
 
     shape = parse_shape(args.shape, "--shape")
-    gport = _free_port()
+    gport = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sai", "serve", args.model, "--backend", "onnxruntime", "--port", "0",
                              "--grpc-port", str(gport), "--threads", "1", "--max-delay-ms", "0",
                              "--body-timeout", str(args.body_timeout), "--drain-timeout", str(args.drain_timeout),
@@ -527,7 +511,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         good = HttpCase("valid", *http_request(v2_doc(valid_input(rng, shape), False)))
         status, _ = send_http("127.0.0.1", port, path, good)
         assert status == 200, status
-        report["rss_start_mib"] = _rss_mib(proc.pid)
+        report["rss_start_mib"] = rss_mib(proc.pid)
 
         n_grpc = args.requests // 3
         counts: dict[str, int] = {}
@@ -552,16 +536,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["unexpected"] = len(bad)
         report["unexpected_samples"] = bad[:10]
         report["server_errors"] = sum(v for k, v in counts.items() if k.startswith("5") or k in ("UNKNOWN", "INTERNAL"))
-        report["rss_after_mutations_mib"] = _rss_mib(proc.pid)
+        report["rss_after_mutations_mib"] = rss_mib(proc.pid)
         report["still_serving"] = send_http("127.0.0.1", port, path, good)[0] == 200
 
         report["disconnects"] = disconnect_flood(port, 2000)
         flood = header_flood(port, 4, args.flood_mib)
         time.sleep(2)
         report["header_flood"] = {"connections": 4, "mib_each": args.flood_mib, **flood,
-                                  "rss_after_mib": _rss_mib(proc.pid)}
+                                  "rss_after_mib": rss_mib(proc.pid)}
         socks = stalled_bodies(port, 200, 1 << 20)
-        rss_stalled = _rss_mib(proc.pid)
+        rss_stalled = rss_mib(proc.pid)
         time.sleep(args.body_timeout + 2)
         answered = 0
         for s in socks:
@@ -572,8 +556,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pass
             s.close()
         report["body_flood"] = {"connections": 200, "declared_bytes": 1 << 20, "rss_while_stalled_mib": rss_stalled,
-                                "answered_408": answered, "rss_after_mib": _rss_mib(proc.pid)}
-        report["rss_end_mib"] = _rss_mib(proc.pid)
+                                "answered_408": answered, "rss_after_mib": rss_mib(proc.pid)}
+        report["rss_end_mib"] = rss_mib(proc.pid)
         report["rss_growth"] = report["rss_end_mib"] / report["rss_start_mib"] - 1
         report["rss_growth_floods"] = report["rss_end_mib"] / report["rss_after_mutations_mib"] - 1
 

@@ -25,3 +25,28 @@ def outdir(tmp_path_factory):
     out, info = tiny_outdir(tmp_path_factory)
     assert info["rc"] == 0, info
     return out
+
+
+@pytest.fixture(scope="module")
+def ort_engine(outdir):
+    """The onnxruntime engine over ``outdir`` (one thread), one per module."""
+    import sai.runtime as rt
+
+    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def engine(ort_engine):
+    """The serve tests' name for ``ort_engine`` (the engine behind the server under test)."""
+    return ort_engine
+
+
+@pytest.fixture(scope="module")
+def reference(outdir):
+    """A second, independent engine over ``outdir``'s model.onnx, profile off: the expected results."""
+    import sai.runtime as rt
+
+    with rt.load(outdir / "model.onnx", threads=1, verify=False) as e:
+        e.set_profile(None, None)
+        yield e

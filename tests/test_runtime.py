@@ -27,12 +27,6 @@ def outdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ort_engine(outdir):
-    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
 def torch_engine(outdir):
     with rt.load(outdir, backend="torch") as e:
         yield e

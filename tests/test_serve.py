@@ -23,20 +23,15 @@ import numpy as np
 import pytest
 
 import sai.runtime as rt
+from sai.benchmarks.procs import reap
 from sai.runtime.serve import InferenceServer
 
 TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def engine(outdir):
-    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
 def reference(outdir):
-    """A second, independent engine for the expected results."""
+    """A second, independent engine for the expected results (verified, profile kept: overrides conftest's)."""
     with rt.load(outdir / "model.onnx", threads=1) as e:
         yield e
 
@@ -353,11 +348,7 @@ def test_cli_serve_sigterm_drains_inflight(outdir, reference):
         assert proc.wait(TIMEOUT) == 0
         assert "drained and stopped" in proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def test_stochastic_model_noise_filled_from_seed(tmp_path):

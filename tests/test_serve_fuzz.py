@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pytest
 
-import sai.runtime as rt
 from sai.benchmarks.serve_fuzz import (
     GRPC_REFUSALS,
     HttpCase,
@@ -30,19 +29,6 @@ from sai.runtime.serve import InferenceServer
 pytest.importorskip("tritonclient.grpc")
 MODEL = "sparse_resnet18"
 PATH = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def engine(outdir):
-    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def reference(outdir):
-    with rt.load(outdir / "model.onnx", threads=1, verify=False) as e:
-        e.set_profile(None, None)
-        yield e
 
 
 @pytest.fixture(scope="module")
