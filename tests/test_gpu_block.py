@@ -14,6 +14,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from runtime_helpers import half_sparse
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -164,24 +165,11 @@ def test_block_refuses_mixed_dtypes():
 # ----------------------------------------------------------------------------------------------
 
 
-def _half_sparse(model):
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, blk in model.sparse_blocks():
-            for conv in (blk.conv1_mask, blk.conv2_mask):
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
-                conv.bias.fill_(0.05)
-            if blk.with_dcn:
-                blk.conv2_offset.weight.copy_(torch.randn(blk.conv2_offset.weight.shape, generator=gen) * 0.02)
-                blk.conv2_offset.bias.copy_(torch.randn(blk.conv2_offset.bias.shape, generator=gen))
-    return model.eval()
-
-
 @pytest.mark.parametrize("arch,options", [("sparse_resnet18", {}), ("sparse_resnet50", {"dcn_stages": (0, 1, 1, 1)})])
 def test_whole_model_cuda_path_on_cpu(arch, options, monkeypatch):
     torch.manual_seed(0)
-    model = _half_sparse(build_model(arch, base_width=4 if arch.endswith("50") else 8, num_classes=10, seed=0,
-                                     **options))
+    model = half_sparse(build_model(arch, base_width=4 if arch.endswith("50") else 8, num_classes=10, seed=0,
+                                    **options), offsets=True).eval()
     x = torch.randn(2, 3, 29, 35)
     calls = []
     real = SB.sparse_block
@@ -205,7 +193,7 @@ def test_unsupported_dtype_falls_back_with_one_log_line(caplog):
 
     fuse_mod._fallbacks_logged.clear()
     torch.manual_seed(0)
-    model = _half_sparse(build_model("sparse_resnet18", base_width=8, num_classes=10, seed=0)).double()
+    model = half_sparse(build_model("sparse_resnet18", base_width=8, num_classes=10, seed=0), offsets=True).eval().double()
     fused = fuse_for_inference(model)
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     with caplog.at_level(logging.WARNING, logger="sai.models.fuse"), torch.no_grad():
@@ -226,8 +214,8 @@ def test_launches_per_bottleneck():
     from sai.kernels.launch_count import count_launches
 
     torch.manual_seed(0)
-    model = fuse_for_inference(_half_sparse(build_model("sparse_resnet50", base_width=4, num_classes=10, seed=0,
-                                                        dcn_stages=(0, 1, 1, 1))))
+    model = fuse_for_inference(half_sparse(build_model("sparse_resnet50", base_width=4, num_classes=10, seed=0,
+                                                       dcn_stages=(0, 1, 1, 1)), offsets=True).eval())
     model.record_stats = False
     # with downsample; identity; deformable (stage 2)
     for blk, h, w in ((model.layer1[0], 9, 11), (model.layer1[1], 9, 11), (model.layer2[1], 5, 6)):

@@ -71,26 +71,33 @@ def _kernels_dir(tmp_root: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def recorder(tmp_path_factory):
+def build_recorder(tmp_path_factory, name: str, extra_srcs=(), extra_incs=(), flags=()) -> dict:
+    """g++ -Werror build of trt_plugins/tests/launch_recorder.cpp with the per-op launch sources (plus
+    ``extra_srcs``, ``extra_incs``, ``flags``) and the AOT kernels of ``_kernels_dir``, in a fresh temporary
+    folder ``name``: ``{"exe", "kernels"}``. Skips without g++."""
     if shutil.which("g++") is None:
         pytest.skip("needs g++")
     from sai.kernels import aot
 
-    tmp = tmp_path_factory.mktemp("launch")
+    tmp = tmp_path_factory.mktemp(name)
     kdir = _kernels_dir(tmp)
-    exe = tmp / "launch_recorder"
+    exe = tmp / f"{name}_recorder"
     srcs = [PLUGINS / "tests" / "launch_recorder.cpp", PLUGINS / "common" / "saiTritonLaunch.cpp",
             PLUGINS / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
-            PLUGINS / "interpolate" / "interpolateLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
-            kdir / "sai_kernels_embedded.cpp"]
+            PLUGINS / "interpolate" / "interpolateLaunch.cpp", *extra_srcs,
+            aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp", kdir / "sai_kernels_embedded.cpp"]
     incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", PLUGINS / "sparseSampleConv",
-            PLUGINS / "interpolate"]
-    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", *[f"-I{i}" for i in incs], *map(str, srcs),
-           "-o", str(exe), "-ldl"]
+            PLUGINS / "interpolate", *extra_incs]
+    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", *flags, *[f"-I{i}" for i in incs],
+           *map(str, srcs), "-o", str(exe), "-ldl"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"exe": exe, "kernels": kdir}
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory):
+    return build_recorder(tmp_path_factory, "launch")
 
 
 # ---- the arena ----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ interpreter): tests/test_trt_sparse_block_launch.py.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -25,25 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trt_glue import tensorrt_include_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "trt_plugins"
-SYSTEM_HEADER_DIRS = ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
-                      "/usr/local/TensorRT/include", "/opt/tensorrt/include", "/usr/local/tensorrt/include"]
-
-
-def _trt_include() -> Path | None:
-    cands = []
-    if os.environ.get("TRT_INCLUDE_DIR"):
-        cands.append(Path(os.environ["TRT_INCLUDE_DIR"]))
-    if os.environ.get("TENSORRT_ROOT"):
-        cands += [Path(os.environ["TENSORRT_ROOT"]) / "include", Path(os.environ["TENSORRT_ROOT"])]
-    cands += [Path(p) for p in SYSTEM_HEADER_DIRS]
-    return next((c for c in cands if (c / "NvInferRuntime.h").is_file()), None)
-
-
 def test_glue_harness(tmp_path):
-    inc = _trt_include()
+    inc = tensorrt_include_dir()
     if inc is None:
         pytest.skip("no TensorRT headers: set TENSORRT_ROOT or TRT_INCLUDE_DIR to build and test the plugin glue")
     if shutil.which("g++") is None:

@@ -12,7 +12,6 @@ allocation, wait, image scan, module or driver lookup, build choice (spec string
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 
 import pytest
@@ -22,32 +21,27 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
-from test_trt_launch import CC, DTYPES, PLUGINS, Arena, _kernels_dir, from_layout, record, replay, to_layout  # noqa: E402
+from test_trt_launch import (  # noqa: E402
+    CC,
+    DTYPES,
+    PLUGINS,
+    Arena,
+    build_recorder,
+    from_layout,
+    record,
+    replay,
+    to_layout,
+)
 
 D = 1e-8  # design.md 3.1's d
 
 
 @pytest.fixture(scope="module")
 def block_recorder(tmp_path_factory):
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++")
-    from sai.kernels import aot
-
-    tmp = tmp_path_factory.mktemp("block_launch")
-    kdir = _kernels_dir(tmp)
-    exe = tmp / "block_recorder"
-    srcs = [PLUGINS / "tests" / "launch_recorder.cpp", PLUGINS / "common" / "saiTritonLaunch.cpp",
-            PLUGINS / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
-            PLUGINS / "interpolate" / "interpolateLaunch.cpp", PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp",
-            PLUGINS / "sparseBlock" / "sparseBlockRunner.cpp",
-            aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp", kdir / "sai_kernels_embedded.cpp"]
-    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", PLUGINS / "sparseSampleConv",
-            PLUGINS / "interpolate", PLUGINS / "sparseBlock"]
-    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-DSAI_RECORD_BLOCK",
-           *[f"-I{i}" for i in incs], *map(str, srcs), "-o", str(exe), "-ldl"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"exe": exe, "kernels": kdir}
+    return build_recorder(tmp_path_factory, "block_launch", flags=["-DSAI_RECORD_BLOCK"],
+                          extra_srcs=[PLUGINS / "sparseBlock" / "sparseBlockLaunch.cpp",
+                                      PLUGINS / "sparseBlock" / "sparseBlockRunner.cpp"],
+                          extra_incs=[PLUGINS / "sparseBlock"])
 
 
 def _logit_mask(x, w, b, stride, temperature, grid, u):
