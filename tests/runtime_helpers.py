@@ -103,3 +103,16 @@ def demo_outdir(tmp_path_factory) -> Path:
         rc = main(["convert", str(ck), "-o", str(outdir), "--opt-shape", "1,3,64,64", "--max-shape", "16,3,64,64"])
     assert rc == 0, out.getvalue() + err.getvalue()
     return outdir
+
+
+def request(srv, method: str, path: str, body: bytes = b"", headers=None, timeout: float = 60):
+    """One HTTP request to the `sai serve` server ``srv`` on a fresh connection: ``(status, headers, body)``."""
+    import http.client
+
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        c.close()

@@ -10,7 +10,6 @@ ephemeral ports; every wait is bounded.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import logging
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_helpers import request
 
 import sai.runtime as rt
+from sai.benchmarks.procs import reap
 from sai.errors import SaiError
 from sai.runtime.serve import InferenceServer
 
@@ -35,34 +36,11 @@ MODEL = "sparse_resnet18"
 
 
 @pytest.fixture(scope="module")
-def engine(outdir):
-    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def reference(outdir):
-    with rt.load(outdir / "model.onnx", threads=1, verify=False) as e:
-        e.set_profile(None, None)
-        yield e
-
-
-@pytest.fixture(scope="module")
 def server(engine):
     srv = InferenceServer(engine, "127.0.0.1", 0, max_batch=8, max_delay_ms=0, max_body_bytes=1 << 20, grpc_port=0,
                           max_header_bytes=32 << 10, body_timeout=1.0).start()
     yield srv
     srv.stop(timeout=20)
-
-
-def request(srv, method, path, body=b"", headers=None):
-    c = http.client.HTTPConnection(srv.host, srv.port, timeout=TIMEOUT)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        c.close()
 
 
 def _x(seed=0, shape=(1, 3, 32, 32)):
@@ -314,14 +292,6 @@ def _start_cli(outdir, *extra, env=None):
     return proc, int(m.group(1))
 
 
-def _close_cli(proc):
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-    proc.stdout.close()
-    proc.stderr.close()
-
-
 def test_sigterm_drain_is_bounded_with_stalled_uploads_and_exits_0(outdir):
     """20 uploads that stall after half their body: SIGTERM ends the process within --drain-timeout (2 s here,
     25 s by default: below Kubernetes' 30 s grace period) with exit status 0 (the README's rule for serve); the
@@ -345,7 +315,7 @@ def test_sigterm_drain_is_bounded_with_stalled_uploads_and_exits_0(outdir):
     finally:
         for s in socks:
             s.close()
-        _close_cli(proc)
+        reap(proc)
 
 
 def test_mask_metrics_folders_of_killed_servers_are_removed_at_the_next_start(outdir, tmp_path, monkeypatch):
@@ -356,7 +326,7 @@ def test_mask_metrics_folders_of_killed_servers_are_removed_at_the_next_start(ou
         proc.send_signal(signal.SIGKILL)
         proc.wait(TIMEOUT)
     finally:
-        _close_cli(proc)
+        reap(proc)
     assert left[0].exists()  # SIGKILL: nothing could clean up
     foreign = tmp_path / "sai-serve-masks-notours"  # not named by a sai server: never touched
     foreign.mkdir()

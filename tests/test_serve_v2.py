@@ -7,7 +7,6 @@ bodies, the Prometheus text format. Servers on ephemeral ports, stopped by fixtu
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -18,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_helpers import request
 
 import sai.runtime as rt
+from sai.benchmarks.procs import reap
 from sai.runtime.engine import ProfileError
 from sai.runtime.serve import InferenceServer
 
@@ -29,19 +30,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 TIMEOUT = 60
 MODEL = "sparse_resnet18"
-
-
-@pytest.fixture(scope="module")
-def engine(outdir):
-    with rt.load(outdir, backend="onnxruntime", threads=1) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def reference(outdir):
-    with rt.load(outdir / "model.onnx", threads=1, verify=False) as e:
-        e.set_profile(None, None)
-        yield e
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +56,6 @@ def grpc_client(server):
 
 def _x(n=1, h=32, w=32, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 3, h, w)).astype(np.float32)
-
-
-def request(srv, method, path, body=b"", headers=None):
-    c = http.client.HTTPConnection(srv.host, srv.port, timeout=TIMEOUT)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        c.close()
 
 
 def metrics(srv) -> dict[str, float]:
@@ -637,11 +615,7 @@ def test_cli_serve_v2_http_and_grpc_model_name_and_sigterm(outdir):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0 and "drained and stopped" in proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def test_grpc_typed_contents_and_raw_count_mismatch(server, reference):
