@@ -247,7 +247,7 @@ def _count_outputs(out) -> int:
 
 
 def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_specs, opset: int, verbose: bool,
-                 target: str = "portable"):
+                 target: str = "portable", trt_blocks_mode: str = "per-op"):
     import torch
 
     from sai.compat import skip_noop_onnx_decomposition
@@ -255,7 +255,7 @@ def _torch_export(model, args, input_names, output_names, dyn: set[str], noise_s
     from sai.exporter.maskop import mask_as_one_node
     from sai.exporter.translation import translation_table
 
-    blocks = trt_blocks.blocks_as_plugin_nodes(model) if target == "tensorrt" and trt_blocks.enabled() else \
+    blocks = trt_blocks.blocks_as_plugin_nodes(model) if target == "tensorrt" and trt_blocks_mode == "fused" else \
         contextlib.nullcontext()
     table = {**translation_table(), **trt_blocks.translations()}
 
@@ -426,11 +426,14 @@ def finalize(
     ``portable``: custom nodes + local functions of ``body``; ``tensorrt``: custom nodes, no
     functions; ``onnx-native``: the ``body`` functions inlined (standard ops only, no ``sai`` node).
     """
+    fused = []
     if target == "tensorrt":
-        from sai.exporter.trt_blocks import fill_absent_inputs
+        from sai.exporter.trt_blocks import block_table, fill_absent_inputs
 
-        fill_absent_inputs(model)
+        fused = fill_absent_inputs(model)
     blocks = graph.fix_custom_nodes(model)
+    if fused:
+        blocks = block_table(model, blocks, fused)
     graph.strip_torch_metadata(model)
     sparse_bodies = target in ("portable", "onnx-native") and body == "sparse"
     graph.split_mask_convs(model, matmul=sparse_bodies)
@@ -472,6 +475,7 @@ def export_onnx(
     base_width: Optional[int] = None,
     seed: Optional[int] = None,
     input_norm: Optional[dict] = None,
+    trt_blocks: Optional[str] = None,
     check: bool = True,
     fuse: bool = True,
     verbose: bool = False,
@@ -483,7 +487,10 @@ def export_onnx(
     dense. ``checkpoint``: a path, a state dict or a ``LoadedCheckpoint`` (read once); it decides DCN stages, head and classes, and an
     explicit flag that contradicts it is an error; its preprocessing and class names are recorded
     (``input_norm``, ``classes``: ``models/checkpoint_meta.py``). ``input_norm``: the preprocessing to record
-    instead (``scale``/``mean``/``std``/``color``/``layout``; recorded with source ``given``).
+    instead (``scale``/``mean``/``std``/``color``/``layout``; recorded with source ``given``). ``trt_blocks``
+    (target tensorrt): ``fused`` (default) writes one ``sai::SparseBlock`` node per block the plugin takes,
+    ``per-op`` the SparseSampleConv / Interpolate nodes only; None: ``SAI_TRT_SPARSE_BLOCK`` (1 / 0) or the
+    default (``sai.exporter.trt_blocks.mode``).
     """
     import torch
 
@@ -496,11 +503,21 @@ def export_onnx(
 
         _check_choice("sampling", sampling, SAMPLING_MODES)
     opset = _check_opset(opset)
+    from sai.exporter import trt_blocks as trt_blocks_module
+
+    if trt_blocks is not None and target != "tensorrt":
+        raise SaiError(f"--trt-blocks {trt_blocks} applies to --target tensorrt only (this export is {target}); "
+                       "drop it or export with --target tensorrt")
+    blocks_mode = trt_blocks_module.mode(trt_blocks) if target == "tensorrt" else "per-op"
     shape = parse_input_shape(input_shape)
     dyn = _parse_dynamic(dynamic)
     from sai.outputs import check_output_file
 
     check_output_file(path)  # before the slow work: a folder, a missing or unwritable parent
+    if isinstance(checkpoint, (str, os.PathLike)):  # read once: options, weights and meta from the same bytes
+        from sai.models.checkpoint import read_checkpoint_file
+
+        checkpoint = read_checkpoint_file(checkpoint)
 
     model, arch = prepare_model(
         model_or_arch, checkpoint=checkpoint, sampling=sampling, head=head, num_classes=num_classes,
@@ -536,9 +553,13 @@ def export_onnx(
 
     out_names = output_names(_count_outputs(out), head_name)
 
-    proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose, target)
+    proto = _torch_export(model, [x, *noise], input_names, out_names, dyn, noise_specs, opset, verbose, target,
+                          blocks_mode)
     blocks, fp16_report = finalize(proto, target=target, precision=precision, opset=opset, body=body)
     counts = graph.op_counts(proto)
+    if target == "tensorrt" and blocks_mode == "fused":
+        counts[trt_blocks_module.SPARSE_BLOCK] = sum(n.domain == DOMAIN and n.op_type == trt_blocks_module.SPARSE_BLOCK
+                                                     for n in proto.graph.node)
     if target == "onnx-native":
         functions.inline_functions(proto)
 
@@ -551,6 +572,7 @@ def export_onnx(
         "precision": precision,
         "target": target,
         "body": body if target != "tensorrt" else "",
+        **({"trt_blocks": blocks_mode} if target == "tensorrt" else {}),
         "head": head_name or "",
         "input_norm": norm,
         "example_input_shape": list(shape),

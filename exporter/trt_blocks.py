@@ -8,13 +8,16 @@ folded weights and biases, and the noise inputs of stochastic sampling. Its eage
 own forward, so the traced output shape and values are the block's. A block the plugin cannot take
 (deform groups > 1, a Gaussian other than 7x7, no grid prior, channel counts off 16, a shape the kernels
 are not built for) keeps the per-op nodes (SparseSampleConv / Interpolate plugins), with one log line
-naming why. After export, ``fill_absent_inputs`` gives every absent input a ``[0]`` initializer of the
-node's weight type (the plugin's convention, as the onnxruntime op's).
+naming which and why for the whole model. After export, ``fill_absent_inputs`` gives every absent input a
+``[0]`` initializer of the node's weight type (the plugin's convention, as the onnxruntime op's) and names
+each node ``<block>/block``.
 
-Off by default (``enabled``: ``SAI_TRT_SPARSE_BLOCK=1`` turns it on). The plugin is registered in
-libsai_trt_plugins.so and its launch sequence (sparseBlockRunner.cpp) is checked against the float64
-block by tests/test_trt_sparse_block_launch.py; turning it on by default waits for the per-op node
-counts of the tensorrt target's tests (trt_plugins/sparseBlock/README.md, Known issues).
+On by default (``mode``): ``export_onnx(..., trt_blocks="per-op")`` / ``sai export --trt-blocks per-op``
+keeps every block on the per-op plugins (the graph is then the portable one minus its functions, as
+``sai convert``'s model.trt.onnx). Without an explicit choice the environment variable
+``SAI_TRT_SPARSE_BLOCK`` decides (``0`` per-op, ``1`` fused), then the default ``fused``. The plugin is
+registered in libsai_trt_plugins.so; its launch sequence (sparseBlockRunner.cpp) is checked against the
+float64 block by tests/test_trt_sparse_block_launch.py.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from sai.constants import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SPARSE_BLOCK
+from sai.constants import (
+    DOMAIN,
+    INTERPOLATE,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    SPARSE_BLOCK,
+    SPARSE_SAMPLE_CONV,
+)
+from sai.errors import SaiError
 
 _log = logging.getLogger(__name__)
 
@@ -40,9 +51,24 @@ INPUTS = ("X", "MW", "MB", "WA", "BA", "WB", "BB", "WC", "TAIL_BIAS", "WD", "BD"
 _BLOCKS: dict[int, nn.Module] = {}  # the blocks whose forward the op's eager body runs (export time only)
 
 
-def enabled() -> bool:
-    """Whether the tensorrt target writes SparseBlock nodes (see the module docstring)."""
-    return os.environ.get("SAI_TRT_SPARSE_BLOCK", "0") == "1"
+MODES = ("fused", "per-op")
+ENV = "SAI_TRT_SPARSE_BLOCK"  # the default's override: 1 fused, 0 per-op (an explicit choice wins)
+
+
+def mode(requested: Optional[str] = None) -> str:
+    """The tensorrt target's block mode: ``requested`` (``export_onnx``'s ``trt_blocks``, ``sai export
+    --trt-blocks``) when given, else ``SAI_TRT_SPARSE_BLOCK`` (``1`` fused, ``0`` per-op), else ``fused``."""
+    if requested is not None:
+        if requested not in MODES:
+            raise SaiError(f"trt_blocks must be one of {', '.join(MODES)}, got {requested!r}")
+        return requested
+    env = os.environ.get(ENV, "").strip()
+    if env in ("", "1"):
+        return "fused"
+    if env == "0":
+        return "per-op"
+    raise SaiError(f"{ENV}={env!r} is not 0 or 1: unset it (default: one SparseBlock node per fusable block), "
+                   "or set 0 for the per-op nodes (or pass --trt-blocks per-op)")
 
 
 @torch.library.custom_op("sai_export::sparse_block", mutates_args=())
@@ -126,26 +152,42 @@ def _fused_forward(blk: nn.Module, key: int, spec: dict):
 @contextlib.contextmanager
 def blocks_as_plugin_nodes(model: nn.Module) -> Iterator[int]:
     """While active, every fusable fused sparse block of ``model`` traces as one ``sparse_block`` op
-    (yields how many); the others are logged once each and keep their per-op forward."""
-    patched = []
+    (yields how many); the others keep their per-op forward, named with their reasons in one log line."""
+    patched, kept = [], {}
     try:
         for name, blk in model.named_modules():
-            if not (getattr(blk, "fused", False) and getattr(blk, "sparse", False)) or blk.sampling == "dense":
+            if not getattr(blk, "sparse", False):
+                continue
+            name = name or "?"
+            if not getattr(blk, "fused", False):
+                kept.setdefault("not fused for inference (export with fuse=True, the default)", []).append(name)
+                continue
+            if blk.sampling == "dense":
+                kept.setdefault("dense sampling (no masks to compute)", []).append(name)
                 continue
             spec, why = _spec(blk)
             if spec is None:
-                _log.info("sai export: block %s keeps the per-op TensorRT plugins: %s", name or "?", why)
+                kept.setdefault(why, []).append(name)
                 continue
             key = id(blk)
             _BLOCKS[key] = blk
             blk.forward = _fused_forward(blk, key, spec)
             patched.append(blk)
+        if kept:
+            _log.warning("%s", fallback_line(kept, len(patched)))
         yield len(patched)
     finally:
         for blk in patched:
             del blk.forward  # back to the class's forward
             _BLOCKS.pop(id(blk), None)
 
+
+def fallback_line(kept: dict[str, list[str]], fused: int) -> str:
+    """The one log line of a model whose blocks ``kept`` ({why: [block names]}) stay on the per-op plugins."""
+    n = sum(len(v) for v in kept.values())
+    whys = "; ".join(f"{', '.join(names)}: {why}" for why, names in kept.items())
+    return (f"sai export: {n} of {n + fused} sparse blocks keep the per-op TensorRT plugins "
+            f"(SparseSampleConv/Interpolate) instead of sai::SparseBlock: {whys}")
 
 
 def sparse_block_schema():
@@ -195,19 +237,28 @@ def translations() -> dict:
     return {torch.ops.sai_export.sparse_block.default: translate_sparse_block}
 
 
-def fill_absent_inputs(model) -> int:
+def fill_absent_inputs(model) -> list[str]:
     """Every absent input (empty name) of a SparseBlock node -> a ``[0]`` initializer of its weight type
-    (WA's: the activations'); returns the number of SparseBlock nodes."""
+    (WA's: the activations'); each node named ``<block>/block`` (call before the torch metadata is
+    stripped: the block names come from the exporter's name scopes). Returns the blocks, graph order."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
+    from sai.exporter.graph import _block_of, _scopes  # the per-op nodes' block names (fix_custom_nodes)
+
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    count = 0
+    used = {n.name for n in g.node}
+    blocks = []
     for node in g.node:
         if node.domain != DOMAIN or node.op_type != SPARSE_BLOCK:
             continue
-        count += 1
+        block = _block_of(_scopes(node))
+        blocks.append(block)
+        if f"{block}/block" not in used:
+            used.discard(node.name)
+            node.name = f"{block}/block"
+            used.add(node.name)
         wa = inits.get(node.input[3])
         dt = wa.data_type if wa is not None else TensorProto.FLOAT
         name = f"{EMPTY_PREFIX}.{TensorProto.DataType.Name(dt).lower()}"
@@ -220,4 +271,21 @@ def fill_absent_inputs(model) -> int:
                     inits[name] = numpy_helper.from_array(arr, name)
                     g.initializer.append(inits[name])
                 node.input[i] = name
-    return count
+    return blocks
+
+
+def block_table(model, per_op: dict[str, dict[str, int]], fused: list[str]) -> dict[str, dict[str, int]]:
+    """The export's block list with the SparseBlock nodes: ``{block: {SparseSampleConv, Interpolate,
+    SparseBlock: count}}`` in graph order (``per_op``: ``graph.fix_custom_nodes``'s list; ``fused``:
+    ``fill_absent_inputs``'s). Without SparseBlock nodes: ``per_op`` unchanged."""
+    if not fused:
+        return per_op
+    empty = {SPARSE_SAMPLE_CONV: 0, INTERPOLATE: 0, SPARSE_BLOCK: 0}
+    table: dict[str, dict[str, int]] = {}
+    for node in model.graph.node:  # graph order: a block's first sai node
+        block = node.name.split("/")[0]
+        if node.domain == DOMAIN and block not in table and (block in per_op or block in fused):
+            table[block] = {**empty, **per_op.get(block, {}), SPARSE_BLOCK: fused.count(block)}
+    for block in [*per_op, *fused]:  # a node whose name was taken keeps its block at the end
+        table.setdefault(block, {**empty, **per_op.get(block, {}), SPARSE_BLOCK: fused.count(block)})
+    return table

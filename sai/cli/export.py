@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=list(TARGETS), default="portable",
                    help="portable: sai nodes + local functions (any ONNX runtime); tensorrt: sai nodes for the "
                    "plugins; onnx-native: the function bodies inlined, standard ops only (TensorRT without plugins)")
+    p.add_argument("--trt-blocks", choices=["fused", "per-op"], default=None,
+                   help="--target tensorrt: fused (default) writes one sai::SparseBlock node per sparse block the plugin "
+                   "takes (the others stay per-op, named in one log line); per-op writes SparseSampleConv / "
+                   "Interpolate nodes only. Unset: SAI_TRT_SPARSE_BLOCK (1 fused, 0 per-op) or fused")
     p.add_argument("--body", choices=list(BODIES), default="sparse",
                    help="function bodies (portable / onnx-native): sparse computes only the sampled positions "
                    "(NonZero, GatherND, MatMul, row Gather); dense is Conv then mask (default sparse)")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, dynamic=args.dynamic, sampling=args.sampling,
         precision=args.precision, target=args.target, body=args.body, opset=args.opset, checkpoint=args.checkpoint,
         head=args.head, num_classes=args.num_classes, dcn_stages=args.dcn_stages,
-        base_width=args.base_width, seed=args.seed, check=not args.no_check,
+        base_width=args.base_width, seed=args.seed, trt_blocks=args.trt_blocks, check=not args.no_check,
         verbose=getattr(args, "verbose", False),
     )
     if args.json:
