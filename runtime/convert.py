@@ -159,6 +159,14 @@ def write_fused_onnx(portable: Path, dest: Path) -> dict:
                     f"or Triton's model_operations); {portable.name} is the portable model"}
 
 
+def has_detector_heads(loaded) -> bool:
+    """Whether a read checkpoint holds the detector heads (``rpn_head.*`` / ``bbox_head.*``)."""
+    from sai.models.checkpoint import read_checkpoint
+    from sai.runtime.detector_engine import is_detector_checkpoint
+
+    return is_detector_checkpoint(read_checkpoint(loaded)[0])
+
+
 def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] = None, precision: str = "fp32",
             opset: Optional[int] = None, min_shape=None, opt_shape=None, max_shape=None,
             workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
@@ -188,6 +196,9 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     recover_interrupted(outdir)
     loaded = read_checkpoint_file(ck)  # the one read of the file: its sha256, tensors and meta
     info = detect_layout(loaded)
+    if has_detector_heads(loaded):
+        progress(f"note: {ck.name} holds detector heads (rpn_head.*, bbox_head.*); converting its backbone + FPN "
+                 "only (features, not boxes): pass --preset NAME or --config FILE for the whole detector")
     if arch is None:
         arch = info["arch"]
     elif arch != info["arch"]:
@@ -220,7 +231,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                 seconds["engine"] = time.perf_counter() - t
                 built = True
             else:
-                progress(f"[3/4] engine skipped: {reason}")
+                progress("[3/4] TensorRT engine: skipped (why: see the summary below)")
             progress(f"[4/4] writing {MANIFEST_NAME}")
             files = {}
             for name in (ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME, PLAN_NAME):
@@ -260,3 +271,133 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return ConvertResult(outdir, manifest, built, reason or "", seconds)
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole detector (``sai convert CKPT --preset NAME`` / ``--config FILE``)
+# ----------------------------------------------------------------------------------------------
+
+DETECTOR_EXAMPLE_SHAPE = (1, 3, 128, 192)  # the padded batch traced; batch and size stay dynamic
+
+
+def _tensorrt_detector_target(det, dest: Path, shape, opset: int) -> dict:
+    """The detector's tensorrt-target ONNX where ``export_detector`` offers that target, else why not."""
+    import inspect
+
+    from sai.exporter.detector_export import export_detector
+
+    if "target" not in inspect.signature(export_detector).parameters:
+        return {"file": None, "reason": "the detector export has no tensorrt target in this sai yet (only the "
+                "portable model.onnx, which plain onnxruntime runs)"}
+    try:
+        export_detector(det, dest, input_shape=shape, opset=opset, target="tensorrt")
+    except (SaiError, NotImplementedError, ValueError) as exc:
+        from sai.errors import first_line
+
+        dest.unlink(missing_ok=True)
+        return {"file": None, "reason": f"the detector's tensorrt target was not written: {first_line(exc)}"}
+    return {"file": dest.name}
+
+
+def convert_detector(checkpoint, config, outdir, *, sampling: Optional[str] = None, opset: Optional[int] = None,
+                     opt_shape=None, progress: Callable[[str], None] = lambda s: None, force: bool = False,
+                     on_published: Optional[Callable[[Path], None]] = None) -> ConvertResult:
+    """The whole SAI-Det detector into ``outdir``: ``model.onnx`` (portable: standard ops + the sai ops with their
+    function bodies; inputs the padded batch, ``img_shape``, ``scale_factor``; outputs ``dets``, ``labels``,
+    ``num_dets``), ``model.cpu-fused.onnx`` (its sparse blocks fused for libsai_ort_ops.so, when any fuse), the
+    tensorrt-target file where the exporter offers one, and ``manifest.json`` with ``kind: detector``, the
+    preset/config, the preprocessing and the class names. ``config``: a preset name, an official config file
+    (read as literals, never run) or a ``DetectorConfig``. The output folder's safety is ``convert``'s."""
+    from dataclasses import asdict
+
+    from sai.exporter.detector_export import export_detector
+    from sai.models.checkpoint import read_checkpoint_file
+    from sai.models.detector import load_detector
+    from sai.models.detector_presets import resolve as resolve_config
+    from sai.outputs import check_output_dir, interrupt_watch, os_error_message, owned_tempdir
+    from sai.runtime.detector_engine import COCO_CLASSES
+    from sai.runtime.ort_ops import LIBRARY_NAME
+
+    ck = Path(checkpoint)
+    if ck.is_dir():
+        raise SaiError(f"checkpoint {ck} is a directory; give the checkpoint file (.pth/.pt) inside it")
+    if not ck.is_file():
+        raise SaiError(f"checkpoint {ck} does not exist")
+    cfg = resolve_config(config)  # a bad preset name or config file fails before anything is read or written
+    if sampling is not None and not cfg.sparse and sampling != "dense":
+        raise SaiError(f"--sampling {sampling}: the detector {cfg.name} is dense (no sampling masks); leave "
+                       "--sampling out")
+    shape = parse_shape(opt_shape, "--opt-shape") if opt_shape else DETECTOR_EXAMPLE_SHAPE
+    outdir = check_output_dir(Path(outdir).resolve(), "-o", what="sai convert", force=force,
+                              legacy=legacy_output_reason, protect=[ck])
+    recover_interrupted(outdir)
+    loaded = read_checkpoint_file(ck)
+    if not has_detector_heads(loaded):
+        raise SaiError(f"checkpoint {ck} has no detector heads (no rpn_head.* / bbox_head.* keys), so the detector "
+                       f"{cfg.name} cannot give boxes; give the full SAI-Det detector checkpoint, or leave out "
+                       "--preset/--config to convert its backbone (+ FPN) for features")
+    overrides = {"sampling": sampling} if sampling is not None and cfg.sparse else {}
+    progress(f"[1/4] loading {ck.name} into the detector {cfg.name} ({cfg.arch}, strict)")
+    det = load_detector(cfg, loaded, fuse=True, **overrides)
+    from sai.exporter.export import DEFAULT_OPSET
+
+    opset = opset or DEFAULT_OPSET
+    tmp = owned_tempdir(f".{outdir.name}.tmp-", outdir.parent)
+    seconds: dict[str, float] = {}
+    with interrupt_watch() as watch:
+        try:
+            progress(f"[2/4] exporting the detector -> {ONNX_NAME} (portable)")
+            t = time.perf_counter()
+            res = export_detector(det, tmp / ONNX_NAME, input_shape=shape, opset=opset)
+            seconds["export"] = time.perf_counter() - t
+            progress(f"[3/4] writing {FUSED_ONNX_NAME} (sparse blocks fused for {LIBRARY_NAME}) and the tensorrt target")
+            fused = write_fused_onnx(tmp / ONNX_NAME, tmp / FUSED_ONNX_NAME)
+            trt = _tensorrt_detector_target(det, tmp / TRT_ONNX_NAME, shape, opset)
+            progress(f"[4/4] writing {MANIFEST_NAME}")
+            files = {}
+            for name in (ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME):
+                p = tmp / name
+                if p.is_file():
+                    files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+            config_rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+            coco = cfg.num_classes == len(COCO_CLASSES) + 1
+            reason = "the detector's TensorRT engine is not built by sai convert yet"
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "kind": "detector",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "arch": cfg.arch,
+                "preset": cfg.name,
+                "config": config_rec,
+                "config_source": str(Path(config).resolve()) if isinstance(config, (str, os.PathLike))
+                and Path(str(config)).suffix == ".py" and Path(str(config)).is_file() else "preset",
+                "checkpoint": {"path": str(ck.resolve()), "sha256": loaded.sha256, "layout": "official-detector"},
+                "export": {"sampling": res.sampling, "sampling_note": sampling_note(res.sampling),
+                           "precision": "fp32", "opset": res.opset, "input_names": res.input_names,
+                           "output_names": res.output_names, "profile_given": False,
+                           "tensorrt_target": trt},
+                "shapes": {"input": {"opt": list(shape)}},  # the traced example; batch and size are dynamic
+                "preprocessing": {"img_scale": list(cfg.img_scale), "mean": list(cfg.mean), "std": list(cfg.std),
+                                  "to_rgb": bool(cfg.to_rgb), "size_divisor": int(cfg.size_divisor),
+                                  "keep_ratio": True, "resize": "bilinear, half-pixel centres, sizes int(x * s + 0.5), "
+                                  "rounded to uint8 (mmdetection v0.6 test pipeline)", "input": "uint8 RGB"},
+                "classes": list(COCO_CLASSES) if coco else None,
+                "classes_note": ("COCO's 80 classes in mmdetection v0.6's order (coco_classes()); label i is "
+                                 "classes[i]") if coco else f"{cfg.num_classes - 1} classes; no names recorded",
+                "engine": {"built": False, "skip_reason": reason},
+                "files": files,
+                "fused": fused,
+                "versions": versions(),
+                "metadata": res.metadata,
+            }
+            write_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            watch.check()
+            publish_dir(tmp, outdir, "sai convert", force=force, legacy=legacy_output_reason,
+                        on_published=on_published)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SaiError(os_error_message(exc, outdir)) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return ConvertResult(outdir, manifest, False, reason, seconds)

@@ -125,8 +125,16 @@ def load(path, backend: str = "auto", device: Optional[str] = None, *, seed: Opt
     onnxruntime-gpu offers it, else cpu), torch ``cpu|cuda`` (default cpu);
     ``seed`` seeds the noise of stochastic models; ``sampling`` overrides a checkpoint's sampling mode
     (torch); ``verify`` checks a sai convert OUTDIR's files against its manifest's sha256 before loading
-    (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``)."""
+    (False skips it: ``--no-verify``); extra ``options`` go to the backend (e.g. ``streams``, ``cuda_graphs``).
+    A detector OUTDIR (manifest ``kind: detector``) gives a ``sai.runtime.detector_engine.DetectorEngine`` (uint8
+    images in, ``dets``/``labels``/``num_dets`` out; options ``fused`` and ``checkpoint``)."""
     r = resolve(path, backend, verify=verify)
+    outdir = Path(path) if Path(path).is_dir() else Path(path).parent
+    if (r.manifest or {}).get("kind") == "detector" and (Path(path).is_dir() or Path(path).name in OUTDIR_FILES):
+        from sai.runtime.detector_engine import load_detector_engine  # images in, detections out
+
+        return load_detector_engine(outdir, r.manifest, r.backend, device=device, seed=seed, threads=threads,
+                                    **options)
     engine = _load(r, device, seed=seed, threads=threads, sampling=sampling, **options)
     # A TensorRT engine is built for its profile; onnxruntime and torch take any size unless convert was given one
     given = bool(((r.manifest or {}).get("export") or {}).get("profile_given"))
