@@ -24,6 +24,17 @@ bodies); the rest is appended as standard ops (docs/design.md 9), with v0.6's ``
   ``scale_factor``; ``NonMaxSuppression`` (IoU 0.5, ``score_threshold`` = the config's, its ``>`` as v0.6's)
   with image x class as its batch (each class's own boxes, shifted by +1), and the top ``max_per_img`` kept
   scores of each image by ``TopK``.
+
+``target="tensorrt"`` writes what TensorRT 10/11's ONNX parser maps (docs/design.md 9): the backbone's ``sai``
+nodes without bodies (the sai plugins), ``NonMaxSuppression`` -> ``INMSLayer``, ``TopK`` -> ``ITopKLayer``
+and ``sai::RoiAlignV0`` inlined into its body: ``RoiAlign`` (-> ``ROIAlign_TRT``, whose ``aligned=0`` math on
+the +1-shifted boxes is v0.6's for RoIs of a cell or more) plus the gather form, in standard ops, for the
+smaller RoIs. TensorRT's limits are checked against the config (``check_tensorrt_limits``): every ``TopK``'s
+K <= 3840 (``nms_pre``, ``max_num``, ``max_per_img``; v0.6's 1000 / 1000 / 100 fit, so the official
+configs export unchanged) and at most 5000 boxes per ``INMSLayer`` batch item (the RPN's NMS sees
+``min(nms_pre, H*W*A)``, the box head's ``max_num`` per image and class); ``nms_pre = 0`` (every anchor) is
+refused. The box head's NMS gets scores at or under ``score_thr`` set to -1 and a threshold of -0.5, so
+``INMSLayer``'s score comparison (``>`` or ``>=``) cannot matter.
 """
 
 from __future__ import annotations
@@ -55,6 +66,44 @@ from sai.exporter.functions import DOMAIN, DOMAIN_VERSION, roi_align_v0
 OUTPUT_NAMES = ("dets", "labels", "num_dets")
 INPUT_NAMES = ("input", "img_shape", "scale_factor")
 ROI_ALIGN = roi_align_v0.NAME
+TARGETS = ("portable", "tensorrt")
+TRT_MAX_TOPK = 3840  # ITopKLayer: K <= 3840 (TensorRT 10 / 11)
+TRT_MAX_NMS_BOXES = 5000  # INMSLayer: at most 5000 candidate boxes per batch item (its top-K box limit)
+
+
+def check_tensorrt_limits(cfg) -> None:
+    """SaiError naming the field and the fix when ``cfg`` needs a ``TopK`` of K > 3840 or an NMS over more than
+    5000 boxes per image (what TensorRT's ``ITopKLayer`` / ``INMSLayer`` cannot do exactly)."""
+    fix = "lower it in the config, or export target='portable' (onnxruntime)"
+    if cfg.nms_pre <= 0:
+        raise SaiError(f"detector {cfg.name}: nms_pre={cfg.nms_pre} (every anchor into NMS) is not exported for "
+                       f"TensorRT, whose INMSLayer considers at most {TRT_MAX_NMS_BOXES} boxes per image; set "
+                       f"nms_pre to 1..{TRT_MAX_TOPK}, or export target='portable' (onnxruntime)")
+    for what in ("nms_pre", "max_num", "max_per_img"):
+        v = int(getattr(cfg, what))
+        if v > TRT_MAX_TOPK:
+            raise SaiError(f"detector {cfg.name}: {what}={v} needs a TopK of K > {TRT_MAX_TOPK}, TensorRT's limit; "
+                           f"{fix}")
+    # INMSLayer's batch items then hold at most nms_pre boxes (RPN, a level of an image) and max_num (box head,
+    # an image's proposals of one class): both <= 3840 < 5000
+
+
+def inline_roi_align(proto: onnx.ModelProto) -> None:
+    """Replace every ``sai::RoiAlignV0`` node of ``proto`` by its function body (standard ops only) and drop
+    the function (the tensorrt target: no TensorRT plugin takes this op)."""
+    import onnx.inliner
+
+    if not any(f.domain == DOMAIN and f.name == ROI_ALIGN for f in proto.functions):
+        proto.functions.append(roi_align_v0.function(_opset_of(proto)))
+    inlined = onnx.inliner.inline_selected_functions(proto, [(DOMAIN, ROI_ALIGN)], exclude=False)
+    proto.CopyFrom(inlined)
+    keep = [f for f in proto.functions if not (f.domain == DOMAIN and f.name == ROI_ALIGN)]
+    del proto.functions[:]
+    proto.functions.extend(keep)
+
+
+def _opset_of(proto: onnx.ModelProto) -> int:
+    return next(imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx"))
 
 
 @dataclass
@@ -198,9 +247,11 @@ def _keep_scores(b: _Builder, scores: str, selected: str, fill: float = -1.0) ->
 
 
 def build_postprocess(b: _Builder, det, feats: list[str], cls: list[str], reg: list[str], img_shape: str,
-                      scale_factor: str) -> tuple[str, str, str]:
+                      scale_factor: str, target: str = "portable") -> tuple[str, str, str]:
     """The RPN proposals, RoI head and detections of ``det``'s config as nodes of ``b``; returns the names of
-    ``dets``, ``labels``, ``num_dets``."""
+    ``dets``, ``labels``, ``num_dets``. ``target="tensorrt"``: the box head's NMS takes its score threshold
+    from the scores (see the module docstring); ``sai::RoiAlignV0`` nodes either way (inlined later by
+    ``inline_roi_align`` for TensorRT)."""
     cfg = det.config
     shape_f = b.op("Cast", img_shape, to=TensorProto.FLOAT)  # [N, 2] (h, w)
     one = b.f32(1.0)
@@ -290,8 +341,13 @@ def build_postprocess(b: _Builder, det, feats: list[str], cls: list[str], reg: l
               b.i64(nc), b.i64(2))  # [N, R, C-1]
     sc = b.op("Where", b.op("Unsqueeze", prop_ok, b.i64(2)), sc, b.f32(0.0))
     sc = b.op("Reshape", b.op("Transpose", sc, perm=[0, 2, 1]), b.op("Concat", b.i64(-1), r_dim, axis=0))  # [N*C', R]
-    sel = b.op("NonMaxSuppression", _shift_plus1(b, cls_boxes), b.op("Unsqueeze", sc, b.i64(1)),
-               b.op("Max", r_dim, b.i64(1)), b.f32([float(cfg.nms_thr)]), b.f32([float(cfg.score_thr)]))
+    if target == "tensorrt":  # the threshold in the scores: INMSLayer's own comparison never decides
+        sc_nms = b.op("Where", b.op("Greater", sc, b.f32(float(cfg.score_thr))), sc, b.f32(-1.0))
+        thr = b.f32([-0.5])
+    else:
+        sc_nms, thr = sc, b.f32([float(cfg.score_thr)])
+    sel = b.op("NonMaxSuppression", _shift_plus1(b, cls_boxes), b.op("Unsqueeze", sc_nms, b.i64(1)),
+               b.op("Max", r_dim, b.i64(1)), b.f32([float(cfg.nms_thr)]), thr)
     kept = b.op("Reshape", _keep_scores(b, sc, sel), b.op("Concat", n_dim, b.i64(-1), axis=0))  # [N, C'*R]
     top_s, top_i = _topk_min(b, kept, cfg.max_per_img)  # [N, K']
     ok = b.op("Greater", top_s, b.f32(-0.5))
@@ -321,11 +377,13 @@ def export_detector(
     body: str = "sparse",
     check: bool = True,
     verbose: bool = False,
+    target: str = "portable",
 ) -> DetectorExportResult:
     """Export ``detector`` (a ``SaiDetector``, its weights loaded; fused here if it is not) to one ONNX graph
     at ``path`` (portable target: standard ops + the ``sai`` ops with their function bodies). ``input_shape``
     is the example padded batch traced (batch and size stay dynamic); ``body``: the sai ops' bodies
-    (``sparse`` | ``dense``)."""
+    (``sparse`` | ``dense``); ``target``: ``portable`` | ``tensorrt`` (what TensorRT's ONNX parser maps: the
+    sai ops without bodies, the config checked against TensorRT's TopK / NMS limits)."""
     import torch
 
     from sai.models.detector import SaiDetector
@@ -335,7 +393,11 @@ def export_detector(
     if not isinstance(detector, SaiDetector):
         raise SaiError(f"export_detector needs a sai.models.SaiDetector, got {type(detector).__name__}; build one "
                        "with sai.models.load_detector(preset, checkpoint)")
+    if target not in TARGETS:
+        raise SaiError(f"export_detector target must be one of {', '.join(TARGETS)}, got {target!r}")
     opset = _check_opset(opset)
+    if target == "tensorrt":
+        check_tensorrt_limits(detector.config)
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 4 or shape[1] != 3 or min(shape[2:]) < 32 or shape[0] < 1:
         raise SaiError(f"input_shape must be N,3,H,W with H and W at least 32, got {list(input_shape)}")
@@ -358,14 +420,15 @@ def export_detector(
         raise SaiError(f"the detector cannot run on input shape {list(shape)}: {first_line(exc)}") from exc
     in_names = ["input"] + [n for n, _ in noise_specs]
     proto = _torch_export(feat, [x, *noise], in_names, feat_names + cls_names + reg_names, {"batch", "hw"},
-                          noise_specs, opset, verbose)
-    finalize(proto, target="portable", precision="fp32", opset=opset, body=body)
+                          noise_specs, opset, verbose, target)
+    finalize(proto, target=target, precision="fp32", opset=opset, body=body)
 
     g = proto.graph
     b = _Builder()
     g.input.extend([helper.make_tensor_value_info("img_shape", TensorProto.INT64, ["batch", 2]),
                     helper.make_tensor_value_info("scale_factor", TensorProto.FLOAT, ["batch"])])
-    dets, labels, num = build_postprocess(b, det, feat_names, cls_names, reg_names, "img_shape", "scale_factor")
+    dets, labels, num = build_postprocess(b, det, feat_names, cls_names, reg_names, "img_shape", "scale_factor",
+                                          target)
     g.node.extend(b.nodes)
     g.initializer.extend(b.inits)
     k = det.config.max_per_img
@@ -377,6 +440,9 @@ def export_detector(
 
     graph.ensure_opset_import(proto, DOMAIN, DOMAIN_VERSION)
     proto.functions.append(roi_align_v0.function(opset))
+    if target == "tensorrt":
+        inline_roi_align(proto)
+        g = proto.graph
     del g.value_info[:]
     cfg = det.config
     import sai
@@ -387,8 +453,8 @@ def export_detector(
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     sampling = "dense" if not getattr(det.backbone, "is_sparse", False) else str(det.backbone.sampling)
     meta = {
-        "model": "detector", "preset": cfg.name, "arch": cfg.arch, "sampling": sampling, "target": "portable",
-        "body": body, "precision": "fp32", "dynamic_axes": ["batch", "hw"],
+        "model": "detector", "preset": cfg.name, "arch": cfg.arch, "sampling": sampling, "target": target,
+        "body": body if target == "portable" else "", "precision": "fp32", "dynamic_axes": ["batch", "hw"],
         "noise_inputs": [[n, s] for n, s in noise_specs], "img_scale": list(cfg.img_scale),
         "size_divisor": cfg.size_divisor, "mean": list(cfg.mean), "std": list(cfg.std), "to_rgb": bool(cfg.to_rgb),
         "max_per_img": k, "example_input_shape": list(shape), "sparse_ops": counts,
