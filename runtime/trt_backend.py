@@ -31,7 +31,8 @@ from sai.runtime.device import LEGACY_STREAM, Cuda, DeviceArray, DeviceTensor, a
 from sai.runtime.device import import_cudart as import_cudart
 from sai.runtime.engine import Engine, InputError, TensorSpec
 
-__all__ = ["DeviceArray", "TensorRTEngine", "as_device_array", "import_cudart", "import_tensorrt", "select_profile"]
+__all__ = ["DeviceArray", "TensorRTDetectorRunner", "TensorRTEngine", "as_device_array", "import_cudart",
+           "import_tensorrt", "select_profile"]
 
 Shape = tuple[int, ...]
 GRAPH_CACHE_SIZE = 16
@@ -340,3 +341,38 @@ class TensorRTEngine(Engine):
             s.close()
         self._all_slots = []
         self.trt_engine = None
+
+
+# ----------------------------------------------------------------------------------------------
+# detectors
+# ----------------------------------------------------------------------------------------------
+
+DETECTOR_INPUTS = ("input", "img_shape", "scale_factor")
+DETECTOR_OUTPUTS = ("dets", "labels", "num_dets")
+
+
+class TensorRTDetectorRunner:
+    """A detector's engine (built from ``export_detector(..., target="tensorrt")``) as a detector runner:
+    ``run(feeds)`` -> ``(dets [N, K, 5] float32, labels [N, K] int64, num_dets [N] int64)``, the feeds being
+    ``sai.runtime.detector_engine``'s padded batches (``input``, ``img_shape``, ``scale_factor``, noise)."""
+
+    def __init__(self, path: str, *, engine: Optional[TensorRTEngine] = None, **engine_options):
+        self.engine = engine if engine is not None else TensorRTEngine(path, **engine_options)
+        names = {s.name for s in self.engine.inputs}
+        outs = {s.name for s in self.engine.outputs}
+        missing = [n for n in DETECTOR_INPUTS if n not in names] + [n for n in DETECTOR_OUTPUTS if n not in outs]
+        if missing:
+            self.engine.close()
+            raise SaiError(f"engine {path} is not a detector's (no {', '.join(missing)}; it has inputs "
+                           f"{sorted(names)}, outputs {sorted(outs)}); build it from the detector's tensorrt-target "
+                           "ONNX (sai convert --preset NAME)")
+        self.input_names = names
+        self.path = str(path)
+
+    def run(self, feeds: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.engine.infer({k: v for k, v in feeds.items() if k in self.input_names})
+        return (np.asarray(out["dets"], np.float32), np.asarray(out["labels"], np.int64),
+                np.asarray(out["num_dets"], np.int64))
+
+    def close(self) -> None:
+        self.engine.close()
