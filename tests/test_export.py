@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -49,6 +51,28 @@ def expected_counts(depth: int, dcn_stages) -> tuple[int, int, list[str]]:
     return ssc, interp, names
 
 
+def expected_blocks(depth: int, base_width: int, dcn_stages) -> list[dict]:
+    """Every block of the architecture table with its channels and what the SparseBlock plugin needs of it
+    (trt_plugins/sparseBlock/README.md): all channel counts multiples of 16 (the block builds); the stem
+    gives ``base_width`` channels, stage i has ``base_width * 2**i`` planes (x4 out in a Bottleneck), the
+    first block of stages 2-4 has stride 2, a downsample where the stride or the channels change."""
+    kind, blocks = ARCH_TABLE[depth]
+    expansion = 4 if kind == "bottleneck" else 1
+    c = base_width
+    out = []
+    for i, n in enumerate(blocks):
+        planes = base_width * 2**i
+        for j in range(n):
+            stride = 2 if i > 0 and j == 0 else 1
+            cout = planes * expansion
+            chans = (c, planes, planes, cout)
+            out.append({"name": f"layer{i + 1}.{j}", "fusable": all(v % 16 == 0 for v in chans), "channels": chans,
+                        "stride": stride, "down": stride != 1 or c != cout, "dcn": bool(dcn_stages[i]),
+                        "ssc": (3 if kind == "bottleneck" else 2) + (1 if dcn_stages[i] else 0)})
+            c = cout
+    return out
+
+
 @torch.no_grad()
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random BN stats/affine, sigmas, offsets and mask predictors (masks ~50% dense)."""
@@ -77,7 +101,7 @@ class Exported:
     """A fused PyTorch model and its exported ONNX file."""
 
     def __init__(self, tmp: Path, arch: str, *, head="cls", dcn=(0, 0, 0, 0), sampling="deterministic",
-                 base_width=8, target="portable", precision="fp32", model=None, num_classes=10):
+                 base_width=8, target="portable", precision="fp32", model=None, num_classes=10, trt_blocks=None):
         self.depth = int(arch.replace("sparse_resnet", "").replace("resnet", ""))
         self.dcn = tuple(dcn)
         if model is None:
@@ -87,10 +111,11 @@ class Exported:
             randomize(model)
             model, _ = prepare_model(model)  # fuse
         self.model = model
-        self.path = tmp / f"{arch}_{head}_{''.join(map(str, dcn))}_{sampling}_{target}_{precision}.onnx"
+        self.base_width = base_width
+        self.path = tmp / f"{arch}_{head}_{''.join(map(str, dcn))}_{sampling}_{target}{trt_blocks or ''}_{precision}.onnx"
         t = time.perf_counter()
         self.result = export_onnx(model, self.path, input_shape=(1, 3, 64, 64), target=target,
-                                  precision=precision)
+                                  precision=precision, trt_blocks=trt_blocks)
         self.seconds = time.perf_counter() - t
         self.onnx = onnx.load(str(self.path))
         self._sess = None
@@ -215,7 +240,39 @@ def r18_fpn_dcn_stoch(tmp):
 
 @pytest.fixture(scope="module")
 def r18_fpn_dcn_trt(tmp):
-    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(1, 1, 1, 1), target="tensorrt")
+    """The tensorrt target's opt-out: every block as SparseSampleConv / Interpolate nodes."""
+    return Exported(tmp, "sparse_resnet18", head="fpn", dcn=(1, 1, 1, 1), target="tensorrt", trt_blocks="per-op")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def export_default_trt(tmp, arch, e: Exported) -> tuple[Exported, list[str]]:
+    """``e``'s model exported for TensorRT with the default block mode (SAI_TRT_SPARSE_BLOCK unset), with the
+    exporter's log lines."""
+    rec = _Records()
+    log = logging.getLogger("sai.exporter.trt_blocks")
+    log.addHandler(rec)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("SAI_TRT_SPARSE_BLOCK", raising=False)
+            out = Exported(tmp, arch, head=getattr(e.model, "head", "cls") or "cls", dcn=e.dcn, target="tensorrt",
+                           model=e.model, base_width=e.base_width)
+    finally:
+        log.removeHandler(rec)
+    return out, rec.lines
+
+
+@pytest.fixture(scope="module")
+def r18_fpn_dcn_trt_fused(tmp, r18_fpn_dcn_trt):
+    """The tensorrt target's default on the same model: one SparseBlock node per block the plugin takes."""
+    return export_default_trt(tmp, "sparse_resnet18", r18_fpn_dcn_trt)
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +378,7 @@ def test_portable_functions(r18_fpn_dcn_stoch):
 
 
 def test_tensorrt_target(r18_fpn_dcn_trt):
+    """``trt_blocks="per-op"`` (sai export --trt-blocks per-op): every block as per-op nodes, no SparseBlock."""
     e = r18_fpn_dcn_trt
     assert not [f for f in e.onnx.functions if f.domain == "sai"]
     assert {i.domain: i.version for i in e.onnx.opset_import}.get("sai") == 1
@@ -330,13 +388,83 @@ def test_tensorrt_target(r18_fpn_dcn_trt):
     assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
     assert sum(n.op_type == "Interpolate" for n in nodes) == interp
     assert sum(len(n.input) == 5 for n in nodes) == 8  # one deformable conv2 per block
-    assert read_metadata(e.onnx)["target"] == "tensorrt"
+    assert not [n for n in nodes if n.op_type == "SparseBlock"]
+    assert e.result.op_counts == {"SparseSampleConv": ssc, "Interpolate": interp}
+    assert read_metadata(e.onnx)["target"] == "tensorrt" and read_metadata(e.onnx)["trt_blocks"] == "per-op"
     # putting the functions back gives a model onnxruntime runs, equal to PyTorch
     from sai.exporter import attach_functions
 
     attach_functions(e.onnx, 21)
     e.path.write_bytes(e.onnx.SerializeToString())
     check_ort(e)
+
+
+def check_fused_trt(e: Exported, lines: list[str]) -> None:
+    """A default tensorrt export against the architecture table: one SparseBlock node per fusable block (named
+    ``<block>/block``, inputs as the block's kind: conv3, downsample, DCN offset conv), the per-op nodes of the
+    others only, and one log line naming exactly those others and why."""
+    table = expected_blocks(e.depth, e.base_width, e.dcn)
+    fused = [b for b in table if b["fusable"]]
+    kept = [b for b in table if not b["fusable"]]
+    assert fused, "the test needs a model with fusable blocks"
+    onnx.checker.check_model(e.onnx, full_check=True)
+    assert not e.onnx.functions and read_metadata(e.onnx)["trt_blocks"] == "fused"
+    nodes = [n for n in e.onnx.graph.node if n.domain == "sai"]
+    blocks = [n for n in nodes if n.op_type == "SparseBlock"]
+    assert [n.name for n in blocks] == [f"{b['name']}/block" for b in fused]
+    assert {n.name.split("/")[0] for n in nodes if n.op_type != "SparseBlock"} == {b["name"] for b in kept}
+    ssc = sum(b["ssc"] for b in kept)
+    assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
+    assert sum(n.op_type == "Interpolate" for n in nodes) == 2 * len(kept)
+    assert e.result.op_counts == {"SparseSampleConv": ssc, "Interpolate": 2 * len(kept), "SparseBlock": len(fused)}
+    assert list(e.result.blocks) == [b["name"] for b in table]
+    assert [c["SparseBlock"] for c in e.result.blocks.values()] == [int(b["fusable"]) for b in table]
+    dims = {t.name: list(t.dims) for t in e.onnx.graph.initializer}
+    bottleneck = ARCH_TABLE[e.depth][0] == "bottleneck"
+    for node, b in zip(blocks, fused, strict=True):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert len(node.input) == 13 and attrs["plugin_namespace"] == b"sai"
+        c, cm, cb, cout = b["channels"]
+        assert dims[node.input[3]][:2] == [cm, c] and dims[node.input[5]][:2] == [cb, cm]  # WA, WB
+        assert dims[node.input[7]] == ([cout, cb, 1, 1] if bottleneck else [0])  # WC
+        assert dims[node.input[9]] == ([cout, c, 1, 1] if b["down"] else [0]), b  # WD
+        assert dims[node.input[11]] == ([18, c, 3, 3] if b["dcn"] else [0]), b  # WO
+        assert attrs["stride_a"] * attrs["stride_b"] == b["stride"]
+    assert len(lines) == 1, lines  # one line per model, naming every block kept per-op
+    named = set(re.findall(r"layer\d+\.\d+", lines[0]))
+    assert named == {b["name"] for b in kept} and "not multiples of 16" in lines[0], lines[0]
+    assert f"{len(kept)} of {len(table)} sparse blocks" in lines[0], lines[0]
+
+
+def test_tensorrt_target_fused_blocks(r18_fpn_dcn_trt_fused):
+    """The default tensorrt export: SparseBlock nodes for the blocks the plugin takes (BasicBlock, DCN in every
+    stage); at base width 8 the first three blocks have 8-channel convs and stay per-op with one log line."""
+    e, lines = r18_fpn_dcn_trt_fused
+    check_fused_trt(e, lines)
+    assert [b["fusable"] for b in expected_blocks(18, 8, e.dcn)][:4] == [False, False, False, True]
+
+
+def test_tensorrt_target_per_op_by_env_and_bad_values(tmp, r18_fpn_dcn_trt, monkeypatch):
+    """SAI_TRT_SPARSE_BLOCK=0 is the per-op default's override; an explicit trt_blocks wins; bad values and
+    trt_blocks with another target are one-line errors before anything is written."""
+    from sai.errors import SaiError
+    from sai.exporter import trt_blocks
+
+    monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "0")
+    assert trt_blocks.mode() == "per-op" and trt_blocks.mode("fused") == "fused"
+    monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "1")
+    assert trt_blocks.mode() == "fused" and trt_blocks.mode("per-op") == "per-op"
+    monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "yes")
+    with pytest.raises(SaiError, match="SAI_TRT_SPARSE_BLOCK='yes' is not 0 or 1"):
+        trt_blocks.mode()
+    monkeypatch.delenv("SAI_TRT_SPARSE_BLOCK")
+    assert trt_blocks.mode() == "fused"
+    out = tmp / "never.onnx"
+    with pytest.raises(SaiError, match="trt_blocks must be one of fused, per-op"):
+        export_onnx(r18_fpn_dcn_trt.model, out, input_shape=(1, 3, 64, 64), target="tensorrt", trt_blocks="all")
+    with pytest.raises(SaiError, match="applies to --target tensorrt only"):
+        export_onnx(r18_fpn_dcn_trt.model, out, input_shape=(1, 3, 64, 64), trt_blocks="per-op")
+    assert not out.exists()
 
 
 def _layout_passes(m: onnx.ModelProto) -> tuple[int, int, int]:
@@ -349,18 +477,25 @@ def _layout_passes(m: onnx.ModelProto) -> tuple[int, int, int]:
     return tails, mm, conv
 
 
-def test_layout_passes_only_for_sparse_bodies(r101_fpn_stoch, r18_fpn_dcn_trt):
+def test_layout_passes_only_for_sparse_bodies(r101_fpn_stoch, r18_fpn_dcn_trt, r18_fpn_dcn_trt_fused):
     """The portable sparse-body model runs every block's tail in NHWC and its mask taps as a
-    MatMul on the NHWC block input (values: test_ort_matches_torch); the TensorRT graph is untouched."""
+    MatMul on the NHWC block input (values: test_ort_matches_torch); the TensorRT graph is untouched
+    (per-op: mask taps as Convs; fused: the SparseBlock nodes take the mask weights, MW)."""
     # split_mask_convs leaves blocks with < 16 input channels alone (at base_width 8: the first block)
     blocks = len(r101_fpn_stoch.result.blocks)
     assert _layout_passes(r101_fpn_stoch.onnx) == (blocks, blocks - 1, 0)
     tails, mm, conv = _layout_passes(r18_fpn_dcn_trt.onnx)
-    assert (tails, mm) == (0, 0) and conv > 0
+    per_op_taps = sum(b["channels"][0] >= 16 for b in expected_blocks(18, 8, r18_fpn_dcn_trt.dcn))
+    assert (tails, mm, conv) == (0, 0, per_op_taps) and conv > 0
+    # fused: only the blocks kept per-op have mask convs, and at base width 8 they all read 8 channels
+    kept_taps = sum(b["channels"][0] >= 16 for b in expected_blocks(18, 8, r18_fpn_dcn_trt.dcn) if not b["fusable"])
+    assert _layout_passes(r18_fpn_dcn_trt_fused[0].onnx) == (0, 0, kept_taps)
 
 
-def test_tensorrt_graph_counts_deep(r101_cls_dcn, r50_fpn_dcn):
-    """The tensorrt target is the portable graph minus the sai functions: counted at depth 50/101."""
+def test_tensorrt_graph_counts_deep(tmp, r101_cls_dcn, r50_fpn_dcn):
+    """The tensorrt target with --trt-blocks per-op (and sai convert's model.trt.onnx) is the portable graph
+    minus the sai functions; its default writes SparseBlock nodes for the fusable Bottlenecks (with and without
+    downsample, DCN): both counted at depth 50/101."""
     from sai.exporter import strip_functions
 
     for e in (r101_cls_dcn, r50_fpn_dcn):
@@ -374,6 +509,7 @@ def test_tensorrt_graph_counts_deep(r101_cls_dcn, r50_fpn_dcn):
         assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
         assert sum(n.op_type == "Interpolate" for n in nodes) == interp
         assert sum(len(n.input) == 5 for n in nodes) == sum(ARCH_TABLE[e.depth][1][i] for i in range(4) if e.dcn[i])
+        check_fused_trt(*export_default_trt(tmp, f"sparse_resnet{e.depth}", e))
 
 
 def test_metadata(r18_fpn_dcn_stoch):

@@ -5,8 +5,9 @@
   trt_plugins/tests/sparse_block_harness.cpp checks the creator's field checks (name, type, length,
   range, the node name in each message), serialization, output shapes, formats (NHWC only), the
   configure-time block checks and the workspace plan, built warning-free at -Wall -Wextra -Werror.
-- The exporter: with ``SAI_TRT_SPARSE_BLOCK=1`` the tensorrt target writes one ``sai::SparseBlock`` node
-  per fused sparse block and no per-op node for them; each node's initializers and attributes, run
+- The exporter: by default the tensorrt target writes one ``sai::SparseBlock`` node per fused sparse block
+  the plugin takes and no per-op node for them (``trt_blocks="per-op"`` / ``SAI_TRT_SPARSE_BLOCK=0``: per-op
+  nodes only; a block the plugin cannot take stays per-op, named in one log line); each node's initializers and attributes, run
   through the float64 formulas of docs/design.md 3.1-3.4 (written out here), give the PyTorch block's
   output; fp16 files keep the masks' inputs in fp32.
 
@@ -47,6 +48,7 @@ def test_glue_harness(tmp_path):
             kdir / "sai_kernels_embedded.cpp"]
     cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations",
            "-isystem", str(inc), "-isystem", str(aot.cuda_include_dir()), f"-I{PLUGINS / 'common'}",
+           f"-I{ROOT / 'models' / 'csrc' / 'common'}",
            f"-I{PLUGINS / 'sparseBlock'}", f"-I{aot.LAUNCHER_DIR}", f"-I{kdir}", *map(str, srcs), "-o", str(exe),
            "-ldl"]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -106,7 +108,7 @@ def _block_reference(x, t: dict, a: dict) -> torch.Tensor:
 def _export(tmp_path, monkeypatch, arch, dcn, precision="fp32"):
     from sai.exporter.export import export_onnx, prepare_model
 
-    monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "1")
+    monkeypatch.delenv("SAI_TRT_SPARSE_BLOCK", raising=False)  # the default
     model, _ = prepare_model(arch, base_width=16, dcn_stages=dcn, seed=3)  # 16-divisible channels
     path = tmp_path / f"{arch}_{precision}.onnx"
     export_onnx(model, path, input_shape=(2, 3, 64, 48), target="tensorrt", precision=precision)
@@ -177,16 +179,53 @@ def test_fp16_keeps_the_mask_inputs_fp32(tmp_path, monkeypatch):
             assert t[name].data_type == TensorProto.FLOAT16, name
 
 
-def test_off_by_default_keeps_the_per_op_nodes(tmp_path, monkeypatch):
-    from sai.exporter.export import export_onnx
-
-    monkeypatch.delenv("SAI_TRT_SPARSE_BLOCK", raising=False)
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_per_op_opt_out_keeps_the_per_op_nodes(tmp_path, monkeypatch, how):
+    """``trt_blocks="per-op"`` (sai export --trt-blocks per-op), or SAI_TRT_SPARSE_BLOCK=0 with no explicit
+    choice: every block as SparseSampleConv / Interpolate nodes, at a width where every block would fuse."""
     import onnx
 
+    from sai.exporter.export import export_onnx
+
+    monkeypatch.setenv("SAI_TRT_SPARSE_BLOCK", "0" if how == "env" else "1")  # the argument wins over the env
     path = tmp_path / "r18.onnx"
-    export_onnx("sparse_resnet18", path, input_shape=(1, 3, 64, 64), base_width=8, target="tensorrt")
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "sai"}
-    assert ops == {"SparseSampleConv", "Interpolate"}
+    res = export_onnx("sparse_resnet18", path, input_shape=(1, 3, 64, 64), base_width=16, target="tensorrt",
+                      trt_blocks="per-op" if how == "argument" else None)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "sai"]
+    assert set(ops) == {"SparseSampleConv", "Interpolate"} and ops.count("Interpolate") == 2 * 8
+    assert "SparseBlock" not in res.op_counts
+
+
+def test_block_the_plugin_cannot_take_falls_back_with_one_line(tmp_path, monkeypatch, caplog):
+    """Blocks with a 5x5 Gaussian (the plugin's builds are 7x7) or no grid prior keep the per-op nodes, their
+    output unchanged; one warning names exactly those blocks and why; the others are SparseBlock nodes."""
+    import logging
+
+    import onnx
+
+    from sai.exporter.export import export_onnx, prepare_model
+
+    monkeypatch.delenv("SAI_TRT_SPARSE_BLOCK", raising=False)
+    model, _ = prepare_model("sparse_resnet18", base_width=16, seed=3)
+    blocks = dict(model.sparse_blocks())
+    blocks["layer2.1"].gaussian_kernel = 5
+    blocks["layer3.0"].grid_prior_interval = 0
+    path = tmp_path / "r18.onnx"
+    with caplog.at_level(logging.WARNING, logger="sai.exporter.trt_blocks"):
+        res = export_onnx(model, path, input_shape=(1, 3, 64, 64), target="tensorrt")
+    lines = [r.getMessage() for r in caplog.records if r.name == "sai.exporter.trt_blocks"]
+    assert len(lines) == 1, lines
+    assert "2 of 8 sparse blocks keep the per-op TensorRT plugins" in lines[0]
+    assert "layer2.1: its Gaussian is 5x5; the plugin's builds are 7x7" in lines[0], lines[0]
+    assert "layer3.0: it has no grid prior" in lines[0], lines[0]
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.domain == "sai"]
+    assert sorted({n.name.split("/")[0] for n in nodes if n.op_type != "SparseBlock"}) == ["layer2.1", "layer3.0"]
+    assert [n.name for n in nodes if n.op_type == "SparseBlock"] == [
+        f"{b}/block" for b in ("layer1.0", "layer1.1", "layer2.0", "layer3.1", "layer4.0", "layer4.1")]
+    assert res.op_counts == {"SparseSampleConv": 4, "Interpolate": 4, "SparseBlock": 6}
+    k = [onnx.helper.get_attribute_value(a) for n in nodes if n.name == "layer2.1/interp0" for a in n.attribute
+         if a.name == "kernel_size"]
+    assert k == [5]  # the per-op node carries the block's own Gaussian
 
 
 def test_plugin_name_and_the_builds_tiles_match():

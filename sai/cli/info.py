@@ -23,7 +23,7 @@ def describe(path: str) -> dict:
 
     import onnx
 
-    from sai.constants import DOMAIN, OP_TYPES
+    from sai.constants import DOMAIN, OP_TYPES, SPARSE_BLOCK
     from sai.errors import SaiError, first_line
     from sai.exporter.metadata import read_metadata
 
@@ -45,14 +45,17 @@ def describe(path: str) -> dict:
     def dtype(vi):
         return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
 
-    counts = {op: 0 for op in OP_TYPES}
+    # sai::SparseBlock (a whole block: the tensorrt target's default, model.cpu-fused.onnx) counted when present
+    ops = (*OP_TYPES, SPARSE_BLOCK) if any(n.domain == DOMAIN and n.op_type == SPARSE_BLOCK
+                                           for n in model.graph.node) else OP_TYPES
+    counts = {op: 0 for op in ops}
     blocks: dict[str, dict[str, int]] = {}
     variants: dict[str, int] = {}
     for n in model.graph.node:
         if n.domain == DOMAIN and n.op_type in counts:
             counts[n.op_type] += 1
             block = n.name.split("/")[0] if "/" in n.name else "model"
-            blocks.setdefault(block, {op: 0 for op in OP_TYPES})[n.op_type] += 1
+            blocks.setdefault(block, {op: 0 for op in ops})[n.op_type] += 1
             key = f"{n.op_type}{'[' + n.overload + ']' if n.overload else ''}"
             variants[key] = variants.get(key, 0) + 1
     functions = [f"{f.domain}::{f.name}{'[' + f.overload + ']' if f.overload else ''}" for f in model.functions]
