@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from sai.kernels.configs import CONV_TACTICS
+
 ARCHS = (75, 80, 86, 89, 90, 100, 120)
 HERE = Path(__file__).resolve().parent
 LAUNCHER_DIR = HERE / "launcher"
@@ -49,9 +51,11 @@ _INTERP_DIV = _INTERP_OURS + ["f_ptr", "y_ptr", "C", "sfn", "sfh", "sfw", "syn",
 _CONV_GRID = "(cdiv(P, BM), groups * cdiv(COUT_G, BN), 1); P = N*Ho*Wo; cnt from mask_partition (gt0)"
 _INTERP_GRID = "(cdiv(P, BP), cdiv(C, BC), 1); P = N*H*W; cnt from mask_partition (lt1)"
 
-# tactic id -> tile config (None: the arch's tuned entry of configs/). Ids are stable (engines store them).
-TACTICS = {1: None, 2: {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4, "num_stages": 3}}
-TACTIC_NAMES = {1: "tuned", 2: "tile64x64x32"}
+# tactic id -> name of the conv's tile classes (configs.CONV_TACTICS: 1 the arch's tuned entry, 2 a fixed
+# 64x64x32, 3.. the arch's tile entries). Ids are stable (engines store them). A fast fp16/bf16 conv build
+# carries every tactic its arch's table defines (the tiles configs.conv_config picks from at run time),
+# the other conv builds tactic 1 only.
+TACTIC_NAMES = CONV_TACTICS
 _SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -65,7 +69,7 @@ def _conv(dtype: str, k: int | None, deform: bool, relu: bool) -> dict:
         "dtype": dtype, "constexprs": const,
         "features": dict(dtype=dtype, k=k if fast else 3, deform=deform, build="fast" if fast else "any"),
         "divisible": _CONV_DIV if fast else _CONV_OURS,
-        "tactics": [1, 2] if fast and not deform else [1],
+        "tactics": list(TACTIC_NAMES) if fast and not deform else [1],
         "grid": _CONV_GRID,
     }
 
@@ -178,6 +182,13 @@ def _expand_specs(names: list[str]) -> list[tuple[str, dict, int]]:
     return out
 
 
+def tile_config(spec: dict, cc: int, tactic: int) -> dict:
+    """The tile config a conv spec's ``tactic`` compiles with on sm_<cc> (configs.conv_tactics)."""
+    from sai.kernels import configs
+
+    return configs.conv_tactics(f"sm_{cc}", **spec["features"])[tactic]
+
+
 def image_stem(name: str, tactic: int) -> str:
     """File name (without extension) of one image in ``sm_<cc>/``."""
     return name if tactic == 1 else f"{name}__t{tactic}"
@@ -223,8 +234,8 @@ def compile_one(name: str, spec: dict, cc: int, out: Path, tactic: int = 1) -> d
 
     mod = importlib.import_module(spec["module"])
     jit = getattr(mod, spec["kernel"]).jit
-    if TACTICS.get(tactic) is not None and spec["cfg_kernel"] == "sparse_sample_conv":
-        cfg = dict(TACTICS[tactic])
+    if spec["cfg_kernel"] == "sparse_sample_conv":
+        cfg = tile_config(spec, cc, tactic)
     elif spec["cfg_kernel"]:
         cfg = configs.lookup(spec["cfg_kernel"], f"sm_{cc}", **spec["features"])
     else:
@@ -298,9 +309,7 @@ def _semantic_constants(metas: list[dict]) -> dict[str, set[str]]:
     by_spec: dict[str, list[dict]] = {}
     for m in metas:
         by_spec.setdefault(m["spec"], []).append(m)
-    tiles = set(_TILE_KEYS)
-    for t in TACTICS.values():
-        tiles |= set(t or {})
+    tiles = set(_TILE_KEYS) | {"num_warps", "num_stages"}
     out = {}
     for spec, ms in by_spec.items():
         keys = set(ms[0]["constexprs"])

@@ -40,7 +40,7 @@ from torch import Tensor
 from sai.errors import SaiError
 from sai.kernels import configs
 from sai.kernels._jit import check_device, interpreting, kernel
-from sai.kernels.sparse_sample_conv import fp32_precision, sparse_conv_kernel
+from sai.kernels.sparse_sample_conv import conv_tiles, fp32_precision, sparse_conv_kernel
 
 DELTA = 1e-8  # docs/design.md 3.1's d
 # Builtins of triton.language only (no @triton.jit helpers such as tl.sum / tl.sigmoid), as in
@@ -57,10 +57,9 @@ _INTERP_DEFAULTS = {
     "sparse_block_masks": {"BLOCK": 512, "BC": 64, "num_warps": 1, "num_stages": 1},
     "sparse_block_interp": {"TH": 8, "TW": 16, "BC": 64, "BKD": 64, "num_warps": 1, "num_stages": 1},
     "sparse_block_tail": {"TH": 8, "TW": 16, "BC": 64, "BKD": 64, "num_warps": 1, "num_stages": 1},
-    # the interpreter's cost is per program and per op: large conv tiles (configs' "sparse_sample_conv"
-    # entries serve the GPU)
-    "sparse_block_conv": {"BM": 128, "BN": 64, "BK": 64, "num_warps": 1, "num_stages": 1},
 }
+# the convs' tiles: sparse_sample_conv.conv_tiles (configs.conv_config, with the feature fused_block: the
+# interpreter's table has larger tiles for it, its cost being per program and op)
 
 
 @kernel
@@ -363,13 +362,8 @@ def conv_at(x: Tensor, weight: Tensor, bias: Optional[Tensor], idx: Tensor, cnt:
     if y.numel() == 0:
         return y
     wp = _pack_conv(weight) if packed is None else packed
-    arch = configs.arch_name(dev)
-    feats = {"dtype": str(x.dtype).replace("torch.", ""), "k": kh, "deform": offset is not None}
-    try:
-        cfg = configs.lookup("sparse_block_conv", arch, **feats)
-    except KeyError:
-        cfg = (dict(_INTERP_DEFAULTS["sparse_block_conv"]) if arch == "interpreter"
-               else configs.lookup("sparse_sample_conv", arch, **feats))
+    # the per-op conv's chooser: by P and Cout among the AOT build's tiles (small P: 64-row tiles)
+    cfg = conv_tiles(dev, x, kh, kw, cin, cout, p, offset is not None, fused_block=True)
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
     off = offset if offset is not None else x
     so = offset.stride() if offset is not None else (0, 0, 0, 0)

@@ -183,6 +183,19 @@ def pack_weight(weight: Tensor, groups: int) -> Tensor:
     return packed
 
 
+def conv_tiles(dev: torch.device, x: Tensor, kh: int, kw: int, cin_g: int, cout_g: int, p: int, deform: bool,
+               **extra) -> dict:
+    """The tile config of one launch of ``sparse_conv_kernel`` (``configs.conv_config``, the one chooser of
+    the per-op conv and the fused block): by the rows ``p`` (N*Ho*Wo) and output channels per group, among
+    the tiles of the AOT build this launch corresponds to ("fast": 1x1/3x3, channels innermost,
+    16-divisible channel counts; else "any"), so every tile picked here has a cubin in ``make kernels``."""
+    fast = (kh == kw and kh in (1, 3) and x.stride(1) == 1 and cin_g % 16 == 0 and cout_g % 16 == 0
+            and x.dtype != torch.float32)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else None
+    return configs.conv_config(configs.arch_name(dev), dtype=str(x.dtype).replace("torch.", ""), k=kh, deform=deform,
+                               P=p, cout=cout_g, build="fast" if fast else "any", sms=sms, **extra)
+
+
 def _pair(value, name: str) -> list[int]:
     from sai.models.ops import _pair as ops_pair
 
@@ -238,9 +251,7 @@ def sparse_sample_conv_attrs(x, mask, weight, bias, offset, stride, pads, dilati
         return y
     idx, cnt = partition(mask, "gt0")
     wp = pack_weight(weight, groups)
-    arch = configs.arch_name(dev)
-    dt = str(x.dtype).replace("torch.", "")
-    cfg = configs.lookup("sparse_sample_conv", arch, dtype=dt, k=kh, deform=offset is not None, P=p, cout=cout_g)
+    cfg = conv_tiles(dev, x, kh, kw, cin_g, cout_g, p, offset is not None)
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
     grid = (triton.cdiv(p, bm), groups * triton.cdiv(cout_g, bn))
     off = offset if offset is not None else x  # never read without DEFORM

@@ -177,8 +177,10 @@ def test_real_cubins_nested_tap_loop_flagged_flat_loop_not(tmp_path, cc):
 
 def test_conv_builds_have_one_pipelined_k_loop_and_no_spills(tmp_path):
     """The conv kernel's fast 3x3 build and its any-size fallback, sm_80 and sm_90: one K loop with the
-    tensor-core instructions, no drain per tap, no stack frame."""
+    tensor-core instructions, no drain per tap, no stack frame; every tile tactic of the fast build."""
     import json
+
+    from sai.kernels import aot, configs
 
     cuobjdump = _cuobjdump()
     specs = "sparse_conv_fp16_k3_relu,sparse_conv_fp16_any"
@@ -187,7 +189,9 @@ def test_conv_builds_have_one_pipelined_k_loop_and_no_spills(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for cc in (80, 90):
-        for stem in ("sparse_conv_fp16_k3_relu", "sparse_conv_fp16_k3_relu__t2", "sparse_conv_fp16_any"):
+        stems = [aot.image_stem("sparse_conv_fp16_k3_relu", t) for t in aot.SPECS["sparse_conv_fp16_k3_relu"]["tactics"]]
+        assert len(stems) == len(configs.CONV_TACTICS)  # every tile class conv_config picks from
+        for stem in stems + ["sparse_conv_fp16_any"]:
             meta = json.loads((tmp_path / f"sm_{cc}" / f"{stem}.json").read_text())
             r = S.analyze_cubin(cuobjdump, str(tmp_path / f"sm_{cc}" / f"{stem}.cubin"), cc, meta["num_warps"],
                                 meta["shared"])
@@ -212,3 +216,101 @@ def test_config_matching_rules():
     assert not configs.matches({"P_max": 100}, {})  # a bound on a feature the call does not give: no match
     assert not configs.matches({"deform": False}, {})  # as before: a missing feature never equals
     assert not configs.matches({"P_max": 100}, {"P": True})
+
+
+# ---- tile configs: the run-time chooser picks only what make kernels builds ---------------------------
+
+
+def _block_convs(h: int, w: int, n: int, dcn: bool):
+    """(k, cin, cout, deform, P) of every conv of sparse_resnet101's blocks (torchvision layout, 1024x1664
+    style input h x w, batch n): conv1 1x1 at stride 1, the 3x3 offset conv (18 channels) and conv2 (3x3,
+    deformable with DCN, stride 2 in each stage's first block), conv3 1x1."""
+    out = []
+    hh, ww = (h + 3) // 4, (w + 3) // 4  # after the stem and max-pool
+    inplanes = 64
+    for stage, planes in enumerate((64, 128, 256, 512)):
+        for first in (True, False):
+            s = 2 if first and stage > 0 else 1
+            h2, w2 = (hh - 1) // s + 1, (ww - 1) // s + 1
+            out.append((1, inplanes, planes, False, n * hh * ww))
+            if dcn and stage > 0:
+                out.append((3, inplanes, 18, False, n * h2 * w2))
+            out.append((3, planes, planes, dcn and stage > 0, n * h2 * w2))
+            out.append((1, planes, 4 * planes, False, n * h2 * w2))
+            hh, ww, inplanes = h2, w2, 4 * planes
+    return out
+
+
+def test_every_tile_the_chooser_picks_for_the_model_is_an_aot_build():
+    """For sparse_resnet101's block convs (with and without DCN) at several input sizes and batches, fp16 and
+    bf16, on every target arch: the config ``conv_tiles`` / ``configs.conv_config`` picks at run time is the
+    tile config of one of the tactics kernels/aot.py builds for that conv's spec (and, where ``make kernels``
+    has built them, the BM/BN/BK, warps and stages in that image's metadata)."""
+    import json
+
+    import torch
+
+    from sai.kernels import aot, configs
+    from sai.kernels.sparse_sample_conv import conv_tiles
+
+    kdir = ROOT / "build" / "kernels"
+    picked: dict = {}
+    checked_meta = 0
+    for cc in aot.ARCHS:
+        arch = f"sm_{cc}"
+        for dtype in (torch.float16, torch.bfloat16):
+            s = aot._SHORT[str(dtype).replace("torch.", "")]
+            for (h, w), n, dcn in (((1024, 1664), 1, False), ((1024, 1664), 8, True), ((512, 832), 1, True),
+                                   ((256, 416), 2, False), ((2048, 3328), 1, False)):
+                for k, cin, cout, deform, p in _block_convs(h, w, n, dcn):
+                    x = torch.empty(1, cin, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                    orig = configs.arch_name
+                    configs.arch_name = lambda dev, _a=arch: _a  # the device the AOT build targets
+                    try:
+                        cfg = conv_tiles(torch.device("cpu"), x, k, k, cin, cout, p, deform)
+                    finally:
+                        configs.arch_name = orig
+                    fast = cin % 16 == 0 and cout % 16 == 0
+                    name = f"sparse_conv_{s}_{f'k{k}' if fast else 'any'}{'_deform' if deform else ''}"
+                    spec = aot.SPECS[name]
+                    if not aot.supported(spec, cc):
+                        continue
+                    assert cfg["tactic"] in spec["tactics"], (arch, name, cfg)
+                    built = aot.tile_config(spec, cc, cfg["tactic"])
+                    tile = {key: cfg[key] for key in ("BM", "BN", "BK", "num_warps", "num_stages")}
+                    assert tile == {key: built[key] for key in tile}, (arch, name, p, cout, cfg, built)
+                    picked.setdefault(arch, set()).add((name, cfg["tactic"]))
+                    meta_path = kdir / arch / f"{aot.image_stem(name, cfg['tactic'])}.json"
+                    if meta_path.is_file():
+                        meta = json.loads(meta_path.read_text())
+                        assert {key: meta["constexprs"][key] for key in ("BM", "BN", "BK")} == \
+                            {key: tile[key] for key in ("BM", "BN", "BK")}, meta_path
+                        assert (meta["num_warps"], meta["num_stages"]) == (tile["num_warps"], tile["num_stages"])
+                        checked_meta += 1
+    # the choice depends on P: on the tensor-core archs the model's shapes use several tile classes
+    assert len({t for _, t in picked["sm_90"]}) >= 3, picked["sm_90"]
+    if (kdir / "sai_kernels_embedded.cpp").is_file():
+        assert checked_meta > 0
+
+
+def test_chooser_fills_the_sms_at_small_p_and_widens_at_large_p():
+    """configs.conv_config's rule (sm_90, H100's 132 SMs; 2 CTAs per SM the target): the largest tile whose
+    grid has >= 264 CTAs, no wider than the channels need; if none has, the one with the most CTAs."""
+    from sai.kernels import configs
+
+    def pick(p, cout, sms=None):
+        c = configs.conv_config("sm_90", dtype="float16", k=3, deform=False, P=p, cout=cout, sms=sms)
+        return c["BM"], c["BN"]
+
+    # stage 4 of a 1024x1664 image, batch 1: P = 32*52 = 1664 rows; 128-row tiles give 13 x 4 = 52 CTAs
+    assert pick(1664, 512) == (64, 64)  # 26 x 8 = 208: the most CTAs of any tile
+    # batch 8 at stage 2 (P = 212992, 128 channels): 1664 x 1 CTAs of 128 x 128 fill the SMs many times
+    assert pick(212992, 128) == (128, 128)
+    assert pick(851968, 256) == (128, 256)  # stage 1, batch 8, conv3: the widest tile
+    assert pick(851968, 64) == (128, 64)  # never wider than the 64 channels need
+    # the SM count decides: 26624 rows x 128 channels has 208 CTAs of 128 x 128 (< 264 on 132 SMs, enough on 100)
+    assert pick(26624, 128) == (64, 128) and pick(26624, 128, sms=100) == (128, 128)
+    # fp32 / deformable / "any" builds have one tile (their AOT builds carry tactic 1 only)
+    one = configs.conv_config("sm_90", dtype="float16", k=3, deform=True, P=64, cout=512)
+    assert one["tactic"] == 1 and one == {**configs.lookup("sparse_sample_conv", "sm_90", dtype="float16", k=3,
+                                                            deform=True, build="fast"), "tactic": 1}

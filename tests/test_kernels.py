@@ -347,8 +347,11 @@ def test_aot_conv_uses_tensor_cores(tmp_path):
     data = (tmp_path / "sai_kernels_embedded.o").read_bytes()
     assert (tmp_path / "sm_90" / "sparse_conv_fp16_k3__t2.cubin").read_bytes() in data
     manifest = kernels_manifest(data)
-    assert manifest["specs"] == {"sparse_conv_fp16_k3": {"archs": [80, 90], "tactics": [1, 2]}}
-    assert describe_kernels(manifest) == "Triton 3.6.0 kernels: 1 builds for sm_80, sm_90, tactics 1, 2"
+    # every tile class of the run-time chooser (configs.CONV_TACTICS) is a tactic of the fast build
+    assert manifest["specs"] == {"sparse_conv_fp16_k3": {"archs": [80, 90], "tactics": [1, 2, 3, 4, 5]}}
+    assert describe_kernels(manifest) == "Triton 3.6.0 kernels: 1 builds for sm_80, sm_90, tactics 1, 2, 3, 4, 5"
+    t5 = json.loads((tmp_path / "sm_90" / "sparse_conv_fp16_k3__t5.json").read_text())["constexprs"]
+    assert (t5["BM"], t5["BN"]) == (128, 256)  # the wide tile (configs/sm_90.json's tile128x256)
 
 
 # ----------------------------------------------------------------------------------------------
