@@ -253,6 +253,16 @@ class _FusedSparseBase(MaskBookkeeping):
             w = getattr(self, name, None)
             if w is not None and w.dtype != x.dtype:
                 return f"{name} is {w.dtype} but the input is {x.dtype}: cast the model (cast_for_inference)"
+        if x.dim() != 4:
+            return f"the input is {x.dim()}-D; the kernels take 4-D N x C x H x W"
+        # the kernels index within one image (and the positions of a batch) in int32
+        chans = max([x.shape[1]] + [d for name in ("conv1_weight", "conv2_weight", "conv3_weight")
+                                    if getattr(self, name, None) is not None
+                                    for d in getattr(self, name).shape[:2]])
+        n, _, h, w = x.shape
+        if chans * h * w >= 2**31 or 2 * n * h * w >= 2**31:
+            return (f"the input {list(x.shape)} has {chans} x {h} x {w} elements per image or {n} x {h} x {w} "
+                    "positions, past the kernels' int32 indexing (2^31): split the batch or the image")
         if x.requires_grad or (torch.is_grad_enabled() and self.conv1_weight.requires_grad):
             return "autograd is recording (the kernels have no backward)"
         if self.mask_fn is not None:

@@ -205,6 +205,75 @@ def test_unsupported_dtype_falls_back_with_one_log_line(caplog):
     assert (got - want).abs().max().item() <= 1e-9 * want.abs().max().item()
 
 
+@pytest.mark.parametrize("why", ["autograd", "kernels_off", "mask_fn"])
+def test_every_refusal_falls_back_to_the_per_op_path_with_one_log_line(why, caplog, monkeypatch):
+    """Each configuration the GPU block cannot take (here: autograd recording, the kernels switched off, a
+    substitute mask_fn) runs the per-op path, logs one line naming the reason (once, not per call or block)
+    and gives the float64 model's numbers."""
+    import sai.models.fuse as fuse_mod
+
+    fuse_mod._fallbacks_logged.clear()
+    torch.manual_seed(0)
+    model = half_sparse(build_model("sparse_resnet18", base_width=8, num_classes=10, seed=0), offsets=True).eval()
+    x = torch.randn(1, 3, 27, 30)
+    with torch.no_grad():
+        want = model.double()(x.double())
+    fused = fuse_for_inference(model.float())
+    calls = []
+    real = SB.sparse_block
+    monkeypatch.setattr(SB, "sparse_block", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    phrase = {"autograd": "autograd is recording", "kernels_off": "SAI_TRITON_KERNELS=0",
+              "mask_fn": "a substitute mask_fn is set"}[why]
+    if why == "kernels_off":
+        monkeypatch.setenv("SAI_TRITON_KERNELS", "0")
+    if why == "mask_fn":  # the same formula as a substitute (as the exporter sets one while tracing)
+        for _, blk in fused.sparse_blocks():
+            blk.mask_fn = inference_mask
+    if why == "autograd":
+        for prm in fused.parameters():
+            prm.requires_grad_(True)
+    with caplog.at_level(logging.WARNING, logger="sai.models.fuse"), torch.set_grad_enabled(why == "autograd"):
+        got = fused(x)
+        fused(x)
+    lines = [r.getMessage() for r in caplog.records if "per-op path" in r.getMessage()]
+    assert len(lines) == 1 and phrase in lines[0], lines
+    assert calls == [], "no block ran sai.kernels.sparse_block"
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+def test_shapes_past_int32_indexing_are_refused_by_name():
+    """A map whose per-image elements reach 2^31 (the kernels index within an image in int32) is refused with
+    the reason (a broadcast view: no memory behind it; the refusal reads shapes only)."""
+    model = fuse_for_inference(build_model("sparse_resnet18", base_width=8, num_classes=10, seed=0).eval())
+    blk = next(b for _, b in model.sparse_blocks())
+    c = blk.inplanes
+    huge = torch.zeros(1, 1, 1, 1).expand(1, c, 2**31 // c // 4096 + 1, 4096)
+    with torch.no_grad():
+        why = blk._gpu_refusal(huge)
+        assert why is not None and "int32" in why and str(list(huge.shape)) in why
+        assert blk._gpu_refusal(torch.zeros(1, c, 8, 8)) is None
+        assert "4-D" in blk._gpu_refusal(torch.zeros(c, 8, 8))
+
+
+def test_layouts_all_run_the_gpu_block(monkeypatch):
+    """NCHW, channels_last and a strided view all run the GPU block (it reads through strides / converts once),
+    with the same numbers: layout is no reason to fall back."""
+    torch.manual_seed(0)
+    model = half_sparse(build_model("sparse_resnet18", base_width=8, num_classes=10, seed=0), offsets=True).eval()
+    fused = fuse_for_inference(model)
+    calls = []
+    real = SB.sparse_block
+    monkeypatch.setattr(SB, "sparse_block", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    big = torch.randn(1, 3, 27, 62)
+    outs = []
+    with torch.no_grad():
+        for x in (big[..., ::2].contiguous(), big[..., ::2].contiguous(memory_format=torch.channels_last),
+                  big[..., ::2]):
+            outs.append(fused(x))
+    assert len(calls) == 3 * len(list(fused.sparse_blocks()))
+    assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-6) and torch.allclose(outs[0], outs[2], rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # launch counts of the torch CUDA path (issue 24 goals: <= 8 per Bottleneck, <= dense + 10% per forward)
 # ----------------------------------------------------------------------------------------------
