@@ -41,16 +41,40 @@ def test_export_from_checkpoint(exported, capsys):
 
 
 def test_info(exported, capsys):
+    """The default tensorrt target: one SparseBlock node per block the plugin takes. At base width 8 the blocks
+    layer1.0, layer1.1 and layer2.0 have 8-channel convs (the plugin's builds need multiples of 16) and keep 2
+    SparseSampleConv + 2 Interpolate each (no DCN in stages 1-2); the other 5 blocks are SparseBlock nodes."""
     assert main(["info", str(exported)]) == 0
     out = capsys.readouterr().out
-    assert "sparse_resnet18" in out and "SparseSampleConv x20" in out and "Interpolate x16" in out
-    assert "layer4.1" in out and "tensorrt" in out
+    assert "sparse_resnet18" in out and "SparseSampleConv x6" in out and "Interpolate x6" in out
+    assert "SparseBlock x5" in out and "layer4.1" in out and "tensorrt" in out
     assert main(["info", "--json", str(exported)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["sparse_ops"] == {"SparseSampleConv": 20, "Interpolate": 16}
-    assert info["metadata"]["dcn_stages"] == [0, 0, 1, 1]
+    assert info["sparse_ops"] == {"SparseSampleConv": 6, "Interpolate": 6, "SparseBlock": 5}
+    assert info["metadata"]["dcn_stages"] == [0, 0, 1, 1] and info["metadata"]["trt_blocks"] == "fused"
     assert len(info["blocks"]) == 8 and info["local_functions"] == []
+    assert [name for name, c in info["blocks"].items() if c["SparseBlock"]] == [
+        "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
+    assert "SparseSampleConv[deform]" not in info["sparse_op_variants"]  # the DCN blocks are all fused
+
+
+def test_export_per_op_blocks(ckpt, capsys):
+    """--trt-blocks per-op: every block as per-op nodes (2 convs + 1 DCN offset conv in stages 3-4, 2
+    Interpolates per block); --trt-blocks with another target is a one-line error, nothing written."""
+    path, tmp = ckpt
+    out = tmp / "r18_per_op.onnx"
+    assert main(["export", "--checkpoint", str(path), "--shape", "1,3,64,64", "--target", "tensorrt",
+                 "--trt-blocks", "per-op", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sparse_ops"] == {"SparseSampleConv": 20, "Interpolate": 16}
     assert info["sparse_op_variants"]["SparseSampleConv[deform]"] == 4
+    bad = tmp / "bad_trt_blocks.onnx"
+    assert main(["export", "--checkpoint", str(path), "--trt-blocks", "fused", "-o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--trt-blocks fused applies to --target tensorrt only" in err and err.count("\n") == 1, err
+    assert not bad.exists()
 
 
 @pytest.mark.parametrize("argv, match", [
