@@ -63,7 +63,7 @@ def test_export_per_op_blocks(ckpt, capsys):
     Interpolates per block); --trt-blocks with another target is a one-line error, nothing written."""
     path, tmp = ckpt
     out = tmp / "r18_per_op.onnx"
-    assert main(["export", "--checkpoint", str(path), "--shape", "1,3,64,64", "--target", "tensorrt",
+    assert main(["export", "--checkpoint", str(path), "--input-shape", "1,3,64,64", "--target", "tensorrt",
                  "--trt-blocks", "per-op", "-o", str(out)]) == 0
     capsys.readouterr()
     assert main(["info", "--json", str(out)]) == 0
