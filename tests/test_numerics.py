@@ -185,19 +185,29 @@ def test_extreme_logits_every_onnx_variant(extreme_exports):
         assert err <= tol, (key, err)
 
 
-def test_tensorrt_target_mask_has_the_clamp(tmp_path):
-    """model.trt.onnx (TensorRT's parser, cannot run here): every Sigmoid of a mask is clamped."""
+@pytest.mark.parametrize("trt_blocks", ["per-op", "fused"])
+def test_tensorrt_target_mask_has_the_clamp(tmp_path, trt_blocks):
+    """The tensorrt target (TensorRT's parser, cannot run here): every Sigmoid of a mask in the graph is clamped.
+    per-op: all 16 masks are graph ops. fused (the default): at width 8 the three blocks with 8-channel convs
+    (layer1.0, layer1.1, layer2.0) stay per-op, so 6 masks are graph ops; the other 5 blocks are SparseBlock
+    nodes whose plugin computes (and clamps) both masks from MW/MB, which carry those blocks' extreme biases."""
     model = extreme_logit_model("deterministic")
     path = tmp_path / "trt.onnx"
-    export_onnx(model, path, input_shape=(1, 3, 64, 64), target="tensorrt")
+    export_onnx(model, path, input_shape=(1, 3, 64, 64), target="tensorrt", trt_blocks=trt_blocks)
     g = onnx.load(str(path)).graph
+    kept = len(MASK_BIASES) if trt_blocks == "per-op" else 6
+    blocks = [n for n in g.node if n.op_type == "SparseBlock"]
+    assert len(blocks) == (len(MASK_BIASES) - kept) // 2
+    inits = {t.name: t for t in g.initializer}
+    got = [float(v) for n in blocks for v in onnx.numpy_helper.to_array(inits[n.input[2]])]
+    np.testing.assert_allclose(got, MASK_BIASES[kept:], rtol=1e-6)  # each fused block's two mask biases, in order
     consumers = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     sig = [n for n in g.node if n.op_type == "Sigmoid"]
     first = [n for n in sig if not any(c.op_type == "Div" for c in g.node if n.input[0] in c.output)]
-    assert len(first) == len(MASK_BIASES), len(first)  # p = sigmoid(logit), one per mask
+    assert len(first) == kept, len(first)  # p = sigmoid(logit), one per mask of a per-op block
     for n in first:
         uses = consumers[n.output[0]]
         assert [u.op_type for u in uses] == ["Clip"], (n.name, [u.op_type for u in uses])
