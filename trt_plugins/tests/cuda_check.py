@@ -39,8 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]  # trt_plugins/
 REPO = ROOT.parent
 ARCHS = ["75", "80", "86", "89", "90", "100", "120"]
+# the plugins' CUDA host code (each finds its own header beside it): launchers, SparseBlock's checks and runner
 HOST_SOURCES = ["common/saiTritonLaunch.cpp", "sparseSampleConv/sparseSampleConvLaunch.cpp",
-                "interpolate/interpolateLaunch.cpp"]
+                "interpolate/interpolateLaunch.cpp", "sparseBlock/sparseBlockLaunch.cpp",
+                "sparseBlock/sparseBlockRunner.cpp"]
 
 
 def arch_suffix(cc: str) -> str:
