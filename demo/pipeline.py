@@ -75,7 +75,7 @@ def _validate_summary(path: Path, step: dict) -> dict:
 
 
 DEMO_DIRS = {"logs": r"(convert|validate|bench|bench-ops)\.log", "img": r"img\d+_[A-Za-z0-9_]+\.png",
-             "plots": r"[A-Za-z0-9_]+\.png"}
+             "plots": r"[A-Za-z0-9_]+\.png", "det": r"det\d+\.png"}
 DEMO_FILES = ("validate.json", "bench_ops.json", "report.html", "report.json")
 REPORT_KEYS = ("accuracy", "mean_density", "densities", "flops", "steps")
 
@@ -126,6 +126,9 @@ def run_demo(args: argparse.Namespace, stamp: Optional[Callable[[Optional[int]],
     if not ck.is_file():
         raise SaiError(f"demo checkpoint {ck} not found (train it with: sai train-demo --out {zoo})")
     meta = json.loads((zoo / "metrics.json").read_text())
+    from sai.demo.detection import resolve_zoo
+
+    args.det_zoo_path = resolve_zoo(getattr(args, "det_zoo", None), skip=bool(getattr(args, "no_detection", False)))
     h, w = meta["input"]["height"], meta["input"]["width"]
     # OUT is new, empty or an earlier `sai demo` output (else refused now, unless --force); everything is
     # written into a temporary sibling that replaces it at the end, so it never holds half of two runs
@@ -154,7 +157,7 @@ def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path
     threads = ["--threads", str(args.threads)] if args.threads and args.threads > 0 else []
 
     s = _run_step("1/5 convert the checkpoint (ONNX for any runtime + TensorRT-target ONNX; engine needs a GPU)",
-                  ["convert", str(ck), "-o", str(model_dir), "--opt-shape", f"1,3,{h},{w}",
+                  ["convert", str(ck), "-o", str(model_dir), "--shape", f"1,3,{h},{w}",
                    "--min-shape", f"1,3,{h},{w}", "--max-shape", f"{max(8, args.batch)},3,{h},{w}"], logs, cwd=out)
     steps.append(s)
     converted = s["rc"] == 0
@@ -162,13 +165,17 @@ def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path
     validate = None
     if converted:
         s = _run_step("2/5 validate: PyTorch vs onnxruntime on identical inputs (Polygraphy)",
-                      ["validate", str(model_dir), "--report", "validate.json", *threads], logs, cwd=out)
+                      ["validate", str(model_dir), "-o", "validate.json", *threads], logs, cwd=out)
         steps.append(s)
         validate = _validate_summary(out / "validate.json", s)
 
     benches = []
     if converted:
-        runs = [("3/5 bench (onnxruntime, the portable ONNX): sparse model vs the dense ResNet with the same weights",
+        from sai.runtime.environment import ort_custom_ops
+
+        ort = ("model.onnx, its sparse blocks fused on libsai_ort_ops.so" if ort_custom_ops()[0] else
+               "the portable ONNX: function bodies, libsai_ort_ops.so not built")
+        runs = [(f"3/5 bench (onnxruntime, {ort}): sparse model vs the dense ResNet with the same weights",
                  ["bench", str(model_dir)])]
         if not args.no_torch_bench:
             runs.append(("3/5 bench (PyTorch with the sai C++ CPU kernels): sparse vs dense, same weights",
@@ -199,20 +206,30 @@ def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path
         s = _run_step("4/5 bench-ops: where sparse wins (a full-width model at larger inputs and several densities, "
                       "torch and onnxruntime)",
                       ["bench-ops", "--sections", "model,onnx-model", "--model-arch", args.sweep_arch,
-                       "--sizes", args.sweep_sizes, "--density", str(args.sweep_density),
-                       "--densities", args.sweep_densities, "--repeats", str(args.sweep_repeats),
-                       "--threads", str(args.sweep_threads), "--json", sweep_json.name], logs, cwd=out)
+                       "--shapes", args.sweep_sizes, "--density", str(args.sweep_density),
+                       "--densities", args.sweep_densities, "--iterations", str(args.sweep_repeats),
+                       "--threads", str(args.sweep_threads), "-o", sweep_json.name], logs, cwd=out)
         steps.append(s)
         if s["rc"] == 0 and sweep_json.is_file():
             bench_ops = json.loads(sweep_json.read_text())
 
+    detection = None
+    if getattr(args, "det_zoo_path", None) is not None:
+        from sai.demo.detection import run_detection
+
+        print("\n==> 5/5 detection: the demo Faster R-CNN pair (sparse vs dense twin): mAP, MACs, pictures",
+              flush=True)
+        t = time.perf_counter()
+        detection = run_detection(out, args.det_zoo_path, n_images=args.det_images, eval_size=args.det_eval_size,
+                                  progress=lambda m: print("    " + m, flush=True))
+        steps.append({"command": "detection", "status": "ok", "seconds": time.perf_counter() - t})
     print("\n==> 5/5 report: accuracy, densities, FLOPs, speed, parity, plots, mask overlays", flush=True)
     t = time.perf_counter()
     ctx = write_report(out, zoo, eval_size=args.eval_size, n_images=args.images, steps=steps, bench=benches,
                        validate=validate, onnx_path=out / model_dir / "model.onnx" if converted else None,
                        bench_ops=bench_ops, threads=args.threads or None,
                        environment=stamp(args.threads or None) if stamp else None,
-                       progress=lambda m: print("    " + m, flush=True))
+                       progress=lambda m: print("    " + m, flush=True), detection=detection)
     steps.append({"command": "report", "status": "ok", "seconds": time.perf_counter() - t})
     rep = json.loads((out / "report.json").read_text())
     acc = rep["accuracy"]
@@ -222,6 +239,11 @@ def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path
           f"{rep['flops']['kernel']['ratio']:.3f}")
     if ctx.get("plots", {}).get("error"):
         print(f"  plots not drawn: {ctx['plots']['error']}")
+    if detection is not None:
+        dm = detection["map"]
+        print(f"  detection mAP sparse {dm['sparse']['mAP']:.2f} vs dense {dm['dense']['mAP']:.2f} on "
+              f"{detection['n']} images; mean density {detection['mean_density']:.3f}; detector MACs ratio "
+              f"{detection['flops']['ratio']:.3f}")
     print(f"  {ctx['speed_summary']}")
     failed = [st["command"] for st in steps if not str(st["status"]).startswith("ok")]
     if failed:

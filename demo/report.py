@@ -452,6 +452,8 @@ def render_html(ctx: dict) -> str:
             body.append(f"<tr><td class='l'>{_e(r['label'])}<br><span class='{mark}'>{_e(r['pred'])}</span></td>"
                         f"{cells}</tr>")
         parts.append(f"<table class='masks'><tr>{head}</tr>{''.join(body)}</table>")
+    if ctx.get("detection"):
+        parts.append(ctx["detection"]["html"])
     parts.append("<h2>On a machine with an NVIDIA GPU and TensorRT</h2><p>The same <code>make demo</code> "
                  "also builds <code>model.plan</code> (TensorRT engine with the sai plugins) in the convert "
                  "step, and <code>sai bench</code> / <code>sai validate</code> can run it "
@@ -465,8 +467,10 @@ def render_html(ctx: dict) -> str:
 def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_images: int = 10,
                  steps: Sequence[dict] = (), bench=None, validate: Optional[dict] = None,
                  onnx_path: Optional[Path] = None, bench_ops: Optional[dict] = None, threads: Optional[int] = None,
-                 environment: Optional[dict] = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+                 environment: Optional[dict] = None, progress: Callable[[str], None] = lambda s: None,
+                 detection: Optional[dict] = None) -> dict:
     """Evaluate, draw the overlays and the plots and write ``out/report.html``; returns the context it rendered.
+    ``detection``: the demo detector's section (``sai.demo.detection.run_detection``), or None.
     ``bench_ops``: the JSON of a ``sai bench-ops --json`` run (the size and density sweep), or None.
     ``threads``: the thread count the pipeline's validate/bench steps used; ``environment``: where the report was
     made (``sai.benchmarks.environment.stamp()``; default: the sweep's, else none)."""
@@ -517,13 +521,16 @@ def write_report(out: Path, zoo: Path, *, eval_size: Optional[int] = None, n_ima
     ctx = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "zoo": str(zoo), "metrics": metrics,
            "accuracy": acc, "densities": densities, "mean_density": mean_density, "flops": flops,
            "bench": bench, "validate": validate, "overlays": ov, "steps": list(steps), "bench_ops": bench_ops,
-           "environment": environment or (bench_ops or {}).get("environment"), "threads": threads}
+           "environment": environment or (bench_ops or {}).get("environment"), "threads": threads,
+           "detection": detection}
     progress("report: plots (latency vs size and density, accuracy vs MACs, per-block densities)")
     ctx["plots"] = write_plots(out / "plots", ctx)
     ctx["speed_summary"] = speed_summary(bench, bench_ops)
     write_atomic(out / "report.html", render_html(ctx))
     summary = {k: ctx[k] for k in ("accuracy", "mean_density", "densities", "flops", "bench", "validate", "steps",
                                    "bench_ops", "environment", "plots", "speed_summary")}
+    if detection is not None:
+        summary["detection"] = {k: v for k, v in detection.items() if k != "html"}
     write_atomic(out / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
     progress("report: wrote report.html and report.json")
     return ctx

@@ -229,7 +229,7 @@ class SharedFCBBoxHead(nn.Module):
         nn.init.zeros_(self.fc_reg.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.reshape(x.shape[0], -1)
+        x = x.flatten(1)  # (reshape(0, -1) is ambiguous for zero RoIs)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
         return self.fc_cls(x), self.fc_reg(x)
@@ -260,7 +260,7 @@ def _as_tensor(img) -> Tensor:
 
 def _image_list(images, layout: Optional[str]) -> list[Tensor]:
     """``images`` (a batch [N, H, W, 3] / [N, 3, H, W], one image [H, W, 3] / [3, H, W], or a list of
-    images) -> a list of float32 ``[3, H, W]`` RGB pixel tensors (0..255)."""
+    images) -> a list of float32 ``[3, H, W]`` RGB pixel tensors (0..255; float pixels saturated to it)."""
     if layout is not None and layout not in ("NHWC", "NCHW"):
         raise SaiError(f"layout must be 'NHWC' or 'NCHW' (or None to infer it), got {layout!r}")
     if isinstance(images, (list, tuple)):
@@ -302,9 +302,11 @@ def _image_list(images, layout: Optional[str]) -> list[Tensor]:
             raise SaiError(f"images must have 3 channels (RGB) in layout {lay}, got shape {list(t.shape)}")
         if chw.shape[1] == 0 or chw.shape[2] == 0:
             raise SaiError(f"an image has zero size ({chw.shape[1]}x{chw.shape[2]} pixels); pass non-empty images")
+        if t.is_floating_point():
+            if not bool(torch.isfinite(chw).all()):
+                raise SaiError("an image holds NaN or inf pixels; pass finite RGB values in 0..255")
+            chw = chw.clamp(0, 255)  # saturated as a conversion to uint8 would: any finite image gives finite dets
         chw = chw.to(torch.float32)
-        if t.is_floating_point() and not bool(torch.isfinite(chw).all()):
-            raise SaiError("an image holds NaN or inf pixels; pass finite RGB values in 0..255")
         out.append(chw)
     return out
 
@@ -621,6 +623,7 @@ def detector_flops(config: Union[str, os.PathLike, DetectorConfig], input_hw: Op
     if h <= 0 or w <= 0:
         raise SaiError(f"input_hw must be two positive ints, got {input_hw!r}")
     k = kernel_flops(cfg.arch, (h, w), densities, cfg.dcn_stages, head="fpn",
+                     base_width=int(cfg.backbone_options.get("base_width", 64)),
                      fpn_out_channels=cfg.fpn_out_channels,
                      gaussian_kernel=cfg.backbone_options.get("gaussian_kernel", 7))
     # level sizes: the stem (7x7 s2, 3x3 s2 pool), then strides 1, 2, 2, 2; P6 = max_pool(P5, 1, stride 2)
