@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 # reference without them, tests require them).
 CPU_KERNELS := models/_lib/libsai_cpu_ops.so
 $(CPU_KERNELS): $(STAMP) models/csrc/sai_cpu_ops.cpp models/csrc/sai_cpu_kernels.h models/csrc/sai_cpu_blocks.h \
-		models/csrc/sai_cpu_gemm.h $(wildcard trt_plugins/common/*.h)
+		models/csrc/sai_cpu_gemm.h $(wildcard models/csrc/common/*.h)
 	$(PY) -m sai.models.build_cpu_kernels --force
 
 # The onnxruntime custom-op library on the same kernels (sai.runtime.ort_ops registers it where it is
@@ -42,7 +42,7 @@ ORT_OPS := runtime/lib/libsai_ort_ops.so
 OPENBLAS_PIN := scipy-openblas32==0.3.34.481.3
 $(ORT_OPS): $(STAMP) models/csrc/ort/sai_ort_ops.cpp models/csrc/ort/sai_ort_ops.map models/csrc/sai_cpu_kernels.h \
 		models/csrc/sai_cpu_blocks.h models/csrc/sai_cpu_gemm.h \
-		$(wildcard trt_plugins/common/*.h)
+		$(wildcard models/csrc/common/*.h)
 	$(PY) -c "import scipy_openblas32" 2>/dev/null || $(PIP) install -q "$(OPENBLAS_PIN)"
 	$(PY) -m sai.runtime.build_ort_ops --force
 

@@ -604,7 +604,8 @@ def build_launch_library(out: Path, cc: int, jobs: int) -> Path:
             plugins / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
             plugins / "interpolate" / "interpolateLaunch.cpp", aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp",
             kdir / "sai_kernels_embedded.cpp"]
-    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, plugins / "common", plugins / "sparseSampleConv",
+    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, plugins / "common", _ROOT / "models" / "csrc" / "common",
+            plugins / "sparseSampleConv",
             plugins / "interpolate"]
     lib = out / "libsai_launch_check.so"
     cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",

@@ -14,24 +14,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import torch
 
 from sai.errors import SaiError
-from sai.models import ops
+from sai.models import native_build, ops
 
 HERE = Path(__file__).resolve().parent
+# Includes sai_cpu_kernels.h (the kernels, shared with the onnxruntime custom-op library, models/csrc/ort/),
+# sai_cpu_blocks.h (the fused NHWC kernels of a whole sparse block, sai::sparse_block, used by
+# sai.models.fuse) and sai_cpu_gemm.h (their GEMM); the per-element math from models/csrc/common/
+# (native_build.SHARED_INCLUDE, shared with the TensorRT plugins' CUDA kernels). Every file the compile
+# reads is recorded beside the library (native_build), which is what stale() checks.
 SOURCE = HERE / "csrc" / "sai_cpu_ops.cpp"
-# The kernels themselves (shared with the onnxruntime custom-op library, models/csrc/ort/).
-KERNELS_HEADER = HERE / "csrc" / "sai_cpu_kernels.h"
-# The fused NHWC kernels of a whole sparse block (sai::sparse_block, used by sai.models.fuse).
-BLOCKS_HEADER = HERE / "csrc" / "sai_cpu_blocks.h"
-# Their GEMM (packed weights, AVX2 register tiles; shared with the onnxruntime library too).
-GEMM_HEADER = HERE / "csrc" / "sai_cpu_gemm.h"
 LIBRARY = HERE / "_lib" / "libsai_cpu_ops.so"
-# The shared __host__ __device__ index math of the TensorRT plugins (one source for both kernels).
-COMMON_INCLUDE = HERE.parent / "trt_plugins" / "common"
 # At or above this fraction of active positions the dense convolution is used (exact either way).
 DENSE_ABOVE = 0.8
 
@@ -45,7 +43,7 @@ def _compile_command(output: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp",
            "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-           f"-I{COMMON_INCLUDE}", f"-I{sysconfig.get_paths()['include']}"]
+           *[f"-I{d}" for d in native_build.INCLUDE_DIRS], f"-I{sysconfig.get_paths()['include']}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(output), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}",
             "-lc10", "-ltorch_cpu", "-ltorch"]
@@ -57,21 +55,32 @@ def build(verbose: bool = True) -> Path:
     from sai.outputs import atomic_path
 
     LIBRARY.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(LIBRARY) as tmp:
-        cmd = _compile_command(tmp)
-        if verbose:
-            print("building sai CPU kernels:", " ".join(cmd[:2]), "...", SOURCE.name, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SaiError(f"building the sai CPU kernels failed:\n{proc.stderr[-4000:]}")
+    with tempfile.TemporaryDirectory() as scratch:
+        depfile = Path(scratch) / "deps.d"
+        with atomic_path(LIBRARY) as tmp:
+            cmd = _compile_command(tmp) + native_build.depfile_flags(depfile)
+            if verbose:
+                print("building sai CPU kernels:", " ".join(cmd[:2]), "...", SOURCE.name, flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SaiError(f"building the sai CPU kernels failed:\n{proc.stderr[-4000:]}")
+        native_build.write_record(LIBRARY, depfile, tag=build_tag())
     return LIBRARY
 
 
+def build_tag() -> str:
+    """The extension links against this torch: one built for another version is stale."""
+    return f"torch {torch.__version__}"
+
+
+def stale_reason() -> str | None:
+    """Why the library must be rebuilt (missing, built for another torch, a source or any header its
+    compile read edited since), or None."""
+    return native_build.stale_reason(LIBRARY, tag=build_tag())
+
+
 def stale() -> bool:
-    if not LIBRARY.exists():
-        return True
-    newest = max(p.stat().st_mtime for p in (SOURCE, KERNELS_HEADER, BLOCKS_HEADER, GEMM_HEADER))
-    return LIBRARY.stat().st_mtime < newest
+    return stale_reason() is not None
 
 
 def load() -> bool:
@@ -82,7 +91,8 @@ def load() -> bool:
         return False
     if stale():
         if os.environ.get("SAI_REQUIRE_CPU_KERNELS") == "1":
-            raise SaiError(f"{LIBRARY} is missing or older than its source: run `make install`")
+            raise SaiError(f"{LIBRARY}: {stale_reason()}: run `make install` "
+                           "(or python -m sai.models.build_cpu_kernels)")
         return False
     if not _state["loaded"]:
         torch.ops.load_library(str(LIBRARY))

@@ -33,15 +33,16 @@ from pathlib import Path
 from typing import Optional
 
 from sai.errors import SaiError
+from sai.models import native_build
 from sai.outputs import atomic_path, owned_tempdir, publish_dir, recover_interrupted
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SOURCE = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.cpp"
 LINKER_MAP = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.map"
-KERNELS = ROOT / "models" / "csrc" / "sai_cpu_kernels.h"
-HEADERS = [KERNELS, ROOT / "models" / "csrc" / "sai_cpu_blocks.h", ROOT / "models" / "csrc" / "sai_cpu_gemm.h"]
-INCLUDES = [ROOT / "models" / "csrc", ROOT / "trt_plugins" / "common"]
+# Headers by bare name from models/csrc/ and models/csrc/common/ (shared with the CPU extension and the
+# TensorRT plugins); every file the compile reads is recorded beside the library (sai.models.native_build).
+INCLUDES = native_build.INCLUDE_DIRS
 LIBRARY = HERE / "lib" / "libsai_ort_ops.so"
 HEADER_CACHE = ROOT / "build" / "ort-headers"
 ENV_INCLUDE = "SAI_ORT_INCLUDE_DIR"
@@ -155,11 +156,14 @@ def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
     return cmd
 
 
+def stale_reason() -> Optional[str]:
+    """Why the library must be rebuilt (missing, its source, linker map or any header its compile read
+    edited since), or None."""
+    return native_build.stale_reason(LIBRARY)
+
+
 def stale() -> bool:
-    if not LIBRARY.exists():
-        return True
-    newest = max(p.stat().st_mtime for p in (SOURCE, *HEADERS, LINKER_MAP, *INCLUDES[1].glob("*.h")))
-    return LIBRARY.stat().st_mtime < newest
+    return stale_reason() is not None
 
 
 def build(verbose: bool = True) -> tuple[Optional[Path], str]:
@@ -176,14 +180,17 @@ def build(verbose: bool = True) -> tuple[Optional[Path], str]:
         return None, (f"the onnxruntime headers in {include} are C API {hdr}, newer than the installed "
                       f"onnxruntime (1.{rt}); point ${ENV_INCLUDE} at headers of version <= 1.{rt}")
     LIBRARY.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(LIBRARY) as tmp:
-        cmd = compile_command(include, blas, tmp)
-        if verbose:
-            print(f"building {LIBRARY.name}: {cmd[0]} ... {SOURCE.name} (onnxruntime C API {hdr} headers from "
-                  f"{include}, {blas['name']})", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SaiError(f"building {LIBRARY.name} failed:\n{proc.stderr[-4000:]}")
+    with tempfile.TemporaryDirectory() as scratch:
+        depfile = Path(scratch) / "deps.d"
+        with atomic_path(LIBRARY) as tmp:
+            cmd = compile_command(include, blas, tmp) + native_build.depfile_flags(depfile)
+            if verbose:
+                print(f"building {LIBRARY.name}: {cmd[0]} ... {SOURCE.name} (onnxruntime C API {hdr} headers "
+                      f"from {include}, {blas['name']})", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SaiError(f"building {LIBRARY.name} failed:\n{proc.stderr[-4000:]}")
+        native_build.write_record(LIBRARY, depfile, extra=[LINKER_MAP])
     return LIBRARY, ""
 
 

@@ -86,7 +86,8 @@ def build_recorder(tmp_path_factory, name: str, extra_srcs=(), extra_incs=(), fl
             PLUGINS / "sparseSampleConv" / "sparseSampleConvLaunch.cpp",
             PLUGINS / "interpolate" / "interpolateLaunch.cpp", *extra_srcs,
             aot.LAUNCHER_DIR / "sai_kernel_launcher.cpp", kdir / "sai_kernels_embedded.cpp"]
-    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", PLUGINS / "sparseSampleConv",
+    incs = [aot.cuda_include_dir(), aot.LAUNCHER_DIR, kdir, PLUGINS / "common", ROOT / "models" / "csrc" / "common",
+            PLUGINS / "sparseSampleConv",
             PLUGINS / "interpolate", *extra_incs]
     cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", *flags, *[f"-I{i}" for i in incs],
            *map(str, srcs), "-o", str(exe), "-ldl"]

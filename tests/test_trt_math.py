@@ -1,4 +1,4 @@
-"""The TensorRT plugins' shared kernel math (trt_plugins/common), built for the CPU, against
+"""The TensorRT plugins' shared kernel math (models/csrc/common), built for the CPU, against
 independent references: torch.nn.functional.conv2d, ONNX Runtime's DeformConv, and the docs/design.md 3.3
 formula written out here with conv2d.
 
@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "trt_plugins" / "tests" / "cpu_ops.cpp"
-COMMON = ROOT / "trt_plugins" / "common"
+COMMON = ROOT / "models" / "csrc" / "common"
 
 F32P = ctypes.POINTER(ctypes.c_float)
 I32P = ctypes.POINTER(ctypes.c_int32)

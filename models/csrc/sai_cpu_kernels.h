@@ -20,7 +20,7 @@
 //   where M < 1.
 //
 // Index math (tap coordinates, position decode, activation, Gaussian weights, the interpolation
-// combine) comes from the headers shared with the CUDA kernels: trt_plugins/common/*.h. Float32 only.
+// combine) comes from the headers shared with the CUDA kernels: models/csrc/common/*.h. Float32 only.
 #ifndef SAI_MODELS_CSRC_SAI_CPU_KERNELS_H
 #define SAI_MODELS_CSRC_SAI_CPU_KERNELS_H
 

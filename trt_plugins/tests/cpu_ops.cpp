@@ -1,7 +1,7 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * cpu_ops.cpp: a CPU build of the shared kernel math (trt_plugins/common), loaded with ctypes by
+ * cpu_ops.cpp: a CPU build of the shared kernel math (models/csrc/common), loaded with ctypes by
  * tests/test_trt_math.py and compared there with independent references (PyTorch conv, ONNX
  * Runtime DeformConv, the docs/design.md 3.3 formula).
  *

@@ -256,7 +256,8 @@ def check_ptx_cuda12(ptxas: Path, kdir: Path, out: Path, jobs: int) -> tuple[lis
 
 def check_host_code(cuda_include: list[Path], kdir: Path, out: Path) -> list[str]:
     problems = []
-    incs = [*cuda_include, REPO / "kernels" / "launcher", kdir, ROOT / "common", ROOT / "sparseSampleConv",
+    incs = [*cuda_include, REPO / "kernels" / "launcher", kdir, ROOT / "common", REPO / "models" / "csrc" / "common",
+            ROOT / "sparseSampleConv",
             ROOT / "interpolate"]
     for src in [REPO / "kernels" / "launcher" / "sai_kernel_launcher.cpp", *[ROOT / s for s in HOST_SOURCES]]:
         cmd = [shutil.which("g++") or "g++", "-std=c++17", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror",
