@@ -494,8 +494,9 @@ def test_layout_passes_only_for_sparse_bodies(r101_fpn_stoch, r18_fpn_dcn_trt, r
 
 def test_tensorrt_graph_counts_deep(tmp, r101_cls_dcn, r50_fpn_dcn):
     """The tensorrt target with --trt-blocks per-op (and sai convert's model.trt.onnx) is the portable graph
-    minus the sai functions; its default writes SparseBlock nodes for the fusable Bottlenecks (with and without
-    downsample, DCN): both counted at depth 50/101."""
+    minus the sai functions: counted at depth 50/101. Its default writes SparseBlock nodes for the fusable
+    Bottlenecks (with and without downsample, DCN): counted at depth 50 (depth 101 only repeats stage 3's
+    blocks, for another 30 s of export)."""
     from sai.exporter import strip_functions
 
     for e in (r101_cls_dcn, r50_fpn_dcn):
@@ -509,7 +510,8 @@ def test_tensorrt_graph_counts_deep(tmp, r101_cls_dcn, r50_fpn_dcn):
         assert sum(n.op_type == "SparseSampleConv" for n in nodes) == ssc
         assert sum(n.op_type == "Interpolate" for n in nodes) == interp
         assert sum(len(n.input) == 5 for n in nodes) == sum(ARCH_TABLE[e.depth][1][i] for i in range(4) if e.dcn[i])
-        check_fused_trt(*export_default_trt(tmp, f"sparse_resnet{e.depth}", e))
+        if e.depth == 50:
+            check_fused_trt(*export_default_trt(tmp, "sparse_resnet50", e))
 
 
 def test_metadata(r18_fpn_dcn_stoch):
