@@ -132,7 +132,7 @@ def check_trace_memory(shape: Sequence[int], base_width: int, arch: str) -> None
     have = available_memory()
     if have is not None and need > have:
         raise SaiError(f"input shape {list(shape)} needs about {need / 1e9:.1f} GB to run {arch} once for the "
-                       f"export, more than the {have / 1e9:.1f} GB available; export at a smaller --input-shape "
+                       f"export, more than the {have / 1e9:.1f} GB available; export at a smaller --shape "
                        "(e.g. 1,3,224,224): with the default --dynamic batch,hw the model takes other sizes later")
 
 

@@ -89,14 +89,14 @@ def parse_shape(text, what: str = "shape") -> Shape:
 def resolve_profile(min_shape=None, opt_shape=None, max_shape=None) -> tuple[Shape, Shape, Shape]:
     """(min, opt, max) image shapes with defaults around ``opt`` (1,3,224,224): min = batch 1 at opt's
     size, max = batch 8 x opt's size; checks min <= opt <= max elementwise and equal channels."""
-    opt = parse_shape(opt_shape, "--opt-shape") if opt_shape else (1, 3, 224, 224)
+    opt = parse_shape(opt_shape, "--shape") if opt_shape else (1, 3, 224, 224)
     lo = parse_shape(min_shape, "--min-shape") if min_shape else (1, opt[1], opt[2], opt[3])
     hi = parse_shape(max_shape, "--max-shape") if max_shape else (max(8, opt[0]), opt[1], opt[2], opt[3])
     lo = tuple(min(a, b) for a, b in zip(lo, opt, strict=True)) if not min_shape else lo
     if not (lo[1] == opt[1] == hi[1]):
-        raise SaiError(f"channels differ between --min-shape {list(lo)}, --opt-shape {list(opt)}, --max-shape {list(hi)}")
+        raise SaiError(f"channels differ between --min-shape {list(lo)}, --shape {list(opt)}, --max-shape {list(hi)}")
     if any(a > b or b > c for a, b, c in zip(lo, opt, hi, strict=True)):
-        raise SaiError(f"need --min-shape <= --opt-shape <= --max-shape in every dim, got {list(lo)}, {list(opt)}, "
+        raise SaiError(f"need --min-shape <= --shape <= --max-shape in every dim, got {list(lo)}, {list(opt)}, "
                        f"{list(hi)}")
     return lo, opt, hi  # type: ignore[return-value]
 
@@ -327,7 +327,7 @@ def convert_detector(checkpoint, config, outdir, *, sampling: Optional[str] = No
     if sampling is not None and not cfg.sparse and sampling != "dense":
         raise SaiError(f"--sampling {sampling}: the detector {cfg.name} is dense (no sampling masks); leave "
                        "--sampling out")
-    shape = parse_shape(opt_shape, "--opt-shape") if opt_shape else DETECTOR_EXAMPLE_SHAPE
+    shape = parse_shape(opt_shape, "--shape") if opt_shape else DETECTOR_EXAMPLE_SHAPE
     outdir = check_output_dir(Path(outdir).resolve(), "-o", what="sai convert", force=force,
                               legacy=legacy_output_reason, protect=[ck])
     recover_interrupted(outdir)

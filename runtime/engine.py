@@ -30,7 +30,9 @@ Feeds = Union[np.ndarray, Mapping[str, Any]]
 
 
 class ProfileError(InputError):
-    """An input outside the engine's shape profile; ``too_large`` when it exceeds the maximum (servers: 413)."""
+    """An input outside the engine's shape profile; ``too_large`` when it exceeds the maximum. Servers answer 400
+    (a shape the model does not accept, as Triton does; 413 stays for bodies over the byte limit), the message
+    naming the accepted ranges."""
 
     def __init__(self, message: str, too_large: bool):
         super().__init__(message)
@@ -50,8 +52,23 @@ def check_profile(name: str, shape: Sequence[int], min_shape: Optional[Sequence[
                 dim = labels[i] if len(shape) == 4 else f"dim {i}"
                 which = "maximum" if over else "minimum"
                 raise ProfileError(f"input {name!r} has shape {list(shape)}: {dim} {have} is {'above' if over else 'below'} "
-                                   f"the engine profile's {which} {list(bound)}; send a shape within it (or convert "
-                                   "with a wider --min-shape/--max-shape)", too_large=over)
+                                   f"the engine profile's {which} {list(bound)}; accepted: "
+                                   f"{accepted_ranges(min_shape, max_shape, len(shape))}; send a shape within it (or "
+                                   "convert with a wider --min-shape/--max-shape)", too_large=over)
+
+
+def accepted_ranges(min_shape: Optional[Sequence[int]], max_shape: Optional[Sequence[int]], rank: int) -> str:
+    """``batch 1-8, channels 3, height 32-64, width 32-64`` (a bound that is not given: ``>= lo`` / ``<= hi``)."""
+    labels = ("batch", "channels", "height", "width") if rank == 4 else tuple(f"dim {i}" for i in range(rank))
+    lo = list(min_shape) if min_shape is not None and len(min_shape) == rank else [None] * rank
+    hi = list(max_shape) if max_shape is not None and len(max_shape) == rank else [None] * rank
+    parts = []
+    for label, a, b in zip(labels, lo, hi, strict=True):
+        if a is not None and b is not None:
+            parts.append(f"{label} {a}" if a == b else f"{label} {a}-{b}")
+        elif a is not None or b is not None:
+            parts.append(f"{label} >= {a}" if a is not None else f"{label} <= {b}")
+    return ", ".join(parts) or "any"
 
 
 def dtype_label(dt: np.dtype) -> str:

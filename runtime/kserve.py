@@ -76,7 +76,7 @@ def accepted_dims(engine: Engine, spec) -> list[int]:
 def profile_parameters(engine: Engine) -> dict[str, str]:
     """The image input's accepted range, ``N,C,H,W`` strings (``sai_min_shape`` / ``sai_max_shape``; absent
     where the engine has no bound): what ``/v2/models/{m}/config``'s ``parameters`` carry, so a client can learn
-    which shapes the server takes before it sends one (400 below the minimum, 413 above the maximum)."""
+    which shapes the server takes before it sends one (400 outside them, naming the accepted ranges)."""
     out = {"sai_profile_input": engine.primary_input.name}
     for key, shape in (("sai_min_shape", engine.min_shape), ("sai_max_shape", engine.max_shape)):
         if shape is not None:
@@ -174,7 +174,7 @@ def declared_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, ...]) -> np.dtype:
     """Name, datatype and shape of one declared input against the model, before its data is decoded: 400 for
-    what does not fit, 413 for a shape beyond the engine profile. Returns the numpy dtype to decode as."""
+    what does not fit, 400 for a shape beyond the engine profile. Returns the numpy dtype to decode as."""
     specs = engine.input_specs
     spec = specs.get(name)
     if spec is None:
@@ -201,7 +201,7 @@ def check_declared(engine: Engine, name: str, datatype: Any, shape: tuple[int, .
         try:
             check_profile(name, shape, engine.min_shape, engine.max_shape)
         except ProfileError as exc:
-            raise HTTPError(413 if exc.too_large else 400, str(exc)) from None
+            raise HTTPError(400, str(exc)) from None
     return dt
 
 

@@ -375,7 +375,7 @@ def _settle(fut: Future, result=None, exc: Optional[BaseException] = None) -> No
 
 def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, strict_dtype: bool) -> dict:
     """Model-level checks with 4xx errors naming the problem (dtype strict for binary bodies): the server's
-    --max-batch first (413), then the engine's checks (names, ranks, dtypes, profile: 413 above its maximum)."""
+    --max-batch first, then the engine's checks (names, ranks, dtypes, the profile): 400 naming what is accepted."""
     specs, primary = engine.input_specs, engine.primary_input.name
     for name, arr in feeds.items():
         if name not in specs:
@@ -387,11 +387,12 @@ def check_request(feeds: dict[str, np.ndarray], engine: Engine, max_batch: int, 
             raise HTTPError(400, f"input {name!r} contains NaN or infinity")
     x = feeds.get(engine.primary_input.name)
     if x is not None and x.ndim and int(x.shape[0]) > max_batch:
-        raise HTTPError(413, f"request batch {int(x.shape[0])} exceeds the server's --max-batch {max_batch}; split it")
+        raise HTTPError(400, f"request batch {int(x.shape[0])} exceeds the server's --max-batch {max_batch} (accepted: "
+                             f"batch 1-{max_batch}); split it")
     try:
         feeds = engine.check_feeds(feeds)
     except ProfileError as exc:
-        raise HTTPError(413 if exc.too_large else 400, str(exc)) from None
+        raise HTTPError(400, str(exc)) from None
     except InputError as exc:
         raise HTTPError(400, str(exc)) from None
     return feeds  # noise inputs of stochastic models are now filled (seeded, per request)
@@ -543,7 +544,7 @@ class DataPlane:
         if isinstance(exc, HTTPError):
             return exc
         if isinstance(exc, ProfileError):
-            return HTTPError(413 if exc.too_large else 400, str(exc))
+            return HTTPError(400, str(exc))
         if isinstance(exc, InputError):
             return HTTPError(400, str(exc))
         if isinstance(exc, SaiError):

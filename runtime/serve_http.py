@@ -361,11 +361,12 @@ def make_app(front: HttpFrontEnd):
                 try:
                     check_declared_v1(request.headers, plane.engine, plane.max_batch)
                 except HTTPError:
+                    close = True  # the body is dropped unread (or only partly): answer, then close
                     await _discard_body(front, request)
                     raise
                 body = await _read_body(front, request)
             except HTTPError as exc:
-                close = exc.status in CLOSE_AFTER
+                close = close or exc.status in CLOSE_AFTER
                 raise
             ctype = request.headers.get("content-type", JSON)
             binary = not ctype.lower().startswith(JSON)
@@ -621,8 +622,8 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
             raise HTTPError(400, f"body has {len(body)} bytes but X-Shape {kserve.shape_text(shape)} x {dtype.name} "
                                  f"needs {kserve.count_text(want)}")
         if max_batch is not None and name == primary.name and shape[0] > max_batch:
-            raise HTTPError(413, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
-                                 f"{max_batch}; split it")
+            raise HTTPError(400, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
+                                 f"{max_batch} (accepted: batch 1-{max_batch}); split it")
         return {name: np.frombuffer(body, dtype=dtype).reshape(shape)}
     if ctype in ("application/x-npy", "application/npy"):
         try:
@@ -639,7 +640,7 @@ def decode_request(ctype: str, headers, body: bytes, engine: Engine, max_batch: 
 
 
 def check_declared_v1(headers, engine: Engine, max_batch: int) -> None:
-    """Before the body is read: a raw tensor's X-Shape against --max-batch and the engine profile (413)."""
+    """Before the body is read: a raw tensor's X-Shape against --max-batch and the engine profile (400)."""
     ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
     shape_h = headers.get("X-Shape")
     if ctype != "application/octet-stream" or not shape_h or headers.get("X-Input", engine.primary_input.name) != \
@@ -651,13 +652,13 @@ def check_declared_v1(headers, engine: Engine, max_batch: int) -> None:
                                                                                           strict=True)):
         return  # the decoder names the rank/dim fault
     if shape[0] > max_batch:
-        raise HTTPError(413, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
-                             f"{max_batch}; split it")
+        raise HTTPError(400, f"request batch {kserve.count_text(shape[0])} exceeds the server's --max-batch "
+                             f"{max_batch} (accepted: batch 1-{max_batch}); split it")
     if headers.get("X-Dtype", "float32") == np.dtype(engine.primary_input.dtype).name:
         try:
             check_profile(engine.primary_input.name, shape, engine.min_shape, engine.max_shape)
         except ProfileError as exc:
-            raise HTTPError(413 if exc.too_large else 400, str(exc)) from None
+            raise HTTPError(400, str(exc)) from None
 
 
 

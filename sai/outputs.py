@@ -130,7 +130,7 @@ def check_output_file(path: PathLike, flag: str = "-o", *, create_parent: bool =
 # output files: whose are they?
 # ----------------------------------------------------------------------------------------------
 #
-# The rule for a single-file output (``sai export -o``, ``validate --report``, ``bench-ops --json``): an existing
+# The rule for a single-file output (``sai export -o``, ``validate -o``, ``bench-ops -o``): an existing
 # file at the path is overwritten only when its own content proves that sai wrote it as that kind of output:
 #
 # - ``ONNX_KIND``: an ONNX ModelProto whose ``producer_name`` is ``sai-deploy`` and whose ``metadata_props``

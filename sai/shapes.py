@@ -1,7 +1,7 @@
 """The one parser of shapes written as text: ``1x3x224x224``, ``1,3,224,224``, ``1, 3, 224, 224`` (and a
-sequence of integers as is). Every flag and header that takes a shape (``--input-shape``, ``--opt-shape``,
-``--min-shape``, ``--max-shape``, ``--shape``, serve's ``--max-shape`` and ``X-Shape``, sai flops' image
-size) goes through ``parse_shape``, so they accept the same syntax and fail with the same message: the
+sequence of integers as is). Every flag and header that takes a shape (``--shape``, each item of ``--shapes``,
+``--min-shape``, ``--max-shape``, serve's ``--max-shape`` and ``X-Shape``, sai flops' image size; the older
+``--input-shape`` / ``--opt-shape`` spellings) goes through ``parse_shape``, so they accept the same syntax and fail with the same message: the
 bad value and the expected form."""
 
 from __future__ import annotations

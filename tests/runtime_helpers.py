@@ -66,7 +66,7 @@ def tiny_outdir(tmp_path_factory) -> tuple[Path, dict]:
     ck = tiny_checkpoint(root)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["convert", str(ck), "--arch", ARCH, "-o", str(outdir), "--opt-shape", ",".join(map(str, SHAPE)),
+        rc = main(["convert", str(ck), "--arch", ARCH, "-o", str(outdir), "--shape", ",".join(map(str, SHAPE)),
                    "--max-shape", "8,3,64,64"])
     info = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
     record.write_text(json.dumps(info))
@@ -100,7 +100,7 @@ def demo_outdir(tmp_path_factory) -> Path:
     ck = Path(demo_data.__file__).parent / "zoo" / "sai_demo_r18" / "sparse_resnet18.pth"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["convert", str(ck), "-o", str(outdir), "--opt-shape", "1,3,64,64", "--max-shape", "16,3,64,64"])
+        rc = main(["convert", str(ck), "-o", str(outdir), "--shape", "1,3,64,64", "--max-shape", "16,3,64,64"])
     assert rc == 0, out.getvalue() + err.getvalue()
     return outdir
 

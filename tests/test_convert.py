@@ -41,7 +41,11 @@ def test_require_engine_exits_nonzero_with_reason(fake_export, tmp_path, capsys)
     cap = capsys.readouterr()
     assert rc == 2 and "--require-engine: no engine was built" in cap.err
     assert cap.out.count("engine skipped:") == 1
-    assert main(["convert", str(ck), "-o", str(tmp_path / "out2"), "-q"]) == 0
+    assert main(["convert", str(ck), "-o", str(tmp_path / "out2")]) == 0
+    cap = capsys.readouterr()  # with progress lines: the reason is printed once, in the summary (issue 27)
+    reason = cap.out.split("engine skipped: ", 1)[1].split(";", 1)[0]
+    assert reason and (cap.out + cap.err).count(reason) == 1, (cap.out, cap.err)
+    assert "[3/4] TensorRT engine: skipped" in cap.err
 
 
 def test_failed_convert_leaves_previous_outdir_intact(fake_export, tmp_path):
@@ -82,7 +86,7 @@ def test_arch_mismatch_and_missing_checkpoint(tmp_path, capsys):
 
 def test_profile_defaults_and_errors():
     assert resolve_profile(None, "2,3,64,64", None) == ((1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64))
-    with pytest.raises(SaiError, match="min-shape <= --opt-shape <= --max-shape"):
+    with pytest.raises(SaiError, match="min-shape <= --shape <= --max-shape"):
         resolve_profile("4,3,64,64", "2,3,64,64", None)
     with pytest.raises(SaiError, match="channels differ"):
         resolve_profile("1,1,64,64", "2,3,64,64", None)

@@ -334,7 +334,7 @@ def test_convert_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, stub
 
 def test_export_input_shape_bounded_before_allocating(tmp_path, capsys, monkeypatch):
     ck = tiny_checkpoint(tmp_path)
-    assert main(["export", "--checkpoint", str(ck), "--input-shape", "1,3,100000,100000",
+    assert main(["export", "--checkpoint", str(ck), "--shape", "1,3,100000,100000",
                  "-o", str(tmp_path / "m.onnx")]) == 2
     assert "more than 2^31-1" in _err(capsys)
     with pytest.raises(SaiError, match="max-shape.*more than 2"):
@@ -342,10 +342,10 @@ def test_export_input_shape_bounded_before_allocating(tmp_path, capsys, monkeypa
 
         resolve_profile(None, None, "64,3,8192,8192")
     monkeypatch.setattr(export_mod, "available_memory", lambda: 1 << 30)  # 1 GiB free
-    assert main(["export", "--checkpoint", str(ck), "--input-shape", "1,3,4096,4096",
+    assert main(["export", "--checkpoint", str(ck), "--shape", "1,3,4096,4096",
                  "-o", str(tmp_path / "m.onnx")]) == 2
     err = _err(capsys)
-    assert "GB to run sparse_resnet18 once" in err and "smaller --input-shape" in err
+    assert "GB to run sparse_resnet18 once" in err and "smaller --shape" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -438,10 +438,10 @@ def test_ctrl_c_during_convert_publishes_nothing(tmp_path, capsys, stub_export, 
         return real(*a, **kw)
 
     monkeypatch.setattr(conv, "convert", progress_interrupt)
-    assert main(["convert", str(ck), "-o", str(out), "--opt-shape", "2,3,32,32"]) == 130
+    assert main(["convert", str(ck), "-o", str(out), "--shape", "2,3,32,32"]) == 130
     assert "interrupted" in _err(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and _leftovers(tmp_path) == []
-    assert main(["convert", str(ck), "-o", str(tmp_path / "new"), "--opt-shape", "2,3,32,32"]) == 130
+    assert main(["convert", str(ck), "-o", str(tmp_path / "new"), "--shape", "2,3,32,32"]) == 130
     assert not (tmp_path / "new").exists() and _leftovers(tmp_path) == []
 
 
@@ -515,9 +515,9 @@ def test_validate_checks_arguments_and_report_path_first(tmp_path_factory, tmp_p
         (["--iterations", "0"], "--iterations must be at least 1"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--backends", ","], "--backends is empty"),
-        (["--report", str(tmp_path / "afile" / "r.json")], "is a file, not a folder"),
-        (["--report", str(tmp_path)], "--report"),
-        (["--report", "/proc/r.json"], "cannot create files in /proc"),
+        (["-o", str(tmp_path / "afile" / "r.json")], "is a file, not a folder"),
+        (["-o", str(tmp_path)], "-o"),
+        (["-o", "/proc/r.json"], "cannot create files in /proc"),
     ):
         assert main(["validate", str(outdir), *argv]) == 2
         captured = capsys.readouterr()

@@ -25,7 +25,7 @@ def ckpt(tmp_path_factory):
 def exported(ckpt):
     path, tmp = ckpt
     out = tmp / "r18.onnx"
-    code = main(["export", "--checkpoint", str(path), "--input-shape", "1,3,64,64", "--target", "tensorrt",
+    code = main(["export", "--checkpoint", str(path), "--shape", "1,3,64,64", "--target", "tensorrt",
                  "-o", str(out)])
     assert code == 0
     return out
@@ -63,7 +63,7 @@ def test_export_per_op_blocks(ckpt, capsys):
     Interpolates per block); --trt-blocks with another target is a one-line error, nothing written."""
     path, tmp = ckpt
     out = tmp / "r18_per_op.onnx"
-    assert main(["export", "--checkpoint", str(path), "--input-shape", "1,3,64,64", "--target", "tensorrt",
+    assert main(["export", "--checkpoint", str(path), "--shape", "1,3,64,64", "--target", "tensorrt",
                  "--trt-blocks", "per-op", "-o", str(out)]) == 0
     capsys.readouterr()
     assert main(["info", "--json", str(out)]) == 0
@@ -83,7 +83,7 @@ def test_export_per_op_blocks(ckpt, capsys):
     (["--dcn-stages", "0,1,1,1"], "--dcn-stages 0,1,1,1 contradicts"),
     (["--arch", "sparse_resnet50"], "holds a sparse_resnet18 but --arch is sparse_resnet50"),
     (["--opset", "18"], "opset 18 is not supported"),
-    (["--input-shape", "1,3,0,64"], "input shape"),
+    (["--shape", "1,3,0,64"], "input shape"),
 ])
 def test_flag_errors(ckpt, capsys, argv, match):
     path, tmp = ckpt
@@ -109,3 +109,41 @@ def test_unknown_arch_and_missing_file(tmp_path, capsys):
     assert "unknown arch 'resnet19'" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "nope.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_reads_the_checkpoint_once_and_says_each_step(ckpt, tmp_path, capsys, monkeypatch):
+    """Issue 28 item 5: `sai export --checkpoint` unpickles the file once (it was read four times: the arch, the
+    options, the weights, the meta), and on a terminal a line per step goes to stderr (issue 27 item 7)."""
+    import sai.cli.options as options
+
+    calls = []
+    real_load = torch.load
+
+    def counting_load(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("f"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(options, "_interactive", lambda: True)
+    path, _ = ckpt
+    out = tmp_path / "once.onnx"
+    assert main(["export", "--checkpoint", str(path), "--shape", "1x3x64x64", "--no-check", "-o", str(out)]) == 0
+    assert len(calls) == 1, calls
+    cap = capsys.readouterr()
+    assert f"sai export: reading {path}" in cap.err and "sai export: exporting sparse_resnet18 at 1x3x64x64" in cap.err
+    assert "random weights" not in cap.out
+    assert [d.dim_param or d.dim_value for d in onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim] == [
+        "batch", 7]  # the checkpoint's classifier: the one read gave the options too
+    assert main(["export", "--checkpoint", str(path), "--shape", "1x3x64x64", "--no-check", "-q", "--force",
+                 "-o", str(out)]) == 0
+    assert capsys.readouterr().err == ""  # -q: no progress lines
+
+
+def test_export_without_checkpoint_says_the_weights_are_random(tmp_path, capsys):
+    argv = ["export", "--arch", "sparse_resnet18", "--base-width", "8", "--num-classes", "10", "--shape", "1x3x32x32",
+            "--no-check", "-o", str(tmp_path / "r.onnx")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "note: no --checkpoint, so sparse_resnet18 has random weights" in out
+    assert main([*argv, "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["random_weights"] is True

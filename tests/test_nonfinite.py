@@ -139,7 +139,7 @@ def test_checkpoint_with_negative_running_var_exports_nothing(tmp_path, capsys):
     torch.save({"state_dict": official, "meta": {"mmdet_version": "0.6.0"}}, ck)
     out = tmp_path / "out"
     out.mkdir()
-    rc = main(["export", "--checkpoint", str(ck), "-o", str(out / "model.onnx"), "--input-shape", "1,3,64,64"])
+    rc = main(["export", "--checkpoint", str(ck), "-o", str(out / "model.onnx"), "--shape", "1,3,64,64"])
     err = capsys.readouterr().err
     assert rc != 0
     assert "backbone.layer1.0.bn1.running_var" in err and "Traceback" not in err

@@ -49,7 +49,7 @@ def converted(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(arch)
     ck = official_checkpoint(arch, root / "official.pth")
     out = root / "out"
-    rc = main(["convert", str(ck), "-o", str(out), "--opt-shape", "1,3,64,64", "-q"])  # arch from the checkpoint
+    rc = main(["convert", str(ck), "-o", str(out), "--shape", "1,3,64,64", "-q"])  # arch from the checkpoint
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metadata"]["arch"] == arch and manifest["metadata"]["dcn_stages"] == [0, 1, 1, 1]
@@ -68,7 +68,7 @@ def test_official_dcn_converts_and_validates(converted, path, monkeypatch, capsy
         monkeypatch.setattr(ort_ops, "fused_model", lambda p: (str(p), 0, "per-op run (test)"))
         monkeypatch.setenv("SAI_ORT_OPS", "1")
     report = tmp_path / "report.json"
-    rc = main(["validate", str(converted), "--threads", "1", "--iterations", "1", "--report", str(report)])
+    rc = main(["validate", str(converted), "--threads", "1", "--iterations", "1", "-o", str(report)])
     cap = capsys.readouterr()
     assert rc == 0, cap.out + cap.err
     assert "validate: PASSED" in cap.out and "internal error" not in cap.err

@@ -28,7 +28,7 @@ from sai.outputs import MARKER_NAME, ONNX_KIND, check_output_file, file_owner_re
 
 REPORT, BENCH = "sai-validate-report", "sai-bench-ops"
 EXPORT = ["export", "--arch", "sparse_resnet18", "--base-width", "8", "--num-classes", "10",
-          "--input-shape", "1,3,32,32"]
+          "--shape", "1,3,32,32"]
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -155,14 +155,14 @@ def test_validate_report_refuses_a_user_file_before_the_work(outdir, tmp_path, c
     report = tmp_path / "r.json"
     report.write_text('{"my": "data"}\n')
     before = state(report)
-    rc, out, err = run_cli(capsys, "validate", outdir, "--report", report, "--threads", "1", "--iterations", "1")
+    rc, out, err = run_cli(capsys, "validate", outdir, "-o", report, "--threads", "1", "--iterations", "1")
     assert_refused(rc, err, report)
     assert "validate:" not in out and state(report) == before  # refused before any backend ran
 
 
 def test_validate_report_replaces_its_own_and_tags_it(outdir, tmp_path, capsys):
     report = tmp_path / "r.json"
-    argv = ["validate", outdir, "--report", report, "--threads", "1", "--iterations", "1", "--no-masks"]
+    argv = ["validate", outdir, "-o", report, "--threads", "1", "--iterations", "1", "--no-masks"]
     rc, out, err = run_cli(capsys, *argv)
     assert rc == 0, out + err
     first = json.loads(report.read_text())
@@ -176,7 +176,7 @@ def test_bench_ops_json_refuses_a_user_file_before_timing(tmp_path, capsys):
     target = tmp_path / "bench.json"
     target.write_bytes(b'{"cases": []}')
     before = state(target)
-    rc, out, err = run_cli(capsys, "bench-ops", "--sections", "op", "--repeats", "1", "--json", target)
+    rc, out, err = run_cli(capsys, "bench-ops", "--sections", "op", "--iterations", "1", "-o", target)
     assert_refused(rc, err, target)
     assert "sai bench-ops:" not in out and state(target) == before
 
@@ -255,8 +255,8 @@ def test_generated_files_are_never_modified_without_force(outdir, tmp_path, caps
     sai_onnx = (outdir / "model.onnx").read_bytes()
     verbs = {
         "export": (ONNX_KIND, lambda p: [*EXPORT, "-o", p]),
-        "validate": (REPORT, lambda p: ["validate", outdir, "--report", p, "--iterations", "1", "--threads", "1"]),
-        "bench-ops": (BENCH, lambda p: ["bench-ops", "--sections", "op", "--repeats", "1", "--json", p]),
+        "validate": (REPORT, lambda p: ["validate", outdir, "-o", p, "--iterations", "1", "--threads", "1"]),
+        "bench-ops": (BENCH, lambda p: ["bench-ops", "--sections", "op", "--iterations", "1", "-o", p]),
     }
     for case in range(8):
         verb = rng.choice(sorted(verbs))

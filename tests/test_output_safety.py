@@ -30,7 +30,7 @@ from sai.models import demo_data
 from sai.outputs import MARKER_NAME, foreign_reason, write_marker
 
 CKPT = Path(demo_data.__file__).parent / "zoo" / "sai_demo_r18" / "sparse_resnet18.pth"
-SHAPE = ["--opt-shape", "1,3,64,64", "--max-shape", "16,3,64,64"]
+SHAPE = ["--shape", "1,3,64,64", "--max-shape", "16,3,64,64"]
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_export_triton_never_touches_a_foreign_folder(converted, tmp_path, capsy
 def test_second_convert_replaces_its_own_output(fast_export, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli(capsys, "convert", CKPT, "-o", out, "-q", *SHAPE)[0] == 0
-    rc, _, err = run_cli(capsys, "convert", CKPT, "-o", out, "-q", "--opt-shape", "2,3,64,64")
+    rc, _, err = run_cli(capsys, "convert", CKPT, "-o", out, "-q", "--shape", "2,3,64,64")
     assert rc == 0, err
     assert json.loads((out / "manifest.json").read_text())["shapes"]["input"]["opt"] == [2, 3, 64, 64]
     marker = json.loads((out / MARKER_NAME).read_text())

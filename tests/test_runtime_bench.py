@@ -95,12 +95,12 @@ def test_bench_ops_custom_op_case_says_not_built(tmp_path, monkeypatch):
 
 
 def test_bench_ops_model_sections_at_several_sizes_json(tmp_path, capsys):
-    """`sai bench-ops` model lines at every --sizes entry on torch and onnxruntime, the --densities sweep at the
+    """`sai bench-ops` model lines at every --shapes entry on torch and onnxruntime, the --densities sweep at the
     largest size, the environment and the command in the JSON (shape only, never speed)."""
     out = tmp_path / "b.json"
     rc = main(["bench-ops", "--sections", "model,onnx-model", "--model-arch", "sparse_resnet18",
-               "--model-base-width", "8", "--sizes", "32x32,32x48", "--densities", "0.3,0.6", "--repeats", "1",
-               "--threads", "1", "--json", str(out)])
+               "--model-base-width", "8", "--shapes", "32x32", "32x48", "--densities", "0.3,0.6", "--iterations", "1",
+               "--threads", "1", "-o", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     rep = json.loads(out.read_text())
@@ -111,11 +111,11 @@ def test_bench_ops_model_sections_at_several_sizes_json(tmp_path, capsys):
     assert got == sorted(want)
     env = rep["environment"]
     assert env["cpu"] and env["cores"] >= 1 and env["threads"] == 1 and env["versions"]["torch"]
-    assert rep["command"].startswith("sai bench-ops --sections model,onnx-model") and "--sizes 32x32,32x48" in rep["command"]
+    assert rep["command"].startswith("sai bench-ops --sections model,onnx-model") and "--shapes 32x32 32x48" in rep["command"]
     assert "custom-op sparse_resnet18 vs resnet18 ONNX, onnxruntime 32x48" in text
 
 
-@pytest.mark.parametrize("flag, value, needle", [("--sizes", "512", "--sizes entry must be HxW"), ("--densities", "0,0.5", "(0, 1]"),
+@pytest.mark.parametrize("flag, value, needle", [("--shapes", "512", "--shapes item must be HxW"), ("--densities", "0,0.5", "(0, 1]"),
                                                  ("--sections", "onnx,gpu", "unknown section")])
 def test_bench_ops_bad_flags_are_one_line_errors(capsys, flag, value, needle):
     assert main(["bench-ops", flag, value]) == 2

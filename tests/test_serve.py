@@ -217,7 +217,7 @@ BAD_CASES = [
     ("bad npy", b"\x93NUMPYgarbage", {"Content-Type": "application/x-npy"}, 400, ".npy"),
     ("nan", json.dumps({"inputs": np.full((1, 3, 32, 32), np.nan).tolist()}).replace("NaN", "NaN").encode(),
      {"Content-Type": "application/json"}, 400, "NaN"),
-    ("too big batch", _x(9).tobytes(), {"Content-Type": "application/octet-stream", "X-Shape": "9,3,32,32"}, 413,
+    ("too big batch", _x(9).tobytes(), {"Content-Type": "application/octet-stream", "X-Shape": "9,3,32,32"}, 400,
      "max-batch"),
     ("oversized", b"\0" * ((1 << 20) + 1), {"Content-Type": "application/octet-stream", "X-Shape": "1,3,32,32"},
      413, "exceeds the limit"),

@@ -210,10 +210,10 @@ V2_BAD = [
     ("header length beyond body", v2_json(GOOD), {"Inference-Header-Content-Length": "999999999"}, 400,
      "Inference-Header-Content-Length"),
     ("above profile", *_bin_request([{"name": "input", "shape": [1, 3, 2048, 2048], "datatype": "FP32",
-                                      "parameters": {"binary_data_size": 16}}], b"\0" * 16), 413,
+                                      "parameters": {"binary_data_size": 16}}], b"\0" * 16), 400,
      "maximum [8, 3, 64, 64]"),
     ("batch above max", *_bin_request([{"name": "input", "shape": [9, 3, 32, 32], "datatype": "FP32",
-                                        "parameters": {"binary_data_size": 9 * len(BIN)}}], BIN * 9), 413, "maximum"),
+                                        "parameters": {"binary_data_size": 9 * len(BIN)}}], BIN * 9), 400, "maximum"),
     ("oversized body", b"{" + b" " * (1 << 20), {}, 413, "exceeds the limit of 1048576"),
     ("deep json", b"[" * 100_000 + b"]" * 100_000, {}, 400, "RecursionError"),
     ("5000-digit int", b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [' + b"9" * 5000
@@ -422,22 +422,25 @@ def test_engine_profile_enforced_in_the_api(engine):
         assert exc.value.too_large == ("maximum" in limit)
 
 
-def test_server_profile_413_before_decoding_and_max_shape_flag(engine, outdir):
+def test_server_profile_400_before_decoding_and_max_shape_flag(engine, outdir):
+    """A shape outside the profile is a 400 naming the accepted ranges (issue 27 item 4: the client learns what to
+    send); 413 is only for a body over the byte limit."""
     with rt.load(outdir, backend="onnxruntime", threads=1) as e:
         srv = InferenceServer(e, "127.0.0.1", 0, max_batch=8, max_delay_ms=0, max_shape=(4, 3, 48, 48)).start()
         try:
             big = _x(1, 2048, 2048)
             status, _, data = request(srv, "POST", "/v1/infer", big.tobytes(), {
                 "Content-Type": "application/octet-stream", "X-Shape": "1,3,2048,2048"})
-            assert status == 413 and "height 2048 is above the engine profile's maximum [4, 3, 48, 48]" in \
-                json.loads(data)["error"]  # from X-Shape, before the body is decoded
+            error = json.loads(data)["error"]  # from X-Shape, before the body is decoded
+            assert status == 400 and "height 2048 is above the engine profile's maximum [4, 3, 48, 48]" in error
+            assert "accepted: batch 1-4, channels 3, height 32-48, width 32-48" in error  # min (1,3,32,32) to max
             assert srv.max_body_bytes < big.nbytes  # the body limit follows the profile too
             mid = _x(1, 600, 600).tobytes()  # over the limit, under 16x it: read, dropped, answered
             status, _, data = request(srv, "POST", "/v1/infer", mid, {"Content-Type": "application/x-npy"})
             assert status == 413 and f"limit of {srv.max_body_bytes} bytes" in json.loads(data)["error"]
             status, _, data = request(srv, "POST", "/v1/infer", _x(1, 56, 48).tobytes(), {
                 "Content-Type": "application/octet-stream", "X-Shape": "1,3,56,48"})
-            assert status == 413 and "maximum [4, 3, 48, 48]" in json.loads(data)["error"]
+            assert status == 400 and "maximum [4, 3, 48, 48]" in json.loads(data)["error"]
             assert srv.max_batch == 4
             assert request(srv, "POST", "/v1/infer", _x(1, 48, 48).tobytes(), {
                 "Content-Type": "application/octet-stream", "X-Shape": "1,3,48,48"})[0] == 200

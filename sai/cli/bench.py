@@ -7,7 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from sai.cli.options import add_backend_args, add_image_shape_args, add_no_verify, image_shape
+from sai.cli.options import (
+    add_backend_args,
+    add_image_shape_args,
+    add_iterations,
+    add_json,
+    add_no_verify,
+    image_shape,
+)
 from sai.constants import TORCH_PRECISIONS
 from sai.errors import SaiError
 
@@ -82,15 +89,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency percentiles and throughput on a backend (optionally vs dense)")
     p.add_argument("model", help="sai convert OUTDIR, .onnx, .plan or checkpoint")
     add_backend_args(p)
-    add_image_shape_args(p, batch=1, batch_help="batch size (with --shape H,W or the model's example size)")
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    add_image_shape_args(p, batch=1)
+    add_iterations(p, default=50, warmup=5, help="timed runs (the percentiles are over these)")
     p.add_argument("--compare-dense", action="store_true", help="also time the dense ResNet with the same weights")
     p.add_argument("--checkpoint", help="weights for --compare-dense (default: the OUTDIR manifest's checkpoint)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json(p, what="the results")
     p.add_argument("--precision", choices=list(TORCH_PRECISIONS),
                    help="torch backend: run the checkpoint in this precision (the mask predictors stay fp32); "
-                        "ONNX models and engines run at the precision sai convert gave them")
+                        "ONNX models and engines run at the precision sai convert gave them (default: fp32)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="torch backend on CUDA: capture one CUDA graph per input shape and replay it "
                         "(TensorRT engines replay graphs already)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sai.cli.options import add_export_args, add_force, add_quiet
+from sai.cli.options import add_alias, add_export_args, add_force, add_output, add_quiet
 from sai.errors import SaiError
 
 
@@ -83,19 +83,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="e.g. sparse_resnet50 (default: what the checkpoint holds; checked against it)")
     p.add_argument("--preset", help="the whole SAI-Det detector (Faster R-CNN + FPN, boxes out) of an official config "
                    "name, e.g. sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1; the checkpoint must hold "
-                   "rpn_head.*/bbox_head.*")
+                   "rpn_head.*/bbox_head.* (default: none, the backbone alone)")
     p.add_argument("--config", help="the whole detector of an official SAI-Det config file (.py, read as literals, "
-                   "never executed); instead of --preset")
-    p.add_argument("-o", "--output", required=True,
-                   help="output directory: new, empty or an earlier sai convert output (replaced atomically)")
+                   "never executed); instead of --preset (default: none)")
+    add_output(p, required=True, metavar="OUTDIR",
+               help="output directory: new, empty or an earlier sai convert output (replaced atomically)")
     add_export_args(p, sampling_help="sampling mode to export (default: the checkpoint's, else deterministic: "
                     "noise-free); manifest.json records the mode under export.sampling_note")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--min-shape", help="N,C,H,W smallest input of the engine profile (default: batch 1 at --opt-shape)")
-    p.add_argument("--opt-shape", help="N,C,H,W shape to export and optimize for (default 1,3,224,224)")
-    p.add_argument("--max-shape", help="N,C,H,W largest input of the engine profile (default: batch 8 at --opt-shape)")
-    p.add_argument("--workspace", type=_size, help="TensorRT workspace limit (e.g. 2G)")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--min-shape", metavar="SHAPE",
+                   help="NxCxHxW smallest input of the engine profile (default: batch 1 at --shape)")
+    p.add_argument("--shape", dest="opt_shape", metavar="SHAPE",
+                   help="NxCxHxW to export and optimize for (default 1,3,224,224)")
+    add_alias(p, "--opt-shape", dest="opt_shape", new="--shape", metavar="SHAPE")
+    p.add_argument("--max-shape", metavar="SHAPE",
+                   help="NxCxHxW largest input of the engine profile (default: batch 8 at --shape)")
+    p.add_argument("--workspace", type=_size, help="TensorRT workspace limit, e.g. 2G (default: TensorRT's)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated (default: none)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine with the plugin library serialized into it")
     p.add_argument("--no-engine", action="store_true", help="write the ONNX files and manifest only")

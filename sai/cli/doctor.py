@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Optional
 
+from sai.cli.options import add_json, add_quiet
 from sai.lazy import INSTALL
 
 
@@ -19,8 +22,12 @@ class Check:
     fix: str = ""
 
 
-def run_checks() -> list[Check]:
+def run_checks(progress: Optional[Callable[[str], None]] = None) -> list[Check]:
+    """Every check, in the order printed; ``progress`` gets a line before each slow one (the imports: torch takes
+    10-30 s on a cold start)."""
     from sai.runtime import environment as env
+
+    say = progress or (lambda msg: None)
 
     checks = [Check("python", True, platform.python_version())]
     table = [
@@ -36,6 +43,7 @@ def run_checks() -> list[Check]:
          "protobuf) and the KServe v2 gRPC endpoint of sai serve"),
     ]
     for module, disables in table:
+        say(f"importing {module}")
         ok, detail = env.module_version(module)
         name = {"cuda.bindings.runtime": "cuda-python", "tritonclient.grpc.model_config_pb2": "tritonclient"}.get(
             module, module)
@@ -43,6 +51,7 @@ def run_checks() -> list[Check]:
             detail = env.dist_version(name)
         checks.append(Check(name, ok, detail, "" if ok else disables, "" if ok else INSTALL[name]))
     checks += _ort_providers()
+    say("loading the sai CPU kernels and the onnxruntime custom-op library")
     checks.append(_cpu_kernels())
     checks.append(_ort_custom_ops())
     ok, detail = env.nvcc()
@@ -113,7 +122,9 @@ def _engine_build(checks: list[Check]) -> Check:
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = run_checks()
+    from sai.cli.options import progress_printer
+
+    checks = run_checks(progress_printer(args, "doctor"))
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
         return 0
@@ -129,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="report installed pieces and what each missing one disables")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(p, what="the report")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 

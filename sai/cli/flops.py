@@ -8,6 +8,8 @@ import json
 from sai.constants import DCN_OFFSET_FROM, FLOPS_INPUT_RULES, SAMPLING_MODES
 from sai.errors import SaiError
 
+MEASURE_AT_INPUT = "input"  # --measure without a size
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     from sai.shapes import parse_shape
@@ -154,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from sai.models.network import parse_arch
 
     if args.detector:
+        if args.measure == MEASURE_AT_INPUT:
+            raise SaiError("--detector --measure needs the image size, e.g. --measure 800x1333")
         return run_detector(args)
     if args.arch is None or args.res is None:
         raise SaiError("sai flops needs --arch and --res (a backbone), or --detector PRESET for the whole detector")
@@ -179,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         raise SaiError("sparse models predict DCN offsets from the block input: --dcn-offset-from input")
     measured: dict = {}
     if args.measure:
-        size = _parse_size(args.measure)
+        # --measure alone: at the counted input, so the densities and the count are of one size
+        size = (h, w) if args.measure == MEASURE_AT_INPUT else _parse_size(args.measure)
         if args.checkpoint:
             model, _ = model_from_checkpoint(args.checkpoint, sampling="deterministic")
             if model.arch != args.arch:
@@ -194,14 +199,16 @@ def run(args: argparse.Namespace) -> int:
         source = (f"measured in {args.sampling} sampling on a random {size[0]}x{size[1]} image with {what} "
                   "(per-forward average, as the official counters)")
         for mode, st in stats.items():
+            off = official_flops(depth, args.res, dcn, st, base_width, rule)
+            ker = kernel_flops(args.arch, (h, w), st, dcn, base_width, dcn_offset_from=offset_from)["backbone"]
             measured[mode] = {
                 "mean_density": _mean(st),
-                "official_gflops": round(official_flops(depth, args.res, dcn, st, base_width, rule) / 1e9, 2),
-                "kernel_gflops": round(kernel_flops(args.arch, (h, w), st, dcn, base_width,
-                                                    dcn_offset_from=offset_from)["backbone"] / 1e9, 2),
+                "official_gflops": round(off / 1e9, 2), "kernel_gflops": round(ker / 1e9, 2),
+                "official_macs": int(off), "kernel_macs": int(ker),
                 "blocks": {k: [v["d1"], v["d2"]] for k, v in st.items()},
             }
         measured["stochastic"]["seed"] = args.seed
+        measured_hw = list(size)
     official = official_flops(depth, args.res, dcn, densities, base_width, rule)
     ours = kernel_flops(args.arch, (h, w), densities, dcn, base_width, dcn_offset_from=offset_from)
     if isinstance(densities, dict):
@@ -217,9 +224,12 @@ def run(args: argparse.Namespace) -> int:
         "official_gflops": round(official / 1e9, 2),
         "kernel_gflops": round(ours["backbone"] / 1e9, 2),
         "kernel_by_op_gflops": {k: round(v / 1e9, 4) for k, v in ours["by_op"].items() if k != "head"},
+        "official_macs": int(official), "kernel_macs": int(ours["backbone"]),
+        "kernel_by_op_macs": {k: int(v) for k, v in ours["by_op"].items() if k != "head"},
     }
     if measured:
         result["measured"] = measured
+        result["measured_hw"] = measured_hw
         result["note"] = ("official SAI-Det inference is stochastic (Gumbel noise at eval, T=0.03, unseeded); "
                           "sai's default sampling is deterministic (noise-free)")
     if args.json:
@@ -227,40 +237,63 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.arch}  res {args.res} -> input {h}x{w} ({rule_text})  "
           f"dcn_stages {','.join(str(int(v)) for v in dcn)}  base_width {base_width}")
-    print(f"densities: {source}" + (f"  (mean d1 {mean_d[0]:.4f}, d2 {mean_d[1]:.4f})" if mean_d else ""))
+    print(f"densities: {source}")
+    if measured and measured_hw != [h, w]:
+        print(f"note: densities measured at {measured_hw[0]}x{measured_hw[1]}, MACs counted at {h}x{w} (--measure "
+              "without a size measures at the counted input)")
+    rows = [("backbone MACs at the densities above", mean_d, result["official_macs"], result["kernel_macs"])]
     for mode, m in measured.items():
         label = ("deterministic (sai default, noise-free)" if mode == "deterministic" else
                  f"stochastic (seed {m['seed']}; official SAI-Det eval)")
-        print(f"  {label:<42} mean d1 {m['mean_density'][0]:.4f}, d2 {m['mean_density'][1]:.4f}: "
-              f"official {m['official_gflops']:.2f} G, our kernels {m['kernel_gflops']:.2f} G")
-    if measured:
-        print(f"  note: {result['note']}")
-    print(f"official accounting (paper GFlops, backbone MACs, docs/design.md 4): {result['official_gflops']:.2f} G")
-    print(f"our kernels (what the fused model executes, backbone MACs):      {result['kernel_gflops']:.2f} G")
-    for k, v in result["kernel_by_op_gflops"].items():
+        rows.append((label, m["mean_density"], m["official_macs"], m["kernel_macs"]))
+    print()
+    print(f"{'':<44} {'mean d1':>8} {'mean d2':>8}  {'official (paper)':>16}  {'our kernels':>12}")
+    for label, md, off, ker in rows:
+        d1, d2 = (f"{md[0]:.4f}", f"{md[1]:.4f}") if md else ("-", "-")
+        print(f"{label:<44} {d1:>8} {d2:>8}  {format_macs(off):>16}  {format_macs(ker):>12}")
+    print()
+    total = result["kernel_macs"] or 1
+    print(f"{'our kernels by op':<44} {'MACs':>12} {'share':>7}")
+    for k, v in result["kernel_by_op_macs"].items():
         if v:
-            print(f"  {k:<13} {v:10.3f} G")
+            print(f"  {k:<42} {format_macs(v):>12} {v / total:>7.1%}")
+    print()
+    print("official: the paper's accounting (docs/design.md 4); our kernels: what the fused model executes")
+    if measured:
+        print(f"note: {result['note']}")
     return 0
+
+
+def format_macs(v: float) -> str:
+    """A MAC count with its unit, three or more significant digits (``289.47 G``, ``1.23 M``, ``950``)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{v:.0f}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flops", help="FLOPs: the official SAI accounting and what our kernels execute")
-    p.add_argument("--arch", help="sparse_resnet{18,34,50,101,152} or resnet{18,...,152} (required without "
-                   "--detector)")
+    p.add_argument("--arch", help="sparse_resnet{18,34,50,101,152} or resnet{18,...,152} (no default: required "
+                   "without --detector)")
     p.add_argument("--res", type=int, help="official resolution (500/600/800/1000): input "
-                   "(res//32*32) x (res*5/3//32*32); see --input (required without --detector)")
+                   "(res//32*32) x (res*5/3//32*32); see --input (no default: required without --detector)")
     p.add_argument("--detector", metavar="PRESET", help="the whole detector of an official preset name or config "
                    "file: backbone, neck, RPN and RoI head, dense and at --density / --measure (image size; "
-                   "--checkpoint: an official detector checkpoint)")
+                   "--checkpoint: an official detector checkpoint; default: none, the backbone alone)")
     p.add_argument("--input", choices=list(FLOPS_INPUT_RULES), default="auto",
                    help="input size rule: detection (res//32*32) x (res*5/3//32*32), classification res x res; "
                    "auto (default) = classification at res 224 only, as the official SAI calculator")
     p.add_argument("--dcn-stages", default="0,0,0,0", help="DCN per stage, e.g. 0,1,1,1 (the paper's setting)")
     p.add_argument("--base-width", type=int, default=64, help="channels of the stem (64 = standard ResNet)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--density", type=float, help="one mask density for every sparse conv")
-    g.add_argument("--measure", metavar="IMAGE_SIZE", help="measure densities with a forward pass at N or HxW")
-    p.add_argument("--checkpoint", help="weights for --measure (our format or official SAI-Det)")
+    g.add_argument("--density", type=float, help="one mask density for every sparse conv (default: 1.0, or "
+                   "--measure)")
+    g.add_argument("--measure", metavar="IMAGE_SIZE", nargs="?", const=MEASURE_AT_INPUT,
+                   help="measure densities with a forward pass; alone: at the counted input (--res/--input), "
+                        "or at N or HxW (--detector: the image size before its preprocessing) (default: off)")
+    p.add_argument("--checkpoint", help="weights for --measure (our format or official SAI-Det; default: random "
+                   "initialisation)")
     p.add_argument("--sampling", choices=[m for m in SAMPLING_MODES if m != "dense"], default="deterministic",
                    help="--measure: the mode whose densities give the headline numbers (both are printed). "
                    "deterministic (default) is noise-free; official SAI-Det inference is stochastic")

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from sai import __version__
+from sai.cli.options import SaiArgumentParser
 from sai.errors import SaiError, Terminated, first_line
 
 # Verb modules, in the order `sai --help` lists them. Later issues append here.
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sai {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=SaiArgumentParser)
     for name in VERBS:
         importlib.import_module(f"sai.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from sai.cli.options import add_backend_args, add_no_verify
+from sai.cli.options import add_backend_args, add_json, add_no_verify
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="KServe v2 (HTTP + gRPC) inference server with dynamic batching and metrics")
     p.add_argument("model", help="sai convert OUTDIR, .onnx, .plan or checkpoint")
     add_backend_args(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface, e.g. in a container)")
     p.add_argument("--port", type=port_number, default=8000, help="HTTP port (1-65535); 0 picks a free port (printed "
                    "on start)")
     p.add_argument("--grpc-port", type=port_number, default=8001,
@@ -86,7 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="images per engine run")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="wait this long for more requests to batch")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 503")
-    p.add_argument("--max-shape", help="N,C,H,W largest image accepted (default: the manifest's profile); larger: 413")
+    p.add_argument("--max-shape", metavar="SHAPE", help="NxCxHxW largest image accepted (default: the manifest's "
+                   "profile); outside the accepted ranges: 400 naming them")
     p.add_argument("--max-body-mb", type=float,
                    help="larger bodies get 413 (default: what the largest request the profile admits needs, <= 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
@@ -100,6 +102,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the pod's terminationGracePeriodSeconds, 30 by default)")
     p.add_argument("--mask-metrics", action="store_true",
                    help="export every block's mask density in /metrics (sai_mask_density; onnxruntime/torch)")
-    p.add_argument("--json", action="store_true", help="also print the server info as one JSON line")
+    add_json(p, what="the server info (one line, once listening) after the line above")
     add_no_verify(p)
     p.set_defaults(func=run)

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from sai.cli.options import add_file_force, add_image_shape_args, add_no_verify, add_threads_seed, image_shape
+from sai.cli.options import (
+    add_alias,
+    add_file_force,
+    add_image_shape_args,
+    add_json,
+    add_no_verify,
+    add_quiet,
+    add_threads_seed,
+    image_shape,
+    progress_printer,
+)
 
 REPORT_KIND = "sai-validate-report"  # the "sai_output" tag of --report files (sai.outputs.json_tag)
 
@@ -36,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     if args.load_inputs and args.images:
         raise SaiError("give --load-inputs or --images, not both")
     if args.report:  # before the slow work, so the report cannot be lost at the end
-        check_output_file(args.report, "--report", create_parent=True, kind=REPORT_KIND, force=args.force)
+        check_output_file(args.report, "-o", create_parent=True, kind=REPORT_KIND, force=args.force)
+    say = progress_printer(args, "validate")
+    say(f"loading {', '.join(backends)} for {args.model}")
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
                                      threads=args.threads, verify=not args.no_verify)
     for line in skipped:
-        print(f"skipped {line}")
+        print(f"skipped {line}", file=sys.stderr if args.json else sys.stdout)
     try:
         first = next(iter(engines.values()))
         shape = image_shape(args, first)
@@ -54,15 +67,17 @@ def run(args: argparse.Namespace) -> int:
             image = f.get(first.primary_input.name)
             if image is not None:
                 f.update({k: v for k, v in first.noise_for(image.shape).items() if k not in f})
+        say(f"running {len(feeds)} input set(s) through {', '.join(engines)}")
         report = validate(engines, feeds, atol=atol, rtol=rtol, mask_threshold=args.mask_agreement)
     finally:
         for e in engines.values():
             e.close()
-    print(report.text())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
     if args.report:
         write_atomic(Path(args.report), json.dumps({**json_tag(REPORT_KIND), **report.to_dict()}, indent=2) + "\n",
-                     flag="--report", kind=REPORT_KIND, force=args.force)
-        print(f"report written to {args.report}")
+                     flag="-o", kind=REPORT_KIND, force=args.force)
+        if not args.json:
+            print(f"report written to {args.report}")
     return 0 if report.passed else 1
 
 
@@ -76,18 +91,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-agreement", type=float, default=0.999,
                    help="minimum fraction of positions whose sampling decision (M > 0) agrees (default 0.999)")
     p.add_argument("--no-masks", action="store_true", help="compare the outputs only")
-    add_image_shape_args(p, batch=2, shape_help="H,W or N,C,H,W (default: the export's example size at --batch)")
+    add_image_shape_args(p, batch=2, shape_help="HxW or NxCxHxW (default: the export's example size at --batch)")
     p.add_argument("--iterations", type=int, default=2,
                    help="random input sets to compare (default 2; not used with --load-inputs / --images)")
     p.add_argument("--load-inputs", metavar="FILE",
                    help="compare on the feeds of a Polygraphy input file (JSON list of {name: array}, as written by "
-                        "polygraphy run --save-inputs and read by its --load-inputs) instead of random inputs")
+                        "polygraphy run --save-inputs and read by its --load-inputs) instead of random inputs "
+                        "(default: random inputs)")
     p.add_argument("--images", metavar="DIR",
                    help="compare on the .png/.jpg images of DIR: RGB, resized to --shape (default the export's "
                         "example size), normalised as the model's input_norm says, in batches of --batch")
-    add_threads_seed(p, threads_help=None, seed_help=None)
-    p.add_argument("--report", help="write the full report as JSON (an existing file there is replaced only when it "
-                                    "is an earlier validate report)")
-    add_file_force(p, flag="--report", kind=REPORT_KIND)
+    add_threads_seed(p)
+    p.add_argument("-o", "--output", dest="report", metavar="PATH",
+                   help="write the full report as JSON to PATH (an existing file there is replaced only when it is an "
+                        "earlier validate report; default: none)")
+    add_alias(p, "--report", dest="report", new="-o/--output", metavar="PATH")
+    add_file_force(p, flag="-o", kind=REPORT_KIND)
+    add_json(p, what="the report")
+    add_quiet(p)
     add_no_verify(p)
     p.set_defaults(func=run)
