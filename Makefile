@@ -116,7 +116,7 @@ plugins: kernels
 # Sparse vs dense speed on this machine's CPU (ops, a block, sparse_resnet101, ONNX Runtime).
 bench: install
 	mkdir -p bench_out
-	$(VENV)/bin/sai bench-ops --json bench_out/bench_ops.json
+	$(VENV)/bin/sai bench-ops -o bench_out/bench_ops.json
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache bench_out

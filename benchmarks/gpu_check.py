@@ -856,12 +856,12 @@ def engine_section(dev, tiny: bool, out: Path) -> dict:
     ckpt = save_checkpoint(model, out / "sparse_resnet101_d0.3.pth")
     conv_dir = out / "engine_sparse_resnet101"
     shape = "1,3,512,832"
-    rc, log = _sai_cli(["convert", str(ckpt), "-o", str(conv_dir), "--precision", "fp16", "--opt-shape", shape,
+    rc, log = _sai_cli(["convert", str(ckpt), "-o", str(conv_dir), "--precision", "fp16", "--shape", shape,
                         "--min-shape", shape, "--max-shape", shape, "--require-engine", "-q"], timeout=1800)
     if rc != 0:
         result["model"] = {"error": f"sai convert failed ({rc}): {log[-1500:]}"}
         return result
-    rc, log = _sai_cli(["validate", str(conv_dir), "--backends", "tensorrt", "--report", str(out / "validate.json")],
+    rc, log = _sai_cli(["validate", str(conv_dir), "--backends", "tensorrt", "-o", str(out / "validate.json")],
                        timeout=900)
     result["validate"] = {"returncode": rc, "tail": log[-600:]}
     rc, log = _sai_cli(["bench", str(conv_dir), "--backend", "tensorrt", "--compare-dense", "--shape", shape,
