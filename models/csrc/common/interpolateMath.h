@@ -1,9 +1,9 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * interpolateMath.h: the per-element math of sai::Interpolate (docs/design.md 3.3), shared by the CUDA
- * kernels (interpolateKernel.cu), the CPU test build (tests/cpu_ops.cpp) and the PyTorch C++ CPU
- * extension. Header-only, `__host__ __device__` (SAI_HD), no TensorRT/CUDA types.
+ * interpolateMath.h: the per-element math of sai::Interpolate (docs/design.md 3.3), shared by the CPU
+ * kernels (the PyTorch C++ extension, libsai_ort_ops.so), the plugin's host code and the CPU test build
+ * (trt_plugins/tests/cpu_ops.cpp). Header-only host C++, no TensorRT/CUDA types.
  *
  *   feature F [N, C, H, W], mask M [N, 1, H, W], output [N, C, H, W]; k = kernelSize (odd), r = (k-1)/2
  *   K[i,j]  = sigma^2/(2 pi) * exp(-(sigma^2/2) * (i^2 + j^2)),  i, j in [-r, r]

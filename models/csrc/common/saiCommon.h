@@ -1,13 +1,12 @@
 /*
  * SPDX-License-Identifier: Apache-2.0
  *
- * saiCommon.h: portability layer shared by the CUDA kernels, the TensorRT plugin glue and the CPU
- * builds (trt_plugins/tests/cpu_ops.cpp, the PyTorch C++ extension). Plain C++; no TensorRT and no
- * CUDA runtime types.
+ * saiCommon.h: the small layer shared by the CPU kernels (the PyTorch C++ extension, libsai_ort_ops.so), the
+ * TensorRT plugins' host code and trt_plugins/tests/cpu_ops.cpp. Plain host C++ (the GPU kernels are Triton's,
+ * built to cubins in kernels/: no CUDA source includes these headers); no TensorRT and no CUDA types.
  *
  * API
- *   SAI_HD                   `__host__ __device__` under nvcc (__CUDACC__), empty for a host compiler.
- *   SAI_INLINE               SAI_HD plus `inline` (every function of the shared headers uses it).
+ *   SAI_INLINE               `inline` (every function of the shared headers uses it).
  *   saiToFloat<T>(T v)       converts a storage value (float, __half, at::Half, ...) to float;
  *                            default is static_cast<float>; specialise for a type without it.
  *   saiFromFloat<T>(float v) converts back (default static_cast<T>).
@@ -17,27 +16,15 @@
  *   saiMaskActive(float m)   -> bool: m > 0 (the positions SparseSampleConv computes, DESIGN 3.2).
  *   saiMaskNeedsInterp(float m) -> bool: m < 1 (the positions Interpolate fills, DESIGN 3.3).
  *
- * The headers also compile under NVRTC (__CUDACC_RTC__: no standard library; int32_t/int64_t come
- * from here). All arithmetic in the shared headers is done in float, whatever T is (fp16 storage, fp32 math).
+ * All arithmetic in the shared headers is done in float, whatever T is (fp16 storage, fp32 math).
  */
 #ifndef SAI_TRT_PLUGINS_COMMON_SAI_COMMON_H
 #define SAI_TRT_PLUGINS_COMMON_SAI_COMMON_H
 
-#if defined(__CUDACC_RTC__)
-// NVRTC (used by `make cuda-check` for the CUDA 12 device-code build) has no C++ library headers.
-typedef int int32_t;
-typedef long long int64_t;
-#else
 #include <cmath>
 #include <cstdint>
-#endif
 
-#if defined(__CUDACC__)
-#define SAI_HD __host__ __device__
-#else
-#define SAI_HD
-#endif
-#define SAI_INLINE SAI_HD inline
+#define SAI_INLINE inline
 
 namespace sai
 {

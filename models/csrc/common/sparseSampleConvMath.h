@@ -2,8 +2,8 @@
  * SPDX-License-Identifier: Apache-2.0
  *
  * sparseSampleConvMath.h: the per-element math of sai::SparseSampleConv (docs/design.md 3.2), shared by
- * the CUDA kernels (sparseSampleConvKernel.cu), the CPU test build (tests/cpu_ops.cpp) and the
- * PyTorch C++ CPU extension. Header-only, `__host__ __device__` (SAI_HD), no TensorRT/CUDA types.
+ * the CPU kernels (the PyTorch C++ extension, libsai_ort_ops.so), the plugin's host code and the CPU test
+ * build (trt_plugins/tests/cpu_ops.cpp). Header-only host C++, no TensorRT/CUDA types.
  *
  * Tensors are NCHW, contiguous:
  *   x      [N, C, H, W]                      input
