@@ -15,7 +15,7 @@ help:
 	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~3 min)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
-	@echo "make cuda-check check every kernel cubin for all target GPUs (arch, spills, occupancy, SASS loops -> build/cuda-check/kernels.json); PTX and host code with CUDA 12 too"
+	@echo "make cuda-check check every kernel cubin for all target GPUs (arch, spills, occupancy, SASS loops -> build/cuda-check/kernels.json) and count the torch CUDA path's launches per forward (-> build/launch_counts.json); PTX and host code with CUDA 12 too"
 	@echo "make kernels   Triton kernels -> cubins/PTX for sm_75..sm_120 + embedded C++ (build/kernels, no GPU)"
 	@echo "make gpu-check the one prepared GPU run: parity, timings vs cuDNN, autotune (build/gpu-check)"
 
@@ -94,6 +94,7 @@ cuda-tools: $(CUDA_TOOLS_STAMP)
 
 cuda-check: $(CUDA_TOOLS_STAMP) kernels
 	$(PY) trt_plugins/tests/cuda_check.py --out build/cuda-check --kernels $(KERNELS_OUT) --jobs 2
+	$(PY) -m sai.kernels.launch_count --out build/launch_counts.json
 
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
 PLUGIN_BUILD := build/trt_plugins
