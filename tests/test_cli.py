@@ -178,3 +178,15 @@ def test_flops_table_shows_small_totals_with_units_and_measures_the_counted_size
     assert res["measured_hw"] == res["input_hw"] == [64, 64]
     assert main([*argv, "--measure", "32"]) == 0
     assert "densities measured at 32x32, MACs counted at 64x64" in capsys.readouterr().out
+
+
+def test_bench_ops_json_flag_prints_the_document_alone_on_stdout(capsys):
+    """--json means the same in every verb: the result as JSON on stdout; bench-ops' table and progress move to
+    stderr so `sai bench-ops --json | jq` reads one document."""
+    from sai.cli.main import main
+
+    assert main(["bench-ops", "--sections", "op", "--iterations", "1", "--threads", "1", "--json"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["sai_output"] == "sai-bench-ops/1" and doc["cases"]
+    assert "--iterations 1" in doc["command"] and "sai bench-ops:" in cap.err
