@@ -173,7 +173,7 @@ def _steps(args: argparse.Namespace, out: Path, final: Path, zoo: Path, ck: Path
     if converted:
         from sai.runtime.environment import ort_custom_ops
 
-        ort = ("model.onnx, its sparse blocks fused on libsai_ort_ops.so" if ort_custom_ops()[0] else
+        ort = ("the fused CPU model model.cpu-fused.onnx on libsai_ort_ops.so" if ort_custom_ops()[0] else
                "the portable ONNX: function bodies, libsai_ort_ops.so not built")
         runs = [(f"3/5 bench (onnxruntime, {ort}): sparse model vs the dense ResNet with the same weights",
                  ["bench", str(model_dir)])]

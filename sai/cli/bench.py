@@ -13,7 +13,9 @@ from sai.cli.options import (
     add_iterations,
     add_json,
     add_no_verify,
+    add_quiet,
     image_shape,
+    progress_printer,
 )
 from sai.constants import TORCH_PRECISIONS
 from sai.errors import SaiError
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                            f"{args.model} runs on {backend}, at the precision sai convert gave it"
                            + (" and with CUDA graphs already" if backend == "tensorrt" else ""))
         options = {"precision": args.precision or "fp32", "cuda_graphs": args.cuda_graphs}
+    say = progress_printer(args, "bench")
+    say(f"loading {args.model} (backend {args.backend})")
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify, **options)
     results = []
@@ -63,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
         shape = image_shape(args, engine)
         feeds = bench_feeds(engine, shape)  # the profile and the memory first: nothing allocated when refused
         label = str(engine.metadata.get("arch", "model"))
+        say(f"timing {label} on {engine.backend}: {args.warmup} warmup + {args.iterations} runs at {shape}")
         results.append(bench(engine, feeds, iterations=args.iterations, warmup=args.warmup, label=label))
         if not args.json:
             print(results[-1].line(), flush=True)
         if args.compare_dense:
+            say("building the dense twin (same weights) and timing it")
             twin = dense_twin_engine(engine, _checkpoint_for(args, engine), threads=args.threads)
             with twin:
                 results.append(bench(twin, twin.example_feeds(shape), iterations=args.iterations,
@@ -101,4 +107,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch backend on CUDA: capture one CUDA graph per input shape and replay it "
                         "(TensorRT engines replay graphs already)")
     add_no_verify(p)
+    add_quiet(p)
     p.set_defaults(func=run)
