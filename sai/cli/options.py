@@ -105,6 +105,7 @@ def progress_printer(args: argparse.Namespace, verb: str, *, always: bool = Fals
 
     return say
 
+
 OFFICIAL_NOTE = ("NOTE: the official SAI-Det code evaluates stochastically (Gumbel noise at test time, T=0.03, "
                  "unseeded), so an official checkpoint reproduces its published test-time densities only with "
                  "stochastic")
@@ -114,8 +115,9 @@ def add_backend_args(p: argparse.ArgumentParser, *, threads_help: str = "intra-o
                      ) -> None:
     """``--backend``, ``--device``, ``--threads``, ``--seed``: which engine runs the model (``sai.runtime.load``)."""
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                   help="engine that runs the model; auto: from the file (OUTDIR: tensorrt where its model.plan "
-                        "loads, else onnxruntime; .onnx: onnxruntime; .plan: tensorrt; checkpoint: torch)")
+                   help="engine that runs the model; auto: from the file (OUTDIR: tensorrt where it holds a "
+                        "model.plan and TensorRT works here, else onnxruntime; .onnx: onnxruntime; .plan: "
+                        "tensorrt; checkpoint: torch)")
     p.add_argument("--device", help="onnxruntime: cpu|cuda|tensorrt; torch: cpu|cuda (default: cpu; tensorrt: "
                                     "its GPU)")
     add_threads_seed(p, threads_help=threads_help)
