@@ -45,7 +45,12 @@ def _compile_command(output: Path) -> list[str]:
            "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
            *[f"-I{d}" for d in native_build.INCLUDE_DIRS], f"-I{sysconfig.get_paths()['include']}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
-    cmd += [str(SOURCE), "-o", str(output), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}",
+    # `import torch` has loaded its libraries before this one is; the rpath is for tools (ldd): the torch of an
+    # installed wheel's site-packages, and for a build in place (not a wheel's) this torch's folder
+    rpath = ["$ORIGIN/../../../torch/lib"]
+    if os.environ.get("SAI_NATIVE_RELOCATABLE") != "1":
+        rpath.append(str(torch_lib))
+    cmd += [str(SOURCE), "-o", str(output), f"-L{torch_lib}", f"-Wl,-rpath,{':'.join(rpath)}",
             "-lc10", "-ltorch_cpu", "-ltorch"]
     return cmd
 

@@ -1,4 +1,4 @@
-"""`python -m sai.runtime.build_ort_ops [--force]`: build libsai_ort_ops.so, the onnxruntime custom-op
+"""`python -m sai.runtime.build_ort_ops [--force] [--require]`: build libsai_ort_ops.so, the onnxruntime custom-op
 library of the sai ops (models/csrc/ort/sai_ort_ops.cpp on the kernels of models/csrc/sai_cpu_kernels.h),
 into ``runtime/lib/`` where ``sai.runtime.ort_ops`` finds it. Run by the Makefile's install step.
 
@@ -9,8 +9,11 @@ What it needs, and where each piece comes from:
   other wheel found on PyPI (onnxruntime-extensions, -genai, -gpu, onnx-extended: none). The official
   headers do ship inside the npm registry's ``com.github.asus4.onnxruntime`` package (the ONNX Runtime
   Unity plugin, MIT, which carries Microsoft's iOS xcframework with its ``Headers/``); this script takes
-  them from there with ``npm pack`` (the registry checks the tarball's sha512) into
-  ``build/ort-headers/`` (never committed). ``$SAI_ORT_INCLUDE_DIR`` points at another copy (e.g. an
+  them from there with ``npm pack`` of one pinned version whose tarball's sha256 it checks (NPM_SHA256)
+  before reading it, into ``build/ort-headers/`` (``$SAI_ORT_HEADER_CACHE`` elsewhere; never committed).
+  The official onnxruntime release tarball (GitHub) or NuGet package would be the first choice, but the
+  machines that build this project reach only PyPI, Debian and npm; npm is the registry that carries
+  Microsoft's header files unchanged. ``$SAI_ORT_INCLUDE_DIR`` points at another copy (e.g. an
   onnxruntime release's ``include/``) instead. Headers of an older C API version than the installed
   onnxruntime are fine (the library asks for exactly the version it was compiled with).
 - A BLAS for the GEMM: PyPI's ``scipy-openblas32`` (headers, ``libscipy_openblas.so``), which the
@@ -22,6 +25,7 @@ Without headers or BLAS it prints one line saying what is missing and exits 0: t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -44,11 +48,15 @@ LINKER_MAP = ROOT / "models" / "csrc" / "ort" / "sai_ort_ops.map"
 # TensorRT plugins); every file the compile reads is recorded beside the library (sai.models.native_build).
 INCLUDES = native_build.INCLUDE_DIRS
 LIBRARY = HERE / "lib" / "libsai_ort_ops.so"
-HEADER_CACHE = ROOT / "build" / "ort-headers"
 ENV_INCLUDE = "SAI_ORT_INCLUDE_DIR"
+ENV_CACHE = "SAI_ORT_HEADER_CACHE"
+# A wheel build (build_backend/sai_build.py) sets it: the library then finds the BLAS through $ORIGIN
+# (site-packages/sai/runtime/lib -> site-packages/scipy_openblas32/lib), not a path of the build machine.
+ENV_RELOCATABLE = "SAI_NATIVE_RELOCATABLE"
 
 # The npm package that carries the official ONNX Runtime headers (C API version 29 = onnxruntime 1.29).
 NPM_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"
+NPM_SHA256 = "e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d"  # of its .tgz (150 MB)
 NPM_HEADERS = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/"
 
 
@@ -60,6 +68,23 @@ def api_version(include_dir: Path) -> Optional[int]:
         return None
     m = re.search(r"#define\s+ORT_API_VERSION\s+(\d+)", text)
     return int(m.group(1)) if m else None
+
+
+def header_cache() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    return Path(env) if env else ROOT / "build" / "ort-headers"
+
+
+def _source_line() -> str:
+    return f"npm {NPM_PACKAGE} sha256 {NPM_SHA256}: {NPM_HEADERS}\n"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _usable(d: Path) -> bool:
@@ -81,6 +106,10 @@ def _npm_headers(dest: Path) -> tuple[Optional[Path], str]:
         if proc.returncode != 0 or not tgz:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no tarball"]
             return None, f"npm pack {NPM_PACKAGE} failed: {last[0][:200]}"
+        got = _sha256_file(tgz[0])
+        if got != NPM_SHA256:
+            return None, (f"npm pack {NPM_PACKAGE}: the tarball's sha256 is {got}, not the pinned {NPM_SHA256}; "
+                          f"refusing its headers (point ${ENV_INCLUDE} at an onnxruntime release's include/)")
         dest.parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted(dest)
         staging = owned_tempdir(f".{dest.name}.tmp-", dest.parent)
@@ -94,7 +123,7 @@ def _npm_headers(dest: Path) -> tuple[Optional[Path], str]:
                         (staging / "include" / Path(name).name).write_bytes(data)
                     elif member.isfile() and name == "package/LICENSE":
                         (staging / "LICENSE").write_bytes(tf.extractfile(member).read())
-            (staging / "SOURCE").write_text(f"npm {NPM_PACKAGE}: {NPM_HEADERS}\n")
+            (staging / "SOURCE").write_text(_source_line())
             if not _usable(staging / "include"):
                 return None, f"{NPM_PACKAGE} has no onnxruntime headers under {NPM_HEADERS}"
             if dest.exists() and not (dest / "SOURCE").is_file():  # the cache is ours: an unmarked one is replaced too
@@ -121,12 +150,16 @@ def find_headers(fetch: bool = True) -> tuple[Optional[Path], str]:
                 return d, ""
     except ImportError:
         pass
-    cached = HEADER_CACHE / "include"
-    if _usable(cached):
-        return cached, ""
+    cache = header_cache()
+    try:
+        pinned = (cache / "SOURCE").read_text() == _source_line()  # a cache of another version is fetched again
+    except OSError:
+        pinned = False
+    if pinned and _usable(cache / "include"):
+        return cache / "include", ""
     if not fetch:
         return None, "no onnxruntime headers (PyPI's onnxruntime wheel ships none)"
-    return _npm_headers(HEADER_CACHE)
+    return _npm_headers(cache)
 
 
 def find_blas() -> tuple[Optional[dict], str]:
@@ -151,8 +184,13 @@ def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
            "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-unused-function",
            f"-I{include}", f"-I{blas['include']}"]
     cmd += [f"-I{d}" for d in INCLUDES]
+    # $ORIGIN: a copy finds the BLAS beside it; $ORIGIN/../../..: the scipy_openblas32 of an installed wheel's
+    # site-packages; the BLAS folder itself for a build in place (not for a wheel: a path of the build machine)
+    rpath = ["$ORIGIN", "$ORIGIN/../../../scipy_openblas32/lib"]
+    if os.environ.get(ENV_RELOCATABLE) != "1":
+        rpath.append(str(blas["lib"]))
     cmd += [str(SOURCE), "-o", str(output), f"-Wl,--version-script={LINKER_MAP}",
-            f"-L{blas['lib']}", f"-l{blas['name']}", f"-Wl,-rpath,$ORIGIN:{blas['lib']}", "-Wl,--no-undefined", "-lpthread"]  # $ORIGIN: a copy finds the BLAS beside it
+            f"-L{blas['lib']}", f"-l{blas['name']}", f"-Wl,-rpath,{':'.join(rpath)}", "-Wl,--no-undefined", "-lpthread"]
     return cmd
 
 
@@ -199,6 +237,9 @@ def main(argv: list[str]) -> int:
         print(f"{LIBRARY} is up to date")
         return 0
     path, why = build()
+    if path is None and "--require" in argv:  # a wheel build: the wheel promises the library
+        print(f"build_ort_ops: cannot build {LIBRARY.name}: {why}", file=sys.stderr)
+        return 1
     if path is None:
         print(f"build_ort_ops: *** skipped {LIBRARY.name}: {why}; onnxruntime runs the portable model "
               "(function bodies) ***")

@@ -252,7 +252,7 @@ def cpu_kernels() -> tuple[bool, str]:
     except Exception as exc:
         return False, str(exc).splitlines()[0][:160]
     if not ok:
-        return False, "not built"
+        return False, ck.stale_reason() or "not built"  # e.g. built for another torch: make install
     return True, f"loaded; fused sparse blocks (float32), GEMM {gemm}"
 
 

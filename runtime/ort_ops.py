@@ -58,8 +58,28 @@ def built_library() -> tuple[Optional[Path], str]:
         return (path, "") if path.is_file() else (None, f"${ENV_LIBRARY}={override} does not exist")
     path = bundled_library_path()
     if path.is_file():
+        _preload_blas()
         return path, ""
     return None, f"{LIBRARY_NAME} is not built (make install builds it)"
+
+
+def _preload_blas() -> None:
+    """Load the libscipy_openblas.so that the library links from wherever Python finds scipy_openblas32, so the
+    library loads whatever its runpath holds (an install whose dependencies live in another site folder)."""
+    if _preloaded:
+        return
+    try:
+        import ctypes
+
+        import scipy_openblas32 as sob
+
+        _preloaded.append(ctypes.CDLL(str(Path(sob.get_lib_dir()) / f"lib{sob.get_library()}.so"),
+                                      mode=ctypes.RTLD_GLOBAL))
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+_preloaded: list = []
 
 
 def find_library() -> tuple[Optional[Path], str]:
@@ -253,9 +273,11 @@ def library_bundle(path) -> tuple[list[Path], bool]:
     holds ``$ORIGIN`` (a copy then finds them beside it; an older build needs ``LD_LIBRARY_PATH``)."""
     needed, runpath = _elf_dynamic(Path(path))
     files = [Path(path)]
+    here = Path(path).resolve().parent
     for name in needed:
         for d in runpath:
-            if "$ORIGIN" in d or "${ORIGIN}" in d:
+            d = d.replace("${ORIGIN}", str(here)).replace("$ORIGIN", str(here))
+            if Path(d).resolve() == here:
                 continue
             cand = Path(d) / name
             if cand.is_file():
