@@ -8,11 +8,12 @@ STAMP := $(VENV)/.sai-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench kernels gpu-check
+.PHONY: help install test lint pytest gpu-test clean plugins cuda-check cuda-tools demo bench kernels gpu-check wheel
 
 help:
 	@echo "make test      install (venv), lint, CPU test suite"
 	@echo "make demo      end-to-end demo on the shipped checkpoint -> demo_out/report.html (CPU, ~3 min)"
+	@echo "make wheel     dist/sai_deploy-*.whl with the C++ CPU kernels and libsai_ort_ops.so built in (g++, npm)"
 	@echo "make gpu-test  GPU/TensorRT tests (needs an NVIDIA GPU and TensorRT)"
 	@echo "make plugins   build libsai_trt_plugins.so (TensorRT headers: TENSORRT_ROOT or TRT_INCLUDE_DIR)"
 	@echo "make cuda-check check every kernel cubin for all target GPUs (arch, spills, occupancy, SASS loops -> build/cuda-check/kernels.json) and count the torch CUDA path's launches per forward (-> build/launch_counts.json); PTX and host code with CUDA 12 too"
@@ -47,6 +48,11 @@ $(ORT_OPS): $(STAMP) models/csrc/ort/sai_ort_ops.cpp models/csrc/ort/sai_ort_ops
 	$(PY) -m sai.runtime.build_ort_ops --force
 
 install: $(STAMP) $(CPU_KERNELS) $(ORT_OPS)
+
+# A platform wheel with both C++ libraries compiled in (build_backend/sai_build.py; the build environment
+# gets torch and scipy-openblas32). `make install` above stays an editable install that compiles nothing in pip.
+wheel: $(STAMP)
+	$(PIP) wheel --no-deps -w dist .
 
 lint: install
 	$(VENV)/bin/ruff check .
