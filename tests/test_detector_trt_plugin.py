@@ -6,7 +6,8 @@ The harness links the glue with a stand-in launcher that records the call and ru
 an enqueue through the plugin on RoIs of every kind (under one cell, points, lines, at and past the borders,
 large, INT64 batch indices) must equal the float64 RoIAlign written from the official v0.6 kernel
 (tests/test_detector.py: ref_roi_align) and ``sai.models.detector.roi_align_v06``. Skipped without TensorRT
-headers (TENSORRT_ROOT / TRT_INCLUDE_DIR), like tests/test_trt_glue.py.
+headers (TENSORRT_ROOT / TRT_INCLUDE_DIR), like tests/test_trt_glue.py; the CPU reference alone
+(trt_plugins/tests/roi_align_v0_cpu.cpp) is built and checked wherever g++ is.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ def harness(tmp_path_factory):
            f"-I{ROOT / 'models' / 'csrc' / 'common'}", f"-I{PLUGINS / 'roiAlignV0'}", *map(str, srcs),
            "-o", str(exe), "-ldl"]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-4000:]
+    return exe
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(tmp_path_factory):
+    """roiAlignV0Math.h's CPU reference alone (g++, no TensorRT or CUDA header): tested wherever g++ is."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    exe = tmp_path_factory.mktemp("roi_cpu") / "roi_align_v0_cpu"
+    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{PLUGINS / 'roiAlignV0'}",
+           str(PLUGINS / "tests" / "roi_align_v0_cpu.cpp"), "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-4000:]
     return exe
 
@@ -99,6 +113,21 @@ def test_enqueue_is_v06_roialign(harness, tmp_path, scale):
                        for k, bi in enumerate(b)]).numpy()
     assert np.abs(got - t).max() < 1e-5
     assert np.abs(ref[:24]).max() > 0.1  # the small RoIs are not all zero: the case is exercised
+
+
+@pytest.mark.parametrize("scale,out,n", [(0.25, 7, 2), (1 / 32, 5, 3)])
+def test_cpu_reference_is_v06_roialign(cpu_reference, tmp_path, scale, out, n):
+    rng = np.random.RandomState(7)
+    x = rng.randn(2, 3, 10, 14).astype(np.float32)
+    rois = _rois(rng) * np.float32(0.25 / scale)
+    b = rng.randint(0, 2, len(rois)).astype(np.int64)
+    b[-1] = 5  # outside the batch: zeros, no read
+    r, got = _run(cpu_reference, tmp_path, x, rois, b, scale, out, n)
+    assert r.returncode == 0, r.stderr
+    ref = np.stack([ref_roi_align(x[bi].astype(np.float64), rois[k].astype(np.float64), scale, out=out, n=n)
+                    if bi < 2 else np.zeros((3, out, out)) for k, bi in enumerate(b)])
+    assert np.abs(got - ref).max() < 1e-5
+    assert np.abs(ref[:24]).max() > 0.1
 
 
 def test_enqueue_sampling_and_size_attributes(harness, tmp_path):
