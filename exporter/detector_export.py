@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import onnx
@@ -378,12 +378,15 @@ def export_detector(
     check: bool = True,
     verbose: bool = False,
     target: str = "portable",
+    trt_blocks: Optional[str] = None,
 ) -> DetectorExportResult:
     """Export ``detector`` (a ``SaiDetector``, its weights loaded; fused here if it is not) to one ONNX graph
     at ``path`` (portable target: standard ops + the ``sai`` ops with their function bodies). ``input_shape``
     is the example padded batch traced (batch and size stay dynamic); ``body``: the sai ops' bodies
     (``sparse`` | ``dense``); ``target``: ``portable`` | ``tensorrt`` (what TensorRT's ONNX parser maps: the
-    sai ops without bodies, the config checked against TensorRT's TopK / NMS limits)."""
+    sai ops without bodies, the config checked against TensorRT's TopK / NMS limits); ``trt_blocks`` (target
+    tensorrt, as ``export_onnx``'s): ``fused`` (default) one ``sai::SparseBlock`` node per sparse block the
+    plugin takes, ``per-op`` the SparseSampleConv / Interpolate nodes only."""
     import torch
 
     from sai.models.detector import SaiDetector
@@ -395,6 +398,12 @@ def export_detector(
                        "with sai.models.load_detector(preset, checkpoint)")
     if target not in TARGETS:
         raise SaiError(f"export_detector target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if trt_blocks is not None and target != "tensorrt":
+        raise SaiError(f"trt_blocks={trt_blocks!r} applies to target='tensorrt' only (this export is {target}); "
+                       "drop it or export with target='tensorrt'")
+    from sai.exporter import trt_blocks as trt_blocks_module
+
+    blocks_mode = trt_blocks_module.mode(trt_blocks) if target == "tensorrt" else "per-op"
     opset = _check_opset(opset)
     if target == "tensorrt":
         check_tensorrt_limits(detector.config)
@@ -420,7 +429,7 @@ def export_detector(
         raise SaiError(f"the detector cannot run on input shape {list(shape)}: {first_line(exc)}") from exc
     in_names = ["input"] + [n for n, _ in noise_specs]
     proto = _torch_export(feat, [x, *noise], in_names, feat_names + cls_names + reg_names, {"batch", "hw"},
-                          noise_specs, opset, verbose, target)
+                          noise_specs, opset, verbose, target, blocks_mode)
     finalize(proto, target=target, precision="fp32", opset=opset, body=body)
 
     g = proto.graph
@@ -454,7 +463,8 @@ def export_detector(
     sampling = "dense" if not getattr(det.backbone, "is_sparse", False) else str(det.backbone.sampling)
     meta = {
         "model": "detector", "preset": cfg.name, "arch": cfg.arch, "sampling": sampling, "target": target,
-        "body": body if target == "portable" else "", "precision": "fp32", "dynamic_axes": ["batch", "hw"],
+        "body": body if target == "portable" else "", **({"trt_blocks": blocks_mode} if target == "tensorrt" else {}),
+        "precision": "fp32", "dynamic_axes": ["batch", "hw"],
         "noise_inputs": [[n, s] for n, s in noise_specs], "img_scale": list(cfg.img_scale),
         "size_divisor": cfg.size_divisor, "mean": list(cfg.mean), "std": list(cfg.std), "to_rgb": bool(cfg.to_rgb),
         "max_per_img": k, "example_input_shape": list(shape), "sparse_ops": counts,

@@ -306,6 +306,34 @@ def test_unknown_target_refused(det, tmp_path):
     assert not (tmp_path / "d.onnx").exists()
 
 
+def test_trt_blocks_only_for_tensorrt(det, tmp_path):
+    with pytest.raises(SaiError, match="trt_blocks='fused' applies to target='tensorrt' only"):
+        export_detector(det, tmp_path / "d.onnx", trt_blocks="fused")
+    with pytest.raises(SaiError, match="trt_blocks must be one of"):
+        export_detector(det, tmp_path / "d.onnx", target="tensorrt", trt_blocks="blocks")
+    assert not (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trt_blocks,block_nodes", [("fused", True), ("per-op", False)])
+def test_sparse_tensorrt_target_blocks(tmp_path, trt_blocks, block_nodes):
+    """A sparse detector for TensorRT: one sai::SparseBlock node per block the plugin takes (the backbone
+    exporter's default, base width 64 so every block qualifies), or the per-op nodes; the head as above."""
+    name = "sparse_resnet_101_faster_rcnn_sparse_loss_weight_0_1"
+    sdet = load_detector(preset(name).with_scale((64, 40)), make_checkpoint(name, seed=2, scale=(64, 40)))
+    res = export_detector(sdet, tmp_path / "s.onnx", input_shape=(1, 3, 64, 64), target="tensorrt",
+                          trt_blocks=trt_blocks)
+    m = onnx.load(str(tmp_path / "s.onnx"))
+    sai_ops = {n.op_type for n in m.graph.node if n.domain == "sai"}
+    assert ("SparseBlock" in sai_ops) == block_nodes and res.metadata["trt_blocks"] == trt_blocks
+    assert "Interpolate" in sai_ops or block_nodes
+    assert res.op_counts.get("SparseBlock", 0) == sum(n.op_type == "SparseBlock" for n in m.graph.node)
+    onnx.checker.check_model(m, full_check=True)
+    g = m.graph
+    assert {n.op_type for n in g.node if n.domain in ("", "ai.onnx")} <= TRT_OPS
+    assert all(topk_bound(g, n) <= TRT_MAX_K for n in g.node if n.op_type == "TopK")
+
+
 @pytest.mark.slow
 def test_whole_export_tensorrt_target(det, tmp_path):
     """The R101 detector exported for TensorRT: its structure, then on onnxruntime (the backbone's sai bodies
