@@ -41,8 +41,8 @@ def _compile_command(output: Path) -> list[str]:
 
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp",
-           "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+    cmd = [os.environ.get("CXX", "g++"), "-O3", f"-march={native_build.march()}", "-std=c++17", "-fPIC", "-shared",
+           "-fopenmp", "-Wall", "-Wno-unused-parameter", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
            *[f"-I{d}" for d in native_build.INCLUDE_DIRS], f"-I{sysconfig.get_paths()['include']}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     # `import torch` has loaded its libraries before this one is; the rpath is for tools (ldd): the torch of an

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +30,22 @@ SHARED_INCLUDE = CSRC / "common"
 # The include folders of both CPU builds (headers are included by bare name).
 INCLUDE_DIRS = [CSRC, SHARED_INCLUDE]
 RECORD_SUFFIX = ".inputs.json"
+
+
+def march() -> str:
+    """The -march of both CPU builds: ``$SAI_NATIVE_MARCH``, else this machine's (``native``) for a build in
+    place, and for a wheel (``$SAI_NATIVE_RELOCATABLE=1``, another machine runs it) x86-64-v3 on x86-64 (AVX2
+    and FMA, which the block GEMM's register tiles use; Haswell or newer), ``armv8-a`` on aarch64."""
+    env = os.environ.get("SAI_NATIVE_MARCH")
+    if env:
+        return env
+    if os.environ.get("SAI_NATIVE_RELOCATABLE") == "1":
+        machine = platform.machine().lower()
+        if machine in ("x86_64", "amd64"):
+            return "x86-64-v3"
+        if machine in ("aarch64", "arm64"):
+            return "armv8-a"
+    return "native"
 
 
 def record_path(library: Path) -> Path:

@@ -180,7 +180,7 @@ def _runtime_api_version() -> Optional[int]:
 
 
 def compile_command(include: Path, blas: dict, output: Path) -> list[str]:
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared",
+    cmd = [os.environ.get("CXX", "g++"), "-O3", f"-march={native_build.march()}", "-std=c++17", "-fPIC", "-shared",
            "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-unused-function",
            f"-I{include}", f"-I{blas['include']}"]
     cmd += [f"-I{d}" for d in INCLUDES]
