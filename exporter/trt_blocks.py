@@ -162,8 +162,7 @@ def blocks_as_plugin_nodes(model: nn.Module) -> Iterator[int]:
             if not getattr(blk, "fused", False):
                 kept.setdefault("not fused for inference (export with fuse=True, the default)", []).append(name)
                 continue
-            if blk.sampling == "dense":
-                kept.setdefault("dense sampling (no masks to compute)", []).append(name)
+            if blk.sampling == "dense":  # plain convs, no sai node at all: nothing to fuse or to keep
                 continue
             spec, why = _spec(blk)
             if spec is None:

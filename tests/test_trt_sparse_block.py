@@ -244,3 +244,20 @@ def test_plugin_name_and_the_builds_tiles_match():
     c = spec["constexprs"]
     assert (consts["KERNEL_SIZE"], consts["TH"], consts["TW"], consts["HRP"], consts["BC"]) == (
         c["KS"], c["TH"], c["TW"], c["HRP"], c["BC"])
+
+
+def test_dense_sampling_has_nothing_to_fuse_and_says_nothing(tmp_path, monkeypatch, caplog):
+    """sampling="dense": plain convs, no sai node at all, so no SparseBlock node and no fallback line."""
+    import logging
+
+    import onnx
+
+    from sai.exporter.export import export_onnx
+
+    monkeypatch.delenv("SAI_TRT_SPARSE_BLOCK", raising=False)
+    path = tmp_path / "dense.onnx"
+    with caplog.at_level(logging.WARNING, logger="sai.exporter.trt_blocks"):
+        export_onnx("sparse_resnet18", path, input_shape=(1, 3, 64, 64), base_width=16, target="tensorrt",
+                    sampling="dense")
+    assert not [r for r in caplog.records if r.name == "sai.exporter.trt_blocks"]
+    assert not [n for n in onnx.load(str(path)).graph.node if n.domain == "sai"]
