@@ -5,7 +5,7 @@ onnxruntime with ``model.cpu-fused.onnx`` and libsai_ort_ops.so.
 The test pipeline of mmdetection v0.6 runs here, in numpy, from what ``sai convert`` recorded (the manifest's
 ``preprocessing``, or the ONNX model's metadata): keep-ratio resize to ``img_scale`` (size ``int(x * s + 0.5)``,
 bilinear with half-pixel centres computed in float32 as PyTorch's CPU kernel, rounded to uint8 as the official
-uint8 resize), ``(x - mean) / std`` in RGB, zero padding to a multiple of ``size_divisor``. Images whose padded
+uint8 resize; ``resize_bilinear``), ``(x - mean) / std`` in RGB, zero padding to a multiple of ``size_divisor``. Images whose padded
 sizes are equal run as one batch with their own ``img_shape`` and ``scale_factor`` (each group as the official
 test runs an image: nothing padded beyond its own multiple of 32); the graph divides the boxes by the scale
 factor, so they come back in the original images' coordinates.
@@ -78,10 +78,18 @@ def rescale_size(h: int, w: int, img_scale: Sequence[int]) -> tuple[int, int, fl
     return int(h * float(s) + 0.5), int(w * float(s) + 0.5), float(s)
 
 
+def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``a * b + c`` with one rounding (a fused multiply-add: the product of two float32 values is exact
+    in float64)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of a half-pixel linear resize, in float32 as PyTorch's CPU kernel."""
+    """Source indices and weights of a half-pixel linear resize, in float32 as PyTorch's CPU kernel computes
+    them (``scale * (i + 0.5) - 0.5`` as one fused multiply-add)."""
     scale = np.float32(n_in) / np.float32(n_out)
-    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    half = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
+    src = _fma(np.full(n_out, scale, np.float32), half, np.full(n_out, -0.5, np.float32))
     src = np.maximum(src, np.float32(0.0))
     i0 = src.astype(np.int64)
     lam = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
@@ -90,15 +98,17 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def resize_bilinear(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
-    """``[3, H, W]`` float32 pixels resized bilinearly (half-pixel centres), rounded and saturated to 0..255."""
+    """``[3, H, W]`` float32 pixels resized bilinearly (half-pixel centres), rounded and saturated to 0..255.
+    The operations of PyTorch's CPU kernel (``F.interpolate``, which ``sai.models.detector`` uses) in their
+    order, with its fused multiply-adds: per row ``fma(x0, w0, x1 * w1)``, then ``fma(top, h0, bottom * h1)``."""
     if (new_h, new_w) == img.shape[1:]:
         return img
     y0, y1, hy0, hy1 = _linear_taps(img.shape[1], new_h)
     x0, x1, wx0, wx1 = _linear_taps(img.shape[2], new_w)
     top, bottom = img[:, y0, :], img[:, y1, :]
-    t = top[:, :, x0] * wx0 + top[:, :, x1] * wx1
-    b = bottom[:, :, x0] * wx0 + bottom[:, :, x1] * wx1
-    out = t * hy0[:, None] + b * hy1[:, None]
+    t = _fma(top[:, :, x0], wx0, top[:, :, x1] * wx1)
+    b = _fma(bottom[:, :, x0], wx0, bottom[:, :, x1] * wx1)
+    out = _fma(t, hy0[:, None], b * hy1[:, None])
     return np.clip(np.floor(out + np.float32(0.5)), 0, 255).astype(np.float32)
 
 
@@ -194,7 +204,8 @@ def preprocess(images: Any, pre: Mapping[str, Any], layout: Optional[str] = None
 class _OrtRunner:
     """The detector ONNX on an onnxruntime session (portable, or the fused file with the library)."""
 
-    def __init__(self, path: Path, *, fused: bool, library: Optional[Path], device: str, threads: Optional[int]):
+    def __init__(self, path: Path, *, fused: bool, library: Optional[Path], device: str, threads: Optional[int],
+                 extra_outputs: Sequence[str] = ()):
         from sai.runtime.ort_backend import _import_ort, providers_for, read_session_metadata
 
         ort = _import_ort()
@@ -215,15 +226,16 @@ class _OrtRunner:
             raise SaiError(f"onnxruntime cannot load {path}: {first_line(exc)[:300]}") from None
         self.metadata = read_session_metadata(self.session)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [*OUTPUT_NAMES, *extra_outputs]
         self.path = path
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         try:
-            d, lab, n = self.session.run(list(OUTPUT_NAMES), feeds)
+            values = self.session.run(self.output_names, feeds)
         except Exception as exc:
             raise SaiError(f"onnxruntime inference failed: {first_line(exc)[:300]}") from None
-        return d, lab, n
+        return dict(zip(self.output_names, values, strict=True))
 
     def close(self) -> None:
         self.session = None
@@ -232,7 +244,7 @@ class _OrtRunner:
 class _TorchRunner:
     """``sai.models.SaiDetector`` (fused backbone: the sai kernels) on the same padded batches."""
 
-    def __init__(self, detector, *, device: str, threads: Optional[int]):
+    def __init__(self, detector, *, device: str, threads: Optional[int], record_masks: bool = False):
         import torch
 
         if threads:
@@ -245,13 +257,21 @@ class _TorchRunner:
         self.detector = detector.to(device)
         self.device = device
         self.noise_names = [n for n, _ in getattr(detector.backbone, "noise_specs", lambda: [])()]
+        self._masks: dict[str, Any] = {}
+        self._handle = None
+        if record_masks and hasattr(detector.backbone, "add_mask_observer"):
+            self._handle = detector.backbone.add_mask_observer(self._observe)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _observe(self, block: str, which: str, mask) -> None:
+        self._masks[f"mask.{block}.{which}"] = mask.detach().float().cpu().numpy()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
         x = torch.from_numpy(feeds["input"]).to(self.device)
         noise = [torch.from_numpy(feeds[n]).to(self.device) for n in self.noise_names]
         shapes = [(int(h), int(w)) for h, w in feeds["img_shape"]]
         scales = [float(s) for s in feeds["scale_factor"]]
+        self._masks.clear()
         try:
             with torch.no_grad():
                 d, lab, n = self.detector(x, shapes, scales, *noise)
@@ -259,9 +279,14 @@ class _TorchRunner:
             raise
         except RuntimeError as exc:
             raise SaiError(f"torch inference failed: {first_line(exc)[:300]}") from None
-        return d.float().cpu().numpy(), lab.cpu().numpy(), n.cpu().numpy()
+        out = {"dets": d.float().cpu().numpy(), "labels": lab.cpu().numpy(), "num_dets": n.cpu().numpy()}
+        out.update(self._masks)
+        self._masks.clear()
+        return out
 
     def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
         self.detector = None
 
 
@@ -312,13 +337,16 @@ class DetectorEngine:
         return {n: self._rng.random(noise_shape(input_shape, s), dtype=np.float32) for n, s in self.noise_inputs}
 
     def run_batch(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One padded batch as the graph takes it (``batches``' feeds) -> the graph's outputs."""
+        """One padded batch as the graph takes it (``batches``' feeds) -> the graph's outputs (plus the sampling
+        masks ``mask.<block>.m{1,2}`` where the engine was loaded to record them)."""
         if self._closed:
             raise SaiError(f"{self.backend} detector engine is closed; load the model again (sai.runtime.load)")
         with self._lock:
-            d, lab, n = self._runner.run(dict(feeds))
-        return {"dets": np.asarray(d, np.float32), "labels": np.asarray(lab, np.int64),
-                "num_dets": np.asarray(n, np.int64)}
+            out = self._runner.run(dict(feeds))
+        out["dets"] = np.asarray(out["dets"], np.float32)
+        out["labels"] = np.asarray(out["labels"], np.int64)
+        out["num_dets"] = np.asarray(out["num_dets"], np.int64)
+        return out
 
     def infer(self, images: Any, *, layout: Optional[str] = None) -> dict[str, np.ndarray]:
         """uint8 RGB images (NHWC or NCHW; a batch, one image, or a list of any sizes) -> ``dets [N, K, 5]``
@@ -411,13 +439,29 @@ def _library_for(fused_file: Optional[Path]) -> tuple[Optional[Path], str]:
     return lib, ""
 
 
+def _rename_outputs(path: Path, names: Sequence[str]) -> None:
+    """Rename ``mask.backbone.<block>.mK`` outputs (the exported graph's node names) to ``mask.<block>.mK`` (the
+    torch mask observer's block names), in place."""
+    import onnx
+
+    model = onnx.load(str(path))
+    want = {n.replace("mask.", "mask.backbone.", 1): n for n in names}
+    for node in model.graph.node:
+        node.output[:] = [want.get(o, o) for o in node.output]
+    for out in model.graph.output:
+        out.name = want.get(out.name, out.name)
+    onnx.save(model, str(path))
+
+
 def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, device: Optional[str] = None,
                          seed: Optional[int] = None, threads: Optional[int] = None, fused: Optional[bool] = None,
-                         checkpoint=None) -> DetectorEngine:
+                         checkpoint=None, record_masks: bool = False) -> DetectorEngine:
     """The engine of a detector OUTDIR. ``backend``: ``onnxruntime`` (``fused``: None = ``model.cpu-fused.onnx``
     with libsai_ort_ops.so where both exist and the device is the CPU, else the portable ``model.onnx``; True
     = the fused one or a SaiError saying why not; False = the portable one) or ``torch`` (the recorded
-    checkpoint, or ``checkpoint``, on ``sai.models.SaiDetector``)."""
+    checkpoint, or ``checkpoint``, on ``sai.models.SaiDetector``). ``record_masks``: ``run_batch`` also returns the
+    backbone's sampling masks ``mask.<block>.m{1,2}`` (torch: the mask observer; the portable ONNX: a copy with the
+    masks as outputs; the fused model computes them inside its blocks and returns none)."""
     from sai.runtime.loader import FUSED_ONNX_NAME, MANIFEST_NAME, ONNX_NAME
 
     outdir = Path(outdir)
@@ -440,7 +484,20 @@ def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, devic
         path = fused_file if use else outdir / ONNX_NAME
         if not path.is_file():
             raise SaiError(f"{outdir} has no {ONNX_NAME}; re-run sai convert")
-        runner = _OrtRunner(path, fused=use, library=lib, device=device, threads=threads)
+        extra: list[str] = []
+        if record_masks and not use:
+            import tempfile
+
+            from sai.runtime.validate import onnx_with_masks
+
+            with tempfile.TemporaryDirectory(prefix="sai-detector-masks-") as tmp:
+                masked = Path(tmp) / "model.masks.onnx"
+                extra = [n.replace("mask.backbone.", "mask.", 1) for n in onnx_with_masks(path, masked)]
+                _rename_outputs(masked, extra)
+                runner = _OrtRunner(masked, fused=False, library=None, device=device, threads=threads,
+                                    extra_outputs=extra)
+        else:
+            runner = _OrtRunner(path, fused=use, library=lib, device=device, threads=threads)
         variant = "fused" if use else "portable"
         return DetectorEngine(runner, backend="onnxruntime", variant=variant, preprocessing=pre, metadata=meta,
                               classes=classes, max_per_img=k, noise_inputs=noise, path=str(path), device=device,
@@ -455,7 +512,7 @@ def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, devic
         if cfg.sparse and meta.get("sampling") in ("deterministic", "stochastic", "dense"):
             overrides["sampling"] = meta["sampling"]
         det = load_detector(cfg, str(ck), fuse=True, **overrides)
-        runner = _TorchRunner(det, device=device or "cpu", threads=threads)
+        runner = _TorchRunner(det, device=device or "cpu", threads=threads, record_masks=record_masks)
         return DetectorEngine(runner, backend="torch", variant="sai-kernels", preprocessing=pre, metadata=meta,
                               classes=classes, max_per_img=k, noise_inputs=noise, path=str(ck),
                               device=device or "cpu", seed=seed)
