@@ -429,7 +429,7 @@ def flops_table(cfg_sparse: DetectorConfig, cfg_dense: DetectorConfig, mask_stat
 # ----------------------------------------------------------------------------------------------
 
 DET_CLI_SETTINGS = ("seed", "pretrain_steps", "steps", "train_size", "test_size", "batch_size", "target_density",
-                    "sparse_loss_weight", "lr", "finetune_lr", "threads", "density_warmup")
+                    "sparse_loss_weight", "lr", "finetune_lr", "threads", "density_warmup", "deterministic_tail")
 
 
 @dataclass
@@ -449,6 +449,9 @@ class DetDemoConfig:
     target_density: float = 0.3
     sparse_loss_weight: float = 4.0
     density_warmup: float = 0.3
+    # the last fraction of the sparse fine-tuning trains with the inference masks (no noise, hard threshold;
+    # ``training_masks="inference"``): the masks it learns to live with are those it will run with
+    deterministic_tail: float = 0.3
     mask_lr_mult: float = 10.0
     max_T: float = 1.0
     final_T: float = 0.1
@@ -476,7 +479,8 @@ class DetDemoConfig:
             need(int(getattr(self, name)) >= 1, name, "must be >= 1")
         need(self.image_size >= 64 and self.image_size % 32 == 0, "image_size", "must be a multiple of 32, >= 64")
         need(0.0 < self.target_density <= 1.0, "target_density", "must be in (0, 1]")
-        need(0.0 <= self.density_warmup <= 1.0, "density_warmup", "must be a fraction of fine-tuning in [0, 1]")
+        for name in ("density_warmup", "deterministic_tail"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "must be a fraction of fine-tuning in [0, 1]")
         for name in ("sparse_loss_weight", "weight_decay", "warmup_frac"):
             need(getattr(self, name) >= 0.0, name, "must be >= 0")
         for name in ("lr", "finetune_lr", "max_T", "final_T", "mask_lr_mult"):
@@ -576,6 +580,10 @@ def train_detector(cfg: DetDemoConfig, sparse: bool, train, log: Callable[[dict]
                 g["lr"] = cur * g["lr_mult"]
             if sparse:
                 bb.reset_densities()
+                if step == steps - int(round(cfg.deterministic_tail * steps)):
+                    bb.set_training_options(training_masks="inference")  # undone by the context's exit
+                    progress(f"  {phase} {det.config.arch}: inference masks (no noise, hard threshold) from step "
+                             f"{step + 1}")
             losses = detector_losses(det, x, [boxes[i] for i in idx], [labels[i] for i in idx],
                                      [(size, size)] * len(idx), ts, gen)
             task = losses["rpn_cls"] + losses["rpn_bbox"] + losses["rcnn_cls"] + losses["rcnn_bbox"]

@@ -11,7 +11,7 @@ from sai.cli.options import add_quiet
 
 # flags of one task only (the rest are shared): given with the other task, they are refused by name
 CLASSIFICATION_ONLY = ("pretrain_epochs", "epochs", "base_width", "distill_weight")
-DETECTION_ONLY = ("pretrain_steps", "steps")
+DETECTION_ONLY = ("pretrain_steps", "steps", "deterministic_tail")
 
 
 def _check_task_flags(args: argparse.Namespace) -> None:
@@ -152,6 +152,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density-warmup", type=float,
                    help="fraction of fine-tuning over which the sparse loss's set point falls from 1 to the target "
                         "(default 0.3)")
+    p.add_argument("--deterministic-tail", type=float,
+                   help="detection: fraction of the sparse fine-tuning trained with the inference masks (no noise, "
+                        "hard threshold) (default 0.3)")
     p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3; detection 2e-3)")
     p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
