@@ -113,10 +113,11 @@ def sampling_note(mode: str) -> str:
     return f"{mode}: every position computed (no sampling); {official}"
 
 
-def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
-    """model.trt.onnx: the portable model with the ``sai`` local functions stripped (the TensorRT parser
-    then maps the custom nodes to the plugins) and ``sai.target = tensorrt``. Identical graph and
-    weights, so it costs a file copy instead of a second export."""
+def write_tensorrt_onnx(portable: Path, dest: Path, trt_blocks: str = "per-op") -> None:
+    """model.trt.onnx with per-op nodes: the portable model with the ``sai`` local functions stripped (the
+    TensorRT parser then maps the custom nodes to the plugins), ``sai.target = tensorrt`` and ``sai.trt_blocks``.
+    Identical graph and weights, so it costs a file copy instead of a second export (``--trt-blocks per-op``,
+    or a model with no sai node, where fused and per-op are the same graph)."""
     import onnx
 
     from sai.exporter import functions, metadata
@@ -126,8 +127,36 @@ def write_tensorrt_onnx(portable: Path, dest: Path) -> None:
     functions.strip_functions(model)
     meta = metadata.read_metadata(model)
     meta["target"] = "tensorrt"
+    meta["trt_blocks"] = trt_blocks
     metadata.write_metadata(model, meta)
     save_atomic(model, dest)
+
+
+def write_tensorrt_target(portable: Path, portable_res, dest: Path, trt_blocks: str, export_args: dict) -> dict:
+    """model.trt.onnx, the graph TensorRT engines are built from, and the manifest's ``tensorrt_onnx`` entry
+    (``{"file", "trt_blocks", "sparse_blocks", "sparse_ops"}``). ``fused`` (the default, as ``sai export
+    --target tensorrt``): a second export with ``target="tensorrt"`` (``export_args``: the portable export's),
+    one ``sai::SparseBlock`` node per block the plugin takes, the others per-op with one log line
+    (``sai.exporter.trt_blocks``). The ORT SparseBlock of model.cpu-fused.onnx is another contract (NHWC,
+    the masks as inputs) while the plugin computes the masks from their weights, which the portable graph
+    holds only rewritten (``mask_taps``), so the portable model is exported again rather than rewritten.
+    ``per-op``, or a model with no sai node: the portable model's graph (``write_tensorrt_onnx``)."""
+    from sai.constants import SPARSE_BLOCK, SPARSE_SAMPLE_CONV
+    from sai.exporter.export import export_onnx
+
+    ops = dict(portable_res.metadata.get("sparse_ops", {}))
+    if trt_blocks == "fused" and ops.get(SPARSE_SAMPLE_CONV, 0):
+        res = export_onnx(export_args.pop("arch"), dest, target="tensorrt", trt_blocks="fused", **export_args)
+        bad = [k for k in ("input_names", "output_names", "noise_inputs")
+               if [list(v) if k == "noise_inputs" else v for v in getattr(res, k)] !=
+               [list(v) if k == "noise_inputs" else v for v in getattr(portable_res, k)]]
+        if bad:  # a bug, not a user error: both exports are of the same model
+            raise RuntimeError(f"{dest.name} and the portable model differ in {', '.join(bad)}")
+        ops = dict(res.metadata.get("sparse_ops", {}))
+    else:
+        write_tensorrt_onnx(portable, dest, trt_blocks)
+    return {"file": dest.name, "trt_blocks": trt_blocks, "sparse_blocks": int(ops.pop(SPARSE_BLOCK, 0)),
+            "sparse_ops": ops}
 
 
 def write_fused_onnx(portable: Path, dest: Path) -> dict:
@@ -172,12 +201,15 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
             workspace: Optional[int] = None, timing_cache=None, version_compatible: bool = False,
             build_engine: bool = True, progress: Callable[[str], None] = lambda s: None,
             export_options: Optional[dict] = None, force: bool = False,
-            on_published: Optional[Callable[[Path], None]] = None) -> ConvertResult:
+            on_published: Optional[Callable[[Path], None]] = None, trt_blocks: Optional[str] = None) -> ConvertResult:
     """Export ``checkpoint`` (our format or the official layout; ``arch`` or the checkpoint's own) into
-    ``outdir``; see the module docstring. The engine is built only where ``engine_unavailable_reason``
+    ``outdir``; see the module docstring. ``trt_blocks``: model.trt.onnx's blocks, ``fused`` (one
+    ``sai::SparseBlock`` node per block the plugin takes) or ``per-op``; None: ``SAI_TRT_SPARSE_BLOCK`` or
+    ``fused`` (``sai.exporter.trt_blocks.mode``, as ``sai export --target tensorrt``). The engine is built only where ``engine_unavailable_reason``
     is None; otherwise ``engine_skip_reason`` says why. ``force``: replace ``outdir`` even when it holds
     files sai did not write (never one holding the checkpoint or the timing cache). ``on_published(outdir)``
     runs right after the commit, while signals are still held (``sai.outputs.publish_dir``)."""
+    from sai.exporter import trt_blocks as trt_blocks_module
     from sai.exporter.export import DEFAULT_OPSET, export_onnx
     from sai.models import detect_layout
     from sai.models.checkpoint import read_checkpoint_file
@@ -190,6 +222,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     if not ck.is_file():
         raise SaiError(f"checkpoint {ck} does not exist")
     lo, opt, hi = resolve_profile(min_shape, opt_shape, max_shape)
+    blocks_mode = trt_blocks_module.mode(trt_blocks)
     # the output is checked before the slow work (reading the checkpoint, exporting)
     outdir = check_output_dir(Path(outdir).resolve(), "-o", what="sai convert", force=force,
                               legacy=legacy_output_reason, protect=[ck, timing_cache])
@@ -209,13 +242,18 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
         try:
             progress(f"[1/4] exporting {arch} ({sampling or 'checkpoint sampling'}, {precision}) -> {ONNX_NAME}")
             t = time.perf_counter()
-            res = export_onnx(arch, tmp / ONNX_NAME, checkpoint=loaded, input_shape=opt, sampling=sampling,
-                              precision=precision, opset=opset or DEFAULT_OPSET, target="portable",
-                              **(export_options or {}))
+            export_args = dict(checkpoint=loaded, input_shape=opt, sampling=sampling, precision=precision,
+                               opset=opset or DEFAULT_OPSET, **(export_options or {}))
+            res = export_onnx(arch, tmp / ONNX_NAME, target="portable", **export_args)
             seconds["export"] = time.perf_counter() - t
-            progress(f"[2/4] writing {TRT_ONNX_NAME} (local functions stripped for the TensorRT parser) and "
+            what = ("one sai::SparseBlock node per block for the TensorRT plugins" if blocks_mode == "fused"
+                    else "per-op nodes, local functions stripped for the TensorRT parser")
+            progress(f"[2/4] writing {TRT_ONNX_NAME} ({what}) and "
                      f"{FUSED_ONNX_NAME} (sparse blocks fused for {LIBRARY_NAME})")
-            write_tensorrt_onnx(tmp / ONNX_NAME, tmp / TRT_ONNX_NAME)
+            t = time.perf_counter()
+            tensorrt_onnx = write_tensorrt_target(tmp / ONNX_NAME, res, tmp / TRT_ONNX_NAME, blocks_mode,
+                                                  {"arch": arch, **export_args})
+            seconds["tensorrt_onnx"] = time.perf_counter() - t
             fused = write_fused_onnx(tmp / ONNX_NAME, tmp / FUSED_ONNX_NAME)
             reason = engine_unavailable_reason() if build_engine else "engine build disabled"
             built = False
@@ -257,6 +295,7 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
                            "timing_cache": str(timing_cache) if timing_cache else None, **engine_info},
                 "files": files,
                 "fused": fused,
+                "tensorrt_onnx": tensorrt_onnx,
                 "versions": versions(),
                 "metadata": res.metadata,
             }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sai.cli.options import add_alias, add_export_args, add_force, add_output, add_quiet
+from sai.cli.options import add_alias, add_export_args, add_force, add_output, add_quiet, add_trt_blocks
 from sai.errors import SaiError
 
 
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                           opset=args.opset, min_shape=args.min_shape, opt_shape=args.opt_shape,
                           max_shape=args.max_shape, workspace=args.workspace, timing_cache=args.timing_cache,
                           version_compatible=args.version_compatible, build_engine=not args.no_engine,
+                          trt_blocks=args.trt_blocks,
                           progress=progress, force=args.force, on_published=done)
         except KeyboardInterrupt:
             if not done.published:
@@ -58,7 +59,8 @@ def _check_detector_args(args: argparse.Namespace) -> None:
         raise SaiError("give --preset NAME or --config FILE, not both")
     given = [flag for flag, v in (("--arch", args.arch), ("--min-shape", args.min_shape), ("--max-shape", args.max_shape),
                                   ("--workspace", args.workspace), ("--timing-cache", args.timing_cache),
-                                  ("--version-compatible", args.version_compatible)) if v]
+                                  ("--version-compatible", args.version_compatible),
+                                  ("--trt-blocks", args.trt_blocks)) if v]
     if args.precision != "fp32":
         given.append("--precision fp16")
     if given:
@@ -102,6 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated (default: none)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine with the plugin library serialized into it")
+    add_trt_blocks(p, applies="model.trt.onnx, the graph the engine is built from")
     p.add_argument("--no-engine", action="store_true", help="write the ONNX files and manifest only")
     p.add_argument("--require-engine", action="store_true", help="exit non-zero when no engine could be built")
     add_force(p)

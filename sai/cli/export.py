@@ -12,6 +12,7 @@ from sai.cli.options import (
     add_output,
     add_quiet,
     add_shape,
+    add_trt_blocks,
     progress_printer,
 )
 from sai.constants import BODIES, DEFAULT_OPSET, HEADS, TARGETS
@@ -43,10 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=list(TARGETS), default="portable",
                    help="portable: sai nodes + local functions (any ONNX runtime); tensorrt: sai nodes for the "
                    "plugins; onnx-native: the function bodies inlined, standard ops only (TensorRT without plugins)")
-    p.add_argument("--trt-blocks", choices=["fused", "per-op"], default=None,
-                   help="--target tensorrt: fused (default) writes one sai::SparseBlock node per sparse block the plugin "
-                   "takes (the others stay per-op, named in one log line); per-op writes SparseSampleConv / "
-                   "Interpolate nodes only. Unset: SAI_TRT_SPARSE_BLOCK (1 fused, 0 per-op) or fused")
+    add_trt_blocks(p, applies="--target tensorrt")
     p.add_argument("--body", choices=list(BODIES), default="sparse",
                    help="function bodies (portable / onnx-native): sparse computes only the sampled positions "
                    "(NonZero, GatherND, MatMul, row Gather); dense is Conv then mask (default sparse)")

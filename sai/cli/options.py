@@ -163,6 +163,18 @@ def add_export_args(p: argparse.ArgumentParser, *, sampling_help: str, precision
                    help="weights and activations of the exported model")
 
 
+TRT_BLOCKS = ("fused", "per-op")  # sai.exporter.trt_blocks.MODES (not imported here: it needs torch)
+
+
+def add_trt_blocks(p: argparse.ArgumentParser, *, applies: str) -> None:
+    """``--trt-blocks fused|per-op`` (None: ``SAI_TRT_SPARSE_BLOCK``, then fused), for ``applies`` (the file it
+    shapes: ``--target tensorrt`` for export, model.trt.onnx for convert)."""
+    p.add_argument("--trt-blocks", choices=list(TRT_BLOCKS), default=None,
+                   help=f"{applies}: fused (default) writes one sai::SparseBlock node per sparse block the plugin "
+                   "takes (the others stay per-op, named in one log line); per-op writes SparseSampleConv / "
+                   "Interpolate nodes only. Unset: SAI_TRT_SPARSE_BLOCK (1 fused, 0 per-op) or fused")
+
+
 def add_force(p: argparse.ArgumentParser, *, flag: str = "-o") -> None:
     """``--force``: replace an output folder that holds files sai did not write (``sai.outputs``)."""
     from sai.outputs import MARKER_NAME
@@ -201,7 +213,7 @@ def image_shape(args: argparse.Namespace, engine) -> list[int]:
     return [args.batch, int(example[1]), *dims] if len(dims) == 2 else list(dims)
 
 
-__all__ = ["OFFICIAL_NOTE", "SHAPE_FORMS", "SaiArgumentParser", "SaiHelpFormatter", "add_alias", "add_backend_args",
+__all__ = ["OFFICIAL_NOTE", "SHAPE_FORMS", "TRT_BLOCKS", "SaiArgumentParser", "SaiHelpFormatter", "add_alias", "add_backend_args",
            "add_export_args", "add_file_force", "add_force", "add_image_shape_args", "add_iterations", "add_json",
-           "add_no_verify", "add_output", "add_quiet", "add_shape", "add_threads_seed", "image_shape",
+           "add_no_verify", "add_output", "add_quiet", "add_shape", "add_threads_seed", "add_trt_blocks", "image_shape",
            "progress_printer", "warn_deprecated"]
