@@ -10,7 +10,8 @@ the dense baseline is, if anything, under-counted). ``per_op=True`` counts the p
 its zero-fill + partition + kernel): what the CUDA device ran before the fused block.
 
 ``python -m sai.kernels.launch_count --out build/launch_counts.json`` prints and writes the counts of
-one sparse Bottleneck, sparse_resnet101 (fused and per-op) and resnet101 at a small size.
+one sparse Bottleneck and BasicBlock, sparse_resnet101 (fused and per-op) and resnet101 at a small size
+(``make cuda-check`` runs it).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def _model(arch: str, **options):
 
 def measure(size: tuple[int, int] = (64, 64), batch: int = 1, execute: bool = False) -> dict:
     """Launch counts of one sparse Bottleneck (stage 3's first, with downsample, a plain one, a deformable
-    one), sparse_resnet101 (fused, per-op, and with DCN in stages 2-4) and resnet101 at ``size``;
+    one) and BasicBlock (sparse_resnet18's stage 2, with and without downsample), sparse_resnet101 (fused, per-op, and with DCN in stages 2-4) and resnet101 at ``size``;
     ``execute``: interpret the Triton kernels too (slow at full width)."""
     x = torch.randn(batch, 3, *size)
     res: dict = {"size": list(size), "batch": batch, "note": "torch CUDA path counted on CPU tensors "
@@ -166,9 +167,13 @@ def measure(size: tuple[int, int] = (64, 64), batch: int = 1, execute: bool = Fa
     dcn = _model("sparse_resnet101", dcn_stages=(0, 1, 1, 1))
     with torch.no_grad():  # the inputs of single blocks: the stage outputs of a per-op forward
         feats = sparse.layer2(sparse.layer1(sparse.maxpool(sparse.relu(sparse.conv1(x)))))
+        basic = _model("sparse_resnet18")
+        bfeats = basic.layer1(basic.maxpool(basic.relu(basic.conv1(x))))
     blocks = {"bottleneck_downsample": (sparse.layer3[0], feats),
               "bottleneck": (sparse.layer3[1], sparse.layer3[0](feats)),
-              "bottleneck_dcn": (dcn.layer3[1], dcn.layer3[0](feats))}
+              "bottleneck_dcn": (dcn.layer3[1], dcn.layer3[0](feats)),
+              "basic_block_downsample": (basic.layer2[0], bfeats),
+              "basic_block": (basic.layer2[1], basic.layer2[0](bfeats))}
     for name, (blk, inp) in blocks.items():
         inp = inp.contiguous(memory_format=torch.channels_last)
         res[name] = {"fused": count_launches(blk, inp, execute=execute).summary(),
