@@ -50,8 +50,8 @@ TRT_OPS = {
     "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity", "Less", "LessOrEqual", "Max", "Min", "Mul",
     "NonMaxSuppression", "NonZero", "Or", "Pad", "Range", "ReduceSum", "Reshape", "RoiAlign", "ScatterND", "Shape",
     "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "TopK", "Transpose", "Unsqueeze", "Where",
-    # the backbone's standard ops
-    "Conv", "Relu", "MaxPool", "Resize", "BatchNormalization",
+    # the backbone's standard ops (the per-op sparse masks: Log, Clip, Mod)
+    "Conv", "Relu", "MaxPool", "Resize", "BatchNormalization", "Log", "Clip", "Mod",
 }
 TRT_MAX_K = 3840
 TRT_MAX_NMS = 5000
