@@ -538,3 +538,282 @@ def load_image_batches(folder, engine: Engine, shape: Sequence[int]) -> list[dic
         x = preprocess(nhwc, norm, c, layout="NHWC")
         batches.append({name: np.ascontiguousarray(x, dtype=np.float32)})
     return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# detectors: runtimes compared by detections (sai.runtime.detector_engine)
+# ----------------------------------------------------------------------------------------------
+
+DETECTOR_IOU = 0.9  # a detection matches a reference one of the same label at this IoU (v0.6's +1 convention)
+DETECTOR_SHARE = 0.9  # the share of the reference's detections that must match, per image
+
+
+def box_iou_plus1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``[len(a), len(b)]`` in mmdetection v0.6's convention (a box covers x1..x2: width x2 - x1 + 1)."""
+    a, b = np.asarray(a, np.float64)[:, :4], np.asarray(b, np.float64)[:, :4]
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt + 1, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (x[:, 2] - x[:, 0] + 1) * (x[:, 3] - x[:, 1] + 1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def match_detections(dets, labels, ref_dets, ref_labels, iou: float = DETECTOR_IOU) -> dict:
+    """One image: each reference detection (in score order) matched to the unused detection of its label with the
+    highest IoU, when that IoU >= ``iou``. Returns ``matched``, ``reference``, ``count``, ``share`` (matched /
+    reference; 1.0 when both are empty, 0.0 when only the reference is), ``max_box_err`` (px) and
+    ``max_score_err`` over the matched pairs."""
+    dets, ref_dets = np.asarray(dets, np.float64).reshape(-1, 5), np.asarray(ref_dets, np.float64).reshape(-1, 5)
+    labels, ref_labels = np.asarray(labels).reshape(-1), np.asarray(ref_labels).reshape(-1)
+    ious = box_iou_plus1(ref_dets, dets) if len(ref_dets) and len(dets) else np.zeros((len(ref_dets), len(dets)))
+    used = np.zeros(len(dets), bool)
+    box_err = score_err = 0.0
+    hit = 0
+    for r in np.argsort(-ref_dets[:, 4], kind="stable"):
+        cand = np.where(~used & (labels == ref_labels[r]))[0]
+        if not cand.size:
+            continue
+        j = cand[np.argmax(ious[r, cand])]
+        if ious[r, j] >= iou:
+            used[j] = True
+            hit += 1
+            box_err = max(box_err, float(np.abs(dets[j, :4] - ref_dets[r, :4]).max()))
+            score_err = max(score_err, float(abs(dets[j, 4] - ref_dets[r, 4])))
+    n_ref = len(ref_dets)
+    share = hit / n_ref if n_ref else (1.0 if len(dets) == 0 else 0.0)
+    return {"matched": hit, "reference": n_ref, "count": len(dets), "share": share, "max_box_err": box_err,
+            "max_score_err": score_err}
+
+
+@dataclass
+class DetectorReport:
+    backends: list[str]
+    inputs: list[list[int]]
+    iou: float
+    min_share: float
+    images: list[dict] = field(default_factory=list)  # per pair and image: match_detections + pair, image
+    masks: list[dict] = field(default_factory=list)  # per pair and block: agreement of M > 0
+    nonfinite: list[dict] = field(default_factory=list)
+    densities: dict = field(default_factory=dict)
+    mask_threshold: float = 0.999
+    warnings: list[str] = field(default_factory=list)
+    passed: bool = False
+
+    def to_dict(self) -> dict:
+        return {"kind": "detector", **self.__dict__}
+
+    def text(self) -> str:
+        lines = [f"validate (detector): {' vs '.join(self.backends)} on padded batches {self.inputs}; a detection "
+                 f"matches by label at IoU >= {self.iou}, pass: >= {self.min_share:.0%} of the reference's per image"]
+        pairs: dict[str, list[dict]] = OrderedDict()
+        for r in self.images:
+            pairs.setdefault(r["pair"], []).append(r)
+        for pair, rows in pairs.items():
+            ref = sum(r["reference"] for r in rows)
+            hit = sum(r["matched"] for r in rows)
+            worst = min(rows, key=lambda r: r["share"])
+            ok = all(r["share"] >= self.min_share for r in rows)
+            lines.append(f"  {'PASS' if ok else 'FAIL'} {pair}: {hit}/{ref} detections matched "
+                         f"({hit / ref if ref else 1.0:.1%}; worst image {worst['image']} {worst['share']:.1%}), "
+                         f"matched ones: box error <= {max(r['max_box_err'] for r in rows):.3g} px, score error <= "
+                         f"{max(r['max_score_err'] for r in rows):.3g}; counts "
+                         f"{[r['count'] for r in rows]} vs {[r['reference'] for r in rows]}")
+        for o in self.nonfinite:
+            lines.append(f"  FAIL {o['backend']} batch {o['iteration']} {o['output']}: {o['count']} NaN/inf values")
+        if self.masks:
+            by_pair: dict[str, list[dict]] = OrderedDict()
+            for m in self.masks:
+                by_pair.setdefault(m["pair"], []).append(m)
+            for pair, rows in by_pair.items():
+                worst = min(rows, key=lambda m: m["agreement"])
+                below = sorted({m["mask"] for m in rows if m["agreement"] < self.mask_threshold})
+                lines.append(f"  masks {pair}: {len(rows)} compared, worst agreement {worst['agreement']:.4f} "
+                             f"({worst['mask']}); {len(below)} below {self.mask_threshold} (a position at the 0.5 "
+                             "threshold flips with float rounding; judged by the detections)")
+        lines += densities_text(self.densities)
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        lines.append("validate: PASSED" if self.passed else "validate: FAILED")
+        return "\n".join(lines)
+
+
+def load_detector_backends(outdir, manifest: dict, backends: Sequence[str], *, checkpoint=None, masks: bool = True,
+                           threads: Optional[int] = None) -> tuple[dict, list[str]]:
+    """Detector engines (``sai.runtime.detector_engine``) for ``backends``: ``auto`` = torch (where the checkpoint
+    is there), onnxruntime (portable, masks recorded) and onnxruntime-fused (where the fused file and
+    libsai_ort_ops.so exist). Returns (engines by name, skipped lines)."""
+    from sai.runtime.detector_engine import _library_for, load_detector_engine
+    from sai.runtime.loader import FUSED_ONNX_NAME
+
+    outdir = Path(outdir)
+    ck = checkpoint or (manifest.get("checkpoint") or {}).get("path")
+    has_ck = bool(ck) and Path(ck).is_file()
+    fused_file = outdir / FUSED_ONNX_NAME if (outdir / FUSED_ONNX_NAME).is_file() else None
+    lib, why_not = _library_for(fused_file)
+    wanted, skipped = list(backends), []
+    if wanted == ["auto"]:
+        wanted = []
+        if has_ck:
+            wanted.append("torch")
+        else:
+            skipped.append("torch: the checkpoint recorded in the manifest is not there (pass --checkpoint)")
+        wanted.append("onnxruntime")
+        if lib is not None:
+            wanted.append("onnxruntime-fused")
+        else:
+            skipped.append(f"onnxruntime-fused: {why_not}")
+        skipped.append("tensorrt: the detector's TensorRT engine is not built by sai convert yet")
+    engines: dict = {}
+    try:
+        for b in wanted:
+            if b == "torch":
+                if not has_ck:
+                    raise SaiError("the torch backend needs the detector checkpoint: pass --checkpoint")
+                engines[b] = load_detector_engine(outdir, manifest, "torch", threads=threads, checkpoint=ck,
+                                                  record_masks=masks)
+            elif b == "onnxruntime":
+                load_checked_onnx(outdir / "model.onnx")
+                engines[b] = load_detector_engine(outdir, manifest, "onnxruntime", threads=threads, fused=False,
+                                                  record_masks=masks)
+            elif b == "onnxruntime-fused":
+                engines[b] = load_detector_engine(outdir, manifest, "onnxruntime", threads=threads, fused=True)
+            else:
+                raise SaiError(f"backend {b!r} does not run detectors; use torch, onnxruntime, onnxruntime-fused")
+    except BaseException:
+        for e in engines.values():
+            e.close()
+        raise
+    return engines, skipped
+
+
+def detector_image_feeds(engine, images: Sequence[np.ndarray]) -> list[dict]:
+    """uint8 RGB images (any sizes) -> the graph's padded batches (``DetectorEngine.batches``, noise drawn once)."""
+    return [feeds for _, feeds in engine.batches(list(images))]
+
+
+def random_detector_images(n: int, seed: int, scale: Sequence[int]) -> list[np.ndarray]:
+    """``n`` random uint8 RGB images of different sizes and aspect ratios around ``scale`` (long, short)."""
+    rng = np.random.default_rng(seed)
+    long_edge, short_edge = max(scale), min(scale)
+    out = []
+    for i in range(n):
+        h = int(short_edge * rng.uniform(0.6, 1.2))
+        w = int(long_edge * rng.uniform(0.6, 1.2))
+        if i % 2:
+            h, w = w, h
+        out.append(rng.integers(0, 256, (max(h, 8), max(w, 8), 3), dtype=np.uint8))
+    return out
+
+
+def read_image_folder(folder) -> list[np.ndarray]:
+    """The PNG/JPEG files of ``folder`` (sorted by name) as uint8 RGB arrays at their own sizes."""
+    from PIL import Image, UnidentifiedImageError
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise SaiError(f"--images {d} is not a folder; give a folder of .png/.jpg files")
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SaiError(f"--images {d} holds no .png/.jpg/.jpeg files")
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise SaiError(f"--images: cannot read {f} ({str(exc)[:120]}); remove it or fix it") from None
+    return out
+
+
+def load_detector_input_feeds(path, engine) -> list[dict]:
+    """Polygraphy input file feeds for the detector graph: each entry holds ``input`` (padded, normalised
+    ``[N, 3, H, W]``), ``img_shape [N, 2]`` and ``scale_factor [N]`` (noise inputs drawn where left out)."""
+    from polygraphy.json import load_json
+
+    p = Path(path)
+    if not p.is_file():
+        raise SaiError(f"--load-inputs {p} does not exist; give a file written by polygraphy run --save-inputs")
+    try:
+        data = load_json(str(p), description="input data")
+    except Exception as exc:
+        raise SaiError(f"--load-inputs {p} is not a Polygraphy input file ({type(exc).__name__}: "
+                       f"{str(exc)[:200]}); write one with polygraphy run --save-inputs") from None
+    if isinstance(data, Mapping):
+        data = [data]
+    need = ("input", "img_shape", "scale_factor")
+    allowed = set(need) | {n for n, _ in engine.noise_inputs}
+    feeds = []
+    for i, item in enumerate(data if isinstance(data, Sequence) else []):
+        if not isinstance(item, Mapping) or any(k not in item for k in need):
+            raise SaiError(f"--load-inputs {p}: entry {i} must hold {', '.join(need)} (the detector graph's inputs)")
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise SaiError(f"--load-inputs {p}: entry {i} names {unknown}, which the detector does not take "
+                           f"(its inputs: {sorted(allowed)})")
+        f = {"input": np.ascontiguousarray(item["input"], np.float32),
+             "img_shape": np.asarray(item["img_shape"], np.int64),
+             "scale_factor": np.asarray(item["scale_factor"], np.float32)}
+        x = f["input"]
+        if x.ndim != 4 or x.shape[1] != 3 or f["img_shape"].shape != (x.shape[0], 2) or \
+                f["scale_factor"].shape != (x.shape[0],):
+            raise SaiError(f"--load-inputs {p}: entry {i} has input {list(x.shape)}, img_shape "
+                           f"{list(f['img_shape'].shape)}, scale_factor {list(f['scale_factor'].shape)}; expected "
+                           "[N, 3, H, W], [N, 2], [N]")
+        if not np.isfinite(x).all():
+            raise SaiError(f"--load-inputs {p}: entry {i}'s input holds NaN or inf; pass finite values")
+        f.update({k: np.asarray(item[k], np.float32) for k in item if k not in need})
+        f.update({k: v for k, v in engine.noise_for(x.shape).items() if k not in f})
+        feeds.append(f)
+    if not feeds:
+        raise SaiError(f"--load-inputs {p} holds no feeds; it must be a JSON list of {{name: array}} dicts")
+    return feeds
+
+
+def validate_detector(engines: dict, feeds_list: Sequence[dict], *, iou: float = DETECTOR_IOU,
+                      min_share: float = DETECTOR_SHARE, mask_threshold: float = 0.999) -> DetectorReport:
+    """Every engine on the same padded batches (identical noise); each compared with the first by detections
+    (``match_detections`` per image) and by the agreement of each block's masks (``M > 0``) where both record
+    them. Passes when every image of every pair matches at least ``min_share`` of the reference's detections and
+    no output holds NaN/inf; masks are reported (a warning when all are dense), not judged: a mask position at
+    the threshold flips with float rounding and the detections say what that changes (docs/design.md 9)."""
+    if len(engines) < 2:
+        raise SaiError(f"validate needs at least two backends, got {', '.join(engines) or 'none'}")
+    names = list(engines)
+    report = DetectorReport(backends=names, inputs=[list(f["input"].shape) for f in feeds_list], iou=iou,
+                            min_share=min_share, mask_threshold=mask_threshold)
+    outs = {n: [engines[n].run_batch(f) for f in feeds_list] for n in names}
+    ref = names[0]
+    for name in names:
+        for it, o in enumerate(outs[name]):
+            bad = int(o["dets"].size - np.isfinite(o["dets"]).sum())
+            if bad:
+                report.nonfinite.append({"backend": name, "iteration": it, "output": "dets", "count": bad})
+    for other in names[1:]:
+        pair = f"{ref} vs {other}"
+        image = 0
+        for it, (a, b) in enumerate(zip(outs[ref], outs[other], strict=True)):
+            for i in range(a["dets"].shape[0]):
+                na, nb = int(a["num_dets"][i]), int(b["num_dets"][i])
+                m = match_detections(b["dets"][i, :nb], b["labels"][i, :nb], a["dets"][i, :na], a["labels"][i, :na],
+                                     iou)
+                report.images.append({"pair": pair, "batch": it, "image": image, **m})
+                image += 1
+            for mask in sorted(k for k in a if k.startswith(MASK_PREFIX) and k in b):
+                x, y = a[mask] > 0, b[mask] > 0
+                differ = int((x != y).sum()) if x.shape == y.shape else -1
+                agree = 1.0 - differ / max(x.size, 1) if differ >= 0 else 0.0
+                report.masks.append({"pair": pair, "iteration": it, "mask": mask, "agreement": agree,
+                                     "disagree": differ})
+    rec = next((n for n in names if any(k.startswith(MASK_PREFIX) for k in outs[n][0])), None)
+    if rec is not None:
+        masks = [{k: v for k, v in o.items() if k.startswith(MASK_PREFIX)} for o in outs[rec]]
+        blocks = exported_densities(masks)
+        sampling = engines[rec].metadata.get("sampling", "?")
+        report.densities = {"exported": {"sampling": sampling, "backend": rec, "mean": _mean_pairs(blocks),
+                                         "blocks": blocks}, "note": OFFICIAL_SAMPLING_NOTE}
+        dense = dense_mask_warning(report.densities)
+        if dense:
+            report.warnings.append(dense)
+    report.passed = bool(report.images) and all(r["share"] >= min_share for r in report.images) \
+        and not report.nonfinite
+    return report

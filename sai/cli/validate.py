@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.report, "-o", create_parent=True, kind=REPORT_KIND, force=args.force)
     say = progress_printer(args, "validate")
     say(f"loading {', '.join(backends)} for {args.model}")
+    detector = _detector_manifest(args.model, verify=not args.no_verify)
+    if detector is not None:
+        return _run_detector(args, backends, detector)
     engines, skipped = load_backends(args.model, backends, checkpoint=args.checkpoint, masks=not args.no_masks,
                                      threads=args.threads, verify=not args.no_verify)
     for line in skipped:
@@ -78,6 +81,68 @@ def run(args: argparse.Namespace) -> int:
                      flag="-o", kind=REPORT_KIND, force=args.force)
         if not args.json:
             print(f"report written to {args.report}")
+    return 0 if report.passed else 1
+
+
+def _detector_manifest(model, verify: bool):
+    """The manifest of a detector OUTDIR (``kind: detector``), its files verified; None for anything else."""
+    from sai.runtime.detector_engine import is_detector_manifest
+    from sai.runtime.loader import read_manifest, verify_model_path
+
+    p = Path(model)
+    if not p.is_dir():
+        return None
+    manifest = read_manifest(p) if (p / "manifest.json").is_file() else None
+    if not is_detector_manifest(manifest):
+        return None
+    if verify:
+        verify_model_path(p)
+    return manifest
+
+
+def _run_detector(args: argparse.Namespace, backends: list, manifest: dict) -> int:
+    """``sai validate`` on a detector OUTDIR: runtimes compared by detections (sai.runtime.validate)."""
+    from sai.errors import SaiError
+    from sai.outputs import json_tag, write_atomic
+    from sai.runtime.validate import (
+        detector_image_feeds,
+        load_detector_backends,
+        load_detector_input_feeds,
+        random_detector_images,
+        read_image_folder,
+        validate_detector,
+    )
+
+    if getattr(args, "shape", None):
+        raise SaiError("--shape does not apply to a detector: images keep their sizes and are resized as the "
+                       "manifest's preprocessing says; leave it out")
+    engines, skipped = load_detector_backends(args.model, manifest, backends, checkpoint=args.checkpoint,
+                                              masks=not args.no_masks, threads=args.threads)
+    for line in skipped:
+        print(f"skipped {line}")
+    try:
+        first = next(iter(engines.values()))
+        if args.load_inputs:
+            feeds = load_detector_input_feeds(args.load_inputs, first)
+        else:
+            if args.images:
+                images = read_image_folder(args.images)
+            else:
+                scale = manifest["preprocessing"]["img_scale"]
+                images = random_detector_images(args.batch * args.iterations, args.seed, scale)
+            feeds = []
+            for i in range(0, len(images), args.batch):
+                feeds += detector_image_feeds(first, images[i:i + args.batch])
+        report = validate_detector(engines, feeds, mask_threshold=args.mask_agreement)
+    finally:
+        for e in engines.values():
+            e.close()
+    print(report.text())
+    if args.report:
+        write_atomic(Path(args.report), json.dumps({**json_tag(REPORT_KIND), **report.to_dict()}, indent=2,
+                                                   default=str) + "\n",
+                     flag="--report", kind=REPORT_KIND, force=args.force)
+        print(f"report written to {args.report}")
     return 0 if report.passed else 1
 
 
