@@ -128,3 +128,102 @@ def dense_twin_engine(engine: Engine, checkpoint, *, workdir: Optional[Path] = N
             return OnnxRuntimeEngine(str(tmp / f"{dense_arch}.onnx"), device=engine.device, threads=threads)
     raise SaiError(f"--compare-dense is not available for the {engine.backend} backend here; "
                    "use --backend onnxruntime or torch (or build the dense engine with sai convert)")
+
+
+# ----------------------------------------------------------------------------------------------
+# detectors (sai.runtime.detector_engine): end to end, images in, detections out
+# ----------------------------------------------------------------------------------------------
+
+
+def _torch_backbone_timer(engine):
+    """(samples list, handles) timing the torch detector's backbone inside each forward (forward hooks)."""
+    backbone = engine._runner.detector.backbone
+    samples: list[float] = []
+    start: list[float] = []
+    pre = backbone.register_forward_pre_hook(lambda *a: start.append(time.perf_counter()))
+    post = backbone.register_forward_hook(lambda *a: samples.append((time.perf_counter() - start.pop()) * 1e3))
+    return samples, (pre, post)
+
+
+def bench_detector(engine, images, *, iterations: int = 10, warmup: int = 2, label: str = "") -> dict:
+    """Time ``engine.infer(images)`` end to end (preprocessing included): ``warmup`` untimed runs, then
+    ``iterations`` timed ones; p50/p90/p99/mean/min/max in ms, images per second at p50, and the backbone's
+    share on torch (its forward inside each timed run; None on onnxruntime)."""
+    if iterations < 1 or warmup < 0:
+        raise SaiError(f"need --iterations >= 1 and --warmup >= 0, got {iterations} and {warmup}")
+    images = list(images) if isinstance(images, (list, tuple)) else images
+    for _ in range(warmup):
+        engine.infer(images)
+    back: list[float] = []
+    handles: tuple = ()
+    if engine.backend == "torch":
+        back, handles = _torch_backbone_timer(engine)
+    samples = []
+    try:
+        for _ in range(iterations):
+            t = time.perf_counter()
+            out = engine.infer(images)
+            samples.append((time.perf_counter() - t) * 1e3)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = percentiles(samples)
+    n = int(out["num_dets"].shape[0])
+    if engine.backend == "torch":
+        share = float(sum(back) / sum(samples)) if samples else None
+        how = "backbone forward time / end-to-end time (torch hooks)"
+    else:  # the exported graph's plain nodes carry no module names, so onnxruntime's profile cannot tell them apart
+        share, how = None, "not measured on onnxruntime (time the torch backend for the backbone's share)"
+    return {"label": label or str(engine.metadata.get("preset", "detector")), "backend": engine.backend,
+            "variant": engine.variant, "device": engine.device, "images": n, "iterations": iterations,
+            "warmup": warmup, "throughput": n / (stats["p50_ms"] / 1e3), "backbone_share": share,
+            "backbone_share_how": how, "detections": [int(v) for v in out["num_dets"]], **stats}
+
+
+def detector_line(r: dict) -> str:
+    share = f"{r['backbone_share']:.0%}" if r.get("backbone_share") is not None else "n/a"
+    return (f"{r['label']} {r['backend']}/{r['variant']}/{r['device']} {r['images']} image(s) end to end: p50 "
+            f"{r['p50_ms']:.1f} ms  p90 {r['p90_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  mean {r['mean_ms']:.1f} ms  "
+            f"{r['throughput']:.2f} img/s; backbone {share} ({r['iterations']} iterations, {r['warmup']} warmup)")
+
+
+def dense_twin_detector(config, checkpoint):
+    """The dense twin of a sparse detector: the same weights on a dense ResNet backbone (the sparse-only keys left
+    out, DCN offsets from the block input as the sparse blocks predict them), fused for inference."""
+    from dataclasses import replace
+
+    from sai.models.checkpoint import read_checkpoint
+    from sai.models.detector import SaiDetector, load_detector_state
+    from sai.models.twin import dense_options, is_sparse_only
+
+    if not config.sparse:
+        raise SaiError(f"the detector {config.name} is dense already; --compare-dense needs a sparse detector")
+    dcfg = replace(config, sparse=False, name=f"{config.name}-dense-twin",
+                   backbone_options=dense_options(config.arch, config.backbone_options))
+    det = SaiDetector(dcfg)
+    sd = {k: v for k, v in read_checkpoint(str(checkpoint))[0].items() if not is_sparse_only(k)}
+    load_detector_state(det, {"state_dict": sd})
+    return det.fuse_for_inference()
+
+
+def dense_twin_detector_engine(engine, manifest: dict, outdir, *, threads: Optional[int] = None):
+    """A detector engine of the same backend running the dense twin (torch directly; onnxruntime on its export,
+    written to a temporary folder removed once the session is made)."""
+    from sai.runtime.detector_engine import DetectorEngine, _OrtRunner, _TorchRunner, config_of
+    from sai.runtime.loader import _checkpoint_of
+
+    cfg = config_of(manifest, str(outdir))
+    det = dense_twin_detector(cfg, _checkpoint_of(manifest, Path(outdir)))
+    common = dict(preprocessing=engine.preprocessing, metadata={**engine.metadata, "sampling": "dense"},
+                  classes=engine.classes, max_per_img=engine.max_per_img, noise_inputs=[], path=None,
+                  device=engine.device)
+    if engine.backend == "torch":
+        return DetectorEngine(_TorchRunner(det, device=engine.device, threads=threads), backend="torch",
+                              variant="dense-twin", **common)
+    from sai.exporter.detector_export import export_detector
+    from sai.outputs import tempdir
+
+    with tempdir("sai-dense-det-") as tmp:
+        export_detector(det, tmp / "dense.onnx")
+        runner = _OrtRunner(tmp / "dense.onnx", fused=False, library=None, device=engine.device, threads=threads)
+    return DetectorEngine(runner, backend="onnxruntime", variant="dense-twin", **common)

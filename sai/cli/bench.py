@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"loading {args.model} (backend {args.backend})")
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify, **options)
+    if getattr(engine, "kind", None) == "detector":
+        with engine:
+            return _run_detector(args, engine, say)
     results = []
     with engine:
         shape = image_shape(args, engine)
@@ -86,6 +89,56 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
             print(f"sparse/dense p50 latency ratio: {ratio:.3f} (sparse is {verdict} than dense)")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_detector(args: argparse.Namespace, engine, say) -> int:
+    """``sai bench`` on a detector OUTDIR: end-to-end latency (images in, detections out) on random uint8 images
+    (``--batch`` of them, ``--shape`` HxW or the preset's scale), the backbone's share, and with
+    ``--compare-dense`` the dense twin (same weights) on the same images."""
+    import numpy as np
+
+    from sai.runtime.bench import bench_detector, dense_twin_detector_engine, detector_line
+    from sai.runtime.loader import read_manifest
+
+    if args.precision or args.cuda_graphs:
+        raise SaiError("--precision and --cuda-graphs do not apply to detectors; leave them out")
+    if args.checkpoint:
+        raise SaiError("--checkpoint does not apply to a detector OUTDIR (its manifest records the checkpoint)")
+    outdir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+    manifest = read_manifest(outdir) or {}
+    shape = getattr(args, "shape", None)
+    if shape:
+        from sai.shapes import parse_shape
+
+        dims = parse_shape(shape, "--shape", lengths=(2, 4), form="HxW or NxCxHxW")
+        h, w = int(dims[-2]), int(dims[-1])
+    else:
+        h, w = min(engine.preprocessing["img_scale"]), max(engine.preprocessing["img_scale"])
+    rng = np.random.default_rng(args.seed or 0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.batch)]
+    label = str(engine.metadata.get("preset", "detector"))
+    say(f"timing {label} end to end on {engine.backend}/{engine.variant}: {args.warmup} warmup + "
+        f"{args.iterations} runs, {args.batch} image(s) of {h}x{w}")
+    results = [bench_detector(engine, images, iterations=args.iterations, warmup=args.warmup, label=label)]
+    if not args.json:
+        print(detector_line(results[-1]), flush=True)
+    if args.compare_dense:
+        say("building the dense twin detector (same weights) and timing it")
+        with dense_twin_detector_engine(engine, manifest, outdir, threads=args.threads) as twin:
+            results.append(bench_detector(twin, images, iterations=args.iterations, warmup=args.warmup,
+                                          label=f"{label} (dense twin)"))
+        if not args.json:
+            print(detector_line(results[-1]))
+    report = {"model": str(args.model), "kind": "detector", "results": results}
+    if args.compare_dense:
+        ratio = results[0]["p50_ms"] / results[1]["p50_ms"]
+        report["sparse_over_dense_p50"] = ratio
+        if not args.json:
+            verdict = f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
+            print(f"sparse/dense end-to-end p50 ratio: {ratio:.3f} (sparse is {verdict} than dense)")
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
