@@ -10,6 +10,11 @@ SparseBlock nodes carry no function body, so it runs only with that library; mod
 model. The manifest's ``fused`` entry records the file, the blocks, the library it needs and the sha256 of the
 model.onnx it was made from (``sai.runtime`` loads it as is only while they match).
 
+model.trt.onnx, the graph the TensorRT engine is built from, is the exporter's tensorrt target: one
+``sai::SparseBlock`` node per sparse block the SparseBlock plugin takes (a second export; ``trt_blocks`` /
+``--trt-blocks per-op``: the portable model with its functions stripped, per-op nodes only). The manifest's
+``tensorrt_onnx`` entry records the mode and the SparseBlock nodes.
+
 An existing OUTDIR is replaced only when it is empty or provably an earlier output of ``sai convert``: its
 ``.sai-output.json`` (``sai.outputs``) lists every file in it, unchanged, or (outputs of sai versions before
 that marker) it holds only the files convert writes, its manifest.json is convert's and records each of
