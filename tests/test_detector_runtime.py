@@ -7,7 +7,8 @@ Dense detector: the same detections on every backend (label, IoU >= 0.999, boxes
 1e-4; tests/test_detector.py's ``assert_same_detections``). Sparse detector: torch exact, onnxruntime at least 90%
 of the reference's detections matched by label at IoU >= 0.9 (float rounding flips mask positions at the 0.5
 threshold: docs/design.md 9). Tiny detectors (ResNet-18, 32-channel FPN, 64-wide FCs, img_scale (96, 64)) keep
-the two exports (about a minute each on 2 shared cores) and sessions to a few minutes in all.
+the two exports (about a minute each on 2 idle cores) and sessions to a few minutes in all; the tests that use
+them are marked slow.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def _library():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_convert_writes_the_detector_outdir(sparse_out):
     from sai.outputs import MARKER_NAME
 
@@ -180,6 +182,7 @@ def test_convert_writes_the_detector_outdir(sparse_out):
     assert trt["file"] or trt["reason"]
 
 
+@pytest.mark.slow
 def test_convert_output_folder_safety(sparse_out, tmp_path):
     """A folder holding a file sai did not write is refused before any work, naming --force."""
     from sai.runtime.convert import convert_detector
@@ -191,6 +194,7 @@ def test_convert_output_folder_safety(sparse_out, tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_checkpoint_without_heads_is_refused_in_one_line(sparse_out, tmp_path, capsys):
     from sai.cli.main import main
 
@@ -204,6 +208,7 @@ def test_checkpoint_without_heads_is_refused_in_one_line(sparse_out, tmp_path, c
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_unknown_preset_and_backbone_options_are_refused(sparse_out, tmp_path, capsys):
     from sai.cli.main import main
 
@@ -237,6 +242,7 @@ def test_runtime_preprocessing_is_the_models(images):
         assert (diff > 1e-5).sum() <= 3 and diff.max() < 1.1 / 57.0, diff.max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,fused", [("torch", None), ("onnxruntime", False), ("onnxruntime", True)])
 def test_dense_detector_is_exact_on_every_backend(dense_out, images, backend, fused):
     import sai.runtime as rt
@@ -262,6 +268,7 @@ def test_dense_detector_is_exact_on_every_backend(dense_out, images, backend, fu
         assert (got["dets"][i, :n, 2] <= w).all() and (got["dets"][i, :n, 3] <= h).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,fused", [("torch", None), ("onnxruntime", False), ("onnxruntime", True)])
 def test_sparse_detector_matches_on_every_backend(sparse_out, images, backend, fused):
     import sai.runtime as rt
@@ -284,6 +291,7 @@ def test_sparse_detector_matches_on_every_backend(sparse_out, images, backend, f
             assert share >= 0.9, f"image {i}: {share:.0%} of {n} detections matched"
 
 
+@pytest.mark.slow
 def test_layouts_batches_and_lists_agree(sparse_out, images):
     """An NHWC batch, the same batch as NCHW, a list and one image alone give the same detections."""
     import sai.runtime as rt
@@ -311,6 +319,7 @@ def test_layouts_batches_and_lists_agree(sparse_out, images):
     ([], "no images"),
     ("image.jpg", "numpy arrays"),
 ])
+@pytest.mark.slow
 def test_bad_images_get_one_line(sparse_out, bad, match):
     import sai.runtime as rt
 
@@ -370,6 +379,7 @@ def test_validate_detector_fails_on_moved_boxes_and_warns_on_dense_masks():
     assert not bad.passed and bad.images[0]["share"] == 0.5 and "FAIL a vs b" in bad.text()
 
 
+@pytest.mark.slow
 def test_sai_validate_compares_detector_runtimes(sparse_out, tmp_path, capsys):
     """torch vs onnxruntime (portable, masks recorded) vs onnxruntime with the fused blocks, on random images."""
     from sai.cli.main import main
@@ -390,6 +400,7 @@ def test_sai_validate_compares_detector_runtimes(sparse_out, tmp_path, capsys):
     assert "detections matched" in text and "validate: PASSED" in text
 
 
+@pytest.mark.slow
 def test_sai_validate_detector_on_images_and_saved_inputs(sparse_out, tmp_path, capsys):
     from PIL import Image
     from polygraphy.json import save_json
@@ -417,6 +428,7 @@ def test_sai_validate_detector_on_images_and_saved_inputs(sparse_out, tmp_path, 
     assert "img_shape" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sai_bench_detector_compare_dense(sparse_out, capsys):
     """End-to-end percentiles of the sparse detector and its dense twin (torch), the backbone's share of each."""
     from sai.cli.main import main
