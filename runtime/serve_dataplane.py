@@ -434,7 +434,12 @@ class DataPlane:
                  max_body_bytes: Optional[int] = None, request_timeout: float = 60.0,
                  model_name: Optional[str] = None, model_version: str = "1",
                  max_shape: Optional[Sequence[int]] = None):
-        if max_shape is not None:
+        from sai.runtime.serve_detector import DetectorServing, is_detector
+
+        self.detector: Optional[DetectorServing] = None
+        if is_detector(engine):  # a detector OUTDIR: images in, detections out (sai.runtime.serve_detector)
+            engine = self.detector = DetectorServing(engine, max_shape)
+        elif max_shape is not None:
             engine.set_profile(max_shape=max_shape)
         self.engine = engine
         self.model_name = model_name or engine.metadata.get("arch") or "model"
@@ -521,14 +526,49 @@ class DataPlane:
 
     def infer_v2(self, doc, tail) -> tuple[kserve.InferRequest, Future]:
         """Decode a v2 request (JSON, binary tail), check it, queue it."""
+        if self.detector is not None:
+            from sai.runtime.serve_detector import parse_v2
+
+            req, req.class_names = parse_v2(self.detector, doc, tail, self.max_batch)
+            return req, self.submit(req.feeds)
         req = kserve.parse_infer_request(doc, tail, self.engine)
         req.feeds = self.check(req.feeds)
         return req, self.submit(req.feeds)
 
+    def infer_grpc(self, request) -> tuple[kserve.InferRequest, Future]:
+        """Decode a gRPC ``ModelInferRequest``, check it, queue it."""
+        if self.detector is not None:
+            from sai.runtime.serve_detector import parse_grpc
+
+            req, req.class_names = parse_grpc(self.detector, request, self.max_batch)
+            return req, self.submit(req.feeds)
+        from sai.runtime.serve_grpc import decode_infer_request
+
+        req = decode_infer_request(request, self.engine)
+        req.feeds = self.check(req.feeds)
+        return req, self.submit(req.feeds)
+
+    def outputs(self, req: kserve.InferRequest, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A request's outputs as answered: a detector's with ``label_names`` where the request asked for them."""
+        if self.detector is not None and getattr(req, "class_names", False):
+            return self.detector.with_names(outs)
+        return outs
+
+    def refuse_v1(self) -> None:
+        """``/v1/infer`` classifies tensors: a detector refuses it (400 naming the v2 request it takes)."""
+        if self.detector is not None:
+            from sai.runtime.serve_detector import NOT_A_CLASSIFIER
+
+            raise HTTPError(400, f"/v1/infer is not available: {NOT_A_CLASSIFIER}")
+
     def metadata(self) -> dict:
+        if self.detector is not None:
+            return self.detector.model_metadata(self.model_name, self.model_version)
         return kserve.model_metadata(self.engine, self.model_name, self.model_version)
 
     def config(self) -> dict:
+        if self.detector is not None:
+            return self.detector.model_config(self.model_name, self.max_batch)
         return kserve.model_config(self.engine, self.model_name, self.max_batch)
 
     def statistics(self) -> dict:

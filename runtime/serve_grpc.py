@@ -90,7 +90,6 @@ def decode_infer_request(request, engine) -> kserve.InferRequest:
 def make_grpc_server(plane: DataPlane, host: str, port: int):
     """``(grpc.Server not yet started, bound port)`` serving ``plane``'s model."""
     grpc, pb, pb_grpc, mc = _modules()
-    engine = plane.engine
 
     def fail(context, exc: HTTPError):
         context.abort(_code(grpc, exc.status), str(exc))
@@ -214,10 +213,8 @@ def make_grpc_server(plane: DataPlane, host: str, port: int):
         def _infer(self, request):
             """Decode, check, queue and await one ModelInfer request (HTTPError for what goes wrong)."""
             with plane.admitted():
-                req = decode_infer_request(request, engine)
-                req.feeds = plane.check(req.feeds)
-                fut = plane.submit(req.feeds)
-            outs = plane.result(fut)
+                req, fut = plane.infer_grpc(request)
+            outs = plane.outputs(req, plane.result(fut))
             resp = pb.ModelInferResponse(model_name=plane.model_name, model_version=plane.model_version,
                                          id=request.id)
             for name, arr, _ in kserve.selected_outputs(outs, req, plane.labels):

@@ -359,6 +359,7 @@ def make_app(front: HttpFrontEnd):
         try:
             try:
                 try:
+                    plane.refuse_v1()
                     check_declared_v1(request.headers, plane.engine, plane.max_batch)
                 except HTTPError:
                     close = True  # the body is dropped unread (or only partly): answer, then close
@@ -475,7 +476,7 @@ def make_app(front: HttpFrontEnd):
 
             with plane.admitted():
                 req, fut = await _in_thread(front, decode)
-            outs = await await_result(plane, fut)
+            outs = plane.outputs(req, await await_result(plane, fut))
             payload, header_len = await _encode(front, kserve.encode_infer_response, outs, plane.model_name,
                                                 plane.model_version, req, outs, plane.labels)
             if header_len is None:

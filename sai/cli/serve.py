@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     grpc_port = args.grpc_port if args.grpc_port > 0 else None
     engine = rt.load(args.model, backend=args.backend, device=args.device, threads=args.threads, seed=args.seed,
                      verify=not args.no_verify)
+    if args.mask_metrics and getattr(engine, "kind", None) == "detector":
+        engine.close()
+        raise SaiError("--mask-metrics is not available for a detector yet; serve it without the option")
     if args.mask_metrics:
         from sai.runtime.serve_masks import with_mask_outputs
 
@@ -88,7 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="wait this long for more requests to batch")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 503")
     p.add_argument("--max-shape", metavar="SHAPE", help="NxCxHxW largest image accepted (default: the manifest's "
-                   "profile); outside the accepted ranges: 400 naming them")
+                   "profile; a detector: N images per request, each at most HxW, default 4096x4096); outside the "
+                   "accepted ranges: 400 naming them")
     p.add_argument("--max-body-mb", type=float,
                    help="larger bodies get 413 (default: what the largest request the profile admits needs, <= 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
