@@ -107,7 +107,7 @@ def preprocess_source() -> str:
 
     parts = [inspect.getsource(f) for f in (de.rescale_size, de._fma, de._linear_taps, de.resize_bilinear)]
     head = ('"""Written by sai export-triton: the detector preprocessing of sai/runtime/detector_engine.py '
-            '(copied functions)."""\n\nfrom collections.abc import Sequence\n\nimport numpy as np\n\n\n')
+            '(copied functions)."""\n\nfrom __future__ import annotations\n\nfrom collections.abc import Sequence\n\nimport numpy as np\n\n\n')
     return head + "\n\n".join(parts) + BATCH_FUNCTION
 
 
@@ -236,7 +236,7 @@ def export_detector_triton(outdir: Path, manifest: Mapping, repo, *, name: Optio
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"repo": str(repo), "models": written, "skipped": "a detector has no TensorRT plan from sai convert yet",
+    return {"repo": str(repo), "kind": "detector", "models": written, "skipped": "a detector has no TensorRT plan from sai convert yet",
             "plugin_library": None, "ort_ops": {k: ort[k] for k in ("op_library_filename", "fused_blocks", "note")}}
 
 

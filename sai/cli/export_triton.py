@@ -32,7 +32,7 @@ def _report(res: dict) -> int:
         print(f"wrote {res['repo']}/{model} ({platform})")
     if res["skipped"]:
         print(f"tensorrt model skipped: {res['skipped']}")
-    if not res["plugin_library"]:
+    if not res["plugin_library"] and res.get("kind") != "detector":
         print("plugin library not found (make plugins); plugins/ not written - see the repository README")
     ort = res.get("ort_ops") or {}
     print(f"onnxruntime model: {ort.get('note', 'portable model.onnx')}")
