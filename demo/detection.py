@@ -71,9 +71,10 @@ def draw_detections(image_u8: np.ndarray, dets: np.ndarray, labels: np.ndarray, 
         ty = max(0, y1 * scale - 11)
         d.rectangle([x1 * scale, ty, x1 * scale + 6 * len(text) + 2, ty + 10], fill=(0, 0, 0))
         d.text((x1 * scale + 1, ty - 1), text, fill=col)
-    if title:
-        d.rectangle([0, 0, 6 * len(title) + 4, 11], fill=(255, 255, 255))
-        d.text((2, 0), title, fill=(0, 0, 0))
+    if title:  # bottom-left: the boxes' labels sit above the boxes
+        y = im.size[1] - 12
+        d.rectangle([0, y, 6 * len(title) + 4, y + 11], fill=(255, 255, 255))
+        d.text((2, y), title, fill=(0, 0, 0))
     return np.asarray(im)
 
 

@@ -451,7 +451,7 @@ class DetDemoConfig:
     density_warmup: float = 0.3
     # the last fraction of the sparse fine-tuning trains with the inference masks (no noise, hard threshold;
     # ``training_masks="inference"``): the masks it learns to live with are those it will run with
-    deterministic_tail: float = 0.3
+    deterministic_tail: float = 0.0
     mask_lr_mult: float = 10.0
     max_T: float = 1.0
     final_T: float = 0.1

@@ -85,7 +85,7 @@ def tiny_detector(sparse=False):
     return SaiDetector(dt.demo_detector_config(sparse, base_width=8, fpn_channels=8, fc_channels=16, image_size=64))
 
 
-def test_rpn_loss_is_bce_and_smooth_l1_over_the_sampled_anchors():
+def test_rpn_loss_is_bce_and_smooth_l1_over_the_sampled_anchors(one_thread):
     """Every non-ignored anchor inside the image sampled (num large, fraction 1): the loss is the mean BCE over
     them and the sum of smooth L1 (beta 1/9) over the positives' deltas divided by the same count."""
     det = tiny_detector()
@@ -120,7 +120,7 @@ def test_rpn_loss_is_bce_and_smooth_l1_over_the_sampled_anchors():
     assert float(got["rpn_bbox"]) == pytest.approx(sl1 / count, rel=1e-4)
 
 
-def test_training_steps_are_reproducible_and_learn():
+def test_training_steps_are_reproducible_and_learn(one_thread):
     train = dt.make_det_split(5, "train", 8, 64)
     cfg = dt.DetDemoConfig(seed=5, batch_size=4, image_size=64, base_width=8, fpn_channels=8, fc_channels=16,
                            log_every=1)
@@ -199,7 +199,15 @@ def matched(out, boxes, labels, n) -> float:
     return hit / total
 
 
-def test_shipped_pair_finds_the_shapes_at_a_mac_saving():
+@pytest.fixture
+def one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # on 2 shared cores one thread is several times faster than two
+    yield
+    torch.set_num_threads(prev)
+
+
+def test_shipped_pair_finds_the_shapes_at_a_mac_saving(one_thread):
     sparse, dense = shipped()
     images, boxes, labels = dt.make_det_split(0, "test", 12)
     sparse.backbone.sampling = "deterministic"

@@ -393,6 +393,7 @@ def test_signal_in_teardown_after_publish_exits_0(converted, tmp_path, sig):
 def fast_demo(monkeypatch):
     """sai demo's steps and report replaced by a few files (the folder handling is what is tested); returns
     the list of steps run."""
+    import sai.demo.detection as detection
     import sai.demo.pipeline as pipeline
     import sai.demo.report as report
 
@@ -416,6 +417,7 @@ def fast_demo(monkeypatch):
 
     monkeypatch.setattr(pipeline, "_run_step", step)
     monkeypatch.setattr(report, "write_report", write_report)
+    monkeypatch.setattr(detection, "resolve_zoo", lambda zoo, skip=False: None)  # no detection part
     return calls
 
 

@@ -34,12 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-torch-bench", action="store_true",
                    help="bench only the ONNX model on onnxruntime (skip the PyTorch/C++ kernels run)")
     add_force(p, flag="--out")
-    d = p.add_argument_group("detection (the demo Faster R-CNN pair of sai train-demo --task detection; ~30 s)")
+    d = p.add_argument_group("detection (the demo Faster R-CNN pair of sai train-demo --task detection; 30-60 s)")
     d.add_argument("--det-zoo", help="demo detector folder (default: the package's models/zoo/sai_demo_det_r18, "
                                      "skipped with a note when it is not there)")
     d.add_argument("--det-images", type=int, default=4, help="test images drawn with boxes and masks (default 4)")
-    d.add_argument("--det-eval-size", type=int, default=150,
-                   help="held-out images of the detection mAP (default 150; the training recorded 300)")
+    d.add_argument("--det-eval-size", type=int, default=40,
+                   help="held-out images of the detection mAP (default 40; the training recorded 300)")
     d.add_argument("--no-detection", action="store_true", help="skip the detection part")
     g = p.add_argument_group("the bench-ops sweep (where sparse wins; 1-1.5 minutes on 2 threads)")
     g.add_argument("--sweep-arch", default="sparse_resnet18", help="full-width model of the sweep")

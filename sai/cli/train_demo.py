@@ -154,7 +154,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default 0.3)")
     p.add_argument("--deterministic-tail", type=float,
                    help="detection: fraction of the sparse fine-tuning trained with the inference masks (no noise, "
-                        "hard threshold) (default 0.3)")
+                        "hard threshold) (default 0: the shipped pair; 0.3 untried to its end)")
     p.add_argument("--lr", type=float, help="peak AdamW learning rate of phase 1 (default 3e-3; detection 2e-3)")
     p.add_argument("--finetune-lr", type=float, help="peak AdamW learning rate of phase 2 (default 1e-3)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared machine)")
