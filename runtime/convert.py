@@ -231,6 +231,10 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
     # the output is checked before the slow work (reading the checkpoint, exporting)
     outdir = check_output_dir(Path(outdir).resolve(), "-o", what="sai convert", force=force,
                               legacy=legacy_output_reason, protect=[ck, timing_cache])
+    if timing_cache and build_engine:  # a cache sai may not overwrite is refused now, not after the build
+        from sai.runtime.build import check_timing_cache
+
+        check_timing_cache(timing_cache, force=force)
     recover_interrupted(outdir)
     loaded = read_checkpoint_file(ck)  # the one read of the file: its sha256, tensors and meta
     info = detect_layout(loaded)
@@ -270,7 +274,8 @@ def convert(checkpoint, arch: Optional[str], outdir, *, sampling: Optional[str] 
 
                 engine_info = _build(tmp / TRT_ONNX_NAME, tmp / PLAN_NAME, profile=(lo, opt, hi),
                                      noise_inputs=res.noise_inputs, precision=precision, workspace=workspace,
-                                     timing_cache=timing_cache, version_compatible=version_compatible)
+                                     timing_cache=timing_cache, version_compatible=version_compatible,
+                                     force=force)
                 seconds["engine"] = time.perf_counter() - t
                 built = True
             else:
