@@ -227,6 +227,7 @@ def check_timing_cache(path, *, force: bool = False) -> tuple[Path, bytes]:
     p = Path(path).expanduser().absolute()
     if p.is_dir():
         raise SaiError(f"{flag} {path} is a folder; give a file path (e.g. {Path(path) / 'timing.cache'})")
+    check_output_file(p, flag)  # its folder exists and takes new files
     reason = timing_cache_reason(p)
     if reason is not None:
         if not force:
@@ -236,7 +237,6 @@ def check_timing_cache(path, *, force: bool = False) -> tuple[Path, bytes]:
         with contextlib.suppress(Exception):
             print(f"{flag} --force: {p} will be overwritten after the build ({reason})", file=sys.stderr,
                   flush=True)
-    check_output_file(p, flag)  # its folder exists and takes new files
     check_output_file(timing_cache_sidecar(p), flag, kind=TIMING_CACHE_SIDECAR_KIND, force=force)
     try:
         data = p.read_bytes() if p.is_file() else b""
