@@ -131,7 +131,7 @@ def test_symlink_is_refused_and_its_target_untouched(tmp_path):
     assert not link.is_symlink() and link.read_bytes() == b"NEW" and target.read_bytes() == b"TARGET"
 
 
-def test_folder_missing_parent_and_unwritable_folder_are_one_line_errors(tmp_path):
+def test_folder_missing_parent_and_unwritable_folder_are_one_line_errors(tmp_path, monkeypatch):
     (tmp_path / "d").mkdir()
     with pytest.raises(SaiError, match="is a folder; give a file path") as e:
         check_timing_cache(tmp_path / "d", force=True)
@@ -147,8 +147,18 @@ def test_folder_missing_parent_and_unwritable_folder_are_one_line_errors(tmp_pat
     ro.mkdir()
     os.chmod(ro, 0o500)
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permissions do not stop writes")
+        if os.access(ro, os.W_OK):  # root: the mode does not stop it; the kernel's answer is simulated
+            import errno
+            import tempfile
+
+            real = tempfile.mkstemp
+
+            def mkstemp(*a, dir=None, **k):
+                if dir is not None and os.path.samefile(dir, ro):
+                    raise PermissionError(errno.EACCES, "Permission denied", str(ro))
+                return real(*a, dir=dir, **k)
+
+            monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
         trt = FakeTRT()
         with pytest.raises(SaiError, match="cannot create files in") as e:
             _build(tmp_path, ro / "tc.bin", trt)
@@ -182,3 +192,20 @@ def test_cache_changed_during_the_build_is_not_overwritten(tmp_path):
     with pytest.raises(SaiError, match="changed during the build"):
         _build(tmp_path, cache, trt)
     assert cache.read_bytes() == b"OTHER PROGRAM" and _leftovers(tmp_path) == []
+
+
+def test_convert_refuses_a_foreign_cache_before_reading_the_checkpoint(tmp_path):
+    """The refusal comes before the slow work: here the checkpoint is not even a checkpoint, and the
+    error is about the cache; no OUTDIR, the cache's bytes as they were."""
+    from sai.runtime.convert import convert
+
+    ck = tmp_path / "model.pth"
+    ck.write_bytes(b"not a checkpoint")
+    cache = tmp_path / "tc.bin"
+    cache.write_bytes(b"someone else's cache")
+    with pytest.raises(SaiError, match="not a timing cache sai wrote"):
+        convert(ck, None, tmp_path / "out", timing_cache=cache)
+    assert cache.read_bytes() == b"someone else's cache" and not (tmp_path / "out").exists()
+    with pytest.raises(SaiError) as e:  # --no-engine: the cache is not touched, so not checked
+        convert(ck, None, tmp_path / "out", timing_cache=cache, build_engine=False)
+    assert "timing cache" not in str(e.value)
