@@ -101,7 +101,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shape", metavar="SHAPE",
                    help="NxCxHxW largest input of the engine profile (default: batch 8 at --shape)")
     p.add_argument("--workspace", type=_size, help="TensorRT workspace limit, e.g. 2G (default: TensorRT's)")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated (default: none)")
+    p.add_argument("--timing-cache", metavar="FILE",
+                   help="TensorRT timing cache: read into the build and written back atomically with FILE.sai.json "
+                        "beside it; an existing FILE that sai did not write (no matching FILE.sai.json) is refused "
+                        "before the work unless --force (read it, then overwrite it) (default: none)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine with the plugin library serialized into it")
     add_trt_blocks(p, applies="model.trt.onnx, the graph the engine is built from")
