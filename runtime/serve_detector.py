@@ -60,13 +60,15 @@ class DetectorServing:
     def __init__(self, engine, max_shape: Optional[Sequence[int]] = None):
         self.detector = engine
         self.backend = engine.backend
-        self.metadata = {"arch": engine.metadata.get("preset") or "detector", **engine.metadata}
+        # the v2 model name: the preset (the backbone's arch names no detector)
+        self.metadata = {**engine.metadata, "arch": engine.metadata.get("preset") or "detector"}
         self.classes = list(engine.classes) if engine.classes else None
         self.max_per_img = int(engine.max_per_img)
         if max_shape is not None:
             if len(max_shape) != 4:
                 raise HTTPError(500, f"--max-shape must be NxCxHxW for a detector, got {list(max_shape)}")
             self.max_images, self.max_side = int(max_shape[0]), (int(max_shape[2]), int(max_shape[3]))
+            self.max_batch = self.max_images  # the data plane's batch bound too
         else:
             self.max_images, self.max_side = None, (DEFAULT_MAX_SIDE, DEFAULT_MAX_SIDE)
         self.max_shape = None  # no tensor profile: the body limit is the data plane's ceiling

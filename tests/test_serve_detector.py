@@ -70,6 +70,7 @@ def _v2(srv, doc: dict):
 def test_metadata_and_config_name_the_detector_and_its_classes(server, outdir):
     manifest = json.loads((outdir / "manifest.json").read_text())
     c = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert server.model_name == "tiny_serve_dense"  # the preset, not the backbone's arch
     meta = c.get_model_metadata(server.model_name)
     assert {t["name"] for t in meta["inputs"]} == {"images", "images_encoded"}
     assert [t["name"] for t in meta["outputs"]] == ["dets", "labels", "num_dets", "label_names"]
@@ -153,10 +154,12 @@ BAD = [
       "outputs": [{"name": "labels", "parameters": {"classification": 3}}]}, "classification"),
     ({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]},
      "unknown input 'input'"),
+    ({"inputs": [{"name": "images", "shape": [5, 8, 8, 3], "datatype": "UINT8", "data": [0] * 960}]},
+     "5 images; this server takes at most 4"),
 ]
 
 
-@pytest.mark.parametrize("doc,match", BAD, ids=["undecodable", "too-large", "bad-base64", "top-k", "tensor"])
+@pytest.mark.parametrize("doc,match", BAD, ids=["undecodable", "too-large", "bad-base64", "top-k", "tensor", "too-many"])
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, doc, match):
     import re
 
@@ -193,3 +196,46 @@ def test_v1_classify_is_refused_for_a_detector(server):
     assert status == 400 and "serves a detector" in json.loads(body)["error"]
     status, _, body = request(server, "GET", "/v1/model")
     assert status == 200 and json.loads(body)["kind"] == "detector"
+
+
+def test_cli_sai_serve_detector_answers_and_drains(outdir, reference):
+    """`sai serve OUT` on a detector OUTDIR as a process: the info line, one JPEG request (its detections are the
+    runtime's on the pixels Pillow decodes here), SIGTERM exits 0."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "sai", "serve", str(outdir), "--port", "0", "--grpc-port", "0",
+                             "--threads", "1", "--max-shape", "2x3x300x300"],  # gRPC port 0: HTTP alone
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+) \(model 'tiny_serve_dense', .*max batch 2,", line)
+        assert m, line + (proc.stderr.read() if proc.poll() is not None else "")
+        jpeg = _encode(detector_images()[0], "JPEG")
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{m.group(1)}")
+        inp = httpclient.InferInput("images_encoded", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([jpeg], dtype=object), binary_data=True)
+        res = c.infer("tiny_serve_dense", [inp])
+        want = reference.infer(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+        _same({k: res.as_numpy(k) for k in ("dets", "labels", "num_dets")}, want)
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_cli_sai_serve_refuses_mask_metrics_for_a_detector(outdir, capsys):
+    from sai.cli.main import main
+
+    assert main(["serve", str(outdir), "--port", "0", "--grpc-port", "0", "--mask-metrics"]) != 0
+    err = capsys.readouterr().err
+    assert "--mask-metrics is not available for a detector" in err and "Traceback" not in err
