@@ -36,7 +36,7 @@ from sai.cli.main import main
 from sai.errors import SaiError
 from sai.exporter.detector_export import export_detector, preprocessed_inputs
 from sai.models.detector import SaiDetector, detector_flops, preprocess
-from sai.models.detector_presets import DetectorConfig
+from sai.models.detector_presets import DetectorConfig, read_config_file
 from sai.models.network import noise_shapes
 
 ort = pytest.importorskip("onnxruntime")
@@ -354,3 +354,22 @@ def test_cli_flops_detector_parts_and_bound(capsys):
     assert main(["flops", "--detector", "resnet_101_faster_rcnn_res800", "--density", "0.3"]) == 2
     assert main(["flops"]) == 2
     assert "--detector" in capsys.readouterr().err
+
+
+def test_cli_flops_detector_measures_at_the_preprocessed_size(tmp_path, capsys):
+    """--measure HxW: a random image of that size through the config's preprocessing (an official config
+    file at a small test scale), the MACs counted at the padded input it gives, both sampling modes."""
+    from test_detector import CONFIG
+
+    path = tmp_path / "tiny_sparse.py"
+    path.write_text(CONFIG.replace("res = (1333, 800)", "res = (96, 64)"))
+    assert main(["flops", "--detector", str(path), "--measure", "60x90", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["input_hw"] == [64, 96]  # 60x90 scaled by min(96 / 90, 64 / 60), padded to 32
+    assert set(res["measured"]) == {"deterministic", "stochastic"}
+    for m in res["measured"].values():
+        assert all(0.0 <= d <= 1.0 for d in m["mean_density"])
+    want = detector_flops(read_config_file(path), (64, 96), None)
+    assert res["dense_gmacs"]["rpn"] == round(want["rpn"] / 1e9, 2) and "random-init" in res["densities"]
+    assert main(["flops", "--detector", str(path), "--checkpoint", "x.pth"]) == 2
+    assert "--measure" in capsys.readouterr().err
