@@ -535,17 +535,11 @@ class DataPlane:
         req.feeds = self.check(req.feeds)
         return req, self.submit(req.feeds)
 
-    def infer_grpc(self, request) -> tuple[kserve.InferRequest, Future]:
-        """Decode a gRPC ``ModelInferRequest``, check it, queue it."""
-        if self.detector is not None:
-            from sai.runtime.serve_detector import parse_grpc
+    def infer_detector_grpc(self, request) -> tuple[kserve.InferRequest, Future]:
+        """Decode a detector's gRPC ``ModelInferRequest`` (``sai.runtime.serve_detector``), check it, queue it."""
+        from sai.runtime.serve_detector import parse_grpc
 
-            req, req.class_names = parse_grpc(self.detector, request, self.max_batch)
-            return req, self.submit(req.feeds)
-        from sai.runtime.serve_grpc import decode_infer_request
-
-        req = decode_infer_request(request, self.engine)
-        req.feeds = self.check(req.feeds)
+        req, req.class_names = parse_grpc(self.detector, request, self.max_batch)
         return req, self.submit(req.feeds)
 
     def outputs(self, req: kserve.InferRequest, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

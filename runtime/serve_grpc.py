@@ -213,7 +213,12 @@ def make_grpc_server(plane: DataPlane, host: str, port: int):
         def _infer(self, request):
             """Decode, check, queue and await one ModelInfer request (HTTPError for what goes wrong)."""
             with plane.admitted():
-                req, fut = plane.infer_grpc(request)
+                if plane.detector is not None:  # images in, detections out (sai.runtime.serve_detector)
+                    req, fut = plane.infer_detector_grpc(request)
+                else:
+                    req = decode_infer_request(request, plane.engine)
+                    req.feeds = plane.check(req.feeds)
+                    fut = plane.submit(req.feeds)
             outs = plane.outputs(req, plane.result(fut))
             resp = pb.ModelInferResponse(model_name=plane.model_name, model_version=plane.model_version,
                                          id=request.id)

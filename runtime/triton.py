@@ -221,10 +221,13 @@ def export_triton(outdir, repo, *, name: Optional[str] = None, max_batch: Option
     if manifest is None or not (outdir / ONNX_NAME).is_file():
         raise SaiError(f"{outdir} is not a sai convert OUTDIR (no {MANIFEST_NAME} / {ONNX_NAME}); run sai convert first")
     if manifest.get("kind") == "detector":  # images in, detections out: sai.runtime.triton_detector
+        import sys
+
         from sai.runtime.triton_detector import export_detector_triton
 
-        return export_detector_triton(outdir, manifest, repo, name=name, max_batch=max_batch, instances=instances,
-                                      max_queue_delay_us=max_queue_delay_us, gpus=gpus, verify=verify, force=force,
+        return export_detector_triton(sys.modules[__name__], outdir, manifest, repo, name=name, max_batch=max_batch,
+                                      instances=instances, max_queue_delay_us=max_queue_delay_us, gpus=gpus,
+                                      verify=verify, force=force,
                                       on_published=on_published, portable=portable,
                                       repository_path=repository_path, ort_ops_library=ort_ops_library)
     # every setting first, before any file is read or written

@@ -26,6 +26,7 @@ import json
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 from sai.errors import SaiError
@@ -119,26 +120,21 @@ def _scalar_dims(cfg) -> None:
             t.reshape.SetInParent()
 
 
-def export_detector_triton(outdir: Path, manifest: Mapping, repo, *, name: Optional[str], max_batch: Optional[int],
-                           instances: int, max_queue_delay_us: int, gpus: Optional[list[int]], verify: bool,
+def export_detector_triton(triton: ModuleType, outdir: Path, manifest: Mapping, repo, *, name: Optional[str],
+                           max_batch: Optional[int], instances: int, max_queue_delay_us: int, gpus: Optional[list[int]], verify: bool,
                            force: bool, on_published: Optional[Callable[[Path], None]], portable: bool,
                            repository_path: Optional[str], ort_ops_library: Optional[str]) -> dict:
     """The repository (module docstring), written atomically as ``sai.runtime.triton.export_triton`` writes a
-    classifier's; the same settings checks and result keys."""
+    classifier's; the same settings checks and result keys. ``triton``: the module ``sai.runtime.triton`` (its
+    helpers: names, paths, the onnxruntime model), passed in so that the two modules do not import each other."""
+    _inside, _ort_ops_choice, _served_path = triton._inside, triton._ort_ops_choice, triton._served_path
+    _write_onnx_model, check_name, onnx_io = triton._write_onnx_model, triton.check_name, triton.onnx_io
     from sai.outputs import check_output_dir, owned_tempdir, publish_dir, recover_interrupted
     from sai.runtime import ort_ops
     from sai.runtime import triton_config as tc
     from sai.runtime.detector_engine import check_preprocessing
     from sai.runtime.integrity import verify_outdir
     from sai.runtime.loader import FUSED_ONNX_NAME, MANIFEST_NAME, ONNX_NAME
-    from sai.runtime.triton import (
-        _inside,
-        _ort_ops_choice,
-        _served_path,
-        _write_onnx_model,
-        check_name,
-        onnx_io,
-    )
 
     base = check_name(name) if name is not None else check_name(
         str(manifest.get("preset") or manifest.get("arch") or "sai_detector"), "the manifest's preset (pass --name)")
