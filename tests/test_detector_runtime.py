@@ -141,9 +141,17 @@ def dense_out(tmp_path_factory):
     return cfg, ck, tmp / "out"
 
 
-def _reference(cfg, ck, images):
+def _reference(cfg, ck, images, threads=2):
+    """The sai.models detector's detections, computed on ``threads`` torch threads: the engines under test run
+    with threads=2, and an exact comparison needs the same summation order (a thread count another test left
+    behind changes float rounding, and a box at a score or NMS boundary then flips)."""
     det = load_detector(cfg, str(ck))
-    out = det.detect(images)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = det.detect(images)
+    finally:
+        torch.set_num_threads(prev)
     return {k: v.numpy() for k, v in out.items()}
 
 
