@@ -68,18 +68,32 @@ def test_convert_outdir_files_manifest_and_skip_line(outdir, tmp_path_factory):
     assert not list(outdir.parent.glob(".out.tmp-*")), "temporary directory left behind"
 
 
-def test_tensorrt_onnx_has_custom_nodes_no_functions_same_weights(outdir):
+def test_tensorrt_onnx_has_custom_nodes_no_functions_same_weights(outdir, tmp_path):
     import onnx
 
     from sai.exporter.metadata import read_metadata
+    from sai.runtime.convert import write_tensorrt_onnx
 
     portable, trt_model = onnx.load(str(outdir / "model.onnx")), onnx.load(str(outdir / "model.trt.onnx"))
     assert any(f.domain == "sai" for f in portable.functions)
     assert not any(f.domain == "sai" for f in trt_model.functions)
-    assert any(n.domain == "sai" for n in trt_model.graph.node)
     assert read_metadata(trt_model)["target"] == "tensorrt" and read_metadata(portable)["target"] == "portable"
+    # the default model.trt.onnx: one SparseBlock node per block whose channel counts are multiples of 16 (the
+    # plugin's tiles); sparse_resnet18 at base width 8 has blocks (in, planes) = (8,8) x2, (8,16), (16,16),
+    # (16,32), (32,32), (32,64), (64,64): five take the plugin, three stay per-op
+    blocks = [(8, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64)]
+    fused = sum(1 for i, p in blocks if i % 16 == 0 and p % 16 == 0)
+    ops = [n.op_type for n in trt_model.graph.node if n.domain == "sai"]
+    assert ops.count("SparseBlock") == fused == 5
+    assert set(ops) == {"SparseBlock", "SparseSampleConv", "Interpolate"}
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    assert manifest["tensorrt_onnx"]["trt_blocks"] == "fused" and manifest["tensorrt_onnx"]["sparse_blocks"] == 5
+    # --trt-blocks per-op: the portable graph with the functions stripped, the same weights
+    write_tensorrt_onnx(outdir / "model.onnx", tmp_path / "per-op.onnx", "per-op")
+    per_op = onnx.load(str(tmp_path / "per-op.onnx"))
+    assert not any(f.domain == "sai" for f in per_op.functions) and any(n.domain == "sai" for n in per_op.graph.node)
     w1 = {i.name: onnx.numpy_helper.to_array(i) for i in portable.graph.initializer}
-    w2 = {i.name: onnx.numpy_helper.to_array(i) for i in trt_model.graph.initializer}
+    w2 = {i.name: onnx.numpy_helper.to_array(i) for i in per_op.graph.initializer}
     assert w1.keys() == w2.keys() and all(np.array_equal(w1[k], w2[k]) for k in w1)
 
 
