@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from sai.errors import SaiError
+from sai.models.finite import check_finite
 
 FORMAT = "sai-deploy-checkpoint/1"
 OWN_PREFIXES = ("neck.",)
@@ -204,25 +205,6 @@ def unreadable_reason(path: Path, exc: BaseException, weights_only: bool = True)
                 "torch.save({'state_dict': model.state_dict()}, path) using a current torch")
     return (f"{path} is not a torch checkpoint (it starts with {head!r}; torch.save writes a zip archive "
             "starting with b'PK'); give the .pth/.pt file")
-
-
-def check_finite(sd: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
-    """SaiError naming the first tensors that hold NaN or inf (a diverged training run, a damaged file):
-    such weights export and run, but every output is garbage."""
-    bad = []
-    for k, v in sd.items():
-        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel():
-            finite = torch.isfinite(v)
-            if not bool(finite.all()):
-                n_nan = int(torch.isnan(v).sum())
-                n_inf = int((~finite).sum()) - n_nan
-                what = ", ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p)
-                bad.append(f"{k} ({what} of {v.numel()})")
-                if len(bad) == 3:
-                    break
-    if bad:
-        raise SaiError(f"{source} holds non-finite weights: {'; '.join(bad)}{' ...' if len(bad) == 3 else ''}; "
-                       "it comes from a diverged training run or a damaged file: use an earlier checkpoint")
 
 
 def check_bn_variances(sd: Mapping[str, Tensor], source: str = "the checkpoint") -> None:

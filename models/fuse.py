@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Optional
 
@@ -39,6 +40,7 @@ from sai.models.blocks import (
     _recording,
     inference_mask,
 )
+from sai.models.finite import check_finite
 from sai.models.ops import interpolate, sparse_sample_conv
 
 
@@ -551,8 +553,6 @@ def cast_for_inference(fused: nn.Module, precision: str) -> nn.Module:
 def check_finite_state(model: nn.Module) -> None:
     """SaiError naming the state_dict keys of ``model`` that hold NaN or inf (conv weights, BN parameters and
     statistics, mask predictors, heads): folded or not, they would be written into every exported model."""
-    from sai.models.checkpoint import check_finite
-
     check_finite(model.state_dict(), f"the {getattr(model, 'arch', type(model).__name__)} model")
 
 
@@ -564,9 +564,10 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     ``forward(x, *noise)``, outputs) and its forward calls only ``sai.models.ops`` wrappers for the
     sparse parts and standard torch ops elsewhere.
     """
-    from sai.models.network import SaiResNet
-
-    if not isinstance(model, SaiResNet):
+    # a SaiResNet without importing sai.models.network (which imports this module for its fused stem):
+    # a model built by sai.models.build_model means that module is loaded
+    network = sys.modules.get("sai.models.network")
+    if network is None or not isinstance(model, network.SaiResNet):
         raise SaiError(f"fuse_for_inference needs a model from sai.models.build_model, got {type(model).__name__}")
     if not getattr(model, "fused", False):
         check_finite_state(model)

@@ -210,10 +210,10 @@ def dense_twin_detector_engine(engine, manifest: dict, outdir, *, threads: Optio
     """A detector engine of the same backend running the dense twin (torch directly; onnxruntime on its export,
     written to a temporary folder removed once the session is made)."""
     from sai.runtime.detector_engine import DetectorEngine, _OrtRunner, _TorchRunner, config_of
-    from sai.runtime.loader import _checkpoint_of
+    from sai.runtime.outdir import checkpoint_of
 
     cfg = config_of(manifest, str(outdir))
-    det = dense_twin_detector(cfg, _checkpoint_of(manifest, Path(outdir)))
+    det = dense_twin_detector(cfg, checkpoint_of(manifest, Path(outdir)))
     common = dict(preprocessing=engine.preprocessing, metadata={**engine.metadata, "sampling": "dense"},
                   classes=engine.classes, max_per_img=engine.max_per_img, noise_inputs=[], path=None,
                   device=engine.device)

@@ -462,7 +462,7 @@ def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, devic
     checkpoint, or ``checkpoint``, on ``sai.models.SaiDetector``). ``record_masks``: ``run_batch`` also returns the
     backbone's sampling masks ``mask.<block>.m{1,2}`` (torch: the mask observer; the portable ONNX: a copy with the
     masks as outputs; the fused model computes them inside its blocks and returns none)."""
-    from sai.runtime.loader import FUSED_ONNX_NAME, MANIFEST_NAME, ONNX_NAME
+    from sai.runtime.outdir import FUSED_ONNX_NAME, MANIFEST_NAME, ONNX_NAME
 
     outdir = Path(outdir)
     where = str(outdir / MANIFEST_NAME)
@@ -488,7 +488,7 @@ def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, devic
         if record_masks and not use:
             import tempfile
 
-            from sai.runtime.validate import onnx_with_masks
+            from sai.runtime.onnx_masks import onnx_with_masks
 
             with tempfile.TemporaryDirectory(prefix="sai-detector-masks-") as tmp:
                 masked = Path(tmp) / "model.masks.onnx"
@@ -504,10 +504,10 @@ def load_detector_engine(outdir: Path, manifest: Mapping, backend: str, *, devic
                               seed=seed)
     if backend == "torch":
         from sai.models.detector import load_detector
-        from sai.runtime.loader import _checkpoint_of
+        from sai.runtime.outdir import checkpoint_of
 
         cfg = config_of(manifest, where)
-        ck = Path(checkpoint) if checkpoint is not None else _checkpoint_of(manifest, outdir)
+        ck = Path(checkpoint) if checkpoint is not None else checkpoint_of(manifest, outdir)
         overrides = {}
         if cfg.sparse and meta.get("sampling") in ("deterministic", "stochastic", "dense"):
             overrides["sampling"] = meta["sampling"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -11,11 +10,17 @@ from sai.constants import BACKENDS
 from sai.errors import SaiError
 from sai.runtime.engine import Engine
 from sai.runtime.environment import tensorrt_usable
-from sai.runtime.integrity import MANIFEST_NAME, check_manifest, verify_checkpoint, verify_outdir
+from sai.runtime.integrity import MANIFEST_NAME, verify_checkpoint, verify_outdir
+from sai.runtime.outdir import (  # the OUTDIR's names and manifest (a leaf module)
+    FUSED_ONNX_NAME,  # noqa: F401 (re-exported, like the names below)
+    ONNX_NAME,
+    OUTDIR_FILES,
+    PLAN_NAME,
+    TRT_ONNX_NAME,
+    checkpoint_of,
+    read_manifest,
+)
 
-ONNX_NAME, TRT_ONNX_NAME, PLAN_NAME = "model.onnx", "model.trt.onnx", "model.plan"
-FUSED_ONNX_NAME = "model.cpu-fused.onnx"  # model.onnx with sai::SparseBlock nodes (needs libsai_ort_ops.so)
-OUTDIR_FILES = (ONNX_NAME, TRT_ONNX_NAME, FUSED_ONNX_NAME, PLAN_NAME)  # what sai convert writes (and lists)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -24,18 +29,6 @@ class Resolved:
     backend: str
     file: Path
     manifest: Optional[dict]
-
-
-def read_manifest(outdir: Path) -> Optional[dict]:
-    """The OUTDIR's manifest (None when there is none); SaiError when it is not JSON or not a manifest."""
-    path = Path(outdir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise SaiError(f"{path} is not valid JSON ({str(exc)[:200]}); re-run sai convert") from None
-    return check_manifest(doc, path)
 
 
 def verify_model_path(path, backend: Optional[str] = None) -> None:
@@ -55,20 +48,7 @@ def verify_model_path(path, backend: Optional[str] = None) -> None:
     uses = [p.name] if not p.is_dir() else [n for n in OUTDIR_FILES if (p / n).is_file()]
     verify_outdir(outdir, manifest, uses)
     if p.is_dir() and backend == "torch":
-        verify_checkpoint(manifest, _checkpoint_of(manifest, p), p)
-
-
-def _checkpoint_of(manifest: Optional[dict], outdir: Path) -> Path:
-    ck = (manifest or {}).get("checkpoint") or {}
-    path = ck.get("path")
-    if not path:
-        raise SaiError(f"{outdir} records no checkpoint; pass the checkpoint (.pth) for the torch backend")
-    p = Path(path)
-    if not p.is_absolute():
-        p = outdir / p
-    if not p.is_file():
-        raise SaiError(f"checkpoint {p} recorded in {outdir / MANIFEST_NAME} is gone; pass --checkpoint")
-    return p
+        verify_checkpoint(manifest, checkpoint_of(manifest, p), p)
 
 
 def resolve(path, backend: str = "auto", *, verify: bool = False) -> Resolved:
@@ -97,7 +77,7 @@ def _resolve(path, backend: str) -> Resolved:
                                "use --backend onnxruntime, or run sai convert on a GPU machine")
             return Resolved("tensorrt", plan, manifest)
         if backend == "torch":
-            return Resolved("torch", _checkpoint_of(manifest, p), manifest)
+            return Resolved("torch", checkpoint_of(manifest, p), manifest)
         if not onnx_file.is_file():
             raise SaiError(f"{p} has no {ONNX_NAME}; is it a sai convert OUTDIR?")
         return Resolved("onnxruntime", onnx_file, manifest)

@@ -121,7 +121,7 @@ def on_disk_fused(model_path) -> Optional[tuple[Path, int]]:
     model.onnx): its manifest lists the file and records it as made from the model.onnx whose sha256 the
     manifest lists now (a model.onnx replaced since, and recorded so, is fused in memory instead). Else None."""
     from sai.errors import SaiError
-    from sai.runtime.loader import read_manifest
+    from sai.runtime.outdir import read_manifest
 
     p = Path(model_path)
     try:

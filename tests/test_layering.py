@@ -260,10 +260,6 @@ def cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
 KNOWN_LAZY_CYCLES: set[tuple[str, ...]] = {
     ("sai.kernels.sparse_sample_conv", "sai.models.ops", "sai.kernels.torch_ops"),  # argument checks in models.ops
     ("sai.kernels.torch_ops", "sai.models.ops"),
-    ("sai.models.checkpoint", "sai.models.network", "sai.models.fuse"),
-    ("sai.models.fuse", "sai.models.network"),
-    ("sai.runtime.environment", "sai.runtime.ort_ops", "sai.runtime.loader"),
-    ("sai.runtime.loader", "sai.runtime.ort_backend", "sai.runtime.ort_ops"),
 }
 
 

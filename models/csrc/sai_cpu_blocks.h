@@ -426,12 +426,9 @@ struct BlockGeometry {
 inline std::string block_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const BlockSpec& s,
                                   const BlockWeights& w, int64_t ka, int64_t kb, BlockGeometry& out) {
   auto conv = [](int64_t n, int64_t c, int64_t h, int64_t wd, int64_t k, int64_t stride, int64_t cout) {
-    SaiConvParams p;
-    p.N = static_cast<int32_t>(n), p.C = static_cast<int32_t>(c), p.H = static_cast<int32_t>(h);
-    p.W = static_cast<int32_t>(wd), p.kh = p.kw = static_cast<int32_t>(k), p.strideH = p.strideW = static_cast<int32_t>(stride);
-    p.padTop = p.padLeft = p.padBottom = p.padRight = static_cast<int32_t>((k - 1) / 2);
-    p.Cout = static_cast<int32_t>(cout);
-    return p;
+    const int64_t xd[4] = {n, c, h, wd}, wt[4] = {cout, 0, k, k}, st[2] = {stride, stride};
+    const int64_t pd[4] = {(k - 1) / 2, (k - 1) / 2, (k - 1) / 2, (k - 1) / 2}, dl[2] = {1, 1};
+    return sai::saiConvParamsOf(xd, wt, st, pd, dl, 1, 1, sai::kSAI_ACT_NONE);
   };
   if (w.wa.K != ka * ka * C) return "conv_a's weight does not take " + std::to_string(C) + " input channels";
   out.Cm = w.wa.N;

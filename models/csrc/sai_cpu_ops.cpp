@@ -54,26 +54,11 @@ at::Tensor sparse_sample_conv_cpu(const at::Tensor& x_in, const at::Tensor& mask
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight_in.scalar_type() == at::kFloat,
               "sai_cpu::sparse_sample_conv supports float32 only");
   TORCH_CHECK(stride.size() == 2 && pads.size() == 4 && dilation.size() == 2, "bad stride/pads/dilation");
+  TORCH_CHECK(x_in.dim() == 4 && weight_in.dim() == 4, "x and weight must be 4-D");
   const bool nhwc = x_in.dim() == 4 && x_in.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  SaiConvParams p;
-  p.N = x_in.size(0);
-  p.C = x_in.size(1);
-  p.H = x_in.size(2);
-  p.W = x_in.size(3);
-  p.Cout = weight_in.size(0);
-  p.kh = weight_in.size(2);
-  p.kw = weight_in.size(3);
-  p.strideH = stride[0];
-  p.strideW = stride[1];
-  p.padTop = pads[0];
-  p.padLeft = pads[1];
-  p.padBottom = pads[2];
-  p.padRight = pads[3];
-  p.dilationH = dilation[0];
-  p.dilationW = dilation[1];
-  p.groups = groups;
-  p.deformGroups = deform_groups;
-  p.activation = sai::saiActivationFromString(std::string(activation).c_str());
+  SaiConvParams p = sai::saiConvParamsOf(x_in.sizes().data(), weight_in.sizes().data(), stride.data(), pads.data(),
+                                         dilation.data(), groups, deform_groups,
+                                         sai::saiActivationFromString(std::string(activation).c_str()));
   TORCH_CHECK(p.activation >= 0, "activation must be none or relu");
   TORCH_CHECK(sai::saiConvFinalize(p), "inconsistent SparseSampleConv shapes/attributes");
   TORCH_CHECK(mask.size(0) == p.N && mask.size(2) == p.Ho && mask.size(3) == p.Wo, "mask shape");

@@ -11,7 +11,9 @@
  *     gets Self::onAttached, e.g. weights shared by the execution contexts of an engine);
  *   - tactics from the kernels' caps (Self::kernelCaps()): getNbTactics / getValidTactics, setTactic
  *     rejecting values outside that list (0 = the default);
- *   - getTimingCacheID / getMetadataString: "sai.<name>.<version>:<attributes>:tactics,<id>=<name>...".
+ *   - getTimingCacheID / getMetadataString: "sai.<name>.<version>:<attributes>:tactics,<id>=<name>...";
+ *   - getFieldsToSerialize: a fresh field list filled by Self::writeFields(SaiFieldWriter&) (the same
+ *     names and types createPlugin reads), any exception logged and nullptr.
  * SaiPluginCreatorBase<Plugin, Self> gives a creator its name / version / namespace, field list and
  * createPlugin: the walk over the fields (unknown ones logged verbose and ignored, every problem
  * logged with the plugin and node name, nullptr if any); Self::readField(reader, name, field, attrs)
@@ -133,6 +135,20 @@ public:
     }
 
     // IPluginV3OneRuntime: the parts that do not depend on the op
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override
+    {
+        try
+        {
+            mSerial = SaiFieldWriter();
+            self().writeFields(mSerial);
+            return mSerial.collection();
+        }
+        catch (std::exception const& e)
+        {
+            logError(std::string("getFieldsToSerialize: ") + e.what());
+        }
+        return nullptr;
+    }
     //! A copy for one execution context (Self::onAttached: what only such copies do).
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept override
     {
@@ -172,7 +188,6 @@ protected:
 
     Attrs mAttrs;
     int32_t mTactic{0};
-    SaiFieldWriter mSerial;
 
 private:
     Self& self() noexcept
@@ -181,6 +196,7 @@ private:
     }
 
     std::string mTimingCacheID;
+    SaiFieldWriter mSerial; //!< owns what getFieldsToSerialize returns
 };
 
 template <typename Plugin, typename Self>

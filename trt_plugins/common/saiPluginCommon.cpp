@@ -207,6 +207,18 @@ IDimensionExpr const* saiConvOutputExpr(IExprBuilder& b, IDimensionExpr const& s
     return b.operation(DimensionOperation::kSUM, *q, *b.constant(1));
 }
 
+std::string saiDimsText(Dims const& d)
+{
+    std::ostringstream s;
+    s << "[";
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        s << (i ? "," : "") << d.d[i];
+    }
+    s << "]";
+    return s.str();
+}
+
 char const* saiDataTypeName(DataType t)
 {
     switch (t)

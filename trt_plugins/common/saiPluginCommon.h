@@ -10,6 +10,7 @@
  *   SaiFieldWriter                   owns the storage of a PluginFieldCollection for
  *                                    getFieldsToSerialize (same names/types as createPlugin takes)
  *   saiDimsExpr*                     IExprBuilder helpers for the convolution output size
+ *   saiDimsText                      "[1,3,-1,8]": a Dims in the plugins' error messages
  *   saiActivationFormatOk /          TensorRT formats and types of activation tensors vs what the
  *   saiTensorLayoutOf / saiLayoutText  kernels take (saiKernelCaps.h): FP32 kLINEAR/kHWC, FP16
  *                                    kLINEAR/kHWC8/kHWC16, BF16 kLINEAR/kHWC8, each only where the
@@ -89,6 +90,9 @@ private:
 //! floor((size + padSum - dilation*(k-1) - 1) / stride) + 1 as a dimension expression.
 nvinfer1::IDimensionExpr const* saiConvOutputExpr(nvinfer1::IExprBuilder& b, nvinfer1::IDimensionExpr const& size,
     nvinfer1::IDimensionExpr const& kernel, int32_t padSum, int32_t stride, int32_t dilation);
+
+//! "[1,3,-1,8]": the dims as the plugins' messages write them.
+std::string saiDimsText(nvinfer1::Dims const& d);
 
 char const* saiDataTypeName(nvinfer1::DataType t);
 char const* saiFormatName(nvinfer1::TensorFormat f);

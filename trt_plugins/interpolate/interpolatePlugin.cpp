@@ -21,17 +21,6 @@ namespace
 {
 constexpr char const* kNAME = InterpolatePlugin::kName;
 
-std::string dimsStr(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
 } // namespace
 
 InterpolatePlugin::InterpolatePlugin(InterpolateAttrs attrs)
@@ -54,7 +43,7 @@ bool InterpolatePlugin::checkShapes(Dims const& f, Dims const& m) const noexcept
 {
     if (f.nbDims != 4 || m.nbDims != 4)
     {
-        logError("F must be [N,C,H,W] and M [N,1,H,W], got F " + dimsStr(f) + " and M " + dimsStr(m));
+        logError("F must be [N,C,H,W] and M [N,1,H,W], got F " + saiDimsText(f) + " and M " + saiDimsText(m));
         return false;
     }
     bool ok = m.d[1] < 0 || m.d[1] == 1;
@@ -64,7 +53,7 @@ bool InterpolatePlugin::checkShapes(Dims const& f, Dims const& m) const noexcept
     }
     if (!ok)
     {
-        logError("mask M must be [N,1,H,W] matching F " + dimsStr(f) + ", got " + dimsStr(m));
+        logError("mask M must be [N,1,H,W] matching F " + saiDimsText(f) + ", got " + saiDimsText(m));
     }
     return ok;
 }
@@ -74,7 +63,7 @@ bool InterpolatePlugin::makeParams(Dims const& f, SaiInterpParams& p) const noex
     if (f.nbDims != 4 || f.d[0] > INT32_MAX || f.d[1] > INT32_MAX || f.d[2] * f.d[3] > INT32_MAX
         || f.d[0] * f.d[2] * f.d[3] > INT32_MAX)
     {
-        logError("F " + dimsStr(f) + " is not 4-D or too large");
+        logError("F " + saiDimsText(f) + " is not 4-D or too large");
         return false;
     }
     p.N = static_cast<int32_t>(f.d[0]);
@@ -86,7 +75,7 @@ bool InterpolatePlugin::makeParams(Dims const& f, SaiInterpParams& p) const noex
     p.eps = mAttrs.eps;
     if (!saiInterpParamsValid(p))
     {
-        logError("invalid shape " + dimsStr(f) + " or attributes");
+        logError("invalid shape " + saiDimsText(f) + " or attributes");
         return false;
     }
     return true;
@@ -250,21 +239,11 @@ std::string InterpolatePlugin::attributesText() const
     return s.str();
 }
 
-PluginFieldCollection const* InterpolatePlugin::getFieldsToSerialize() noexcept
+void InterpolatePlugin::writeFields(SaiFieldWriter& w) const
 {
-    try
-    {
-        mSerial = SaiFieldWriter();
-        mSerial.addInts("kernel_size", {mAttrs.kernelSize});
-        mSerial.addFloat("sigma", mAttrs.sigma);
-        mSerial.addFloat("eps", mAttrs.eps);
-        return mSerial.collection();
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("getFieldsToSerialize: ") + e.what());
-    }
-    return nullptr;
+    w.addInts("kernel_size", {mAttrs.kernelSize});
+    w.addFloat("sigma", mAttrs.sigma);
+    w.addFloat("eps", mAttrs.eps);
 }
 
 InterpolatePluginCreator::InterpolatePluginCreator()

@@ -60,9 +60,10 @@ public:
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
     //! The attributes in the timing-cache ID: "k7:sigma1:eps1e-05".
+    //! The fields getFieldsToSerialize gives (SaiPluginBase): the names and types createPlugin reads.
+    void writeFields(SaiFieldWriter& w) const;
     std::string attributesText() const;
 
 private:

@@ -19,18 +19,6 @@ namespace plugin
 
 namespace
 {
-std::string dimsStr(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
-
 bool known(int64_t a, int64_t b)
 {
     return a >= 0 && b >= 0;
@@ -57,18 +45,18 @@ bool RoiAlignV0Plugin::checkShapes(Dims const& x, Dims const& rois, Dims const& 
 {
     if (x.nbDims != 4 || rois.nbDims != 2 || batch.nbDims != 1)
     {
-        logError("X must be [N,C,H,W], rois [R,4] and batch_indices [R], got X " + dimsStr(x) + ", rois "
-            + dimsStr(rois) + ", batch_indices " + dimsStr(batch));
+        logError("X must be [N,C,H,W], rois [R,4] and batch_indices [R], got X " + saiDimsText(x) + ", rois "
+            + saiDimsText(rois) + ", batch_indices " + saiDimsText(batch));
         return false;
     }
     if (rois.d[1] >= 0 && rois.d[1] != 4)
     {
-        logError("rois must be [R,4] (x1, y1, x2, y2), got " + dimsStr(rois));
+        logError("rois must be [R,4] (x1, y1, x2, y2), got " + saiDimsText(rois));
         return false;
     }
     if (known(rois.d[0], batch.d[0]) && rois.d[0] != batch.d[0])
     {
-        logError("batch_indices " + dimsStr(batch) + " must have one index per RoI of rois " + dimsStr(rois));
+        logError("batch_indices " + saiDimsText(batch) + " must have one index per RoI of rois " + saiDimsText(rois));
         return false;
     }
     return true;
@@ -79,7 +67,7 @@ bool RoiAlignV0Plugin::makeParams(Dims const& x, Dims const& rois, SaiRoiAlignPa
     if (x.nbDims != 4 || rois.nbDims != 2 || x.d[0] > INT32_MAX || x.d[1] > INT32_MAX || x.d[2] > INT32_MAX
         || x.d[3] > INT32_MAX || rois.d[0] > INT32_MAX)
     {
-        logError("X " + dimsStr(x) + " or rois " + dimsStr(rois) + " is not of the expected rank or too large");
+        logError("X " + saiDimsText(x) + " or rois " + saiDimsText(rois) + " is not of the expected rank or too large");
         return false;
     }
     p.N = static_cast<int32_t>(x.d[0]);
@@ -92,7 +80,7 @@ bool RoiAlignV0Plugin::makeParams(Dims const& x, Dims const& rois, SaiRoiAlignPa
     p.spatialScale = mAttrs.spatialScale;
     if (!saiRoiAlignParamsValid(p))
     {
-        logError("invalid shape X " + dimsStr(x) + ", rois " + dimsStr(rois) + " or attributes " + attributesText());
+        logError("invalid shape X " + saiDimsText(x) + ", rois " + saiDimsText(rois) + " or attributes " + attributesText());
         return false;
     }
     return true;
@@ -230,21 +218,11 @@ std::string RoiAlignV0Plugin::attributesText() const
     return s.str();
 }
 
-PluginFieldCollection const* RoiAlignV0Plugin::getFieldsToSerialize() noexcept
+void RoiAlignV0Plugin::writeFields(SaiFieldWriter& w) const
 {
-    try
-    {
-        mSerial = SaiFieldWriter();
-        mSerial.addFloat("spatial_scale", mAttrs.spatialScale);
-        mSerial.addInts("output_size", {mAttrs.outputSize});
-        mSerial.addInts("sampling_ratio", {mAttrs.samplingRatio});
-        return mSerial.collection();
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("getFieldsToSerialize: ") + e.what());
-    }
-    return nullptr;
+    w.addFloat("spatial_scale", mAttrs.spatialScale);
+    w.addInts("output_size", {mAttrs.outputSize});
+    w.addInts("sampling_ratio", {mAttrs.samplingRatio});
 }
 
 RoiAlignV0PluginCreator::RoiAlignV0PluginCreator()

@@ -50,18 +50,6 @@ constexpr int32_t kBIG = 1 << 20;
 constexpr char const* kInputName[kMAX_INPUTS]
     = {"X", "MW", "MB", "WA", "BA", "WB", "BB", "WC", "TAIL_BIAS", "WD", "BD", "WO", "BO", "U1", "U2"};
 
-std::string dimsStr(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
-
 std::string listStr(std::initializer_list<int64_t> v)
 {
     std::ostringstream s;
@@ -151,13 +139,13 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
             {
                 if (i == kX && dims[kX].nbDims != 4)
                 {
-                    logError("input X must be 4-D [N,C,H,W], got " + dimsStr(dims[kX]));
+                    logError("input X must be 4-D [N,C,H,W], got " + saiDimsText(dims[kX]));
                     return false;
                 }
                 if (i != kX && i != kU1 && i != kU2)
                 {
                     logError(std::string("input ") + kInputName[i] + " must have static dims (a constant of the "
-                        "engine), got " + dimsStr(dims[i]));
+                        "engine), got " + saiDimsText(dims[i]));
                     return false;
                 }
                 return true; // X or the noise is dynamic: checked again with concrete shapes
@@ -169,20 +157,20 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
         if (x.nbDims != 4 || x.d[1] < 1 || x.d[0] > INT32_MAX || x.d[1] > INT32_MAX || x.d[2] > INT32_MAX
             || x.d[3] > INT32_MAX)
         {
-            logError("input X must be 4-D [N,C,H,W] with C >= 1, got " + dimsStr(x));
+            logError("input X must be 4-D [N,C,H,W] with C >= 1, got " + saiDimsText(x));
             return false;
         }
         int64_t const c = x.d[1];
         if (wa.nbDims != 4 || wa.d[1] != c || wa.d[2] != wa.d[3] || (wa.d[2] != 1 && wa.d[2] != 3) || wa.d[0] < 1
             || wa.d[0] > kBIG)
         {
-            logError("WA must be [Cm, " + std::to_string(c) + ", k, k] with k 1 or 3, got " + dimsStr(wa));
+            logError("WA must be [Cm, " + std::to_string(c) + ", k, k] with k 1 or 3, got " + saiDimsText(wa));
             return false;
         }
         int64_t const cm = wa.d[0];
         if (wb.nbDims != 4 || wb.d[1] != cm || wb.d[2] != 3 || wb.d[3] != 3 || wb.d[0] < 1 || wb.d[0] > kBIG)
         {
-            logError("WB must be [Cb, " + std::to_string(cm) + ", 3, 3], got " + dimsStr(wb));
+            logError("WB must be [Cb, " + std::to_string(cm) + ", 3, 3], got " + saiDimsText(wb));
             return false;
         }
         int64_t const cb = wb.d[0];
@@ -190,7 +178,7 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
         Dims const& wc = dims[kWC];
         if (hasC && (wc.nbDims != 4 || wc.d[1] != cb || wc.d[2] != 1 || wc.d[3] != 1 || wc.d[0] > kBIG))
         {
-            logError("WC must be [Cout, " + std::to_string(cb) + ", 1, 1] or [0] (BasicBlock), got " + dimsStr(wc));
+            logError("WC must be [Cout, " + std::to_string(cb) + ", 1, 1] or [0] (BasicBlock), got " + saiDimsText(wc));
             return false;
         }
         int64_t const cout = hasC ? wc.d[0] : cb;
@@ -218,7 +206,7 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
             if (w.present && !same(dims[w.input], w.shape))
             {
                 logError(std::string("input ") + kInputName[w.input] + " must be " + listStr(w.shape)
-                    + (w.input == kMW || w.input == kMB ? "" : " or [0] (absent)") + ", got " + dimsStr(dims[w.input]));
+                    + (w.input == kMW || w.input == kMB ? "" : " or [0] (absent)") + ", got " + saiDimsText(dims[w.input]));
                 return false;
             }
         }
@@ -260,7 +248,7 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
         p.temperature = mAttrs.temperature;
         if (char const* why = saiBlockFinalize(p))
         {
-            logError(std::string("X ") + dimsStr(x) + ": " + why);
+            logError(std::string("X ") + saiDimsText(x) + ": " + why);
             return false;
         }
         if (p.stochastic)
@@ -270,7 +258,7 @@ bool SparseBlockPlugin::makeParams(Dims const* dims, int32_t nbInputs, SaiBlockP
                 if (!same(dims[u.first], {p.N, 2, u.second.first, u.second.second}))
                 {
                     logError(std::string("noise ") + kInputName[u.first] + " must be [N,2,Ho,Wo] = "
-                        + listStr({p.N, 2, u.second.first, u.second.second}) + ", got " + dimsStr(dims[u.first]));
+                        + listStr({p.N, 2, u.second.first, u.second.second}) + ", got " + saiDimsText(dims[u.first]));
                     return false;
                 }
             }
@@ -460,7 +448,7 @@ int32_t SparseBlockPlugin::onShapeChange(
     }
     if (!complete)
     {
-        logError("onShapeChange: X " + dimsStr(in[kX].dims) + " is not a concrete shape");
+        logError("onShapeChange: X " + saiDimsText(in[kX].dims) + " is not a concrete shape");
         return -1;
     }
     mNbInputs = nbInputs;
@@ -528,30 +516,20 @@ std::string SparseBlockPlugin::attributesText() const
     return s.str();
 }
 
-PluginFieldCollection const* SparseBlockPlugin::getFieldsToSerialize() noexcept
+void SparseBlockPlugin::writeFields(SaiFieldWriter& w) const
 {
-    try
-    {
-        mSerial = SaiFieldWriter();
-        mSerial.addInts("stride_a", {mAttrs.strideA});
-        mSerial.addInts("stride_b", {mAttrs.strideB});
-        mSerial.addInts("relu_b", {mAttrs.reluB});
-        mSerial.addInts("down_stride", {mAttrs.downStride});
-        mSerial.addInts("offset_stride", {mAttrs.offsetStride});
-        mSerial.addInts("mask_strides", mAttrs.maskStrides);
-        mSerial.addFloat("sigma1", mAttrs.sigma1);
-        mSerial.addFloat("sigma2", mAttrs.sigma2);
-        mSerial.addInts("kernel_size", {mAttrs.kernelSize});
-        mSerial.addFloat("eps", mAttrs.eps);
-        mSerial.addFloat("temperature", mAttrs.temperature);
-        mSerial.addInts("grid_interval", {mAttrs.gridInterval});
-        return mSerial.collection();
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("getFieldsToSerialize: ") + e.what());
-    }
-    return nullptr;
+    w.addInts("stride_a", {mAttrs.strideA});
+    w.addInts("stride_b", {mAttrs.strideB});
+    w.addInts("relu_b", {mAttrs.reluB});
+    w.addInts("down_stride", {mAttrs.downStride});
+    w.addInts("offset_stride", {mAttrs.offsetStride});
+    w.addInts("mask_strides", mAttrs.maskStrides);
+    w.addFloat("sigma1", mAttrs.sigma1);
+    w.addFloat("sigma2", mAttrs.sigma2);
+    w.addInts("kernel_size", {mAttrs.kernelSize});
+    w.addFloat("eps", mAttrs.eps);
+    w.addFloat("temperature", mAttrs.temperature);
+    w.addInts("grid_interval", {mAttrs.gridInterval});
 }
 
 // ------------------------------------------------------------------------------------------------

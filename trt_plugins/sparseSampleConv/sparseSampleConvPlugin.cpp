@@ -28,18 +28,6 @@ constexpr int32_t kBIAS = 3;
 constexpr int32_t kOFFSET = 4;
 constexpr int32_t kBIG = 1 << 20;
 
-std::string dimsStr(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
-
 //! "FP32 and FP16" (the activation types the linked kernels take)
 std::string kernelTypesText()
 {
@@ -101,30 +89,14 @@ bool SparseSampleConvPlugin::makeParams(Dims const& x, Dims const& w, SaiConvPar
 {
     if (x.nbDims != 4 || w.nbDims != 4 || !fitsInt32(x) || !fitsInt32(w))
     {
-        logError("X and W must be 4-D, got X " + dimsStr(x) + " and W " + dimsStr(w));
+        logError("X and W must be 4-D, got X " + saiDimsText(x) + " and W " + saiDimsText(w));
         return false;
     }
-    p.N = static_cast<int32_t>(x.d[0]);
-    p.C = static_cast<int32_t>(x.d[1]);
-    p.H = static_cast<int32_t>(x.d[2]);
-    p.W = static_cast<int32_t>(x.d[3]);
-    p.Cout = static_cast<int32_t>(w.d[0]);
-    p.kh = static_cast<int32_t>(w.d[2]);
-    p.kw = static_cast<int32_t>(w.d[3]);
-    p.strideH = mAttrs.strides[0];
-    p.strideW = mAttrs.strides[1];
-    p.padTop = mAttrs.pads[0];
-    p.padLeft = mAttrs.pads[1];
-    p.padBottom = mAttrs.pads[2];
-    p.padRight = mAttrs.pads[3];
-    p.dilationH = mAttrs.dilations[0];
-    p.dilationW = mAttrs.dilations[1];
-    p.groups = mAttrs.group;
-    p.deformGroups = mAttrs.deformGroups;
-    p.activation = mAttrs.activation;
+    p = saiConvParamsOf(x.d, w.d, mAttrs.strides.data(), mAttrs.pads.data(), mAttrs.dilations.data(), mAttrs.group,
+        mAttrs.deformGroups, mAttrs.activation);
     if (!saiConvFinalize(p) || w.d[1] != p.cinPerGroup)
     {
-        logError("X " + dimsStr(x) + " and W " + dimsStr(w) + " do not fit group=" + std::to_string(p.groups)
+        logError("X " + saiDimsText(x) + " and W " + saiDimsText(w) + " do not fit group=" + std::to_string(p.groups)
             + ", deform_groups=" + std::to_string(p.deformGroups)
             + " and these strides/pads/dilations (W must be [Cout, C/group, kh, kw], C and Cout divisible by "
               "group, C by deform_groups, output size >= 1)");
@@ -142,14 +114,14 @@ bool SparseSampleConvPlugin::checkShapes(Dims const* dims, int32_t nbInputs) con
         if (dims[i].nbDims != kRank[i])
         {
             logError(std::string("input ") + kInputName[i] + " must be " + std::to_string(kRank[i]) + "-D, got "
-                + dimsStr(dims[i]));
+                + saiDimsText(dims[i]));
             return false;
         }
     }
     Dims const& m = dims[kMASK];
     if (m.d[1] >= 0 && m.d[1] != 1)
     {
-        logError("mask M must be [N,1,Ho,Wo], got " + dimsStr(m));
+        logError("mask M must be [N,1,Ho,Wo], got " + saiDimsText(m));
         return false;
     }
     if (!allKnown(dims[kX]) || !allKnown(dims[kWEIGHT]))
@@ -167,13 +139,13 @@ bool SparseSampleConvPlugin::checkShapes(Dims const* dims, int32_t nbInputs) con
         if (m.d[i] >= 0 && m.d[i] != wantM[i])
         {
             logError("mask M must be [N,1,Ho,Wo] = [" + std::to_string(p.N) + ",1," + std::to_string(p.Ho) + ","
-                + std::to_string(p.Wo) + "] for X " + dimsStr(dims[kX]) + ", got " + dimsStr(m));
+                + std::to_string(p.Wo) + "] for X " + saiDimsText(dims[kX]) + ", got " + saiDimsText(m));
             return false;
         }
     }
     if (nbInputs > kBIAS && dims[kBIAS].d[0] >= 0 && dims[kBIAS].d[0] != p.Cout)
     {
-        logError("bias B must be [" + std::to_string(p.Cout) + "], got " + dimsStr(dims[kBIAS]));
+        logError("bias B must be [" + std::to_string(p.Cout) + "], got " + saiDimsText(dims[kBIAS]));
         return false;
     }
     if (nbInputs > kOFFSET)
@@ -185,7 +157,7 @@ bool SparseSampleConvPlugin::checkShapes(Dims const* dims, int32_t nbInputs) con
             {
                 logError("Offset must be [N, 2*deform_groups*kh*kw, Ho, Wo] = [" + std::to_string(wantO[0]) + ","
                     + std::to_string(wantO[1]) + "," + std::to_string(wantO[2]) + "," + std::to_string(wantO[3])
-                    + "], got " + dimsStr(dims[kOFFSET]));
+                    + "], got " + saiDimsText(dims[kOFFSET]));
                 return false;
             }
         }
@@ -416,24 +388,14 @@ std::string SparseSampleConvPlugin::attributesText() const
     return s.str();
 }
 
-PluginFieldCollection const* SparseSampleConvPlugin::getFieldsToSerialize() noexcept
+void SparseSampleConvPlugin::writeFields(SaiFieldWriter& w) const
 {
-    try
-    {
-        mSerial = SaiFieldWriter();
-        mSerial.addInts("strides", mAttrs.strides);
-        mSerial.addInts("pads", mAttrs.pads);
-        mSerial.addInts("dilations", mAttrs.dilations);
-        mSerial.addInts("group", {mAttrs.group});
-        mSerial.addInts("deform_groups", {mAttrs.deformGroups});
-        mSerial.addString("activation", saiActivationName(mAttrs.activation));
-        return mSerial.collection();
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string("getFieldsToSerialize: ") + e.what());
-    }
-    return nullptr;
+    w.addInts("strides", mAttrs.strides);
+    w.addInts("pads", mAttrs.pads);
+    w.addInts("dilations", mAttrs.dilations);
+    w.addInts("group", {mAttrs.group});
+    w.addInts("deform_groups", {mAttrs.deformGroups});
+    w.addString("activation", saiActivationName(mAttrs.activation));
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -31,24 +31,8 @@ namespace
 
 bool makeParams(int32_t const* ip, SaiConvParams& p)
 {
-    p.N = ip[0];
-    p.C = ip[1];
-    p.H = ip[2];
-    p.W = ip[3];
-    p.Cout = ip[4];
-    p.kh = ip[5];
-    p.kw = ip[6];
-    p.strideH = ip[7];
-    p.strideW = ip[8];
-    p.padTop = ip[9];
-    p.padLeft = ip[10];
-    p.padBottom = ip[11];
-    p.padRight = ip[12];
-    p.dilationH = ip[13];
-    p.dilationW = ip[14];
-    p.groups = ip[15];
-    p.deformGroups = ip[16];
-    p.activation = ip[17];
+    int32_t const w[4] = {ip[4], 0, ip[5], ip[6]}; // Cout, (C/group: not read), kh, kw
+    p = saiConvParamsOf(ip, w, ip + 7, ip + 9, ip + 13, ip[15], ip[16], ip[17]);
     return saiConvFinalize(p);
 }
 

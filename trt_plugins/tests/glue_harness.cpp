@@ -887,23 +887,8 @@ void testSparseSampleConv(IPluginCreatorV3One* creator, RecordingLogger& log)
             check(false, "SparseSampleConv: create for a shape case");
             continue;
         }
-        sai::SaiConvParams p;
-        p.N = static_cast<int32_t>(sc.x[0]);
-        p.C = static_cast<int32_t>(sc.x[1]);
-        p.H = static_cast<int32_t>(sc.x[2]);
-        p.W = static_cast<int32_t>(sc.x[3]);
-        p.Cout = static_cast<int32_t>(sc.w[0]);
-        p.kh = static_cast<int32_t>(sc.w[2]);
-        p.kw = static_cast<int32_t>(sc.w[3]);
-        p.strideH = sc.strides[0];
-        p.strideW = sc.strides[1];
-        p.padTop = sc.pads[0];
-        p.padLeft = sc.pads[1];
-        p.padBottom = sc.pads[2];
-        p.padRight = sc.pads[3];
-        p.dilationH = sc.dil[0];
-        p.dilationW = sc.dil[1];
-        p.groups = group;
+        sai::SaiConvParams p = sai::saiConvParamsOf(
+            sc.x.data(), sc.w.data(), sc.strides.data(), sc.pads.data(), sc.dil.data(), group, 1, sai::kSAI_ACT_NONE);
         sai::saiConvFinalize(p);
         for (int32_t nbIn : {3, 4, 5})
         {

@@ -44,24 +44,8 @@ Runner& runnerFor(std::map<std::vector<int64_t>, std::unique_ptr<Runner>>& runne
 
 bool convParams(int64_t const* v, sai::SaiConvParams& p)
 {
-    p.N = static_cast<int32_t>(v[0]);
-    p.C = static_cast<int32_t>(v[1]);
-    p.H = static_cast<int32_t>(v[2]);
-    p.W = static_cast<int32_t>(v[3]);
-    p.Cout = static_cast<int32_t>(v[4]);
-    p.kh = static_cast<int32_t>(v[5]);
-    p.kw = static_cast<int32_t>(v[6]);
-    p.strideH = static_cast<int32_t>(v[7]);
-    p.strideW = static_cast<int32_t>(v[8]);
-    p.padTop = static_cast<int32_t>(v[9]);
-    p.padLeft = static_cast<int32_t>(v[10]);
-    p.padBottom = static_cast<int32_t>(v[11]);
-    p.padRight = static_cast<int32_t>(v[12]);
-    p.dilationH = static_cast<int32_t>(v[13]);
-    p.dilationW = static_cast<int32_t>(v[14]);
-    p.groups = static_cast<int32_t>(v[15]);
-    p.deformGroups = static_cast<int32_t>(v[16]);
-    p.activation = static_cast<int32_t>(v[17]);
+    int64_t const w[4] = {v[4], 0, v[5], v[6]}; // Cout, (C/group: not read), kh, kw
+    p = sai::saiConvParamsOf(v, w, v + 7, v + 9, v + 13, v[15], v[16], static_cast<int32_t>(v[17]));
     return sai::saiConvFinalize(p);
 }
 

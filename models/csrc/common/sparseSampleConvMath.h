@@ -16,6 +16,8 @@
  *
  * API (namespace sai; T is the storage type: float, __half, at::Half, ...; math in float)
  *   struct SaiConvParams            the shapes and attributes above (plain ints; see fields).
+ *   saiConvParamsOf(x, w, strides, pads, dilations, groups, deformGroups, activation) -> SaiConvParams
+ *                                                  the one filler of the "inputs" part (every user).
  *   saiConvOutputSize(size, k, stride, padBegin, padEnd, dilation) -> int  (floor rule).
  *   saiConvFinalize(SaiConvParams&) fills Ho, Wo, Cin/Cout per group, Kdim; returns false if invalid.
  *   saiConvTapCoord(p, oy, ox, ky, kx, &iy, &ix)   integer input coordinates of one kernel tap.
@@ -83,6 +85,36 @@ SAI_INLINE int32_t saiConvOutputSize(
     // floor division (span may be negative for too small inputs: then the result is < 1)
     int32_t const q = span >= 0 ? span / stride : -((-span + stride - 1) / stride);
     return q + 1;
+}
+
+//! The "inputs" part of SaiConvParams (the one filler: onnxruntime op, TensorRT plugin, CPU extension,
+//! tests): x = X's dims [N, C, H, W]; w = W's dims [Cout, C/group, kh, kw] (w[1] is not read: the
+//! caller compares it with cinPerGroup after saiConvFinalize); strides [2]; pads [4] top, left,
+//! bottom, right; dilations [2]. Values are narrowed to int32 (callers bound them first).
+template <typename TX, typename TW, typename TA>
+SAI_INLINE SaiConvParams saiConvParamsOf(TX const* x, TW const* w, TA const* strides, TA const* pads,
+    TA const* dilations, int64_t groups, int64_t deformGroups, int32_t activation)
+{
+    SaiConvParams p;
+    p.N = static_cast<int32_t>(x[0]);
+    p.C = static_cast<int32_t>(x[1]);
+    p.H = static_cast<int32_t>(x[2]);
+    p.W = static_cast<int32_t>(x[3]);
+    p.Cout = static_cast<int32_t>(w[0]);
+    p.kh = static_cast<int32_t>(w[2]);
+    p.kw = static_cast<int32_t>(w[3]);
+    p.strideH = static_cast<int32_t>(strides[0]);
+    p.strideW = static_cast<int32_t>(strides[1]);
+    p.padTop = static_cast<int32_t>(pads[0]);
+    p.padLeft = static_cast<int32_t>(pads[1]);
+    p.padBottom = static_cast<int32_t>(pads[2]);
+    p.padRight = static_cast<int32_t>(pads[3]);
+    p.dilationH = static_cast<int32_t>(dilations[0]);
+    p.dilationW = static_cast<int32_t>(dilations[1]);
+    p.groups = static_cast<int32_t>(groups);
+    p.deformGroups = static_cast<int32_t>(deformGroups);
+    p.activation = activation;
+    return p;
 }
 
 //! Derives Ho, Wo and per-group sizes; false when the attributes or shapes are inconsistent.

@@ -442,25 +442,8 @@ struct SparseSampleConvKernel {
     for (int64_t v : xs) {
       if (v > kMax) throw NodeError{w + "X is too large: " + join(xs)};
     }
-    sai::SaiConvParams p;
-    p.N = static_cast<int32_t>(xs[0]);
-    p.C = static_cast<int32_t>(xs[1]);
-    p.H = static_cast<int32_t>(xs[2]);
-    p.W = static_cast<int32_t>(xs[3]);
-    p.Cout = static_cast<int32_t>(ws[0]);
-    p.kh = static_cast<int32_t>(ws[2]);
-    p.kw = static_cast<int32_t>(ws[3]);
-    p.strideH = static_cast<int32_t>(a.strides[0]);
-    p.strideW = static_cast<int32_t>(a.strides[1]);
-    p.padTop = static_cast<int32_t>(a.pads[0]);
-    p.padLeft = static_cast<int32_t>(a.pads[1]);
-    p.padBottom = static_cast<int32_t>(a.pads[2]);
-    p.padRight = static_cast<int32_t>(a.pads[3]);
-    p.dilationH = static_cast<int32_t>(a.dilations[0]);
-    p.dilationW = static_cast<int32_t>(a.dilations[1]);
-    p.groups = static_cast<int32_t>(a.group);
-    p.deformGroups = static_cast<int32_t>(a.deform_groups);
-    p.activation = a.activation;
+    sai::SaiConvParams p = sai::saiConvParamsOf(xs.data(), ws.data(), a.strides, a.pads, a.dilations, a.group,
+                                                a.deform_groups, a.activation);
     if (p.N == 0) {
       // empty batch: an empty output (Ho, Wo from a batch-1 view of the same shapes)
       sai::SaiConvParams q = p;
