@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 
 import pytest
 
@@ -50,3 +51,17 @@ def reference(outdir):
     with rt.load(outdir / "model.onnx", threads=1, verify=False) as e:
         e.set_profile(None, None)
         yield e
+
+
+@pytest.fixture(autouse=True)
+def _interactive_sigint():
+    """Ctrl-C as an interactive user has it: SIGINT raises KeyboardInterrupt. A pytest started as a background
+    job (``cmd &`` in a script, as CI may run it) inherits SIGINT ignored, and the tests that send SIGINT to
+    ``sai convert`` (or check the handler it restores) would then test an ignored signal instead."""
+    prev = signal.getsignal(signal.SIGINT)
+    if prev is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if prev is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, prev)
+
